@@ -1,0 +1,130 @@
+"""One exception hierarchy for crmmaint.
+
+Every message says what failed, where (file:line, host, object) and what to do. Each class
+carries the process exit code the CLI uses when it reaches the top-level handler::
+
+    CrmMaintError                      exit 10
+    ├── ConfigError                    exit 3   bad configuration, inventory or flags
+    │   ├── InventoryError                      inventory file invalid
+    │   └── PlaybookError                       playbook invalid (file:line, step, field)
+    ├── TransportError                 exit 4   running a command on a host failed
+    │   ├── ConnectError                        cannot reach or log in to a host
+    │   ├── HostKeyError                        unknown or changed SSH host key
+    │   └── CommandTimeout                      a command exceeded its timeout
+    ├── EngineError                    exit 5   a database or cache refused or failed
+    ├── RepositoryError                exit 6   backup repository missing, corrupt, inconsistent
+    │   ├── BackendError                        storage backend (file, S3, SFTP) failed
+    │   ├── ObjectNotFound                      an object the repository needs is absent
+    │   └── LockError                  exit 7   repository locked by another process
+    ├── CryptoError                    exit 8   keys, passphrases, decryption
+    │   ├── KeyFileError                        key file missing, malformed, or too open
+    │   ├── WrongKeyError                       no identity given can decrypt this backup
+    │   └── IntegrityError             exit 9   authentication failed: tampered or truncated
+    ├── RestoreError                   exit 6   restore target unusable (exists, no --force)
+    └── TaskError                      exit 2   a task failed in a way the runner reports
+
+"Finished with warnings" is a result (exit 1), not an exception.
+"""
+
+from __future__ import annotations
+
+
+class CrmMaintError(Exception):
+    """Root of every error crmmaint raises on purpose."""
+
+    exit_code = 10
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        self.message = message
+        self.hint = hint
+        super().__init__(message if hint is None else f"{message} ({hint})")
+
+
+class ConfigError(CrmMaintError):
+    exit_code = 3
+
+
+class InventoryError(ConfigError):
+    pass
+
+
+class PlaybookError(ConfigError):
+    """A playbook failed validation; raised before anything runs."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: str | None = None,
+        line: int | None = None,
+        step: str | None = None,
+        field: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        self.file, self.line, self.step, self.field = file, line, step, field
+        where = ""
+        if file is not None:
+            where = f"{file}:{line}" if line is not None else file
+        parts = [p for p in (where, f"step {step!r}" if step else "", f"field {field!r}" if field else "") if p]
+        prefix = ", ".join(parts)
+        super().__init__(f"{prefix}: {message}" if prefix else message, hint=hint)
+
+
+class TransportError(CrmMaintError):
+    exit_code = 4
+
+
+class ConnectError(TransportError):
+    pass
+
+
+class HostKeyError(TransportError):
+    pass
+
+
+class CommandTimeout(TransportError):
+    pass
+
+
+class EngineError(CrmMaintError):
+    exit_code = 5
+
+
+class RepositoryError(CrmMaintError):
+    exit_code = 6
+
+
+class BackendError(RepositoryError):
+    pass
+
+
+class ObjectNotFound(RepositoryError):
+    pass
+
+
+class LockError(RepositoryError):
+    exit_code = 7
+
+
+class CryptoError(CrmMaintError):
+    exit_code = 8
+
+
+class KeyFileError(CryptoError):
+    pass
+
+
+class WrongKeyError(CryptoError):
+    pass
+
+
+class IntegrityError(CryptoError):
+    exit_code = 9
+
+
+class RestoreError(CrmMaintError):
+    exit_code = 6
+
+
+class TaskError(CrmMaintError):
+    exit_code = 2

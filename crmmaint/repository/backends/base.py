@@ -1,0 +1,82 @@
+"""The storage backend ABC: a flat namespace of named, immutable objects.
+
+Names are ``/``-separated relative paths such as ``data/3f/3f0c…`` or ``backups/2026…``. Every
+``store`` is atomic: a reader sees the whole object or none of it, never a prefix (local: temp
+file, fsync, rename; S3: one PUT or a completed multipart upload; SFTP: temp name, rename).
+Backends know nothing of crypto or the repository format.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import BinaryIO
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    name: str
+    size: int
+
+
+class Backend(abc.ABC):
+    """One repository location. Errors are ``BackendError`` / ``ObjectNotFound`` naming the URL."""
+
+    #: Human-readable location without credentials, e.g. ``s3://bucket/prefix``.
+    url: str
+
+    #: Largest single upload before a backend switches to multipart (S3); informational elsewhere.
+    @property
+    def part_size(self) -> int:
+        return 64 << 20
+
+    @abc.abstractmethod
+    def open(self) -> None:
+        """Connect, and check the location exists (``BackendError`` with a hint if not)."""
+
+    def create(self) -> None:
+        """Create the location (directory or prefix) for ``repo init``. Default: ``open``."""
+        self.open()
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release connections. Idempotent."""
+
+    @abc.abstractmethod
+    def store(self, name: str, data: bytes) -> None:
+        """Write an object atomically, replacing any object of that name."""
+
+    def store_file(self, name: str, fileobj: BinaryIO, size: int | None = None) -> None:
+        """Write an object from a file-like object; backends override to bound memory."""
+        self.store(name, fileobj.read())
+
+    @abc.abstractmethod
+    def load(self, name: str, offset: int = 0, size: int | None = None) -> bytes:
+        """Read an object, or ``size`` bytes of it from ``offset`` (ranged read)."""
+
+    @abc.abstractmethod
+    def info(self, name: str) -> ObjectInfo | None:
+        """Size of an object, or None when it does not exist."""
+
+    @abc.abstractmethod
+    def delete(self, name: str) -> None:
+        """Remove an object; ``ObjectNotFound`` when absent."""
+
+    @abc.abstractmethod
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Objects whose names start with ``prefix`` (a directory such as ``data/``), any order."""
+
+    @abc.abstractmethod
+    def move(self, src: str, dst: str) -> None:
+        """Rename an object (used for quarantine and lock handover)."""
+
+    def exists(self, name: str) -> bool:
+        return self.info(name) is not None
+
+    def __enter__(self) -> Backend:
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,62 @@
+"""Task results as data: the runner, journal and reports consume only these."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class Status(enum.StrEnum):
+    OK = "ok"
+    CHANGED = "changed"
+    WARNING = "warning"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+    @property
+    def severity(self) -> int:
+        """Order for "worst of": skipped < ok < changed < warning < failed."""
+        return _SEVERITY[self]
+
+
+_SEVERITY = {Status.SKIPPED: 0, Status.OK: 1, Status.CHANGED: 2, Status.WARNING: 3, Status.FAILED: 4}
+
+
+@dataclass
+class TaskResult:
+    """What one task did on one target.
+
+    ``metrics`` are numbers (journal and monitoring graph them); ``details`` is any JSON-able data
+    a report may show. Neither may contain secrets.
+    """
+
+    status: Status
+    message: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def ok(cls, message: str = "", **kw: Any) -> TaskResult:
+        return cls(Status.OK, message, **kw)
+
+    @classmethod
+    def changed(cls, message: str = "", **kw: Any) -> TaskResult:
+        return cls(Status.CHANGED, message, **kw)
+
+    @classmethod
+    def warning(cls, message: str = "", **kw: Any) -> TaskResult:
+        return cls(Status.WARNING, message, **kw)
+
+    @classmethod
+    def failed(cls, message: str = "", **kw: Any) -> TaskResult:
+        return cls(Status.FAILED, message, **kw)
+
+    @classmethod
+    def skipped(cls, message: str = "", **kw: Any) -> TaskResult:
+        return cls(Status.SKIPPED, message, **kw)
+
+
+def worst(statuses: list[Status]) -> Status:
+    """The most severe status of a list; ``ok`` for an empty list."""
+    return max(statuses, key=lambda s: s.severity, default=Status.OK)

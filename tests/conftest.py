@@ -1,0 +1,25 @@
+"""Shared fixtures. Autouse fixtures keep every test hermetic: HOME, config and data paths in
+tmp, CRMMAINT_* variables cleared."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+pytest_plugins = []
+
+
+@pytest.fixture(autouse=True)
+def hermetic_env(tmp_path_factory, monkeypatch):
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home / ".config"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(home / ".local" / "share"))
+    monkeypatch.setenv("XDG_STATE_HOME", str(home / ".local" / "state"))
+    for name in list(os.environ):
+        if name.startswith("CRMMAINT_"):
+            monkeypatch.delenv(name, raising=False)
+    # Test-only switch: cheap scrypt so passphrase tests stay fast (never set in production).
+    monkeypatch.setenv("CRMMAINT_TEST_WEAK_KDF", "1")
+    return home
