@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-pytest_plugins = []
+pytest_plugins = ["sshd_fixture", "s3_fixture"]
 
 
 @pytest.fixture(autouse=True)

@@ -1,0 +1,1 @@
+"""Placeholder: moto standalone S3 server fixture (filled in by the backends work)."""

@@ -1,0 +1,1 @@
+"""Placeholder: session-scoped sshd fixtures (filled in by the transport work)."""
