@@ -65,7 +65,11 @@ class PlaybookError(ConfigError):
         where = ""
         if file is not None:
             where = f"{file}:{line}" if line is not None else file
-        parts = [p for p in (where, f"step {step!r}" if step else "", f"field {field!r}" if field else "") if p]
+        parts = [
+            p
+            for p in (where, f"step {step!r}" if step else "", f"field {field!r}" if field else "")
+            if p
+        ]
         prefix = ", ".join(parts)
         super().__init__(f"{prefix}: {message}" if prefix else message, hint=hint)
 

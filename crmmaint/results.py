@@ -20,7 +20,13 @@ class Status(enum.StrEnum):
         return _SEVERITY[self]
 
 
-_SEVERITY = {Status.SKIPPED: 0, Status.OK: 1, Status.CHANGED: 2, Status.WARNING: 3, Status.FAILED: 4}
+_SEVERITY = {
+    Status.SKIPPED: 0,
+    Status.OK: 1,
+    Status.CHANGED: 2,
+    Status.WARNING: 3,
+    Status.FAILED: 4,
+}
 
 
 @dataclass

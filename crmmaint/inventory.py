@@ -1,0 +1,546 @@
+"""The inventory: the CRM estate as data (hosts, databases, caches, file sets, repositories).
+
+Loaded from YAML and validated completely before anything runs; every error names the file,
+line and field. Secrets are never inline: a password or passphrase is a *source* (``env:NAME``,
+``file:/path`` or ``cmd:command``) resolved only when a task needs it. See docs/inventory.md.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from crmmaint.errors import InventoryError
+from crmmaint.yamlsource import (
+    SourceError,
+    check_keys,
+    get_field,
+    get_str_list,
+    line_of,
+    load_yaml_file,
+    one_of,
+    require_mapping,
+)
+
+ENGINES = ("postgresql", "mysql", "sqlite")
+CONNECTIONS = ("ssh", "local")
+TARGET_KINDS = ("hosts", "database", "cache", "fileset", "repository")
+SECRET_PREFIXES = ("env:", "file:", "cmd:")
+
+
+@dataclass(frozen=True)
+class SecretSource:
+    """Where a secret comes from; its value is read only by ``resolve`` and never stored."""
+
+    spec: str
+
+    def resolve(self) -> bytes:
+        from crmmaint.crypto.keys import read_secret
+
+        return read_secret(self.spec)
+
+    def __repr__(self) -> str:
+        kind, _, ref = self.spec.partition(":")
+        return f"SecretSource({kind}:{ref if kind != 'cmd' else '…'})"
+
+
+@dataclass
+class Host:
+    name: str
+    address: str = "127.0.0.1"
+    port: int = 22
+    user: str | None = None
+    identity_file: str | None = None
+    known_hosts: str | None = None
+    connection: str = "ssh"
+    become: str | None = None
+    allow_unknown_host_key: bool = False
+    connect_timeout: float = 10.0
+    groups: list[str] = field(default_factory=list)
+    vars: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_local(self) -> bool:
+        return self.connection == "local"
+
+
+@dataclass
+class Database:
+    name: str
+    engine: str
+    host: str
+    dbname: str | None = None
+    address: str | None = None
+    port: int | None = None
+    user: str | None = None
+    password: SecretSource | None = None
+    path: str | None = None
+    main: bool = False
+    groups: list[str] = field(default_factory=list)
+    vars: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Cache:
+    name: str
+    host: str
+    redis: str | None = None
+    password: SecretSource | None = None
+    directories: list[str] = field(default_factory=list)
+    groups: list[str] = field(default_factory=list)
+
+
+@dataclass
+class FileSet:
+    name: str
+    host: str
+    paths: list[str]
+    exclude: list[str] = field(default_factory=list)
+    groups: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Repository:
+    name: str
+    url: str
+    write_key: str | None = None
+    recipients: list[str] = field(default_factory=list)
+    identity: str | None = None
+    passphrase: SecretSource | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    default: bool = False
+
+
+@dataclass
+class Target:
+    """One thing a task runs against: its kind, its name and the host that owns it."""
+
+    kind: str
+    name: str
+    host: Host
+    obj: Host | Database | Cache | FileSet | Repository
+
+    @property
+    def label(self) -> str:
+        return self.name if self.kind == "hosts" else f"{self.name}@{self.host.name}"
+
+
+@dataclass
+class Inventory:
+    path: str
+    hosts: dict[str, Host] = field(default_factory=dict)
+    groups: dict[str, list[str]] = field(default_factory=dict)
+    databases: dict[str, Database] = field(default_factory=dict)
+    caches: dict[str, Cache] = field(default_factory=dict)
+    filesets: dict[str, FileSet] = field(default_factory=dict)
+    repositories: dict[str, Repository] = field(default_factory=dict)
+    vars: dict[str, Any] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    # --- lookups ----------------------------------------------------------------------------
+
+    def collection(self, kind: str) -> dict[str, Any]:
+        return {
+            "hosts": self.hosts,
+            "database": self.databases,
+            "cache": self.caches,
+            "fileset": self.filesets,
+            "repository": self.repositories,
+        }[kind]
+
+    def names(self, kind: str) -> set[str]:
+        """Every name a target selector of ``kind`` may use: objects, groups, ``all``."""
+        objs = self.collection(kind)
+        names = set(objs) | {"all"}
+        for obj in objs.values():
+            names.update(getattr(obj, "groups", []))
+        if kind == "hosts":
+            names |= set(self.groups)
+        return names
+
+    def resolve(self, kind: str, selectors: Iterable[str]) -> list[Target]:
+        """Expand names, groups and ``all`` into targets, in inventory order, without repeats."""
+        objs = self.collection(kind)
+        wanted: set[str] = set()
+        for sel in selectors:
+            if sel == "all":
+                wanted |= set(objs)
+                continue
+            matched = {n for n, o in objs.items() if n == sel or sel in getattr(o, "groups", [])}
+            if kind == "hosts":
+                matched |= set(self.groups.get(sel, []))
+            if not matched:
+                raise InventoryError(
+                    f"{self.path}: no {kind} named or grouped {sel!r}",
+                    hint=f"known: {', '.join(sorted(self.names(kind) - {'all'})) or 'none'}",
+                )
+            wanted |= matched
+        return [self.target(kind, n) for n in objs if n in wanted]
+
+    def target(self, kind: str, name: str) -> Target:
+        obj = self.collection(kind)[name]
+        host = obj if kind == "hosts" else self.hosts.get(getattr(obj, "host", ""), _RUNNER_HOST)
+        return Target(kind, name, host, obj)
+
+    def main_database(self) -> Database | None:
+        for db in self.databases.values():
+            if db.main:
+                return db
+        return next(iter(self.databases.values()), None)
+
+    def default_repository(self) -> Repository:
+        if not self.repositories:
+            raise InventoryError(
+                f"{self.path}: no repository configured",
+                hint="add a 'repositories:' section (see docs/inventory.md)",
+            )
+        for repo in self.repositories.values():
+            if repo.default:
+                return repo
+        return next(iter(self.repositories.values()))
+
+    def repository(self, name: str | None) -> Repository:
+        if name is None:
+            return self.default_repository()
+        if name not in self.repositories:
+            raise InventoryError(
+                f"{self.path}: no repository named {name!r}",
+                hint=f"known: {', '.join(self.repositories) or 'none'}",
+            )
+        return self.repositories[name]
+
+
+#: The machine crmmaint runs on; owns repositories and objects with ``host: local``.
+_RUNNER_HOST = Host(name="local", connection="local", address="127.0.0.1")
+
+
+# --- loading ---------------------------------------------------------------------------------
+
+_TOP = {"hosts", "groups", "databases", "caches", "filesets", "repositories", "vars", "settings"}
+_HOST_KEYS = {
+    "address", "port", "user", "identity_file", "known_hosts", "connection", "become",
+    "allow_unknown_host_key", "connect_timeout", "groups", "vars",
+}  # fmt: skip
+_DB_KEYS = {
+    "engine", "host", "name", "address", "port", "user", "password", "path", "main", "groups", "vars",
+}  # fmt: skip
+_CACHE_KEYS = {"host", "redis", "password", "directories", "groups"}
+_FILESET_KEYS = {"host", "paths", "exclude", "groups"}
+_REPO_KEYS = {
+    "url", "write_key", "recipients", "identity", "passphrase", "endpoint_url", "region",
+    "identity_file", "known_hosts", "connect_timeout", "allow_unknown_host_key", "default",
+}  # fmt: skip
+_REPO_OPTION_KEYS = _REPO_KEYS - {
+    "url",
+    "write_key",
+    "recipients",
+    "identity",
+    "passphrase",
+    "default",
+}
+
+
+def load_inventory(path: str | Path) -> Inventory:
+    """Load and validate an inventory file; ``InventoryError`` with file:line on any problem."""
+    p = Path(path).expanduser()
+    try:
+        data = load_yaml_file(p)
+        if data is None:
+            data = {}
+        return _build(data, p)
+    except SourceError as exc:
+        where = f"{p}:{exc.line}" if exc.line else str(p)
+        hint = (
+            "see docs/inventory.md"
+            if exc.message != "file not found"
+            else ("pass -i FILE, set CRMMAINT_INVENTORY, or run `crmmaint demo` for a sample")
+        )
+        raise InventoryError(f"{where}: {exc.message}", hint=hint) from exc
+
+
+def _build(data: Any, path: Path) -> Inventory:
+    require_mapping(data, "the inventory")
+    check_keys(data, _TOP, "the inventory")
+    base = path.parent
+    inv = Inventory(path=str(path))
+    inv.vars = dict(get_field(data, "vars", dict, default={}))
+    inv.settings = dict(get_field(data, "settings", dict, default={}))
+
+    for name, spec in _section(data, "hosts"):
+        inv.hosts[name] = _host(name, spec, base)
+    groups = _section_raw(data, "groups")
+    for gname in groups:
+        members = get_str_list(groups, gname)
+        for member in members:
+            if member not in inv.hosts:
+                raise SourceError(
+                    f"group {gname!r} names unknown host {member!r}", line_of(groups, gname), gname
+                )
+        inv.groups[gname] = members
+    for name, spec in _section(data, "databases"):
+        inv.databases[name] = _database(name, spec, base, inv)
+    for name, spec in _section(data, "caches"):
+        inv.caches[name] = _cache(name, spec, inv)
+    for name, spec in _section(data, "filesets"):
+        inv.filesets[name] = _fileset(name, spec, inv)
+    for name, spec in _section(data, "repositories"):
+        inv.repositories[name] = _repository(name, spec, base)
+    _check_name_clashes(inv, data)
+    return inv
+
+
+def _section_raw(data: dict, key: str) -> dict:
+    value = data.get(key)
+    if value is None:
+        return {}
+    return require_mapping(value, f"section {key!r}", line_of(data, key))
+
+
+def _section(data: dict, key: str) -> list[tuple[str, dict]]:
+    section = _section_raw(data, key)
+    out = []
+    for name, spec in section.items():
+        if spec is None:
+            spec = {}
+        require_mapping(
+            spec, f"{key[:-1] if key != 'caches' else 'cache'} {name!r}", line_of(section, name)
+        )
+        out.append((name, spec))
+    return out
+
+
+def _host(name: str, spec: dict, base: Path) -> Host:
+    what = f"host {name!r}"
+    check_keys(spec, _HOST_KEYS, what)
+    connection = one_of(
+        get_field(spec, "connection", str, default="ssh"), CONNECTIONS, "connection", spec
+    )
+    if name in ("local", "localhost") and "connection" not in spec:
+        connection = "local"
+    port = get_field(spec, "port", int, default=22)
+    if not 0 < port < 65536:
+        raise SourceError(
+            f"port {port} out of range 1-65535 in {what}", line_of(spec, "port"), "port"
+        )
+    become = get_field(spec, "become", str)
+    if become is not None:
+        one_of(become, ("sudo",), "become", spec)
+    return Host(
+        name=name,
+        address=get_field(
+            spec, "address", str, default="127.0.0.1" if connection == "local" else name
+        ),
+        port=port,
+        user=get_field(spec, "user", str),
+        identity_file=_path(get_field(spec, "identity_file", str), base),
+        known_hosts=_path(get_field(spec, "known_hosts", str), base),
+        connection=connection,
+        become=become,
+        allow_unknown_host_key=get_field(spec, "allow_unknown_host_key", bool, default=False),
+        connect_timeout=float(get_field(spec, "connect_timeout", (int, float), default=10.0)),
+        groups=get_str_list(spec, "groups"),
+        vars=dict(get_field(spec, "vars", dict, default={})),
+    )
+
+
+def _owner(spec: dict, what: str, inv: Inventory) -> str:
+    host = get_field(spec, "host", str, default="local")
+    if host != "local" and host not in inv.hosts:
+        raise SourceError(
+            f"{what} names unknown host {host!r} (known: {', '.join(inv.hosts) or 'none'})",
+            line_of(spec, "host"),
+            "host",
+        )
+    return host
+
+
+def _database(name: str, spec: dict, base: Path, inv: Inventory) -> Database:
+    what = f"database {name!r}"
+    check_keys(spec, _DB_KEYS, what)
+    engine = one_of(
+        get_field(spec, "engine", str, required=True, what=what), ENGINES, "engine", spec
+    )
+    host = _owner(spec, what, inv)
+    path = get_field(spec, "path", str)
+    if engine == "sqlite":
+        if path is None:
+            raise SourceError(f"{what}: a sqlite database needs 'path'", line_of(spec), "path")
+        if inv.hosts.get(host, _RUNNER_HOST).is_local:
+            path = _path(path, base)
+    elif path is not None:
+        raise SourceError(
+            f"{what}: 'path' is only for sqlite; use 'name'", line_of(spec, "path"), "path"
+        )
+    port = get_field(spec, "port", int)
+    return Database(
+        name=name,
+        engine=engine,
+        host=host,
+        dbname=get_field(spec, "name", str, default=name if engine != "sqlite" else None),
+        address=get_field(spec, "address", str),
+        port=port,
+        user=get_field(spec, "user", str),
+        password=_secret(spec, "password", what),
+        path=path,
+        main=get_field(spec, "main", bool, default=False),
+        groups=get_str_list(spec, "groups"),
+        vars=dict(get_field(spec, "vars", dict, default={})),
+    )
+
+
+def _cache(name: str, spec: dict, inv: Inventory) -> Cache:
+    what = f"cache {name!r}"
+    check_keys(spec, _CACHE_KEYS, what)
+    redis = get_field(spec, "redis", str)
+    if redis is not None and not redis.startswith(("redis://", "rediss://", "unix://")):
+        raise SourceError(
+            f"{what}: 'redis' must be a redis:// URL", line_of(spec, "redis"), "redis"
+        )
+    if redis and "@" in redis.split("//", 1)[1].split("/", 1)[0]:
+        raise SourceError(
+            f"{what}: put no password in the redis URL; use 'password: env:NAME'",
+            line_of(spec, "redis"),
+            "redis",
+        )
+    dirs = get_str_list(spec, "directories")
+    if redis is None and not dirs:
+        raise SourceError(f"{what} needs 'redis' or 'directories'", line_of(spec), "redis")
+    return Cache(
+        name=name,
+        host=_owner(spec, what, inv),
+        redis=redis,
+        password=_secret(spec, "password", what),
+        directories=dirs,
+        groups=get_str_list(spec, "groups"),
+    )
+
+
+def _fileset(name: str, spec: dict, inv: Inventory) -> FileSet:
+    what = f"file set {name!r}"
+    check_keys(spec, _FILESET_KEYS, what)
+    paths = get_str_list(spec, "paths")
+    if not paths:
+        raise SourceError(f"{what} needs 'paths'", line_of(spec), "paths")
+    for p in paths:
+        if (
+            not p.startswith("/")
+            and not inv.hosts.get(_owner(spec, what, inv), _RUNNER_HOST).is_local
+        ):
+            raise SourceError(
+                f"{what}: remote path {p!r} must be absolute", line_of(spec, "paths"), "paths"
+            )
+    base = Path(inv.path).parent
+    host = _owner(spec, what, inv)
+    if inv.hosts.get(host, _RUNNER_HOST).is_local:
+        paths = [_path(p, base) or p for p in paths]
+    return FileSet(
+        name=name,
+        host=host,
+        paths=paths,
+        exclude=get_str_list(spec, "exclude"),
+        groups=get_str_list(spec, "groups"),
+    )
+
+
+def _repository(name: str, spec: dict, base: Path) -> Repository:
+    what = f"repository {name!r}"
+    check_keys(spec, _REPO_KEYS, what)
+    url = get_field(spec, "url", str, required=True, what=what)
+    if "://" not in url:
+        url = "file://" + str(_path(url, base))
+    scheme = url.split("://", 1)[0]
+    if scheme not in ("file", "s3", "sftp"):
+        raise SourceError(
+            f"{what}: url scheme {scheme!r} not supported (file, s3, sftp)",
+            line_of(spec, "url"),
+            "url",
+        )
+    if (
+        scheme != "file"
+        and "@" in url.split("://", 1)[1].split("/", 1)[0]
+        and ":" in url.split("://", 1)[1].split("@", 1)[0]
+    ):
+        raise SourceError(f"{what}: put no password in the URL", line_of(spec, "url"), "url")
+    options = {k: spec[k] for k in _REPO_OPTION_KEYS if spec.get(k) is not None}
+    for key in ("identity_file", "known_hosts"):
+        if key in options:
+            options[key] = _path(str(options[key]), base)
+    recipients = get_str_list(spec, "recipients")
+    return Repository(
+        name=name,
+        url=url,
+        write_key=_path(get_field(spec, "write_key", str), base),
+        recipients=[_recipient_ref(r, base) for r in recipients],
+        identity=_path(get_field(spec, "identity", str), base),
+        passphrase=_secret(spec, "passphrase", what),
+        options=options,
+        default=get_field(spec, "default", bool, default=False),
+    )
+
+
+def _recipient_ref(ref: str, base: Path) -> str:
+    """A recipient is a public key string, or ``file:PATH`` of one (resolved relative)."""
+    if ref.startswith("file:"):
+        return "file:" + str(_path(ref[5:], base))
+    return ref
+
+
+def _secret(spec: dict, key: str, what: str) -> SecretSource | None:
+    value = spec.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.startswith(SECRET_PREFIXES):
+        raise SourceError(
+            f"{what}: inline secrets are not allowed in {key!r}; use env:NAME, file:/path or cmd:COMMAND",
+            line_of(spec, key),
+            key,
+        )
+    return SecretSource(value)
+
+
+def _path(value: str | None, base: Path) -> str | None:
+    if value is None:
+        return None
+    p = Path(os.path.expandvars(value)).expanduser()
+    return str(p if p.is_absolute() else (base / p).resolve())
+
+
+def _check_name_clashes(inv: Inventory, data: dict) -> None:
+    for gname in inv.groups:
+        if gname in inv.hosts:
+            raise SourceError(
+                f"group {gname!r} has the same name as a host",
+                line_of(data.get("groups"), gname),
+                gname,
+            )
+
+
+def describe(inv: Inventory) -> dict[str, Any]:
+    """A secret-free summary for ``inventory check`` and reports."""
+    return {
+        "path": inv.path,
+        "hosts": {
+            n: {
+                "address": h.address,
+                "port": h.port,
+                "connection": h.connection,
+                "groups": h.groups,
+            }
+            for n, h in inv.hosts.items()
+        },
+        "databases": {
+            n: {"engine": d.engine, "host": d.host, "name": d.dbname or d.path}
+            for n, d in inv.databases.items()
+        },
+        "caches": {
+            n: {"host": c.host, "redis": c.redis, "directories": c.directories}
+            for n, c in inv.caches.items()
+        },
+        "filesets": {n: {"host": f.host, "paths": f.paths} for n, f in inv.filesets.items()},
+        "repositories": {
+            n: {"url": r.url, "recipients": len(r.recipients)} for n, r in inv.repositories.items()
+        },
+    }

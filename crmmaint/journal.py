@@ -1,0 +1,282 @@
+"""The journal: run history in SQLite (runs, per-target results, metrics, task state).
+
+Reports, ``history``/``show``, monitoring checks, capacity forecasts and the scheduler's
+catch-up read it. It stores results as tasks return them, which never hold secrets.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import logging
+import os
+import socket
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from crmmaint.errors import ConfigError
+from crmmaint.results import Status, TaskResult
+
+log = logging.getLogger(__name__)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY,
+    playbook TEXT NOT NULL,
+    window TEXT,
+    inventory TEXT,
+    started REAL NOT NULL,
+    finished REAL,
+    status TEXT,
+    check_mode INTEGER NOT NULL DEFAULT 0,
+    user TEXT,
+    machine TEXT,
+    argv TEXT
+);
+CREATE TABLE IF NOT EXISTS results (
+    id INTEGER PRIMARY KEY,
+    run_id INTEGER NOT NULL REFERENCES runs(id),
+    step TEXT NOT NULL,
+    task TEXT NOT NULL,
+    target_kind TEXT NOT NULL,
+    target TEXT NOT NULL,
+    host TEXT,
+    status TEXT NOT NULL,
+    message TEXT,
+    details TEXT,
+    started REAL NOT NULL,
+    duration REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 1
+);
+CREATE INDEX IF NOT EXISTS results_run ON results(run_id);
+CREATE TABLE IF NOT EXISTS metrics (
+    result_id INTEGER NOT NULL REFERENCES results(id),
+    name TEXT NOT NULL,
+    value REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS metrics_result ON metrics(result_id);
+CREATE TABLE IF NOT EXISTS state (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL,
+    updated REAL NOT NULL
+);
+"""
+
+
+def default_journal_path() -> Path:
+    from platformdirs import user_data_dir
+
+    return Path(user_data_dir("crmmaint")) / "journal.sqlite"
+
+
+class Journal:
+    """A SQLite journal, safe to use from the runner's worker threads."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path).expanduser()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.executescript(SCHEMA)
+        except sqlite3.Error as exc:
+            raise ConfigError(
+                f"cannot open journal {self.path}: {exc}",
+                hint="check the path and its permissions, or set journal: in the inventory settings",
+            ) from exc
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Cursor]:
+        with self._lock, self._db:
+            yield self._db.cursor()
+
+    # --- writing ----------------------------------------------------------------------------
+
+    def start_run(
+        self,
+        playbook: str,
+        *,
+        window: str | None = None,
+        inventory: str | None = None,
+        check: bool = False,
+        argv: list[str] | None = None,
+    ) -> int:
+        with self._tx() as cur:
+            cur.execute(
+                "INSERT INTO runs (playbook, window, inventory, started, check_mode, user, machine, argv)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    playbook,
+                    window,
+                    inventory,
+                    time.time(),
+                    int(check),
+                    _user(),
+                    socket.gethostname(),
+                    json.dumps(argv or []),
+                ),
+            )
+            return int(cur.lastrowid or 0)
+
+    def record(
+        self,
+        run_id: int,
+        *,
+        step: str,
+        task: str,
+        target_kind: str,
+        target: str,
+        host: str | None,
+        result: TaskResult,
+        started: float,
+        duration: float,
+        attempts: int = 1,
+    ) -> int:
+        with self._tx() as cur:
+            cur.execute(
+                "INSERT INTO results (run_id, step, task, target_kind, target, host, status, message,"
+                " details, started, duration, attempts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    run_id,
+                    step,
+                    task,
+                    target_kind,
+                    target,
+                    host,
+                    str(result.status),
+                    result.message,
+                    json.dumps(result.details, default=str),
+                    started,
+                    duration,
+                    attempts,
+                ),
+            )
+            rid = int(cur.lastrowid or 0)
+            cur.executemany(
+                "INSERT INTO metrics (result_id, name, value) VALUES (?, ?, ?)",
+                [(rid, k, float(v)) for k, v in result.metrics.items() if _is_number(v)],
+            )
+            return rid
+
+    def finish_run(self, run_id: int, status: Status) -> None:
+        with self._tx() as cur:
+            cur.execute(
+                "UPDATE runs SET finished = ?, status = ? WHERE id = ?",
+                (time.time(), str(status), run_id),
+            )
+
+    def state_get(self, key: str, default: Any = None) -> Any:
+        with self._lock:
+            row = self._db.execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()
+        return default if row is None else json.loads(row[0])
+
+    def state_set(self, key: str, value: Any) -> None:
+        with self._tx() as cur:
+            cur.execute(
+                "INSERT INTO state (key, value, updated) VALUES (?, ?, ?)"
+                " ON CONFLICT(key) DO UPDATE SET value = excluded.value, updated = excluded.updated",
+                (key, json.dumps(value), time.time()),
+            )
+
+    # --- reading ----------------------------------------------------------------------------
+
+    def runs(self, limit: int = 20, playbook: str | None = None) -> list[dict[str, Any]]:
+        sql = "SELECT * FROM runs"
+        args: list[Any] = []
+        if playbook:
+            sql += " WHERE playbook = ?"
+            args.append(playbook)
+        sql += " ORDER BY id DESC LIMIT ?"
+        args.append(limit)
+        return self._rows(sql, args)
+
+    def run(self, run_id: int) -> dict[str, Any] | None:
+        rows = self._rows("SELECT * FROM runs WHERE id = ?", [run_id])
+        if not rows:
+            return None
+        run = rows[0]
+        results = self._rows("SELECT * FROM results WHERE run_id = ? ORDER BY id", [run_id])
+        metrics = self._rows(
+            "SELECT m.result_id, m.name, m.value FROM metrics m JOIN results r ON r.id = m.result_id"
+            " WHERE r.run_id = ?",
+            [run_id],
+        )
+        by_result: dict[int, dict[str, float]] = {}
+        for m in metrics:
+            by_result.setdefault(m["result_id"], {})[m["name"]] = m["value"]
+        for r in results:
+            r["details"] = json.loads(r["details"] or "{}")
+            r["metrics"] = by_result.get(r["id"], {})
+        run["results"] = results
+        run["argv"] = json.loads(run["argv"] or "[]")
+        return run
+
+    def last_run_id(self) -> int | None:
+        row = self._rows("SELECT max(id) AS id FROM runs", [])
+        return row[0]["id"] if row else None
+
+    def metric_history(
+        self, task: str, target: str, metric: str, since: float | None = None
+    ) -> list[tuple[float, float]]:
+        """(time, value) pairs of one metric of one task on one target, oldest first."""
+        sql = (
+            "SELECT r.started AS t, m.value AS v FROM metrics m JOIN results r ON r.id = m.result_id"
+            " JOIN runs u ON u.id = r.run_id"
+            " WHERE r.task = ? AND r.target = ? AND m.name = ? AND u.check_mode = 0"
+        )
+        args: list[Any] = [task, target, metric]
+        if since is not None:
+            sql += " AND r.started >= ?"
+            args.append(since)
+        sql += " ORDER BY r.started"
+        return [(row["t"], row["v"]) for row in self._rows(sql, args)]
+
+    def last_result(
+        self, task: str, target: str | None = None, status: str | None = None
+    ) -> dict[str, Any] | None:
+        """The newest non-check result of a task (optionally on a target, with a status)."""
+        sql = "SELECT r.* FROM results r JOIN runs u ON u.id = r.run_id WHERE r.task = ? AND u.check_mode = 0"
+        args: list[Any] = [task]
+        if target is not None:
+            sql += " AND r.target = ?"
+            args.append(target)
+        if status is not None:
+            sql += " AND r.status = ?"
+            args.append(status)
+        rows = self._rows(sql + " ORDER BY r.id DESC LIMIT 1", args)
+        if not rows:
+            return None
+        rows[0]["details"] = json.loads(rows[0]["details"] or "{}")
+        return rows[0]
+
+    def _rows(self, sql: str, args: list[Any]) -> list[dict[str, Any]]:
+        with self._lock:
+            cur = self._db.execute(sql, args)
+            cols = [c[0] for c in cur.description]
+            return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
+
+
+def _user() -> str:
+    try:
+        return os.environ.get("SUDO_USER") or getpass.getuser()
+    except (KeyError, OSError):
+        return str(os.getuid())
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)

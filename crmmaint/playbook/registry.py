@@ -1,0 +1,183 @@
+"""The task registry: task modules declare their tasks with ``@task``.
+
+A declaration gives the task's name (``health.host``), the kinds of target it accepts, a typed
+parameter schema and whether it honours check mode (every task must). Playbook validation reads
+the schema to reject unknown or mistyped parameters before anything runs.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from crmmaint.yamlsource import parse_duration, parse_percent, parse_size
+
+if TYPE_CHECKING:
+    from crmmaint.inventory import Inventory, Target
+    from crmmaint.journal import Journal
+    from crmmaint.results import TaskResult
+    from crmmaint.transport.base import Transport
+
+#: Parameter types: Python types, or names of parse helpers for units.
+_PARSERS: dict[str, Callable[[Any], Any]] = {
+    "duration": parse_duration,
+    "size": parse_size,
+    "percent": parse_percent,
+}
+
+
+@dataclass(frozen=True)
+class Param:
+    """One parameter of a task. ``type`` is str/int/float/bool/list/dict or duration/size/percent."""
+
+    type: type | str
+    default: Any = None
+    required: bool = False
+    help: str = ""
+    choices: tuple[Any, ...] | None = None
+    item_type: type | None = None
+
+    def convert(self, value: Any) -> Any:
+        """Check and convert a playbook value; ``ValueError`` says what is expected."""
+        if isinstance(self.type, str):
+            return _PARSERS[self.type](value)
+        if self.type is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if self.type is list and isinstance(value, str):
+            value = [value]
+        if isinstance(value, bool) and self.type is not bool:
+            raise ValueError(f"expected {self.type.__name__}, got true/false")
+        if not isinstance(value, self.type):
+            raise ValueError(
+                f"expected {self.type.__name__}, got {type(value).__name__} ({value!r:.40})"
+            )
+        if self.item_type is not None and isinstance(value, list):
+            bad = [v for v in value if not isinstance(v, self.item_type)]
+            if bad:
+                raise ValueError(
+                    f"expected a list of {self.item_type.__name__}, got {bad[0]!r:.40}"
+                )
+        if self.choices is not None and value not in self.choices:
+            raise ValueError(f"expected one of {', '.join(map(str, self.choices))}, got {value!r}")
+        return value
+
+    @property
+    def type_name(self) -> str:
+        return self.type if isinstance(self.type, str) else self.type.__name__
+
+
+@dataclass
+class TaskContext:
+    """Everything a task function gets: its target, validated parameters and the run's services."""
+
+    target: Target
+    inventory: Inventory
+    params: dict[str, Any]
+    check: bool
+    journal: Journal | None
+    run_id: int | None
+    step: str
+    transport_for: Callable[[Any], Transport]
+    log: logging.Logger = field(default_factory=lambda: logging.getLogger("crmmaint.tasks"))
+
+    @property
+    def transport(self) -> Transport:
+        """The transport of the host that owns the target (pooled for the run)."""
+        return self.transport_for(self.target.host)
+
+    def state_get(self, key: str, default: Any = None) -> Any:
+        """Per-target state remembered across runs (log offsets, rotation cursors)."""
+        if self.journal is None:
+            return default
+        return self.journal.state_get(self._state_key(key), default)
+
+    def state_set(self, key: str, value: Any) -> None:
+        if self.journal is not None and not self.check:
+            self.journal.state_set(self._state_key(key), value)
+
+    def _state_key(self, key: str) -> str:
+        return f"{self.target.kind}:{self.target.name}:{key}"
+
+
+TaskFunc = Callable[[TaskContext], "TaskResult"]
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    func: TaskFunc
+    targets: tuple[str, ...]
+    params: dict[str, Param]
+    check_mode: bool
+    help: str
+
+    def validate_params(self, given: dict[str, Any]) -> dict[str, Any]:
+        """Apply defaults and convert; raises ``KeyError``/``ValueError`` (callers add the place)."""
+        unknown = set(given) - set(self.params)
+        if unknown:
+            raise KeyError(sorted(unknown)[0])
+        out: dict[str, Any] = {}
+        for name, param in self.params.items():
+            if name in given and given[name] is not None:
+                try:
+                    out[name] = param.convert(given[name])
+                except ValueError as exc:
+                    raise ValueError(f"parameter {name!r}: {exc}") from exc
+            elif param.required:
+                raise ValueError(
+                    f"parameter {name!r} is required ({param.help or param.type_name})"
+                )
+            else:
+                out[name] = param.default
+        return out
+
+
+REGISTRY: dict[str, TaskSpec] = {}
+
+
+def task(
+    name: str,
+    *,
+    targets: tuple[str, ...] | str,
+    params: dict[str, Param] | None = None,
+    check_mode: bool = True,
+    help: str = "",
+) -> Callable[[TaskFunc], TaskFunc]:
+    """Register a task function under ``name`` (``module.verb``)."""
+    kinds = (targets,) if isinstance(targets, str) else tuple(targets)
+
+    def decorate(func: TaskFunc) -> TaskFunc:
+        if name in REGISTRY and REGISTRY[name].func is not func:
+            raise RuntimeError(f"task {name!r} registered twice")
+        if not check_mode:
+            raise RuntimeError(f"task {name!r}: every task must support check mode")
+        REGISTRY[name] = TaskSpec(
+            name=name,
+            func=func,
+            targets=kinds,
+            params=dict(params or {}),
+            check_mode=check_mode,
+            help=help or _first_line(func.__doc__),
+        )
+        return func
+
+    return decorate
+
+
+def _first_line(doc: str | None) -> str:
+    lines = (doc or "").strip().splitlines()
+    return lines[0] if lines else ""
+
+
+def load_task_modules() -> dict[str, TaskSpec]:
+    """Import every shipped task module so their ``@task`` declarations register."""
+    import crmmaint.tasks  # noqa: F401  (the package imports its modules)
+
+    return REGISTRY
+
+
+def get_task(name: str) -> TaskSpec | None:
+    load_task_modules()
+    return REGISTRY.get(name)
