@@ -1,0 +1,174 @@
+"""Open a paramiko ``SSHClient`` with strict host-key checking and errors that say what to do.
+
+Shared by ``SSHTransport`` and the SFTP storage backend. Host keys come from one known_hosts
+file (given, else ``~/.ssh/known_hosts``; ``[host]:port`` entries and hashed names work). An
+unknown key is refused unless the inventory opts in for that host; a changed key is always
+refused. No SSH agent is used; default key files are tried only when no identity file is given.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import paramiko
+
+from crmmaint.errors import ConnectError, HostKeyError
+
+log = logging.getLogger(__name__)
+
+#: Seconds between SSH keepalive packets, so idle pooled connections survive NAT and firewalls.
+KEEPALIVE_INTERVAL = 30
+
+
+class _UnknownHostKey(Exception):
+    """Raised by the reject policy, carrying the key the host offered."""
+
+    def __init__(self, key: paramiko.PKey) -> None:
+        super().__init__(key.get_name())
+        self.key = key
+
+
+class _RejectUnknown(paramiko.MissingHostKeyPolicy):
+    def missing_host_key(
+        self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey
+    ) -> None:
+        raise _UnknownHostKey(key)
+
+
+class _AcceptUnknown(paramiko.MissingHostKeyPolicy):
+    """Inventory opt-in: trust an unknown key for this connection only (never saved)."""
+
+    def missing_host_key(
+        self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey
+    ) -> None:
+        log.warning(
+            "accepting unknown %s host key %s for %s (allow_unknown_host_key is set)",
+            key.get_name(),
+            key.fingerprint,
+            hostname,
+        )
+
+
+def _key_file_type(key: paramiko.PKey) -> str:
+    name = key.get_name()
+    return "ecdsa" if name.startswith("ecdsa") else name.removeprefix("ssh-")
+
+
+def known_hosts_name(address: str, port: int) -> str:
+    """The name OpenSSH writes in known_hosts for this address and port."""
+    return address if port == 22 else f"[{address}]:{port}"
+
+
+def connect_client(
+    address: str,
+    port: int = 22,
+    user: str | None = None,
+    *,
+    identity_file: str | None = None,
+    known_hosts: str | None = None,
+    connect_timeout: float = 10.0,
+    label: str | None = None,
+    allow_unknown_host_key: bool = False,
+) -> paramiko.SSHClient:
+    """Connect and authenticate; raises ``HostKeyError`` or ``ConnectError`` with a remedy."""
+    label = label or address
+    where = f"{label} ({address}:{port})"
+    known_hosts = os.path.expanduser(known_hosts or "~/.ssh/known_hosts")
+    if identity_file is not None:
+        identity_file = os.path.expanduser(identity_file)
+        if not os.access(identity_file, os.R_OK):
+            raise ConnectError(
+                f"cannot connect to {where}: identity file {identity_file} is missing or unreadable",
+                hint="check the host's identity_file in the inventory",
+            )
+
+    client = paramiko.SSHClient()
+    if os.path.exists(known_hosts):
+        try:
+            client.load_system_host_keys(known_hosts)
+        except (OSError, paramiko.SSHException) as exc:
+            raise HostKeyError(
+                f"cannot read known_hosts file {known_hosts} for {where}: {exc}",
+                hint="fix or remove the malformed line",
+            ) from exc
+    client.set_missing_host_key_policy(
+        _AcceptUnknown() if allow_unknown_host_key else _RejectUnknown()
+    )
+
+    try:
+        client.connect(
+            address,
+            port=port,
+            username=user,
+            key_filename=identity_file,
+            timeout=connect_timeout,
+            banner_timeout=connect_timeout,
+            auth_timeout=connect_timeout,
+            channel_timeout=connect_timeout,
+            allow_agent=False,
+            look_for_keys=identity_file is None,
+        )
+    except _UnknownHostKey as exc:
+        client.close()
+        key = exc.key
+        raise HostKeyError(
+            f"unknown SSH host key for {where}: the host offered {key.get_name()} "
+            f"{key.fingerprint}, which is not in {known_hosts}",
+            hint=(
+                f"verify it before trusting it: run 'ssh-keyscan -p {port} {address}', compare the "
+                f"fingerprint with the one shown on the host itself out of band "
+                f"('ssh-keygen -lf /etc/ssh/ssh_host_{_key_file_type(key)}_key.pub'), "
+                f"then append the ssh-keyscan line to {known_hosts}"
+            ),
+        ) from None
+    except paramiko.BadHostKeyException as exc:
+        client.close()
+        raise HostKeyError(
+            f"host key for {where} changed: {known_hosts} has {exc.expected_key.get_name()} "
+            f"{exc.expected_key.fingerprint}, the host offered {exc.key.get_name()} "
+            f"{exc.key.fingerprint}; this may be a man-in-the-middle attack, nothing was sent",
+            hint=(
+                "if the change is expected (host reinstalled, key rotated), verify the new "
+                "fingerprint out of band, remove the old entry with "
+                f"'ssh-keygen -f {known_hosts} -R \"{known_hosts_name(address, port)}\"' "
+                f"and add the new one ('ssh-keyscan -p {port} {address}')"
+            ),
+        ) from exc
+    except paramiko.AuthenticationException as exc:
+        client.close()
+        key_hint = f"the public key of {identity_file}" if identity_file else "your public key"
+        raise ConnectError(
+            f"authentication as {user or 'the current user'} failed on {where}: {exc}",
+            hint=f"check that {key_hint} is in that user's ~/.ssh/authorized_keys on the host",
+        ) from exc
+    except paramiko.ssh_exception.NoValidConnectionsError as exc:
+        client.close()
+        raise ConnectError(
+            f"cannot connect to {where}: connection refused or host unreachable",
+            hint=f"check that the host is up, sshd runs and listens on port {port}, and no firewall blocks it",
+        ) from exc
+    except TimeoutError as exc:
+        client.close()
+        raise ConnectError(
+            f"cannot connect to {where}: no answer within {connect_timeout:g}s",
+            hint="check the address, that the host is up, and routing and firewalls on the way",
+        ) from exc
+    except paramiko.SSHException as exc:
+        client.close()
+        raise ConnectError(
+            f"SSH handshake with {where} failed: {exc}",
+            hint=f"check that port {port} on {address} is an SSH server and that it is not overloaded",
+        ) from exc
+    except OSError as exc:
+        client.close()
+        raise ConnectError(
+            f"cannot connect to {where}: {exc}",
+            hint="check the address and the network path to the host",
+        ) from exc
+
+    transport = client.get_transport()
+    if transport is not None:
+        transport.set_keepalive(KEEPALIVE_INTERVAL)
+    log.debug("connected to %s as %s", where, user)
+    return client
