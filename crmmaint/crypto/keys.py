@@ -71,7 +71,12 @@ def _decode_key(text: str, prefix: str, label: bytes, what: str) -> bytes:
     except (binascii.Error, ValueError):
         raw = b""
     key, checksum = raw[:_KEY_LEN], raw[_KEY_LEN:]
-    if len(raw) != _KEY_LEN + _CHECKSUM_LEN or checksum != _checksum(label, key):
+    canonical = base64.b32encode(raw).decode("ascii").rstrip("=")  # unused low bits must be 0
+    if (
+        len(raw) != _KEY_LEN + _CHECKSUM_LEN
+        or checksum != _checksum(label, key)
+        or canonical != body
+    ):
         raise CryptoError(
             f"malformed crmmaint {what}: wrong length or checksum",
             hint="copy the key again; a character was probably mistyped or cut off",
