@@ -324,7 +324,7 @@ def parse_recipient(text: str) -> Recipient:
     if not isinstance(text, str) or not text.strip().lower().startswith(PUBLIC_PREFIX):
         raise CryptoError(
             f"not a recipient public key: expected a string starting with {PUBLIC_PREFIX!r}",
-            hint="print one with `crmmaint key show-public IDENTITY_FILE`",
+            hint="copy it from the `# public key:` line of the identity file",
         )
     return X25519Recipient.from_string(text)
 
@@ -375,7 +375,7 @@ def load_identity_file(path: str | Path) -> X25519Identity:
     except FileNotFoundError:
         raise KeyFileError(
             f"identity file {path} not found",
-            hint="create one with `crmmaint key generate`",
+            hint="check the path, or generate a new identity (older backups need the old one)",
         ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise KeyFileError(f"cannot read identity file {path}: {exc}") from None
