@@ -11,12 +11,41 @@ line, so they appear neither in process listings nor in logs.
 from __future__ import annotations
 
 import abc
+import logging
+import shlex
+import threading
+import time
+from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import BinaryIO
 
+from crmmaint.errors import CommandTimeout, TransportError
+
+log = logging.getLogger(__name__)
+
 Command = str | Sequence[str]
+
+#: stderr kept per command (its tail): enough for error messages, bounded for chatty commands.
+STDERR_LIMIT = 64 * 1024
+#: stdout a ``start()`` caller never read, kept for ``wait()``'s result; the rest is dropped.
+UNREAD_STDOUT_LIMIT = 16 << 20
+#: Read-ahead buffered for a caller streaming stdout; beyond it the command waits (backpressure).
+STDOUT_HIGH_WATER = 8 << 20
+#: How long a killed command may take to go away before we stop waiting for it.
+KILL_GRACE = 5.0
+CHUNK = 1 << 20
+
+
+def command_text(command: Command) -> str:
+    """A command as one shell line: a str as is, an argument list quoted."""
+    return command if isinstance(command, str) else shlex.join(command)
+
+
+def short(text: str, limit: int = 80) -> str:
+    """The first ``limit`` characters of a command, for messages."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 @dataclass
@@ -71,6 +100,11 @@ class Process(abc.ABC):
     def kill(self) -> None:
         """Stop the command now."""
 
+    def set_timeout(self, seconds: float) -> None:
+        """Kill the command ``seconds`` from now if still running; then read/write/wait raise
+        ``CommandTimeout``. Bounds a whole stream, not only the final ``wait``."""
+        raise NotImplementedError
+
     def readinto_file(self, out: BinaryIO, size: int = 1 << 20) -> int:
         """Copy all of stdout to ``out``; returns the byte count."""
         total = 0
@@ -80,13 +114,338 @@ class Process(abc.ABC):
         return total
 
 
+class ProcessPipes(abc.ABC):
+    """The raw pipes of one started command: all a transport implementation provides.
+
+    ``PipeProcess`` builds everything else (timeouts, stderr capture, results) on these hooks.
+    """
+
+    @abc.abstractmethod
+    def write_stdin(self, data: bytes) -> None:
+        """Write all of ``data``; ``OSError`` if the command no longer reads."""
+
+    @abc.abstractmethod
+    def close_stdin(self) -> None: ...
+
+    @abc.abstractmethod
+    def read_stdout(self, size: int) -> bytes:
+        """Block for up to ``size`` bytes; ``b""`` at end of output."""
+
+    @abc.abstractmethod
+    def read_stderr(self, size: int) -> bytes: ...
+
+    @abc.abstractmethod
+    def wait_exit(self, timeout: float | None) -> int | None:
+        """The exit status (128+N for signal N), or None if still running after ``timeout``."""
+
+    @abc.abstractmethod
+    def kill(self) -> None:
+        """Kill the command and everything it started."""
+
+    @abc.abstractmethod
+    def release(self) -> None:
+        """Free pipes and channels (the command has exited or was killed)."""
+
+
+class TailBuffer:
+    """Keeps the last ``limit`` bytes written to it."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._chunks: deque[bytes] = deque()
+        self._size = 0
+        self._lock = threading.Lock()
+
+    def append(self, data: bytes) -> None:
+        with self._lock:
+            self._chunks.append(data)
+            self._size += len(data)
+            while self._size - len(self._chunks[0]) >= self.limit:
+                self._size -= len(self._chunks.popleft())
+
+    def getvalue(self) -> bytes:
+        with self._lock:
+            return b"".join(self._chunks)[-self.limit :]
+
+
+class _StdoutPump:
+    """Reads stdout in a thread so the command never blocks on a full pipe.
+
+    While the caller streams (has called ``read``), at most ``STDOUT_HIGH_WATER`` is buffered and
+    the command is held back beyond that. Otherwise up to ``limit`` bytes are kept for the result
+    (None: all) and the rest dropped, so a command whose output nobody reads cannot deadlock.
+    """
+
+    def __init__(self, source: ProcessPipes, limit: int | None, label: str) -> None:
+        self._source = source
+        self._limit = limit
+        self._cond = threading.Condition()
+        self._chunks: deque[bytes] = deque()
+        self._size = 0
+        self.dropped = 0
+        self._streaming = False
+        self._eof = False
+        self.error: OSError | None = None
+        self.thread = threading.Thread(target=self._pump, name=f"stdout {label}", daemon=True)
+        self.thread.start()
+
+    def _pump(self) -> None:
+        try:
+            while chunk := self._source.read_stdout(CHUNK):
+                with self._cond:
+                    while self._streaming and self._size >= STDOUT_HIGH_WATER:
+                        self._cond.wait()
+                    if (
+                        not self._streaming
+                        and self._limit is not None
+                        and self._size + len(chunk) > self._limit
+                    ):
+                        self.dropped += len(chunk)
+                        continue
+                    self._chunks.append(chunk)
+                    self._size += len(chunk)
+                    self._cond.notify_all()
+        except OSError as exc:
+            self.error = exc
+        finally:
+            with self._cond:
+                self._eof = True
+                self._cond.notify_all()
+
+    def read(self, size: int) -> bytes:
+        with self._cond:
+            if self.dropped:
+                raise OSError(
+                    f"{self.dropped} bytes of output were dropped while nobody read them; "
+                    "read stdout while writing stdin"
+                )
+            self._streaming = True
+            while not self._chunks and not self._eof:
+                self._cond.wait()
+            if not self._chunks:
+                return b""
+            chunk = self._chunks.popleft()
+            if len(chunk) > size:
+                self._chunks.appendleft(chunk[size:])
+                chunk = chunk[:size]
+            self._size -= len(chunk)
+            self._cond.notify_all()
+            return chunk
+
+    def stop_streaming(self) -> None:
+        """The caller is done reading: keep what remains (up to the limit) for the result."""
+        with self._cond:
+            self._streaming = False
+            self._cond.notify_all()
+
+    def remaining(self) -> bytes:
+        with self._cond:
+            data = b"".join(self._chunks)
+            self._chunks.clear()
+            self._size = 0
+            return data
+
+
+class PipeProcess(Process):
+    """A ``Process`` over raw ``ProcessPipes``: the one implementation of the orchestration."""
+
+    def __init__(
+        self,
+        host: str,
+        command: str,
+        pipes: ProcessPipes,
+        *,
+        stdout_limit: int | None = UNREAD_STDOUT_LIMIT,
+    ) -> None:
+        self.host = host
+        self.command = command
+        self.pipes = pipes
+        self._started = time.monotonic()
+        self._stderr = TailBuffer(STDERR_LIMIT)
+        self._stdout = _StdoutPump(pipes, stdout_limit, host)
+        self._stderr_thread = threading.Thread(
+            target=self._drain_stderr, name=f"stderr {host}", daemon=True
+        )
+        self._stderr_thread.start()
+        self._lock = threading.Lock()
+        self._timer: threading.Timer | None = None
+        self._deadline: float | None = None
+        self._limit: float | None = None
+        self._timed_out = threading.Event()
+        self._killed_at: float | None = None
+        self._result: CommandResult | None = None
+
+    def _drain_stderr(self) -> None:
+        try:
+            while chunk := self.pipes.read_stderr(CHUNK):
+                self._stderr.append(chunk)
+        except OSError as exc:
+            log.debug("%s: reading stderr of %s failed: %s", self.host, short(self.command), exc)
+
+    # -- timeouts ---------------------------------------------------------------------------
+
+    def set_timeout(self, seconds: float) -> None:
+        with self._lock:
+            deadline = time.monotonic() + seconds
+            if self._result is not None or (
+                self._deadline is not None and self._deadline <= deadline
+            ):
+                return
+            if self._timer is not None:
+                self._timer.cancel()
+            self._deadline, self._limit = deadline, seconds
+            self._timer = threading.Timer(seconds, self._expire)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def _expire(self) -> None:
+        with self._lock:
+            if self._result is not None:
+                return
+            self._timed_out.set()
+            self._killed_at = time.monotonic()
+        log.warning(
+            "%s: command %r exceeded its %gs timeout, killing it",
+            self.host,
+            short(self.command),
+            self._limit,
+        )
+        self.kill()
+
+    def _timeout_error(self) -> CommandTimeout:
+        tail = CommandResult(
+            self.host, self.command, -1, b"", self._stderr.getvalue(), 0
+        ).stderr_tail()
+        return CommandTimeout(
+            f"{self.host}: command {short(self.command)!r} did not finish within "
+            f"{self._limit:g}s and was killed" + (f"; stderr: {tail}" if tail else ""),
+            hint="raise the step's timeout if the command is only slow, or find out why it hangs",
+        )
+
+    # -- Process ----------------------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        if self._timed_out.is_set():
+            raise self._timeout_error()
+        try:
+            self.pipes.write_stdin(data)
+        except OSError as exc:
+            if self._timed_out.is_set():
+                raise self._timeout_error() from exc
+            raise TransportError(
+                f"{self.host}: command {short(self.command)!r} stopped reading its input ({exc})",
+                hint="see the command's exit status and stderr for why it ended early",
+            ) from exc
+
+    def close_stdin(self) -> None:
+        try:
+            self.pipes.close_stdin()
+        except OSError as exc:
+            log.debug("%s: closing stdin of %s: %s", self.host, short(self.command), exc)
+
+    def read(self, size: int = CHUNK) -> bytes:
+        try:
+            data = self._stdout.read(size)
+        except OSError as exc:
+            raise TransportError(
+                f"{self.host}: output of {short(self.command)!r} is incomplete: {exc}"
+            ) from exc
+        if not data:
+            if self._timed_out.is_set():
+                raise self._timeout_error()
+            if self._stdout.error is not None:
+                raise TransportError(
+                    f"{self.host}: reading output of {short(self.command)!r} failed: "
+                    f"{self._stdout.error}",
+                    hint="the connection to the host may have dropped",
+                ) from self._stdout.error
+        return data
+
+    def kill(self) -> None:
+        self.pipes.kill()
+
+    def wait(self, timeout: float | None = None) -> CommandResult:
+        if timeout is not None:
+            self.set_timeout(timeout)
+        self._stdout.stop_streaming()
+        status = None
+        while status is None:
+            status = self.pipes.wait_exit(0.2)
+            killed_at = self._killed_at
+            if (
+                status is None
+                and killed_at is not None
+                and time.monotonic() > killed_at + KILL_GRACE
+            ):
+                log.warning("%s: %r did not go away after kill", self.host, short(self.command))
+                break
+        # Output ends shortly after exit, unless a background child still holds the pipes.
+        grace = KILL_GRACE if self._timed_out.is_set() else None
+        self._stdout.thread.join(grace)
+        self._stderr_thread.join(grace if grace is not None else KILL_GRACE)
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+            if self._timed_out.is_set():
+                raise self._timeout_error()
+            self._result = CommandResult(
+                host=self.host,
+                command=self.command,
+                exit_status=-1 if status is None else status,
+                stdout=self._stdout.remaining(),
+                stderr=self._stderr.getvalue(),
+                duration=time.monotonic() - self._started,
+            )
+        if self._stdout.dropped:
+            log.warning(
+                "%s: dropped %d bytes of unread output of %r",
+                self.host,
+                self._stdout.dropped,
+                short(self.command),
+            )
+        return self._result
+
+    def release(self) -> None:
+        """End of the ``start`` block: kill the command if still running, free the pipes."""
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+        if self.pipes.wait_exit(0) is None:
+            log.debug("%s: killing %r at the end of its block", self.host, short(self.command))
+            self.pipes.kill()
+            self.pipes.wait_exit(KILL_GRACE)
+        self._stdout.stop_streaming()
+        self._stdout.thread.join(KILL_GRACE)
+        self._stderr_thread.join(KILL_GRACE)
+        self.pipes.release()
+
+
+def _feed_stdin(proc: Process, stdin: bytes | BinaryIO, failures: list[BaseException]) -> None:
+    """Write ``stdin`` then close it; a failing source kills the command (no partial input)."""
+    try:
+        if isinstance(stdin, bytes | bytearray | memoryview):
+            view = memoryview(stdin)
+            for offset in range(0, len(view), CHUNK):
+                proc.write(bytes(view[offset : offset + CHUNK]))
+        else:
+            while chunk := stdin.read(CHUNK):
+                proc.write(chunk)
+    except TransportError as exc:
+        # The command ended early or timed out; its exit status and wait() tell the story.
+        log.debug("stdin not fully written: %s", exc)
+    except BaseException as exc:
+        failures.append(exc)
+        proc.kill()
+        return
+    proc.close_stdin()
+
+
 class Transport(abc.ABC):
     """Where commands run: this machine (``LocalTransport``) or an SSH host (``SSHTransport``)."""
 
     #: The inventory name of the host, used in every message.
     host: str
 
-    @abc.abstractmethod
     def run(
         self,
         command: Command,
@@ -101,8 +460,32 @@ class Transport(abc.ABC):
         With ``check=True`` a non-zero exit raises ``TransportError`` naming host, command and
         the tail of stderr. ``env`` values are passed without appearing on the command line.
         """
+        failures: list[BaseException] = []
+        with self._started(command, env, stdout_limit=None) as proc:
+            if timeout is not None:
+                proc.set_timeout(timeout)
+            feeder = None
+            if stdin is None:
+                proc.close_stdin()
+            else:
+                feeder = threading.Thread(
+                    target=_feed_stdin, args=(proc, stdin, failures), name=f"stdin {self.host}"
+                )
+                feeder.start()
+            try:
+                result = proc.wait()
+            finally:
+                if feeder is not None:
+                    feeder.join()
+        if failures:
+            raise failures[0]
+        if check and not result.ok:
+            raise TransportError(
+                f"{self.host}: command {short(result.command)!r} failed with exit status "
+                f"{result.exit_status}: {result.stderr_tail() or '(no stderr)'}",
+            )
+        return result
 
-    @abc.abstractmethod
     @contextmanager
     def start(
         self,
@@ -111,6 +494,24 @@ class Transport(abc.ABC):
         env: Mapping[str, str] | None = None,
     ) -> Iterator[Process]:
         """Start a command for streaming stdin and/or stdout (dumps, restores)."""
+        with self._started(command, env, stdout_limit=UNREAD_STDOUT_LIMIT) as proc:
+            yield proc
+
+    @contextmanager
+    def _started(
+        self, command: Command, env: Mapping[str, str] | None, *, stdout_limit: int | None
+    ) -> Iterator[PipeProcess]:
+        text = command_text(command)
+        log.debug("%s: starting %s", self.host, short(text))
+        proc = PipeProcess(self.host, text, self._spawn(command, env), stdout_limit=stdout_limit)
+        try:
+            yield proc
+        finally:
+            proc.release()
+
+    def _spawn(self, command: Command, env: Mapping[str, str] | None) -> ProcessPipes:
+        """Start ``command`` and return its raw pipes: the one hook implementations write."""
+        raise NotImplementedError
 
     @abc.abstractmethod
     def put(self, local_path: str, remote_path: str, *, mode: int | None = None) -> None:

@@ -1,0 +1,110 @@
+"""Run commands on this machine: a subprocess with pipes, in its own process group."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+from collections.abc import Mapping
+
+from crmmaint.errors import TransportError
+from crmmaint.transport.base import Command, ProcessPipes, Transport, command_text, short
+
+log = logging.getLogger(__name__)
+
+
+class _LocalPipes(ProcessPipes):
+    def __init__(self, popen: subprocess.Popen) -> None:
+        self._popen = popen
+
+    def write_stdin(self, data: bytes) -> None:
+        assert self._popen.stdin is not None
+        self._popen.stdin.write(data)
+        self._popen.stdin.flush()
+
+    def close_stdin(self) -> None:
+        if self._popen.stdin is not None and not self._popen.stdin.closed:
+            self._popen.stdin.close()
+
+    def read_stdout(self, size: int) -> bytes:
+        assert self._popen.stdout is not None
+        return os.read(self._popen.stdout.fileno(), size)
+
+    def read_stderr(self, size: int) -> bytes:
+        assert self._popen.stderr is not None
+        return os.read(self._popen.stderr.fileno(), size)
+
+    def wait_exit(self, timeout: float | None) -> int | None:
+        try:
+            status = self._popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+        return 128 - status if status < 0 else status
+
+    def kill(self) -> None:
+        # The command leads its own process group: kill its children (sh -c pipelines) too.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self._popen.pid, signal.SIGKILL)
+
+    def release(self) -> None:
+        for pipe in (self._popen.stdin, self._popen.stdout, self._popen.stderr):
+            if pipe is not None:
+                with contextlib.suppress(OSError):
+                    pipe.close()
+
+
+class LocalTransport(Transport):
+    """Commands on the machine running crmmaint; a str runs with ``sh -c``, a list is exec'd."""
+
+    def __init__(self, host: str = "localhost") -> None:
+        self.host = host
+
+    def _spawn(self, command: Command, env: Mapping[str, str] | None) -> ProcessPipes:
+        args = ["/bin/sh", "-c", command] if isinstance(command, str) else list(command)
+        try:
+            popen = subprocess.Popen(
+                args,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=None if env is None else {**os.environ, **env},
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise TransportError(
+                f"{self.host}: cannot start {short(command_text(command))!r}: {exc}",
+                hint="check that the program is installed and on PATH",
+            ) from exc
+        return _LocalPipes(popen)
+
+    def put(self, local_path: str, remote_path: str, *, mode: int | None = None) -> None:
+        _copy_atomic(self.host, local_path, remote_path, mode)
+
+    def get(self, remote_path: str, local_path: str) -> None:
+        _copy_atomic(self.host, remote_path, local_path, None)
+
+    def close(self) -> None:
+        pass
+
+
+def _copy_atomic(host: str, source: str, target: str, mode: int | None) -> None:
+    """Copy to a temp name next to ``target``, then rename: readers never see a partial file."""
+    directory = os.path.dirname(os.path.abspath(target))
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", dir=directory)
+    except OSError as exc:
+        raise TransportError(f"{host}: cannot write into {directory}: {exc}") from exc
+    try:
+        with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
+            shutil.copyfileobj(src, out, 1 << 20)
+        if mode is not None:
+            os.chmod(tmp, mode)
+        os.replace(tmp, target)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise TransportError(f"{host}: cannot copy {source} to {target}: {exc}") from exc
