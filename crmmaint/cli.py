@@ -1,0 +1,505 @@
+"""The command line: one invoke Collection, used by ``tasks.py`` and the ``crmmaint`` program.
+
+Thin by design: parse flags, call the library, print through the writers in
+``crmmaint.reporting``. Every command translates ``CrmMaintError`` into a one-line message and the
+error's exit code (no traceback unless ``--debug``), so ``invoke`` and ``crmmaint`` behave alike.
+``crmmaint playbook check`` is accepted as well as invoke's ``crmmaint playbook.check``.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from invoke import Collection, Config, Exit, Program, task
+
+from crmmaint import __version__
+from crmmaint.errors import ConfigError, CrmMaintError
+from crmmaint.inventory import Inventory, describe, load_inventory
+from crmmaint.journal import Journal, default_journal_path
+from crmmaint.reporting.console import (
+    ConsoleReporter,
+    JsonReporter,
+    make_console,
+    print_table,
+    write_json,
+)
+
+log = logging.getLogger("crmmaint")
+
+#: Exit code for a failure that is a bug in crmmaint rather than bad input.
+INTERNAL_ERROR = 70
+INTERRUPTED = 130
+
+
+class CrmConfig(Config):
+    """invoke's layered config with our prefix: /etc/crmmaint.yaml < ~/.crmmaint.yaml <
+    ./crmmaint.yaml < CRMMAINT_* env < -f file < flags."""
+
+    prefix = "crmmaint"
+    env_prefix = "CRMMAINT"
+
+    @staticmethod
+    def global_defaults() -> dict[str, Any]:
+        defaults = Config.global_defaults()
+        defaults.update({"inventory": None, "journal": None, "forks": 10})
+        return defaults
+
+
+# --- shared plumbing ---------------------------------------------------------------------
+
+
+def _debug_enabled(kwargs: dict[str, Any]) -> bool:
+    return bool(kwargs.get("debug")) or os.environ.get("CRMMAINT_DEBUG") == "1"
+
+
+def setup_logging(debug: bool) -> None:
+    level = logging.DEBUG if debug else logging.WARNING
+    root = logging.getLogger("crmmaint")
+    if not root.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        root.addHandler(handler)
+    root.setLevel(level)
+    if debug:
+        logging.getLogger("paramiko").setLevel(logging.INFO)
+
+
+def format_error(exc: CrmMaintError) -> str:
+    return f"crmmaint: error: {exc}"
+
+
+def command(*args: Any, **kwargs: Any) -> Any:
+    """``invoke.task`` plus the top-level error handling every command shares."""
+
+    def decorate(func: Callable[..., Any]) -> Any:
+        @functools.wraps(func)
+        def wrapper(c: Any, *a: Any, **k: Any) -> Any:
+            debug = _debug_enabled(k)
+            setup_logging(debug)
+            try:
+                return func(c, *a, **k)
+            except Exit:
+                raise
+            except CrmMaintError as exc:
+                if debug:
+                    traceback.print_exc()
+                raise Exit(format_error(exc), code=exc.exit_code) from None
+            except KeyboardInterrupt:
+                raise Exit("crmmaint: interrupted", code=INTERRUPTED) from None
+            except Exception as exc:
+                if debug:
+                    traceback.print_exc()
+                    raise Exit(f"crmmaint: internal error: {exc!r}", code=INTERNAL_ERROR) from None
+                raise Exit(
+                    f"crmmaint: internal error: {exc!r} (run again with --debug for the traceback"
+                    " and report it)",
+                    code=INTERNAL_ERROR,
+                ) from None
+
+        params = inspect.signature(func).parameters
+        help_ = {k: v for k, v in {**COMMON_HELP, **kwargs.pop("help", {})}.items() if k in params}
+        return task(wrapper, *args, help=help_, **kwargs)
+
+    return decorate
+
+
+COMMON_HELP = {
+    "inventory": "inventory file (default: config 'inventory', $CRMMAINT_INVENTORY, ./inventory.yml)",
+    "json": "print machine-readable JSON",
+    "debug": "show tracebacks of errors",
+}
+
+
+def helps(**extra: str) -> dict[str, str]:
+    return {**COMMON_HELP, **extra}
+
+
+def inventory_path(c: Any, given: str | None) -> Path:
+    """Flag, then config/env, then ./inventory.yml; a clear error when there is none."""
+    candidates = [given, _config_get(c, "inventory"), os.environ.get("CRMMAINT_INVENTORY")]
+    for cand in candidates:
+        if cand:
+            return Path(cand).expanduser()
+    if Path("inventory.yml").exists():
+        return Path("inventory.yml")
+    raise ConfigError(
+        "no inventory given",
+        hint="pass -i FILE, set CRMMAINT_INVENTORY, or run `crmmaint demo` for a sample estate",
+    )
+
+
+def open_inventory(c: Any, given: str | None) -> Inventory:
+    return load_inventory(inventory_path(c, given))
+
+
+def open_journal(c: Any, inventory: Inventory | None) -> Journal:
+    """Journal path: config/env, then the inventory's ``settings.journal``, then the user data dir."""
+    path = _config_get(c, "journal") or os.environ.get("CRMMAINT_JOURNAL")
+    if not path and inventory is not None and inventory.settings.get("journal"):
+        path = str(
+            Path(inventory.path).parent / Path(str(inventory.settings["journal"])).expanduser()
+        )
+    return Journal(path or default_journal_path())
+
+
+def _config_get(c: Any, key: str) -> Any:
+    config = getattr(c, "config", None)
+    if config is None:
+        return None
+    try:
+        return config.get(key)
+    except (AttributeError, KeyError):
+        return None
+
+
+def split_list(value: str | None) -> list[str] | None:
+    if not value:
+        return None
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+# --- commands ----------------------------------------------------------------------------
+
+
+@command(
+    help=helps(
+        playbook="a playbook file, or the name of a shipped one: daily, weekly, monthly, quarterly, yearly",
+        check="report what would be done; change nothing anywhere",
+        limit="only targets on these hosts or groups (comma-separated)",
+        tags="only steps with any of these tags (comma-separated)",
+        step="only these steps (comma-separated names)",
+        forks="how many targets run in parallel (default 10)",
+        verbose="print a line when each target starts",
+    ),
+    positional=["playbook"],
+)
+def run(
+    c: Any,
+    playbook: str,
+    inventory: str | None = None,
+    check: bool = False,
+    limit: str | None = None,
+    tags: str | None = None,
+    step: str | None = None,
+    forks: int = 0,
+    json: bool = False,
+    verbose: bool = False,
+    debug: bool = False,
+) -> None:
+    """Run a playbook against the inventory. Exit 0 ok, 1 warnings, 2 failures, 3 bad config."""
+    from datetime import UTC, datetime
+
+    from crmmaint.playbook import Runner, load_playbook, plan
+
+    inv = open_inventory(c, inventory)
+    book = load_playbook(playbook, inv)
+    planned = plan(
+        book,
+        inv,
+        limit=split_list(limit),
+        tags=split_list(tags),
+        steps=split_list(step),
+        now=datetime.now(UTC),
+    )
+    reporter = JsonReporter() if json else ConsoleReporter(verbose=verbose)
+    with open_journal(c, inv) as journal:
+        runner = Runner(
+            inv,
+            journal,
+            forks=forks or int(_config_get(c, "forks") or 10),
+            check=check,
+            reporter=reporter,
+        )
+        summary = runner.run(book, planned)
+        if not json:
+            make_console(sys.stderr).print(
+                f"journal: {journal.path} (crmmaint show {summary.run_id})"
+            )
+    if summary.exit_code:
+        raise Exit(code=summary.exit_code)
+
+
+@command(
+    name="check",
+    help=helps(file="playbook files to validate (repeatable)"),
+    iterable=["file"],
+)
+def playbook_check(
+    c: Any, file: list[str], inventory: str | None = None, json: bool = False, debug: bool = False
+) -> None:
+    """Validate playbooks without running them (against the inventory when one is given)."""
+    from crmmaint.playbook import load_playbook
+
+    if not file:
+        raise ConfigError("no playbook given", hint="crmmaint playbook check FILE...")
+    inv = None
+    if inventory or _config_get(c, "inventory") or os.environ.get("CRMMAINT_INVENTORY"):
+        inv = open_inventory(c, inventory)
+    checked = []
+    for path in file:
+        book = load_playbook(path, inv)
+        checked.append(
+            {"playbook": path, "name": book.name, "steps": len(book.steps), "valid": True}
+        )
+    if json:
+        write_json(checked)
+    else:
+        for row in checked:
+            print(f"{row['playbook']}: valid ({row['steps']} steps)")
+
+
+@command(name="list", help=helps())
+def playbook_list(c: Any, json: bool = False, debug: bool = False) -> None:
+    """List the shipped playbooks."""
+    from crmmaint.playbook import load_playbook, shipped_playbooks
+
+    rows = []
+    for path in shipped_playbooks():
+        book = load_playbook(str(path), None)
+        rows.append(
+            {"name": path.stem, "window": book.window, "steps": len(book.steps), "path": str(path)}
+        )
+    if json:
+        write_json(rows)
+    else:
+        print_table(rows, ["name", "window", "steps", "path"], title="shipped playbooks")
+
+
+@command(name="check", help=helps())
+def inventory_check(
+    c: Any, inventory: str | None = None, json: bool = False, debug: bool = False
+) -> None:
+    """Validate the inventory and print what it describes (no secrets)."""
+    inv = open_inventory(c, inventory)
+    summary = describe(inv)
+    if json:
+        write_json(summary)
+        return
+    print(f"{inv.path}: valid")
+    for section in ("hosts", "databases", "caches", "filesets", "repositories"):
+        names = ", ".join(summary[section]) or "none"
+        print(f"  {section}: {names}")
+
+
+@command(help=helps(limit="how many runs (default 20)", playbook="only runs of this playbook"))
+def history(
+    c: Any,
+    inventory: str | None = None,
+    limit: int = 20,
+    playbook: str | None = None,
+    json: bool = False,
+    debug: bool = False,
+) -> None:
+    """List recent runs from the journal."""
+    inv = _maybe_inventory(c, inventory)
+    with open_journal(c, inv) as journal:
+        runs = journal.runs(limit=limit, playbook=playbook)
+    if json:
+        write_json(runs)
+        return
+    rows = [
+        {
+            "run": r["id"],
+            "playbook": r["playbook"],
+            "started": _when(r["started"]),
+            "duration": f"{(r['finished'] or r['started']) - r['started']:.1f}s"
+            if r["finished"]
+            else "running",
+            "status": r["status"] or "-",
+            "check": "yes" if r["check_mode"] else "",
+            "user": r["user"],
+        }
+        for r in runs
+    ]
+    print_table(
+        rows, ["run", "playbook", "started", "duration", "status", "check", "user"], title="history"
+    )
+
+
+@command(help=helps(run_id="run number, or 'last'"), positional=["run_id"])
+def show(
+    c: Any,
+    run_id: str,
+    inventory: str | None = None,
+    json: bool = False,
+    debug: bool = False,
+) -> None:
+    """Show one run from the journal: every step and target with its result."""
+    inv = _maybe_inventory(c, inventory)
+    with open_journal(c, inv) as journal:
+        rid = journal.last_run_id() if run_id == "last" else _int(run_id, "run id")
+        run_doc = journal.run(rid) if rid is not None else None
+    if run_doc is None:
+        raise ConfigError(f"no run {run_id} in the journal", hint="see `crmmaint history`")
+    if json:
+        write_json(run_doc)
+        return
+    print(
+        f"run {run_doc['id']}: {run_doc['playbook']} started {_when(run_doc['started'])}"
+        f" by {run_doc['user']} on {run_doc['machine']}: {run_doc['status'] or 'unfinished'}"
+        f"{' (check mode)' if run_doc['check_mode'] else ''}"
+    )
+    rows = [
+        {
+            "step": r["step"],
+            "task": r["task"],
+            "target": r["target"],
+            "status": r["status"],
+            "message": r["message"],
+            "time": f"{r['duration']:.1f}s",
+        }
+        for r in run_doc["results"]
+    ]
+    print_table(rows, ["step", "task", "target", "status", "message", "time"])
+
+
+@command(
+    help=helps(
+        dir="where the demo estate lives (default .demo)",
+        rows="rows in the generated CRM database (default 200000)",
+        playbooks="playbooks to run, comma-separated (default daily,weekly)",
+    )
+)
+def demo(
+    c: Any,
+    dir: str = ".demo",
+    rows: int = 200_000,
+    playbooks: str = "daily,weekly",
+    debug: bool = False,
+) -> None:
+    """Build the embedded demo estate (SQLite CRM, local repository, generated key) and run it."""
+    from crmmaint.demo import run_demo
+
+    code = run_demo(Path(dir), rows=rows, playbooks=split_list(playbooks) or ["daily"])
+    if code:
+        raise Exit(code=code)
+
+
+def _maybe_inventory(c: Any, given: str | None) -> Inventory | None:
+    try:
+        return open_inventory(c, given)
+    except ConfigError:
+        if given:
+            raise
+        return None
+
+
+def _int(text: str, what: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ConfigError(f"{what} must be a number, not {text!r}") from None
+
+
+def _when(ts: float | None) -> str:
+    from datetime import datetime
+
+    if ts is None:
+        return "-"
+    return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+
+
+# --- the collection ----------------------------------------------------------------------
+
+
+def build_collection() -> Collection:
+    ns = Collection()
+    ns.add_task(run)
+    ns.add_task(history)
+    ns.add_task(show)
+    ns.add_task(demo)
+    ns.add_collection(Collection("playbook", playbook_check, playbook_list))
+    ns.add_collection(Collection("inventory", inventory_check))
+    for extra in _extra_collections():
+        extra(ns)
+    ns.configure({"inventory": None, "journal": None, "forks": 10})
+    return ns
+
+
+def _extra_collections() -> list[Callable[[Collection], None]]:
+    """Command groups defined in sibling modules (backup, keys, repo) register here."""
+    try:
+        from crmmaint.cli_backup import register
+    except ImportError:
+        return []
+    return [register]
+
+
+ns = build_collection()
+
+#: Commands invoked as ``crmmaint GROUP VERB`` and their variadic positional flag.
+_VARIADIC = {"playbook.check": "--file"}
+#: Commands whose single positional may be left out, and what it then means.
+_OPTIONAL_POSITIONAL = {"show": "last"}
+_VALUE_FLAGS = {"-i", "--inventory", "--file", "--limit", "--tags", "--step", "--forks", "--dir"}
+_CORE_VALUE_FLAGS = {"-f", "--config", "-T", "--command-timeout", "--hide", "-r", "--search-root"}
+
+
+def normalize_argv(argv: list[str]) -> list[str]:
+    """Accept ``GROUP VERB`` for invoke's ``GROUP.VERB``, ``--debug`` anywhere, and several files
+    after ``playbook check``."""
+    args = list(argv)
+    if any(a in ("--debug", "-d") for a in args[1:]):
+        os.environ["CRMMAINT_DEBUG"] = "1"
+    i = 1
+    while i < len(args) and args[i].startswith("-"):
+        i += 2 if args[i] in _CORE_VALUE_FLAGS else 1
+    if (
+        i + 1 < len(args)
+        and args[i] in ns.collections
+        and args[i + 1] in ns.collections[args[i]].tasks
+    ):
+        args[i : i + 2] = [f"{args[i]}.{args[i + 1]}"]
+    if i < len(args) and args[i] in _VARIADIC:
+        flag = _VARIADIC[args[i]]
+        rest, out, j = args[i + 1 :], [], 0
+        while j < len(rest):
+            tok = rest[j]
+            if tok.startswith("-"):
+                out.append(tok)
+                if (
+                    j + 1 < len(rest)
+                    and not rest[j + 1].startswith("-")
+                    and tok in ("-i", "--inventory", "--file")
+                ):
+                    out.append(rest[j + 1])
+                    j += 1
+            else:
+                out += [flag, tok]
+            j += 1
+        args[i + 1 :] = out
+    if i < len(args) and args[i] in _OPTIONAL_POSITIONAL and not _has_positional(args[i + 1 :]):
+        args.append(_OPTIONAL_POSITIONAL[args[i]])
+    return args
+
+
+def _has_positional(rest: list[str]) -> bool:
+    j = 0
+    while j < len(rest):
+        if rest[j].startswith("-"):
+            j += 2 if rest[j] in _VALUE_FLAGS and "=" not in rest[j] else 1
+            continue
+        return True
+    return False
+
+
+program = Program(
+    name="crmmaint",
+    binary="crmmaint",
+    namespace=ns,
+    version=__version__,
+    config_class=CrmConfig,
+)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``crmmaint`` console script."""
+    program.run(normalize_argv(list(argv) if argv is not None else sys.argv))
