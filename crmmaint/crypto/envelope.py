@@ -67,9 +67,17 @@ def _seal_with_nonce(
         raise ValueError(f"unknown algorithm {algorithm!r}; choose one of {ALGORITHMS}") from None
     if len(nonce) != NONCE_LEN:
         raise ValueError(f"a nonce is {NONCE_LEN} bytes")
-    header = bytes((algorithm_id,)) + nonce
-    sealed = _cipher(algorithm_id, _check_key(key)).encrypt(nonce, plaintext, header[:1] + aad)
-    return header + sealed
+    cipher = _cipher(algorithm_id, _check_key(key))
+    associated = bytes((algorithm_id,)) + aad
+    if not hasattr(cipher, "encrypt_into"):  # cryptography < 45
+        return bytes((algorithm_id,)) + nonce + cipher.encrypt(nonce, plaintext, associated)
+    # Encrypting in place after the header: `header + sealed` on 4 MiB chunks cost ~2000 page
+    # faults per call (malloc returns and re-maps the freed buffer) and ran at a fifth of the speed.
+    blob = bytearray(HEADER_LEN + len(plaintext) + TAG_LEN)
+    blob[0] = algorithm_id
+    blob[1:HEADER_LEN] = nonce
+    cipher.encrypt_into(nonce, plaintext, associated, memoryview(blob)[HEADER_LEN:])
+    return bytes(blob)
 
 
 def seal(key: bytes, plaintext: bytes, *, aad: bytes, algorithm: str = "aes-256-gcm") -> bytes:
