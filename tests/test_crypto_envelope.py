@@ -238,3 +238,21 @@ def test_no_identities_and_no_recipients() -> None:
         unwrap_data_key(stanzas, [], name="b")
     with pytest.raises(CryptoError, match="no recipients"):
         wrap_data_key(new_data_key(), [])
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_seal_without_encrypt_into_gives_same_bytes(
+    algorithm: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """cryptography < 45 has no encrypt_into; the fallback must write the same format."""
+
+    class PlainAead:
+        def __init__(self, algorithm_id: int, key: bytes) -> None:
+            self._aead = (AESGCM if algorithm_id == 1 else ChaCha20Poly1305)(key)
+
+        def encrypt(self, nonce: bytes, data: bytes, aad: bytes) -> bytes:
+            return self._aead.encrypt(nonce, data, aad)
+
+    monkeypatch.setattr("crmmaint.crypto.envelope._cipher", PlainAead)
+    blob = _seal_with_nonce(KEY, PLAINTEXT, aad=AAD, algorithm=algorithm, nonce=NONCE)
+    assert blob.hex() == SEAL_VECTORS[algorithm]
