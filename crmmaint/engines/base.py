@@ -1,0 +1,316 @@
+"""The database engine interface: facts, dump, restore and drop, spoken through a transport.
+
+Every engine runs its client tools (psql, mariadb, sqlite3 …) on the host that owns the data.
+SQL and dump bytes travel over stdin/stdout; passwords go through the environment only.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import hashlib
+import logging
+import re
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Protocol
+
+from crmmaint.errors import CommandTimeout, EngineError, RestoreError, TransportError
+from crmmaint.inventory import Database
+from crmmaint.transport.base import Command, CommandResult, Process, Transport
+
+log = logging.getLogger(__name__)
+
+#: Default timeout (seconds) for short client commands: ping, facts, queries.
+QUERY_TIMEOUT = 120.0
+
+Facts = dict[str, Any]
+
+_TARGET_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+
+
+class RestoreTargetExists(RestoreError, EngineError):
+    """The restore target exists and ``force`` was not given (both a restore and engine error)."""
+
+
+class Reader(Protocol):
+    """Anything with ``read(n) -> bytes`` returning ``b""`` at the end (a restore source)."""
+
+    def read(self, size: int = ..., /) -> bytes: ...
+
+
+def schema_digest(rows: Iterable[Sequence[str]]) -> str:
+    """sha256 over a canonical, sorted description (one tab-joined line per row)."""
+    lines = sorted("\t".join(row) for row in rows)
+    h = hashlib.sha256()
+    for line in lines:
+        h.update(line.encode("utf-8") + b"\n")
+    return h.hexdigest()
+
+
+def compare_facts(expected: Mapping[str, Any], actual: Mapping[str, Any]) -> list[str]:
+    """Differences a drill reports between recorded facts and those of a restored copy.
+
+    Tables, row counts and schema fingerprint must be equal; a sequence may only be ahead
+    (sequences are not transactional, see docs/engines.md). An empty list means they match.
+    """
+    problems: list[str] = []
+    exp_tables, act_tables = set(expected.get("tables", [])), set(actual.get("tables", []))
+    if missing := sorted(exp_tables - act_tables):
+        problems.append(f"tables missing: {', '.join(missing)}")
+    if extra := sorted(act_tables - exp_tables):
+        problems.append(f"unexpected tables: {', '.join(extra)}")
+    exp_counts, act_counts = expected.get("row_counts", {}), actual.get("row_counts", {})
+    for table in sorted(set(exp_counts) & set(act_counts)):
+        if exp_counts[table] != act_counts[table]:
+            problems.append(f"{table}: {act_counts[table]} rows, expected {exp_counts[table]}")
+    if expected.get("schema_fingerprint") != actual.get("schema_fingerprint"):
+        problems.append("schema fingerprint differs")
+    act_seqs = actual.get("sequences", {})
+    for seq, value in sorted(expected.get("sequences", {}).items()):
+        if seq not in act_seqs:
+            problems.append(f"sequence missing: {seq}")
+        elif value is not None and (act_seqs[seq] is None or act_seqs[seq] < value):
+            problems.append(f"sequence {seq} at {act_seqs[seq]}, expected at least {value}")
+    return problems
+
+
+class DumpStream:
+    """A dump in progress: ``read`` its bytes to the end, then ``finish`` to check how it ended.
+
+    ``facts`` (tables, row_counts, schema_fingerprint …) are complete once ``finish`` returned.
+    A dump whose command failed, was killed, or was not read to the end raises ``EngineError``
+    from ``finish`` — so a failed dump never becomes a backup.
+    """
+
+    def __init__(
+        self,
+        process: Process,
+        *,
+        describe: Callable[[str], EngineError],
+        facts: Facts | None = None,
+        observe: Callable[[bytes], None] | None = None,
+        complete: Callable[[Facts], None] | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        self._process = process
+        self.error = describe
+        self._observe = observe
+        self._complete = complete
+        self._timeout = timeout
+        self.facts: Facts = dict(facts or {})
+        self.bytes_read = 0
+        self.eof = False
+        self.finished = False
+
+    def read(self, size: int = 1 << 20) -> bytes:
+        """Up to ``size`` bytes of the dump; ``b""`` at the end."""
+        if self.eof:
+            return b""
+        chunk = self._process.read(size)
+        if not chunk:
+            self.eof = True
+            if self._observe is not None:
+                self._observe(b"")
+            return b""
+        self.bytes_read += len(chunk)
+        if self._observe is not None:
+            self._observe(chunk)
+        return chunk
+
+    def finish(self) -> Facts:
+        """Wait for the dump command, check its exit status and complete the facts."""
+        if self.finished:
+            return self.facts
+        if not self.eof:
+            self._process.kill()
+            raise self.error("finish() called before the dump stream was read to the end")
+        try:
+            result = self._process.wait(timeout=self._timeout)
+        except CommandTimeout as exc:
+            raise self.error(f"dump timed out after {self._timeout}s") from exc
+        if result.exit_status != 0:
+            how = "was killed" if result.exit_status < 0 else f"exited {result.exit_status}"
+            raise self.error(f"dump command {how}: {result.stderr_tail()}")
+        if self._complete is not None:
+            self._complete(self.facts)
+        self.facts["bytes"] = self.bytes_read
+        self.finished = True
+        return self.facts
+
+    def kill(self) -> None:
+        """Stop the dump command (a caller giving up); ``finish`` then raises."""
+        self._process.kill()
+
+
+class DatabaseEngine(abc.ABC):
+    """One database reached through the transport of the host that owns it."""
+
+    engine: str = ""
+
+    def __init__(self, db: Database, transport: Transport) -> None:
+        self.db = db
+        self.transport = transport
+
+    # --- errors and command helpers ---------------------------------------------------------
+
+    @property
+    def where(self) -> str:
+        target = self.db.dbname or self.db.path or self.db.name
+        return f"{self.engine} database {self.db.name!r} ({target}) on host {self.transport.host}"
+
+    def error(self, what: str, *, hint: str | None = None) -> EngineError:
+        """An ``EngineError`` naming engine, database and host."""
+        return EngineError(f"{self.where}: {what}", hint=hint)
+
+    def password_env(self, variable: str) -> dict[str, str]:
+        """The environment carrying the password for the client tool (never argv)."""
+        if self.db.password is None:
+            return {}
+        return {variable: self.db.password.resolve().decode("utf-8")}
+
+    def client_env(self) -> dict[str, str]:
+        """Environment for every client command of this engine (password, locale)."""
+        return {}
+
+    def run(
+        self,
+        command: Command,
+        *,
+        stdin: bytes | None = None,
+        timeout: float | None = QUERY_TIMEOUT,
+        what: str = "command",
+    ) -> CommandResult:
+        """Run a client command to completion; a failure becomes ``EngineError``."""
+        try:
+            result = self.transport.run(
+                command, stdin=stdin, timeout=timeout, env=self.client_env(), check=False
+            )
+        except CommandTimeout as exc:
+            raise self.error(f"{what} timed out after {timeout}s") from exc
+        except TransportError as exc:
+            raise self.error(f"{what} could not run: {exc}") from exc
+        if not result.ok:
+            raise self.error(f"{what} failed (exit {result.exit_status}): {result.stderr_tail()}")
+        return result
+
+    @contextlib.contextmanager
+    def started(self, command: Command, *, what: str) -> Iterator[Process]:
+        """Start a streaming client command; transport failures become ``EngineError``."""
+        try:
+            with self.transport.start(command, env=self.client_env()) as proc:
+                yield proc
+        except EngineError:
+            raise
+        except TransportError as exc:
+            raise self.error(f"{what}: {exc}") from exc
+
+    # --- the interface ----------------------------------------------------------------------
+
+    def ping(self, *, timeout: float = 30.0) -> float:
+        """Connect and run ``SELECT 1``; returns the round trip in seconds."""
+        start = time.monotonic()
+        rows = self.query("SELECT 1", timeout=timeout)
+        if rows != [("1",)]:
+            raise self.error(f"SELECT 1 answered {rows!r}")
+        return time.monotonic() - start
+
+    @abc.abstractmethod
+    def facts(self, *, timeout: float = QUERY_TIMEOUT) -> Facts:
+        """Server and database figures: version, size_bytes, connections, uptime …"""
+
+    @abc.abstractmethod
+    def query(self, sql: str, *, timeout: float = QUERY_TIMEOUT) -> list[tuple[str, ...]]:
+        """Run SQL (over stdin) and return its rows as strings; for small results only."""
+
+    @abc.abstractmethod
+    def tables(self, *, timeout: float = QUERY_TIMEOUT) -> list[str]:
+        """User tables, sorted."""
+
+    @abc.abstractmethod
+    def row_counts(self, *, timeout: float = QUERY_TIMEOUT) -> dict[str, int]:
+        """Exact row count of every user table."""
+
+    @abc.abstractmethod
+    def schema_fingerprint(self, *, timeout: float = QUERY_TIMEOUT) -> str:
+        """sha256 of tables, columns, types, constraints and indexes; stable across restore."""
+
+    def snapshot_facts(self, *, timeout: float = QUERY_TIMEOUT) -> Facts:
+        """The facts a drill compares (tables, row_counts, schema_fingerprint) taken now."""
+        return {
+            "tables": self.tables(timeout=timeout),
+            "row_counts": self.row_counts(timeout=timeout),
+            "schema_fingerprint": self.schema_fingerprint(timeout=timeout),
+        }
+
+    @abc.abstractmethod
+    def dump(
+        self, *, timeout: float | None = None
+    ) -> contextlib.AbstractContextManager[DumpStream]:
+        """Stream a consistent dump; a context manager yielding a ``DumpStream``."""
+
+    @abc.abstractmethod
+    def restore(
+        self,
+        stream: Reader,
+        *,
+        target_name: str,
+        force: bool = False,
+        timeout: float | None = None,
+    ) -> Facts:
+        """Load a dump into a NEW database ``target_name``; returns its facts."""
+
+    @abc.abstractmethod
+    def drop(self, target_name: str, *, timeout: float = QUERY_TIMEOUT) -> None:
+        """Remove a database made by ``restore`` (drill cleanup). Missing is not an error."""
+
+
+def check_target_name(engine: DatabaseEngine, name: str) -> None:
+    """Restore targets are plain identifiers: letters, digits, underscore, at most 63."""
+    if not _TARGET_NAME.fullmatch(name):
+        raise engine.error(
+            f"invalid target database name {name!r}",
+            hint="use letters, digits and underscores, starting with a letter",
+        )
+
+
+@contextlib.contextmanager
+def closing_dump(stream: DumpStream) -> Iterator[DumpStream]:
+    """Yield ``stream``; on leaving, finish it if read to the end, else kill it and raise."""
+    try:
+        yield stream
+    except BaseException:
+        stream.kill()
+        raise
+    if not stream.finished:
+        if not stream.eof:
+            stream.kill()
+            raise stream.error("dump abandoned before the end of its stream")
+        stream.finish()
+
+
+def feed(stream: Reader, proc: Process, chunk: int = 1 << 20) -> tuple[int, str | None]:
+    """Like ``pump`` but a command that stops reading early is reported, not raised.
+
+    Returns (bytes written, problem): the caller then waits for the command, whose stderr
+    says why it stopped (psql with ON_ERROR_STOP exits at the first error).
+    """
+    total = 0
+    try:
+        while data := stream.read(chunk):
+            proc.write(data)
+            total += len(data)
+        proc.close_stdin()
+    except (OSError, TransportError) as exc:
+        return total, f"stopped reading its input ({exc})"
+    return total, None
+
+
+def pump(stream: Reader, proc: Process, chunk: int = 1 << 20) -> int:
+    """Copy a reader into a process's stdin, then close it; returns the byte count."""
+    total = 0
+    while data := stream.read(chunk):
+        proc.write(data)
+        total += len(data)
+    proc.close_stdin()
+    return total

@@ -1,0 +1,443 @@
+"""PostgreSQL: psql and pg_dump on the database host, facts taken in the dump's own snapshot.
+
+A dump opens a psql session, exports a REPEATABLE READ snapshot, takes the drill facts (tables,
+exact row counts, schema fingerprint, sequences) in it, then runs ``pg_dump --snapshot`` and
+keeps the session open until pg_dump ends. Row counts are cross-checked against the COPY rows
+in the stream itself, so a dump that does not hold what its facts say never becomes a backup.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import logging
+import re
+import secrets
+from collections.abc import Iterator
+from dataclasses import replace
+
+from crmmaint.engines.base import (
+    QUERY_TIMEOUT,
+    DatabaseEngine,
+    DumpStream,
+    Facts,
+    Reader,
+    RestoreTargetExists,
+    check_target_name,
+    closing_dump,
+    feed,
+    schema_digest,
+)
+from crmmaint.errors import CommandTimeout, EngineError
+from crmmaint.transport.base import Process
+
+log = logging.getLogger(__name__)
+
+#: Where CREATE/DROP DATABASE run during a restore.
+MAINTENANCE_DB = "postgres"
+
+_USER_SCHEMAS = (
+    "n.nspname NOT IN ('pg_catalog', 'information_schema') "
+    "AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp\\_%'"
+)
+
+TABLES_SQL = f"""
+SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('r', 'p') AND {_USER_SCHEMAS} ORDER BY 1, 2
+"""
+
+# One row per schema object: kind, qualified name, canonical definition. search_path is set to
+# pg_catalog first so every expression is printed fully qualified, whatever the session's path.
+SCHEMA_SQL = f"""
+SET search_path = pg_catalog;
+SELECT 'relation', n.nspname || '.' || c.relname, c.relkind::text || ' ' || c.relpersistence::text
+  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+  WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f') AND {_USER_SCHEMAS}
+UNION ALL
+SELECT 'column', n.nspname || '.' || c.relname || '.' || a.attname,
+       concat_ws(' ', format_type(a.atttypid, a.atttypmod),
+                 CASE WHEN a.attnotnull THEN 'NOT NULL' END,
+                 'DEFAULT ' || pg_get_expr(d.adbin, d.adrelid),
+                 NULLIF(a.attidentity, '')::text, NULLIF(a.attgenerated, '')::text,
+                 'COLLATE ' || NULLIF(co.collname, 'default'),
+                 '#' || rank() OVER (PARTITION BY c.oid ORDER BY a.attnum))
+  FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+  JOIN pg_namespace n ON n.oid = c.relnamespace
+  LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+  LEFT JOIN pg_collation co ON co.oid = a.attcollation
+  WHERE a.attnum > 0 AND NOT a.attisdropped AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
+    AND {_USER_SCHEMAS}
+UNION ALL
+SELECT 'constraint', n.nspname || '.' || c.relname || '.' || k.conname, pg_get_constraintdef(k.oid)
+  FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid
+  JOIN pg_namespace n ON n.oid = c.relnamespace WHERE {_USER_SCHEMAS}
+UNION ALL
+SELECT 'index', n.nspname || '.' || c.relname, pg_get_indexdef(i.indexrelid)
+  FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+  JOIN pg_namespace n ON n.oid = c.relnamespace WHERE {_USER_SCHEMAS}
+UNION ALL
+SELECT 'view', n.nspname || '.' || c.relname, md5(pg_get_viewdef(c.oid))
+  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+  WHERE c.relkind IN ('v', 'm') AND {_USER_SCHEMAS}
+UNION ALL
+SELECT 'trigger', n.nspname || '.' || c.relname || '.' || t.tgname, pg_get_triggerdef(t.oid)
+  FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
+  JOIN pg_namespace n ON n.oid = c.relnamespace WHERE NOT t.tgisinternal AND {_USER_SCHEMAS}
+UNION ALL
+SELECT 'sequence', n.nspname || '.' || c.relname,
+       concat_ws(' ', format_type(s.seqtypid, NULL), s.seqincrement, s.seqmin, s.seqmax)
+  FROM pg_sequence s JOIN pg_class c ON c.oid = s.seqrelid
+  JOIN pg_namespace n ON n.oid = c.relnamespace WHERE {_USER_SCHEMAS};
+RESET search_path;
+"""
+
+SEQUENCES_SQL = """
+SELECT schemaname || '.' || sequencename, coalesce(last_value::text, '') FROM pg_sequences
+WHERE schemaname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1
+"""
+
+FACTS_SQL = """
+SELECT current_setting('server_version'), pg_database_size(current_database()),
+       (SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()),
+       (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'),
+       current_setting('max_connections'),
+       extract(epoch FROM now() - pg_postmaster_start_time())::bigint,
+       pg_encoding_to_char(d.encoding), d.datcollate, d.datctype
+FROM pg_database d WHERE d.datname = current_database()
+"""
+
+#: How many tables one ``count(*)`` statement covers.
+_COUNT_BATCH = 200
+
+
+def quote_ident(name: str) -> str:
+    """An SQL identifier, double-quoted."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def quote_literal(value: str) -> str:
+    """An SQL string literal (standard_conforming_strings on, the default since 9.1)."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+def count_sql(tables: list[tuple[str, str]]) -> str:
+    """One statement counting every row of ``tables`` (schema, name), each ``ONLY`` itself."""
+    parts = [
+        f"SELECT {quote_literal(f'{s}.{t}')}, count(*) FROM ONLY {quote_ident(s)}.{quote_ident(t)}"
+        for s, t in tables
+    ]
+    return "\nUNION ALL ".join(parts)
+
+
+def parse_csv(text: str) -> list[tuple[str, ...]]:
+    return [tuple(row) for row in csv.reader(io.StringIO(text))]
+
+
+_IDENT = r'(?:"(?:[^"]|"")*"|[^\s."]+)'
+_COPY_HEADER = re.compile(rf"^COPY ({_IDENT})\.({_IDENT}) .*FROM stdin;$".encode())
+
+
+def _unquote(ident: bytes) -> str:
+    text = ident.decode("utf-8")
+    if text.startswith('"'):
+        return text[1:-1].replace('""', '"')
+    return text
+
+
+class CopyRowCounter:
+    """Counts the data rows of every ``COPY … FROM stdin`` block in a plain pg_dump stream.
+
+    Works chunk by chunk without holding the stream: inside a block it counts newlines in C
+    (``bytes.count``) up to the ``\\.`` terminator line.
+    """
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+        self._table: str | None = None
+        self._pending = b""
+
+    def feed(self, chunk: bytes) -> None:
+        data = self._pending + chunk if self._pending else chunk
+        self._pending = b""
+        pos, size = 0, len(data)
+        while pos < size:
+            if self._table is None:
+                nl = data.find(b"\n", pos)
+                if nl < 0:
+                    self._pending = data[pos:]
+                    return
+                match = _COPY_HEADER.match(data[pos:nl]) if data.startswith(b"COPY ", pos) else None
+                if match:
+                    self._table = f"{_unquote(match.group(1))}.{_unquote(match.group(2))}"
+                    self.counts.setdefault(self._table, 0)
+                pos = nl + 1
+                continue
+            if data.startswith(b"\\.\n", pos):
+                self._table, pos = None, pos + 3
+                continue
+            end = data.find(b"\n\\.\n", pos)
+            if end >= 0:
+                self.counts[self._table] += data.count(b"\n", pos, end + 1)
+                self._table, pos = None, end + 4
+                continue
+            last = data.rfind(b"\n", pos)
+            if last >= 0:
+                self.counts[self._table] += data.count(b"\n", pos, last + 1)
+                pos = last + 1
+            self._pending = data[pos:]
+            return
+
+
+class _PsqlSession:
+    """An interactive psql on the database host: send SQL, read CSV rows up to a marker row."""
+
+    def __init__(self, engine: PostgreSQLEngine, proc: Process) -> None:
+        self.engine = engine
+        self.proc = proc
+        self._buffer = b""
+
+    def ask(self, sql: str) -> list[tuple[str, ...]]:
+        marker = f"__crmmaint_{secrets.token_hex(8)}__"
+        # A result row, unlike \echo, is flushed by psql at once: it ends our read.
+        self.proc.write(f"{sql.strip().rstrip(';')};\nSELECT '{marker}';\n".encode())
+        needle = f"{marker}\n".encode()
+        while True:
+            at = self._buffer.find(needle)
+            if at >= 0 and (at == 0 or self._buffer[at - 1 : at] == b"\n"):
+                text, self._buffer = self._buffer[:at], self._buffer[at + len(needle) :]
+                return parse_csv(text.decode("utf-8"))
+            chunk = self.proc.read(1 << 16)
+            if not chunk:
+                raise self.engine.error(f"snapshot session ended: {self._stderr()}")
+            self._buffer += chunk
+
+    def _stderr(self) -> str:
+        try:
+            return self.proc.wait(timeout=10).stderr_tail()
+        except CommandTimeout:
+            return "(no exit)"
+
+    def close(self, sql: str = "COMMIT") -> None:
+        self.proc.write(f"{sql};\n".encode())
+        self.proc.close_stdin()
+        result = self.proc.wait(timeout=QUERY_TIMEOUT)
+        if not result.ok:
+            raise self.engine.error(f"snapshot session failed: {result.stderr_tail()}")
+
+
+class PostgreSQLEngine(DatabaseEngine):
+    """A PostgreSQL database, reached with psql/pg_dump on its host."""
+
+    engine = "postgresql"
+
+    # --- command lines ----------------------------------------------------------------------
+
+    def conn_args(self, dbname: str | None = None) -> list[str]:
+        args = ["-w"]
+        if self.db.address:
+            args += ["-h", self.db.address]
+        if self.db.port:
+            args += ["-p", str(self.db.port)]
+        if self.db.user:
+            args += ["-U", self.db.user]
+        # "dbname=" makes libpq read the value as a name even if it contains "=" or spaces.
+        name = dbname or self.db.dbname or self.db.name
+        return [*args, "-d", f"dbname={quote_literal(name)}"]
+
+    def psql(self, dbname: str | None = None) -> list[str]:
+        return ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "--csv", "-t", *self.conn_args(dbname)]
+
+    def client_env(self) -> dict[str, str]:
+        return {"PGAPPNAME": "crmmaint", "PGCONNECT_TIMEOUT": "15"} | self.password_env(
+            "PGPASSWORD"
+        )
+
+    # --- queries ----------------------------------------------------------------------------
+
+    def query(self, sql: str, *, timeout: float = QUERY_TIMEOUT) -> list[tuple[str, ...]]:
+        result = self.run(self.psql(), stdin=sql.encode("utf-8"), timeout=timeout, what="query")
+        return parse_csv(result.text)
+
+    def facts(self, *, timeout: float = QUERY_TIMEOUT) -> Facts:
+        (row,) = self.query(FACTS_SQL, timeout=timeout)
+        version, size, conns, total, max_conns, uptime, encoding, collate, ctype = row
+        return {
+            "engine": self.engine,
+            "version": version,
+            "size_bytes": int(size),
+            "connections": int(conns),
+            "server_connections": int(total),
+            "max_connections": int(max_conns),
+            "uptime": int(uptime),
+            "encoding": encoding,
+            "collate": collate,
+            "ctype": ctype,
+        }
+
+    def _table_pairs(self, ask) -> list[tuple[str, str]]:
+        return [(s, t) for s, t in ask(TABLES_SQL)]
+
+    def tables(self, *, timeout: float = QUERY_TIMEOUT) -> list[str]:
+        return [f"{s}.{t}" for s, t in self._table_pairs(lambda q: self.query(q, timeout=timeout))]
+
+    def row_counts(self, *, timeout: float = QUERY_TIMEOUT) -> dict[str, int]:
+        return self._counts(lambda q: self.query(q, timeout=timeout))
+
+    def schema_fingerprint(self, *, timeout: float = QUERY_TIMEOUT) -> str:
+        return schema_digest(self.query(SCHEMA_SQL, timeout=timeout))
+
+    def sequences(self, *, timeout: float = QUERY_TIMEOUT) -> dict[str, int | None]:
+        return _sequences(self.query(SEQUENCES_SQL, timeout=timeout))
+
+    def snapshot_facts(self, *, timeout: float = QUERY_TIMEOUT) -> Facts:
+        """Tables, counts, fingerprint and sequences, all in one REPEATABLE READ transaction."""
+        with self.started(self.psql(), what="facts session") as proc:
+            session = _PsqlSession(self, proc)
+            session.ask("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SELECT 1")
+            facts = self._session_facts(session)
+            session.close()
+        return facts
+
+    def _counts(self, ask) -> dict[str, int]:
+        pairs = self._table_pairs(ask)
+        counts: dict[str, int] = {}
+        for i in range(0, len(pairs), _COUNT_BATCH):
+            for name, n in ask(count_sql(pairs[i : i + _COUNT_BATCH])):
+                counts[name] = int(n)
+        return counts
+
+    def _session_facts(self, session: _PsqlSession) -> Facts:
+        counts = self._counts(session.ask)
+        return {
+            "engine": self.engine,
+            "tables": sorted(counts),
+            "row_counts": counts,
+            "schema_fingerprint": schema_digest(session.ask(SCHEMA_SQL)),
+            "sequences": _sequences(session.ask(SEQUENCES_SQL)),
+        }
+
+    # --- dump -------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def dump(self, *, timeout: float | None = None) -> Iterator[DumpStream]:
+        """A plain-SQL pg_dump stream whose facts come from the same exported snapshot."""
+        with self.started(self.psql(), what="snapshot session") as session_proc:
+            session = _PsqlSession(self, session_proc)
+            (snapshot,) = session.ask(
+                "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SELECT pg_export_snapshot()"
+            )[0]
+            facts = self._session_facts(session) | {"format": "pg_dump-plain"}
+            command = ["pg_dump", *self.conn_args(), f"--snapshot={snapshot}", "--format=plain"]
+            log.info("dumping %s (snapshot %s)", self.where, snapshot)
+            counter = CopyRowCounter()
+
+            def complete(final: Facts) -> None:
+                for table, expected in final["row_counts"].items():
+                    streamed = counter.counts.get(table, 0)
+                    if streamed != expected:
+                        raise self.error(
+                            f"dump stream holds {streamed} rows of {table}, "
+                            f"the snapshot counted {expected}"
+                        )
+
+            with self.started(command, what="pg_dump") as proc:
+                stream = DumpStream(
+                    proc,
+                    describe=self.error,
+                    facts=facts,
+                    observe=counter.feed,
+                    complete=complete,
+                    timeout=timeout,
+                )
+                with closing_dump(stream):
+                    yield stream
+            # The snapshot had to stay exported until pg_dump was done with it.
+            session.close()
+
+    # --- restore and drop ------------------------------------------------------------------
+
+    def for_database(self, dbname: str) -> PostgreSQLEngine:
+        """The same server, another database (a restore target)."""
+        return PostgreSQLEngine(replace(self.db, dbname=dbname), self.transport)
+
+    def exists(self, name: str, *, timeout: float = QUERY_TIMEOUT) -> bool:
+        sql = f"SELECT 1 FROM pg_database WHERE datname = {quote_literal(name)}"
+        return bool(self._maintenance(sql, timeout=timeout, what="database lookup"))
+
+    def _maintenance(self, sql: str, *, timeout: float, what: str) -> list[tuple[str, ...]]:
+        result = self.run(
+            self.psql(MAINTENANCE_DB), stdin=sql.encode("utf-8"), timeout=timeout, what=what
+        )
+        return parse_csv(result.text)
+
+    def restore(
+        self,
+        stream: Reader,
+        *,
+        target_name: str,
+        force: bool = False,
+        timeout: float | None = None,
+        single_transaction: bool = True,
+    ) -> Facts:
+        """Create ``target_name`` and load a plain dump into it with psql; returns its facts."""
+        check_target_name(self, target_name)
+        if target_name == (self.db.dbname or self.db.name):
+            raise self.error(f"refusing to restore over the source database {target_name!r}")
+        if self.exists(target_name):
+            if not force:
+                raise RestoreTargetExists(
+                    f"{self.where}: restore target database {target_name!r} exists",
+                    hint="choose another name, drop it, or pass force to replace it",
+                )
+            log.warning("dropping existing database %s for restore (force)", target_name)
+            self.drop(target_name)
+        self._maintenance(
+            f"CREATE DATABASE {quote_ident(target_name)} TEMPLATE template0",
+            timeout=QUERY_TIMEOUT,
+            what="CREATE DATABASE",
+        )
+        target = self.for_database(target_name)
+        command = ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-o", "/dev/null"]
+        if single_transaction:
+            command.append("--single-transaction")
+        command += target.conn_args()
+        log.info("restoring into %s on %s", target_name, self.transport.host)
+        try:
+            with self.started(command, what="psql restore") as proc:
+                size, problem = feed(stream, proc)
+                try:
+                    result = proc.wait(timeout=timeout)
+                except CommandTimeout as exc:
+                    raise self.error(f"restore timed out after {timeout}s") from exc
+                if not result.ok or problem:
+                    raise self.error(
+                        f"restore into {target_name!r} failed: {problem or ''} "
+                        f"{result.stderr_tail()}".strip(),
+                        hint="roles the dump names must exist on this server",
+                    )
+        except BaseException:
+            self._drop_quietly(target_name)
+            raise
+        log.info("restored %d bytes into %s", size, target_name)
+        return target.snapshot_facts()
+
+    def _drop_quietly(self, name: str) -> None:
+        try:
+            self.drop(name)
+        except EngineError as exc:
+            log.warning("could not drop failed restore target %s: %s", name, exc)
+
+    def drop(self, target_name: str, *, timeout: float = QUERY_TIMEOUT) -> None:
+        check_target_name(self, target_name)
+        if target_name == (self.db.dbname or self.db.name):
+            raise self.error(f"refusing to drop the source database {target_name!r}")
+        self._maintenance(
+            f"DROP DATABASE IF EXISTS {quote_ident(target_name)} WITH (FORCE)",
+            timeout=timeout,
+            what="DROP DATABASE",
+        )
+
+
+def _sequences(rows: list[tuple[str, ...]]) -> dict[str, int | None]:
+    return {name: int(value) if value else None for name, value in rows}
