@@ -1,0 +1,287 @@
+"""Retention: which backups a prune keeps, as a pure function over plain data.
+
+``plan_prune(backups, policy, now)`` decides per source, in the manner of borg's and restic's
+``prune``: each grandfather-father-son rule keeps the newest backup in each of the N most recent
+UTC periods (day, ISO week, month, quarter, year) that hold a backup; ``keep_last`` keeps the N
+newest; ``keep_within`` keeps everything younger than a duration. Rules overlap (a backup kept by
+``daily`` also fills its ``weekly`` period), which keeps the result monotonic and idempotent.
+Whatever the policy, the newest backup and the newest drilled backup of every source are kept,
+and so is any backup dated in the future (clock skew). Nothing here touches a repository.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from crmmaint.errors import ConfigError
+from crmmaint.yamlsource import parse_duration
+
+#: Count rules in the order they are evaluated and reported.
+COUNT_RULES = (
+    "keep_last",
+    "keep_daily",
+    "keep_weekly",
+    "keep_monthly",
+    "keep_quarterly",
+    "keep_yearly",
+)
+POLICY_KEYS = (*COUNT_RULES, "keep_within")
+
+
+@dataclass(frozen=True)
+class RetentionPolicy:
+    """How many backups to keep per rule; ``keep_within`` is in seconds (None: rule unset)."""
+
+    keep_last: int = 0
+    keep_daily: int = 0
+    keep_weekly: int = 0
+    keep_monthly: int = 0
+    keep_quarterly: int = 0
+    keep_yearly: int = 0
+    keep_within: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in COUNT_RULES:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(
+                    f"retention policy {_dashed(name)} must be a whole number >= 0, got {value!r}",
+                    hint=f"set e.g. {_dashed(name)}: 7, or leave it out to disable the rule",
+                )
+        within = self.keep_within
+        if within is not None and (
+            isinstance(within, bool)
+            or not isinstance(within, int | float)
+            or not math.isfinite(within)
+            or within < 0
+        ):
+            raise ConfigError(
+                f"retention policy keep-within must be a duration >= 0, got {within!r}",
+                hint="set e.g. keep-within: 2d (units s, m, h, d, w), or leave it out",
+            )
+
+    @classmethod
+    def from_mapping(
+        cls, mapping: Mapping[str, Any], *, where: str = "retention policy"
+    ) -> RetentionPolicy:
+        """Build from config keys such as ``keep-daily: 7`` or ``keep_within: 2d``."""
+        values: dict[str, Any] = {}
+        for raw_key, value in mapping.items():
+            key = str(raw_key).strip().lower().replace("-", "_")
+            if key not in POLICY_KEYS:
+                close = difflib.get_close_matches(key, POLICY_KEYS, n=1, cutoff=0.6)
+                hint = f"did you mean {_dashed(close[0])}?" if close else None
+                raise ConfigError(
+                    f"{where}: unknown key {raw_key!r}; use one of "
+                    + ", ".join(_dashed(k) for k in POLICY_KEYS),
+                    hint=hint,
+                )
+            if key in values:
+                raise ConfigError(
+                    f"{where}: {_dashed(key)} is given twice (as - and _ spellings)",
+                    hint="keep one of them",
+                )
+            values[key] = _parse_value(key, raw_key, value, where)
+        try:
+            return cls(**values)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc.message}", hint=exc.hint) from None
+
+    @property
+    def is_empty(self) -> bool:
+        """True when no rule would keep anything; ``plan_prune`` refuses such a policy."""
+        return not any(getattr(self, name) for name in COUNT_RULES) and not self.keep_within
+
+    def describe(self) -> str:
+        """The set rules in config spelling, e.g. ``keep-daily=7 keep-within=2d``."""
+        parts = [f"{_dashed(n)}={getattr(self, n)}" for n in COUNT_RULES if getattr(self, n)]
+        if self.keep_within:
+            parts.append(f"keep-within={format_duration(self.keep_within)}")
+        return " ".join(parts) or "(empty)"
+
+
+@dataclass(frozen=True)
+class BackupRef:
+    """What retention needs to know about one backup; ``time`` is epoch seconds (UTC)."""
+
+    id: str
+    source: str
+    time: float
+    drilled: bool = False
+
+    def __post_init__(self) -> None:
+        if not math.isfinite(self.time):
+            raise ValueError(f"backup {self.id}: time must be a finite epoch, got {self.time!r}")
+
+
+@dataclass
+class PruneDecision:
+    """Ids to keep and to remove (newest first within each source) and why each is kept."""
+
+    keep: list[str] = field(default_factory=list)
+    remove: list[str] = field(default_factory=list)
+    reasons: dict[str, list[str]] = field(default_factory=dict)
+
+
+def _day(t: datetime) -> str:
+    return t.strftime("%Y-%m-%d")
+
+
+def _week(t: datetime) -> str:
+    year, week, _ = t.isocalendar()
+    return f"{year}-W{week:02d}"
+
+
+def _month(t: datetime) -> str:
+    return t.strftime("%Y-%m")
+
+
+def _quarter(t: datetime) -> str:
+    return f"{t.year}-Q{(t.month - 1) // 3 + 1}"
+
+
+def _year(t: datetime) -> str:
+    return f"{t.year}"
+
+
+#: Period rules: policy field -> (reason word, UTC period label of a timestamp).
+PERIOD_RULES: dict[str, tuple[str, Callable[[datetime], str]]] = {
+    "keep_daily": ("daily", _day),
+    "keep_weekly": ("weekly", _week),
+    "keep_monthly": ("monthly", _month),
+    "keep_quarterly": ("quarterly", _quarter),
+    "keep_yearly": ("yearly", _year),
+}
+
+
+def plan_prune(backups: Sequence[BackupRef], policy: RetentionPolicy, now: float) -> PruneDecision:
+    """Decide which backups to keep under ``policy`` at time ``now`` (epoch seconds).
+
+    Output order is deterministic: sources sorted by name, newest first within each source.
+    """
+    if policy.is_empty:
+        raise ConfigError(
+            "refusing to prune with an empty retention policy: it sets no keep-* rule",
+            hint="set at least one rule, e.g. keep-daily: 7 and keep-weekly: 4",
+        )
+    seen: set[str] = set()
+    by_source: dict[str, list[BackupRef]] = {}
+    for backup in backups:
+        if backup.id in seen:
+            raise ValueError(f"backup id {backup.id} appears twice in the list to prune")
+        seen.add(backup.id)
+        by_source.setdefault(backup.source, []).append(backup)
+
+    decision = PruneDecision()
+    for source in sorted(by_source):
+        newest_first = sorted(by_source[source], key=lambda b: (b.time, b.id), reverse=True)
+        reasons = _plan_source(source, newest_first, policy, now)
+        for backup in newest_first:
+            if backup.id in reasons:
+                decision.keep.append(backup.id)
+                decision.reasons[backup.id] = reasons[backup.id]
+            else:
+                decision.remove.append(backup.id)
+    return decision
+
+
+def _plan_source(
+    source: str, newest_first: list[BackupRef], policy: RetentionPolicy, now: float
+) -> dict[str, list[str]]:
+    """Reasons per kept id for the backups of one source, sorted newest first."""
+    reasons: dict[str, list[str]] = {}
+
+    def keep(backup: BackupRef, reason: str) -> None:
+        reasons.setdefault(backup.id, []).append(reason)
+
+    # A backup dated after `now` is kept and takes no rule's slot: a skewed clock must neither
+    # lose it nor let it push a genuine backup out of keep-last or its period.
+    past: list[BackupRef] = []
+    for backup in newest_first:
+        if backup.time > now:
+            keep(backup, "in the future (clock skew?)")
+        else:
+            past.append(backup)
+
+    if policy.keep_within:
+        label = format_duration(policy.keep_within)
+        for backup in past:
+            if now - backup.time <= policy.keep_within:
+                keep(backup, f"within {label}")
+
+    for rank, backup in enumerate(past[: policy.keep_last], start=1):
+        keep(backup, f"last {rank}/{policy.keep_last}")
+
+    for name, (word, period_of) in PERIOD_RULES.items():
+        wanted = getattr(policy, name)
+        if not wanted:
+            continue
+        periods: set[str] = set()
+        for backup in past:  # newest first: the first backup met in a period is its newest
+            period = period_of(datetime.fromtimestamp(backup.time, tz=UTC))
+            if period in periods:
+                continue
+            if len(periods) == wanted:
+                break
+            periods.add(period)
+            keep(backup, f"{word} {period}")
+
+    if newest_first:
+        keep(newest_first[0], f"newest of source {source}")
+    drilled = next((b for b in newest_first if b.drilled), None)
+    if drilled is not None:
+        keep(drilled, "newest drilled")
+    return reasons
+
+
+def format_duration(seconds: float) -> str:
+    """Seconds as the largest whole unit: ``172800`` -> ``2d``, ``90`` -> ``90s``."""
+    for unit, size in (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
+
+
+def _dashed(key: str) -> str:
+    return key.replace("_", "-")
+
+
+def _parse_value(key: str, raw_key: object, value: Any, where: str) -> Any:
+    """Config value -> field value; wrong types become a ConfigError naming the key."""
+    if key == "keep_within":
+        if value is None:
+            return None
+        try:
+            return parse_duration(value)
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(
+                f"{where}: {raw_key}: {exc}",
+                hint="use a duration such as 36h, 2d or 1w (units s, m, h, d, w)",
+            ) from None
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        value = int(value.strip())
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(
+            f"{where}: {raw_key} must be a whole number, got {value!r}",
+            hint=f"set e.g. {_dashed(key)}: 7",
+        )
+    if value < 0:
+        raise ConfigError(
+            f"{where}: {raw_key} must not be negative, got {value}",
+            hint=f"use 0 or leave {_dashed(key)} out to disable the rule, or a count like 7",
+        )
+    return value
+
+
+__all__ = [
+    "BackupRef",
+    "PruneDecision",
+    "RetentionPolicy",
+    "format_duration",
+    "plan_prune",
+]
