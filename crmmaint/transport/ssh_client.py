@@ -8,8 +8,10 @@ refused. No SSH agent is used; default key files are tried only when no identity
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import socket
 
 import paramiko
 
@@ -170,5 +172,9 @@ def connect_client(
     transport = client.get_transport()
     if transport is not None:
         transport.set_keepalive(KEEPALIVE_INTERVAL)
+        # Many small request/response exchanges (channel opens, SFTP): don't let Nagle and
+        # delayed ACKs add 40 ms to each.
+        with contextlib.suppress(OSError, AttributeError):
+            transport.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     log.debug("connected to %s as %s", where, user)
     return client
