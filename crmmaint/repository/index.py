@@ -1,0 +1,83 @@
+"""The chunk index: which chunk lives in which pack, merged from every ``index/`` segment.
+
+Segments are immutable; a write session adds one, prune replaces them all by one consolidated
+segment. Loading is incremental: segments already merged are not read again.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from crmmaint.crypto import open_sealed, seal
+from crmmaint.repository.backends.base import Backend
+from crmmaint.repository.format import (
+    INDEX_AAD,
+    INDEX_DIR,
+    IndexEntry,
+    decode_index,
+    encode_index,
+    index_name,
+    segment_id,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ChunkIndex:
+    """In-memory merge of index segments: chunk id -> entry, pack id -> size."""
+
+    entries: dict[bytes, IndexEntry] = field(default_factory=dict)
+    pack_sizes: dict[bytes, int] = field(default_factory=dict)
+    segments: set[str] = field(default_factory=set)
+
+    def __contains__(self, chunk_id: bytes) -> bool:
+        return chunk_id in self.entries
+
+    def get(self, chunk_id: bytes) -> IndexEntry | None:
+        return self.entries.get(chunk_id)
+
+    def merge(self, entries: dict[bytes, IndexEntry], pack_sizes: dict[bytes, int]) -> None:
+        """Add entries; a chunk already indexed keeps its first location."""
+        for cid, entry in entries.items():
+            self.entries.setdefault(cid, entry)
+        self.pack_sizes.update(pack_sizes)
+
+    def refresh(self, backend: Backend, metadata_key: bytes) -> None:
+        """Merge segments written since the last refresh; forget segments that were removed."""
+        names = {info.name for info in backend.list(INDEX_DIR)}
+        if self.segments - names:
+            self.entries.clear()
+            self.pack_sizes.clear()
+            self.segments.clear()
+        for name in sorted(names - self.segments):
+            entries, packs = load_segment(backend, metadata_key, name)
+            self.merge(entries, packs)
+            self.segments.add(name)
+        logger.debug("index: %d chunks in %d packs", len(self.entries), len(self.pack_sizes))
+
+
+def load_segment(
+    backend: Backend, metadata_key: bytes, name: str
+) -> tuple[dict[bytes, IndexEntry], dict[bytes, int]]:
+    """Read, authenticate and decode one segment."""
+    plain = open_sealed(metadata_key, backend.load(name), aad=INDEX_AAD, name=name)
+    return decode_index(plain, name)
+
+
+def write_segment(
+    backend: Backend,
+    metadata_key: bytes,
+    entries: dict[bytes, IndexEntry],
+    pack_sizes: dict[bytes, int],
+    *,
+    algorithm: str,
+) -> str:
+    """Seal and store a segment named by the hash of its bytes; returns its name."""
+    sealed = seal(
+        metadata_key, encode_index(entries, pack_sizes), aad=INDEX_AAD, algorithm=algorithm
+    )
+    name = index_name(segment_id(sealed))
+    backend.store(name, sealed)
+    return name

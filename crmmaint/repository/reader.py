@@ -1,0 +1,253 @@
+"""Reading backups: decrypting manifests and facts, and streaming a stream's plaintext back.
+
+Every data key a backup needs is unwrapped before anything is returned, so a wrong identity
+fails before a restore writes a byte. Chunks are fetched by a small thread pool with ranged
+reads (adjacent chunks of one pack coalesced), authenticated, decompressed, their keyed hash
+rechecked, and yielded strictly in order; the first bad chunk raises ``IntegrityError``.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import hmac
+import json
+import logging
+import threading
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import zstandard
+
+from crmmaint.crypto import Identity, chunk_id, open_sealed, unwrap_data_key
+from crmmaint.errors import IntegrityError, ObjectNotFound, RepositoryError
+from crmmaint.repository.format import (
+    CHUNK_ID_LEN,
+    PAYLOAD_RAW,
+    PAYLOAD_ZSTD,
+    IndexEntry,
+    key_name,
+    manifest_name,
+    open_json,
+    pack_name,
+)
+from crmmaint.repository.session import StreamInfo
+
+if TYPE_CHECKING:
+    from crmmaint.repository.repository import BackupInfo, Repository
+
+logger = logging.getLogger(__name__)
+
+READ_THREADS = 4
+PREFETCH_READS = 8
+COALESCE_BYTES = 8 << 20
+_VERIFY_HINT = "run `crmmaint verify --read-data` to find every damaged object"
+
+
+@dataclass
+class Manifest:
+    """A decrypted manifest: the listing info, the drill facts and per-stream details."""
+
+    info: BackupInfo
+    facts: dict[str, Any]
+    streams: list[StreamInfo] = field(default_factory=list)
+
+    def stream(self, name: str) -> StreamInfo:
+        for stream in self.streams:
+            if stream.name == name:
+                return stream
+        raise RepositoryError(
+            f"backup {self.info.id} has no stream {name!r}; it has: "
+            + (", ".join(s.name for s in self.streams) or "none")
+        )
+
+
+def unwrap_keys(
+    repo: Repository, key_ids: Sequence[str], identities: Sequence[Identity], backup_id: str
+) -> dict[bytes, bytes]:
+    """Data key for every key id, or WrongKeyError / ObjectNotFound naming the keys object."""
+    keys: dict[bytes, bytes] = {}
+    for hex_id in key_ids:
+        kid = bytes.fromhex(hex_id)
+        name = key_name(kid)
+        try:
+            blob = repo.backend.load(name)
+        except ObjectNotFound:
+            raise ObjectNotFound(
+                f"backup {backup_id} needs key object {name}, which is missing from {repo.backend.url}",
+                hint=_VERIFY_HINT,
+            ) from None
+        record = open_json(repo.keys.metadata_key, name, blob)
+        keys[kid] = unwrap_data_key(
+            record["stanzas"], list(identities), name=f"backup {backup_id} ({name})"
+        )
+    return keys
+
+
+def load_manifest(repo: Repository, backup_id: str, identities: Sequence[Identity]) -> Manifest:
+    """Decrypt a manifest's facts and stream hashes; WrongKeyError if no identity fits."""
+    meta = repo.load_manifest_meta(backup_id)
+    own = meta["key_id"]
+    data_key = unwrap_keys(repo, [own], identities, backup_id)[bytes.fromhex(own)]
+    name = manifest_name(backup_id)
+    secret_blob = bytes.fromhex(meta["secret"])
+    secret = json.loads(open_sealed(data_key, secret_blob, aad=f"{name}#facts".encode(), name=name))
+    drilled = repo.backend.exists(f"drills/{backup_id}")
+    streams = [
+        StreamInfo(
+            s["name"],
+            s["size"],
+            secret["streams"][s["name"]]["sha256"],
+            s["chunks"],
+            s["new_chunks"],
+            s["stored_bytes"],
+        )
+        for s in meta["streams"]
+    ]
+    return Manifest(repo.info_from_manifest(meta, drilled=drilled), secret["facts"], streams)
+
+
+@dataclass(frozen=True)
+class _Read:
+    """One ranged read: consecutive chunks of one pack."""
+
+    pack_id: bytes
+    offset: int
+    length: int
+    chunks: list[tuple[bytes, IndexEntry]]
+
+
+def _plan_reads(ids: list[bytes], entries: list[IndexEntry]) -> Iterator[_Read]:
+    group: list[tuple[bytes, IndexEntry]] = []
+    for cid, entry in zip(ids, entries, strict=True):
+        if group:
+            last = group[-1][1]
+            start = group[0][1].offset
+            if (
+                entry.pack_id != last.pack_id
+                or entry.offset != last.offset + last.length
+                or entry.offset + entry.length - start > COALESCE_BYTES
+            ):
+                yield _Read(last.pack_id, start, last.offset + last.length - start, group)
+                group = []
+        group.append((cid, entry))
+    if group:
+        first, last = group[0][1], group[-1][1]
+        yield _Read(first.pack_id, first.offset, last.offset + last.length - first.offset, group)
+
+
+class ChunkOpener:
+    """Authenticate, decompress and recheck chunks; safe to share between threads."""
+
+    def __init__(self, chunk_id_key: bytes, data_keys: dict[bytes, bytes]) -> None:
+        self.chunk_id_key = chunk_id_key
+        self.data_keys = data_keys
+        self._local = threading.local()
+
+    def _decompressor(self) -> zstandard.ZstdDecompressor:
+        dec = getattr(self._local, "zstd", None)
+        if dec is None:
+            dec = self._local.zstd = zstandard.ZstdDecompressor()
+        return dec
+
+    def open(self, cid: bytes, entry: IndexEntry, blob: bytes | memoryview) -> bytes:
+        """Plaintext of one sealed chunk, or IntegrityError naming its pack and id."""
+        where = f"{pack_name(entry.pack_id)} chunk {cid.hex()}"
+        payload = open_sealed(self.data_keys[entry.key_id], blob, aad=cid, name=where)
+        try:
+            if payload[:1] == bytes((PAYLOAD_ZSTD,)):
+                data = self._decompressor().decompress(
+                    memoryview(payload)[1:], max_output_size=entry.raw_length
+                )
+            elif payload[:1] == bytes((PAYLOAD_RAW,)):
+                data = payload[1:]
+            else:
+                raise ValueError("unknown payload type")
+        except (ValueError, zstandard.ZstdError) as exc:
+            raise IntegrityError(f"{where} authenticated but does not decode: {exc}") from exc
+        if len(data) != entry.raw_length or not hmac.compare_digest(
+            chunk_id(self.chunk_id_key, data), cid
+        ):
+            raise IntegrityError(
+                f"{where}: plaintext does not match its chunk id (wrong chunk or bad index)",
+                hint=_VERIFY_HINT,
+            )
+        return data
+
+
+def read_stream(
+    repo: Repository, backup_id: str, name: str, identities: Sequence[Identity]
+) -> Iterator[bytes]:
+    """Check keys and index up front, then return a generator of the stream's plaintext."""
+    meta = repo.load_manifest_meta(backup_id)
+    stream = next((s for s in meta["streams"] if s["name"] == name), None)
+    if stream is None:
+        raise RepositoryError(
+            f"backup {backup_id} has no stream {name!r}; it has: "
+            + (", ".join(s["name"] for s in meta["streams"]) or "none")
+        )
+    data_keys = unwrap_keys(repo, meta["key_ids"], identities, backup_id)
+    raw_ids = bytes.fromhex(stream["ids"])
+    ids = [raw_ids[i : i + CHUNK_ID_LEN] for i in range(0, len(raw_ids), CHUNK_ID_LEN)]
+    index = repo.refresh_index()
+    entries = []
+    for cid in ids:
+        entry = index.get(cid)
+        if entry is None:
+            raise ObjectNotFound(
+                f"backup {backup_id} stream {name}: chunk {cid.hex()} is not in the index",
+                hint=_VERIFY_HINT,
+            )
+        if entry.key_id not in data_keys:
+            data_keys.update(unwrap_keys(repo, [entry.key_id.hex()], identities, backup_id))
+        entries.append(entry)
+    opener = ChunkOpener(repo.keys.chunk_id_key, data_keys)
+    return _stream(
+        repo, opener, list(_plan_reads(ids, entries)), f"{backup_id}/{name}", stream["size"]
+    )
+
+
+def _fetch(repo: Repository, opener: ChunkOpener, read: _Read) -> list[bytes]:
+    blob = memoryview(repo.backend.load(pack_name(read.pack_id), read.offset, read.length))
+    out = []
+    for cid, entry in read.chunks:
+        start = entry.offset - read.offset
+        out.append(opener.open(cid, entry, blob[start : start + entry.length]))
+    return out
+
+
+def _stream(
+    repo: Repository, opener: ChunkOpener, reads: list[_Read], what: str, size: int
+) -> Iterator[bytes]:
+    done = 0
+    with ThreadPoolExecutor(READ_THREADS, thread_name_prefix="crmmaint-read") as pool:
+        window: collections.deque[Future[list[bytes]]] = collections.deque()
+        pending = iter(reads)
+        try:
+            for read in pending:
+                window.append(pool.submit(_fetch, repo, opener, read))
+                if len(window) >= PREFETCH_READS:
+                    break
+            while window:
+                chunks = window.popleft().result()
+                nxt = next(pending, None)
+                if nxt is not None:
+                    window.append(pool.submit(_fetch, repo, opener, nxt))
+                for data in chunks:
+                    done += len(data)
+                    yield data
+        finally:
+            for fut in window:
+                fut.cancel()
+    if done != size:
+        raise IntegrityError(f"stream {what}: read {done} bytes, manifest says {size}")
+
+
+def stream_sha256(chunks: Iterator[bytes]) -> str:
+    """Hex SHA-256 of an iterator of byte strings (for drills and tests)."""
+    sha = hashlib.sha256()
+    for data in chunks:
+        sha.update(data)
+    return sha.hexdigest()

@@ -1,0 +1,304 @@
+"""The repository: open or create one on a backend, and the operations other layers call.
+
+A ``Repository`` holds the backend, the keys derived from the write key, the config and the
+in-memory chunk index. Writing is ``session``; reading is ``manifest`` and ``read_stream``;
+maintenance is ``verify`` and ``prune``. Byte formats: docs/format.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from crmmaint.crypto import ALGORITHMS, Identity, Recipient, derive_repository_keys
+from crmmaint.errors import CryptoError, ObjectNotFound, RepositoryError
+from crmmaint.repository.backends.base import Backend
+from crmmaint.repository.format import (
+    BACKUPS_DIR,
+    CONFIG,
+    DRILLS_DIR,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    ChunkerParams,
+    check_backup_id,
+    decode_config,
+    drill_name,
+    encode_config,
+    manifest_name,
+    open_json,
+    seal_json,
+    utc_iso,
+    write_key_check,
+)
+from crmmaint.repository.index import ChunkIndex
+from crmmaint.repository.session import StreamInfo, WriteSession
+
+if TYPE_CHECKING:
+    from crmmaint.repository.gc import PruneReport
+    from crmmaint.repository.reader import Manifest
+    from crmmaint.repository.retention import RetentionPolicy
+    from crmmaint.repository.verify import VerifyReport
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PACK_SIZE = 32 << 20
+DEFAULT_COMPRESSION_LEVEL = 3
+_INIT_HINT = "create it with `crmmaint repo init`, or check the repository URL"
+
+
+@dataclass
+class BackupInfo:
+    """One committed backup as listed with the write key alone (no content, no facts)."""
+
+    id: str
+    source: str
+    kind: str
+    host: str
+    time: float
+    size: int
+    stored_bytes: int
+    dedup_ratio: float
+    duration: float
+    streams: list[str]
+    key_ids: list[str]
+    drilled: bool = False
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class Repository:
+    """An opened repository; create with ``Repository.init`` or ``Repository.open``."""
+
+    def __init__(self, backend: Backend, write_key: bytes, config: dict[str, Any]) -> None:
+        self.backend = backend
+        self.config = config
+        self.id: str = config["id"]
+        self.keys = derive_repository_keys(write_key)
+        if not hmac.compare_digest(
+            write_key_check(self.keys.metadata_key, self.id), str(config.get("write_key_check"))
+        ):
+            raise CryptoError(
+                f"write key does not match repository URL {backend.url}",
+                hint="use the write key file made by `crmmaint repo init` for this repository",
+            )
+        self.chunker = ChunkerParams(**config["chunker"])
+        self.compression_level: int = int(config["compression"]["level"])
+        self.aead: str = config["aead"]
+        self.pack_size: int = int(config["pack_size"])
+        self.index = ChunkIndex()
+
+    def __repr__(self) -> str:
+        return f"Repository({self.backend.url!r}, id={self.id})"
+
+    # --- create / open ------------------------------------------------------------------------
+
+    @classmethod
+    def init(
+        cls,
+        backend: Backend,
+        write_key: bytes,
+        *,
+        chunker: ChunkerParams = ChunkerParams(),
+        compression_level: int = DEFAULT_COMPRESSION_LEVEL,
+        aead: str = "aes-256-gcm",
+        pack_size: int = DEFAULT_PACK_SIZE,
+    ) -> Repository:
+        """Create the location and write ``config``; refuses an existing repository."""
+        if aead not in ALGORITHMS:
+            raise RepositoryError(f"unknown AEAD {aead!r}; choose one of {', '.join(ALGORITHMS)}")
+        if not 1 << 20 <= pack_size <= 1 << 30:
+            raise RepositoryError(f"pack size {pack_size} out of range (1 MiB .. 1 GiB)")
+        backend.create()
+        if backend.exists(CONFIG):
+            raise RepositoryError(
+                f"a repository already exists at {backend.url}",
+                hint="open it with its write key, or choose another location",
+            )
+        repo_id = os.urandom(16).hex()
+        keys = derive_repository_keys(write_key)
+        config = {
+            "format": FORMAT_NAME,
+            "version": FORMAT_VERSION,
+            "id": repo_id,
+            "created": utc_iso(time.time()),
+            "chunker": {"algorithm": "fastcdc", **chunker.to_json()},
+            "compression": {"algorithm": "zstd", "level": compression_level},
+            "aead": aead,
+            "pack_size": pack_size,
+            "write_key_check": write_key_check(keys.metadata_key, repo_id),
+        }
+        backend.store(CONFIG, encode_config(config))
+        logger.info("created repository %s at %s", repo_id, backend.url)
+        return cls._from_config(backend, write_key, config)
+
+    @classmethod
+    def open(cls, backend: Backend, write_key: bytes) -> Repository:
+        """Open an existing repository; CryptoError if ``write_key`` is not its key."""
+        backend.open()
+        try:
+            data = backend.load(CONFIG)
+        except ObjectNotFound:
+            raise RepositoryError(
+                f"no crmmaint repository at {backend.url}", hint=_INIT_HINT
+            ) from None
+        return cls._from_config(backend, write_key, decode_config(data, backend.url))
+
+    @classmethod
+    def _from_config(cls, backend: Backend, write_key: bytes, config: dict[str, Any]) -> Repository:
+        config = dict(config)
+        config["chunker"] = {k: v for k, v in config["chunker"].items() if k != "algorithm"}
+        return cls(backend, write_key, config)
+
+    def close(self) -> None:
+        self.backend.close()
+
+    def __enter__(self) -> Repository:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- locking and index --------------------------------------------------------------------
+
+    def lock(self, *, exclusive: bool, purpose: str) -> contextlib.AbstractContextManager[Any]:
+        """Shared lock for backups, exclusive for prune (crmmaint.repository.lock)."""
+        owner = f"{socket.gethostname()}:{os.getpid()} {purpose}"
+        try:
+            from crmmaint.repository.lock import RepositoryLock
+        except ImportError:  # lock module not landed yet
+            logger.warning("repository locking unavailable; proceeding without a lock")
+            return contextlib.nullcontext()
+        return RepositoryLock(self.backend, exclusive=exclusive, owner=owner)
+
+    def refresh_index(self) -> ChunkIndex:
+        self.index.refresh(self.backend, self.keys.metadata_key)
+        return self.index
+
+    # --- writing ------------------------------------------------------------------------------
+
+    def session(
+        self,
+        *,
+        source: str,
+        kind: str,
+        host: str,
+        recipients: Sequence[Recipient],
+        meta: dict[str, Any] | None = None,
+    ) -> WriteSession:
+        """A write session for one backup; use as a context manager and call ``commit``."""
+        return WriteSession(
+            self, source=source, kind=kind, host=host, recipients=list(recipients), meta=meta
+        )
+
+    # --- listing ------------------------------------------------------------------------------
+
+    def load_manifest_meta(self, backup_id: str) -> dict[str, Any]:
+        """The manifest as stored (metadata key only); ObjectNotFound if no such backup."""
+        name = manifest_name(check_backup_id(backup_id))
+        try:
+            blob = self.backend.load(name)
+        except ObjectNotFound:
+            raise ObjectNotFound(
+                f"backup {backup_id} not found in {self.backend.url}",
+                hint="list backups with `crmmaint backups`",
+            ) from None
+        return open_json(self.keys.metadata_key, name, blob)
+
+    def info_from_manifest(self, manifest: dict[str, Any], *, drilled: bool) -> BackupInfo:
+        return BackupInfo(
+            id=manifest["id"],
+            source=manifest["source"],
+            kind=manifest["kind"],
+            host=manifest["host"],
+            time=manifest["time"],
+            size=manifest["size"],
+            stored_bytes=manifest["stored_bytes"],
+            dedup_ratio=manifest["dedup_ratio"],
+            duration=manifest["duration"],
+            streams=[s["name"] for s in manifest["streams"]],
+            key_ids=list(manifest["key_ids"]),
+            drilled=drilled,
+            meta=dict(manifest["meta"]),
+        )
+
+    def backup_ids(self) -> list[str]:
+        return sorted(info.name[len(BACKUPS_DIR) :] for info in self.backend.list(BACKUPS_DIR))
+
+    def backups(self, source: str | None = None) -> list[BackupInfo]:
+        """Committed backups, oldest first; needs only the write key."""
+        drilled = {info.name[len(DRILLS_DIR) :] for info in self.backend.list(DRILLS_DIR)}
+        result = []
+        for backup_id in self.backup_ids():
+            try:
+                manifest = self.load_manifest_meta(backup_id)
+            except ObjectNotFound:  # removed by a concurrent prune
+                continue
+            if source is None or manifest["source"] == source:
+                result.append(self.info_from_manifest(manifest, drilled=backup_id in drilled))
+        return sorted(result, key=lambda b: (b.time, b.id))
+
+    def mark_drilled(self, backup_id: str, result: dict[str, Any]) -> None:
+        """Record a successful drill so prune protects the newest drilled backup."""
+        self.load_manifest_meta(backup_id)
+        name = drill_name(backup_id)
+        record = {"backup_id": backup_id, "time": time.time(), "result": result}
+        self.backend.store(
+            name, seal_json(self.keys.metadata_key, name, record, algorithm=self.aead)
+        )
+
+    def drill_result(self, backup_id: str) -> dict[str, Any] | None:
+        name = drill_name(check_backup_id(backup_id))
+        try:
+            return open_json(self.keys.metadata_key, name, self.backend.load(name))
+        except ObjectNotFound:
+            return None
+
+    # --- reading, verify, prune (implemented in their own modules) ----------------------------
+
+    def manifest(self, backup_id: str, identities: Sequence[Identity]) -> Manifest:
+        """Decrypt a backup's manifest and facts; WrongKeyError if no identity fits."""
+        from crmmaint.repository.reader import load_manifest
+
+        return load_manifest(self, backup_id, identities)
+
+    def read_stream(
+        self, backup_id: str, name: str, identities: Sequence[Identity]
+    ) -> Iterator[bytes]:
+        """Plaintext of one stream, in order, every chunk authenticated and its id rechecked."""
+        from crmmaint.repository.reader import read_stream
+
+        return read_stream(self, backup_id, name, identities)
+
+    def verify(
+        self,
+        *,
+        read_data: bool = False,
+        subset_percent: float | None = None,
+        identities: Sequence[Identity] | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> VerifyReport:
+        """Check metadata consistency; optionally pack hashes and (with identities) every chunk."""
+        from crmmaint.repository.verify import verify
+
+        return verify(
+            self,
+            read_data=read_data,
+            subset_percent=subset_percent,
+            identities=identities,
+            progress=progress,
+        )
+
+    def prune(self, policy: RetentionPolicy, *, now: float, dry_run: bool) -> PruneReport:
+        """Remove backups the policy does not keep, then the data only they referenced."""
+        from crmmaint.repository.gc import prune
+
+        return prune(self, policy, now=now, dry_run=dry_run)
+
+
+__all__ = ["BackupInfo", "ChunkerParams", "Repository", "StreamInfo"]
