@@ -1,0 +1,35 @@
+"""Playbooks: the model, YAML loading with file:line errors, planning, the task registry, the runner.
+
+Task modules import ``crmmaint.playbook.registry`` directly; the CLI uses the names below.
+"""
+
+from crmmaint.playbook.conditions import When, parse_when
+from crmmaint.playbook.loader import (
+    check_playbook,
+    load_playbook,
+    load_playbook_text,
+    playbooks_dir,
+    resolve_playbook_path,
+    shipped_playbooks,
+)
+from crmmaint.playbook.model import WINDOWS, Playbook, Step, StepDefaults, local_target
+from crmmaint.playbook.planner import PlannedStep, host_matches, plan
+
+__all__ = [
+    "WINDOWS",
+    "PlannedStep",
+    "Playbook",
+    "Step",
+    "StepDefaults",
+    "When",
+    "check_playbook",
+    "host_matches",
+    "load_playbook",
+    "load_playbook_text",
+    "local_target",
+    "parse_when",
+    "plan",
+    "playbooks_dir",
+    "resolve_playbook_path",
+    "shipped_playbooks",
+]
