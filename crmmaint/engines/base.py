@@ -98,6 +98,8 @@ class DumpStream:
         self._observe = observe
         self._complete = complete
         self._timeout = timeout
+        if timeout is not None:
+            process.set_timeout(timeout)
         self.facts: Facts = dict(facts or {})
         self.bytes_read = 0
         self.eof = False
@@ -107,7 +109,11 @@ class DumpStream:
         """Up to ``size`` bytes of the dump; ``b""`` at the end."""
         if self.eof:
             return b""
-        chunk = self._process.read(size)
+        try:
+            chunk = self._process.read(size)
+        except TransportError as exc:
+            self._process.kill()
+            raise self.error(f"reading the dump failed: {exc}") from exc
         if not chunk:
             self.eof = True
             if self._observe is not None:
@@ -130,7 +136,10 @@ class DumpStream:
         except CommandTimeout as exc:
             raise self.error(f"dump timed out after {self._timeout}s") from exc
         if result.exit_status != 0:
-            how = "was killed" if result.exit_status < 0 else f"exited {result.exit_status}"
+            status = result.exit_status
+            how = (
+                f"was killed (exit {status})" if status > 128 or status < 0 else f"exited {status}"
+            )
             raise self.error(f"dump command {how}: {result.stderr_tail()}")
         if self._complete is not None:
             self._complete(self.facts)

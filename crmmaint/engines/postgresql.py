@@ -29,7 +29,7 @@ from crmmaint.engines.base import (
     feed,
     schema_digest,
 )
-from crmmaint.errors import CommandTimeout, EngineError
+from crmmaint.errors import CommandTimeout, EngineError, TransportError
 from crmmaint.transport.base import Process
 
 log = logging.getLogger(__name__)
@@ -207,7 +207,10 @@ class _PsqlSession:
             if at >= 0 and (at == 0 or self._buffer[at - 1 : at] == b"\n"):
                 text, self._buffer = self._buffer[:at], self._buffer[at + len(needle) :]
                 return parse_csv(text.decode("utf-8"))
-            chunk = self.proc.read(1 << 16)
+            try:
+                chunk = self.proc.read(1 << 16)
+            except TransportError as exc:
+                raise self.engine.error(f"snapshot session failed: {exc}") from exc
             if not chunk:
                 raise self.engine.error(f"snapshot session ended: {self._stderr()}")
             self._buffer += chunk
@@ -219,9 +222,12 @@ class _PsqlSession:
             return "(no exit)"
 
     def close(self, sql: str = "COMMIT") -> None:
-        self.proc.write(f"{sql};\n".encode())
-        self.proc.close_stdin()
-        result = self.proc.wait(timeout=QUERY_TIMEOUT)
+        try:
+            self.proc.write(f"{sql};\n".encode())
+            self.proc.close_stdin()
+            result = self.proc.wait(timeout=QUERY_TIMEOUT)
+        except TransportError as exc:
+            raise self.engine.error(f"snapshot session failed: {exc}") from exc
         if not result.ok:
             raise self.engine.error(f"snapshot session failed: {result.stderr_tail()}")
 
@@ -323,6 +329,8 @@ class PostgreSQLEngine(DatabaseEngine):
     def dump(self, *, timeout: float | None = None) -> Iterator[DumpStream]:
         """A plain-SQL pg_dump stream whose facts come from the same exported snapshot."""
         with self.started(self.psql(), what="snapshot session") as session_proc:
+            if timeout is not None:
+                session_proc.set_timeout(timeout)
             session = _PsqlSession(self, session_proc)
             (snapshot,) = session.ask(
                 "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SELECT pg_export_snapshot()"
@@ -405,6 +413,8 @@ class PostgreSQLEngine(DatabaseEngine):
         log.info("restoring into %s on %s", target_name, self.transport.host)
         try:
             with self.started(command, what="psql restore") as proc:
+                if timeout is not None:
+                    proc.set_timeout(timeout)
                 size, problem = feed(stream, proc)
                 try:
                     result = proc.wait(timeout=timeout)

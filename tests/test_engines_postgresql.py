@@ -1,0 +1,233 @@
+"""PostgreSQL adapter against the real local server (127.0.0.1:5432) through LocalTransport."""
+
+from __future__ import annotations
+
+import io
+import os
+import secrets
+import subprocess
+
+import pytest
+
+from crmmaint.engines import RestoreTargetExists, compare_facts, engine_for
+from crmmaint.engines.postgresql import CopyRowCounter, PostgreSQLEngine
+from crmmaint.errors import EngineError, RestoreError
+from crmmaint.inventory import Database, SecretSource
+from crmmaint.transport.local import LocalTransport
+
+SCHEMA = r'''
+CREATE TABLE customers (id serial PRIMARY KEY, name text NOT NULL, email text UNIQUE, note text);
+CREATE TABLE "Odd ""Name""" (id int PRIMARY KEY, customer_id int REFERENCES customers(id));
+CREATE TABLE empty_one (k text);
+CREATE INDEX customers_lower_name ON customers (lower(name));
+CREATE VIEW customer_names AS SELECT id, name FROM customers;
+INSERT INTO customers (name, email, note)
+  SELECT 'n' || g, 'e' || g || '@example.org', E'tab\there\nnew "q",\\.' FROM generate_series(1, 3000) g;
+INSERT INTO "Odd ""Name""" SELECT g, g FROM generate_series(1, 10) g;
+'''
+
+
+PSQL = ["psql", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-U", "postgres"]
+
+
+def psql(dbname: str, sql: str) -> str:
+    out = subprocess.run(
+        [*PSQL, "-d", dbname],
+        input=sql.encode(),
+        capture_output=True,
+        check=True,
+    )
+    return out.stdout.decode()
+
+
+@pytest.fixture
+def scratch_names():
+    made: list[str] = []
+
+    def name() -> str:
+        made.append(f"crmtest_{secrets.token_hex(4)}")
+        return made[-1]
+
+    yield name
+    for n in made:
+        psql("postgres", f'DROP DATABASE IF EXISTS "{n}" WITH (FORCE)')
+
+
+@pytest.fixture
+def source(scratch_names) -> PostgreSQLEngine:
+    name = scratch_names()
+    psql("postgres", f'CREATE DATABASE "{name}"')
+    psql(name, SCHEMA)
+    db = Database(name="crm", engine="postgresql", host="local", dbname=name, address="127.0.0.1")
+    db.user = "postgres"
+    engine = engine_for(db, LocalTransport())
+    assert isinstance(engine, PostgreSQLEngine)
+    return engine
+
+
+def dump_all(engine: PostgreSQLEngine) -> tuple[bytes, dict]:
+    out = io.BytesIO()
+    with engine.dump(timeout=60) as stream:
+        while chunk := stream.read(1 << 16):
+            out.write(chunk)
+        facts = stream.finish()
+    return out.getvalue(), facts
+
+
+def test_queries_and_facts(source):
+    assert 0 < source.ping() < 10
+    facts = source.facts()
+    assert facts["version"].startswith("15") and facts["size_bytes"] > 0
+    assert facts["max_connections"] >= facts["connections"] >= 1
+    assert source.tables() == ['public.Odd "Name"', "public.customers", "public.empty_one"]
+    assert source.row_counts() == {
+        'public.Odd "Name"': 10,
+        "public.customers": 3000,
+        "public.empty_one": 0,
+    }
+    # Values with tabs, newlines, quotes and commas survive the CSV round trip.
+    assert source.query("SELECT note, NULL FROM customers LIMIT 1") == [
+        ('tab\there\nnew "q",\\.', ""),
+    ]
+    assert source.sequences() == {"public.customers_id_seq": 3000}
+
+
+def test_query_error_names_engine_database_and_stderr(source):
+    with pytest.raises(EngineError) as err:
+        source.query("SELECT * FROM no_such_table")
+    text = str(err.value)
+    assert "postgresql" in text and "'crm'" in text and "localhost" in text
+    assert "no_such_table" in text
+
+
+def test_dump_facts_match_source_and_restore_equals(source, scratch_names):
+    data, facts = dump_all(source)
+    assert facts["row_counts"] == source.row_counts()
+    assert facts["tables"] == source.tables()
+    assert facts["schema_fingerprint"] == source.schema_fingerprint()
+    assert facts["sequences"] == {"public.customers_id_seq": 3000}
+    assert facts["bytes"] == len(data)
+    target = scratch_names()
+    restored = source.restore(io.BytesIO(data), target_name=target)
+    assert compare_facts(facts, restored) == []
+    assert restored["schema_fingerprint"] == facts["schema_fingerprint"]
+
+
+def test_concurrent_write_does_not_change_snapshot_facts(source, scratch_names):
+    out = io.BytesIO()
+    with source.dump(timeout=60) as stream:
+        # The snapshot is exported and facts taken; these rows commit before pg_dump reads.
+        psql(
+            source.db.dbname,
+            "INSERT INTO customers (name) SELECT 'late' FROM generate_series(1, 500)",
+        )
+        while chunk := stream.read():
+            out.write(chunk)
+        facts = stream.finish()  # also checks the stream's COPY rows equal the snapshot counts
+    assert facts["row_counts"]["public.customers"] == 3000
+    assert source.row_counts()["public.customers"] == 3500
+    restored = source.restore(io.BytesIO(out.getvalue()), target_name=scratch_names())
+    assert restored["row_counts"]["public.customers"] == 3000
+
+
+def test_restore_into_existing_refuses_without_force(source, scratch_names):
+    data, facts = dump_all(source)
+    target = scratch_names()
+    psql("postgres", f'CREATE DATABASE "{target}"')
+    with pytest.raises(RestoreTargetExists) as err:
+        source.restore(io.BytesIO(data), target_name=target)
+    assert isinstance(err.value, EngineError) and isinstance(err.value, RestoreError)
+    restored = source.restore(io.BytesIO(data), target_name=target, force=True)
+    assert compare_facts(facts, restored) == []
+    with pytest.raises(EngineError):
+        source.restore(io.BytesIO(data), target_name=source.db.dbname, force=True)
+    with pytest.raises(EngineError):
+        source.restore(io.BytesIO(data), target_name="bad name; drop")
+
+
+def test_broken_restore_stream_fails_and_leaves_no_database(source, scratch_names):
+    target = scratch_names()
+    with pytest.raises(EngineError, match="restore into"):
+        source.restore(
+            io.BytesIO(b"CREATE TABLE t (x int);\nNOT SQL AT ALL;\n"), target_name=target
+        )
+    assert not source.exists(target)
+
+
+def test_dump_of_missing_database_fails(source):
+    missing = source.for_database(f"crmtest_missing_{secrets.token_hex(3)}")
+    with pytest.raises(EngineError, match="does not exist"), missing.dump() as stream:
+        stream.read()
+
+
+def test_killed_dump_fails_at_finish(source):
+    with pytest.raises(EngineError, match="killed"), source.dump() as stream:
+        stream.kill()
+        while stream.read():
+            pass
+        stream.finish()
+
+
+def test_abandoned_dump_raises(source):
+    with pytest.raises(EngineError, match="before the end"), source.dump() as stream:
+        stream.read(10)
+
+
+def test_password_travels_in_env_not_argv(source, monkeypatch):
+    secret = f"pw-{secrets.token_hex(6)}"
+    monkeypatch.setenv("CRMTEST_PG_PASSWORD", secret)
+    source.db.password = SecretSource("env:CRMTEST_PG_PASSWORD")
+    seen: list[tuple[bytes, bytes, bytes]] = []
+    with source.dump() as stream:
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    cmdline = f.read()
+                with open(f"/proc/{pid}/environ", "rb") as f:
+                    environ = f.read()
+            except OSError:
+                continue
+            program = os.path.basename(cmdline.split(b"\0")[0])
+            if program in (b"pg_dump", b"psql") and source.db.dbname.encode() in cmdline:
+                seen.append((program, cmdline, environ))
+        while stream.read():
+            pass
+        stream.finish()
+    # The snapshot session runs throughout; a small pg_dump may be done before we look.
+    assert b"psql" in {program for program, _, _ in seen}
+    for _pid, cmdline, environ in seen:
+        assert secret.encode() not in cmdline
+        assert f"PGPASSWORD={secret}".encode() in environ.split(b"\0")
+
+
+def test_lock_wait_hits_dump_timeout(source):
+    holder = subprocess.Popen(
+        ["psql", "-X", "-q", "-h", "127.0.0.1", "-U", "postgres", "-d", source.db.dbname],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        holder.stdin.write(b"BEGIN; LOCK TABLE customers IN ACCESS EXCLUSIVE MODE; SELECT 1;\n")
+        holder.stdin.flush()
+        psql(source.db.dbname, "SELECT 1")  # give the lock a moment to be taken
+        with pytest.raises(EngineError), source.dump(timeout=2) as stream:
+            while stream.read():
+                pass
+            stream.finish()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_copy_row_counter_across_chunk_boundaries():
+    dump = (
+        b"SET x = 1;\nCOPY public.a (id) FROM stdin;\n1\n2\n3\n\\.\n\n"
+        b'COPY "s p"."B""q" (id) FROM stdin;\n\\.\nCOPY public.c (v) FROM stdin;\nx\\\\.\ny\n\\.\n'
+    )
+    for size in (1, 2, 3, 5, 7, 64):
+        counter = CopyRowCounter()
+        for i in range(0, len(dump), size):
+            counter.feed(dump[i : i + size])
+        assert counter.counts == {"public.a": 3, 's p.B"q': 0, "public.c": 2}, size
