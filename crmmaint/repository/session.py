@@ -25,6 +25,7 @@ import zstandard
 
 from crmmaint.crypto import Recipient, chunk_id, new_data_key, seal, wrap_data_key
 from crmmaint.errors import RepositoryError
+from crmmaint.repository.backends.base import Backend
 from crmmaint.repository.chunker import Readable, iter_chunks
 from crmmaint.repository.format import (
     KEY_ID_LEN,
@@ -91,6 +92,16 @@ class _PartsReader:
             self._parts.appendleft(head[n:])
             return head[:n]
         return head
+
+
+def store_pack(backend: Backend, parts: list[bytes], size: int) -> bytes:
+    """Store sealed chunks back to back as one pack named by its SHA-256; returns the pack id."""
+    sha = hashlib.sha256()
+    for part in parts:
+        sha.update(part)
+    pack_id = sha.digest()
+    backend.store_file(pack_name(pack_id), _PartsReader(parts), size)  # type: ignore[arg-type]
+    return pack_id
 
 
 class WriteSession:
@@ -292,12 +303,8 @@ class WriteSession:
 
     def _upload(self, pack: _OpenPack) -> None:
         try:
-            sha = hashlib.sha256()
-            for part in pack.parts:
-                sha.update(part)
-            pack_id = sha.digest()
+            pack_id = store_pack(self.repo.backend, pack.parts, pack.size)
             name = pack_name(pack_id)
-            self.repo.backend.store_file(name, _PartsReader(pack.parts), pack.size)  # type: ignore[arg-type]
             entries = {
                 cid: IndexEntry(pack_id, off, length, raw, self._key_id)
                 for cid, off, length, raw in pack.chunks
@@ -408,6 +415,9 @@ class WriteSession:
                 algorithm=aead,
             ).hex(),
         }
+        check_lock = getattr(self._lock_cm, "check", None)
+        if check_lock is not None:
+            check_lock()  # a lost lock means prune may have run: do not commit
         repo.backend.store(mname, seal_json(meta_key, mname, manifest, algorithm=aead))
         self._state = "committed"
         info = repo.info_from_manifest(manifest, drilled=False)

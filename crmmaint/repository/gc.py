@@ -1,0 +1,242 @@
+"""Prune: remove backups the retention policy drops, then every object only they needed.
+
+Order (each step leaves a repository that verifies and that a backup can safely dedup against;
+the argument is in docs/format.md):
+
+1. delete the manifests (then drill records) of removed backups;
+2. repack: copy the live chunks of packs less than half referenced into new packs;
+3. write one consolidated index segment of the chunks kept backups still reference;
+4. delete every other index segment;
+5. delete packs no index segment references (emptied, repacked, orphans of killed sessions);
+6. delete key objects no kept backup or indexed chunk needs.
+
+Runs under the exclusive repository lock, so no write session is open meanwhile.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from crmmaint.errors import ObjectNotFound, RepositoryError
+from crmmaint.repository.format import (
+    CHUNK_ID_LEN,
+    DATA_DIR,
+    DRILLS_DIR,
+    INDEX_DIR,
+    KEY_ID_LEN,
+    KEYS_DIR,
+    IndexEntry,
+    drill_name,
+    manifest_name,
+    pack_id_from_name,
+    pack_name,
+)
+from crmmaint.repository.index import ChunkIndex, write_segment
+from crmmaint.repository.retention import BackupRef, plan_prune
+from crmmaint.repository.session import store_pack
+
+if TYPE_CHECKING:
+    from crmmaint.repository.repository import BackupInfo, Repository
+    from crmmaint.repository.retention import RetentionPolicy
+
+logger = logging.getLogger(__name__)
+
+#: A pack whose referenced bytes fall below this fraction of its size is rewritten.
+REPACK_BELOW = 0.5
+
+
+@dataclass
+class PruneReport:
+    """What prune removed (or, with ``dry_run``, would remove) and why each backup stays."""
+
+    dry_run: bool
+    keep: list[str] = field(default_factory=list)
+    remove: list[str] = field(default_factory=list)
+    reasons: dict[str, list[str]] = field(default_factory=dict)
+    packs_deleted: int = 0
+    packs_repacked: int = 0
+    packs_written: int = 0
+    bytes_freed: int = 0
+    keys_deleted: int = 0
+    index_segments_replaced: int = 0
+
+
+@dataclass
+class _Plan:
+    live: dict[bytes, IndexEntry]
+    delete_packs: set[bytes]
+    repack: list[bytes]
+    needed_keys: set[bytes]
+    stored_packs: dict[bytes, int]
+
+
+def _protected(backups: list[BackupInfo]) -> set[str]:
+    """Newest backup and newest drilled backup of each source: never removed."""
+    newest: dict[str, BackupInfo] = {}
+    drilled: dict[str, BackupInfo] = {}
+    for b in backups:
+        if b.source not in newest or (b.time, b.id) > (newest[b.source].time, newest[b.source].id):
+            newest[b.source] = b
+        if b.drilled and (
+            b.source not in drilled
+            or (b.time, b.id) > (drilled[b.source].time, drilled[b.source].id)
+        ):
+            drilled[b.source] = b
+    return {b.id for b in newest.values()} | {b.id for b in drilled.values()}
+
+
+def prune(repo: Repository, policy: RetentionPolicy, *, now: float, dry_run: bool) -> PruneReport:
+    """Apply ``policy`` at time ``now``; with ``dry_run`` only report. See the module docstring."""
+    with repo.lock(exclusive=True, purpose="prune"):
+        backups = repo.backups()
+        decision = plan_prune(
+            [BackupRef(b.id, b.source, b.time, b.drilled) for b in backups], policy, now
+        )
+        protected = _protected(backups)
+        remove = [i for i in decision.remove if i not in protected]
+        report = PruneReport(dry_run, keep=list(decision.keep), remove=remove)
+        report.reasons = dict(decision.reasons)
+        for backup_id in set(decision.remove) & protected:
+            report.keep.append(backup_id)
+            report.reasons[backup_id] = ["newest or newest drilled of its source"]
+        kept = [b for b in backups if b.id not in set(remove)]
+        plan = _plan(repo, kept)
+        report.packs_deleted = len(plan.delete_packs) + len(plan.repack)
+        report.packs_repacked = len(plan.repack)
+        report.bytes_freed = sum(plan.stored_packs.get(p, 0) for p in plan.delete_packs)
+        if dry_run:
+            return report
+        _execute(repo, remove, plan, report)
+        return report
+
+
+def _plan(repo: Repository, kept: list[BackupInfo]) -> _Plan:
+    """Live chunks (referenced by kept backups), packs to delete or repack, keys still needed."""
+    index = ChunkIndex()
+    index.refresh(repo.backend, repo.keys.metadata_key)
+    repo.index = index
+    live: dict[bytes, IndexEntry] = {}
+    needed_keys: set[bytes] = set()
+    for backup in kept:
+        manifest = repo.load_manifest_meta(backup.id)
+        needed_keys.update(bytes.fromhex(k) for k in manifest["key_ids"])
+        for stream in manifest["streams"]:
+            raw = bytes.fromhex(stream["ids"])
+            for i in range(0, len(raw), CHUNK_ID_LEN):
+                cid = raw[i : i + CHUNK_ID_LEN]
+                entry = index.get(cid)
+                if entry is None:
+                    raise RepositoryError(
+                        f"backup {backup.id} references chunk {cid.hex()} missing from the index; "
+                        "refusing to prune a damaged repository",
+                        hint="run `crmmaint verify` and repair before pruning",
+                    )
+                live[cid] = entry
+    stored = {}
+    for info in repo.backend.list(DATA_DIR):
+        pack_id = pack_id_from_name(info.name)
+        if pack_id is not None:
+            stored[pack_id] = info.size
+    used: dict[bytes, int] = dict.fromkeys(stored, 0)
+    for entry in live.values():
+        used[entry.pack_id] = used.get(entry.pack_id, 0) + entry.length
+    delete = {p for p in stored if used.get(p, 0) == 0}
+    repack = sorted(p for p, n in used.items() if p in stored and 0 < n < REPACK_BELOW * stored[p])
+    needed_keys.update(e.key_id for e in live.values())
+    return _Plan(live, delete, repack, needed_keys, stored)
+
+
+def _execute(repo: Repository, remove: list[str], plan: _Plan, report: PruneReport) -> None:
+    backend = repo.backend
+    for backup_id in remove:  # 1
+        backend.delete(manifest_name(backup_id))
+        _delete_quietly(repo, drill_name(backup_id))
+        logger.info("prune: removed backup %s", backup_id)
+    report.packs_written = _repack(repo, plan)  # 2
+    old_segments = sorted(info.name for info in backend.list(INDEX_DIR))
+    live_packs = {e.pack_id for e in plan.live.values()}
+    sizes = {p: s for p, s in plan.stored_packs.items() if p in live_packs}
+    new_segment = None
+    if plan.live:  # 3
+        new_segment = write_segment(
+            backend, repo.keys.metadata_key, plan.live, sizes, algorithm=repo.aead
+        )
+    for name in old_segments:  # 4
+        if name != new_segment:
+            _delete_quietly(repo, name)
+    report.index_segments_replaced = len(old_segments)
+    for pack_id in sorted(set(plan.stored_packs) - live_packs):  # 5
+        _delete_quietly(repo, pack_name(pack_id))
+    for info in list(backend.list(KEYS_DIR)):  # 6
+        try:
+            kid = bytes.fromhex(info.name[len(KEYS_DIR) :])
+        except ValueError:
+            continue
+        if len(kid) == KEY_ID_LEN and kid not in plan.needed_keys:
+            _delete_quietly(repo, info.name)
+            report.keys_deleted += 1
+    manifests = set(repo.backup_ids())
+    for info in list(backend.list(DRILLS_DIR)):
+        if info.name[len(DRILLS_DIR) :] not in manifests:
+            _delete_quietly(repo, info.name)
+    repo.index = ChunkIndex()
+    repo.refresh_index()
+    logger.info(
+        "prune: %d backups removed, %d packs deleted (%d repacked), %d bytes freed",
+        len(remove),
+        report.packs_deleted,
+        report.packs_repacked,
+        report.bytes_freed,
+    )
+
+
+def _repack(repo: Repository, plan: _Plan) -> int:
+    """Copy live sealed chunks (verbatim: same key, same AAD) out of sparse packs into new packs."""
+    written = 0
+    parts: list[bytes] = []
+    moved: list[tuple[bytes, int, IndexEntry]] = []
+    size = 0
+
+    def flush() -> None:
+        nonlocal parts, moved, size, written
+        if not parts:
+            return
+        pack_id = store_pack(repo.backend, parts, size)
+        plan.stored_packs[pack_id] = size
+        for cid, offset, old in moved:
+            plan.live[cid] = IndexEntry(pack_id, offset, old.length, old.raw_length, old.key_id)
+        written += 1
+        parts, moved, size = [], [], 0
+
+    by_pack: dict[bytes, list[tuple[bytes, IndexEntry]]] = {p: [] for p in plan.repack}
+    for cid, entry in plan.live.items():
+        if entry.pack_id in by_pack:
+            by_pack[entry.pack_id].append((cid, entry))
+    for pack_id in plan.repack:
+        raw = repo.backend.load(pack_name(pack_id))
+        if hashlib.sha256(raw).digest() != pack_id:  # never copy damage into a fresh pack
+            raise RepositoryError(
+                f"{pack_name(pack_id)} does not match its hash; refusing to repack it",
+                hint="run `crmmaint verify --read-data` and repair before pruning",
+            )
+        data = memoryview(raw)
+        for cid, entry in sorted(by_pack[pack_id], key=lambda c: c[1].offset):
+            blob = bytes(data[entry.offset : entry.offset + entry.length])
+            moved.append((cid, size, entry))
+            parts.append(blob)
+            size += len(blob)
+            if size >= repo.pack_size:
+                flush()
+        data.release()
+    flush()
+    return written
+
+
+def _delete_quietly(repo: Repository, name: str) -> None:
+    """Delete an object that may already be gone (a previous prune was interrupted)."""
+    with contextlib.suppress(ObjectNotFound):
+        repo.backend.delete(name)
