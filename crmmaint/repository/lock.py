@@ -1,0 +1,381 @@
+"""Repository locks stored in the repository itself, so they work on any backend.
+
+Each holder writes one JSON object ``locks/<id>``. Shared locks (backup, verify) coexist; an
+exclusive lock (prune, check --repair) conflicts with every other lock. Acquiring is
+write-then-list in two phases, which is safe as long as a backend lists what was stored before
+(local, SFTP and S3 all do):
+
+1. write our object as ``pending``, list ``locks/``: back off if a conflicting lock is ``held``,
+   or is ``pending`` with a lower ``(created, id)`` (of two racers the older wins);
+2. rewrite our object as ``held``, list again: back off if a conflicting lock is ``held``.
+
+Of two conflicting holders, the one that lists second always sees the other, so at most one
+completes. A heartbeat thread refreshes our object; a lock whose heartbeat is too old, or whose
+process is gone from this host, is stale and is taken over.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import json
+import logging
+import os
+import random
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from crmmaint.errors import BackendError, LockError, ObjectNotFound
+from crmmaint.repository.backends.base import Backend
+
+logger = logging.getLogger(__name__)
+
+LOCKS_PREFIX = "locks/"
+#: A lock is stale when its heartbeat is older than this many heartbeat intervals.
+STALE_HEARTBEATS = 5
+_FIRST_BACKOFF = 0.02
+_MAX_BACKOFF = 2.0
+
+
+@dataclass(frozen=True)
+class LockInfo:
+    """One lock object as read from ``locks/``; ``raw`` is None when it could not be parsed."""
+
+    name: str
+    id: str
+    exclusive: bool
+    state: str
+    host: str
+    pid: int
+    owner: str | None
+    user: str
+    created: float
+    acquired: float | None
+    heartbeat: float
+    heartbeat_interval: float
+    raw: dict[str, Any] | None
+
+    @property
+    def key(self) -> tuple[float, str]:
+        """Tie-break order between racers: the lower key wins."""
+        return (self.created, self.id)
+
+    def describe(self, now: float | None = None) -> str:
+        """``backup crm (pid 4242 on db1, exclusive, since 2026-11-20 03:00:01 UTC)``."""
+        if self.raw is None:
+            return f"unreadable lock object {self.name}"
+        now = time.time() if now is None else now
+        since = datetime.fromtimestamp(self.acquired or self.created, tz=UTC)
+        who = f"{self.owner} " if self.owner else ""
+        kind = "exclusive" if self.exclusive else "shared"
+        if self.state == "pending":
+            kind += ", still acquiring"
+        return (
+            f"{who}(user {self.user}, pid {self.pid} on {self.host}, {kind}, "
+            f"since {since:%Y-%m-%d %H:%M:%S} UTC, last heartbeat {now - self.heartbeat:.0f}s ago)"
+        )
+
+
+class RepositoryLock:
+    """Context manager holding a shared or exclusive lock on one repository.
+
+    ``timeout`` bounds the wait for conflicting holders (0: try once); ``stale_after`` is the
+    heartbeat age after which another holder's lock is taken over (default: 5 heartbeats).
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        exclusive: bool,
+        owner: str | None = None,
+        timeout: float = 60.0,
+        heartbeat: float = 30.0,
+        stale_after: float | None = None,
+    ) -> None:
+        if heartbeat <= 0:
+            raise ValueError(f"heartbeat must be positive, got {heartbeat!r}")
+        if stale_after is not None and stale_after <= heartbeat:
+            raise ValueError(f"stale_after ({stale_after}) must exceed heartbeat ({heartbeat})")
+        self.backend = backend
+        self.exclusive = exclusive
+        self.owner = owner
+        self.timeout = timeout
+        self.heartbeat = heartbeat
+        self.stale_after = stale_after
+        self.host = socket.gethostname()
+        self.pid = os.getpid()
+        self.user = _current_user()
+        self.id = ""
+        self._record: dict[str, Any] = {}
+        self._held = False
+        self._lost = False
+        self._io = threading.Lock()  # orders heartbeat writes against release
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __repr__(self) -> str:
+        kind = "exclusive" if self.exclusive else "shared"
+        return f"RepositoryLock({self.backend.url!r}, {kind}, id={self.id or None!r})"
+
+    @property
+    def name(self) -> str:
+        return LOCKS_PREFIX + self.id
+
+    @property
+    def held(self) -> bool:
+        return self._held and not self._lost
+
+    def __enter__(self) -> RepositoryLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def acquire(self) -> RepositoryLock:
+        """Wait until no conflicting lock is held, then hold ours; ``LockError`` on timeout."""
+        if self._held:
+            raise RuntimeError(f"{self!r} is already held")
+        self.id = uuid.uuid4().hex[:16]
+        now = time.time()
+        self._record = {
+            "id": self.id,
+            "exclusive": self.exclusive,
+            "state": "pending",
+            "host": self.host,
+            "pid": self.pid,
+            "owner": self.owner,
+            "user": self.user,
+            "created": now,
+            "acquired": None,
+            "heartbeat": now,
+            "heartbeat_interval": self.heartbeat,
+        }
+        self._lost = False
+        deadline = time.monotonic() + self.timeout
+        backoff = _FIRST_BACKOFF
+        while True:
+            try:
+                blocker = self._attempt()
+            except BaseException:
+                self._delete_quietly()
+                raise
+            if blocker is None:
+                break
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise self._timeout_error(blocker)
+            logger.debug("%s waits for %s", self, blocker.describe())
+            time.sleep(min(remaining, backoff * random.uniform(0.5, 1.0)))
+            backoff = min(backoff * 2, _MAX_BACKOFF)
+        self._held = True
+        self._stop.clear()
+        self._thread = threading.Thread(
+            target=self._heartbeat_loop, name=f"lock-heartbeat-{self.id}", daemon=True
+        )
+        self._thread.start()
+        logger.debug("acquired %s", self)
+        return self
+
+    def _attempt(self) -> LockInfo | None:
+        """One two-phase try; returns the lock that blocks us (ours is then removed)."""
+        self._write(state="pending")
+        blocker = self._find_blocker(pending_counts=True)
+        if blocker is None:
+            self._write(state="held", acquired=time.time())
+            blocker = self._find_blocker(pending_counts=False)
+            if blocker is None:
+                return None
+        self._delete_own()
+        self._record.update(state="pending", acquired=None)
+        return blocker
+
+    def _find_blocker(self, *, pending_counts: bool) -> LockInfo | None:
+        """The first live conflicting lock that wins over ours; stale ones are taken over."""
+        mine = (self._record["created"], self.id)
+        for other in read_locks(self.backend):
+            if other.id == self.id or not (self.exclusive or other.exclusive):
+                continue
+            if self._take_over_if_stale(other):
+                continue
+            if other.state != "pending" or (pending_counts and other.key < mine):
+                return other
+        return None
+
+    def _take_over_if_stale(self, other: LockInfo) -> bool:
+        """Delete ``other`` when its holder is gone; True if it no longer counts."""
+        now = time.time()
+        if other.raw is None:
+            return False  # unreadable: only `crmmaint repo unlock` may remove it
+        if other.host == self.host and not _pid_alive(other.pid):
+            why = f"process {other.pid} no longer runs on {self.host}"
+        else:
+            limit = self.stale_after or STALE_HEARTBEATS * max(
+                self.heartbeat, other.heartbeat_interval
+            )
+            if now - other.heartbeat <= limit:
+                return False
+            why = f"no heartbeat for {now - other.heartbeat:.0f}s (limit {limit:.0f}s)"
+        try:
+            self.backend.delete(other.name)
+        except ObjectNotFound:
+            return True  # released, or another waiter took it over first
+        logger.warning(
+            "took over stale repository lock %s of %s in %s: %s",
+            other.name,
+            other.describe(now),
+            self.backend.url,
+            why,
+        )
+        return True
+
+    def _timeout_error(self, blocker: LockInfo) -> LockError:
+        kind = "exclusive" if self.exclusive else "shared"
+        return LockError(
+            f"repository {self.backend.url} is locked by {blocker.describe()}; "
+            f"gave up waiting for a {kind} lock after {self.timeout:g}s",
+            hint="wait for that process to finish and retry; if it is gone, run "
+            "`crmmaint repo unlock` to remove its lock",
+        )
+
+    def _write(self, **changes: Any) -> None:
+        self._record.update(changes, heartbeat=time.time())
+        self.backend.store(self.name, json.dumps(self._record, sort_keys=True).encode())
+
+    def _delete_own(self) -> None:
+        with contextlib.suppress(ObjectNotFound):
+            self.backend.delete(self.name)
+
+    def _delete_quietly(self) -> None:
+        """Best-effort cleanup after a failed attempt; a leftover turns stale on its own."""
+        try:
+            self._delete_own()
+        except BackendError as exc:
+            logger.warning("cannot remove lock object %s: %s", self.name, exc)
+
+    def _heartbeat_loop(self) -> None:
+        while not self._stop.wait(self.heartbeat):
+            with self._io:
+                if self._stop.is_set():
+                    return
+                try:
+                    if not self.backend.exists(self.name):
+                        self._lost = True
+                        logger.error(
+                            "repository lock %s in %s was removed by someone else (unlock or a "
+                            "stale takeover); this process no longer holds the lock",
+                            self.name,
+                            self.backend.url,
+                        )
+                        return
+                    self._write()
+                except BackendError as exc:
+                    logger.warning("cannot refresh repository lock %s: %s", self.name, exc)
+
+    def check(self) -> None:
+        """Raise ``LockError`` unless the lock is still held; call before committing work."""
+        if not self._held:
+            raise LockError(f"{self!r} is not held", hint="acquire the lock first")
+        if self._lost:
+            raise LockError(
+                f"repository lock {self.name} in {self.backend.url} was removed while held "
+                "(`crmmaint repo unlock`, or taken over as stale after missed heartbeats)",
+                hint="nothing was committed under the lost lock; rerun the operation",
+            )
+
+    def release(self) -> None:
+        """Stop the heartbeat and delete our lock object. Idempotent."""
+        if not self._held:
+            return
+        self._stop.set()
+        with self._io:
+            self._held = False
+            try:
+                self._delete_own()
+            except BackendError as exc:
+                limit = self.stale_after or STALE_HEARTBEATS * self.heartbeat
+                logger.warning(
+                    "cannot remove repository lock %s from %s (%s); others will take it over "
+                    "after %.0fs, or run `crmmaint repo unlock`",
+                    self.name,
+                    self.backend.url,
+                    exc,
+                    limit,
+                )
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join()
+        self._thread = None
+        logger.debug("released %s", self)
+
+
+def read_locks(backend: Backend) -> list[LockInfo]:
+    """Every lock object in the repository, oldest first; vanished ones are skipped."""
+    found = []
+    for obj in backend.list(LOCKS_PREFIX):
+        try:
+            data = backend.load(obj.name)
+        except ObjectNotFound:
+            continue
+        found.append(_parse(obj.name, data))
+    return sorted(found, key=lambda lock: lock.key)
+
+
+def break_locks(backend: Backend) -> list[dict[str, Any]]:
+    """Remove every lock object (``crmmaint repo unlock``); returns what was removed."""
+    removed = []
+    for lock in read_locks(backend):
+        try:
+            backend.delete(lock.name)
+        except ObjectNotFound:
+            continue
+        logger.warning("removed repository lock %s: %s", lock.name, lock.describe())
+        removed.append(lock.raw if lock.raw is not None else {"id": lock.id, "unreadable": True})
+    return removed
+
+
+def _parse(name: str, data: bytes) -> LockInfo:
+    lock_id = name.removeprefix(LOCKS_PREFIX)
+    try:
+        raw = json.loads(data)
+        return LockInfo(
+            name=name,
+            id=str(raw["id"]),
+            exclusive=bool(raw["exclusive"]),
+            state=str(raw.get("state", "held")),
+            host=str(raw["host"]),
+            pid=int(raw["pid"]),
+            owner=raw.get("owner"),
+            user=str(raw.get("user", "?")),
+            created=float(raw["created"]),
+            acquired=raw.get("acquired"),
+            heartbeat=float(raw["heartbeat"]),
+            heartbeat_interval=float(raw.get("heartbeat_interval", 0)),
+            raw=raw,
+        )
+    except (ValueError, KeyError, TypeError):
+        # Unparsable: treat as an exclusive lock held by an unknown process.
+        return LockInfo(name, lock_id, True, "held", "?", 0, None, "?", 0.0, None, 0.0, 0.0, None)
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
+
+
+def _current_user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return str(os.getuid())

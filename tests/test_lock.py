@@ -1,0 +1,399 @@
+"""Repository locks: sharing, blocking, timeouts, stale takeover, heartbeats, unlock.
+
+The locks run on ``DirBackend``, a minimal directory-backed Backend defined here so that a
+second process can share a repository; swap in ``LocalBackend`` once it is committed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from crmmaint.errors import LockError, ObjectNotFound
+from crmmaint.repository.backends.base import Backend, ObjectInfo
+from crmmaint.repository.lock import LOCKS_PREFIX, RepositoryLock, break_locks, read_locks
+
+HOST = socket.gethostname()
+
+
+class DirBackend(Backend):
+    """Objects as files below ``root``; stores are atomic (temp file + rename)."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.url = f"file://{self.root}"
+
+    def open(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def close(self) -> None:
+        pass
+
+    def store(self, name: str, data: bytes) -> None:
+        path = self.root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temp = self.root / f".{uuid.uuid4().hex}.tmp"
+        temp.write_bytes(data)
+        os.replace(temp, path)
+
+    def load(self, name: str, offset: int = 0, size: int | None = None) -> bytes:
+        try:
+            data = (self.root / name).read_bytes()
+        except FileNotFoundError as exc:
+            raise ObjectNotFound(f"object {name} not found in {self.url}") from exc
+        return data[offset:] if size is None else data[offset : offset + size]
+
+    def info(self, name: str) -> ObjectInfo | None:
+        path = self.root / name
+        return ObjectInfo(name, path.stat().st_size) if path.is_file() else None
+
+    def delete(self, name: str) -> None:
+        try:
+            (self.root / name).unlink()
+        except FileNotFoundError as exc:
+            raise ObjectNotFound(f"cannot delete {name}: not found in {self.url}") from exc
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        for path in sorted(self.root.rglob("*")):
+            name = path.relative_to(self.root).as_posix()
+            if path.is_file() and not path.name.startswith(".") and name.startswith(prefix):
+                yield ObjectInfo(name, path.stat().st_size)
+
+    def move(self, src: str, dst: str) -> None:
+        os.replace(self.root / src, self.root / dst)
+
+
+@pytest.fixture
+def backend(tmp_path) -> DirBackend:
+    b = DirBackend(tmp_path / "repo")
+    b.open()
+    return b
+
+
+def lock(backend, exclusive: bool, **kwargs) -> RepositoryLock:
+    kwargs = {"timeout": 0.0, "heartbeat": 0.5, **kwargs}
+    return RepositoryLock(backend, exclusive=exclusive, **kwargs)
+
+
+def foreign_lock(backend, **fields) -> str:
+    """Store a lock object as another process would; returns its name."""
+    now = time.time()
+    record = {
+        "id": uuid.uuid4().hex[:16],
+        "exclusive": True,
+        "state": "held",
+        "host": "db1.example",
+        "pid": 4242,
+        "owner": "prune crm",
+        "user": "backup",
+        "created": now,
+        "acquired": now,
+        "heartbeat": now,
+        "heartbeat_interval": 0.5,
+        **fields,
+    }
+    name = LOCKS_PREFIX + record["id"]
+    backend.store(name, json.dumps(record).encode())
+    return name
+
+
+def lock_names(backend) -> list[str]:
+    return [o.name for o in backend.list(LOCKS_PREFIX)]
+
+
+def dead_pid() -> int:
+    """The pid of a process that has exited and been reaped."""
+    child = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return int(child.stdout)
+
+
+def acquire_in_thread(lk: RepositoryLock) -> tuple[threading.Thread, dict]:
+    outcome: dict = {}
+
+    def run() -> None:
+        try:
+            lk.acquire()
+            outcome["held"] = True
+        except Exception as exc:  # reported to the test thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, outcome
+
+
+# --- sharing and blocking ---------------------------------------------------------------------
+
+
+def test_lock_object_content_and_release(backend):
+    with lock(backend, True, owner="prune crm") as held:
+        assert held.held
+        [name] = lock_names(backend)
+        assert name == f"locks/{held.id}"
+        record = json.loads(backend.load(name))
+        assert record["id"] == held.id and record["exclusive"] is True
+        assert record["state"] == "held" and record["owner"] == "prune crm"
+        assert (record["host"], record["pid"]) == (HOST, os.getpid())
+        assert record["user"] and record["created"] <= record["acquired"] <= record["heartbeat"]
+    assert not held.held
+    assert lock_names(backend) == []
+    held.release()  # idempotent
+    held.release()
+
+
+def test_shared_locks_coexist(backend):
+    with lock(backend, False) as first, lock(backend, False) as second:
+        assert first.held and second.held
+        assert sorted(lock_names(backend)) == sorted([first.name, second.name])
+
+
+@pytest.mark.parametrize(("holder_exclusive", "waiter_exclusive"), [(False, True), (True, False)])
+def test_conflicting_lock_waits_until_release(backend, holder_exclusive, waiter_exclusive):
+    holder = lock(backend, holder_exclusive).acquire()
+    waiter = lock(backend, waiter_exclusive, timeout=5.0)
+    thread, outcome = acquire_in_thread(waiter)
+    time.sleep(0.3)
+    assert thread.is_alive() and not outcome
+    assert lock_names(backend) == [holder.name]  # the waiter removed its object while waiting
+    holder.release()
+    thread.join(5)
+    assert "error" not in outcome and waiter.held
+    waiter.release()
+
+
+def test_timeout_names_the_holder_and_what_to_do(backend):
+    holder = lock(backend, True, owner="backup crm").acquire()
+    try:
+        waiter = lock(backend, False, timeout=0.2)
+        with pytest.raises(LockError) as err:
+            waiter.acquire()
+        text = str(err.value)
+        assert backend.url in text and "backup crm" in text
+        assert f"pid {os.getpid()} on {HOST}" in text and "exclusive" in text
+        assert "since 20" in text and "UTC" in text
+        assert "crmmaint repo unlock" in err.value.hint and "wait" in err.value.hint
+        assert err.value.exit_code == 7
+        assert not waiter.held and lock_names(backend) == [holder.name]
+    finally:
+        holder.release()
+
+
+def test_acquiring_twice_is_a_programming_error(backend):
+    with lock(backend, False) as held, pytest.raises(RuntimeError, match="already held"):
+        held.acquire()
+
+
+def test_reacquire_after_release_uses_a_new_object(backend):
+    lk = lock(backend, True)
+    with lk:
+        first = lk.id
+    with lk:
+        assert lk.id != first and lock_names(backend) == [lk.name]
+
+
+# --- racing exclusives --------------------------------------------------------------------------
+
+
+def test_older_pending_racer_wins(backend):
+    # Another process is half-way through acquiring, and started first: we back off.
+    foreign_lock(backend, state="pending", created=time.time() - 1, acquired=None)
+    with pytest.raises(LockError, match="still acquiring"):
+        lock(backend, True, timeout=0.1).acquire()
+
+
+def test_younger_pending_racer_loses(backend):
+    # A racer that started after us will see us and back off, so we do not wait for it.
+    foreign_lock(backend, state="pending", created=time.time() + 60, acquired=None)
+    with lock(backend, True) as held:
+        assert held.held
+
+
+def test_exclusive_locks_exclude_each_other_under_contention(backend):
+    inside, seen, done = [0], set(), []
+    guard = threading.Lock()
+
+    def worker(exclusive: bool) -> None:
+        for _ in range(5):
+            with lock(backend, exclusive, timeout=10.0, heartbeat=1.0):
+                with guard:
+                    inside[0] += 1 if exclusive else 100
+                    seen.add(inside[0])
+                time.sleep(0.005)
+                with guard:
+                    inside[0] -= 1 if exclusive else 100
+        done.append(exclusive)
+
+    threads = [threading.Thread(target=worker, args=(i % 3 != 0,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(15)
+    assert len(done) == 6
+    # Never two exclusives at once, never an exclusive beside a shared one.
+    assert 1 in seen and 100 in seen
+    assert all(n == 1 or n % 100 == 0 for n in seen), seen
+    assert lock_names(backend) == []
+
+
+# --- stale locks ----------------------------------------------------------------------------
+
+
+def test_lock_with_old_heartbeat_is_taken_over(backend, caplog):
+    stale = foreign_lock(backend, heartbeat=time.time() - 10, heartbeat_interval=0.5)
+    caplog.set_level(logging.WARNING, logger="crmmaint.repository.lock")
+    with lock(backend, True, heartbeat=0.5) as held:  # limit 5 * 0.5 s
+        assert lock_names(backend) == [held.name]
+    assert stale.removeprefix(LOCKS_PREFIX) in caplog.text
+    assert "prune crm" in caplog.text and "pid 4242 on db1.example" in caplog.text
+    assert "no heartbeat for 10s" in caplog.text
+
+
+def test_fresh_lock_on_another_host_is_respected(backend):
+    # pid 4242 may be dead here, but it is not our host: only the heartbeat can tell.
+    foreign_lock(backend, pid=dead_pid(), heartbeat=time.time() - 1)
+    with pytest.raises(LockError, match=r"db1\.example"):
+        lock(backend, True, timeout=0.1).acquire()
+
+
+def test_explicit_stale_after_wins_over_the_holders_interval(backend):
+    foreign_lock(backend, heartbeat=time.time() - 3, heartbeat_interval=10)
+    with pytest.raises(LockError):
+        lock(backend, True).acquire()  # 5 * max(0.5, 10) s: still fresh
+    with lock(backend, True, stale_after=2.0) as held:
+        assert held.held
+
+
+def test_dead_pid_on_this_host_is_taken_over_at_once(backend, caplog):
+    foreign_lock(backend, host=HOST, pid=dead_pid())
+    caplog.set_level(logging.WARNING, logger="crmmaint.repository.lock")
+    with lock(backend, False, timeout=0.0) as held:
+        assert held.held
+    assert "no longer runs on" in caplog.text
+
+
+def test_unreadable_lock_object_blocks_until_unlock(backend):
+    backend.store("locks/garbage", b"{not json")
+    with pytest.raises(LockError, match="unreadable lock object locks/garbage"):
+        lock(backend, False).acquire()
+    assert break_locks(backend) == [{"id": "garbage", "unreadable": True}]
+    with lock(backend, False) as held:
+        assert held.held
+
+
+CHILD = """
+import sys, time
+sys.path.insert(0, sys.argv[2])
+from test_lock import DirBackend
+from crmmaint.repository.lock import RepositoryLock
+lk = RepositoryLock(DirBackend(sys.argv[1]), exclusive=True, owner="killed", heartbeat=0.2)
+lk.acquire()
+print(lk.id, flush=True)
+time.sleep(60)
+"""
+
+
+def test_lock_of_a_killed_process_is_taken_over(backend, caplog):
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(backend.root), str(Path(__file__).parent)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        child_id = child.stdout.readline().strip()
+        assert child_id, "child did not acquire the lock"
+        with pytest.raises(LockError, match="killed"):
+            lock(backend, True).acquire()
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(5)
+        child.stdout.close()
+    assert lock_names(backend) == [LOCKS_PREFIX + child_id]  # SIGKILL left it behind
+    caplog.set_level(logging.WARNING, logger="crmmaint.repository.lock")
+    with lock(backend, True) as held:
+        assert lock_names(backend) == [held.name]
+    assert child_id in caplog.text and f"process {child.pid} no longer runs" in caplog.text
+
+
+# --- heartbeat, lost locks, unlock -----------------------------------------------------------
+
+
+def test_heartbeat_refreshes_the_lock_object(backend):
+    with lock(backend, True, heartbeat=0.1) as held:
+        first = json.loads(backend.load(held.name))["heartbeat"]
+        time.sleep(0.35)
+        second = json.loads(backend.load(held.name))
+        assert second["heartbeat"] > first + 0.15
+        assert second["state"] == "held" and second["id"] == held.id
+    time.sleep(0.15)
+    assert lock_names(backend) == []  # the stopped heartbeat did not write it back
+
+
+def test_lost_lock_is_noticed(backend, caplog):
+    with lock(backend, True, heartbeat=0.05) as held:
+        held.check()
+        [removed] = break_locks(backend)
+        assert removed["id"] == held.id and removed["exclusive"] is True
+        time.sleep(0.2)
+        assert not held.held
+        with pytest.raises(LockError, match="was removed while held"):
+            held.check()
+        assert lock_names(backend) == []  # the heartbeat did not resurrect it
+    assert "no longer holds the lock" in caplog.text
+    with pytest.raises(LockError, match="not held"):
+        held.check()
+
+
+def test_break_locks_removes_everything_and_reports_it(backend):
+    foreign_lock(backend, owner="verify crm", exclusive=False)
+    shared = lock(backend, False).acquire()
+    try:
+        removed = break_locks(backend)
+        assert sorted(r["owner"] or "" for r in removed) == ["", "verify crm"]
+        assert {r["id"] for r in removed} >= {shared.id}
+        assert lock_names(backend) == [] and read_locks(backend) == []
+        assert break_locks(backend) == []
+    finally:
+        shared.release()  # its object is gone already: release stays quiet
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="heartbeat"):
+        RepositoryLock(DirBackend("/nonexistent"), exclusive=True, heartbeat=0)
+    with pytest.raises(ValueError, match="stale_after"):
+        RepositoryLock(DirBackend("/nonexistent"), exclusive=True, heartbeat=5, stale_after=1)
+
+
+class RacingBackend(DirBackend):
+    """Lets another holder's lock appear between our first listing and our ``held`` write."""
+
+    racer: str | None = None
+
+    def store(self, name: str, data: bytes) -> None:
+        if self.racer is None and json.loads(data).get("state") == "held":
+            self.racer = foreign_lock(DirBackend(self.root), owner="racer")
+        super().store(name, data)
+
+
+def test_holder_that_appears_between_the_two_phases_wins(tmp_path):
+    backend = RacingBackend(tmp_path / "repo")
+    backend.open()
+    with pytest.raises(LockError, match="racer"):
+        lock(backend, True).acquire()
+    assert lock_names(backend) == [backend.racer]
