@@ -1,0 +1,372 @@
+"""MariaDB/MySQL: the mariadb client and mariadb-dump (or mysql/mysqldump) on the database host.
+
+The dump is ``--single-transaction``; its row counts and table list are taken from the dump
+stream itself (rows of every ``INSERT`` counted as they pass), so they describe exactly what the
+dump holds. The schema fingerprint is read before and after the dump and must not change
+(DDL is not transactional in MySQL). See docs/engines.md for why no second snapshot is used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+from collections.abc import Iterator
+from dataclasses import replace
+
+from crmmaint.engines.base import (
+    QUERY_TIMEOUT,
+    DatabaseEngine,
+    DumpStream,
+    Facts,
+    Reader,
+    RestoreTargetExists,
+    check_target_name,
+    closing_dump,
+    feed,
+    schema_digest,
+)
+from crmmaint.errors import CommandTimeout, EngineError
+
+log = logging.getLogger(__name__)
+
+# Runs the first program found with the remaining arguments; nothing is interpolated.
+_FIRST_OF = (
+    'a="$0"; b="$1"; shift; for p in "$a" "$b"; do '
+    'if command -v "$p" >/dev/null 2>&1; then exec "$p" "$@"; fi; done; '
+    'echo "neither $a nor $b is installed" >&2; exit 127'
+)
+
+DUMP_OPTIONS = [
+    "--single-transaction",
+    "--routines",
+    "--triggers",
+    "--events",
+    "--hex-blob",
+    "--order-by-primary",
+    "--skip-dump-date",
+    "--default-character-set=utf8mb4",
+]
+
+TABLES_SQL = """
+SELECT table_name FROM information_schema.tables
+WHERE table_schema = DATABASE() AND table_type = 'BASE TABLE' ORDER BY table_name
+"""
+
+SCHEMA_SQL = """
+SELECT 'table', table_name, concat_ws(' ', table_type, engine, table_collation)
+  FROM information_schema.tables WHERE table_schema = DATABASE()
+UNION ALL
+SELECT 'column', concat(table_name, '.', column_name),
+       concat_ws(' ', column_type, is_nullable, concat('DEFAULT ', column_default), extra,
+                 collation_name, concat('#', ordinal_position))
+  FROM information_schema.columns WHERE table_schema = DATABASE()
+UNION ALL
+SELECT 'index', concat(table_name, '.', index_name),
+       group_concat(concat_ws(' ', column_name, sub_part, collation, index_type,
+                              IF(non_unique = 0, 'UNIQUE', ''))
+                    ORDER BY seq_in_index SEPARATOR ', ')
+  FROM information_schema.statistics WHERE table_schema = DATABASE()
+  GROUP BY table_name, index_name
+UNION ALL
+SELECT 'constraint', concat(c.table_name, '.', c.constraint_name),
+       concat_ws(' ', c.constraint_type, r.referenced_table_name, r.update_rule, r.delete_rule)
+  FROM information_schema.table_constraints c
+  LEFT JOIN information_schema.referential_constraints r
+    ON r.constraint_schema = c.constraint_schema AND r.constraint_name = c.constraint_name
+       AND r.table_name = c.table_name
+  WHERE c.table_schema = DATABASE()
+UNION ALL
+SELECT 'trigger', trigger_name,
+       concat_ws(' ', event_object_table, action_timing, event_manipulation, md5(action_statement))
+  FROM information_schema.triggers WHERE trigger_schema = DATABASE()
+UNION ALL
+SELECT 'routine', concat(routine_type, ' ', routine_name), md5(routine_definition)
+  FROM information_schema.routines WHERE routine_schema = DATABASE()
+UNION ALL
+SELECT 'view', table_name, md5(replace(view_definition, concat('`', DATABASE(), '`.'), ''))
+  FROM information_schema.views WHERE table_schema = DATABASE()
+"""
+
+FACTS_SQL = """
+SELECT VERSION(),
+       (SELECT coalesce(sum(data_length + index_length), 0) FROM information_schema.tables
+         WHERE table_schema = DATABASE()),
+       (SELECT variable_value FROM information_schema.global_status
+         WHERE variable_name = 'THREADS_CONNECTED'),
+       @@max_connections,
+       (SELECT variable_value FROM information_schema.global_status
+         WHERE variable_name = 'UPTIME'),
+       @@character_set_database, @@collation_database
+"""
+
+_COUNT_BATCH = 200
+_UNESCAPE = {b"n": b"\n", b"t": b"\t", b"0": b"\0", b"\\": b"\\"}
+_BATCH_ESCAPE = re.compile(rb"\\(.)")
+# A single-quoted SQL string with backslash escapes, as mysqldump writes them.
+_SQL_STRING = re.compile(rb"'[^'\\]*(?:\\.[^'\\]*)*'", re.DOTALL)
+_INSERT = re.compile(rb"^INSERT INTO `((?:[^`]|``)+)` VALUES\s*")
+_CREATE = re.compile(rb"^CREATE TABLE `((?:[^`]|``)+)` \(")
+
+
+def quote_ident(name: str) -> str:
+    return "`" + name.replace("`", "``") + "`"
+
+
+def quote_literal(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+def parse_batch(output: bytes) -> list[tuple[str, ...]]:
+    """Rows of ``mariadb --batch --skip-column-names`` output (tab-separated, escaped)."""
+    rows = []
+    for line in output.split(b"\n"):
+        if not line:
+            continue
+        rows.append(
+            tuple(
+                _BATCH_ESCAPE.sub(lambda m: _UNESCAPE.get(m.group(1), m.group(1)), field).decode(
+                    "utf-8", "replace"
+                )
+                for field in line.split(b"\t")
+            )
+        )
+    return rows
+
+
+class InsertRowCounter:
+    """Counts the rows of every table in a mysqldump stream, one line at a time.
+
+    mysqldump escapes newlines inside values, so a row never spans lines; it writes an INSERT
+    either as one long line or (mariadb-dump 10.11+) one row per line. Once quoted strings are
+    removed, every ``(`` left in an INSERT statement opens one row.
+    """
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+        self._table: str | None = None
+        self._pending = b""
+
+    def feed(self, chunk: bytes) -> None:
+        if not chunk:
+            if self._pending:
+                self._line(self._pending)
+                self._pending = b""
+            return
+        data = self._pending + chunk if self._pending else chunk
+        lines = data.split(b"\n")
+        self._pending = lines.pop()
+        for line in lines:
+            if self._table is not None or line.startswith((b"INSERT", b"CREATE TABLE")):
+                self._line(line)
+
+    def _line(self, line: bytes) -> None:
+        if self._table is None:
+            if m := _INSERT.match(line):
+                self._table = m.group(1).replace(b"``", b"`").decode("utf-8")
+                self.counts.setdefault(self._table, 0)
+                line = line[m.end() :]
+            else:
+                if m := _CREATE.match(line):
+                    self.counts.setdefault(m.group(1).replace(b"``", b"`").decode("utf-8"), 0)
+                return
+        if b"'" in line:
+            line = _SQL_STRING.sub(b"", line)
+        self.counts[self._table] += line.count(b"(")
+        if line.rstrip().endswith(b";"):
+            self._table = None
+
+
+class MySQLEngine(DatabaseEngine):
+    """A MariaDB or MySQL database, reached with the mariadb/mysql clients on its host."""
+
+    engine = "mysql"
+
+    def conn_args(self) -> list[str]:
+        args = ["--default-character-set=utf8mb4"]
+        if self.db.address:
+            args += ["--protocol=TCP", f"--host={self.db.address}"]
+        if self.db.port:
+            args.append(f"--port={self.db.port}")
+        if self.db.user:
+            args.append(f"--user={self.db.user}")
+        return args
+
+    def client(self, *options: str, database: str | None = None) -> list[str]:
+        """``mariadb`` (or ``mysql``) with the connection options and ``options``."""
+        db = database if database is not None else (self.db.dbname or self.db.name)
+        args = [*self.conn_args(), *options]
+        if db:
+            args.append(f"--database={db}")
+        return ["sh", "-c", _FIRST_OF, "mariadb", "mysql", *args]
+
+    def client_env(self) -> dict[str, str]:
+        return self.password_env("MYSQL_PWD")
+
+    # --- queries ----------------------------------------------------------------------------
+
+    def query(self, sql: str, *, timeout: float = QUERY_TIMEOUT) -> list[tuple[str, ...]]:
+        return self._query(sql, timeout=timeout)
+
+    def _query(
+        self, sql: str, *, timeout: float = QUERY_TIMEOUT, database: str | None = None
+    ) -> list[tuple[str, ...]]:
+        command = self.client("--batch", "--skip-column-names", database=database)
+        result = self.run(command, stdin=sql.encode("utf-8"), timeout=timeout, what="query")
+        return parse_batch(result.stdout)
+
+    def facts(self, *, timeout: float = QUERY_TIMEOUT) -> Facts:
+        (row,) = self.query(FACTS_SQL, timeout=timeout)
+        version, size, conns, max_conns, uptime, charset, collation = row
+        return {
+            "engine": self.engine,
+            "version": version,
+            "size_bytes": int(size),
+            "connections": int(conns),
+            "max_connections": int(max_conns),
+            "uptime": int(uptime),
+            "charset": charset,
+            "collation": collation,
+        }
+
+    def tables(self, *, timeout: float = QUERY_TIMEOUT) -> list[str]:
+        return [name for (name,) in self.query(TABLES_SQL, timeout=timeout)]
+
+    def row_counts(self, *, timeout: float = QUERY_TIMEOUT) -> dict[str, int]:
+        names = self.tables(timeout=timeout)
+        counts: dict[str, int] = {}
+        for i in range(0, len(names), _COUNT_BATCH):
+            sql = "\nUNION ALL ".join(
+                f"SELECT {quote_literal(t)}, COUNT(*) FROM {quote_ident(t)}"
+                for t in names[i : i + _COUNT_BATCH]
+            )
+            for name, n in self.query(sql, timeout=timeout):
+                counts[name] = int(n)
+        return counts
+
+    def schema_fingerprint(self, *, timeout: float = QUERY_TIMEOUT) -> str:
+        rows = self.query(
+            "SET SESSION group_concat_max_len = 1048576;\n" + SCHEMA_SQL, timeout=timeout
+        )
+        return schema_digest(rows)
+
+    def snapshot_facts(self, *, timeout: float = QUERY_TIMEOUT) -> Facts:
+        """Tables, counts and fingerprint; counts in one consistent-snapshot transaction."""
+        names = self.tables(timeout=timeout)
+        parts = [f"SELECT {quote_literal(t)}, COUNT(*) FROM {quote_ident(t)}" for t in names]
+        sql = "START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY;\n"
+        sql += "".join(
+            "\nUNION ALL ".join(parts[i : i + _COUNT_BATCH]) + ";\n"
+            for i in range(0, len(parts), _COUNT_BATCH)
+        )
+        counts = {name: int(n) for name, n in self.query(sql + "COMMIT;", timeout=timeout)}
+        return {
+            "engine": self.engine,
+            "tables": sorted(counts),
+            "row_counts": counts,
+            "schema_fingerprint": self.schema_fingerprint(timeout=timeout),
+        }
+
+    # --- dump -------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def dump(self, *, timeout: float | None = None) -> Iterator[DumpStream]:
+        """A ``--single-transaction`` dump; row counts are counted in the stream itself."""
+        before = self.schema_fingerprint()
+        tables = self.tables()
+        dbname = self.db.dbname or self.db.name
+        command = [
+            "sh", "-c", _FIRST_OF, "mariadb-dump", "mysqldump",
+            *self.conn_args(), *DUMP_OPTIONS, "--", dbname,
+        ]  # fmt: skip
+        counter = InsertRowCounter()
+
+        def complete(final: Facts) -> None:
+            after = self.schema_fingerprint()
+            if after != before:
+                raise self.error(
+                    "the schema changed while the dump ran; its data may not match its DDL",
+                    hint="run the backup again outside schema migrations",
+                )
+            if missing := [t for t in tables if t not in counter.counts]:
+                raise self.error(f"tables missing from the dump stream: {', '.join(missing)}")
+            # Views appear in the stream as placeholder tables: keep to the base tables.
+            final["tables"] = tables
+            final["row_counts"] = {t: counter.counts.get(t, 0) for t in tables}
+
+        facts = {"engine": self.engine, "format": "mysqldump", "schema_fingerprint": before}
+        log.info("dumping %s", self.where)
+        with self.started(command, what="mariadb-dump") as proc:
+            stream = DumpStream(
+                proc,
+                describe=self.error,
+                facts=facts,
+                observe=counter.feed,
+                complete=complete,
+                timeout=timeout,
+            )
+            with closing_dump(stream):
+                yield stream
+
+    # --- restore and drop ------------------------------------------------------------------
+
+    def for_database(self, dbname: str) -> MySQLEngine:
+        return MySQLEngine(replace(self.db, dbname=dbname), self.transport)
+
+    def exists(self, name: str, *, timeout: float = QUERY_TIMEOUT) -> bool:
+        sql = f"SELECT 1 FROM information_schema.schemata WHERE schema_name = {quote_literal(name)}"
+        return bool(self._query(sql, timeout=timeout, database=""))
+
+    def restore(
+        self,
+        stream: Reader,
+        *,
+        target_name: str,
+        force: bool = False,
+        timeout: float | None = None,
+    ) -> Facts:
+        """Create ``target_name`` and feed the dump to the client; returns its facts."""
+        check_target_name(self, target_name)
+        if target_name == (self.db.dbname or self.db.name):
+            raise self.error(f"refusing to restore over the source database {target_name!r}")
+        if self.exists(target_name):
+            if not force:
+                raise RestoreTargetExists(
+                    f"{self.where}: restore target database {target_name!r} exists",
+                    hint="choose another name, drop it, or pass force to replace it",
+                )
+            log.warning("dropping existing database %s for restore (force)", target_name)
+            self.drop(target_name)
+        self._query(f"CREATE DATABASE {quote_ident(target_name)}", database="")
+        target = self.for_database(target_name)
+        log.info("restoring into %s on %s", target_name, self.transport.host)
+        try:
+            with self.started(target.client(), what="mariadb restore") as proc:
+                if timeout is not None:
+                    proc.set_timeout(timeout)
+                size, problem = feed(stream, proc)
+                try:
+                    result = proc.wait(timeout=timeout)
+                except CommandTimeout as exc:
+                    raise self.error(f"restore timed out after {timeout}s") from exc
+                if not result.ok or problem:
+                    raise self.error(
+                        f"restore into {target_name!r} failed: {problem or ''} "
+                        f"{result.stderr_tail()}".strip()
+                    )
+        except BaseException:
+            try:
+                self.drop(target_name)
+            except EngineError as exc:
+                log.warning("could not drop failed restore target %s: %s", target_name, exc)
+            raise
+        log.info("restored %d bytes into %s", size, target_name)
+        return target.snapshot_facts()
+
+    def drop(self, target_name: str, *, timeout: float = QUERY_TIMEOUT) -> None:
+        check_target_name(self, target_name)
+        if target_name == (self.db.dbname or self.db.name):
+            raise self.error(f"refusing to drop the source database {target_name!r}")
+        self._query(
+            f"DROP DATABASE IF EXISTS {quote_ident(target_name)}", timeout=timeout, database=""
+        )
