@@ -490,9 +490,13 @@ def database(ctx: TaskContext) -> TaskResult:
     problems: list[str] = []
     if facts.get("size_bytes") is not None:
         metrics["size_bytes"] = int(facts["size_bytes"])
-    connections, limit = facts.get("connections"), facts.get("max_connections")
-    if connections is not None:
-        metrics["connections"] = int(connections)
+    if facts.get("connections") is not None:
+        metrics["connections"] = int(facts["connections"])
+    if facts.get("uptime") is not None:
+        metrics["uptime_s"] = int(facts["uptime"])
+    # max_connections is a server-wide limit: compare it with the server's connections.
+    connections = facts.get("server_connections", facts.get("connections"))
+    limit = facts.get("max_connections")
     if connections is not None and limit:
         pct = 100.0 * connections / limit
         metrics.update(max_connections=int(limit), connections_pct=round(pct, 1))
