@@ -1,0 +1,238 @@
+"""SQLite: the sqlite3 shell on the host that owns the file.
+
+A dump is SQLite's online backup (``.backup``) into a private temporary directory on that
+host, checked with ``PRAGMA integrity_check``, described (facts from the copy itself) and then
+streamed with ``cat``; the copy is removed afterwards. Restore writes a new file atomically.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import logging
+import posixpath
+from collections.abc import Iterator
+from dataclasses import replace
+from urllib.parse import quote
+
+from crmmaint.engines.base import (
+    QUERY_TIMEOUT,
+    DatabaseEngine,
+    DumpStream,
+    Facts,
+    Reader,
+    RestoreTargetExists,
+    closing_dump,
+    feed,
+    schema_digest,
+)
+from crmmaint.errors import CommandTimeout, EngineError
+
+log = logging.getLogger(__name__)
+
+# $1 = source database. Makes a 0700 temp dir, backs up into it and checks the copy; prints the
+# dir. The copy's name is a fixed literal, so no path is ever spliced into a dot-command.
+_BACKUP_SCRIPT = r"""
+set -eu
+umask 077
+src=$1
+case $src in /*) ;; *) src=$PWD/$src ;; esac
+test -f "$src" || { echo "no such database file: $src" >&2; exit 2; }
+dir=$(mktemp -d "${TMPDIR:-/tmp}/crmmaint-sqlite.XXXXXXXX")
+cd "$dir"
+if ! sqlite3 -bail -batch -readonly "$src" ".backup copy.db" >/dev/null; then
+  cd /; rm -rf "$dir"; exit 3
+fi
+check=$(sqlite3 -batch copy.db "PRAGMA integrity_check;" 2>&1) || true
+if [ "$check" != "ok" ]; then
+  cd /; rm -rf "$dir"; echo "integrity_check of the backup copy: $check" | head -c 2000 >&2; exit 4
+fi
+echo "$dir"
+"""
+
+# $1 = destination. Streams stdin into a temp file next to it, then renames it into place.
+_WRITE_SCRIPT = r"""
+set -eu
+umask 077
+dest=$1
+tmp=$dest.crmmaint-partial.$$
+trap 'rm -f "$tmp"' EXIT
+cat > "$tmp"
+rm -f "$dest-wal" "$dest-shm" "$dest-journal"
+mv -f "$tmp" "$dest"
+trap - EXIT
+"""
+
+SCHEMA_SQL = """
+SELECT type, name, tbl_name, coalesce(sql, '') FROM sqlite_master
+WHERE name NOT LIKE 'sqlite_stat%'
+"""
+
+TABLES_SQL = """
+SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name
+"""
+
+FACTS_SQL = """
+SELECT sqlite_version(), (SELECT page_count FROM pragma_page_count()) *
+       (SELECT page_size FROM pragma_page_size()),
+       (SELECT journal_mode FROM pragma_journal_mode()),
+       (SELECT freelist_count FROM pragma_freelist_count())
+"""
+
+
+def quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def quote_literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+class SQLiteEngine(DatabaseEngine):
+    """An SQLite database file on its host."""
+
+    engine = "sqlite"
+
+    @property
+    def path(self) -> str:
+        if not self.db.path:
+            raise self.error("no path configured")
+        return self.db.path
+
+    def uri(self, *, readonly: bool = False) -> str:
+        """A URI that never creates a missing file (the plain shell would)."""
+        return f"file:{quote(self.path)}?mode={'ro' if readonly else 'rw'}"
+
+    def query(self, sql: str, *, timeout: float = QUERY_TIMEOUT) -> list[tuple[str, ...]]:
+        return self._query(sql, timeout=timeout, readonly=False)
+
+    def _query(
+        self, sql: str, *, timeout: float = QUERY_TIMEOUT, readonly: bool = True
+    ) -> list[tuple[str, ...]]:
+        command = ["sqlite3", "-bail", "-batch", "-csv", "-noheader", self.uri(readonly=readonly)]
+        result = self.run(command, stdin=sql.encode("utf-8"), timeout=timeout, what="query")
+        return [tuple(row) for row in csv.reader(io.StringIO(result.text))]
+
+    def facts(self, *, timeout: float = QUERY_TIMEOUT) -> Facts:
+        (row,) = self._query(FACTS_SQL, timeout=timeout)
+        version, size, journal, free = row
+        return {
+            "engine": self.engine,
+            "version": version,
+            "size_bytes": int(size),
+            "journal_mode": journal,
+            "free_pages": int(free),
+        }
+
+    def tables(self, *, timeout: float = QUERY_TIMEOUT) -> list[str]:
+        return [name for (name,) in self._query(TABLES_SQL, timeout=timeout)]
+
+    def row_counts(self, *, timeout: float = QUERY_TIMEOUT) -> dict[str, int]:
+        names = self.tables(timeout=timeout)
+        if not names:
+            return {}
+        # One statement, so every count comes from the same read transaction.
+        sql = "\nUNION ALL ".join(
+            f"SELECT {quote_literal(t)}, count(*) FROM {quote_ident(t)}" for t in names
+        )
+        return {name: int(n) for name, n in self._query(sql, timeout=timeout)}
+
+    def schema_fingerprint(self, *, timeout: float = QUERY_TIMEOUT) -> str:
+        return schema_digest(self._query(SCHEMA_SQL, timeout=timeout))
+
+    def integrity_check(self, *, timeout: float | None = None) -> None:
+        """``PRAGMA integrity_check``; anything but ``ok`` raises ``EngineError``."""
+        rows = self._query("PRAGMA integrity_check;", timeout=timeout or QUERY_TIMEOUT)
+        if rows != [("ok",)]:
+            detail = "; ".join(r[0] for r in rows[:5])
+            raise self.error(f"integrity_check failed: {detail}")
+
+    # --- dump -------------------------------------------------------------------------------
+
+    def for_path(self, path: str) -> SQLiteEngine:
+        return SQLiteEngine(replace(self.db, path=path), self.transport)
+
+    @contextlib.contextmanager
+    def dump(self, *, timeout: float | None = None) -> Iterator[DumpStream]:
+        """Online backup to a temp copy, integrity_check, facts from the copy, then stream it."""
+        result = self.run(
+            ["sh", "-c", _BACKUP_SCRIPT, "sh", self.path],
+            timeout=timeout or QUERY_TIMEOUT * 10,
+            what="online backup",
+        )
+        tmpdir = result.text.strip()
+        if not tmpdir.startswith("/"):
+            raise self.error(f"online backup gave no temp directory: {tmpdir[:200]!r}")
+        copy = posixpath.join(tmpdir, "copy.db")
+        try:
+            facts = self.for_path(copy).snapshot_facts() | {"format": "sqlite-file"}
+            with self.started(["cat", "--", copy], what="streaming the backup copy") as proc:
+                stream = DumpStream(proc, describe=self.error, facts=facts, timeout=timeout)
+                with closing_dump(stream):
+                    yield stream
+        finally:
+            try:
+                self.run(["rm", "-rf", "--", tmpdir], what="removing the backup copy")
+            except EngineError as exc:
+                log.warning("could not remove temporary backup copy %s: %s", tmpdir, exc)
+
+    # --- restore and drop ------------------------------------------------------------------
+
+    def target_path(self, target_name: str) -> str:
+        """``target_name`` as a path: absolute as given, else next to the source file."""
+        if not target_name or target_name.endswith("/") or "\0" in target_name:
+            raise self.error(f"invalid restore target {target_name!r}")
+        path = posixpath.normpath(
+            target_name
+            if target_name.startswith("/")
+            else posixpath.join(posixpath.dirname(self.path), target_name)
+        )
+        if path == posixpath.normpath(self.path):
+            raise self.error(f"refusing to use the source database file {path} as a target")
+        return path
+
+    def restore(
+        self,
+        stream: Reader,
+        *,
+        target_name: str,
+        force: bool = False,
+        timeout: float | None = None,
+    ) -> Facts:
+        """Write the stream to a new file (atomically), integrity_check it; returns its facts."""
+        dest = self.target_path(target_name)
+        exists = self.transport.run(["test", "-e", dest], timeout=QUERY_TIMEOUT)
+        if exists.ok and not force:
+            raise RestoreTargetExists(
+                f"{self.where}: restore target file {dest} exists",
+                hint="choose another name, remove it, or pass force to replace it",
+            )
+        with self.started(["sh", "-c", _WRITE_SCRIPT, "sh", dest], what="writing") as proc:
+            if timeout is not None:
+                proc.set_timeout(timeout)
+            size, problem = feed(stream, proc)
+            try:
+                result = proc.wait(timeout=timeout)
+            except CommandTimeout as exc:
+                raise self.error(f"restore timed out after {timeout}s") from exc
+            if not result.ok or problem:
+                raise self.error(
+                    f"writing {dest} failed: {problem or ''} {result.stderr_tail()}".strip()
+                )
+        log.info("restored %d bytes into %s", size, dest)
+        target = self.for_path(dest)
+        try:
+            target.integrity_check(timeout=timeout)
+        except EngineError:
+            self.drop(dest)
+            raise
+        return target.snapshot_facts() | {"path": dest}
+
+    def drop(self, target_name: str, *, timeout: float = QUERY_TIMEOUT) -> None:
+        dest = self.target_path(target_name)
+        self.run(
+            ["rm", "-f", "--", dest, f"{dest}-wal", f"{dest}-shm", f"{dest}-journal"],
+            timeout=timeout,
+            what="removing the restored file",
+        )
