@@ -195,20 +195,44 @@ def run(
     debug: bool = False,
 ) -> None:
     """Run a playbook against the inventory. Exit 0 ok, 1 warnings, 2 failures, 3 bad config."""
-    from datetime import UTC, datetime
-
-    from crmmaint.playbook import Runner, load_playbook, plan
+    from crmmaint.playbook import load_playbook
 
     inv = open_inventory(c, inventory)
     book = load_playbook(playbook, inv)
-    planned = plan(
-        book,
+    execute(
+        c,
         inv,
+        book,
+        check=check,
         limit=split_list(limit),
         tags=split_list(tags),
         steps=split_list(step),
-        now=datetime.now(UTC),
+        forks=forks,
+        json=json,
+        verbose=verbose,
     )
+
+
+def execute(
+    c: Any,
+    inv: Inventory,
+    book: Any,
+    *,
+    check: bool = False,
+    limit: list[str] | None = None,
+    tags: list[str] | None = None,
+    steps: list[str] | None = None,
+    forks: int = 0,
+    json: bool = False,
+    verbose: bool = False,
+) -> None:
+    """Plan and run a playbook, journal it, report it; exit with the run's code when not 0."""
+    from datetime import UTC, datetime
+
+    from crmmaint.playbook import plan
+    from crmmaint.playbook.runner import Runner
+
+    planned = plan(book, inv, limit=limit, tags=tags, steps=steps, now=datetime.now(UTC))
     reporter = JsonReporter() if json else ConsoleReporter(verbose=verbose)
     with open_journal(c, inv) as journal:
         runner = Runner(
@@ -426,10 +450,8 @@ def build_collection() -> Collection:
 
 def _extra_collections() -> list[Callable[[Collection], None]]:
     """Command groups defined in sibling modules (backup, keys, repo) register here."""
-    try:
-        from crmmaint.cli_backup import register
-    except ImportError:
-        return []
+    from crmmaint.cli_backup import register
+
     return [register]
 
 

@@ -1,0 +1,157 @@
+"""Open a repository as the inventory configures it: backend, write key, recipients, identities.
+
+Shared by the backup tasks and the CLI so that every path reads keys the same way: key files must
+be 0600, public keys may be given inline or as ``file:PATH``, and a passphrase comes only from a
+secret source. Nothing here logs or returns a secret.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from crmmaint.crypto import (
+    Identity,
+    PassphraseIdentity,
+    PassphraseRecipient,
+    Recipient,
+    load_identity_file,
+    new_write_key,
+    parse_recipient,
+)
+from crmmaint.errors import ConfigError, KeyFileError
+from crmmaint.inventory import Repository as RepoConfig
+
+WRITE_KEY_HEADER = "# crmmaint repository write key: keep it 0600; it cannot decrypt backups"
+
+
+def write_write_key(path: str | Path) -> bytes:
+    """Create a new write key file (0600, never overwritten) and return the key."""
+    p = Path(path).expanduser()
+    p.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    key = new_write_key()
+    try:
+        fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise KeyFileError(
+            f"write key {p} already exists",
+            hint="each repository has one write key; reuse it, or choose another path",
+        ) from None
+    with os.fdopen(fd, "w") as fh:
+        fh.write(f"{WRITE_KEY_HEADER}\n{base64.b64encode(key).decode()}\n")
+    return key
+
+
+def load_write_key(path: str | Path) -> bytes:
+    """Read a write key file; refuses one that others can read."""
+    p = Path(path).expanduser()
+    try:
+        st = p.stat()
+        text = p.read_text()
+    except FileNotFoundError:
+        raise KeyFileError(
+            f"write key {p} not found",
+            hint="run `crmmaint repo init` to create the repository and its write key",
+        ) from None
+    except OSError as exc:
+        raise KeyFileError(f"cannot read write key {p}: {exc.strerror}") from None
+    if st.st_mode & 0o077:
+        raise KeyFileError(f"write key {p} is readable by others", hint=f"run `chmod 600 {p}`")
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
+    try:
+        key = base64.b64decode(lines[0], validate=True) if len(lines) == 1 else b""
+    except ValueError:
+        key = b""
+    if len(key) != 32:
+        raise KeyFileError(f"write key {p} is malformed", hint="restore it from your key backup")
+    return key
+
+
+def recipients_for(cfg: RepoConfig) -> list[Recipient]:
+    """The repository's recipients; a passphrase counts as one when configured."""
+    out: list[Recipient] = []
+    for ref in cfg.recipients:
+        text = ref
+        if ref.startswith("file:"):
+            try:
+                lines = Path(ref[5:]).read_text().splitlines()
+            except OSError as exc:
+                raise ConfigError(
+                    f"repository {cfg.name!r}: cannot read recipient file {ref[5:]}: {exc.strerror}"
+                ) from None
+            keys = [ln.strip() for ln in lines if ln.strip() and not ln.startswith("#")]
+            if not keys:
+                raise ConfigError(f"repository {cfg.name!r}: recipient file {ref[5:]} holds no key")
+            out.extend(parse_recipient(k) for k in keys)
+            continue
+        out.append(parse_recipient(text))
+    if cfg.passphrase is not None:
+        out.append(PassphraseRecipient(cfg.passphrase.resolve()))
+    if not out:
+        raise ConfigError(
+            f"repository {cfg.name!r} has no recipients",
+            hint="add 'recipients:' (public keys from `crmmaint keys generate`) or 'passphrase:'",
+        )
+    return out
+
+
+def identities_for(cfg: RepoConfig, identity_file: str | None = None) -> list[Identity]:
+    """Identities that can decrypt: the given or configured identity file, and/or a passphrase."""
+    out: list[Identity] = []
+    path = identity_file or cfg.identity or os.environ.get("CRMMAINT_IDENTITY")
+    if path:
+        out.append(load_identity_file(path))
+    if cfg.passphrase is not None:
+        out.append(PassphraseIdentity(cfg.passphrase.resolve()))
+    if not out:
+        raise ConfigError(
+            f"repository {cfg.name!r}: no identity to decrypt with",
+            hint="pass --identity FILE, set CRMMAINT_IDENTITY, or add 'identity:' to the repository",
+        )
+    return out
+
+
+def backend_for(cfg: RepoConfig):
+    from crmmaint.repository.backends import open_backend
+
+    return open_backend(cfg.url, **cfg.options)
+
+
+@contextmanager
+def open_repository(cfg: RepoConfig) -> Iterator[object]:
+    """Open the configured repository for the duration of the block."""
+    from crmmaint.repository import Repository
+
+    if not cfg.write_key:
+        raise ConfigError(
+            f"repository {cfg.name!r} has no write_key",
+            hint="add 'write_key: PATH' (created by `crmmaint repo init`)",
+        )
+    key = load_write_key(cfg.write_key)
+    backend = backend_for(cfg)
+    backend.open()
+    try:
+        yield Repository.open(backend, key)
+    finally:
+        backend.close()
+
+
+def init_repository(cfg: RepoConfig) -> str:
+    """Create the repository and, when absent, its write key; returns what was done."""
+    from crmmaint.repository import Repository
+
+    if not cfg.write_key:
+        raise ConfigError(
+            f"repository {cfg.name!r} has no write_key path", hint="add 'write_key: PATH'"
+        )
+    created_key = not Path(cfg.write_key).exists()
+    key = write_write_key(cfg.write_key) if created_key else load_write_key(cfg.write_key)
+    backend = backend_for(cfg)
+    try:
+        Repository.init(backend, key)
+    finally:
+        backend.close()
+    return f"initialised {cfg.url}" + (f"; new write key {cfg.write_key}" if created_key else "")

@@ -1,0 +1,242 @@
+"""Backup tasks: ``backup.database``, ``backup.files``, ``backup.verify``, ``backup.prune``.
+
+A dump streams from the host that owns the data, through the engine adapter and transport, into a
+repository write session on this machine: chunked, compressed and encrypted before it leaves. The
+manifest is committed last, so a failed or interrupted dump never appears as a backup.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from crmmaint.access import open_repository, recipients_for
+from crmmaint.playbook.registry import Param, TaskContext, task
+from crmmaint.results import TaskResult
+
+REPOSITORY = Param(str, help="repository name from the inventory (default: the default repository)")
+MIN_SIZE_RATIO = Param(
+    float,
+    default=0.5,
+    help="warn when a backup is smaller than this fraction of the previous one (silent data loss)",
+)
+
+
+def source_name(kind: str, name: str) -> str:
+    """How a source is named in the repository: ``database:crm``, ``fileset:attachments``."""
+    return f"{kind}:{name}"
+
+
+@task(
+    "backup.database",
+    targets="database",
+    params={"repository": REPOSITORY, "min_size_ratio": MIN_SIZE_RATIO},
+)
+def backup_database(ctx: TaskContext) -> TaskResult:
+    """Stream a consistent dump of a database into the repository, with the facts a drill checks."""
+    from crmmaint.engines import engine_for
+
+    db = ctx.target.obj
+    engine = engine_for(db, ctx.transport)
+    repo_cfg = ctx.inventory.repository(ctx.params["repository"])
+    if ctx.check:
+        facts = engine.facts()
+        return TaskResult.ok(
+            f"would back up {db.engine} database {db.name} (~{_mib(facts.get('size_bytes'))}) to {repo_cfg.name}",
+            details={"check": True, "repository": repo_cfg.name},
+        )
+    recipients = recipients_for(repo_cfg)
+    started = time.monotonic()
+    with open_repository(repo_cfg) as repo:
+        with (
+            engine.dump() as dump,
+            repo.session(
+                source=source_name("database", db.name),
+                kind=db.engine,
+                host=ctx.target.host.name,
+                recipients=recipients,
+            ) as session,
+        ):
+            info = session.add_stream("dump", dump)
+            facts = dump.finish()
+            session.set_facts(facts)
+            session.meta.update(_public_facts(facts))
+            backup = session.commit()
+        previous = _previous(repo, backup)
+    return _backup_result(
+        backup, info, previous, time.monotonic() - started, ctx.params["min_size_ratio"]
+    )
+
+
+@task(
+    "backup.files",
+    targets="fileset",
+    params={"repository": REPOSITORY, "min_size_ratio": MIN_SIZE_RATIO},
+)
+def backup_files(ctx: TaskContext) -> TaskResult:
+    """Stream a tar of a file set into the repository, with per-file checksums in the manifest."""
+    from crmmaint.engines.files import FileSetSource
+
+    fileset = ctx.target.obj
+    source = FileSetSource(fileset, ctx.transport)
+    repo_cfg = ctx.inventory.repository(ctx.params["repository"])
+    if ctx.check:
+        return TaskResult.ok(
+            f"would back up file set {fileset.name} ({', '.join(fileset.paths)}) to {repo_cfg.name}",
+            details={"check": True},
+        )
+    recipients = recipients_for(repo_cfg)
+    started = time.monotonic()
+    with open_repository(repo_cfg) as repo:
+        with (
+            source.dump() as dump,
+            repo.session(
+                source=source_name("fileset", fileset.name),
+                kind="files",
+                host=ctx.target.host.name,
+                recipients=recipients,
+            ) as session,
+        ):
+            info = session.add_stream("tar", dump)
+            facts = dump.finish()
+            session.set_facts(facts)
+            session.meta.update({"files": len(facts.get("files", {}))})
+            backup = session.commit()
+        previous = _previous(repo, backup)
+    return _backup_result(
+        backup, info, previous, time.monotonic() - started, ctx.params["min_size_ratio"]
+    )
+
+
+@task(
+    "backup.verify",
+    targets="repository",
+    params={
+        "read_data": Param(bool, default=False, help="download every object and check its hash"),
+        "subset": Param("percent", help="check only this share of the data, rotating across runs"),
+        "decrypt": Param(bool, default=False, help="also decrypt every chunk (needs the identity)"),
+    },
+)
+def backup_verify(ctx: TaskContext) -> TaskResult:
+    """Check that the repository is intact: metadata, and optionally the stored data."""
+    from crmmaint.access import identities_for
+
+    cfg = ctx.target.obj
+    identities = identities_for(cfg) if ctx.params["decrypt"] else None
+    with open_repository(cfg) as repo:
+        report = repo.verify(
+            read_data=ctx.params["read_data"] or ctx.params["subset"] is not None,
+            subset_percent=ctx.params["subset"],
+            identities=identities,
+        )
+    metrics = {k: float(v) for k, v in _counts(report).items()}
+    if report.ok:
+        return TaskResult.ok(f"repository {cfg.name} intact ({_summary(report)})", metrics=metrics)
+    problems = list(report.problems)
+    return TaskResult.failed(
+        f"repository {cfg.name}: {len(problems)} problem(s), first: {problems[0]}",
+        metrics=metrics,
+        details={"problems": problems[:50]},
+    )
+
+
+@task(
+    "backup.prune",
+    targets="repository",
+    params={
+        "keep_last": Param(int, default=0),
+        "keep_daily": Param(int, default=7),
+        "keep_weekly": Param(int, default=4),
+        "keep_monthly": Param(int, default=12),
+        "keep_quarterly": Param(int, default=0),
+        "keep_yearly": Param(int, default=3),
+        "keep_within": Param("duration"),
+    },
+)
+def backup_prune(ctx: TaskContext) -> TaskResult:
+    """Remove backups outside the retention policy (a dry run in check mode)."""
+    from crmmaint.repository.retention import RetentionPolicy
+
+    cfg = ctx.target.obj
+    policy = RetentionPolicy(**{k: v for k, v in ctx.params.items() if k.startswith("keep_")})
+    with open_repository(cfg) as repo:
+        report = repo.prune(policy, now=time.time(), dry_run=ctx.check)
+    removed = list(report.removed)
+    verb = "would remove" if ctx.check else "removed"
+    message = f"{verb} {len(removed)} backup(s), kept {len(report.kept)}"
+    metrics = {"removed": float(len(removed)), "kept": float(len(report.kept))}
+    freed = getattr(report, "freed_bytes", None)
+    if freed is not None:
+        metrics["freed_bytes"] = float(freed)
+    if not removed or ctx.check:
+        return TaskResult.ok(message, metrics=metrics, details={"removed": removed})
+    return TaskResult.changed(message, metrics=metrics, details={"removed": removed})
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def _public_facts(facts: dict[str, Any]) -> dict[str, Any]:
+    """Non-secret totals kept readable with the write key alone (for data-loss warnings)."""
+    counts = facts.get("row_counts") or {}
+    return {"tables": len(facts.get("tables", [])), "rows": int(sum(counts.values()))}
+
+
+def _previous(repo: Any, backup: Any) -> Any:
+    older = [
+        b for b in repo.backups(source=backup.source) if b.id != backup.id and b.time < backup.time
+    ]
+    return max(older, key=lambda b: b.time) if older else None
+
+
+def _backup_result(
+    backup: Any, info: Any, previous: Any, seconds: float, min_ratio: float
+) -> TaskResult:
+    metrics = {
+        "size_bytes": float(backup.size),
+        "stored_bytes": float(backup.stored_bytes),
+        "dedup_ratio": float(backup.dedup_ratio),
+        "seconds": seconds,
+        "mb_per_s": backup.size / 1e6 / seconds if seconds > 0 else 0.0,
+    }
+    rows = backup.meta.get("rows") if isinstance(backup.meta, dict) else None
+    if rows is not None:
+        metrics["rows"] = float(rows)
+    details = {"backup": backup.id, "source": backup.source, "sha256": info.sha256}
+    message = (
+        f"backup {backup.id}: {_mib(backup.size)}, {_mib(backup.stored_bytes)} new "
+        f"(dedup {backup.dedup_ratio:.1f}x) in {seconds:.1f}s"
+    )
+    if previous is not None and previous.size > 0 and backup.size < previous.size * min_ratio:
+        return TaskResult.warning(
+            f"{message}; only {backup.size / previous.size:.0%} of the previous backup "
+            f"{previous.id} ({_mib(previous.size)}): check for data loss",
+            metrics=metrics,
+            details=details,
+        )
+    prev_rows = (
+        previous.meta.get("rows")
+        if previous is not None and isinstance(previous.meta, dict)
+        else None
+    )
+    if rows is not None and prev_rows and rows < prev_rows * min_ratio:
+        return TaskResult.warning(
+            f"{message}; {rows} rows against {prev_rows} in the previous backup: check for data loss",
+            metrics=metrics,
+            details=details,
+        )
+    return TaskResult.changed(message, metrics=metrics, details=details)
+
+
+def _counts(report: Any) -> dict[str, int]:
+    return {k: v for k, v in vars(report).items() if isinstance(v, int) and not isinstance(v, bool)}
+
+
+def _summary(report: Any) -> str:
+    return ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in _counts(report).items()) or "ok"
+
+
+def _mib(n: float | None) -> str:
+    if n is None:
+        return "? MiB"
+    return f"{n / (1 << 20):.1f} MiB"
