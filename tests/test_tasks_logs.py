@@ -169,7 +169,19 @@ def test_plan_caps_bytes_per_run() -> None:
     assert segs == [Segment("a", 700, 1000)] and skipped == 600
 
 
-def test_normalise_groups_messages() -> None:
-    assert (
-        normalise("  2024-05-01 12:00:01 ERROR job 17 failed\n") == "N-N-N N:N:N ERROR job N failed"
-    )
+@pytest.mark.parametrize(
+    "line",
+    [
+        "  2024-05-01 12:00:01 ERROR job 17 failed\n",
+        "2024-05-01 12:00:01,123 ERROR job 9 failed",
+        "2024-05-01T12:00:01.5Z ERROR job 1 failed",
+        "[2024/05/01 12:00:01 +0200] ERROR job 3 failed",
+    ],
+)
+def test_normalise_groups_messages(line: str) -> None:
+    assert normalise(line) == "ERROR job N failed"
+
+
+def test_normalise_keeps_messages_without_timestamp() -> None:
+    assert normalise("Traceback (most recent call last):") == "Traceback (most recent call last):"
+    assert normalise("disk 42 at 2024-05-01") == "disk N at N-N-N"

@@ -478,13 +478,12 @@ def database(ctx: TaskContext) -> TaskResult:
     from crmmaint.engines import engine_for
 
     p = ctx.params
-    name = ctx.target.label
     try:
         engine = engine_for(ctx.target.obj, ctx.transport)
         latency = engine.ping()
         facts = engine.facts()
     except CrmMaintError as exc:
-        return TaskResult.failed(f"{name}: {exc.message}", details=read_only_details(ctx))
+        return TaskResult.failed(exc.message, details=read_only_details(ctx))
 
     metrics: dict[str, float] = {"latency_ms": round(latency * 1000, 1)}
     problems: list[str] = []
@@ -506,10 +505,8 @@ def database(ctx: TaskContext) -> TaskResult:
         problems.append(f"query took {latency * 1000:.0f} ms")
 
     details = read_only_details(ctx, engine=ctx.target.obj.engine, version=facts.get("version"))
-    summary = f"{name}: {ctx.target.obj.engine} {facts.get('version') or ''}".rstrip()
+    summary = f"{ctx.target.obj.engine} {facts.get('version') or ''}".rstrip()
     summary += f", query {latency * 1000:.0f} ms"
     if problems:
-        return TaskResult.warning(
-            f"{name}: " + "; ".join(problems), metrics=metrics, details=details
-        )
+        return TaskResult.warning("; ".join(problems), metrics=metrics, details=details)
     return TaskResult.ok(summary, metrics=metrics, details=details)

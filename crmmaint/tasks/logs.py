@@ -88,9 +88,17 @@ def plan_reads(
     return segments, was_rotated, skipped
 
 
+_DIGITS = re.compile(r"\d+")
+#: A leading timestamp once digits became N: "N-N-N N:N:N,N", "[N/N/N N:N:N +N]", "N-N-NTN:NZ".
+_LEADING_TIME = re.compile(
+    r"^\[?N[-/.]N[-/.]N(?:[T ]|:)N:N(?::N)?(?:[.,]N)?(?:Z| ?[+-]N(?::?N)?)?\]?\s*"
+)
+
+
 def normalise(line: str) -> str:
-    """A message stripped of what varies between occurrences (digits -> N), for grouping."""
-    return re.sub(r"\d+", "N", line.strip())[:200]
+    """A message stripped of what varies between occurrences, for grouping: a leading
+    timestamp is dropped and digits become N."""
+    return _LEADING_TIME.sub("", _DIGITS.sub("N", line.strip()))[:200]
 
 
 @dataclass
