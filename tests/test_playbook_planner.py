@@ -11,9 +11,9 @@ from hypothesis import strategies as st
 
 from crmmaint.errors import ConfigError
 from crmmaint.inventory import Inventory, load_inventory
-from crmmaint.playbook import load_playbook_text, parse_when, plan
+from crmmaint.playbook import load_playbook_text, loader, parse_when, plan
 from crmmaint.playbook.conditions import When
-from crmmaint.playbook.registry import task
+from crmmaint.playbook.registry import REGISTRY, task
 from crmmaint.results import TaskResult
 
 
@@ -35,6 +35,12 @@ def _local(ctx):  # pragma: no cover
 @task("test.plan.repo", targets="repository")
 def _repo(ctx):  # pragma: no cover
     return TaskResult.ok()
+
+
+@pytest.fixture(autouse=True)
+def _only_registered_tasks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Validate against the tasks registered so far, without importing every task module."""
+    monkeypatch.setattr(loader, "load_task_modules", lambda: REGISTRY)
 
 
 INVENTORY = """\

@@ -14,15 +14,29 @@ from crmmaint.playbook.loader import (
 )
 from crmmaint.playbook.model import WINDOWS, Playbook, Step, StepDefaults, local_target
 from crmmaint.playbook.planner import PlannedStep, host_matches, plan
+from crmmaint.playbook.runner import (
+    MultiReporter,
+    Reporter,
+    Runner,
+    RunSummary,
+    TargetResult,
+    default_transport_factory,
+)
 
 __all__ = [
     "WINDOWS",
+    "MultiReporter",
     "PlannedStep",
     "Playbook",
+    "Reporter",
+    "RunSummary",
+    "Runner",
     "Step",
     "StepDefaults",
+    "TargetResult",
     "When",
     "check_playbook",
+    "default_transport_factory",
     "host_matches",
     "load_playbook",
     "load_playbook_text",

@@ -71,10 +71,10 @@ def playbooks_dir() -> Path:
     return Path(crmmaint.__file__).resolve().parent.parent / "playbooks"
 
 
-def shipped_playbooks() -> list[str]:
-    """Names of the shipped playbooks (``daily``, ``weekly`` …)."""
+def shipped_playbooks() -> list[Path]:
+    """Paths of the shipped playbooks (``playbooks/daily.yml`` …); the stem is the name."""
     folder = playbooks_dir()
-    return sorted(p.stem for p in folder.glob("*.yml")) if folder.is_dir() else []
+    return sorted(folder.glob("*.yml")) if folder.is_dir() else []
 
 
 def resolve_playbook_path(path_or_name: str | Path) -> Path:
@@ -87,7 +87,7 @@ def resolve_playbook_path(path_or_name: str | Path) -> Path:
     shipped = playbooks_dir() / f"{text}.yml"
     if shipped.exists():
         return shipped
-    known = shipped_playbooks()
+    known = [p.stem for p in shipped_playbooks()]
     near = difflib.get_close_matches(text, known, n=1)
     raise PlaybookError(
         f"no playbook file or shipped playbook named {text!r}",

@@ -8,6 +8,7 @@ the schema to reject unknown or mistyped parameters before anything runs.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -81,6 +82,18 @@ class TaskContext:
     step: str
     transport_for: Callable[[Any], Transport]
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("crmmaint.tasks"))
+    #: ``time.monotonic()`` at which the step's ``timeout`` expires; ``None``: no timeout.
+    deadline: float | None = None
+
+    def time_left(self, cap: float | None = None) -> float | None:
+        """Seconds until the step timeout, at most ``cap``: the ``timeout=`` to give transports.
+
+        The runner cannot kill a hung task thread, so a task bounds its own commands with this.
+        """
+        if self.deadline is None:
+            return cap
+        left = max(0.001, self.deadline - time.monotonic())
+        return left if cap is None else min(cap, left)
 
     @property
     def transport(self) -> Transport:

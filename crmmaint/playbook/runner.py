@@ -1,0 +1,506 @@
+"""The runner: execute a planned playbook, step by step, targets in parallel, into the journal.
+
+Orchestration lives here once: a bounded thread pool per step (``forks``), a timeout and retries
+with exponential backoff per target, ``on_failure`` between steps, one pooled transport per host
+for the whole run, and every result to the journal and the ``Reporter``. Tasks only return a
+``TaskResult``; an exception becomes a FAILED result, never a crashed run.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from crmmaint.errors import ConfigError, CrmMaintError
+from crmmaint.inventory import Host, Inventory, Target
+from crmmaint.playbook.model import Playbook, Step
+from crmmaint.playbook.planner import PlannedStep
+from crmmaint.playbook.registry import TaskContext
+from crmmaint.results import Status, TaskResult, worst
+
+if TYPE_CHECKING:
+    from crmmaint.journal import Journal
+    from crmmaint.transport.base import Transport
+    from crmmaint.transport.ssh import SSHPool
+
+log = logging.getLogger(__name__)
+
+#: Builds the transport of one host; the runner calls it once per host per run.
+TransportFactory = Callable[[Host], "Transport"]
+
+#: Longest wait between two attempts, however many retries a step has.
+MAX_RETRY_DELAY = 600.0
+
+
+# --- reporting -------------------------------------------------------------------------------
+
+
+class Reporter:
+    """What the runner tells its audience; this base does nothing, writers override what they need.
+
+    The runner serialises the calls (never two at once), though some come from worker threads.
+    """
+
+    def on_run_start(self, playbook: Playbook, planned: Sequence[PlannedStep]) -> None:
+        """Before the first step."""
+
+    def on_step_start(self, step: Step, targets: Sequence[Target]) -> None:
+        """A step that runs is about to start on ``targets``."""
+
+    def on_target_start(self, step: Step, target: Target) -> None:
+        """A worker picked up ``target`` (first attempt)."""
+
+    def on_result(
+        self, step: Step, target: Target, result: TaskResult, duration: float, attempts: int
+    ) -> None:
+        """The final result of one target, after retries."""
+
+    def on_step_skipped(self, step: Step, reason: str) -> None:
+        """A step does not run (``when``, ``--limit``, or an earlier failure)."""
+
+    def on_run_end(self, summary: RunSummary) -> None:
+        """After the last step, with the journal already updated."""
+
+
+class MultiReporter(Reporter):
+    """Sends every callback to several reporters in turn (console and JSON, say)."""
+
+    def __init__(self, *reporters: Reporter) -> None:
+        self.reporters = reporters
+
+    def on_run_start(self, playbook: Playbook, planned: Sequence[PlannedStep]) -> None:
+        for reporter in self.reporters:
+            reporter.on_run_start(playbook, planned)
+
+    def on_step_start(self, step: Step, targets: Sequence[Target]) -> None:
+        for reporter in self.reporters:
+            reporter.on_step_start(step, targets)
+
+    def on_target_start(self, step: Step, target: Target) -> None:
+        for reporter in self.reporters:
+            reporter.on_target_start(step, target)
+
+    def on_result(
+        self, step: Step, target: Target, result: TaskResult, duration: float, attempts: int
+    ) -> None:
+        for reporter in self.reporters:
+            reporter.on_result(step, target, result, duration, attempts)
+
+    def on_step_skipped(self, step: Step, reason: str) -> None:
+        for reporter in self.reporters:
+            reporter.on_step_skipped(step, reason)
+
+    def on_run_end(self, summary: RunSummary) -> None:
+        for reporter in self.reporters:
+            reporter.on_run_end(summary)
+
+
+class _SerialReporter:
+    """Calls the real reporter under a lock; a failing reporter is logged, not fatal."""
+
+    def __init__(self, reporter: Any) -> None:
+        self._reporter = reporter
+        self._lock = threading.Lock()
+
+    def __call__(self, name: str, *args: Any) -> None:
+        method = getattr(self._reporter, name, None)
+        if method is None:
+            return
+        with self._lock:
+            try:
+                method(*args)
+            except Exception:
+                log.warning(
+                    "reporter %s.%s failed", type(self._reporter).__name__, name, exc_info=True
+                )
+
+
+# --- results ---------------------------------------------------------------------------------
+
+
+@dataclass
+class TargetResult:
+    """The outcome of one step on one target, as journaled (``target`` is its label)."""
+
+    step: str
+    task: str
+    target: str
+    kind: str
+    host: str | None
+    result: TaskResult
+    started: float
+    duration: float
+    attempts: int
+
+    @property
+    def status(self) -> Status:
+        return self.result.status
+
+
+@dataclass
+class RunSummary:
+    """Everything a run produced; ``exit_code`` is what the CLI exits with."""
+
+    run_id: int | None
+    playbook: str
+    status: Status
+    results: list[TargetResult]
+    duration: float
+    check: bool = False
+    stopped_after: str | None = None
+
+    @property
+    def counts(self) -> dict[Status, int]:
+        """How many results have each status (every status present, zeros included)."""
+        out = {status: 0 for status in Status}
+        for row in self.results:
+            out[row.status] += 1
+        return out
+
+    @property
+    def exit_code(self) -> int:
+        """0: ok, changed or skipped; 1: warnings; 2: failures."""
+        if self.status == Status.FAILED:
+            return 2
+        if self.status == Status.WARNING:
+            return 1
+        return 0
+
+
+# --- transports ------------------------------------------------------------------------------
+
+
+def default_transport_factory(pool: SSHPool | None = None) -> TransportFactory:
+    """Local hosts get a ``LocalTransport``; others an ``SSHTransport`` from ``pool`` (or a new one)."""
+    from crmmaint.transport.local import LocalTransport
+    from crmmaint.transport.ssh import SSHPool
+
+    ssh_pool = pool if pool is not None else SSHPool()
+
+    def factory(host: Host) -> Transport:
+        if host.is_local:
+            return LocalTransport(host.name)
+        return ssh_pool.get(
+            host.name,
+            host.address,
+            host.port,
+            host.user,
+            identity_file=host.identity_file,
+            known_hosts=host.known_hosts,
+            connect_timeout=host.connect_timeout,
+            become=host.become,
+            allow_unknown_host_key=host.allow_unknown_host_key,
+        )
+
+    return factory
+
+
+class _RunTransports:
+    """One transport per host for one run, created on first use, all closed at the end."""
+
+    def __init__(self, factory: TransportFactory) -> None:
+        self._factory = factory
+        self._lock = threading.Lock()
+        self._host_locks: dict[str, threading.Lock] = {}
+        self._transports: dict[str, Transport] = {}
+
+    def get(self, host: Host) -> Transport:
+        with self._lock:
+            host_lock = self._host_locks.setdefault(host.name, threading.Lock())
+        with host_lock:  # connecting to one host does not hold up the others
+            transport = self._transports.get(host.name)
+            if transport is None:
+                transport = self._factory(host)
+                self._transports[host.name] = transport
+            return transport
+
+    def close_all(self) -> None:
+        with self._lock:
+            transports, self._transports = list(self._transports.items()), {}
+        for name, transport in transports:
+            try:
+                transport.close()
+            except Exception:
+                log.warning("closing the transport of %s failed", name, exc_info=True)
+
+
+# --- the runner ------------------------------------------------------------------------------
+
+
+class Runner:
+    """Runs planned steps in order; each step's targets in parallel, at most ``forks`` at once."""
+
+    def __init__(
+        self,
+        inventory: Inventory,
+        journal: Journal | None,
+        *,
+        forks: int = 10,
+        check: bool = False,
+        transport_factory: TransportFactory | None = None,
+        reporter: Reporter | Any | None = None,
+        argv: list[str] | None = None,
+    ) -> None:
+        if forks < 1:
+            raise ConfigError(f"forks must be at least 1, not {forks}")
+        self.inventory = inventory
+        self.journal = journal
+        self.forks = forks
+        self.check = check
+        self.transport_factory = transport_factory
+        self.argv = argv
+        self._report = _SerialReporter(reporter if reporter is not None else Reporter())
+        self._abort = threading.Event()
+        self._run_id: int | None = None
+        self._transports: _RunTransports | None = None
+
+    def run(self, playbook: Playbook, planned: Sequence[PlannedStep]) -> RunSummary:
+        """Execute ``planned`` (from ``plan``); returns the summary, raises only on interrupt."""
+        started = time.monotonic()
+        self._abort.clear()
+        factory = self.transport_factory or default_transport_factory()
+        self._transports = _RunTransports(factory)
+        self._run_id = (
+            self.journal.start_run(
+                playbook.name,
+                window=playbook.window,
+                inventory=self.inventory.path,
+                check=self.check,
+                argv=self.argv,
+            )
+            if self.journal is not None
+            else None
+        )
+        log.info(
+            "run %s: playbook %s, %d step(s)%s",
+            self._run_id,
+            playbook.name,
+            len(planned),
+            " in check mode" if self.check else "",
+        )
+        self._report("on_run_start", playbook, planned)
+        results: list[TargetResult] = []
+        stopped_after: str | None = None
+        try:
+            for item in planned:
+                if stopped_after is not None:
+                    reason = f"stopped after failure of step {stopped_after!r}"
+                    results.append(self._skip(item, reason))
+                elif item.skip_reason is not None:
+                    results.append(self._skip(item, item.skip_reason))
+                else:
+                    step_results = self._run_step(item)
+                    results.extend(step_results)
+                    failed = any(r.status == Status.FAILED for r in step_results)
+                    if failed and item.step.on_failure == "stop":
+                        log.warning("step %s failed; stopping (on_failure: stop)", item.name)
+                        stopped_after = item.name
+        except BaseException:
+            self._abort.set()
+            if self.journal is not None and self._run_id is not None:
+                self.journal.finish_run(self._run_id, Status.FAILED)
+            raise
+        finally:
+            self._transports.close_all()
+        summary = RunSummary(
+            run_id=self._run_id,
+            playbook=playbook.name,
+            status=worst([r.status for r in results]),
+            results=results,
+            duration=time.monotonic() - started,
+            check=self.check,
+            stopped_after=stopped_after,
+        )
+        if self.journal is not None and self._run_id is not None:
+            self.journal.finish_run(self._run_id, summary.status)
+        log.info("run %s finished: %s in %.1fs", self._run_id, summary.status, summary.duration)
+        self._report("on_run_end", summary)
+        return summary
+
+    # --- steps -----------------------------------------------------------------------------
+
+    def _skip(self, item: PlannedStep, reason: str) -> TargetResult:
+        """A step that does not run: one journal row for the step, not one per target."""
+        log.info("step %s skipped: %s", item.name, reason)
+        result = TaskResult.skipped(reason, details={"targets": [t.label for t in item.targets]})
+        row = TargetResult(
+            step=item.name,
+            task=item.step.task,
+            target="-",
+            kind="step",
+            host=None,
+            result=result,
+            started=time.time(),
+            duration=0.0,
+            attempts=0,
+        )
+        self._record(row)
+        self._report("on_step_skipped", item.step, reason)
+        return row
+
+    def _run_step(self, item: PlannedStep) -> list[TargetResult]:
+        step, targets = item.step, item.targets
+        log.info("step %s (%s) on %d target(s)", step.name, step.task, len(targets))
+        self._report("on_step_start", step, targets)
+        done: dict[int, TargetResult] = {}
+        workers = min(self.forks, len(targets)) or 1
+        executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="crmmaint-fork")
+        try:
+            futures: dict[Future[TargetResult], int] = {
+                executor.submit(self._run_target, step, target): index
+                for index, target in enumerate(targets)
+            }
+            for future in as_completed(futures):
+                index = futures[future]
+                row = future.result()  # _run_target never raises
+                done[index] = row
+                self._record(row)
+                self._report(
+                    "on_result", step, targets[index], row.result, row.duration, row.attempts
+                )
+        except BaseException:
+            self._abort.set()
+            executor.shutdown(wait=False, cancel_futures=True)
+            raise
+        executor.shutdown(wait=True)
+        return [done[i] for i in range(len(targets))]
+
+    def _record(self, row: TargetResult) -> None:
+        if self.journal is None or self._run_id is None:
+            return
+        self.journal.record(
+            self._run_id,
+            step=row.step,
+            task=row.task,
+            target_kind=row.kind,
+            target=row.target,
+            host=row.host,
+            result=row.result,
+            started=row.started,
+            duration=row.duration,
+            attempts=row.attempts,
+        )
+
+    # --- one target ------------------------------------------------------------------------
+
+    def _run_target(self, step: Step, target: Target) -> TargetResult:
+        """All attempts on one target; returns the last result (never raises)."""
+        started, clock = time.time(), time.monotonic()
+        self._report("on_target_start", step, target)
+        attempts = 0
+        while True:
+            attempts += 1
+            result, timed_out = self._attempt(step, target)
+            if (
+                result.status != Status.FAILED
+                or timed_out  # the abandoned attempt may still be running: never overlap it
+                or attempts > step.retries
+                or self._abort.is_set()
+            ):
+                break
+            delay = min(step.retry_delay * 2 ** (attempts - 1), MAX_RETRY_DELAY)
+            log.info(
+                "%s on %s failed (attempt %d of %d): %s; retrying in %.1fs",
+                step.name,
+                target.label,
+                attempts,
+                step.retries + 1,
+                result.message,
+                delay,
+            )
+            if self._abort.wait(delay):
+                break
+        duration = time.monotonic() - clock
+        log.log(
+            logging.WARNING if result.status == Status.FAILED else logging.INFO,
+            "%s on %s: %s %s",
+            step.name,
+            target.label,
+            result.status,
+            result.message,
+        )
+        return TargetResult(
+            step=step.name,
+            task=step.task,
+            target=target.label,
+            kind=target.kind,
+            host=target.host.name,
+            result=result,
+            started=started,
+            duration=duration,
+            attempts=attempts,
+        )
+
+    def _attempt(self, step: Step, target: Target) -> tuple[TaskResult, bool]:
+        """One call of the task, bounded by the step's timeout; ``(result, timed_out)``."""
+        if self.check and not step.spec.check_mode:
+            return TaskResult.skipped("task does not support check mode"), False
+        assert self._transports is not None
+        deadline = time.monotonic() + step.timeout if step.timeout is not None else None
+        ctx = TaskContext(
+            target=target,
+            inventory=self.inventory,
+            params=copy.deepcopy(step.params),
+            check=self.check,
+            journal=self.journal,
+            run_id=self._run_id,
+            step=step.name,
+            transport_for=self._transports.get,
+            deadline=deadline,
+        )
+        if step.timeout is None:
+            return _call(step, ctx), False
+        outcome: list[TaskResult] = []
+        worker = threading.Thread(
+            target=lambda: outcome.append(_call(step, ctx)),
+            name=f"crmmaint-task-{step.name}-{target.label}",
+            daemon=True,  # a hung task must not keep the process alive after the run
+        )
+        worker.start()
+        worker.join(step.timeout)
+        if worker.is_alive():
+            log.warning(
+                "%s on %s timed out after %s; its thread is abandoned",
+                step.name,
+                target.label,
+                _seconds(step.timeout),
+            )
+            return (
+                TaskResult.failed(
+                    f"timed out after {_seconds(step.timeout)}",
+                    details={"timeout": step.timeout},
+                ),
+                True,
+            )
+        if not outcome:
+            return TaskResult.failed("internal error: the task ended without a result"), False
+        return outcome[0], False
+
+
+def _call(step: Step, ctx: TaskContext) -> TaskResult:
+    """Call the task function; expected errors and bugs alike become FAILED results."""
+    try:
+        result = step.spec.func(ctx)
+    except CrmMaintError as exc:
+        log.debug("%s on %s raised %r", step.name, ctx.target.label, exc, exc_info=True)
+        return TaskResult.failed(str(exc), details={"error": type(exc).__name__})
+    except Exception as exc:
+        log.debug("%s on %s: internal error", step.name, ctx.target.label, exc_info=True)
+        return TaskResult.failed(
+            f"internal error: {type(exc).__name__}: {exc}", details={"error": type(exc).__name__}
+        )
+    if not isinstance(result, TaskResult):
+        return TaskResult.failed(
+            f"internal error: task {step.task!r} returned {type(result).__name__}, not a TaskResult"
+        )
+    return result
+
+
+def _seconds(value: float) -> str:
+    return f"{value:g}s"
