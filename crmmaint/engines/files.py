@@ -1,0 +1,314 @@
+"""File sets: a POSIX tar stream made with tar on the owning host, restored into a new directory.
+
+The dump's facts (per-file sha256 and size) are computed from the tar stream itself as it
+passes, so they describe exactly what the backup holds, including files that changed while tar
+read them. A restore's checksums are computed on the host from the extracted files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+from crmmaint.engines.base import DumpStream, Facts, Reader, RestoreTargetExists, closing_dump, feed
+from crmmaint.errors import CommandTimeout, EngineError, TransportError
+from crmmaint.inventory import FileSet
+from crmmaint.transport.base import Transport
+
+log = logging.getLogger(__name__)
+
+BLOCK = 512
+
+# $1 = directory: exit 0 if it exists and holds anything, 1 otherwise.
+_NON_EMPTY = 'test -d "$1" && [ -n "$(ls -A -- "$1")" ]'
+# $1 = directory: every regular file below it as "size<TAB>./path<NUL>", then their sha256sums
+# (NUL-terminated with -z, GNU coreutils 8.27+) after a lone NUL separator.
+_CHECKSUMS = (
+    'cd "$1" && find . -type f -printf "%s\\t%p\\0" && printf "\\0" && '
+    "find . -type f -print0 | xargs -0 -r sha256sum -z"
+)
+
+
+def _member_path(name: str) -> str:
+    """A tar member name (``./etc/x``, ``etc/x``) as the absolute path it came from."""
+    while name.startswith("./"):
+        name = name[2:]
+    return "/" + name.lstrip("/")
+
+
+class TarDigest:
+    """Per-file sha256 and size of a tar stream (ustar, pax or GNU), fed chunk by chunk."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, dict[str, Any]] = {}
+        self._leftover = b""
+        self._state = "header"
+        self._remaining = 0
+        self._pad = 0
+        self._pax: dict[str, str] = {}
+        self._pax_data = bytearray()
+        self._pax_kind = b""
+        self._member: str | None = None
+        self._hasher: Any = None
+        self._size = 0
+        self.ended = False
+
+    def feed(self, chunk: bytes) -> None:
+        data = self._leftover + chunk if self._leftover else chunk
+        self._leftover = b""
+        pos, end = 0, len(data)
+        while pos < end:
+            if self._state == "header":
+                if end - pos < BLOCK:
+                    self._leftover = data[pos:]
+                    return
+                self._header(data[pos : pos + BLOCK])
+                pos += BLOCK
+            elif self._state == "pad":
+                n = min(self._pad, end - pos)
+                self._pad -= n
+                pos += n
+                if not self._pad:
+                    self._state = "header"
+            else:
+                n = min(self._remaining, end - pos)
+                piece = data[pos : pos + n]
+                if self._state == "data":
+                    self._hasher.update(piece)
+                elif self._state == "pax":
+                    self._pax_data += piece
+                self._remaining -= n
+                pos += n
+                if not self._remaining:
+                    self._end_member()
+
+    def _header(self, block: bytes) -> None:
+        if block == bytes(BLOCK):
+            self.ended = True
+            return
+        field = block[124:136]
+        if field[0] & 0x80:
+            size = int.from_bytes(field[1:], "big")
+        else:
+            size = int(field.strip(b" \0") or b"0", 8)
+        kind = block[156:157]
+        name = block[0:100].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+        prefix = block[345:500].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+        if prefix and block[257:262] == b"ustar":
+            name = f"{prefix}/{name}"
+        linkname = block[157:257].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+        if kind not in (b"x", b"g", b"L", b"K"):
+            name = self._pax.get("path", name)
+            linkname = self._pax.get("linkpath", linkname)
+            size = int(self._pax.get("size", size))
+            self._pax = {}
+        self._remaining, self._pad = size, (-size) % BLOCK
+        if kind in (b"x", b"g", b"L", b"K"):
+            self._state, self._pax_data, self._pax_kind = "pax", bytearray(), kind
+        elif kind in (b"0", b"\0", b"7"):
+            self._state, self._member, self._hasher = "data", _member_path(name), hashlib.sha256()
+            self._size = size
+        else:
+            if kind == b"1" and _member_path(linkname) in self.files:  # hard link: same content
+                self.files[_member_path(name)] = dict(self.files[_member_path(linkname)])
+            self._state, self._member = "skip", None
+        if not size:
+            self._end_member()
+
+    def _end_member(self) -> None:
+        if self._state == "data":
+            self.files[self._member] = {"sha256": self._hasher.hexdigest(), "size": self._size}
+        elif self._state == "pax":
+            if self._pax_kind == b"x":
+                self._pax.update(_parse_pax(bytes(self._pax_data)))
+            elif self._pax_kind in (b"L", b"K"):  # GNU long name / long link name
+                value = bytes(self._pax_data).split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+                self._pax["path" if self._pax_kind == b"L" else "linkpath"] = value
+        self._state = "pad" if self._pad else "header"
+
+
+def _parse_pax(data: bytes) -> dict[str, str]:
+    records: dict[str, str] = {}
+    pos = 0
+    while pos < len(data):
+        space = data.index(b" ", pos)
+        length = int(data[pos:space])
+        key, _, value = data[space + 1 : pos + length - 1].partition(b"=")
+        records[key.decode()] = value.decode("utf-8", "surrogateescape")
+        pos += length
+    return records
+
+
+class _DigestingReader:
+    """Passes a reader through while a ``TarDigest`` watches the bytes."""
+
+    def __init__(self, stream: Reader) -> None:
+        self.stream = stream
+        self.digest = TarDigest()
+
+    def read(self, size: int = 1 << 20) -> bytes:
+        data = self.stream.read(size)
+        self.digest.feed(data)
+        return data
+
+
+class FileSetSource:
+    """A file set from the inventory, read and restored with tar on its host."""
+
+    def __init__(self, fileset: FileSet, transport: Transport) -> None:
+        self.fileset = fileset
+        self.transport = transport
+
+    @property
+    def where(self) -> str:
+        return f"file set {self.fileset.name!r} on host {self.transport.host}"
+
+    def error(self, what: str, *, hint: str | None = None) -> EngineError:
+        return EngineError(f"{self.where}: {what}", hint=hint)
+
+    def tar_command(self) -> list[str]:
+        """``tar`` reading the file set relative to ``/`` (paths and excludes are argv items)."""
+        command = ["tar", "-cf", "-", "--format=posix", "--sparse", "-C", "/"]
+        command += [f"--exclude={pattern}" for pattern in self.fileset.exclude]
+        for path in self.fileset.paths:
+            if not path.startswith("/"):
+                raise self.error(f"path {path!r} is not absolute")
+            command.append("./" + path.lstrip("/"))
+        return command
+
+    @contextlib.contextmanager
+    def dump(self, *, timeout: float | None = None) -> Iterator[DumpStream]:
+        """A tar stream of the file set; facts: files, bytes and per-file sha256 from the stream."""
+        digest = TarDigest()
+
+        def complete(facts: Facts) -> None:
+            if not digest.ended:
+                raise self.error("the tar stream ended without its end-of-archive marker")
+            facts["checksums"] = dict(sorted(digest.files.items()))
+            facts["files"] = len(digest.files)
+            facts["file_bytes"] = sum(f["size"] for f in digest.files.values())
+
+        facts = {"engine": "files", "format": "tar-posix", "paths": list(self.fileset.paths)}
+        try:
+            with self.transport.start(self.tar_command()) as proc:
+                stream = DumpStream(
+                    proc,
+                    describe=self.error,
+                    facts=facts,
+                    observe=digest.feed,
+                    complete=complete,
+                    timeout=timeout,
+                )
+                with closing_dump(stream):
+                    yield stream
+        except TransportError as exc:
+            raise self.error(f"tar: {exc}") from exc
+
+    def restore(
+        self,
+        stream: Reader,
+        target_dir: str,
+        force: bool = False,
+        *,
+        timeout: float | None = None,
+    ) -> Facts:
+        """Extract a tar stream into ``target_dir`` (new, or empty, or ``force``).
+
+        Returns checksums of the restored files, keyed by their original absolute paths.
+        With ``force`` the archive is extracted over what the directory already holds.
+        """
+        if not target_dir.startswith("/") or target_dir.rstrip("/") == "":
+            raise self.error(f"restore target {target_dir!r} must be an absolute directory, not /")
+        busy = self.transport.run(["sh", "-c", _NON_EMPTY, "sh", target_dir], timeout=60)
+        if busy.ok and not force:
+            raise RestoreTargetExists(
+                f"{self.where}: restore target {target_dir} exists and is not empty",
+                hint="choose a new directory, or pass force to extract over it",
+            )
+        self._run(["mkdir", "-p", "--", target_dir], what="mkdir")
+        command = ["tar", "-xf", "-", "-C", target_dir]
+        checked = _DigestingReader(stream)
+        try:
+            with self.transport.start(command) as proc:
+                if timeout is not None:
+                    proc.set_timeout(timeout)
+                size, problem = feed(checked, proc)
+                result = proc.wait(timeout=timeout)
+        except CommandTimeout as exc:
+            raise self.error(f"restore timed out after {timeout}s") from exc
+        except TransportError as exc:
+            raise self.error(f"tar -x: {exc}") from exc
+        if not result.ok or problem:
+            raise self.error(
+                f"extracting into {target_dir} failed: {problem or ''} {result.stderr_tail()}".strip()
+            )
+        if not checked.digest.ended:
+            # GNU tar accepts an archive cut at a member boundary; the end marker proves it whole.
+            raise self.error(
+                f"the restore stream into {target_dir} is truncated (no end-of-archive marker)"
+            )
+        log.info("restored %d bytes into %s on %s", size, target_dir, self.transport.host)
+        checksums = self.checksums(target_dir, timeout=timeout)
+        return {
+            "checksums": checksums,
+            "files": len(checksums),
+            "file_bytes": sum(f["size"] for f in checksums.values()),
+            "path": target_dir,
+        }
+
+    def checksums(self, directory: str, *, timeout: float | None = None) -> dict[str, dict]:
+        """sha256 and size of every regular file under ``directory``, computed on the host.
+
+        Keys are paths relative to ``directory``, written as absolute (``/etc/crm/app.conf``).
+        """
+        sizes: dict[str, int] = {}
+        sums: dict[str, str] = {}
+        pending = b""
+        section = 0
+        try:
+            with self.transport.start(["sh", "-c", _CHECKSUMS, "sh", directory]) as proc:
+                if timeout is not None:
+                    proc.set_timeout(timeout)
+                while chunk := proc.read():
+                    records = (pending + chunk).split(b"\0")
+                    pending = records.pop()
+                    for record in records:
+                        if not record:
+                            section = 1
+                        elif section == 0:
+                            size, _, name = record.partition(b"\t")
+                            sizes[_member_path(name.decode("utf-8", "surrogateescape"))] = int(size)
+                        else:
+                            digest, _, name = record.partition(b"  ")
+                            sums[_member_path(name.decode("utf-8", "surrogateescape"))] = (
+                                digest.decode()
+                            )
+                result = proc.wait()
+        except TransportError as exc:
+            raise self.error(f"checksums of {directory}: {exc}") from exc
+        if not result.ok:
+            raise self.error(f"checksums of {directory} failed: {result.stderr_tail()}")
+        return {path: {"sha256": sums.get(path, ""), "size": sizes[path]} for path in sorted(sizes)}
+
+    def _run(self, command: list[str], *, what: str) -> None:
+        try:
+            result = self.transport.run(command, timeout=60)
+        except TransportError as exc:
+            raise self.error(f"{what}: {exc}") from exc
+        if not result.ok:
+            raise self.error(f"{what} failed: {result.stderr_tail()}")
+
+
+def compare_checksums(expected: dict[str, dict], actual: dict[str, dict]) -> list[str]:
+    """Differences between the checksums a dump recorded and those of a restore."""
+    problems = [f"missing: {p}" for p in sorted(set(expected) - set(actual))]
+    problems += [f"unexpected: {p}" for p in sorted(set(actual) - set(expected))]
+    problems += [
+        f"content differs: {p}"
+        for p in sorted(set(expected) & set(actual))
+        if expected[p]["sha256"] != actual[p]["sha256"] or expected[p]["size"] != actual[p]["size"]
+    ]
+    return problems
