@@ -689,3 +689,10 @@ def test_mutated_playbooks_raise_only_playbook_error(
 def test_arbitrary_text_raises_only_playbook_error(text: str) -> None:
     with contextlib.suppress(PlaybookError):
         load_playbook_text(text, None, source="fuzz.yml")
+
+
+def test_the_reference_example_validates_against_the_shipped_tasks() -> None:
+    doc = (Path(__file__).parent.parent / "docs" / "playbooks.md").read_text()
+    example = doc.split("## A complete example\n\n```yaml\n", 1)[1].split("```", 1)[0]
+    pb = load_playbook_text(example, None, source="playbooks.md", registry=load_task_modules())
+    assert [s.on_failure for s in pb.steps] == ["continue", "stop", "continue", "continue"]
