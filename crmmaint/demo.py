@@ -446,10 +446,51 @@ def prepare_demo(demo_dir: str | Path, rows: int = DEMO_ROWS, seed: int = DEMO_S
     _write_log(root / "logs" / "crm.log", seed)
     _write_cache(root / "cache", seed)
     _write_attachments(root / "attachments", seed)
-    (root / "keys").mkdir(mode=0o700, exist_ok=True)
+    _ensure_identity(root / "keys")
     inventory = root / "inventory.yml"
     shutil.copyfile(demo_inventory_template(), inventory)
     return inventory
+
+
+def _ensure_identity(keys: Path) -> None:
+    """The demo's recipient key pair (``ops.key`` 0600, ``ops.pub``), generated on first use."""
+    from crmmaint.crypto.keys import X25519Identity, load_identity_file, write_identity_file
+
+    keys.mkdir(mode=0o700, exist_ok=True)
+    secret, public = keys / "ops.key", keys / "ops.pub"
+    if secret.exists():
+        identity = load_identity_file(secret)
+    else:
+        identity = X25519Identity.generate()
+        write_identity_file(secret, identity)
+    if not public.exists():
+        public.write_text(identity.recipient().to_string() + "\n", encoding="ascii")
+
+
+def run_demo(
+    demo_dir: str | Path, rows: int = DEMO_ROWS, playbooks: list[str] | None = None
+) -> int:
+    """Prepare the demo estate and run playbooks on it; returns the worst run's exit code."""
+    from datetime import UTC, datetime
+
+    from crmmaint.inventory import load_inventory
+    from crmmaint.journal import Journal
+    from crmmaint.playbook import load_playbook, plan
+    from crmmaint.playbook.runner import Runner
+    from crmmaint.reporting.console import ConsoleReporter
+
+    inventory = load_inventory(prepare_demo(demo_dir, rows=rows))
+    journal_path = Path(inventory.path).parent / str(
+        inventory.settings.get("journal", "journal.sqlite")
+    )
+    code = 0
+    with Journal(journal_path) as journal:
+        for name in playbooks or ["daily"]:
+            book = load_playbook(name, inventory)
+            planned = plan(book, inventory, now=datetime.now(UTC))
+            runner = Runner(inventory, journal, reporter=ConsoleReporter(), argv=["demo", name])
+            code = max(code, runner.run(book, planned).exit_code)
+    return code
 
 
 LOG_EVENTS = (
@@ -458,12 +499,12 @@ LOG_EVENTS = (
     (8, "INFO", "crm.sync", "mail sync finished: {n} messages imported"),
     (6, "WARNING", "crm.http", "slow request GET /api/search?q=... took {ms}ms"),
     (3, "WARNING", "crm.sync", "ERP sync retry {k}/5 for customer C{n:07d}"),
-    (1, "ERROR", "crm.sync", "ERP sync failed for customer C{n:07d}: timeout after 30s"),
-    (1, "ERROR", "crm.mail", "SMTP delivery failed for ticket {n}: 451 temporary failure"),
+    (0.3, "ERROR", "crm.sync", "ERP sync failed for customer C{n:07d}: timeout after 30s"),
+    (0.2, "ERROR", "crm.mail", "SMTP delivery failed for ticket {n}: 451 temporary failure"),
 )
 
 
-def _write_log(path: Path, seed: int, lines: int = 2000) -> None:
+def _write_log(path: Path, seed: int, lines: int = 1500) -> None:
     if path.exists():
         return
     path.parent.mkdir(parents=True, exist_ok=True)

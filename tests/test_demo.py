@@ -1,0 +1,147 @@
+"""The demo estate: a deterministic CRM database, a reusable demo directory, inventories and
+playbooks that load, and every daily step working on the demo (real LocalTransport, SQLite)."""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import stat
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from crmmaint.demo import build_demo_crm, database_rows, prepare_demo, table_counts
+from crmmaint.inventory import load_inventory
+from crmmaint.journal import Journal
+from crmmaint.playbook import load_playbook, plan
+from crmmaint.playbook.loader import check_playbook
+from crmmaint.playbook.registry import TaskContext
+from crmmaint.results import Status
+from crmmaint.transport.local import LocalTransport
+
+REPO = Path(__file__).resolve().parent.parent
+PLAYBOOKS = ["daily", "weekly", "monthly", "quarterly", "yearly"]
+
+
+def sample_digest(path: Path) -> str:
+    """sha256 over a sample of every table (first, middle and last rows)."""
+    h = hashlib.sha256()
+    with sqlite3.connect(path) as con:
+        for table in table_counts(1):
+            for row in con.execute(
+                f"SELECT * FROM {table} WHERE id % 97 = 1 OR id = (SELECT max(id) FROM {table})"
+                " ORDER BY id"
+            ):
+                h.update(repr(row).encode())
+    return h.hexdigest()
+
+
+def test_build_is_deterministic(tmp_path: Path) -> None:
+    a = build_demo_crm(tmp_path / "a.sqlite", rows=4000, seed=7)
+    b = build_demo_crm(tmp_path / "b.sqlite", rows=4000, seed=7)
+    c = build_demo_crm(tmp_path / "c.sqlite", rows=4000, seed=8)
+    assert a == b == c == table_counts(4000)
+    assert sum(a.values()) == 4000
+    assert sample_digest(tmp_path / "a.sqlite") == sample_digest(tmp_path / "b.sqlite")
+    assert sample_digest(tmp_path / "a.sqlite") != sample_digest(tmp_path / "c.sqlite")
+
+
+def test_built_database_is_consistent_and_realistic(tmp_path: Path) -> None:
+    path = tmp_path / "crm.sqlite"
+    build_demo_crm(path, rows=4000)
+    with sqlite3.connect(path) as con:
+        assert con.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        assert con.execute("PRAGMA foreign_key_check").fetchall() == []
+        indexes = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+        assert {"customers_email", "activities_customer", "tickets_status"} <= indexes
+        notes = con.execute("SELECT count(*) FROM activities WHERE notes LIKE '% %.%'").fetchone()
+        assert notes[0] > 1000
+        stages = {r[0] for r in con.execute("SELECT DISTINCT stage FROM deals")}
+        assert stages == {"prospecting", "qualified", "proposal", "negotiation", "won", "lost"}
+    assert not list(tmp_path.glob(".*building*"))
+
+
+@pytest.mark.parametrize("rows", [200_000, 12_345, 100])
+def test_table_counts_add_up(rows: int) -> None:
+    counts = table_counts(rows)
+    assert sum(counts.values()) == rows
+    assert all(n >= 1 for n in counts.values())
+    assert counts["activities"] > counts["customers"] > counts["companies"]
+
+
+def test_prepare_demo_lays_out_the_estate_and_reuses_it(tmp_path: Path) -> None:
+    demo = tmp_path / "demo"
+    inventory_path = prepare_demo(demo, rows=2000)
+    assert inventory_path == demo / "inventory.yml"
+    for part in ("crm.sqlite", "logs/crm.log", "keys/ops.key", "keys/ops.pub"):
+        assert (demo / part).is_file(), part
+    assert stat.S_IMODE((demo / "keys" / "ops.key").stat().st_mode) == 0o600
+    assert len(list((demo / "cache").rglob("*.cache"))) > 10
+    assert len([p for p in (demo / "attachments").rglob("*") if p.is_file()]) >= 3
+    log_text = (demo / "logs" / "crm.log").read_text()
+    assert "ERROR" in log_text and "Traceback" in log_text
+
+    inv = load_inventory(inventory_path)
+    assert inv.databases["crm"].path == str(demo / "crm.sqlite")
+    assert inv.main_database() is inv.databases["crm"]
+    assert inv.filesets["attachments"].paths == [str(demo / "attachments")]
+    assert inv.repositories["local"].recipients == [f"file:{demo / 'keys' / 'ops.pub'}"]
+
+    db_stat = (demo / "crm.sqlite").stat()
+    key_text = (demo / "keys" / "ops.key").read_text()
+    prepare_demo(demo, rows=2000)
+    again = (demo / "crm.sqlite").stat()
+    assert (again.st_ino, again.st_mtime_ns) == (db_stat.st_ino, db_stat.st_mtime_ns)
+    assert (demo / "keys" / "ops.key").read_text() == key_text
+
+    prepare_demo(demo, rows=3000)  # another size: rebuilt
+    assert sum(database_rows(demo / "crm.sqlite").values()) == 3000
+
+
+@pytest.mark.parametrize("inventory", ["demo-inventory.yml", "production-inventory.yml"])
+@pytest.mark.parametrize("playbook", PLAYBOOKS)
+def test_shipped_playbooks_validate_against_example_inventories(
+    inventory: str, playbook: str
+) -> None:
+    inv = load_inventory(REPO / "examples" / inventory)
+    assert check_playbook(playbook, inv) == []
+
+
+def test_production_inventory_shape() -> None:
+    inv = load_inventory(REPO / "examples" / "production-inventory.yml")
+    assert {d.engine for d in inv.databases.values()} == {"postgresql", "mysql"}
+    assert len(inv.repositories["offsite"].recipients) == 2
+    assert inv.repositories["offsite"].url.startswith("s3://")
+    assert all(d.password is not None for d in inv.databases.values())
+    assert [t.name for t in inv.resolve("hosts", ["app"])] == ["app1", "app2"]
+
+
+def test_every_daily_step_works_on_the_demo(tmp_path: Path) -> None:
+    inv = load_inventory(prepare_demo(tmp_path / "demo", rows=2000))
+    book = load_playbook("daily", inv)
+    planned = plan(book, inv, now=datetime.now(UTC))
+    with Journal(tmp_path / "journal.sqlite") as journal:
+        outcomes: dict[str, Status] = {}
+        for item in planned:
+            assert item.skip_reason is None, item.skip_reason
+            for target in item.targets:
+                ctx = TaskContext(
+                    target=target,
+                    inventory=inv,
+                    params=item.step.params,
+                    check=False,
+                    journal=journal,
+                    run_id=None,
+                    step=item.step.name,
+                    transport_for=lambda host: LocalTransport(host.name),
+                )
+                result = item.step.spec.func(ctx)
+                outcomes[item.step.task] = result.status
+                assert result.status is not Status.FAILED, (item.step.name, result.message)
+    assert set(outcomes) == {
+        "health.host", "health.service", "health.http", "health.database", "logs.scan",
+        "capacity.disk",
+    }  # fmt: skip
+    assert outcomes["health.database"] is Status.OK
+    assert outcomes["logs.scan"] is Status.WARNING  # the demo log holds a few ERRORs
