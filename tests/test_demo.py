@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from crmmaint.demo import build_demo_crm, database_rows, prepare_demo, table_counts
+from crmmaint.demo import build_demo_crm, database_rows, prepare_demo, run_demo, table_counts
 from crmmaint.inventory import load_inventory
 from crmmaint.journal import Journal
 from crmmaint.playbook import load_playbook, plan
@@ -145,3 +145,12 @@ def test_every_daily_step_works_on_the_demo(tmp_path: Path) -> None:
     }  # fmt: skip
     assert outcomes["health.database"] is Status.OK
     assert outcomes["logs.scan"] is Status.WARNING  # the demo log holds a few ERRORs
+
+
+def test_run_demo_runs_daily_into_the_demo_journal(tmp_path: Path) -> None:
+    code = run_demo(tmp_path / "demo", rows=2000, playbooks=["daily"])
+    assert code in (0, 1)  # warnings: the demo log holds errors, this machine may be busy
+    with Journal(tmp_path / "demo" / "journal.sqlite") as journal:
+        run = journal.run(journal.last_run_id())
+    assert run is not None and run["playbook"] == "daily"
+    assert {r["task"] for r in run["results"]} >= {"health.database", "logs.scan"}

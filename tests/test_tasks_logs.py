@@ -173,7 +173,7 @@ def test_plan_caps_bytes_per_run() -> None:
     "line",
     [
         "  2024-05-01 12:00:01 ERROR job 17 failed\n",
-        "2024-05-01 12:00:01,123 ERROR job 9 failed",
+        "2024-05-01 12:00:01,123 ERROR    job 9  failed",
         "2024-05-01T12:00:01.5Z ERROR job 1 failed",
         "[2024/05/01 12:00:01 +0200] ERROR job 3 failed",
     ],

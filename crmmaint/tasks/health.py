@@ -95,8 +95,9 @@ class ProbeError(CrmMaintError):
 def probe(
     ctx: TaskContext, command: Command, *, what: str, timeout: float = PROBE_TIMEOUT
 ) -> CommandResult:
-    """Run a read-only probe on the target's host; a non-zero exit raises ``ProbeError``."""
-    res = ctx.transport.run(command, timeout=timeout)
+    """Run a read-only probe on the target's host, bounded by the step's timeout too; a
+    non-zero exit raises ``ProbeError``."""
+    res = ctx.transport.run(command, timeout=ctx.time_left(timeout))
     if not res.ok:
         raise ProbeError(
             f"{what} failed (exit {res.exit_status}): {res.stderr_tail() or 'no output'}"
@@ -296,7 +297,9 @@ def service(ctx: TaskContext) -> TaskResult:
 
 
 def _check_units(ctx: TaskContext, units: list[str], optional: bool) -> list[dict[str, Any]]:
-    res = ctx.transport.run(["sh", "-c", _SYSTEMD_SCRIPT, "sh", *units], timeout=PROBE_TIMEOUT)
+    res = ctx.transport.run(
+        ["sh", "-c", _SYSTEMD_SCRIPT, "sh", *units], timeout=ctx.time_left(PROBE_TIMEOUT)
+    )
     if res.exit_status == 127:
         status = "skipped" if optional else "down"
         return [
@@ -318,7 +321,9 @@ def _check_units(ctx: TaskContext, units: list[str], optional: bool) -> list[dic
 
 
 def _check_processes(ctx: TaskContext, names: list[str]) -> list[dict[str, Any]]:
-    res = ctx.transport.run(["sh", "-c", _PROCESS_SCRIPT, "sh", *names], timeout=PROBE_TIMEOUT)
+    res = ctx.transport.run(
+        ["sh", "-c", _PROCESS_SCRIPT, "sh", *names], timeout=ctx.time_left(PROBE_TIMEOUT)
+    )
     if res.exit_status == 127:
         raise ProbeError("pgrep not available; install procps")
     if not res.ok:
@@ -343,7 +348,8 @@ def _check_tcp(ctx: TaskContext, spec: str, timeout: float) -> dict[str, Any]:
     seconds = f"{max(timeout, 0.1):g}"
     started = time.monotonic()
     res = ctx.transport.run(
-        ["sh", "-c", _TCP_SCRIPT, "sh", addr, str(port), seconds], timeout=timeout + PROBE_TIMEOUT
+        ["sh", "-c", _TCP_SCRIPT, "sh", addr, str(port), seconds],
+        timeout=ctx.time_left(timeout + PROBE_TIMEOUT),
     )
     if res.exit_status == 127:
         raise ProbeError("neither bash nor nc available for TCP checks")
@@ -391,11 +397,12 @@ def http(ctx: TaskContext) -> TaskResult:
     url = expand_url(str(raw), ctx)
     if not url.startswith(("http://", "https://")):
         return TaskResult.failed(f"url must start with http:// or https://, got {url!r}")
+    timeout = ctx.time_left(p["timeout"]) or p["timeout"]
     try:
         if p["from"] == "runner":
-            status, latency = _http_from_runner(url, p["timeout"], p["follow_redirects"])
+            status, latency = _http_from_runner(url, timeout, p["follow_redirects"])
         else:
-            status, latency = _http_from_host(ctx, url, p["timeout"], p["follow_redirects"])
+            status, latency = _http_from_host(ctx, url, timeout, p["follow_redirects"])
     except ProbeError as exc:
         return TaskResult.failed(f"{url}: {exc.message}", details=read_only_details(ctx, url=url))
 
@@ -424,7 +431,7 @@ def _http_from_host(ctx: TaskContext, url: str, timeout: float, follow: bool) ->
     cmd = ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code} %{time_total}"]
     cmd += ["--max-time", f"{timeout:g}"] + (["-L"] if follow else []) + [url]
     res = ctx.transport.run(
-        ["sh", "-c", _IF_INSTALLED, "sh", *cmd], timeout=timeout + PROBE_TIMEOUT
+        ["sh", "-c", _IF_INSTALLED, "sh", *cmd], timeout=ctx.time_left(timeout + PROBE_TIMEOUT)
     )
     if res.exit_status == 127:
         raise ProbeError(
@@ -480,8 +487,8 @@ def database(ctx: TaskContext) -> TaskResult:
     p = ctx.params
     try:
         engine = engine_for(ctx.target.obj, ctx.transport)
-        latency = engine.ping()
-        facts = engine.facts()
+        latency = engine.ping(timeout=ctx.time_left(PROBE_TIMEOUT) or PROBE_TIMEOUT)
+        facts = engine.facts(timeout=ctx.time_left(PROBE_TIMEOUT) or PROBE_TIMEOUT)
     except CrmMaintError as exc:
         return TaskResult.failed(exc.message, details=read_only_details(ctx))
 

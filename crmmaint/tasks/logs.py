@@ -97,8 +97,9 @@ _LEADING_TIME = re.compile(
 
 def normalise(line: str) -> str:
     """A message stripped of what varies between occurrences, for grouping: a leading
-    timestamp is dropped and digits become N."""
-    return _LEADING_TIME.sub("", _DIGITS.sub("N", line.strip()))[:200]
+    timestamp is dropped, digits become N, runs of blanks one space."""
+    text = _LEADING_TIME.sub("", _DIGITS.sub("N", line.strip()))
+    return " ".join(text.split())[:200]
 
 
 @dataclass
@@ -133,7 +134,7 @@ def scan_segment(ctx: TaskContext, seg: Segment, counts: ScanCounts, timeout: fl
         ["sh", "-c", _READ_SCRIPT, "sh", str(seg.start + 1), seg.path, str(length)]
     ) as proc:
         proc.close_stdin()
-        proc.set_timeout(timeout)
+        proc.set_timeout(ctx.time_left(timeout) or timeout)
         while chunk := proc.read(1 << 16):
             lines = (pending + chunk).split(b"\n")
             pending = lines.pop()
@@ -144,7 +145,7 @@ def scan_segment(ctx: TaskContext, seg: Segment, counts: ScanCounts, timeout: fl
                 counts.feed(pending[:MAX_LINE])
                 consumed += len(pending)
                 pending = b""
-        res = proc.wait(timeout=PROBE_TIMEOUT)
+        res = proc.wait(timeout=ctx.time_left(PROBE_TIMEOUT))
     if not res.ok:
         raise ProbeError(f"reading {seg.path} failed (exit {res.exit_status}): {res.stderr_tail()}")
     if pending and not seg.whole_lines:  # a rotated file is complete: its last line too
