@@ -227,13 +227,14 @@ def execute(
     verbose: bool = False,
 ) -> None:
     """Plan and run a playbook, journal it, report it; exit with the run's code when not 0."""
-    from datetime import UTC, datetime
+    from datetime import datetime
 
     from crmmaint.playbook import plan
     from crmmaint.playbook.runner import Runner
 
-    planned = plan(book, inv, limit=limit, tags=tags, steps=steps, now=datetime.now(UTC))
-    reporter = JsonReporter() if json else ConsoleReporter(verbose=verbose)
+    # Maintenance windows and calendar conditions are meant in the machine's local time.
+    planned = plan(book, inv, limit=limit, tags=tags, steps=steps, now=datetime.now().astimezone())
+    reporter = JsonReporter() if json else ConsoleReporter(verbose=verbose, check=check)
     with open_journal(c, inv) as journal:
         runner = Runner(
             inv,
@@ -241,6 +242,7 @@ def execute(
             forks=forks or int(_config_get(c, "forks") or 10),
             check=check,
             reporter=reporter,
+            argv=sys.argv,
         )
         summary = runner.run(book, planned)
         if not json:
@@ -260,7 +262,7 @@ def playbook_check(
     c: Any, file: list[str], inventory: str | None = None, json: bool = False, debug: bool = False
 ) -> None:
     """Validate playbooks without running them (against the inventory when one is given)."""
-    from crmmaint.playbook import load_playbook
+    from crmmaint.playbook import check_playbook
 
     if not file:
         raise ConfigError("no playbook given", hint="crmmaint playbook check FILE...")
@@ -269,15 +271,18 @@ def playbook_check(
         inv = open_inventory(c, inventory)
     checked = []
     for path in file:
-        book = load_playbook(path, inv)
-        checked.append(
-            {"playbook": path, "name": book.name, "steps": len(book.steps), "valid": True}
-        )
+        problems = [str(p) for p in check_playbook(path, inv)]
+        checked.append({"playbook": path, "valid": not problems, "problems": problems})
     if json:
         write_json(checked)
     else:
         for row in checked:
-            print(f"{row['playbook']}: valid ({row['steps']} steps)")
+            if row["valid"]:
+                print(f"{row['playbook']}: valid")
+            for problem in row["problems"]:
+                print(f"crmmaint: error: {problem}", file=sys.stderr)
+    if not all(row["valid"] for row in checked):
+        raise Exit(code=ConfigError.exit_code)
 
 
 @command(name="list", help=helps())

@@ -327,6 +327,7 @@ def restore(
     from crmmaint.engines.files import FileSetSource
     from crmmaint.playbook.runner import default_transport_factory
     from crmmaint.tasks.drill import IterReader
+    from crmmaint.transport.ssh import SSHPool
 
     if not to:
         raise ConfigError(
@@ -339,7 +340,8 @@ def restore(
         backup = _find_backup(repo, backup_id)
         kind, _, name = backup.source.partition(":")
         repo.manifest(backup.id, identities)  # fails with WrongKeyError before anything is written
-        transports = default_transport_factory()
+        pool = SSHPool()
+        transports = default_transport_factory(pool)
         try:
             started = time.monotonic()
             if kind == "database":
@@ -372,9 +374,7 @@ def restore(
             else:
                 raise RestoreError(f"backup {backup.id} has unknown source kind {kind!r}")
         finally:
-            close = getattr(transports, "close_all", None)
-            if close:
-                close()
+            pool.close_all()
     print(
         f"restored {backup.id} into {to} on {host.name}: {what} in {time.monotonic() - started:.1f}s"
     )

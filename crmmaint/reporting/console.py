@@ -54,8 +54,11 @@ class ConsoleReporter:
     On a TTY: rich styling; otherwise one plain line per event, easy to grep and to log.
     """
 
-    def __init__(self, stream: TextIO | None = None, *, verbose: bool = False) -> None:
+    def __init__(
+        self, stream: TextIO | None = None, *, verbose: bool = False, check: bool = False
+    ) -> None:
         self.stream = stream or sys.stdout
+        self.check = check
         self.console = make_console(self.stream)
         self.tty = is_tty(self.stream)
         self.verbose = verbose
@@ -68,7 +71,7 @@ class ConsoleReporter:
 
     def on_run_start(self, playbook: Any, planned: Sequence[Any]) -> None:
         name = getattr(playbook, "name", "playbook")
-        mode = " (check mode: nothing will be changed)" if getattr(playbook, "check", False) else ""
+        mode = " (check mode: nothing will be changed)" if self.check else ""
         self._print(f"[bold]run[/bold] {name}: {len(planned)} steps{mode}")
 
     def on_step_start(self, step: Any, targets: Sequence[Any]) -> None:
@@ -95,7 +98,10 @@ class ConsoleReporter:
         self._print(f"  [dim]skipped  {step.name}: {reason}[/dim]")
 
     def on_run_end(self, summary: Any) -> None:
-        print_summary(summary, self.console)
+        if self.tty:
+            print_summary(summary, self.console)
+        else:
+            self._print(_totals(summary))
 
 
 def print_summary(summary: Any, console: Console) -> None:
@@ -116,10 +122,12 @@ def print_summary(summary: Any, console: Console) -> None:
             f"{row.duration:.1f}s",
         )
     console.print(table)
+    console.print(_totals(summary))
+
+
+def _totals(summary: Any) -> str:
     counts = ", ".join(f"{n} {s}" for s, n in summary.counts.items() if n)
-    console.print(
-        f"{counts or 'nothing ran'} in {summary.duration:.1f}s; exit code {summary.exit_code}"
-    )
+    return f"{counts or 'nothing ran'} in {summary.duration:.1f}s; exit code {summary.exit_code}"
 
 
 class JsonReporter:

@@ -132,7 +132,7 @@ def backup_verify(ctx: TaskContext) -> TaskResult:
     metrics = {k: float(v) for k, v in _counts(report).items()}
     if report.ok:
         return TaskResult.ok(f"repository {cfg.name} intact ({_summary(report)})", metrics=metrics)
-    problems = list(report.problems)
+    problems = [str(p) for p in report.problems]
     return TaskResult.failed(
         f"repository {cfg.name}: {len(problems)} problem(s), first: {problems[0]}",
         metrics=metrics,
@@ -161,13 +161,16 @@ def backup_prune(ctx: TaskContext) -> TaskResult:
     policy = RetentionPolicy(**{k: v for k, v in ctx.params.items() if k.startswith("keep_")})
     with open_repository(cfg) as repo:
         report = repo.prune(policy, now=time.time(), dry_run=ctx.check)
-    removed = list(report.removed)
+    removed = list(report.remove)
     verb = "would remove" if ctx.check else "removed"
-    message = f"{verb} {len(removed)} backup(s), kept {len(report.kept)}"
-    metrics = {"removed": float(len(removed)), "kept": float(len(report.kept))}
-    freed = getattr(report, "freed_bytes", None)
-    if freed is not None:
-        metrics["freed_bytes"] = float(freed)
+    message = f"{verb} {len(removed)} backup(s), kept {len(report.keep)}"
+    if not ctx.check:
+        message += f", freed {_mib(report.bytes_freed)}"
+    metrics = {
+        "removed": float(len(removed)),
+        "kept": float(len(report.keep)),
+        "freed_bytes": float(report.bytes_freed),
+    }
     if not removed or ctx.check:
         return TaskResult.ok(message, metrics=metrics, details={"removed": removed})
     return TaskResult.changed(message, metrics=metrics, details={"removed": removed})
