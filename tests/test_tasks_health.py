@@ -23,6 +23,8 @@ from crmmaint.journal import Journal
 from crmmaint.playbook.registry import REGISTRY, TaskContext, load_task_modules
 from crmmaint.results import Status, TaskResult
 from crmmaint.tasks.health import parse_df, parse_loadavg, parse_meminfo, split_host_port
+from crmmaint.transport import SSHTransport
+from crmmaint.transport.base import Transport
 from crmmaint.transport.local import LocalTransport
 
 load_task_modules()
@@ -37,8 +39,10 @@ def make_ctx(
     name: str = "local",
     journal: Journal | None = None,
     check: bool = False,
+    transport: Transport | None = None,
 ) -> TaskContext:
-    """A context as the runner builds it: validated params, a LocalTransport per host."""
+    """A context as the runner builds it: validated params, a LocalTransport per host (or the
+    given transport, for SSH)."""
     if inventory is None:
         inventory = Inventory(path="/nonexistent/inventory.yml")
         inventory.hosts["local"] = Host(name="local", connection="local")
@@ -51,7 +55,7 @@ def make_ctx(
         journal=journal,
         run_id=None,
         step="test",
-        transport_for=lambda host: LocalTransport(host.name),
+        transport_for=lambda host: transport or LocalTransport(host.name),
     )
 
 
@@ -349,3 +353,30 @@ def test_database_unreachable_fails_with_engine_error(db: Database, closed_port:
     )
     assert result.status is Status.FAILED
     assert f"{db.engine} database" in result.message
+
+
+# --- over SSH (real sshd on 127.0.0.x) -------------------------------------------------------
+
+
+@pytest.fixture
+def ssh_inventory(sshd_hosts: list[Any]) -> Iterator[tuple[Inventory, Transport]]:
+    host = sshd_hosts[0]
+    inv = Inventory(path="/nonexistent/inventory.yml")
+    inv.hosts["app1"] = Host(name="app1", address=host.address, port=host.port, connection="ssh")
+    transport = SSHTransport("app1", host.address, **host.ssh_options())
+    try:
+        yield inv, transport
+    finally:
+        transport.close()
+
+
+def test_host_and_service_checks_over_ssh(
+    ssh_inventory: tuple[Inventory, Transport], listening_port: int, closed_port: int
+) -> None:
+    inv, transport = ssh_inventory
+    kw: dict[str, Any] = {"inventory": inv, "name": "app1", "transport": transport}
+    assert run_task("health.host", RELAXED, **kw).status is Status.OK
+    up = run_task("health.service", {"tcp": [f"127.0.0.1:{listening_port}"]}, **kw)
+    assert up.status is Status.OK, up.message
+    down = run_task("health.service", {"process": ["crmtest-absent"]}, **kw)
+    assert down.status is Status.FAILED and "crmtest-absent" in down.message

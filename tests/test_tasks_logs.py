@@ -185,3 +185,19 @@ def test_normalise_groups_messages(line: str) -> None:
 def test_normalise_keeps_messages_without_timestamp() -> None:
     assert normalise("Traceback (most recent call last):") == "Traceback (most recent call last):"
     assert normalise("disk 42 at 2024-05-01") == "disk N at N-N-N"
+
+
+def test_scan_over_ssh(sshd_hosts: list[Any], journal: Journal, log_file: Path) -> None:
+    """The sshd test hosts share this machine's files: same log, read through SSH."""
+    from crmmaint.transport import SSHTransport
+
+    host = sshd_hosts[0]
+    inv = Inventory(path="/nonexistent/inventory.yml")
+    inv.hosts["app1"] = Host(name="app1", address=host.address, port=host.port, connection="ssh")
+    with SSHTransport("app1", host.address, **host.ssh_options()) as transport:
+        kw: dict[str, Any] = {"inventory": inv, "name": "app1", "transport": transport}
+        first = scan(journal, {"paths": [str(log_file.parent / "*.log")]}, **kw)
+        assert first.metrics["matches"] == 1, first.message
+        append(log_file, "FATAL over ssh\n")
+        second = scan(journal, {"paths": [str(log_file.parent / "*.log")]}, **kw)
+        assert second.metrics == {"matches": 1, "lines": 1, "bytes": 15, "files": 1}
