@@ -166,12 +166,19 @@ def backup(
                 "task": "backup.database",
                 "database": sel,
                 "with": params,
+                "on_failure": "continue",
             }
         )
     if (fileset or not database) and inv.filesets:
         sel = fileset.split(",") if fileset else ["all"]
         steps.append(
-            {"name": "backup files", "task": "backup.files", "fileset": sel, "with": params}
+            {
+                "name": "backup files",
+                "task": "backup.files",
+                "fileset": sel,
+                "with": params,
+                "on_failure": "continue",
+            }
         )
     if not steps:
         raise ConfigError("nothing to back up", hint="the inventory has no databases or file sets")
@@ -201,7 +208,7 @@ def verify(
     repo = inv.repository(repository).name
     params: dict[str, Any] = {"read_data": read_data, "decrypt": decrypt}
     if read_data_subset:
-        params["subset"] = read_data_subset
+        params["read_data_subset"] = read_data_subset
     _adhoc(
         c,
         inv,
@@ -285,7 +292,7 @@ def backups_list(
             "time": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(b.time)),
             "size": _mib(b.size),
             "new": _mib(b.stored_bytes),
-            "dedup": f"{b.dedup_ratio:.1f}x",
+            "dedup": f"{b.dedup_ratio:.0%}",
             "duration": f"{b.duration:.1f}s",
             "drilled": "yes" if b.drilled else "",
         }
@@ -370,7 +377,7 @@ def restore(
                 facts = source.restore(
                     IterReader(repo.read_stream(backup.id, "tar", identities)), to, force=force
                 )
-                what = f"{len(facts.get('files', {}))} files"
+                what = f"{facts.get('files', 0)} files"
             else:
                 raise RestoreError(f"backup {backup.id} has unknown source kind {kind!r}")
         finally:

@@ -15,9 +15,13 @@ import sqlite3
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from crmmaint.errors import ConfigError
+
+if TYPE_CHECKING:
+    from crmmaint.inventory import Inventory
+
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -471,8 +475,6 @@ def run_demo(
     demo_dir: str | Path, rows: int = DEMO_ROWS, playbooks: list[str] | None = None
 ) -> int:
     """Prepare the demo estate and run playbooks on it; returns the worst run's exit code."""
-    from datetime import UTC, datetime
-
     from crmmaint.inventory import load_inventory
     from crmmaint.journal import Journal
     from crmmaint.playbook import load_playbook, plan
@@ -480,6 +482,7 @@ def run_demo(
     from crmmaint.reporting.console import ConsoleReporter
 
     inventory = load_inventory(prepare_demo(demo_dir, rows=rows))
+    _ensure_repository(inventory)
     journal_path = Path(inventory.path).parent / str(
         inventory.settings.get("journal", "journal.sqlite")
     )
@@ -487,10 +490,27 @@ def run_demo(
     with Journal(journal_path) as journal:
         for name in playbooks or ["daily"]:
             book = load_playbook(name, inventory)
-            planned = plan(book, inventory, now=datetime.now(UTC))
+            planned = plan(book, inventory, now=datetime.now().astimezone())
             runner = Runner(inventory, journal, reporter=ConsoleReporter(), argv=["demo", name])
             code = max(code, runner.run(book, planned).exit_code)
+    print(
+        f"journal: {journal_path}; see `crmmaint history -i {inventory.path}`"
+        f" and `crmmaint backups list -i {inventory.path}`"
+    )
     return code
+
+
+def _ensure_repository(inventory: Inventory) -> None:
+    """Create the demo's local repository and its write key on first use."""
+    from crmmaint.access import init_repository, open_repository
+    from crmmaint.errors import CrmMaintError
+
+    cfg = inventory.default_repository()
+    try:
+        with open_repository(cfg):
+            return
+    except CrmMaintError:
+        print(init_repository(cfg))
 
 
 LOG_EVENTS = (

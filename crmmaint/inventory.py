@@ -375,6 +375,10 @@ def _database(name: str, spec: dict, base: Path, inv: Inventory) -> Database:
             f"{what}: 'path' is only for sqlite; use 'name'", line_of(spec, "path"), "path"
         )
     port = get_field(spec, "port", int)
+    main = get_field(spec, "main", bool, default=False)
+    groups = get_str_list(spec, "groups")
+    if main and "main" not in groups:
+        groups.append("main")  # playbooks name the main database as `database: main`
     return Database(
         name=name,
         engine=engine,
@@ -385,8 +389,8 @@ def _database(name: str, spec: dict, base: Path, inv: Inventory) -> Database:
         user=get_field(spec, "user", str),
         password=_secret(spec, "password", what),
         path=path,
-        main=get_field(spec, "main", bool, default=False),
-        groups=get_str_list(spec, "groups"),
+        main=main,
+        groups=groups,
         vars=dict(get_field(spec, "vars", dict, default={})),
     )
 

@@ -100,7 +100,7 @@ def backup_files(ctx: TaskContext) -> TaskResult:
             info = session.add_stream("tar", dump)
             facts = dump.finish()
             session.set_facts(facts)
-            session.meta.update({"files": len(facts.get("files", {}))})
+            session.meta.update({"files": int(facts.get("files", 0))})
             backup = session.commit()
         previous = _previous(repo, backup)
     return _backup_result(
@@ -113,7 +113,9 @@ def backup_files(ctx: TaskContext) -> TaskResult:
     targets="repository",
     params={
         "read_data": Param(bool, default=False, help="download every object and check its hash"),
-        "subset": Param("percent", help="check only this share of the data, rotating across runs"),
+        "read_data_subset": Param(
+            "percent", help="check only this share of the data, rotating across runs"
+        ),
         "decrypt": Param(bool, default=False, help="also decrypt every chunk (needs the identity)"),
     },
 )
@@ -125,8 +127,8 @@ def backup_verify(ctx: TaskContext) -> TaskResult:
     identities = identities_for(cfg) if ctx.params["decrypt"] else None
     with open_repository(cfg) as repo:
         report = repo.verify(
-            read_data=ctx.params["read_data"] or ctx.params["subset"] is not None,
-            subset_percent=ctx.params["subset"],
+            read_data=ctx.params["read_data"] or ctx.params["read_data_subset"] is not None,
+            subset_percent=ctx.params["read_data_subset"],
             identities=identities,
         )
     metrics = {k: float(v) for k, v in _counts(report).items()}
@@ -208,7 +210,7 @@ def _backup_result(
     details = {"backup": backup.id, "source": backup.source, "sha256": info.sha256}
     message = (
         f"backup {backup.id}: {_mib(backup.size)}, {_mib(backup.stored_bytes)} new "
-        f"(dedup {backup.dedup_ratio:.1f}x) in {seconds:.1f}s"
+        f"({backup.dedup_ratio:.0%} already stored) in {seconds:.1f}s"
     )
     if previous is not None and previous.size > 0 and backup.size < previous.size * min_ratio:
         return TaskResult.warning(
