@@ -56,8 +56,10 @@ class DirBackend(Backend):
         return data[offset:] if size is None else data[offset : offset + size]
 
     def info(self, name: str) -> ObjectInfo | None:
-        path = self.root / name
-        return ObjectInfo(name, path.stat().st_size) if path.is_file() else None
+        try:
+            return ObjectInfo(name, (self.root / name).stat().st_size)
+        except FileNotFoundError:
+            return None
 
     def delete(self, name: str) -> None:
         try:
@@ -69,7 +71,9 @@ class DirBackend(Backend):
         for path in sorted(self.root.rglob("*")):
             name = path.relative_to(self.root).as_posix()
             if path.is_file() and not path.name.startswith(".") and name.startswith(prefix):
-                yield ObjectInfo(name, path.stat().st_size)
+                info = self.info(name)
+                if info is not None:  # not deleted while listing
+                    yield info
 
     def move(self, src: str, dst: str) -> None:
         os.replace(self.root / src, self.root / dst)
@@ -226,26 +230,30 @@ def test_younger_pending_racer_loses(backend):
 
 
 def test_exclusive_locks_exclude_each_other_under_contention(backend):
-    inside, seen, done = [0], set(), []
+    inside, seen, done, errors = [0], set(), [], []
     guard = threading.Lock()
 
     def worker(exclusive: bool) -> None:
-        for _ in range(5):
-            with lock(backend, exclusive, timeout=10.0, heartbeat=1.0):
-                with guard:
-                    inside[0] += 1 if exclusive else 100
-                    seen.add(inside[0])
-                time.sleep(0.005)
-                with guard:
-                    inside[0] -= 1 if exclusive else 100
-        done.append(exclusive)
+        try:
+            for _ in range(4):
+                # Generous timeout: this test is about exclusion, not about waiting times.
+                with lock(backend, exclusive, timeout=60.0, heartbeat=5.0):
+                    with guard:
+                        inside[0] += 1 if exclusive else 100
+                        seen.add(inside[0])
+                    time.sleep(0.005)
+                    with guard:
+                        inside[0] -= 1 if exclusive else 100
+            done.append(exclusive)
+        except Exception as exc:  # reported to the test thread
+            errors.append(exc)
 
     threads = [threading.Thread(target=worker, args=(i % 3 != 0,)) for i in range(6)]
     for t in threads:
         t.start()
     for t in threads:
-        t.join(15)
-    assert len(done) == 6
+        t.join(90)
+    assert not errors and len(done) == 6
     # Never two exclusives at once, never an exclusive beside a shared one.
     assert 1 in seen and 100 in seen
     assert all(n == 1 or n % 100 == 0 for n in seen), seen
@@ -334,13 +342,26 @@ def test_lock_of_a_killed_process_is_taken_over(backend, caplog):
 # --- heartbeat, lost locks, unlock -----------------------------------------------------------
 
 
+def eventually(predicate, within: float = 5.0) -> bool:
+    """Poll ``predicate`` until true or ``within`` seconds pass (loaded CI machines are slow)."""
+    deadline = time.monotonic() + within
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
 def test_heartbeat_refreshes_the_lock_object(backend):
     with lock(backend, True, heartbeat=0.1) as held:
-        first = json.loads(backend.load(held.name))["heartbeat"]
-        time.sleep(0.35)
+        first = json.loads(backend.load(held.name))
+        assert eventually(
+            lambda: json.loads(backend.load(held.name))["heartbeat"] > first["heartbeat"] + 0.15
+        )
         second = json.loads(backend.load(held.name))
-        assert second["heartbeat"] > first + 0.15
-        assert second["state"] == "held" and second["id"] == held.id
+        assert {k: v for k, v in second.items() if k != "heartbeat"} == {
+            k: v for k, v in first.items() if k != "heartbeat"
+        }
     time.sleep(0.15)
     assert lock_names(backend) == []  # the stopped heartbeat did not write it back
 
@@ -350,8 +371,7 @@ def test_lost_lock_is_noticed(backend, caplog):
         held.check()
         [removed] = break_locks(backend)
         assert removed["id"] == held.id and removed["exclusive"] is True
-        time.sleep(0.2)
-        assert not held.held
+        assert eventually(lambda: not held.held)
         with pytest.raises(LockError, match="was removed while held"):
             held.check()
         assert lock_names(backend) == []  # the heartbeat did not resurrect it

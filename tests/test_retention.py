@@ -311,7 +311,7 @@ def newest(backups, pick=lambda b: True) -> dict[str, str]:
     return {s: b.id for s, b in best.items()}
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(histories, policies)
 def test_partition_and_always_kept(backups, policy):
     decision = plan_prune(backups, policy, NOW)
@@ -325,7 +325,7 @@ def test_partition_and_always_kept(backups, policy):
     assert {b.id for b in backups if b.time > NOW} <= keep
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(histories, policies, policies)
 def test_monotonic(backups, a, b):
     # The field-wise maximum of two policies is larger than each: it keeps all either keeps.
@@ -338,7 +338,7 @@ def test_monotonic(backups, a, b):
     assert set(plan_prune(backups, b, NOW).keep) <= big
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(histories, policies)
 def test_idempotent(backups, policy):
     first = plan_prune(backups, policy, NOW)
@@ -356,6 +356,7 @@ def test_input_order_does_not_matter(backups, policy, rnd):
     assert plan_prune(shuffled, policy, NOW) == plan_prune(backups, policy, NOW)
 
 
+@settings(max_examples=50, deadline=None)
 @given(histories)
 def test_empty_policy_is_always_refused(backups):
     with pytest.raises(ConfigError):
