@@ -23,9 +23,16 @@ import pytest
 
 from crmmaint.errors import LockError, ObjectNotFound
 from crmmaint.repository.backends.base import Backend, ObjectInfo
-from crmmaint.repository.lock import LOCKS_PREFIX, RepositoryLock, break_locks, read_locks
+from crmmaint.repository.lock import (
+    LOCKS_PREFIX,
+    RepositoryLock,
+    _pid_namespace,
+    break_locks,
+    read_locks,
+)
 
 HOST = socket.gethostname()
+PIDNS = _pid_namespace()
 
 
 class DirBackend(Backend):
@@ -106,6 +113,7 @@ def foreign_lock(backend, **fields) -> str:
         "acquired": now,
         "heartbeat": now,
         "heartbeat_interval": 0.5,
+        "pid_namespace": PIDNS,
         **fields,
     }
     name = LOCKS_PREFIX + record["id"]
@@ -156,6 +164,7 @@ def test_lock_object_content_and_release(backend):
         assert record["state"] == "held" and record["owner"] == "prune crm"
         assert (record["host"], record["pid"]) == (HOST, os.getpid())
         assert record["user"] and record["created"] <= record["acquired"] <= record["heartbeat"]
+        assert record["pid_namespace"] == PIDNS
     assert not held.held
     assert lock_names(backend) == []
     held.release()  # idempotent
@@ -294,6 +303,13 @@ def test_dead_pid_on_this_host_is_taken_over_at_once(backend, caplog):
     with lock(backend, False, timeout=0.0) as held:
         assert held.held
     assert "no longer runs on" in caplog.text
+
+
+def test_same_hostname_in_another_pid_namespace_is_judged_by_heartbeat_only(backend):
+    # A container sharing the host's name cannot see our pids, nor we its.
+    foreign_lock(backend, host=HOST, pid=dead_pid(), pid_namespace="pid:[1]")
+    with pytest.raises(LockError, match="pid "):
+        lock(backend, True).acquire()
 
 
 def test_unreadable_lock_object_blocks_until_unlock(backend):

@@ -58,6 +58,7 @@ class LockInfo:
     acquired: float | None
     heartbeat: float
     heartbeat_interval: float
+    pid_namespace: str
     raw: dict[str, Any] | None
 
     @property
@@ -110,6 +111,7 @@ class RepositoryLock:
         self.stale_after = stale_after
         self.host = socket.gethostname()
         self.pid = os.getpid()
+        self.pid_namespace = _pid_namespace()
         self.user = _current_user()
         self.id = ""
         self._record: dict[str, Any] = {}
@@ -155,6 +157,7 @@ class RepositoryLock:
             "acquired": None,
             "heartbeat": now,
             "heartbeat_interval": self.heartbeat,
+            "pid_namespace": self.pid_namespace,
         }
         self._lost = False
         deadline = time.monotonic() + self.timeout
@@ -212,7 +215,8 @@ class RepositoryLock:
         now = time.time()
         if other.raw is None:
             return False  # unreadable: only `crmmaint repo unlock` may remove it
-        if other.host == self.host and not _pid_alive(other.pid):
+        same_pids = other.host == self.host and other.pid_namespace == self.pid_namespace
+        if same_pids and not _pid_alive(other.pid):
             why = f"process {other.pid} no longer runs on {self.host}"
         else:
             limit = self.stale_after or STALE_HEARTBEATS * max(
@@ -355,11 +359,14 @@ def _parse(name: str, data: bytes) -> LockInfo:
             acquired=raw.get("acquired"),
             heartbeat=float(raw["heartbeat"]),
             heartbeat_interval=float(raw.get("heartbeat_interval", 0)),
+            pid_namespace=str(raw.get("pid_namespace", "")),
             raw=raw,
         )
     except (ValueError, KeyError, TypeError):
         # Unparsable: treat as an exclusive lock held by an unknown process.
-        return LockInfo(name, lock_id, True, "held", "?", 0, None, "?", 0.0, None, 0.0, 0.0, None)
+        return LockInfo(
+            name, lock_id, True, "held", "?", 0, None, "?", 0.0, None, 0.0, 0.0, "?", None
+        )
 
 
 def _pid_alive(pid: int) -> bool:
@@ -372,6 +379,15 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True  # exists, owned by someone else
     return True
+
+
+def _pid_namespace() -> str:
+    """Which pid namespace we run in: containers sharing a hostname must not judge each
+    other's pids. Empty where /proc does not tell (then the hostname alone decides)."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
 
 
 def _current_user() -> str:
