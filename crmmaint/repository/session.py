@@ -10,6 +10,8 @@ one uploading) are in memory. ``commit`` writes keys, index segment, then the ma
 from __future__ import annotations
 
 import collections
+import ctypes
+import ctypes.util
 import hashlib
 import json
 import logging
@@ -47,6 +49,21 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 INFLIGHT_PER_WORKER = 3
+_M_MMAP_THRESHOLD = -3
+
+
+def _fix_mmap_threshold() -> None:
+    """Keep glibc from serving our many 0.1-4 MiB buffers from fragmenting heap arenas.
+
+    glibc raises its mmap threshold after each large free, so chunk and pack buffers end up in
+    per-thread arenas that fragment: RSS then grows with the stream (measured 121 -> 166 MB
+    from 50 to 300 MiB). A fixed 128 KiB threshold keeps peak RSS flat (~110 MB).
+    """
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(_M_MMAP_THRESHOLD, 128 << 10)
+    except (OSError, AttributeError):  # not glibc: nothing to tune
+        pass
 
 
 @dataclass(frozen=True)
@@ -145,6 +162,7 @@ class WriteSession:
     # --- lifecycle ----------------------------------------------------------------------------
 
     def __enter__(self) -> WriteSession:
+        _fix_mmap_threshold()
         self._lock_cm = self.repo.lock(exclusive=False, purpose=f"backup {self.source}")
         self._lock_cm.__enter__()
         try:

@@ -72,6 +72,7 @@ class VerifyReport:
     chunks_checked: int = 0
     orphan_packs: int = 0
     subset: tuple[int, int] | None = None  # packs read this run, packs in repository
+    packs_checked: list[str] = field(default_factory=list)  # names of the packs read
 
     @property
     def ok(self) -> bool:
@@ -239,6 +240,7 @@ def _read_packs(
         while window:
             done = _collect(window.popleft(), report, done, len(chosen), progress)
     report.packs_read = len(chosen)
+    report.packs_checked = [pack_name(p) for p in chosen]
     report.bytes_read = sum(stored[p] for p in chosen)
 
 

@@ -1,0 +1,378 @@
+"""Repository format core on a real LocalBackend: round trips, dedup, key model, listing,
+prune, rotating verify, bounded memory. Damage and crash tests: test_repository_damage.py."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+
+import pytest
+from fastcdc.fastcdc_cy import fastcdc_cy
+
+from crmmaint.crypto import (
+    PassphraseIdentity,
+    X25519Identity,
+    X25519Recipient,
+    new_write_key,
+)
+from crmmaint.errors import CryptoError, RepositoryError, WrongKeyError
+from crmmaint.repository import ChunkerParams, Repository
+from crmmaint.repository.backends.local import LocalBackend
+from crmmaint.repository.chunker import iter_chunks
+from crmmaint.repository.format import IndexEntry, decode_index, encode_index
+from crmmaint.repository.retention import RetentionPolicy
+
+SMALL_CHUNKS = ChunkerParams(16 << 10, 64 << 10, 256 << 10)
+_ALPHABET = bytes.maketrans(bytes(range(256)), (b"0123456789\tabcdefghij,klmnop\n" * 9)[:256])
+
+
+def dump_like(size: int, seed: int = 0) -> bytes:
+    """Compressible, non-repeating text quickly (random bytes mapped onto a small alphabet)."""
+    return random.Random(seed).randbytes(size).translate(_ALPHABET)
+
+
+class Pipe(io.RawIOBase):
+    """A reader that returns short, irregular reads like a pipe from pg_dump."""
+
+    def __init__(self, data: bytes, seed: int = 1) -> None:
+        self._data, self._pos, self._rnd = memoryview(data), 0, random.Random(seed)
+
+    def read(self, n: int = -1) -> bytes:
+        take = min(n if n >= 0 else len(self._data), self._rnd.randint(1, 300_000))
+        out = bytes(self._data[self._pos : self._pos + take])
+        self._pos += len(out)
+        return out
+
+
+@pytest.fixture
+def write_key() -> bytes:
+    return new_write_key()
+
+
+@pytest.fixture
+def identity() -> X25519Identity:
+    return X25519Identity.generate()
+
+
+@pytest.fixture
+def repo(tmp_path, write_key) -> Repository:
+    return Repository.init(
+        LocalBackend(tmp_path / "repo"), write_key, chunker=SMALL_CHUNKS, pack_size=1 << 20
+    )
+
+
+def backup(repo, identity, streams: dict[str, bytes], *, source="crm", facts=None, meta=None):
+    with repo.session(
+        source=source, kind="postgresql", host="db1", recipients=[identity.recipient()], meta=meta
+    ) as session:
+        infos = [session.add_stream(name, io.BytesIO(data)) for name, data in streams.items()]
+        session.set_facts(facts or {"tables": {"customers": 3}})
+        return session.commit(), infos
+
+
+def restore(repo, backup_id, name, identities) -> bytes:
+    return b"".join(repo.read_stream(backup_id, name, identities))
+
+
+# --- pure format ------------------------------------------------------------------------------
+
+
+def test_chunk_boundaries_do_not_depend_on_read_sizes():
+    data = dump_like(3 << 20)
+    expected = [
+        data[c.offset : c.offset + c.length]
+        for c in fastcdc_cy(
+            data, SMALL_CHUNKS.min_size, SMALL_CHUNKS.avg_size, SMALL_CHUNKS.max_size
+        )
+    ]
+    assert list(iter_chunks(Pipe(data), SMALL_CHUNKS)) == expected
+    assert list(iter_chunks(io.BytesIO(data), SMALL_CHUNKS)) == expected
+    assert list(iter_chunks(io.BytesIO(b""), SMALL_CHUNKS)) == []
+
+
+def test_index_segment_round_trip():
+    entries = {
+        os.urandom(32): IndexEntry(os.urandom(32), off, 100 + off, 400, os.urandom(16))
+        for off in range(0, 5000, 500)
+    }
+    packs = {e.pack_id: 10_000 for e in entries.values()}
+    assert decode_index(encode_index(entries, packs), "index/x") == (entries, packs)
+
+
+def test_invalid_chunker_params_refused():
+    with pytest.raises(RepositoryError):
+        ChunkerParams(1 << 20, 1 << 10, 4 << 20)
+
+
+# --- init / open ------------------------------------------------------------------------------
+
+
+def test_config_is_plain_json_without_secrets(repo, tmp_path, write_key):
+    config = json.loads((tmp_path / "repo" / "config").read_text())
+    assert config["format"] == "crmmaint-repository" and config["version"] == 1
+    assert config["chunker"] == {"algorithm": "fastcdc", **SMALL_CHUNKS.to_json()}
+    assert config["compression"] == {"algorithm": "zstd", "level": 3}
+    assert config["aead"] == "aes-256-gcm"
+    assert write_key.hex() not in json.dumps(config)
+
+
+def test_init_refuses_existing_repository(repo, tmp_path, write_key):
+    with pytest.raises(RepositoryError, match="already exists"):
+        Repository.init(LocalBackend(tmp_path / "repo"), write_key)
+
+
+def test_open_without_config_hints_repo_init(tmp_path, write_key):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(RepositoryError) as err:
+        Repository.open(LocalBackend(tmp_path / "empty"), write_key)
+    assert "crmmaint repo init" in str(err.value)
+
+
+def test_wrong_write_key_is_a_clear_crypto_error(repo, tmp_path):
+    with pytest.raises(CryptoError, match="write key does not match repository URL"):
+        Repository.open(LocalBackend(tmp_path / "repo"), new_write_key())
+
+
+# --- round trips ------------------------------------------------------------------------------
+
+
+def test_round_trip_several_streams_and_facts(repo, tmp_path, write_key, identity):
+    streams = {
+        "schema.sql": b"CREATE TABLE t (id int);\n",
+        "empty": b"",
+        "data": dump_like(3 << 20),
+    }
+    facts = {"tables": {"t": {"rows": 3}}, "schema_fingerprint": "abc"}
+    info, infos = backup(repo, identity, streams, facts=facts, meta={"pg_version": "16"})
+    assert info.streams == list(streams) and info.size == sum(map(len, streams.values()))
+    assert info.meta == {"pg_version": "16"} and not info.drilled
+    for si, (name, data) in zip(infos, streams.items(), strict=True):
+        assert (si.name, si.size, si.sha256) == (name, len(data), hashlib.sha256(data).hexdigest())
+    assert infos[1].chunks == 0 and infos[2].new_chunks == infos[2].chunks > 10
+
+    reopened = Repository.open(LocalBackend(tmp_path / "repo"), write_key)
+    manifest = reopened.manifest(info.id, [identity])
+    assert manifest.facts == facts
+    assert [s.sha256 for s in manifest.streams] == [s.sha256 for s in infos]
+    for name, data in streams.items():
+        assert restore(reopened, info.id, name, [identity]) == data
+    assert reopened.verify(read_data=True, identities=[identity]).ok
+
+
+def test_round_trip_50mb_default_chunker_from_a_pipe(tmp_path, write_key, identity):
+    repo = Repository.init(LocalBackend(tmp_path / "big"), write_key)
+    data = dump_like(50 << 20, seed=7)
+    seen: list[int] = []
+    with repo.session(
+        source="crm", kind="postgresql", host="db1", recipients=[identity.recipient()]
+    ) as session:
+        si = session.add_stream("dump", Pipe(data), progress=seen.append)
+        info = session.commit()
+    assert si.size == len(data) and seen[-1] == len(data) and seen == sorted(seen)
+    assert 25 <= si.chunks <= 100  # ~1 MiB average
+    assert si.stored_bytes < len(data)  # compressed
+    sha = hashlib.sha256()
+    for piece in repo.read_stream(info.id, "dump", [identity]):
+        sha.update(piece)
+    assert sha.hexdigest() == hashlib.sha256(data).hexdigest()
+
+
+def test_passphrase_identity_round_trip(repo):
+    ident = PassphraseIdentity(b"correct horse")
+    info, _ = backup(repo, ident, {"a": b"hello" * 1000})
+    assert restore(repo, info.id, "a", [ident]) == b"hello" * 1000
+    with pytest.raises(WrongKeyError):
+        repo.manifest(info.id, [PassphraseIdentity(b"wrong horse")])
+
+
+def test_session_without_commit_records_nothing(repo, identity):
+    with repo.session(source="crm", kind="pg", host="h", recipients=[identity.recipient()]) as s:
+        s.add_stream("a", io.BytesIO(dump_like(2 << 20)))
+    assert repo.backups() == []
+    report = repo.verify()
+    assert report.ok and report.orphan_packs == 0  # a clean abort removes its packs
+
+
+# --- dedup ------------------------------------------------------------------------------------
+
+
+def test_second_identical_backup_stores_nothing_new(repo, identity):
+    data = dump_like(4 << 20)
+    first, _ = backup(repo, identity, {"dump": data})
+    second, (si,) = backup(repo, identity, {"dump": data})
+    assert first.stored_bytes > 0 and second.stored_bytes == 0 and si.new_chunks == 0
+    assert second.dedup_ratio == 1.0 and first.dedup_ratio == 0.0
+    assert set(first.key_ids) <= set(second.key_ids)  # reused chunks stay under the old key
+    assert restore(repo, second.id, "dump", [identity]) == data
+
+
+def test_dedup_across_sources(repo, identity):
+    data = dump_like(2 << 20)
+    backup(repo, identity, {"dump": data}, source="crm-prod")
+    other, _ = backup(repo, identity, {"copy": data}, source="crm-staging")
+    assert other.stored_bytes == 0
+    assert [b.source for b in repo.backups("crm-staging")] == ["crm-staging"]
+
+
+def test_clustered_one_percent_change_stores_little(repo, identity):
+    data = dump_like(8 << 20)
+    first, _ = backup(repo, identity, {"dump": data})
+    at = len(data) // 2
+    changed = data[:at] + dump_like(len(data) // 100, seed=99) + data[at + len(data) // 100 :]
+    second, _ = backup(repo, identity, {"dump": changed})
+    assert second.stored_bytes < 0.06 * first.stored_bytes
+    assert restore(repo, second.id, "dump", [identity]) == changed
+
+
+# --- key model --------------------------------------------------------------------------------
+
+
+def test_wrong_identity_fails_before_any_data(repo, identity):
+    info, _ = backup(repo, identity, {"dump": dump_like(1 << 20)})
+    stranger = X25519Identity.generate()
+    with pytest.raises(WrongKeyError):
+        repo.manifest(info.id, [stranger])
+    with pytest.raises(WrongKeyError):
+        repo.read_stream(info.id, "dump", [stranger])  # raised by the call, not on iteration
+    with pytest.raises(WrongKeyError):
+        repo.read_stream(info.id, "dump", [])
+
+
+def test_write_key_holder_backs_up_lists_prunes_but_cannot_restore(tmp_path, write_key):
+    """A backup host: write key + recipient public key string, no identity."""
+    owner = X25519Identity.generate()
+    public = X25519Recipient.from_string(owner.recipient().to_string())
+    Repository.init(LocalBackend(tmp_path / "r"), write_key, chunker=SMALL_CHUNKS)
+    host = Repository.open(LocalBackend(tmp_path / "r"), write_key)
+    ids = []
+    for i in range(3):
+        with host.session(source="crm", kind="pg", host="h", recipients=[public]) as s:
+            s.add_stream("dump", io.BytesIO(dump_like(1 << 20, seed=i)))
+            s.set_facts({"rows": i})
+            ids.append(s.commit().id)
+    assert [b.id for b in host.backups()] == ids
+    report = host.prune(RetentionPolicy(keep_last=1), now=time.time(), dry_run=False)
+    assert sorted(report.remove) == ids[:2] and [b.id for b in host.backups()] == ids[2:]
+    assert host.verify(read_data=True).ok
+    for attempt in ([], [X25519Identity.generate()], [PassphraseIdentity(b"guess")]):
+        with pytest.raises(WrongKeyError):
+            host.read_stream(ids[2], "dump", attempt)
+        with pytest.raises(WrongKeyError):
+            host.manifest(ids[2], attempt)
+    assert restore(host, ids[2], "dump", [owner]) == dump_like(1 << 20, seed=2)
+
+
+def test_stored_objects_reveal_no_plaintext(repo, tmp_path, identity):
+    secret = b"customer-email-alice@example.com;" * 2000
+    backup(repo, identity, {"dump": secret}, facts={"marker": "SECRET-FACT"})
+    for path in (tmp_path / "repo").rglob("*"):
+        if path.is_file():
+            blob = path.read_bytes()
+            assert b"alice@example.com" not in blob and b"SECRET-FACT" not in blob
+
+
+# --- drills, prune, verify --------------------------------------------------------------------
+
+
+def test_mark_drilled_and_prune_keeps_newest_and_drilled(repo, identity):
+    ids = [backup(repo, identity, {"dump": dump_like(1 << 20, seed=i)})[0].id for i in range(4)]
+    other = backup(repo, identity, {"dump": dump_like(1 << 20, seed=9)}, source="erp")[0].id
+    repo.mark_drilled(ids[1], {"ok": True, "tables": 3})
+    assert [b.drilled for b in repo.backups("crm")] == [False, True, False, False]
+    dry = repo.prune(RetentionPolicy(keep_last=1), now=time.time(), dry_run=True)
+    assert sorted(dry.remove) == sorted([ids[0], ids[2]])
+    assert len(repo.backups()) == 5  # dry run changed nothing
+    report = repo.prune(RetentionPolicy(keep_last=1), now=time.time(), dry_run=False)
+    assert sorted(report.remove) == sorted([ids[0], ids[2]])
+    assert [b.id for b in repo.backups()] == [ids[1], ids[3], other]
+    assert report.packs_deleted > 0 and report.keys_deleted == 2
+    assert repo.verify(read_data=True, identities=[identity]).ok
+    for backup_id, seed in ((ids[1], 1), (ids[3], 3), (other, 9)):
+        assert restore(repo, backup_id, "dump", [identity]) == dump_like(1 << 20, seed=seed)
+    assert repo.drill_result(ids[1])["result"] == {"ok": True, "tables": 3}
+
+
+def test_prune_repacks_sparse_packs_and_keeps_shared_chunks(repo, identity):
+    base = dump_like(3 << 19)  # one pack
+    first, _ = backup(repo, identity, {"dump": base})
+    changed = base[: 400 << 10] + dump_like(3 << 19, seed=5)  # keeps ~25% of that pack
+    second, _ = backup(repo, identity, {"dump": changed})
+    report = repo.prune(RetentionPolicy(keep_last=1), now=time.time(), dry_run=False)
+    assert report.remove == [first.id]
+    assert report.packs_repacked >= 1 and report.packs_written >= 1
+    assert repo.verify(read_data=True, identities=[identity]).ok
+    assert restore(repo, second.id, "dump", [identity]) == changed
+    again, _ = backup(repo, identity, {"dump": changed})
+    assert again.stored_bytes == 0  # dedup still sees every live chunk after repacking
+
+
+def test_verify_metadata_names_missing_objects(repo, tmp_path, identity):
+    info, _ = backup(repo, identity, {"dump": dump_like(2 << 20)})
+    root = tmp_path / "repo"
+    pack = sorted((root / "data").rglob("*"))[-1]
+    pack.unlink()
+    (root / "keys" / info.key_ids[0]).unlink()
+    problems = {p.object for p in repo.verify().problems}
+    assert f"data/{pack.parent.name}/{pack.name}" in problems
+    assert f"keys/{info.key_ids[0]}" in problems
+
+
+def test_subset_verify_rotates_over_every_pack(repo, identity):
+    backup(repo, identity, {"dump": dump_like(10 << 20)})
+    packs = {
+        f"data/{p.parent.name}/{p.name}"
+        for p in (repo.backend.root / "data").rglob("*")
+        if p.is_file()
+    }
+    assert len(packs) >= 5
+    seen: list[str] = []
+    runs = 0
+    while set(seen) != packs:
+        report = repo.verify(read_data=True, subset_percent=25)
+        assert report.ok and report.subset == (len(report.packs_checked), len(packs))
+        seen += report.packs_checked
+        runs += 1
+        assert runs <= 4
+    assert len(seen) == len(set(seen)) or runs == 4  # no pack read twice before all were read
+
+
+# --- memory -----------------------------------------------------------------------------------
+
+_RSS_SCRIPT = r"""
+import random, sys
+from crmmaint.crypto import X25519Identity, new_write_key
+from crmmaint.repository import Repository
+from crmmaint.repository.backends.local import LocalBackend
+TABLE = bytes.maketrans(bytes(range(256)), (b"0123456789\tabcdefghij,klmnop\n" * 9)[:256])
+class Gen:
+    def __init__(self, total):
+        self.left, self.rnd = total, random.Random(3)
+    def read(self, n):
+        n = min(n, self.left); self.left -= n
+        return self.rnd.randbytes(n).translate(TABLE)
+repo = Repository.init(LocalBackend(sys.argv[1]), new_write_key())
+with repo.session(source="s", kind="k", host="h",
+                  recipients=[X25519Identity.generate().recipient()]) as s:
+    s.add_stream("dump", Gen(int(sys.argv[2]) << 20)); s.commit()
+# VmHWM, not getrusage: ru_maxrss survives fork+exec, so it would report the parent's peak.
+hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM:")][0].split()[1]
+print(int(hwm) // 1024)
+"""
+
+
+def test_peak_rss_is_bounded_whatever_the_stream_size(tmp_path):
+    """Memory must not grow with the stream: 300 MiB through a default-sized repository."""
+    out = subprocess.run(
+        [sys.executable, "-c", _RSS_SCRIPT, str(tmp_path / "r"), "300"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    assert int(out.stdout.strip()) < 150, out.stdout
