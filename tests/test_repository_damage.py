@@ -1,0 +1,341 @@
+"""Damage and crashes: tampered or truncated packs, interrupted and SIGKILLed backups, prune
+interrupted at every write. After each, verify must pass (or name the damaged object), the
+next backup must succeed and never dedup against a deleted chunk."""
+
+from __future__ import annotations
+
+import io
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from crmmaint.crypto import X25519Identity, new_write_key
+from crmmaint.errors import IntegrityError
+from crmmaint.repository import ChunkerParams, Repository
+from crmmaint.repository.backends.local import LocalBackend
+from crmmaint.repository.retention import RetentionPolicy
+
+SMALL_CHUNKS = ChunkerParams(16 << 10, 64 << 10, 256 << 10)
+_ALPHABET = bytes.maketrans(bytes(range(256)), (b"0123456789\tabcdefghij,klmnop\n" * 9)[:256])
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def dump_like(size: int, seed: int = 0) -> bytes:
+    return random.Random(seed).randbytes(size).translate(_ALPHABET)
+
+
+def backup(repo, identity, streams, *, source="crm"):
+    with repo.session(
+        source=source, kind="postgresql", host="db1", recipients=[identity.recipient()]
+    ) as session:
+        for name, data in streams.items():
+            session.add_stream(name, io.BytesIO(data))
+        return session.commit()
+
+
+def restore(repo, backup_id, name, identities) -> bytes:
+    return b"".join(repo.read_stream(backup_id, name, identities))
+
+
+def packs(root: Path) -> list[Path]:
+    return sorted(p for p in (root / "data").rglob("*") if p.is_file())
+
+
+def object_name(root: Path, path: Path) -> str:
+    return path.relative_to(root).as_posix()
+
+
+# --- tampering --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def damaged_repo(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tamper") / "repo"
+    key, ident = new_write_key(), X25519Identity.generate()
+    repo = Repository.init(LocalBackend(root), key, chunker=SMALL_CHUNKS, pack_size=1 << 20)
+    streams = {"a": dump_like(1 << 20, seed=1), "b": dump_like(1 << 20, seed=2)}
+    info = backup(repo, ident, streams)
+    return root, key, ident, info.id, streams
+
+
+def _read_until_error(repo, backup_id, name, data, identities) -> bool:
+    """Read a stream; every byte yielded must be right. True if it raised IntegrityError."""
+    got = bytearray()
+    try:
+        for piece in repo.read_stream(backup_id, name, identities):
+            got += piece
+            assert data.startswith(got), "wrong data was yielded"
+    except IntegrityError as exc:
+        assert "data/" in str(exc) and "chunk" in str(exc)
+        return True
+    assert bytes(got) == data
+    return False
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(which=st.integers(0, 100), where=st.floats(0, 1, exclude_max=True), bit=st.integers(0, 7))
+def test_any_flipped_byte_is_named_by_verify_and_refused_by_read(damaged_repo, which, where, bit):
+    root, key, ident, backup_id, streams = damaged_repo
+    pack = packs(root)[which % len(packs(root))]
+    original = pack.read_bytes()
+    pos = int(where * len(original))
+    pack.write_bytes(original[:pos] + bytes([original[pos] ^ (1 << bit)]) + original[pos + 1 :])
+    try:
+        repo = Repository.open(LocalBackend(root), key)
+        report = repo.verify(read_data=True)
+        assert not report.ok and {p.object for p in report.problems} == {object_name(root, pack)}
+        with_keys = repo.verify(read_data=True, identities=[ident])
+        assert any("chunk" in p.message for p in with_keys.problems)
+        raised = [_read_until_error(repo, backup_id, n, d, [ident]) for n, d in streams.items()]
+        assert any(raised)
+    finally:
+        pack.write_bytes(original)
+
+
+@settings(
+    max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(which=st.integers(0, 100), keep=st.floats(0, 1, exclude_max=True))
+def test_truncated_pack_is_named_and_refused(damaged_repo, which, keep):
+    root, key, ident, backup_id, streams = damaged_repo
+    pack = packs(root)[which % len(packs(root))]
+    original = pack.read_bytes()
+    pack.write_bytes(original[: int(keep * len(original))])
+    try:
+        repo = Repository.open(LocalBackend(root), key)
+        assert object_name(root, pack) in {p.object for p in repo.verify().problems}
+        assert object_name(root, pack) in {p.object for p in repo.verify(read_data=True).problems}
+        raised = [_read_until_error(repo, backup_id, n, d, [ident]) for n, d in streams.items()]
+        assert any(raised)
+    finally:
+        pack.write_bytes(original)
+
+
+def test_tampered_manifest_and_index_are_named(tmp_path):
+    key, ident = new_write_key(), X25519Identity.generate()
+    root = tmp_path / "repo"
+    repo = Repository.init(LocalBackend(root), key, chunker=SMALL_CHUNKS, pack_size=1 << 20)
+    info = backup(repo, ident, {"a": dump_like(300_000)})
+    for obj in (f"backups/{info.id}", next((root / "index").iterdir()).relative_to(root)):
+        path = root / obj
+        blob = bytearray(path.read_bytes())
+        blob[40] ^= 1
+        path.write_bytes(bytes(blob))
+        assert str(obj) in {p.object for p in repo.verify().problems}
+        blob[40] ^= 1
+        path.write_bytes(bytes(blob))
+    assert repo.verify().ok
+
+
+# --- interrupted backups ----------------------------------------------------------------------
+
+
+class FailingReader:
+    """Yields data, then fails like a dropped SSH connection."""
+
+    def __init__(self, data: bytes, fail_after: int) -> None:
+        self.data, self.pos, self.fail_after = data, 0, fail_after
+
+    def read(self, n: int) -> bytes:
+        if self.pos >= self.fail_after:
+            raise OSError("connection reset by peer")
+        out = self.data[self.pos : self.pos + min(n, 200_000)]
+        self.pos += len(out)
+        return out
+
+
+def test_exception_mid_stream_leaves_no_backup(tmp_path):
+    key, ident = new_write_key(), X25519Identity.generate()
+    repo = Repository.init(
+        LocalBackend(tmp_path / "r"), key, chunker=SMALL_CHUNKS, pack_size=1 << 20
+    )
+    data = dump_like(6 << 20)
+    with (
+        pytest.raises(OSError, match="connection reset"),
+        repo.session(source="crm", kind="pg", host="h", recipients=[ident.recipient()]) as s,
+    ):
+        s.add_stream("dump", FailingReader(data, 4 << 20))
+    assert repo.backups() == []
+    assert repo.verify(read_data=True).ok
+    info = backup(repo, ident, {"dump": data})
+    assert restore(repo, info.id, "dump", [ident]) == data
+
+
+_SLOW_BACKUP = r"""
+import random, sys, time
+from crmmaint.crypto import X25519Recipient
+from crmmaint.repository import Repository
+from crmmaint.repository.backends.local import LocalBackend
+TABLE = bytes.maketrans(bytes(range(256)), (b"0123456789\tabcdefghij,klmnop\n" * 9)[:256])
+class Slow:
+    rnd = random.Random(5)
+    def read(self, n):
+        time.sleep(0.01)
+        return self.rnd.randbytes(min(n, 256 << 10)).translate(TABLE)
+repo = Repository.open(LocalBackend(sys.argv[1]), bytes.fromhex(sys.argv[2]))
+with repo.session(source="crm", kind="pg", host="h",
+                  recipients=[X25519Recipient.from_string(sys.argv[3])]) as s:
+    s.add_stream("dump", Slow())  # endless: killed from outside
+"""
+
+
+def test_sigkill_mid_backup_leaves_no_backup_and_next_backup_works(tmp_path):
+    key, ident = new_write_key(), X25519Identity.generate()
+    root = tmp_path / "r"
+    repo = Repository.init(LocalBackend(root), key, chunker=SMALL_CHUNKS, pack_size=1 << 20)
+    earlier = backup(repo, ident, {"dump": dump_like(2 << 20, seed=8)})
+    before = len(packs(root))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _SLOW_BACKUP, str(root), key.hex(), ident.recipient().to_string()],
+        cwd=REPO_ROOT,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while len(packs(root)) < before + 2:
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    repo = Repository.open(LocalBackend(root), key)
+    assert [b.id for b in repo.backups()] == [earlier.id]
+    report = repo.verify(read_data=True, identities=[ident])
+    assert report.ok and report.orphan_packs >= 2
+    data = dump_like(3 << 20, seed=9)
+    info = backup(repo, ident, {"dump": data})  # the dead process's lock is taken over
+    assert restore(repo, info.id, "dump", [ident]) == data
+    repo.prune(RetentionPolicy(keep_last=5), now=time.time(), dry_run=False)
+    report = repo.verify(read_data=True, identities=[ident])
+    assert report.ok and report.orphan_packs == 0
+
+
+# --- interrupted prune ------------------------------------------------------------------------
+
+
+class Crash(BaseException):
+    """Stands in for the process dying: not an Exception, so no handler swallows it."""
+
+
+class CrashingBackend(LocalBackend):
+    """Counts mutating operations and raises ``Crash`` instead of performing the n-th."""
+
+    def __init__(self, root, crash_at: int | None) -> None:
+        super().__init__(root)
+        self.crash_at, self.ops = crash_at, 0
+
+    def _op(self) -> None:
+        self.ops += 1
+        if self.ops == self.crash_at:
+            raise Crash()
+
+    def store(self, name, data):
+        self._op()
+        super().store(name, data)
+
+    def store_file(self, name, fileobj, size=None):
+        self._op()
+        super().store_file(name, fileobj, size)
+
+    def delete(self, name):
+        self._op()
+        super().delete(name)
+
+    def move(self, src, dst):
+        self._op()
+        super().move(src, dst)
+
+
+@pytest.fixture(scope="module")
+def prune_template(tmp_path_factory):
+    """Five backups sharing data (so prune deletes, repacks and keeps packs), one drilled."""
+    root = tmp_path_factory.mktemp("prune") / "template"
+    key, ident = new_write_key(), X25519Identity.generate()
+    repo = Repository.init(LocalBackend(root), key, chunker=SMALL_CHUNKS, pack_size=1 << 20)
+    base = dump_like(1 << 20, seed=20)
+    datas = [base[: (i * 200) << 10] + dump_like(600 << 10, seed=30 + i) for i in range(5)]
+    ids = [backup(repo, ident, {"dump": d}).id for d in datas]
+    repo.mark_drilled(ids[1], {"ok": True})
+    return root, key, ident, ids, datas
+
+
+POLICY = RetentionPolicy(keep_last=2)
+
+
+def _check_after_crash(root: Path, key: bytes, ident, ids, datas, *, clear_locks: bool) -> None:
+    if clear_locks:  # our in-process "crash" left a live pid's lock; a dead one is taken over
+        for lock in (root / "locks").glob("*"):
+            lock.unlink()
+    repo = Repository.open(LocalBackend(root), key)
+    assert repo.verify(read_data=True, identities=[ident]).ok
+    listed = {b.id for b in repo.backups()}
+    assert {ids[1], ids[3], ids[4]} <= listed
+    for backup_id in listed:
+        assert restore(repo, backup_id, "dump", [ident]) == datas[ids.index(backup_id)]
+    # Back up data of removed backups again: dedup must only reuse chunks that still exist.
+    again = backup(repo, ident, {"dump": datas[0] + datas[2]})
+    assert restore(repo, again.id, "dump", [ident]) == datas[0] + datas[2]
+    repo.prune(POLICY, now=time.time(), dry_run=False)
+    report = repo.verify(read_data=True, identities=[ident])
+    assert report.ok and report.orphan_packs == 0
+
+
+def test_prune_interrupted_at_every_write_leaves_a_sound_repository(prune_template, tmp_path):
+    template, key, ident, ids, datas = prune_template
+    probe = CrashingBackend(tmp_path / "probe", None)
+    shutil.copytree(template, probe.root)
+    report = Repository.open(probe, key).prune(POLICY, now=time.time(), dry_run=False)
+    assert sorted(report.remove) == sorted([ids[0], ids[2]]) and report.packs_repacked >= 1
+    total = probe.ops
+    assert total >= 10
+    for crash_at in range(1, total + 1):
+        root = tmp_path / f"crash{crash_at}"
+        shutil.copytree(template, root)
+        with pytest.raises(Crash):
+            Repository.open(CrashingBackend(root, crash_at), key).prune(
+                POLICY, now=time.time(), dry_run=False
+            )
+        _check_after_crash(root, key, ident, ids, datas, clear_locks=True)
+        shutil.rmtree(root)
+
+
+_KILLED_PRUNE = r"""
+import os, signal, sys, time
+from crmmaint.repository import Repository
+from crmmaint.repository.backends.local import LocalBackend
+from crmmaint.repository.retention import RetentionPolicy
+class Dying(LocalBackend):
+    ops = 0
+    def _op(self):
+        Dying.ops += 1
+        if Dying.ops == int(sys.argv[3]):
+            os.kill(os.getpid(), signal.SIGKILL)
+    def store(self, name, data): self._op(); super().store(name, data)
+    def store_file(self, name, f, size=None): self._op(); super().store_file(name, f, size)
+    def delete(self, name): self._op(); super().delete(name)
+repo = Repository.open(Dying(sys.argv[1]), bytes.fromhex(sys.argv[2]))
+repo.prune(RetentionPolicy(keep_last=2), now=time.time(), dry_run=False)
+"""
+
+
+@pytest.mark.parametrize("crash_at", [4, 9, 14])
+def test_prune_sigkilled_leaves_a_sound_repository(prune_template, tmp_path, crash_at):
+    template, key, ident, ids, datas = prune_template
+    root = tmp_path / "repo"
+    shutil.copytree(template, root)
+    proc = subprocess.run(
+        [sys.executable, "-c", _KILLED_PRUNE, str(root), key.hex(), str(crash_at)],
+        cwd=REPO_ROOT,
+        timeout=60,
+    )
+    assert proc.returncode == -signal.SIGKILL
+    _check_after_crash(root, key, ident, ids, datas, clear_locks=False)
