@@ -13,6 +13,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
+from crmmaint.errors import BackendError
+
+#: Top-level directory where local and SFTP backends stage temp files; never a valid object name.
+TEMP_DIR = ".tmp"
+
 
 @dataclass(frozen=True)
 class ObjectInfo:
@@ -80,3 +85,38 @@ class Backend(abc.ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def check_name(name: str, url: str) -> str:
+    """Reject names that could escape the location or collide with temp files."""
+    parts = name.split("/")
+    if not name or name.startswith("/") or "\0" in name or any(p in ("", ".", "..") for p in parts):
+        raise BackendError(
+            f"invalid object name {name!r} for {url}: use a relative path like 'data/ab/cd'"
+        )
+    if parts[0] == TEMP_DIR:
+        raise BackendError(f"invalid object name {name!r} for {url}: {TEMP_DIR}/ is reserved")
+    return name
+
+
+def check_prefix(prefix: str, url: str) -> str:
+    """A list prefix is a name or the start of one (``""``, ``data/``, ``data/3f``)."""
+    if prefix.startswith("/") or "\0" in prefix or ".." in prefix.split("/"):
+        raise BackendError(f"invalid list prefix {prefix!r} for {url}")
+    return prefix
+
+
+class SourceReadError(Exception):
+    """Internal marker: the caller's stream failed (the cause), not the backend.
+
+    ``store_file`` re-raises the cause unchanged after cleaning up, so a failing source is never
+    reported as a storage error.
+    """
+
+
+def read_source(fileobj: BinaryIO, size: int) -> bytes:
+    """``fileobj.read(size)``, with any failure wrapped in ``SourceReadError``."""
+    try:
+        return fileobj.read(size) or b""
+    except BaseException as exc:
+        raise SourceReadError from exc
