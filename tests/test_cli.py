@@ -1,0 +1,277 @@
+"""The CLI in-process (``main``) and as a subprocess (the installed ``crmmaint`` and ``invoke``),
+exit codes included: 0 ok, 1 warnings, 2 failures, 3 configuration, 6 restore target, 8 keys,
+9 integrity."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from crmmaint.cli import main, normalize_argv
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def cli(*args: str, cwd: Path | None = None) -> tuple[int, str, str]:
+    """Run the installed ``crmmaint`` as a subprocess."""
+    proc = subprocess.run(
+        [str(BIN / "crmmaint"), *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=300,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def in_process(capsys, *args: str) -> tuple[int, str, str]:
+    try:
+        main(["crmmaint", *args])
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture
+def estate(tmp_path: Path) -> Path:
+    """A local estate: a small SQLite CRM, a file set, a repository with a generated key."""
+    db = sqlite3.connect(tmp_path / "crm.sqlite")
+    db.executescript(
+        "CREATE TABLE customers(id INTEGER PRIMARY KEY, name TEXT);"
+        "CREATE TABLE deals(id INTEGER PRIMARY KEY, customer INTEGER REFERENCES customers(id), amount INT);"
+    )
+    db.executemany("INSERT INTO customers(name) VALUES (?)", [(f"c{i}",) for i in range(2000)])
+    db.executemany(
+        "INSERT INTO deals(customer, amount) VALUES (?, ?)",
+        [(i % 2000 + 1, i) for i in range(5000)],
+    )
+    db.commit()
+    db.close()
+    (tmp_path / "files").mkdir()
+    (tmp_path / "files" / "a.txt").write_text("attachment\n" * 100)
+    inv = {
+        "settings": {"journal": "journal.sqlite"},
+        "hosts": {"local": {"connection": "local"}},
+        "databases": {"crm": {"engine": "sqlite", "path": "crm.sqlite", "main": True}},
+        "filesets": {"files": {"paths": ["files"]}},
+        "repositories": {
+            "main": {
+                "url": "repo",
+                "write_key": "keys/write.key",
+                "recipients": ["file:keys/ops.pub"],
+                "identity": "keys/ops.key",
+            }
+        },
+    }
+    (tmp_path / "inventory.yml").write_text(yaml.safe_dump(inv))
+    return tmp_path
+
+
+def test_argv_normaliser():
+    assert normalize_argv(["crmmaint", "playbook", "check", "a.yml", "b.yml"]) == [
+        "crmmaint",
+        "playbook.check",
+        "--file",
+        "a.yml",
+        "--file",
+        "b.yml",
+    ]
+    assert normalize_argv(["crmmaint", "show"]) == ["crmmaint", "show", "last"]
+    assert normalize_argv(["crmmaint", "show", "-i", "x.yml"]) == [
+        "crmmaint",
+        "show",
+        "-i",
+        "x.yml",
+        "last",
+    ]
+    assert normalize_argv(["crmmaint", "show", "7"]) == ["crmmaint", "show", "7"]
+    assert normalize_argv(["crmmaint", "keys", "generate", "--output", "k"])[1] == "keys.generate"
+
+
+def test_no_inventory_is_a_configuration_error(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = in_process(capsys, "inventory", "check")
+    assert code == 3
+    assert "no inventory given" in err and "Traceback" not in err
+
+
+def test_bad_inventory_names_file_line_and_field(capsys, tmp_path):
+    bad = tmp_path / "inv.yml"
+    bad.write_text("hosts:\n  web1:\n    adress: 10.0.0.1\n")
+    code, _, err = in_process(capsys, "inventory", "check", "-i", str(bad))
+    assert code == 3
+    assert f"{bad}:3" in err and "adress" in err and "address" in err
+
+
+def test_inline_password_is_rejected(capsys, tmp_path):
+    bad = tmp_path / "inv.yml"
+    bad.write_text("databases:\n  crm: {engine: postgresql, password: hunter2}\n")
+    code, _, err = in_process(capsys, "inventory", "check", "-i", str(bad))
+    assert code == 3 and "inline secrets" in err and "hunter2" not in err
+
+
+def test_playbook_check_reports_every_problem(capsys, tmp_path):
+    book = tmp_path / "bad.yml"
+    book.write_text(
+        "name: x\nwindow: daily\nsteps:\n"
+        "  - name: a\n    task: health.hots\n    hosts: all\n"
+        "  - name: b\n    task: health.host\n    hosts: all\n    retries: lots\n"
+    )
+    code, out, err = in_process(
+        capsys, "playbook", "check", str(book), str(REPO / "playbooks" / "daily.yml")
+    )
+    assert code == 3
+    assert "daily.yml: valid" in out
+    assert f"{book}:5, step 'a', field 'task'" in err and "health.host" in err
+    assert f"{book}:10, step 'b', field 'retries'" in err
+
+
+def test_shipped_playbooks_validate(capsys):
+    files = sorted(str(p) for p in (REPO / "playbooks").glob("*.yml"))
+    assert len(files) == 5
+    code, out, _ = in_process(capsys, "playbook", "check", *files)
+    assert code == 0 and out.count("valid") == 5
+
+
+def test_run_daily_json_history_and_show(capsys, estate):
+    inv = str(estate / "inventory.yml")
+    code, out, _ = in_process(capsys, "run", "daily", "-i", inv, "--json")
+    doc = json.loads(out)
+    assert code == doc["exit_code"] and code in (0, 1)
+    assert {r["step"] for r in doc["results"]} >= {"databases answering", "hosts healthy"}
+    code, out, _ = in_process(capsys, "history", "-i", inv, "--json")
+    assert code == 0 and json.loads(out)[0]["playbook"] == "daily"
+    code, out, _ = in_process(capsys, "show", "-i", inv, "--json")
+    shown = json.loads(out)
+    assert shown["id"] == doc["run_id"] and len(shown["results"]) == len(doc["results"])
+    code, _, err = in_process(capsys, "show", "999", "-i", inv)
+    assert code == 3 and "no run 999" in err
+
+
+def test_unknown_step_is_a_configuration_error(capsys, estate):
+    code, _, err = in_process(
+        capsys, "run", "daily", "-i", str(estate / "inventory.yml"), "--step", "nope"
+    )
+    assert code == 3 and "nope" in err
+
+
+def test_backup_restore_cycle_as_subprocess(estate):
+    inv = str(estate / "inventory.yml")
+    code, out, err = cli("keys", "generate", "--output", str(estate / "keys" / "ops.key"))
+    assert code == 0 and out.startswith("crmpub1"), err
+    assert (estate / "keys" / "ops.key").stat().st_mode & 0o777 == 0o600
+    code, out, err = cli("repo", "init", "-i", inv)
+    assert code == 0 and "initialised" in out, err
+    code, out, err = cli("keys", "check", "-i", inv)
+    assert code == 0 and "matches a recipient" in out, err
+
+    code, out, err = cli("backup", "-i", inv, "--check")
+    assert code == 0 and "would back up" in out, err
+    code, out, err = cli("backups", "list", "-i", inv, "--json")
+    assert code == 0 and json.loads(out) == []
+
+    code, out, err = cli("backup", "-i", inv)
+    assert code == 0, out + err
+    code, out, err = cli("backups", "list", "-i", inv, "--json")
+    listed = json.loads(out)
+    assert {b["source"] for b in listed} == {"database:crm", "fileset:files"}
+
+    target = estate / "restored.sqlite"
+    code, out, err = cli("restore", "database:crm@latest", "--to", str(target), "-i", inv)
+    assert code == 0 and "2 tables, 7000 rows" in out, err
+    code, out, err = cli("restore", "database:crm@latest", "--to", str(target), "-i", inv)
+    assert code == 6 and "exists" in err and "Traceback" not in err
+    code, out, err = cli("restore", "fileset:files@latest", "--to", str(estate / "out"), "-i", inv)
+    assert code == 0, err
+    assert list((estate / "out").rglob("a.txt"))[0].read_text() == "attachment\n" * 100
+
+    code, out, err = cli("verify", "-i", inv, "--read-data")
+    assert code == 0, out + err
+    code, out, err = cli("prune", "-i", inv, "--check", "--json")
+    assert code == 0 and json.loads(out)["results"][0]["status"] == "ok"
+
+
+def test_wrong_identity_and_tampering_have_their_exit_codes(estate):
+    inv = str(estate / "inventory.yml")
+    assert cli("keys", "generate", "--output", str(estate / "keys" / "ops.key"))[0] == 0
+    assert cli("keys", "generate", "--output", str(estate / "other.key"))[0] == 0
+    assert cli("repo", "init", "-i", inv)[0] == 0
+    assert cli("backup", "-i", inv, "--database", "crm")[0] == 0
+
+    code, _, err = cli(
+        "restore",
+        "database:crm@latest",
+        "--to",
+        str(estate / "x.sqlite"),
+        "-i",
+        inv,
+        "--identity",
+        str(estate / "other.key"),
+    )
+    assert code == 8 and "Traceback" not in err
+    assert not (estate / "x.sqlite").exists()
+
+    (estate / "other.key").chmod(0o644)
+    code, _, err = cli(
+        "restore",
+        "database:crm@latest",
+        "--to",
+        str(estate / "x.sqlite"),
+        "-i",
+        inv,
+        "--identity",
+        str(estate / "other.key"),
+    )
+    assert code == 8 and "chmod 600" in err
+
+    packs = sorted((estate / "repo" / "data").rglob("*"))
+    pack = next(p for p in packs if p.is_file())
+    data = bytearray(pack.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    pack.write_bytes(bytes(data))
+    code, out, err = cli(
+        "restore", "database:crm@latest", "--to", str(estate / "y.sqlite"), "-i", inv
+    )
+    assert code == 9, out + err
+    assert pack.name in err
+    assert not (estate / "y.sqlite").exists()
+    code, out, err = cli("verify", "-i", inv, "--read-data")
+    assert code == 2 and pack.name in out
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    bad = tmp_path / "inv.yml"
+    bad.write_text("hosts: [1, 2]\n")
+    code, _, err = cli("inventory", "check", "-i", str(bad))
+    assert code == 3 and "Traceback" not in err
+    code, _, err = cli("inventory", "check", "-i", str(bad), "--debug")
+    assert code == 3 and "Traceback" in err
+
+
+def test_invoke_lists_the_same_collection():
+    proc = subprocess.run(
+        [str(BIN / "invoke"), "--list"], capture_output=True, text=True, cwd=REPO, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    for name in (
+        "run",
+        "history",
+        "show",
+        "backup",
+        "restore",
+        "playbook.check",
+        "inventory.check",
+        "keys.generate",
+    ):
+        assert name in proc.stdout
