@@ -194,7 +194,7 @@ def test_backup_restore_cycle_as_subprocess(estate):
     assert code == 6 and "exists" in err and "Traceback" not in err
     code, out, err = cli("restore", "fileset:files@latest", "--to", str(estate / "out"), "-i", inv)
     assert code == 0, err
-    assert list((estate / "out").rglob("a.txt"))[0].read_text() == "attachment\n" * 100
+    assert next(iter((estate / "out").rglob("a.txt"))).read_text() == "attachment\n" * 100
 
     code, out, err = cli("verify", "-i", inv, "--read-data")
     assert code == 0, out + err
