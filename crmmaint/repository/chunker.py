@@ -25,34 +25,39 @@ class Readable(Protocol):
     def read(self, n: int, /) -> bytes: ...
 
 
-def iter_chunks(reader: Readable, params: ChunkerParams) -> Iterator[bytes]:
-    """Yield the chunks of ``reader`` in order, each a ``bytes`` of min..max size (last may be less)."""
-    buf = bytearray()
+def iter_chunks(reader: Readable, params: ChunkerParams) -> Iterator[memoryview]:
+    """Yield the chunks of ``reader`` in order (min..max bytes; the last may be shorter).
+
+    Chunks are read-only views into a block buffer, so no byte is copied after it is read; a
+    block lives as long as a view into it does.
+    """
+    tail = b""
     fill_to = max(4 * params.max_size, READ_SIZE)
     eof = False
     while True:
-        while not eof and len(buf) < fill_to:
+        parts = [tail]
+        have = len(tail)
+        while not eof and have < fill_to:
             data = reader.read(READ_SIZE)
             if not data:
                 eof = True
             else:
-                buf += data
-        if not buf:
+                parts.append(data)
+                have += len(data)
+        block = parts[0] if len(parts) == 1 else b"".join(parts)
+        del parts
+        if not block:
             return
+        view = memoryview(block).toreadonly()
         consumed = 0
-        view = memoryview(buf)
-        try:
-            for chunk in chunk_generator(
-                view, params.min_size, params.avg_size, params.max_size, False, None
-            ):
-                start = chunk.offset
-                if not eof and len(buf) - start < params.max_size:
-                    break
-                end = start + chunk.length
-                yield bytes(view[start:end])
-                consumed = end
-        finally:
-            view.release()
-        del buf[:consumed]
-        if eof and not buf:
+        for chunk in chunk_generator(
+            view, params.min_size, params.avg_size, params.max_size, False, None
+        ):
+            start = chunk.offset
+            if not eof and len(block) - start < params.max_size:
+                break
+            consumed = start + chunk.length
+            yield view[start:consumed]
+        if eof:
             return
+        tail = bytes(view[consumed:])

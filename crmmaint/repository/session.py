@@ -269,7 +269,7 @@ class WriteSession:
             comp = self._local.zstd = zstandard.ZstdCompressor(level=self.repo.compression_level)
         return comp
 
-    def _seal_chunk(self, chunk: bytes) -> tuple[bytes, int, bytes | None]:
+    def _seal_chunk(self, chunk: memoryview) -> tuple[bytes, int, bytes | None]:
         """Worker: chunk id, and the sealed blob unless the repository or session has it."""
         cid = chunk_id(self.repo.keys.chunk_id_key, chunk)
         if cid in self.repo.index:
