@@ -84,6 +84,13 @@ class TaskContext:
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("crmmaint.tasks"))
     #: ``time.monotonic()`` at which the step's ``timeout`` expires; ``None``: no timeout.
     deadline: float | None = None
+    #: Called with (bytes done, bytes expected or None) by long tasks; the reporter shows it.
+    on_progress: Callable[[int, int | None], None] | None = None
+
+    def progress(self, done: int, total: int | None = None) -> None:
+        """Report how far a long task is (bytes); cheap enough to call per chunk."""
+        if self.on_progress is not None:
+            self.on_progress(done, total)
 
     def time_left(self, cap: float | None = None) -> float | None:
         """Seconds until the step timeout, at most ``cap``: the ``timeout=`` to give transports.

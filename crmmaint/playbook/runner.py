@@ -453,6 +453,7 @@ class Runner:
             step=step.name,
             transport_for=self._transports.get,
             deadline=deadline,
+            on_progress=lambda done, total: self._report("on_progress", step, target, done, total),
         )
         if step.timeout is None:
             return _call(step, ctx), False

@@ -14,6 +14,14 @@ from collections.abc import Iterable, Sequence
 from typing import Any, TextIO
 
 from rich.console import Console
+from rich.progress import (
+    DownloadColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TransferSpeedColumn,
+)
 from rich.table import Table
 
 from crmmaint.results import Status
@@ -64,10 +72,39 @@ class ConsoleReporter:
         self.verbose = verbose
         self._lock = threading.Lock()
         self._started = time.monotonic()
+        self._progress: Progress | None = None
+        self._bars: dict[tuple[str, str], TaskID] = {}
 
     def _print(self, text: str) -> None:
         with self._lock:
             self.console.print(text)
+
+    def on_progress(self, step: Any, target: Any, done: int, total: int | None) -> None:
+        """Bytes moved by a long task: a live bar with throughput on a TTY, nothing otherwise."""
+        if not self.tty:
+            return
+        if self._progress is None:
+            self._progress = Progress(
+                TextColumn("  {task.description}"),
+                DownloadColumn(),
+                TransferSpeedColumn(),
+                TimeElapsedColumn(),
+                console=self.console,
+                transient=True,
+            )
+            self._progress.start()
+        key = (step.name, _label(target))
+        if key not in self._bars:
+            self._bars[key] = self._progress.add_task(f"{step.name} {_label(target)}", total=total)
+        self._progress.update(self._bars[key], completed=done, total=total)
+
+    def _finish_bar(self, step: Any, target: Any) -> None:
+        bar = self._bars.pop((step.name, _label(target)), None)
+        if bar is not None and self._progress is not None:
+            self._progress.remove_task(bar)
+            if not self._bars:
+                self._progress.stop()
+                self._progress = None
 
     def on_run_start(self, playbook: Any, planned: Sequence[Any]) -> None:
         name = getattr(playbook, "name", "playbook")
@@ -84,6 +121,7 @@ class ConsoleReporter:
     def on_result(
         self, step: Any, target: Any, result: Any, duration: float, attempts: int
     ) -> None:
+        self._finish_bar(step, target)
         status = _status(result)
         style = STATUS_STYLE.get(status, "")
         retry = f" after {attempts} attempts" if attempts > 1 else ""

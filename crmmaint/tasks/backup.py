@@ -57,7 +57,7 @@ def backup_database(ctx: TaskContext) -> TaskResult:
                 recipients=recipients,
             ) as session,
         ):
-            info = session.add_stream("dump", dump)
+            info = session.add_stream("dump", dump, progress=ctx.progress)
             facts = dump.finish()
             session.set_facts(facts)
             session.meta.update(_public_facts(facts))
@@ -97,7 +97,7 @@ def backup_files(ctx: TaskContext) -> TaskResult:
                 recipients=recipients,
             ) as session,
         ):
-            info = session.add_stream("tar", dump)
+            info = session.add_stream("tar", dump, progress=ctx.progress)
             facts = dump.finish()
             session.set_facts(facts)
             session.meta.update({"files": int(facts.get("files", 0))})
