@@ -1,0 +1,75 @@
+"""Run plain shell commands on hosts: ad-hoc checks a playbook needs that no task covers.
+
+Each command is a shell line run with ``sh -c`` on the target's host, in order; the first
+failure stops the rest. The output is kept in the result's details. crmmaint cannot know
+whether a command changes something, so in check mode nothing runs and the result lists the
+commands that would.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from crmmaint.errors import CrmMaintError
+from crmmaint.playbook.registry import Param, TaskContext, task
+from crmmaint.results import TaskResult
+from crmmaint.transport.base import short
+
+log = logging.getLogger(__name__)
+
+#: Output kept per command in the result's details (its tail).
+OUTPUT_LIMIT = 4096
+
+
+def _tail(data: bytes) -> str:
+    return data[-OUTPUT_LIMIT:].decode("utf-8", "replace")
+
+
+@task(
+    "shell.command",
+    targets="hosts",
+    params={
+        "commands": Param(list, required=True, item_type=str, help="shell lines to run in order"),
+        "timeout": Param("duration", 60.0, help="seconds each command may take"),
+    },
+)
+def command(ctx: TaskContext) -> TaskResult:
+    """Run shell commands on a host in order; fail on the first non-zero exit."""
+    commands: list[str] = ctx.params["commands"]
+    if ctx.check:
+        return TaskResult.ok(
+            f"would run {len(commands)} command(s): {short('; '.join(commands))}",
+            details={"check_mode": True, "commands": commands},
+        )
+    ran: list[dict[str, Any]] = []
+    duration = 0.0
+    for line in commands:
+        try:
+            res = ctx.transport.run(line, timeout=ctx.params["timeout"])
+        except CrmMaintError as exc:
+            ran.append({"command": line, "error": exc.message})
+            return TaskResult.failed(
+                f"{ctx.target.name}: {short(line)!r}: {exc.message}", details={"commands": ran}
+            )
+        duration += res.duration
+        ran.append(
+            {
+                "command": line,
+                "exit_status": res.exit_status,
+                "stdout": _tail(res.stdout),
+                "stderr": _tail(res.stderr),
+            }
+        )
+        if not res.ok:
+            return TaskResult.failed(
+                f"{ctx.target.name}: {short(line)!r} exited {res.exit_status}: "
+                f"{res.stderr_tail() or 'no output'}",
+                metrics={"commands_run": len(ran), "duration_s": round(duration, 3)},
+                details={"commands": ran},
+            )
+    return TaskResult.ok(
+        f"{len(ran)} command(s) ok",
+        metrics={"commands_run": len(ran), "duration_s": round(duration, 3)},
+        details={"commands": ran},
+    )
