@@ -367,9 +367,9 @@ print(int(hwm) // 1024)
 
 
 def test_peak_rss_is_bounded_whatever_the_stream_size(tmp_path):
-    """Memory must not grow with the stream: 300 MiB through a default-sized repository."""
+    """Memory must not grow with the stream: 200 MiB through a default-sized repository."""
     out = subprocess.run(
-        [sys.executable, "-c", _RSS_SCRIPT, str(tmp_path / "r"), "300"],
+        [sys.executable, "-c", _RSS_SCRIPT, str(tmp_path / "r"), "200"],
         capture_output=True,
         text=True,
         check=True,

@@ -7,7 +7,6 @@ maintenance is ``verify`` and ``prune``. Byte formats: docs/format.md.
 
 from __future__ import annotations
 
-import contextlib
 import hmac
 import logging
 import os
@@ -38,6 +37,7 @@ from crmmaint.repository.format import (
     write_key_check,
 )
 from crmmaint.repository.index import ChunkIndex
+from crmmaint.repository.lock import RepositoryLock
 from crmmaint.repository.session import StreamInfo, WriteSession
 
 if TYPE_CHECKING:
@@ -166,14 +166,9 @@ class Repository:
 
     # --- locking and index --------------------------------------------------------------------
 
-    def lock(self, *, exclusive: bool, purpose: str) -> contextlib.AbstractContextManager[Any]:
-        """Shared lock for backups, exclusive for prune (crmmaint.repository.lock)."""
+    def lock(self, *, exclusive: bool, purpose: str) -> RepositoryLock:
+        """Shared lock for backups, exclusive for prune; stale locks of dead holders are taken over."""
         owner = f"{socket.gethostname()}:{os.getpid()} {purpose}"
-        try:
-            from crmmaint.repository.lock import RepositoryLock
-        except ImportError:  # lock module not landed yet
-            logger.warning("repository locking unavailable; proceeding without a lock")
-            return contextlib.nullcontext()
         return RepositoryLock(self.backend, exclusive=exclusive, owner=owner)
 
     def refresh_index(self) -> ChunkIndex:

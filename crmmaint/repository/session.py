@@ -44,6 +44,7 @@ from crmmaint.repository.format import (
 from crmmaint.repository.index import write_segment
 
 if TYPE_CHECKING:
+    from crmmaint.repository.lock import RepositoryLock
     from crmmaint.repository.repository import BackupInfo, Repository
 
 logger = logging.getLogger(__name__)
@@ -152,7 +153,7 @@ class WriteSession:
         self._uploads: list[Future[None]] = []
         self._upload_slot = threading.Semaphore(1)
         self._local = threading.local()
-        self._lock_cm: Any = None
+        self._lock: RepositoryLock | None = None
         self._workers: ThreadPoolExecutor | None = None
         self._hasher: ThreadPoolExecutor | None = None
         self._uploader: ThreadPoolExecutor | None = None
@@ -163,8 +164,9 @@ class WriteSession:
 
     def __enter__(self) -> WriteSession:
         _fix_mmap_threshold()
-        self._lock_cm = self.repo.lock(exclusive=False, purpose=f"backup {self.source}")
-        self._lock_cm.__enter__()
+        lock = self.repo.lock(exclusive=False, purpose=f"backup {self.source}")
+        lock.acquire()
+        self._lock = lock
         try:
             self.repo.refresh_index()
             workers = max(2, os.cpu_count() or 2)
@@ -173,7 +175,7 @@ class WriteSession:
             self._uploader = ThreadPoolExecutor(1, thread_name_prefix="crmmaint-upload")
             self._inflight = INFLIGHT_PER_WORKER * workers
         except BaseException:
-            self._lock_cm.__exit__(None, None, None)
+            lock.release()
             raise
         self._started = time.time()
         self._state = "open"
@@ -185,7 +187,8 @@ class WriteSession:
                 self.abort()
         finally:
             self._shutdown()
-            self._lock_cm.__exit__(exc_type, exc, tb)
+            if self._lock is not None:
+                self._lock.release()
 
     def _shutdown(self) -> None:
         for pool in (self._workers, self._hasher, self._uploader):
@@ -433,9 +436,8 @@ class WriteSession:
                 algorithm=aead,
             ).hex(),
         }
-        check_lock = getattr(self._lock_cm, "check", None)
-        if check_lock is not None:
-            check_lock()  # a lost lock means prune may have run: do not commit
+        assert self._lock is not None
+        self._lock.check()  # a lost lock means prune may have run: do not commit
         repo.backend.store(mname, seal_json(meta_key, mname, manifest, algorithm=aead))
         self._state = "committed"
         info = repo.info_from_manifest(manifest, drilled=False)
