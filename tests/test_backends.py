@@ -509,3 +509,16 @@ def test_sftp_unknown_host_key_refused(request: pytest.FixtureRequest, tmp_path:
     with pytest.raises(BackendError, match=r"(?i)host key"):
         backend.open()
     backend.close()
+
+
+def test_sftp_reconnects_after_a_dropped_connection(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    host = _sshd_host(request)
+    tmp_path.chmod(0o755)
+    backend = open_backend(_sftp_url(host, tmp_path / "repo"), **_sftp_options(host))
+    backend.create()
+    backend.store("a", b"1")
+    backend._client.get_transport().close()  # type: ignore[attr-defined]  # the network drops
+    assert backend.load("a") == b"1"
+    backend.close()

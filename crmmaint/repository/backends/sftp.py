@@ -99,6 +99,9 @@ class SFTPBackend(Backend):
     def _channel(self) -> Iterator[paramiko.SFTPClient]:
         """Check an SFTP channel out of the pool (opening one if none is idle) for one operation."""
         with self._lock:
+            if self._client is not None and not _alive(self._client):
+                logger.info("SSH connection for %s was lost; reconnecting", self.url)
+                self._drop_connection()
             if self._client is None:
                 self._client = self._connect()
             channel = self._idle.pop() if self._idle else None
@@ -149,16 +152,20 @@ class SFTPBackend(Backend):
 
     def close(self) -> None:
         with self._lock:
-            for channel in self._idle:
-                try:
-                    channel.close()
-                except Exception:  # a dead channel must not mask the close of the rest
-                    logger.debug("closing SFTP channel of %s failed", self.url, exc_info=True)
-            self._idle.clear()
-            self._dirs.clear()
-            if self._client is not None:
-                self._client.close()
-                self._client = None
+            self._drop_connection()
+
+    def _drop_connection(self) -> None:
+        """Close pooled channels and the SSH connection; the caller holds the lock."""
+        for channel in self._idle:
+            try:
+                channel.close()
+            except Exception:  # a dead channel must not mask the close of the rest
+                logger.debug("closing SFTP channel of %s failed", self.url, exc_info=True)
+        self._idle.clear()
+        self._dirs.clear()
+        if self._client is not None:
+            self._client.close()
+            self._client = None
 
     # -- objects -----------------------------------------------------------------------------
 
@@ -310,4 +317,15 @@ class SFTPBackend(Backend):
                 hint="check that the host is up and reachable, then retry",
             )
         reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        if action == "write" and reason.strip().lower() == "failure":
+            # SFTP v3 reports a full disk or exhausted quota only as a generic failure.
+            return BackendError(
+                f"cannot {what}: the server reported a failure",
+                hint="check free space and quota on the server, and the directory's permissions",
+            )
         return BackendError(f"cannot {what}: {reason}")
+
+
+def _alive(client: paramiko.SSHClient) -> bool:
+    transport = client.get_transport()
+    return transport is not None and transport.is_active()
