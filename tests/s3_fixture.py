@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import subprocess
@@ -35,8 +36,8 @@ class S3Server:
     process: subprocess.Popen[bytes] = field(repr=False)
     log_path: Path
 
-    def client(self) -> Any:
-        """A plain boto3 client with the dummy credentials, for test setup and inspection."""
+    @functools.cached_property
+    def _client(self) -> Any:
         import boto3
 
         return boto3.client(
@@ -46,6 +47,10 @@ class S3Server:
             aws_access_key_id=S3_DUMMY_CREDENTIALS["access_key_id"],
             aws_secret_access_key=S3_DUMMY_CREDENTIALS["secret_access_key"],
         )
+
+    def client(self) -> Any:
+        """A plain boto3 client with the dummy credentials, for test setup and inspection."""
+        return self._client
 
 
 @dataclass

@@ -8,13 +8,17 @@ backoff a bounded number of times. Credentials never appear in messages, logs or
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 import boto3
+import botocore.loaders
+import botocore.session
 from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
@@ -74,6 +78,7 @@ class S3Backend(Backend):
         self.options = options or S3Options()
         self.url = f"s3://{bucket}/{self.prefix}"
         self._client: Any = None
+        self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"S3Backend({self.url!r}, endpoint={self._endpoint})"
@@ -88,9 +93,11 @@ class S3Backend(Backend):
 
     @property
     def client(self) -> Any:
-        if self._client is None:
-            self._client = self._make_client()
-        return self._client
+        """The boto3 client (thread-safe), made on first use."""
+        with self._lock:
+            if self._client is None:
+                self._client = self._make_client()
+            return self._client
 
     def _make_client(self) -> Any:
         opts = self.options
@@ -102,7 +109,10 @@ class S3Backend(Backend):
             s3={"addressing_style": opts.addressing_style},
         )
         try:
+            core = botocore.session.get_session()
+            core.register_component("data_loader", _shared_loader())
             session = boto3.session.Session(
+                botocore_session=core,
                 aws_access_key_id=opts.access_key_id,
                 aws_secret_access_key=opts.secret_access_key,
                 aws_session_token=opts.session_token,
@@ -145,9 +155,10 @@ class S3Backend(Backend):
         self._call("create bucket", None, self.client.create_bucket, **kwargs)
 
     def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+        with self._lock:
+            if self._client is not None:
+                self._client.close()
+                self._client = None
 
     # -- objects -----------------------------------------------------------------------------
 
@@ -391,6 +402,12 @@ class S3Backend(Backend):
                 hint="check the endpoint's health and request rate limits, then retry",
             )
         return BackendError(f"cannot {what} ({where}): {_describe(exc)}")
+
+
+@functools.cache
+def _shared_loader() -> botocore.loaders.Loader:
+    """One loader for all clients, so the S3 service model is parsed once per process."""
+    return botocore.loaders.create_loader()
 
 
 def _read_part(fileobj: BinaryIO, size: int) -> bytes:
