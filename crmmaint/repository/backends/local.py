@@ -50,11 +50,7 @@ class LocalBackend(Backend):
                 f"repository location {self.url} does not exist or is not a directory",
                 hint="run `crmmaint repo init` to create it, or check the path",
             )
-        if not os.access(self.root, os.W_OK | os.X_OK):
-            raise BackendError(
-                f"repository location {self.url} is not writable",
-                hint="check ownership and permissions of the directory",
-            )
+        # Writability is not required here: restores and drills may read a read-only copy.
 
     def create(self) -> None:
         """Create the directory (mode 0700) and its temp area; an existing directory is kept."""
