@@ -183,7 +183,7 @@ class WriteSession:
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         try:
-            if self._state == "open":
+            if self._state in ("open", "failed"):
                 self.abort()
         finally:
             self._shutdown()
