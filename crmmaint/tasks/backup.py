@@ -8,6 +8,7 @@ manifest is committed last, so a failed or interrupted dump never appears as a b
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from crmmaint.access import open_repository, recipients_for
@@ -38,33 +39,11 @@ def backup_database(ctx: TaskContext) -> TaskResult:
 
     db = ctx.target.obj
     engine = engine_for(db, ctx.transport)
-    repo_cfg = ctx.inventory.repository(ctx.params["repository"])
     if ctx.check:
-        facts = engine.facts()
-        return TaskResult.ok(
-            f"would back up {db.engine} database {db.name} (~{_mib(facts.get('size_bytes'))}) to {repo_cfg.name}",
-            details={"check": True, "repository": repo_cfg.name},
-        )
-    recipients = recipients_for(repo_cfg)
-    started = time.monotonic()
-    with open_repository(repo_cfg) as repo:
-        with (
-            engine.dump() as dump,
-            repo.session(
-                source=source_name("database", db.name),
-                kind=db.engine,
-                host=ctx.target.host.name,
-                recipients=recipients,
-            ) as session,
-        ):
-            info = session.add_stream("dump", dump, progress=ctx.progress)
-            facts = dump.finish()
-            session.set_facts(facts)
-            session.meta.update(_public_facts(facts))
-            backup = session.commit()
-        previous = _previous(repo, backup)
-    return _backup_result(
-        backup, info, previous, time.monotonic() - started, ctx.params["min_size_ratio"]
+        size = engine.facts().get("size_bytes")
+        return _would(ctx, f"{db.engine} database {db.name} (~{_mib(size)})")
+    return _store_dump(
+        ctx, engine.dump(), source_name("database", db.name), db.engine, "dump", _row_totals
     )
 
 
@@ -78,29 +57,50 @@ def backup_files(ctx: TaskContext) -> TaskResult:
     from crmmaint.engines.files import FileSetSource
 
     fileset = ctx.target.obj
-    source = FileSetSource(fileset, ctx.transport)
-    repo_cfg = ctx.inventory.repository(ctx.params["repository"])
     if ctx.check:
-        return TaskResult.ok(
-            f"would back up file set {fileset.name} ({', '.join(fileset.paths)}) to {repo_cfg.name}",
-            details={"check": True},
-        )
+        return _would(ctx, f"file set {fileset.name} ({', '.join(fileset.paths)})")
+    source = FileSetSource(fileset, ctx.transport)
+    return _store_dump(
+        ctx,
+        source.dump(),
+        source_name("fileset", fileset.name),
+        "files",
+        "tar",
+        lambda facts: {"files": int(facts.get("files", 0))},
+    )
+
+
+def _would(ctx: TaskContext, what: str) -> TaskResult:
+    repo = ctx.inventory.repository(ctx.params["repository"]).name
+    return TaskResult.ok(
+        f"would back up {what} to {repo}", details={"check": True, "repository": repo}
+    )
+
+
+def _store_dump(
+    ctx: TaskContext,
+    dump_cm: Any,
+    source: str,
+    kind: str,
+    stream: str,
+    public: Callable[[dict[str, Any]], dict[str, Any]],
+) -> TaskResult:
+    """Stream one dump into a write session; the manifest is committed only after the dump
+    command finished cleanly (``finish`` raises otherwise, and the session aborts)."""
+    repo_cfg = ctx.inventory.repository(ctx.params["repository"])
     recipients = recipients_for(repo_cfg)
     started = time.monotonic()
     with open_repository(repo_cfg) as repo:
         with (
-            source.dump() as dump,
+            dump_cm as dump,
             repo.session(
-                source=source_name("fileset", fileset.name),
-                kind="files",
-                host=ctx.target.host.name,
-                recipients=recipients,
+                source=source, kind=kind, host=ctx.target.host.name, recipients=recipients
             ) as session,
         ):
-            info = session.add_stream("tar", dump, progress=ctx.progress)
+            info = session.add_stream(stream, dump, progress=ctx.progress)
             facts = dump.finish()
             session.set_facts(facts)
-            session.meta.update({"files": int(facts.get("files", 0))})
+            session.meta.update(public(facts))
             backup = session.commit()
         previous = _previous(repo, backup)
     return _backup_result(
@@ -181,7 +181,7 @@ def backup_prune(ctx: TaskContext) -> TaskResult:
 # --- helpers ---------------------------------------------------------------------------------
 
 
-def _public_facts(facts: dict[str, Any]) -> dict[str, Any]:
+def _row_totals(facts: dict[str, Any]) -> dict[str, Any]:
     """Non-secret totals kept readable with the write key alone (for data-loss warnings)."""
     counts = facts.get("row_counts") or {}
     return {"tables": len(facts.get("tables", [])), "rows": int(sum(counts.values()))}
