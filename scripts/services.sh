@@ -15,6 +15,7 @@ need_pkg() {  # need_pkg BINARY PACKAGE
 
 need_pkg sshd openssh-server
 need_pkg sqlite3 sqlite3
+need_pkg sudo sudo
 
 if ! pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; then
   log "starting PostgreSQL"

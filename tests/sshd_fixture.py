@@ -30,7 +30,7 @@ _CONFIG = """\
 ListenAddress {address}:{port}
 HostKey {host_key_file}
 PidFile {workdir}/sshd.pid
-AuthorizedKeysFile {authorized_keys}
+AuthorizedKeysFile {authorized_keys} .ssh/authorized_keys
 PermitRootLogin prohibit-password
 PubkeyAuthentication yes
 PasswordAuthentication no

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
@@ -92,10 +95,39 @@ def test_pool_reuses_and_checks_settings(sshd_hosts):
     assert len(pool) == 0
 
 
-@pytest.mark.skipif(shutil.which("sudo") is None, reason="sudo not installed")
-def test_become_sudo(sshd_hosts):
-    with _transport(sshd_hosts[5], become="sudo") as t:
+BECOME_USER = "crmbecome"
+
+
+@pytest.fixture(scope="session")
+def become_user(sshd_hosts):
+    """An unprivileged login user with passwordless sudo, authorised with the fixture's key."""
+    if shutil.which("sudo") is None or os.geteuid() != 0:
+        pytest.fail("become tests need sudo and root: `make test` installs sudo")
+    if subprocess.run(["id", BECOME_USER], capture_output=True).returncode != 0:
+        subprocess.run(["useradd", "-m", "-s", "/bin/sh", BECOME_USER], check=True)
+    # '*' (not the locked '!') so sshd without PAM lets key logins in.
+    subprocess.run(["usermod", "-p", "*", BECOME_USER], check=True)
+    home = Path(f"/home/{BECOME_USER}")
+    ssh_dir = home / ".ssh"
+    ssh_dir.mkdir(mode=0o700, exist_ok=True)
+    public = Path(sshd_hosts[5].identity_file + ".pub").read_text()
+    (ssh_dir / "authorized_keys").write_text(public)
+    shutil.chown(ssh_dir, BECOME_USER, BECOME_USER)
+    shutil.chown(ssh_dir / "authorized_keys", BECOME_USER, BECOME_USER)
+    sudoers = Path(f"/etc/sudoers.d/{BECOME_USER}")
+    sudoers.write_text(f"{BECOME_USER} ALL=(ALL) NOPASSWD: ALL\n")
+    sudoers.chmod(0o440)
+    return BECOME_USER
+
+
+def test_become_sudo(sshd_hosts, become_user):
+    host = sshd_hosts[5]
+    with _transport(host, user=become_user) as plain:
+        assert plain.run("id -u").text.strip() != "0"
+    with _transport(host, user=become_user, become="sudo") as t:
         assert t.run("id -u", env={"X": "1"}).text.strip() == "0"
+        assert t.run("cat", stdin=b"payload over stdin").text == "payload over stdin"
+        assert t.run(["sh", "-c", 'printf %s "$X"'], env={"X": "secret"}).text == "secret"
 
 
 def test_remote_command_keeps_secrets_off_the_command_line():
