@@ -8,8 +8,9 @@ line and field. Secrets are never inline: a password or passphrase is a *source*
 from __future__ import annotations
 
 import os
+import posixpath
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +116,20 @@ class Repository:
 
 
 @dataclass
+class DrillTarget:
+    """Where restore drills of one database run: another host and server, or a scratch directory
+    for SQLite. Unset fields fall back to the database's own."""
+
+    database: str
+    host: str | None = None
+    address: str | None = None
+    port: int | None = None
+    user: str | None = None
+    password: SecretSource | None = None
+    directory: str | None = None
+
+
+@dataclass
 class Target:
     """One thing a task runs against: its kind, its name and the host that owns it."""
 
@@ -137,6 +152,7 @@ class Inventory:
     caches: dict[str, Cache] = field(default_factory=dict)
     filesets: dict[str, FileSet] = field(default_factory=dict)
     repositories: dict[str, Repository] = field(default_factory=dict)
+    drills: dict[str, DrillTarget] = field(default_factory=dict)
     vars: dict[str, Any] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
 
@@ -185,6 +201,28 @@ class Inventory:
         host = obj if kind == "hosts" else self.hosts.get(getattr(obj, "host", ""), _RUNNER_HOST)
         return Target(kind, name, host, obj)
 
+    def drill_database(self, name: str) -> tuple[Database, Host]:
+        """The database entry a drill of ``name`` restores with, and the host it runs on."""
+        db = self.databases[name]
+        drill = self.drills.get(name)
+        if drill is None:
+            return db, self.target("database", name).host
+        host_name = drill.host or db.host
+        host = self.hosts.get(host_name, _RUNNER_HOST)
+        path = db.path
+        if drill.directory and path:
+            path = posixpath.join(drill.directory, posixpath.basename(path))
+        scratch = replace(
+            db,
+            host=host_name,
+            address=drill.address or db.address,
+            port=drill.port or db.port,
+            user=drill.user or db.user,
+            password=drill.password or db.password,
+            path=path,
+        )
+        return scratch, host
+
     def main_database(self) -> Database | None:
         for db in self.databases.values():
             if db.main:
@@ -219,7 +257,10 @@ _RUNNER_HOST = Host(name="local", connection="local", address="127.0.0.1")
 
 # --- loading ---------------------------------------------------------------------------------
 
-_TOP = {"hosts", "groups", "databases", "caches", "filesets", "repositories", "vars", "settings"}
+_TOP = {
+    "hosts", "groups", "databases", "caches", "filesets", "repositories", "drills", "vars", "settings",
+}  # fmt: skip
+_DRILL_KEYS = {"host", "address", "port", "user", "password", "directory"}
 _HOST_KEYS = {
     "address", "port", "user", "identity_file", "known_hosts", "connection", "become",
     "allow_unknown_host_key", "connect_timeout", "groups", "vars",
@@ -288,6 +329,15 @@ def _build(data: Any, path: Path) -> Inventory:
         inv.filesets[name] = _fileset(name, spec, inv)
     for name, spec in _section(data, "repositories"):
         inv.repositories[name] = _repository(name, spec, base)
+    drills = _section_raw(data, "drills")
+    for name, spec in _section(data, "drills"):
+        if name not in inv.databases:
+            raise SourceError(
+                f"drills names unknown database {name!r} (known: {', '.join(inv.databases) or 'none'})",
+                line_of(drills, name),
+                name,
+            )
+        inv.drills[name] = _drill(name, spec, base, inv)
     _check_name_clashes(inv, data)
     return inv
 
@@ -482,6 +532,27 @@ def _repository(name: str, spec: dict, base: Path) -> Repository:
         passphrase=_secret(spec, "passphrase", what),
         options=options,
         default=get_field(spec, "default", bool, default=False),
+    )
+
+
+def _drill(name: str, spec: dict, base: Path, inv: Inventory) -> DrillTarget:
+    what = f"drill target {name!r}"
+    check_keys(spec, _DRILL_KEYS, what)
+    host = _owner(spec, what, inv) if "host" in spec else None
+    directory = get_field(spec, "directory", str)
+    if (
+        directory is not None
+        and inv.hosts.get(host or inv.databases[name].host, _RUNNER_HOST).is_local
+    ):
+        directory = _path(directory, base)
+    return DrillTarget(
+        database=name,
+        host=host,
+        address=get_field(spec, "address", str),
+        port=get_field(spec, "port", int),
+        user=get_field(spec, "user", str),
+        password=_secret(spec, "password", what),
+        directory=directory,
     )
 
 

@@ -66,7 +66,19 @@ def cli(*args: str) -> tuple[int, str, str]:
     return proc.returncode, proc.stdout, proc.stderr
 
 
-def make_estate(tmp_path: Path, host, db: str, repo: dict, *, with_identity: bool = True) -> Path:
+def ssh_host(host) -> dict:
+    return {
+        "address": host.address,
+        "port": host.port,
+        "user": host.user,
+        "identity_file": str(host.identity_file),
+        "known_hosts": str(host.known_hosts),
+    }
+
+
+def make_estate(
+    tmp_path: Path, host, db: str, repo: dict, *, with_identity: bool = True, drill_host=None
+) -> Path:
     keys = tmp_path / "keys"
     if not (keys / "ops.key").exists():
         identity = X25519Identity.generate()
@@ -81,15 +93,7 @@ def make_estate(tmp_path: Path, host, db: str, repo: dict, *, with_identity: boo
         repo["identity"] = str(keys / "ops.key")
     inv = {
         "settings": {"journal": str(tmp_path / "journal.sqlite")},
-        "hosts": {
-            "dbhost": {
-                "address": host.address,
-                "port": host.port,
-                "user": host.user,
-                "identity_file": str(host.identity_file),
-                "known_hosts": str(host.known_hosts),
-            }
-        },
+        "hosts": {"dbhost": ssh_host(host)},
         "databases": {
             "crm": {
                 "engine": "postgresql",
@@ -103,6 +107,9 @@ def make_estate(tmp_path: Path, host, db: str, repo: dict, *, with_identity: boo
         },
         "repositories": {"main": repo},
     }
+    if drill_host is not None:
+        inv["hosts"]["drillhost"] = ssh_host(drill_host)
+        inv["drills"] = {"crm": {"host": "drillhost", "address": "127.0.0.1", "user": "postgres"}}
     path = tmp_path / ("inventory.yml" if with_identity else "inventory-writer.yml")
     path.write_text(yaml.safe_dump(inv))
     return path
@@ -142,7 +149,7 @@ def repository(request, tmp_path):
 
 
 def test_remote_postgres_to_remote_repository(sshd_hosts, crm_db, repository, tmp_path):
-    inv = str(make_estate(tmp_path, sshd_hosts[0], crm_db, repository))
+    inv = str(make_estate(tmp_path, sshd_hosts[0], crm_db, repository, drill_host=sshd_hosts[2]))
     code, out, err = cli("repo", "init", "-i", inv)
     assert code == 0, err
 
@@ -153,6 +160,7 @@ def test_remote_postgres_to_remote_repository(sshd_hosts, crm_db, repository, tm
     assert statuses == {"back up": "changed", "drill": "ok", "verify": "ok"}
     drill = next(r for r in doc["results"] if r["step"] == "drill")
     assert drill["metrics"]["rows"] == 20200 and drill["metrics"]["tables"] == 2
+    assert drill["details"]["on"] == "drillhost"  # the inventory's drill target
 
     # A clustered change (the newest 1% of rows): much of the second backup is already stored.
     psql("UPDATE customers SET notes = 'changed' WHERE id > 19800", crm_db)

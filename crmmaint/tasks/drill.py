@@ -1,7 +1,7 @@
 """``drill.restore``: prove a backup restores, and record the proof in the repository.
 
-The newest backup of a database is restored into a scratch database next to the original (or on
-the host named by ``on_host``), its tables, exact row counts, schema fingerprint and sequences are
+The newest backup of a database is restored into a scratch database next to the original, or
+where the inventory's ``drills:`` section says (another host and server), its tables, exact row counts, schema fingerprint and sequences are
 compared with the facts recorded in the same snapshot as the dump, the scratch copy is dropped, and
 the backup is marked as drilled, which ``backups list`` shows and prune protects.
 """
@@ -87,7 +87,8 @@ def drill_restore(ctx: TaskContext) -> TaskResult:
                 f"{len(expected.get('tables', []))} tables",
                 details={"check": True, "backup": backup.id},
             )
-        engine = engine_for(db, ctx.transport)
+        drill_db, drill_host = ctx.inventory.drill_database(db.name)
+        engine = engine_for(drill_db, ctx.transport_for(drill_host))
         target = scratch_name(db, time.time())
         started = time.monotonic()
         try:
@@ -114,7 +115,12 @@ def drill_restore(ctx: TaskContext) -> TaskResult:
         "rows": float(rows),
         "tables": float(len(actual.get("tables", []))),
     }
-    details = {"backup": backup.id, "scratch": target, "kept": ctx.params["keep"]}
+    details = {
+        "backup": backup.id,
+        "scratch": target,
+        "on": drill_host.name,
+        "kept": ctx.params["keep"],
+    }
     if problems:
         return TaskResult.failed(
             f"drill of backup {backup.id} found {len(problems)} difference(s): {problems[0]}",
@@ -122,7 +128,8 @@ def drill_restore(ctx: TaskContext) -> TaskResult:
             details={**details, "problems": problems},
         )
     return TaskResult.ok(
-        f"backup {backup.id} restored in {seconds:.1f}s: {len(actual.get('tables', []))} tables, "
+        f"backup {backup.id} restored on {drill_host.name} in {seconds:.1f}s: "
+        f"{len(actual.get('tables', []))} tables, "
         f"{rows} rows, schema identical",
         metrics=metrics,
         details=details,

@@ -1,0 +1,238 @@
+"""Inventory loading and validation, and the small parse helpers (durations, sizes, percents)."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import pytest
+import yaml
+from hypothesis import given
+from hypothesis import strategies as st
+
+from crmmaint.errors import InventoryError
+from crmmaint.inventory import SecretSource, describe, load_inventory
+from crmmaint.yamlsource import (
+    SourceError,
+    load_yaml_text,
+    parse_duration,
+    parse_percent,
+    parse_size,
+)
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+GOOD = """\
+settings: {journal: journal.sqlite}
+hosts:
+  local: {}
+  app1: {address: 10.0.0.11, user: crm, groups: [app, web]}
+  db1: {address: 10.0.0.21, port: 2222, groups: [db]}
+groups:
+  frontends: [app1]
+databases:
+  crm: {engine: postgresql, host: db1, user: backup, password: "env:CRM_PW", main: true}
+  shop: {engine: mysql, host: db1, groups: [erp]}
+  demo: {engine: sqlite, path: crm.sqlite}
+caches:
+  sessions: {host: app1, redis: "redis://127.0.0.1:6379/0", password: "file:/etc/redis.pass"}
+  render: {host: app1, directories: [/var/cache/crm]}
+filesets:
+  attachments: {host: app1, paths: [/srv/crm/attachments]}
+repositories:
+  offsite: {url: "s3://bucket/crm", region: eu-central-1, write_key: keys/write.key, recipients: ["file:keys/ops.pub"], default: true}
+  local: {url: repo, write_key: keys/write.key, recipients: ["file:keys/ops.pub"]}
+drills:
+  crm: {host: app1, address: 127.0.0.1, user: postgres}
+"""
+
+
+def load(tmp_path: Path, text: str):
+    path = tmp_path / "inventory.yml"
+    path.write_text(text)
+    return load_inventory(path)
+
+
+def test_a_full_inventory_loads_and_resolves(tmp_path):
+    inv = load(tmp_path, GOOD)
+    assert inv.hosts["local"].is_local and not inv.hosts["app1"].is_local
+    assert inv.hosts["db1"].port == 2222
+    assert [t.name for t in inv.resolve("hosts", ["web"])] == ["app1"]
+    assert [t.name for t in inv.resolve("hosts", ["frontends", "db"])] == ["app1", "db1"]
+    assert [t.name for t in inv.resolve("database", ["all"])] == ["crm", "shop", "demo"]
+    assert [t.name for t in inv.resolve("database", ["main"])] == ["crm"]
+    assert [t.name for t in inv.resolve("database", ["erp"])] == ["shop"]
+    crm = inv.target("database", "crm")
+    assert crm.host.name == "db1" and crm.label == "crm@db1"
+    assert inv.databases["demo"].path == str(tmp_path / "crm.sqlite")
+    assert inv.default_repository().name == "offsite"
+    assert inv.repositories["local"].url == f"file://{tmp_path / 'repo'}"
+    assert inv.repositories["offsite"].options == {"region": "eu-central-1"}
+    assert inv.repositories["local"].recipients == [f"file:{tmp_path / 'keys' / 'ops.pub'}"]
+
+
+def test_drill_target_overrides_only_what_it_names(tmp_path):
+    inv = load(tmp_path, GOOD)
+    scratch, host = inv.drill_database("crm")
+    assert host.name == "app1" and scratch.address == "127.0.0.1" and scratch.user == "postgres"
+    assert scratch.dbname == "crm" and scratch.password == inv.databases["crm"].password
+    same, owner = inv.drill_database("shop")
+    assert same is inv.databases["shop"] and owner.name == "db1"
+
+
+def test_secrets_are_sources_never_values(tmp_path, monkeypatch):
+    inv = load(tmp_path, GOOD)
+    secret = inv.databases["crm"].password
+    assert isinstance(secret, SecretSource)
+    monkeypatch.setenv("CRM_PW", "hunter2")
+    assert secret.resolve() == b"hunter2"
+    assert "hunter2" not in repr(inv.databases["crm"]) and "hunter2" not in str(describe(inv))
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "fragment"),
+    [
+        ("hosts:\n  a: {adress: x}\n", 2, "did you mean 'address'"),
+        ("hostz: {}\n", 1, "unknown key 'hostz'"),
+        ("hosts:\n  a: {port: 70000}\n", 2, "out of range"),
+        ("hosts:\n  a: {port: '22'}\n", 2, "must be an integer"),
+        ("hosts:\n  a: {connection: telnet}\n", 2, "must be one of ssh, local"),
+        ("hosts:\n  a: {become: su}\n", 2, "must be one of sudo"),
+        ("databases:\n  x: {engine: oracle}\n", 2, "must be one of postgresql"),
+        ("databases:\n  x: {host: ghost, engine: mysql}\n", 2, "unknown host 'ghost'"),
+        ("databases:\n  x: {engine: sqlite}\n", 2, "needs 'path'"),
+        ("databases:\n  x: {engine: mysql, path: /x}\n", 2, "only for sqlite"),
+        (
+            "databases:\n  x: {engine: mysql, password: hunter2}\n",
+            2,
+            "inline secrets are not allowed",
+        ),
+        ("caches:\n  c: {redis: 'redis://:pw@h:6379'}\n", 2, "no password in the redis URL"),
+        ("caches:\n  c: {}\n", 2, "needs 'redis' or 'directories'"),
+        ("filesets:\n  f: {}\n", 2, "needs 'paths'"),
+        ("repositories:\n  r: {url: 'ftp://x'}\n", 2, "not supported"),
+        ("repositories:\n  r: {}\n", 2, "missing required field 'url'"),
+        ("groups:\n  g: [nobody]\n", 2, "unknown host 'nobody'"),
+        ("drills:\n  nodb: {}\n", 2, "unknown database 'nodb'"),
+        ("hosts:\n  a: {}\n  a: {}\n", 3, "duplicate key"),
+        ("hosts: [\n", 2, "YAML syntax"),
+        ("- 1\n", None, "must be a mapping"),
+    ],
+)
+def test_every_error_names_file_line_and_what(tmp_path, text, line, fragment):
+    with pytest.raises(InventoryError) as info:
+        load(tmp_path, text)
+    message = str(info.value)
+    where = f"{tmp_path / 'inventory.yml'}:{line}:" if line else f"{tmp_path / 'inventory.yml'}:"
+    assert message.startswith(where), message
+    assert fragment in message
+
+
+def test_missing_file_says_what_to_do(tmp_path):
+    with pytest.raises(InventoryError, match="crmmaint demo"):
+        load_inventory(tmp_path / "nope.yml")
+
+
+def test_unknown_selector_lists_known_names(tmp_path):
+    inv = load(tmp_path, GOOD)
+    with pytest.raises(InventoryError, match=r"known: .*app1"):
+        inv.resolve("hosts", ["nope"])
+
+
+@pytest.mark.parametrize("name", ["demo-inventory.yml", "production-inventory.yml"])
+def test_shipped_examples_load(name):
+    inv = load_inventory(EXAMPLES / name)
+    assert inv.databases and inv.repositories
+
+
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+        lambda c: (
+            st.lists(c, max_size=3)
+            | st.dictionaries(
+                st.sampled_from(
+                    ["hosts", "databases", "engine", "host", "url", "port", "paths", "x"]
+                ),
+                c,
+                max_size=4,
+            )
+        ),
+        max_leaves=12,
+    )
+)
+def test_random_documents_only_ever_raise_inventory_errors(tmp_path_factory, doc):
+    path = tmp_path_factory.mktemp("inv") / "inventory.yml"
+    path.write_text(yaml.safe_dump(doc))
+    with contextlib.suppress(InventoryError):
+        load_inventory(path)
+
+
+# --- parse helpers ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("90s", 90),
+        ("5m", 300),
+        ("2h", 7200),
+        ("1.5d", 129600),
+        ("1w", 604800),
+        ("1h30m", 5400),
+        ("250ms", 0.25),
+        (45, 45),
+        ("10", 10),
+    ],
+)
+def test_parse_duration(text, seconds):
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("bad", ["", "soon", "5 minutes", "-5s", "1x", True, -1])
+def test_parse_duration_rejects(bad):
+    with pytest.raises(ValueError):
+        parse_duration(bad)
+
+
+@given(st.integers(0, 10**6), st.sampled_from(["s", "m", "h", "d", "w"]))
+def test_parse_duration_units(n, unit):
+    factor = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[unit]
+    assert parse_duration(f"{n}{unit}") == n * factor
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [
+        ("512", 512),
+        ("512k", 512_000),
+        ("64MiB", 64 << 20),
+        ("1.5GB", 1_500_000_000),
+        ("2TiB", 2 << 40),
+        ("1gib", 1 << 30),
+        (7, 7),
+    ],
+)
+def test_parse_size(text, size):
+    assert parse_size(text) == size
+
+
+@pytest.mark.parametrize("bad", ["", "big", "1 XB", "-1k", False])
+def test_parse_size_rejects(bad):
+    with pytest.raises(ValueError):
+        parse_size(bad)
+
+
+def test_parse_percent():
+    assert parse_percent("10%") == 10.0 and parse_percent(80) == 80.0
+    for bad in ("110%", "-1", "ten", True):
+        with pytest.raises(ValueError):
+            parse_percent(bad)
+
+
+def test_yaml_lines_are_remembered():
+    doc = load_yaml_text("a: 1\nb:\n  c: [1, 2]\n  d: x\n")
+    assert doc.line_of("b") == 2 and doc["b"].line_of("d") == 4
+    with pytest.raises(SourceError) as info:
+        load_yaml_text("a: 1\na: 2\n")
+    assert info.value.line == 2
