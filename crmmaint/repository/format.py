@@ -52,9 +52,9 @@ _CHUNK_REC = struct.Struct(f"<{CHUNK_ID_LEN}sIIIII")
 class ChunkerParams:
     """FastCDC sizes in bytes: chunks are cut at content-defined points within [min, max]."""
 
-    min_size: int = 256 << 10
-    avg_size: int = 1 << 20
-    max_size: int = 4 << 20
+    min_size: int = 128 << 10
+    avg_size: int = 512 << 10
+    max_size: int = 2 << 20
 
     def __post_init__(self) -> None:
         if not 64 <= self.min_size <= self.avg_size <= self.max_size or self.avg_size < 256:

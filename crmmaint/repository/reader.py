@@ -41,8 +41,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 READ_THREADS = 4
-PREFETCH_READS = 8
-COALESCE_BYTES = 8 << 20
+#: Reads in flight while restoring, each at most COALESCE_BYTES of stored data: with text
+#: expanding ~3x on decompression this bounds a restore to roughly 50-70 MB of buffers.
+PREFETCH_READS = 4
+COALESCE_BYTES = 4 << 20
 _VERIFY_HINT = "run `crmmaint verify --read-data` to find every damaged object"
 
 

@@ -48,8 +48,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_PACK_SIZE = 32 << 20
-DEFAULT_COMPRESSION_LEVEL = 3
+DEFAULT_PACK_SIZE = 16 << 20
+#: zstd level 1: about twice as fast as 3 on dump text for ~3% more bytes (docs/performance.md).
+DEFAULT_COMPRESSION_LEVEL = 1
 _INIT_HINT = "create it with `crmmaint repo init`, or check the repository URL"
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import shutil
@@ -17,9 +18,20 @@ from crmmaint.transport.base import Command, ProcessPipes, Transport, command_te
 log = logging.getLogger(__name__)
 
 
+#: Pipe buffer for a command's stdout: large reads, fewer wake-ups on dump-sized streams.
+PIPE_SIZE = 1 << 20
+
+
+def _grow_pipe(fileobj: object) -> None:
+    """Best effort: a 1 MiB pipe (Linux caps it at /proc/sys/fs/pipe-max-size)."""
+    with contextlib.suppress(AttributeError, OSError, ValueError):
+        fcntl.fcntl(fileobj.fileno(), fcntl.F_SETPIPE_SZ, PIPE_SIZE)  # type: ignore[attr-defined]
+
+
 class _LocalPipes(ProcessPipes):
     def __init__(self, popen: subprocess.Popen) -> None:
         self._popen = popen
+        _grow_pipe(popen.stdout)
 
     def write_stdin(self, data: bytes) -> None:
         assert self._popen.stdin is not None
