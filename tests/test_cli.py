@@ -275,3 +275,33 @@ def test_invoke_lists_the_same_collection():
         "keys.generate",
     ):
         assert name in proc.stdout
+
+
+def test_passphrase_repository_round_trip(estate, monkeypatch):
+    """The simple alternative to X25519 keys: a passphrase from a secret source."""
+    inv_path = estate / "inventory.yml"
+    inv = yaml.safe_load(inv_path.read_text())
+    inv["repositories"]["main"] = {
+        "url": "repo",
+        "write_key": "keys/write.key",
+        "passphrase": "env:CRM_BACKUP_PASSPHRASE",
+    }
+    inv_path.write_text(yaml.safe_dump(inv))
+    monkeypatch.setenv("CRM_BACKUP_PASSPHRASE", "correct horse battery staple")
+    assert cli("repo", "init", "-i", str(inv_path))[0] == 0
+    code, out, err = cli("backup", "-i", str(inv_path), "--database", "crm")
+    assert code == 0, out + err
+    code, out, err = cli(
+        "restore", "database:crm@latest", "--to", str(estate / "p.sqlite"), "-i", str(inv_path)
+    )
+    assert code == 0 and "7000 rows" in out, err
+
+    monkeypatch.setenv("CRM_BACKUP_PASSPHRASE", "wrong horse")
+    code, _, err = cli(
+        "restore", "database:crm@latest", "--to", str(estate / "q.sqlite"), "-i", str(inv_path)
+    )
+    assert code == 8 and "correct horse" not in err and "wrong horse" not in err
+    assert not (estate / "q.sqlite").exists()
+    monkeypatch.delenv("CRM_BACKUP_PASSPHRASE")
+    code, _, err = cli("backup", "-i", str(inv_path), "--database", "crm")
+    assert code == 2 and "CRM_BACKUP_PASSPHRASE" in err + _
