@@ -117,7 +117,7 @@ def test_config_is_plain_json_without_secrets(repo, tmp_path, write_key):
     config = json.loads((tmp_path / "repo" / "config").read_text())
     assert config["format"] == "crmmaint-repository" and config["version"] == 1
     assert config["chunker"] == {"algorithm": "fastcdc", **SMALL_CHUNKS.to_json()}
-    assert config["compression"] == {"algorithm": "zstd", "level": 1}
+    assert config["compression"] == {"algorithm": "zstd", "level": 2}
     assert config["aead"] == "aes-256-gcm"
     assert write_key.hex() not in json.dumps(config)
 
