@@ -214,6 +214,43 @@ class DatabaseEngine(abc.ABC):
         except TransportError as exc:
             raise self.error(f"{what}: {exc}") from exc
 
+    def load(
+        self,
+        command: Command,
+        stream: Reader,
+        *,
+        into: str,
+        what: str,
+        timeout: float | None,
+        hint: str | None = None,
+    ) -> int:
+        """Stream a dump into a client command's stdin (a restore); returns the bytes fed.
+
+        A client that exits non-zero, a source that fails mid-stream, or a timeout becomes an
+        ``EngineError`` naming the target; the caller removes the half-loaded target.
+        """
+        with self.started(command, what=what) as proc:
+            if timeout is not None:
+                proc.set_timeout(timeout)
+            size, problem = feed(stream, proc)
+            try:
+                result = proc.wait(timeout=timeout)
+            except CommandTimeout as exc:
+                raise self.error(f"restore timed out after {timeout}s") from exc
+            if not result.ok or problem:
+                raise self.error(
+                    f"restore into {into!r} failed: {problem or ''} {result.stderr_tail()}".strip(),
+                    hint=hint,
+                )
+        return size
+
+    def drop_quietly(self, target_name: str) -> None:
+        """Remove a failed restore target; a failure to do so is logged, not raised."""
+        try:
+            self.drop(target_name)
+        except EngineError as exc:
+            log.warning("could not drop failed restore target %s: %s", target_name, exc)
+
     # --- the interface ----------------------------------------------------------------------
 
     def ping(self, *, timeout: float = 30.0) -> float:

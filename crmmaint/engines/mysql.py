@@ -23,10 +23,8 @@ from crmmaint.engines.base import (
     RestoreTargetExists,
     check_target_name,
     closing_dump,
-    feed,
     schema_digest,
 )
-from crmmaint.errors import CommandTimeout, EngineError
 
 log = logging.getLogger(__name__)
 
@@ -341,24 +339,11 @@ class MySQLEngine(DatabaseEngine):
         target = self.for_database(target_name)
         log.info("restoring into %s on %s", target_name, self.transport.host)
         try:
-            with self.started(target.client(), what="mariadb restore") as proc:
-                if timeout is not None:
-                    proc.set_timeout(timeout)
-                size, problem = feed(stream, proc)
-                try:
-                    result = proc.wait(timeout=timeout)
-                except CommandTimeout as exc:
-                    raise self.error(f"restore timed out after {timeout}s") from exc
-                if not result.ok or problem:
-                    raise self.error(
-                        f"restore into {target_name!r} failed: {problem or ''} "
-                        f"{result.stderr_tail()}".strip()
-                    )
+            size = target.load(
+                target.client(), stream, into=target_name, what="mariadb restore", timeout=timeout
+            )
         except BaseException:
-            try:
-                self.drop(target_name)
-            except EngineError as exc:
-                log.warning("could not drop failed restore target %s: %s", target_name, exc)
+            self.drop_quietly(target_name)
             raise
         log.info("restored %d bytes into %s", size, target_name)
         return target.snapshot_facts()

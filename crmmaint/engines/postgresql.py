@@ -26,10 +26,9 @@ from crmmaint.engines.base import (
     RestoreTargetExists,
     check_target_name,
     closing_dump,
-    feed,
     schema_digest,
 )
-from crmmaint.errors import CommandTimeout, EngineError, TransportError
+from crmmaint.errors import CommandTimeout, TransportError
 from crmmaint.transport.base import Process
 
 log = logging.getLogger(__name__)
@@ -412,31 +411,19 @@ class PostgreSQLEngine(DatabaseEngine):
         command += target.conn_args()
         log.info("restoring into %s on %s", target_name, self.transport.host)
         try:
-            with self.started(command, what="psql restore") as proc:
-                if timeout is not None:
-                    proc.set_timeout(timeout)
-                size, problem = feed(stream, proc)
-                try:
-                    result = proc.wait(timeout=timeout)
-                except CommandTimeout as exc:
-                    raise self.error(f"restore timed out after {timeout}s") from exc
-                if not result.ok or problem:
-                    raise self.error(
-                        f"restore into {target_name!r} failed: {problem or ''} "
-                        f"{result.stderr_tail()}".strip(),
-                        hint="roles the dump names must exist on this server",
-                    )
+            size = self.load(
+                command,
+                stream,
+                into=target_name,
+                what="psql restore",
+                timeout=timeout,
+                hint="roles the dump names must exist on this server",
+            )
         except BaseException:
-            self._drop_quietly(target_name)
+            self.drop_quietly(target_name)
             raise
         log.info("restored %d bytes into %s", size, target_name)
         return target.snapshot_facts()
-
-    def _drop_quietly(self, name: str) -> None:
-        try:
-            self.drop(name)
-        except EngineError as exc:
-            log.warning("could not drop failed restore target %s: %s", name, exc)
 
     def drop(self, target_name: str, *, timeout: float = QUERY_TIMEOUT) -> None:
         check_target_name(self, target_name)

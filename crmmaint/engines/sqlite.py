@@ -24,10 +24,9 @@ from crmmaint.engines.base import (
     Reader,
     RestoreTargetExists,
     closing_dump,
-    feed,
     schema_digest,
 )
-from crmmaint.errors import CommandTimeout, EngineError
+from crmmaint.errors import EngineError
 
 log = logging.getLogger(__name__)
 
@@ -208,18 +207,13 @@ class SQLiteEngine(DatabaseEngine):
                 f"{self.where}: restore target file {dest} exists",
                 hint="choose another name, remove it, or pass force to replace it",
             )
-        with self.started(["sh", "-c", _WRITE_SCRIPT, "sh", dest], what="writing") as proc:
-            if timeout is not None:
-                proc.set_timeout(timeout)
-            size, problem = feed(stream, proc)
-            try:
-                result = proc.wait(timeout=timeout)
-            except CommandTimeout as exc:
-                raise self.error(f"restore timed out after {timeout}s") from exc
-            if not result.ok or problem:
-                raise self.error(
-                    f"writing {dest} failed: {problem or ''} {result.stderr_tail()}".strip()
-                )
+        size = self.load(
+            ["sh", "-c", _WRITE_SCRIPT, "sh", dest],
+            stream,
+            into=dest,
+            what="writing",
+            timeout=timeout,
+        )
         log.info("restored %d bytes into %s", size, dest)
         target = self.for_path(dest)
         try:
