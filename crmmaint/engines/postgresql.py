@@ -15,6 +15,7 @@ import logging
 import re
 import secrets
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 from crmmaint.engines.base import (
@@ -28,10 +29,14 @@ from crmmaint.engines.base import (
     closing_dump,
     schema_digest,
 )
+from crmmaint.engines.pgsections import PostDataSplit, post_data_phases
 from crmmaint.errors import CommandTimeout, TransportError
 from crmmaint.transport.base import Process
 
 log = logging.getLogger(__name__)
+
+#: Connections that build indexes in parallel after a restore's data is loaded.
+POST_DATA_JOBS = 2
 
 #: Where CREATE/DROP DATABASE run during a restore.
 MAINTENANCE_DB = "postgres"
@@ -410,20 +415,49 @@ class PostgreSQLEngine(DatabaseEngine):
             command.append("--single-transaction")
         command += target.conn_args()
         log.info("restoring into %s on %s", target_name, self.transport.host)
+        split = PostDataSplit(stream)
         try:
             size = self.load(
                 command,
-                stream,
+                split,
                 into=target_name,
                 what="psql restore",
                 timeout=timeout,
                 hint="roles the dump names must exist on this server",
             )
+            if split.post:
+                target.run_post_data(split, timeout=timeout)
         except BaseException:
             self.drop_quietly(target_name)
             raise
         log.info("restored %d bytes into %s", size, target_name)
         return target.snapshot_facts()
+
+    def run_post_data(
+        self, split: PostDataSplit, *, timeout: float | None, jobs: int = POST_DATA_JOBS
+    ) -> None:
+        """Build indexes and single-table constraints on ``jobs`` connections (as
+        ``pg_restore -j`` does), foreign keys and everything else in dump order."""
+        command = ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-o", "/dev/null"]
+        command += self.conn_args()
+
+        def run(sql: bytes) -> None:
+            self.load(
+                command,
+                io.BytesIO(split.preamble + sql),
+                into=self.db.dbname or self.db.name,
+                what="psql post-data",
+                timeout=timeout,
+            )
+
+        for parallel, scripts in post_data_phases(split.post):
+            if parallel and len(scripts) > 1:
+                with ThreadPoolExecutor(jobs, thread_name_prefix="crmmaint-postdata") as pool:
+                    for future in [pool.submit(run, sql) for sql in scripts]:
+                        future.result()
+            else:
+                for sql in scripts:
+                    run(sql)
 
     def drop(self, target_name: str, *, timeout: float = QUERY_TIMEOUT) -> None:
         check_target_name(self, target_name)
