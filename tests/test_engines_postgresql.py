@@ -142,6 +142,54 @@ def test_concurrent_write_does_not_change_snapshot_facts(source, scratch_names):
     assert restored["row_counts"]["public.customers"] == 3000
 
 
+PARTITIONED = r'''
+CREATE TABLE events (id int NOT NULL, kind text) PARTITION BY RANGE (id);
+CREATE TABLE events_low PARTITION OF events FOR VALUES FROM (0) TO (1000);
+CREATE TABLE events_high PARTITION OF events FOR VALUES FROM (1000) TO (2000);
+CREATE TABLE notes (body text);
+CREATE TABLE "Odd ""Notes""" (extra int) INHERITS (notes);
+CREATE UNLOGGED TABLE scratch (k int);
+INSERT INTO events SELECT g, 'k' || g FROM generate_series(0, 1999) g;
+INSERT INTO notes VALUES ('plain');
+INSERT INTO "Odd ""Notes""" VALUES ('child', 1);
+INSERT INTO scratch SELECT generate_series(1, 50);
+CREATE INDEX events_kind ON events (kind);
+'''
+
+
+def test_restore_loads_frozen_rows_of_partitions_children_and_odd_names(scratch_names):
+    """COPY … WITH (FREEZE) for every table the dump creates, never for a partitioned parent."""
+    src = scratch_names()
+    psql("postgres", f'CREATE DATABASE "{src}"')
+    psql(src, PARTITIONED)
+    db = Database(name="crm", engine="postgresql", host="local", dbname=src, address="127.0.0.1")
+    db.user = "postgres"
+    engine = engine_for(db, LocalTransport())
+    data, facts = dump_all(engine)
+    target = scratch_names()
+    restored = engine.restore(io.BytesIO(data), target_name=target)
+    assert compare_facts(facts, restored) == []
+    assert restored["row_counts"]["public.events_high"] == 1000
+    frozen = psql(
+        target,
+        "CREATE EXTENSION pg_visibility;"
+        "SELECT c.relname, bool_and(v.all_frozen) FROM pg_class c,"
+        " LATERAL pg_visibility_map(c.oid) v WHERE c.relkind = 'r' AND c.relnamespace ="
+        " 'public'::regnamespace GROUP BY 1 ORDER BY 1",
+    )
+    assert frozen.splitlines() == [
+        'Odd "Notes"|t',
+        "events_high|t",
+        "events_low|t",
+        "notes|t",
+        "scratch|t",
+    ]
+    # Without one transaction the tables are not created in the loading one: no FREEZE.
+    plain = scratch_names()
+    engine.restore(io.BytesIO(data), target_name=plain, single_transaction=False)
+    assert psql(plain, "SELECT count(*) FROM events").strip() == "2000"
+
+
 def test_restore_into_existing_refuses_without_force(source, scratch_names):
     data, facts = dump_all(source)
     target = scratch_names()

@@ -166,3 +166,74 @@ def test_post_data_items_and_phases():
     # Sequential items keep dump order inside one script: the FK before the trigger.
     script = phases[1][1][0]
     assert script.index(b"deals_customer_fkey") < script.index(b"customers_audit")
+
+
+FREEZABLE = b'''--
+-- Name: a; Type: TABLE; Schema: public; Owner: crm
+--
+
+CREATE TABLE public.a (
+    id integer
+);
+
+CREATE TABLE public."Odd ""Name""" (
+    id integer
+)
+INHERITS (public.a);
+
+CREATE TABLE public.parent (
+    id integer
+)
+PARTITION BY RANGE (id);
+
+CREATE UNLOGGED TABLE public.u (id integer);
+
+--
+-- Data for Name: a; Type: TABLE DATA; Schema: public; Owner: crm
+--
+
+COPY public.a (id) FROM stdin;
+1
+\\.
+
+COPY public."Odd ""Name""" (id) FROM stdin;
+\\.
+
+COPY public.parent (id) FROM stdin;
+\\.
+
+COPY public.u (id) FROM stdin;
+COPY public.x (id) FROM stdin;
+\\.
+
+COPY public.elsewhere (id) FROM stdin;
+\\.
+
+'''
+
+
+def test_freeze_rewrites_copies_of_tables_created_in_the_stream_only():
+    split = PostDataSplit(io.BytesIO(FREEZABLE), freeze=True)
+    out = drain(split)
+    copies = [line for line in out.split(b"\n") if line.startswith(b"COPY public.")]
+    assert copies == [
+        b"COPY public.a (id) FROM stdin WITH (FREEZE);",
+        b'COPY public."Odd ""Name""" (id) FROM stdin WITH (FREEZE);',
+        b"COPY public.parent (id) FROM stdin;",  # a partitioned parent: FREEZE is an error
+        b"COPY public.u (id) FROM stdin WITH (FREEZE);",
+        b"COPY public.x (id) FROM stdin;",  # a data row, not a statement
+        b"COPY public.elsewhere (id) FROM stdin;",  # not created here
+    ]
+    assert split.frozen == 3
+    assert out.replace(b" WITH (FREEZE);", b";") == FREEZABLE
+
+
+def test_without_freeze_the_stream_is_unchanged():
+    assert drain(PostDataSplit(io.BytesIO(FREEZABLE))) == FREEZABLE
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.integers(1, 120), min_size=1, max_size=6))
+def test_freeze_is_independent_of_read_boundaries(sizes):
+    whole = drain(PostDataSplit(io.BytesIO(FREEZABLE), freeze=True))
+    assert drain(PostDataSplit(Pieces(FREEZABLE, sizes), freeze=True), 7) == whole

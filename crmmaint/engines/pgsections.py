@@ -1,6 +1,14 @@
 """Split a plain pg_dump stream at its post-data section, so a restore can build indexes and
 constraints on several connections (as ``pg_restore -j`` does) while the data still streams.
 
+With ``freeze=True`` (a restore that loads in one transaction) every ``COPY … FROM stdin;`` of a
+table the stream itself created becomes ``COPY … FROM stdin WITH (FREEZE);``: the rows are
+written frozen and all-visible, so the index builds and the row counts that follow do not
+rewrite every page to set hint bits (13-23% faster on the benchmark's dump, docs/performance.md).
+PostgreSQL allows FREEZE only for a table created in the current transaction and never for a
+partitioned parent, so tables not created in the stream, and ``PARTITION BY`` parents, keep a
+plain COPY.
+
 pg_dump's plain format heads every object with a comment ``-- Name: …; Type: INDEX; …`` (data
 with ``-- Data for Name: …; Type: TABLE DATA; …``). ``PostDataSplit`` passes everything up to the
 first post-data object through unchanged, skipping over ``COPY`` blocks without looking at their
@@ -39,6 +47,11 @@ POST_DATA_TYPES = frozenset(
 PARALLEL_TYPES = frozenset({"INDEX", "CONSTRAINT"})
 
 _HEADER = re.compile(rb"^-- (?:Data for )?Name: .*?; Type: ([A-Z ]+);")
+_IDENT = rb'(?:"(?:[^"]|"")*"|[^\s."(]+)'
+_CREATE_TABLE = re.compile(
+    rb"^CREATE (?:UNLOGGED )?TABLE (" + _IDENT + rb"(?:\." + _IDENT + rb")?) "
+)
+_COPY_LINE = re.compile(rb"^COPY (" + _IDENT + rb"(?:\." + _IDENT + rb")?) .*FROM stdin;\n$")
 _COPY_END = b"\n\\.\n"
 _READ = 1 << 20
 
@@ -50,8 +63,13 @@ class PostDataSplit:
     post-data connection must repeat; ``post`` holds the post-data text once reading is done.
     """
 
-    def __init__(self, source: Reader) -> None:
+    def __init__(self, source: Reader, *, freeze: bool = False) -> None:
         self._source = source
+        self._freeze = freeze
+        self._creating: bytes | None = None  # the table whose CREATE TABLE is being read
+        self._partitioned = False
+        self.created: set[bytes] = set()
+        self.frozen = 0
         self._buf = b""
         self._out: deque[bytes] = deque()
         self._state = "main"  # main | copy | done
@@ -129,8 +147,12 @@ class PostDataSplit:
                     return
             elif not self._seen_header:
                 self.preamble += line
+            if self._freeze:
+                self._track_create(line)
             if line.startswith(b"COPY ") and line.rstrip().endswith(b"FROM stdin;"):
-                self._out.append(buf[: nl + 1])
+                if pos:
+                    self._out.append(buf[:pos])
+                self._out.append(self._copy_line(line))
                 self._buf = buf[nl + 1 :]
                 self._state = "copy"
                 return
@@ -141,6 +163,30 @@ class PostDataSplit:
             return
         if not self._fill():
             self._finish()
+
+    def _track_create(self, line: bytes) -> None:
+        """Note the tables this stream creates (``CREATE TABLE`` … up to the closing ``;``)."""
+        if self._creating is None:
+            match = _CREATE_TABLE.match(line)
+            if not match:
+                return
+            self._creating, self._partitioned = match.group(1), False
+        if line.startswith(b"PARTITION BY ") or b") PARTITION BY " in line:
+            self._partitioned = True
+        if line.rstrip().endswith(b";"):
+            if not self._partitioned:
+                self.created.add(self._creating)
+            self._creating = None
+
+    def _copy_line(self, line: bytes) -> bytes:
+        """``line`` with ``WITH (FREEZE)`` when freezing applies to its table (module docstring)."""
+        if not self._freeze:
+            return line
+        match = _COPY_LINE.match(line)
+        if match is None or match.group(1) not in self.created:
+            return line
+        self.frozen += 1
+        return line[: -len(b";\n")] + b" WITH (FREEZE);\n"
 
     def _take_post(self) -> None:
         parts = [self._buf]

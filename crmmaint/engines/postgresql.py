@@ -415,7 +415,8 @@ class PostgreSQLEngine(DatabaseEngine):
             command.append("--single-transaction")
         command += target.conn_args()
         log.info("restoring into %s on %s", target_name, self.transport.host)
-        split = PostDataSplit(stream)
+        # FREEZE needs the tables created in the loading transaction: only with one transaction.
+        split = PostDataSplit(stream, freeze=single_transaction)
         try:
             size = self.load(
                 command,
@@ -430,7 +431,9 @@ class PostgreSQLEngine(DatabaseEngine):
         except BaseException:
             self.drop_quietly(target_name)
             raise
-        log.info("restored %d bytes into %s", size, target_name)
+        log.info(
+            "restored %d bytes into %s (%d tables loaded frozen)", size, target_name, split.frozen
+        )
         return target.snapshot_facts()
 
     def run_post_data(
