@@ -14,6 +14,8 @@ import time
 
 import pytest
 from fastcdc.fastcdc_cy import fastcdc_cy
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from crmmaint.crypto import (
     PassphraseIdentity,
@@ -94,6 +96,32 @@ def test_chunk_boundaries_do_not_depend_on_read_sizes():
     assert list(iter_chunks(Pipe(data), SMALL_CHUNKS)) == expected
     assert list(iter_chunks(io.BytesIO(data), SMALL_CHUNKS)) == expected
     assert list(iter_chunks(io.BytesIO(b""), SMALL_CHUNKS)) == []
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.integers(0, 3),
+    st.integers(1, 400_000),
+    st.sampled_from([(64, 256, 1024), (1 << 10, 4 << 10, 16 << 10), (4 << 10, 8 << 10, 64 << 10)]),
+    st.integers(0, 2**32),
+)
+def test_chunks_equal_whole_buffer_chunking_for_any_data_and_reads(kind, size, sizes, seed):
+    # block_size=1: blocks of 2 * max_size, so most chunks cross a block boundary at least once
+    """Only the chunk at a block's end is carried over: the cuts are those of one whole pass."""
+    rnd = random.Random(seed)
+    if kind == 0:
+        data = rnd.randbytes(size)
+    elif kind == 1:
+        data = bytes(size)  # no content cut ever: every chunk is max_size
+    else:
+        data = dump_like(size)[:size]
+    params = ChunkerParams(*sizes)
+    expected = [
+        data[c.offset : c.offset + c.length]
+        for c in fastcdc_cy(data, params.min_size, params.avg_size, params.max_size)
+    ]
+    assert [bytes(c) for c in iter_chunks(Pipe(data, seed), params, block_size=1)] == expected
+    assert [bytes(c) for c in iter_chunks(io.BytesIO(data), params)] == expected
 
 
 def test_index_segment_round_trip():
