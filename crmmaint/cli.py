@@ -475,11 +475,13 @@ def normalize_argv(argv: list[str]) -> list[str]:
     """Accept ``GROUP VERB`` for invoke's ``GROUP.VERB``, ``--debug`` anywhere, and several files
     after ``playbook check``."""
     args = list(argv)
-    if any(a in ("--debug", "-d") for a in args[1:]):
-        os.environ["CRMMAINT_DEBUG"] = "1"
     i = 1
     while i < len(args) and args[i].startswith("-"):
         i += 2 if args[i] in _CORE_VALUE_FLAGS else 1
+    # ``-d`` is invoke's core debug flag only before the command: after it, it is the command's
+    # own short flag (``backup -d NAME`` is ``--database``).
+    if "--debug" in args[1:] or "-d" in args[1:i]:
+        os.environ["CRMMAINT_DEBUG"] = "1"
     if (
         i + 1 < len(args)
         and args[i] in ns.collections

@@ -99,6 +99,21 @@ def test_argv_normaliser():
     assert normalize_argv(["crmmaint", "keys", "generate", "--output", "k"])[1] == "keys.generate"
 
 
+@pytest.mark.parametrize(
+    "argv, debug",
+    [
+        (["crmmaint", "backup", "-d", "crm", "--check"], False),  # -d is --database here
+        (["crmmaint", "-d", "backup", "--check"], True),  # invoke's core --debug
+        (["crmmaint", "backup", "--debug"], True),
+        (["crmmaint", "repo", "init", "--debug"], True),
+    ],
+)
+def test_debug_flag_only_where_it_means_debug(argv, debug, monkeypatch):
+    monkeypatch.delenv("CRMMAINT_DEBUG", raising=False)
+    normalize_argv(argv)
+    assert (os.environ.get("CRMMAINT_DEBUG") == "1") is debug
+
+
 def test_no_inventory_is_a_configuration_error(capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     code, _, err = in_process(capsys, "inventory", "check")
