@@ -404,3 +404,22 @@ def test_peak_rss_is_bounded_whatever_the_stream_size(tmp_path):
         timeout=120,
     )
     assert int(out.stdout.strip()) < 150, out.stdout
+
+
+def test_stream_ranges_read_any_byte_range(repo, identity):
+    """Ranges (parallel restores) equal slices of the stream, across chunk boundaries."""
+    data = dump_like(1 << 20, seed=5)
+    info, _ = backup(repo, identity, {"dump": data})
+    ranges = repo.stream_ranges(info.id, "dump", [identity])
+    assert ranges.size == len(data) and len(ranges.ids) > 4
+    rnd = random.Random(7)
+    edges = ranges.offsets[1:4]
+    spans = [(0, len(data)), (0, 0), (len(data), len(data)), (edges[0], edges[1])]
+    spans += [(edges[0] - 1, edges[0] + 1), (edges[1] + 3, edges[2] - 3)]
+    for _ in range(20):
+        a, b = sorted(rnd.randrange(len(data) + 1) for _ in range(2))
+        spans.append((a, b))
+    for a, b in spans:
+        assert b"".join(ranges.read(a, b, prefetch=1)) == data[a:b], (a, b)
+    with pytest.raises(RepositoryError, match="outside the stream"):
+        list(ranges.read(5, len(data) + 1))

@@ -8,6 +8,7 @@ rechecked, and yielded strictly in order; the first bad chunk raises ``Integrity
 
 from __future__ import annotations
 
+import bisect
 import collections
 import hashlib
 import hmac
@@ -179,10 +180,52 @@ class ChunkOpener:
         return data
 
 
-def read_stream(
+class StreamRanges:
+    """One stored stream with keys and index checked once; reads any byte range of it.
+
+    ``read(start, end)`` yields the plaintext of ``[start, end)``: only the chunks overlapping
+    the range are fetched (each authenticated and rechecked as for a whole stream), the first
+    and last trimmed. Several ranges may be read at once from different threads, which is how a
+    restore loads tables in parallel (docs/engines.md).
+    """
+
+    def __init__(
+        self, repo: Repository, opener: ChunkOpener, ids: list[bytes], entries: list[IndexEntry]
+    ) -> None:
+        self.repo, self.opener, self.ids, self.entries = repo, opener, ids, entries
+        self.offsets = [0]
+        for entry in entries:
+            self.offsets.append(self.offsets[-1] + entry.raw_length)
+        self.size = self.offsets[-1]
+
+    def read(
+        self, start: int = 0, end: int | None = None, *, what: str = "", prefetch: int = 0
+    ) -> Iterator[bytes]:
+        """Plaintext of ``[start, end)``; ``prefetch`` reads in flight (default
+        ``PREFETCH_READS``; parallel readers take fewer each, to keep memory bounded)."""
+        end = self.size if end is None else end
+        if not 0 <= start <= end <= self.size:
+            raise RepositoryError(f"byte range {start}-{end} is outside the stream ({self.size})")
+        first = bisect.bisect_right(self.offsets, start) - 1
+        last = bisect.bisect_left(self.offsets, end)  # chunks [first, last) cover the range
+        if start == end:
+            return iter(())
+        reads = list(_plan_reads(self.ids[first:last], self.entries[first:last]))
+        return _stream(
+            self.repo,
+            self.opener,
+            reads,
+            what,
+            end - start,
+            skip=start - self.offsets[first],
+            prefetch=prefetch or PREFETCH_READS,
+        )
+
+
+def stream_ranges(
     repo: Repository, backup_id: str, name: str, identities: Sequence[Identity]
-) -> Iterator[bytes]:
-    """Check keys and index up front, then return a generator of the stream's plaintext."""
+) -> StreamRanges:
+    """Check keys and index up front (WrongKeyError, ObjectNotFound) for one stream."""
     meta = repo.load_manifest_meta(backup_id)
     stream = next((s for s in meta["streams"] if s["name"] == name), None)
     if stream is None:
@@ -205,10 +248,21 @@ def read_stream(
         if entry.key_id not in data_keys:
             data_keys.update(unwrap_keys(repo, [entry.key_id.hex()], identities, backup_id))
         entries.append(entry)
-    opener = ChunkOpener(repo.keys.chunk_id_key, data_keys)
-    return _stream(
-        repo, opener, list(_plan_reads(ids, entries)), f"{backup_id}/{name}", stream["size"]
-    )
+    ranges = StreamRanges(repo, ChunkOpener(repo.keys.chunk_id_key, data_keys), ids, entries)
+    if ranges.size != stream["size"]:
+        raise IntegrityError(
+            f"backup {backup_id} stream {name}: chunks add up to {ranges.size} bytes, "
+            f"manifest says {stream['size']}",
+            hint=_VERIFY_HINT,
+        )
+    return ranges
+
+
+def read_stream(
+    repo: Repository, backup_id: str, name: str, identities: Sequence[Identity]
+) -> Iterator[bytes]:
+    """Check keys and index up front, then return a generator of the stream's plaintext."""
+    return stream_ranges(repo, backup_id, name, identities).read(what=f"{backup_id}/{name}")
 
 
 def _fetch(repo: Repository, opener: ChunkOpener, read: _Read) -> list[bytes]:
@@ -221,25 +275,43 @@ def _fetch(repo: Repository, opener: ChunkOpener, read: _Read) -> list[bytes]:
 
 
 def _stream(
-    repo: Repository, opener: ChunkOpener, reads: list[_Read], what: str, size: int
+    repo: Repository,
+    opener: ChunkOpener,
+    reads: list[_Read],
+    what: str,
+    size: int,
+    *,
+    skip: int = 0,
+    prefetch: int = PREFETCH_READS,
 ) -> Iterator[bytes]:
+    """Yield ``size`` bytes of the chunks of ``reads`` after the first ``skip`` bytes."""
     done = 0
-    with ThreadPoolExecutor(READ_THREADS, thread_name_prefix="crmmaint-read") as pool:
+    with ThreadPoolExecutor(
+        min(READ_THREADS, prefetch), thread_name_prefix="crmmaint-read"
+    ) as pool:
         window: collections.deque[Future[list[bytes]]] = collections.deque()
         pending = iter(reads)
         try:
             for read in pending:
                 window.append(pool.submit(_fetch, repo, opener, read))
-                if len(window) >= PREFETCH_READS:
+                if len(window) >= prefetch:
                     break
-            while window:
+            while window and done < size:
                 chunks = window.popleft().result()
                 nxt = next(pending, None)
                 if nxt is not None:
                     window.append(pool.submit(_fetch, repo, opener, nxt))
                 for data in chunks:
+                    if skip:
+                        if skip >= len(data):
+                            skip -= len(data)
+                            continue
+                        data, skip = data[skip:], 0
+                    if done + len(data) > size:
+                        data = data[: size - done]
                     done += len(data)
-                    yield data
+                    if data:
+                        yield data
         finally:
             for fut in window:
                 fut.cancel()

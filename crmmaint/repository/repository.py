@@ -42,7 +42,7 @@ from crmmaint.repository.session import StreamInfo, WriteSession
 
 if TYPE_CHECKING:
     from crmmaint.repository.gc import PruneReport
-    from crmmaint.repository.reader import Manifest
+    from crmmaint.repository.reader import Manifest, StreamRanges
     from crmmaint.repository.retention import RetentionPolicy
     from crmmaint.repository.verify import VerifyReport
 
@@ -271,6 +271,14 @@ class Repository:
         from crmmaint.repository.reader import read_stream
 
         return read_stream(self, backup_id, name, identities)
+
+    def stream_ranges(
+        self, backup_id: str, name: str, identities: Sequence[Identity]
+    ) -> StreamRanges:
+        """One stream for reading byte ranges (parallel restores); keys and index checked now."""
+        from crmmaint.repository.reader import stream_ranges
+
+        return stream_ranges(self, backup_id, name, identities)
 
     def verify(
         self,
