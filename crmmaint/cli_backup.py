@@ -316,6 +316,8 @@ def backups_list(
         repository=REPO_HELP,
         identity="identity file to decrypt with",
         force="replace an existing target",
+        jobs="connections a PostgreSQL restore loads and indexes on (default 2; from 4, big "
+        "tables are split across connections)",
     ),
     positional=["backup_id"],
 )
@@ -327,26 +329,29 @@ def restore(
     repository: str | None = None,
     identity: str | None = None,
     force: bool = False,
+    jobs: int = 2,
     debug: bool = False,
 ) -> None:
     """Restore a backup into a new database or directory (refuses to overwrite without --force)."""
     from crmmaint.engines import engine_for
     from crmmaint.engines.files import FileSetSource
     from crmmaint.playbook.runner import default_transport_factory
-    from crmmaint.tasks.drill import IterReader
+    from crmmaint.tasks.drill import IterReader, restore_source
     from crmmaint.transport.ssh import SSHPool
 
     if not to:
         raise ConfigError(
             "restore needs --to", hint="name a new database, SQLite file or directory"
         )
+    if not 1 <= jobs <= 64:
+        raise ConfigError(f"--jobs {jobs} is out of range", hint="use 1 to 64 connections")
     inv = open_inventory(c, inventory)
     cfg = inv.repository(repository)
     identities = identities_for(cfg, identity)
     with open_repository(cfg) as repo:
         backup = _find_backup(repo, backup_id)
         kind, _, name = backup.source.partition(":")
-        repo.manifest(backup.id, identities)  # fails with WrongKeyError before anything is written
+        manifest = repo.manifest(backup.id, identities)  # WrongKeyError before any write
         pool = SSHPool()
         transports = default_transport_factory(pool)
         try:
@@ -360,10 +365,9 @@ def restore(
                 host = inv.target("database", name).host
                 engine = engine_for(db, transports(host))
                 stream = backup.streams[0] if backup.streams else "dump"
+                reader, layout = restore_source(repo, backup.id, stream, identities, manifest.facts)
                 facts = engine.restore(
-                    IterReader(repo.read_stream(backup.id, stream, identities)),
-                    target_name=to,
-                    force=force,
+                    reader, target_name=to, force=force, layout=layout, jobs=jobs
                 )
                 what = f"{len(facts.get('tables', []))} tables, {sum((facts.get('row_counts') or {}).values())} rows"
             elif kind == "fileset":

@@ -207,6 +207,10 @@ def test_backup_restore_cycle_as_subprocess(estate):
     assert code == 0 and "2 tables, 7000 rows" in out, err
     code, out, err = cli("restore", "database:crm@latest", "--to", str(target), "-i", inv)
     assert code == 6 and "exists" in err and "Traceback" not in err
+    code, out, err = cli(
+        "restore", "database:crm@latest", "--to", str(target), "-i", inv, "--jobs", "0"
+    )
+    assert code == 3 and "--jobs 0 is out of range" in err and "Traceback" not in err
     code, out, err = cli("restore", "fileset:files@latest", "--to", str(estate / "out"), "-i", inv)
     assert code == 0, err
     assert next(iter((estate / "out").rglob("a.txt"))).read_text() == "attachment\n" * 100

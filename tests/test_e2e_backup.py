@@ -173,7 +173,9 @@ def test_remote_postgres_to_remote_repository(sshd_hosts, crm_db, repository, tm
     assert second["dedup_ratio"] > 0.25
     assert second["stored_bytes"] < 0.75 * first["stored_bytes"]
 
-    code, out, err = cli("restore", "database:crm@latest", "--to", f"{crm_db}_restored", "-i", inv)
+    code, out, err = cli(
+        "restore", "database:crm@latest", "--to", f"{crm_db}_restored", "-i", inv, "--jobs", "3"
+    )
     assert code == 0, err
     assert (
         psql("SELECT count(*) FROM customers WHERE notes = 'changed'", f"{crm_db}_restored").strip()

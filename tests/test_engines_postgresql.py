@@ -9,9 +9,10 @@ import subprocess
 
 import pytest
 
-from crmmaint.engines import RestoreTargetExists, compare_facts, engine_for
+from crmmaint.engines import RestoreTargetExists, compare_facts, engine_for, pgsections
+from crmmaint.engines.base import DumpLayout
 from crmmaint.engines.postgresql import CopyRowCounter, PostgreSQLEngine
-from crmmaint.errors import EngineError, RestoreError
+from crmmaint.errors import EngineError, IntegrityError, RestoreError
 from crmmaint.inventory import Database, SecretSource
 from crmmaint.transport.local import LocalTransport
 
@@ -184,10 +185,54 @@ def test_restore_loads_frozen_rows_of_partitions_children_and_odd_names(scratch_
         "notes|t",
         "scratch|t",
     ]
+    parallel = scratch_names()
+    again = engine.restore(io.BytesIO(b""), target_name=parallel, layout=layout_of(data, facts))
+    assert compare_facts(facts, again) == []
     # Without one transaction the tables are not created in the loading one: no FREEZE.
     plain = scratch_names()
     engine.restore(io.BytesIO(data), target_name=plain, single_transaction=False)
     assert psql(plain, "SELECT count(*) FROM events").strip() == "2000"
+
+
+def layout_of(data: bytes, facts: dict, fail_from: int | None = None) -> DumpLayout:
+    def open_range(start: int, end: int):
+        if fail_from is not None and end > fail_from:
+            raise IntegrityError(f"chunk at {fail_from} does not authenticate")
+        return io.BytesIO(data[start:end])
+
+    layout = DumpLayout.from_facts(facts, len(data), open_range)
+    assert layout is not None
+    return layout
+
+
+CONTENT = "SELECT md5(string_agg(t::text, '|' ORDER BY id)) FROM customers t"
+
+
+def test_parallel_restore_in_pieces_equals_the_source(source, scratch_names, monkeypatch):
+    """Tables on four connections, the big one cut at row boundaries into pieces."""
+    monkeypatch.setattr(pgsections, "MIN_PIECE", 4096)
+    data, facts = dump_all(source)
+    assert len(facts["copy_sections"]) == 3
+    pieces = pgsections.plan_pieces(layout_of(data, facts).sections, 4)
+    assert sum(p.section == 1 for p in pieces) >= 5  # customers, cut into pieces
+    target = scratch_names()
+    layout = layout_of(data, facts)
+    restored = source.restore(io.BytesIO(b""), target_name=target, layout=layout, jobs=4)
+    assert compare_facts(facts, restored) == []
+    assert psql(target, CONTENT) == psql(source.db.dbname, CONTENT)
+    # Sequences, indexes and constraints came after the data: all there.
+    assert (
+        psql(target, "SELECT count(*) FROM pg_indexes WHERE schemaname = 'public'").strip() == "4"
+    )
+
+
+def test_parallel_restore_failure_cancels_the_other_connection_and_drops(source, scratch_names):
+    data, facts = dump_all(source)
+    target = scratch_names()
+    broken = layout_of(data, facts, fail_from=facts["copy_sections"][1][0] + 10)
+    with pytest.raises(IntegrityError, match="does not authenticate"):
+        source.restore(io.BytesIO(b""), target_name=target, layout=broken, timeout=60)
+    assert not source.exists(target)
 
 
 def test_restore_into_existing_refuses_without_force(source, scratch_names):
@@ -291,3 +336,9 @@ def test_copy_row_counter_across_chunk_boundaries():
         for i in range(0, len(dump), size):
             counter.feed(dump[i : i + size])
         assert counter.counts == {"public.a": 3, 's p.B"q': 0, "public.c": 2}, size
+        blocks = [dump[start:end] for start, end in counter.sections]
+        assert blocks == [
+            b"COPY public.a (id) FROM stdin;\n1\n2\n3\n\\.\n",
+            b'COPY "s p"."B""q" (id) FROM stdin;\n\\.\n',
+            b"COPY public.c (v) FROM stdin;\nx\\\\.\ny\n\\.\n",
+        ], size

@@ -3,11 +3,25 @@
 from __future__ import annotations
 
 import io
+import itertools
+import threading
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from crmmaint.engines.pgsections import PostDataSplit, post_data_items, post_data_phases
+from crmmaint.engines.pgsections import (
+    ChainReader,
+    CopyPiece,
+    Piece,
+    PostDataQueue,
+    PostDataSplit,
+    balance,
+    item_table,
+    plan_pieces,
+    post_data_items,
+    post_data_phases,
+)
+from crmmaint.errors import RestoreError
 
 PREAMBLE = b"""--
 -- PostgreSQL database dump
@@ -237,3 +251,176 @@ def test_without_freeze_the_stream_is_unchanged():
 def test_freeze_is_independent_of_read_boundaries(sizes):
     whole = drain(PostDataSplit(io.BytesIO(FREEZABLE), freeze=True))
     assert drain(PostDataSplit(Pieces(FREEZABLE, sizes), freeze=True), 7) == whole
+
+
+# --- parallel data loads: pieces of COPY blocks ---------------------------------------------
+
+
+def ranges_over(data: bytes, step: int = 5):
+    """An ``open_range`` over bytes in memory that hands out small, uneven reads."""
+
+    def open_range(start: int, end: int):
+        return Pieces(data[start:end], [step, step * 3 + 1])
+
+    return open_range
+
+
+def copy_block(rows: list[bytes], table: bytes = b"public.t") -> bytes:
+    return (
+        b"COPY " + table + b" (a, b) FROM stdin;\n" + b"".join(r + b"\n" for r in rows) + b"\\.\n"
+    )
+
+
+def run_pieces(data: bytes, start: int, end: int, cuts: list[int], created: set[bytes]):
+    bounds = [None, *cuts, None]
+    out = []
+    for a, b in itertools.pairwise(bounds):
+        piece = Piece(0, start, end, a, b)
+        reader = CopyPiece(piece, ranges_over(data, 7), created)
+        out.append(drain(reader))
+    return out
+
+
+def body_of(scripts: list[bytes]) -> bytes:
+    """The rows of every piece's script, in order (each is ``COPY …;\\n rows \\\\.\\n``)."""
+    return b"".join(s.split(b"FROM stdin;\n", 1)[1][: -len(b"\\.\n")] for s in scripts if s)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.binary(min_size=0, max_size=40).map(lambda b: b.replace(b"\n", b"\\n")), max_size=30
+    ),
+    st.lists(st.integers(0, 10_000), max_size=6),
+    st.integers(0, 50),
+)
+def test_pieces_cover_every_row_once_for_any_cuts(rows, raw_cuts, lead):
+    head = b"x" * lead
+    block = copy_block(rows)
+    data = head + block + b"tail"
+    start, end = lead, lead + len(block)
+    cuts = sorted({start + 1 + c % (len(block) - 1) for c in raw_cuts if len(block) > 1})
+    scripts = run_pieces(data, start, end, cuts, created=set())
+    assert body_of(scripts) == b"".join(r + b"\n" for r in rows)
+    for script in scripts:
+        if script:
+            assert script.startswith(b"COPY public.t (a, b) FROM stdin;\n")
+            assert script.endswith(b"\\.\n") and not script.startswith(b"BEGIN")
+
+
+def test_pieces_keep_empty_rows_and_row_order():
+    rows = [b"1\tone", b"", b"3\tthree", b"4\t" + b"x" * 100, b"5\tfive"]
+    block = copy_block(rows)
+    scripts = run_pieces(block, 0, len(block), [30, 60, 90], created=set())
+    assert body_of(scripts) == b"".join(r + b"\n" for r in rows)
+
+
+def test_a_whole_block_of_a_created_table_is_truncated_and_frozen():
+    block = copy_block([b"1\ta", b"2\tb"], table=b'public."Odd ""T"""')
+    reader = CopyPiece(Piece(0, 0, len(block)), ranges_over(block), {b'public."Odd ""T"""'})
+    script = drain(reader)
+    assert script == (
+        b'BEGIN;\nTRUNCATE ONLY public."Odd ""T""";\n'
+        b'COPY public."Odd ""T""" (a, b) FROM stdin WITH (FREEZE);\n1\ta\n2\tb\n\\.\nCOMMIT;\n'
+    )
+    assert reader.frozen
+    plain = drain(CopyPiece(Piece(0, 0, len(block)), ranges_over(block), set()))
+    assert plain == block
+
+
+def test_a_piece_that_is_not_a_copy_block_is_refused():
+    data = b"SELECT 1;\nSELECT 2;\n\\.\n"
+    reader = CopyPiece(Piece(0, 0, len(data)), ranges_over(data), set())
+    try:
+        drain(reader)
+    except RestoreError as exc:
+        assert "COPY line" in str(exc)
+    else:
+        raise AssertionError("no error")
+
+
+def test_plan_pieces_cuts_only_big_blocks_and_balance_spreads_them():
+    sections = [(100, 100 + 400), (600, 620), (700, 740)]
+    assert all(p.whole for p in plan_pieces(sections, 2, min_piece=50))
+    pieces = plan_pieces(sections, 4, min_piece=50)
+    big = [p for p in pieces if p.section == 0]
+    assert len(big) == 8 and big[0].cut_from is None and big[-1].cut_to is None
+    assert all(a.cut_to == b.cut_from for a, b in itertools.pairwise(big))
+    assert [p.whole for p in pieces if p.section != 0] == [True, True]
+    bins = balance([p.size for p in pieces], 4)
+    totals = [sum(pieces[i].size for i in b) for b in bins]
+    assert sorted(i for b in bins for i in b) == list(range(len(pieces)))
+    assert max(totals) - min(totals) <= 50
+    assert all(b == sorted(b) for b in bins)
+    assert balance([5], 4) == [[0]]
+
+
+def test_chain_reader_opens_lazily_and_honours_cancel():
+    opened = []
+
+    def part(data: bytes):
+        def open_it():
+            opened.append(data)
+            return io.BytesIO(data)
+
+        return open_it
+
+    cancel = threading.Event()
+    chain = ChainReader([b"a", part(b"bc"), b"", part(b"d")], cancel)
+    assert chain.read(10) == b"a" and opened == []
+    assert chain.read(10) == b"bc" and opened == [b"bc"]
+    cancel.set()
+    try:
+        chain.read(10)
+    except RestoreError as exc:
+        assert "cancelled" in str(exc)
+    else:
+        raise AssertionError("not cancelled")
+    assert opened == [b"bc"]
+
+
+def test_item_table_names_the_table_of_indexes_and_keys():
+    items = post_data_items(POST_OUT)
+    assert [item_table(i.sql) for i in items] == [
+        b"public.customers",
+        b"public.customers",
+        b"public.deals",
+        None,  # a trigger: not an item the queue schedules early
+        b"public.customers",
+    ]
+    odd = b'CREATE UNIQUE INDEX "x y" ON ONLY public."Odd ""T""" USING btree (a);\n'
+    assert item_table(odd) == b'public."Odd ""T"""'
+
+
+def test_post_data_queue_hands_out_items_as_tables_load():
+    queue = PostDataQueue(
+        [
+            b"CREATE INDEX i1 ON public.a USING btree (x);",
+            b"ALTER TABLE ONLY public.b ADD CONSTRAINT k PRIMARY KEY (id);",
+            b"GRANT ALL;",
+        ]
+    )
+    got: list[bytes | None] = []
+    taker = threading.Thread(target=lambda: got.append(queue.take()))
+    taker.start()
+    taker.join(0.2)
+    assert taker.is_alive()  # nothing loaded yet: it waits
+    queue.loaded([b"public.b"])
+    taker.join(5)
+    assert got == [b"ALTER TABLE ONLY public.b ADD CONSTRAINT k PRIMARY KEY (id);"]
+    queue.loaded([], everything=True)
+    assert {queue.take(), queue.take()} == {
+        b"CREATE INDEX i1 ON public.a USING btree (x);",
+        b"GRANT ALL;",
+    }
+    assert queue.take() is None
+
+
+def test_post_data_queue_cancel_releases_waiters():
+    queue = PostDataQueue([b"CREATE INDEX i ON public.a USING btree (x);"])
+    got: list[bytes | None] = []
+    taker = threading.Thread(target=lambda: got.append(queue.take()))
+    taker.start()
+    queue.cancel()
+    taker.join(5)
+    assert got == [None]

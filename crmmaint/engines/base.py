@@ -13,6 +13,7 @@ import logging
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from crmmaint.errors import CommandTimeout, EngineError, RestoreError, TransportError
@@ -37,6 +38,38 @@ class Reader(Protocol):
     """Anything with ``read(n) -> bytes`` returning ``b""`` at the end (a restore source)."""
 
     def read(self, size: int = ..., /) -> bytes: ...
+
+
+@dataclass(frozen=True)
+class DumpLayout:
+    """Random access to a stored dump: where its ``COPY`` blocks are, and a reader for any byte
+    range. Engines that can load tables on several connections use it (PostgreSQL); the others
+    restore from the sequential stream alone."""
+
+    size: int
+    sections: list[tuple[int, int]]  # [start, end) of each COPY block, in stream order
+    open: Callable[[int, int], Reader]
+
+    @classmethod
+    def from_facts(
+        cls, facts: Mapping[str, Any], size: int, open_range: Callable[[int, int], Reader]
+    ) -> DumpLayout | None:
+        """The layout a backup recorded (``copy_sections``), or None if absent or implausible."""
+        raw = facts.get("copy_sections")
+        if not isinstance(raw, list) or len(raw) < 2:
+            return None
+        try:
+            sections = [(int(start), int(end)) for start, end in raw]
+        except (TypeError, ValueError):
+            return None
+        position = 0
+        for start, end in sections:
+            if not position <= start < end:
+                return None
+            position = end
+        if sections[0][0] == 0 or position > size:
+            return None
+        return cls(size, sections, open_range)
 
 
 def schema_digest(rows: Iterable[Sequence[str]]) -> str:
@@ -303,8 +336,14 @@ class DatabaseEngine(abc.ABC):
         target_name: str,
         force: bool = False,
         timeout: float | None = None,
+        layout: DumpLayout | None = None,
+        jobs: int = 2,
     ) -> Facts:
-        """Load a dump into a NEW database ``target_name``; returns its facts."""
+        """Load a dump into a NEW database ``target_name``; returns its facts.
+
+        ``layout`` (random access to the stored dump) lets an engine load tables on ``jobs``
+        connections at once; engines without a parallel path read ``stream`` alone.
+        """
 
     @abc.abstractmethod
     def drop(self, target_name: str, *, timeout: float = QUERY_TIMEOUT) -> None:

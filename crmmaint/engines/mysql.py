@@ -17,6 +17,7 @@ from dataclasses import replace
 from crmmaint.engines.base import (
     QUERY_TIMEOUT,
     DatabaseEngine,
+    DumpLayout,
     DumpStream,
     Facts,
     Reader,
@@ -322,6 +323,8 @@ class MySQLEngine(DatabaseEngine):
         target_name: str,
         force: bool = False,
         timeout: float | None = None,
+        layout: DumpLayout | None = None,
+        jobs: int = 2,
     ) -> Facts:
         """Create ``target_name`` and feed the dump to the client; returns its facts."""
         check_target_name(self, target_name)

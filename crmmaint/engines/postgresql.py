@@ -8,19 +8,23 @@ in the stream itself, so a dump that does not hold what its facts say never beco
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import csv
 import io
+import itertools
 import logging
 import re
 import secrets
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 from crmmaint.engines.base import (
     QUERY_TIMEOUT,
     DatabaseEngine,
+    DumpLayout,
     DumpStream,
     Facts,
     Reader,
@@ -29,7 +33,15 @@ from crmmaint.engines.base import (
     closing_dump,
     schema_digest,
 )
-from crmmaint.engines.pgsections import PostDataSplit, post_data_phases
+from crmmaint.engines.pgsections import (
+    ChainReader,
+    CopyPiece,
+    PostDataQueue,
+    PostDataSplit,
+    balance,
+    plan_pieces,
+    post_data_phases,
+)
 from crmmaint.errors import CommandTimeout, TransportError
 from crmmaint.transport.base import Process
 
@@ -37,6 +49,7 @@ log = logging.getLogger(__name__)
 
 #: Connections that build indexes in parallel after a restore's data is loaded.
 POST_DATA_JOBS = 2
+_ROLES_HINT = "roles the dump names must exist on this server"
 
 #: Where CREATE/DROP DATABASE run during a restore.
 MAINTENANCE_DB = "postgres"
@@ -153,16 +166,23 @@ class CopyRowCounter:
     """Counts the data rows of every ``COPY … FROM stdin`` block in a plain pg_dump stream.
 
     Works chunk by chunk without holding the stream: inside a block it counts newlines in C
-    (``bytes.count``) up to the ``\\.`` terminator line.
+    (``bytes.count``) up to the ``\\.`` terminator line. ``sections`` records where each block
+    lies in the stream, ``[start, end)`` from its ``COPY`` line to just after its terminator,
+    so a restore can later read the tables' data on several connections at once.
     """
 
     def __init__(self) -> None:
         self.counts: dict[str, int] = {}
+        self.sections: list[tuple[int, int]] = []
         self._table: str | None = None
+        self._start = 0
         self._pending = b""
+        self._fed = 0
 
     def feed(self, chunk: bytes) -> None:
         data = self._pending + chunk if self._pending else chunk
+        base = self._fed - len(self._pending)  # stream offset of data[0]
+        self._fed += len(chunk)
         self._pending = b""
         pos, size = 0, len(data)
         while pos < size:
@@ -175,15 +195,18 @@ class CopyRowCounter:
                 if match:
                     self._table = f"{_unquote(match.group(1))}.{_unquote(match.group(2))}"
                     self.counts.setdefault(self._table, 0)
+                    self._start = base + pos
                 pos = nl + 1
                 continue
             if data.startswith(b"\\.\n", pos):
-                self._table, pos = None, pos + 3
+                self._end_block(base + pos + 3)
+                pos += 3
                 continue
             end = data.find(b"\n\\.\n", pos)
             if end >= 0:
                 self.counts[self._table] += data.count(b"\n", pos, end + 1)
-                self._table, pos = None, end + 4
+                self._end_block(base + end + 4)
+                pos = end + 4
                 continue
             last = data.rfind(b"\n", pos)
             if last >= 0:
@@ -191,6 +214,10 @@ class CopyRowCounter:
                 pos = last + 1
             self._pending = data[pos:]
             return
+
+    def _end_block(self, end: int) -> None:
+        self.sections.append((self._start, end))
+        self._table = None
 
 
 class _PsqlSession:
@@ -352,6 +379,7 @@ class PostgreSQLEngine(DatabaseEngine):
                             f"dump stream holds {streamed} rows of {table}, "
                             f"the snapshot counted {expected}"
                         )
+                final["copy_sections"] = [list(section) for section in counter.sections]
 
             with self.started(command, what="pg_dump") as proc:
                 stream = DumpStream(
@@ -390,9 +418,16 @@ class PostgreSQLEngine(DatabaseEngine):
         target_name: str,
         force: bool = False,
         timeout: float | None = None,
+        layout: DumpLayout | None = None,
+        jobs: int = POST_DATA_JOBS,
         single_transaction: bool = True,
     ) -> Facts:
-        """Create ``target_name`` and load a plain dump into it with psql; returns its facts."""
+        """Create ``target_name`` and load a plain dump into it with psql; returns its facts.
+
+        With a ``layout`` (the backup recorded where its COPY blocks are) and ``jobs`` > 1 the
+        tables load on ``jobs`` connections at once (``_restore_parallel``); otherwise the
+        stream loads in one transaction. Either way a failed restore drops the new database.
+        """
         check_target_name(self, target_name)
         if target_name == (self.db.dbname or self.db.name):
             raise self.error(f"refusing to restore over the source database {target_name!r}")
@@ -410,57 +445,184 @@ class PostgreSQLEngine(DatabaseEngine):
             what="CREATE DATABASE",
         )
         target = self.for_database(target_name)
-        command = ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-o", "/dev/null"]
-        if single_transaction:
-            command.append("--single-transaction")
-        command += target.conn_args()
         log.info("restoring into %s on %s", target_name, self.transport.host)
-        # FREEZE needs the tables created in the loading transaction: only with one transaction.
-        split = PostDataSplit(stream, freeze=single_transaction)
         try:
-            size = self.load(
-                command,
-                split,
-                into=target_name,
-                what="psql restore",
-                timeout=timeout,
-                hint="roles the dump names must exist on this server",
-            )
-            if split.post:
-                target.run_post_data(split, timeout=timeout)
+            if layout is not None and jobs > 1:
+                size, frozen = target._restore_parallel(layout, jobs=jobs, timeout=timeout)
+            else:
+                size, frozen = target._restore_stream(
+                    stream, single_transaction=single_transaction, timeout=timeout, jobs=jobs
+                )
         except BaseException:
             self.drop_quietly(target_name)
             raise
-        log.info(
-            "restored %d bytes into %s (%d tables loaded frozen)", size, target_name, split.frozen
-        )
+        log.info("restored %d bytes into %s (%d tables loaded frozen)", size, target_name, frozen)
         return target.snapshot_facts()
+
+    def _psql_load(self, *, single_transaction: bool = False) -> list[str]:
+        command = ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-o", "/dev/null"]
+        if single_transaction:
+            command.append("--single-transaction")
+        return command + self.conn_args()
+
+    def _restore_stream(
+        self, stream: Reader, *, single_transaction: bool, timeout: float | None, jobs: int
+    ) -> tuple[int, int]:
+        """The whole dump on one connection (in one transaction), then post-data in parallel."""
+        # FREEZE needs the tables created in the loading transaction: only with one transaction.
+        split = PostDataSplit(stream, freeze=single_transaction)
+        size = self.load(
+            self._psql_load(single_transaction=single_transaction),
+            split,
+            into=self.db.dbname or self.db.name,
+            what="psql restore",
+            timeout=timeout,
+            hint=_ROLES_HINT,
+        )
+        if split.post:
+            self.run_post_data(split, timeout=timeout, jobs=jobs)
+        return size, split.frozen
+
+    def _restore_parallel(
+        self, layout: DumpLayout, *, jobs: int, timeout: float | None
+    ) -> tuple[int, int]:
+        """Pre-data in one transaction, then what lies between and after the COPY blocks
+        (sequence values), then the COPY blocks on ``jobs`` connections, each table in its own
+        ``TRUNCATE`` + ``COPY … FREEZE`` transaction (balanced by size); a connection that has
+        loaded its share builds the indexes and keys of tables already loaded
+        (``PostDataQueue``), and the rest of post-data runs as ``run_post_data`` does. Each
+        connection reads its own byte ranges of the stored dump. With 4 or more jobs, a block
+        bigger than a fair share is cut into pieces at row boundaries (``plan_pieces``), loaded
+        with plain ``COPY`` on several connections at once."""
+        into = self.db.dbname or self.db.name
+        first = layout.sections[0][0]
+        pre = PostDataSplit(layout.open(0, first), freeze=True)
+        size = self.load(
+            self._psql_load(single_transaction=True),
+            pre,
+            into=into,
+            what="psql restore (schema)",
+            timeout=timeout,
+            hint=_ROLES_HINT,
+        )
+        # What lies between and after the COPY blocks first: headers, sequence values (and
+        # large objects), in one transaction; this also yields the post-data DDL.
+        sections = layout.sections
+        gaps: list[bytes | Callable[[], Reader]] = [pre.preamble]
+        gaps += [
+            _opener(layout, end, start)
+            for (_, end), (start, _) in itertools.pairwise(sections)
+            if start > end
+        ]
+        gaps.append(_opener(layout, sections[-1][1], layout.size))
+        rest = PostDataSplit(ChainReader(gaps), seen_data=True)
+        size += self.load(
+            self._psql_load(single_transaction=True),
+            rest,
+            into=into,
+            what="psql restore (sequences)",
+            timeout=timeout,
+        )
+        phases = post_data_phases(rest.post)
+        early = phases.pop(0)[1] if phases and phases[0][0] else []
+        queue = PostDataQueue(early)
+        pieces = plan_pieces(sections, jobs)
+        bins = balance([piece.size for piece in pieces], jobs)
+        left = collections.Counter(piece.section for piece in pieces)
+        readers: dict[int, CopyPiece] = {}
+        cancel = threading.Event()
+        failures: list[BaseException] = []  # the first one is the cause, the rest cancelled
+        lock = threading.Lock()
+
+        def piece_reader(index: int) -> Callable[[], Reader]:
+            def open_piece() -> Reader:
+                readers[index] = CopyPiece(pieces[index], layout.open, pre.created)
+                return readers[index]
+
+            return open_piece
+
+        def worker(indexes: list[int]) -> None:
+            try:
+                if indexes:
+                    parts: list[bytes | Callable[[], Reader]] = [pre.preamble]
+                    parts += [piece_reader(i) for i in indexes]
+                    self.load(
+                        self._psql_load(),
+                        ChainReader(parts, cancel),
+                        into=into,
+                        what="psql restore (data)",
+                        timeout=timeout,
+                    )
+                with lock:
+                    done = []
+                    for i in indexes:
+                        left[pieces[i].section] -= 1
+                        table = readers[i].table
+                        if not left[pieces[i].section] and table is not None:
+                            done.append(table)
+                    everything = not +left
+                queue.loaded(done, everything=everything)
+                while (sql := queue.take()) is not None:
+                    self._post_item(pre.preamble + sql, timeout=timeout)
+            except BaseException as exc:
+                with lock:
+                    failures.append(exc)
+                cancel.set()
+                queue.cancel()
+                raise
+
+        log.info(
+            "loading %d tables in %d pieces on %d connections",
+            len(sections),
+            len(pieces),
+            jobs,
+        )
+        bins += [[] for _ in range(jobs - len(bins))]
+        with ThreadPoolExecutor(jobs, thread_name_prefix="crmmaint-restore") as pool:
+            for future in [pool.submit(worker, indexes) for indexes in bins]:
+                future.exception()
+        if failures:
+            raise failures[0]
+        size += sum(end - start for start, end in sections)
+        self._run_phases(phases, pre.preamble, timeout=timeout, jobs=jobs)
+        return size + len(rest.post), sum(reader.frozen for reader in readers.values())
+
+    def _post_item(self, script: bytes, *, timeout: float | None) -> None:
+        self.load(
+            self._psql_load(),
+            io.BytesIO(script),
+            into=self.db.dbname or self.db.name,
+            what="psql post-data",
+            timeout=timeout,
+        )
 
     def run_post_data(
         self, split: PostDataSplit, *, timeout: float | None, jobs: int = POST_DATA_JOBS
     ) -> None:
         """Build indexes and single-table constraints on ``jobs`` connections (as
         ``pg_restore -j`` does), foreign keys and everything else in dump order."""
-        command = ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-o", "/dev/null"]
-        command += self.conn_args()
+        self._run_phases(post_data_phases(split.post), split.preamble, timeout=timeout, jobs=jobs)
 
-        def run(sql: bytes) -> None:
-            self.load(
-                command,
-                io.BytesIO(split.preamble + sql),
-                into=self.db.dbname or self.db.name,
-                what="psql post-data",
-                timeout=timeout,
-            )
-
-        for parallel, scripts in post_data_phases(split.post):
+    def _run_phases(
+        self,
+        phases: list[tuple[bool, list[bytes]]],
+        preamble: bytes,
+        *,
+        timeout: float | None,
+        jobs: int,
+    ) -> None:
+        for parallel, scripts in phases:
             if parallel and len(scripts) > 1:
                 with ThreadPoolExecutor(jobs, thread_name_prefix="crmmaint-postdata") as pool:
-                    for future in [pool.submit(run, sql) for sql in scripts]:
+                    futures = [
+                        pool.submit(self._post_item, preamble + sql, timeout=timeout)
+                        for sql in scripts
+                    ]
+                    for future in futures:
                         future.result()
             else:
                 for sql in scripts:
-                    run(sql)
+                    self._post_item(preamble + sql, timeout=timeout)
 
     def drop(self, target_name: str, *, timeout: float = QUERY_TIMEOUT) -> None:
         check_target_name(self, target_name)
@@ -471,6 +633,10 @@ class PostgreSQLEngine(DatabaseEngine):
             timeout=timeout,
             what="DROP DATABASE",
         )
+
+
+def _opener(layout: DumpLayout, start: int, end: int) -> Callable[[], Reader]:
+    return lambda: layout.open(start, end)
 
 
 def _sequences(rows: list[tuple[str, ...]]) -> dict[str, int | None]:

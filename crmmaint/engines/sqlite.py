@@ -19,6 +19,7 @@ from urllib.parse import quote
 from crmmaint.engines.base import (
     QUERY_TIMEOUT,
     DatabaseEngine,
+    DumpLayout,
     DumpStream,
     Facts,
     Reader,
@@ -198,6 +199,8 @@ class SQLiteEngine(DatabaseEngine):
         target_name: str,
         force: bool = False,
         timeout: float | None = None,
+        layout: DumpLayout | None = None,
+        jobs: int = 2,
     ) -> Facts:
         """Write the stream to a new file (atomically), integrity_check it; returns its facts."""
         dest = self.target_path(target_name)

@@ -9,10 +9,11 @@ the backup is marked as drilled, which ``backups list`` shows and prune protects
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from crmmaint.access import identities_for, open_repository
+from crmmaint.engines.base import DumpLayout
 from crmmaint.errors import ConfigError
 from crmmaint.playbook.registry import Param, TaskContext, task
 from crmmaint.results import TaskResult
@@ -34,6 +35,21 @@ class IterReader:
                 return b""
         out, self._buf = self._buf[:size], self._buf[size:]
         return bytes(out)
+
+
+def restore_source(
+    repo: Any, backup_id: str, stream: str, identities: Any, facts: Mapping[str, Any]
+) -> tuple[IterReader, DumpLayout | None]:
+    """The stored stream to restore from, and random access to it when the backup recorded
+    where its COPY blocks are (parallel table loads); keys and index are checked here."""
+    ranges = repo.stream_ranges(backup_id, stream, identities)
+    what = f"{backup_id}/{stream}"
+
+    def open_range(start: int, end: int) -> IterReader:
+        return IterReader(ranges.read(start, end, what=what, prefetch=2))
+
+    layout = DumpLayout.from_facts(facts, ranges.size, open_range)
+    return IterReader(ranges.read(what=what)), layout
 
 
 def scratch_name(db: Any, now: float) -> str:
@@ -92,9 +108,8 @@ def drill_restore(ctx: TaskContext) -> TaskResult:
         target = scratch_name(db, time.time())
         started = time.monotonic()
         try:
-            actual = engine.restore(
-                IterReader(repo.read_stream(backup.id, "dump", identities)), target_name=target
-            )
+            reader, layout = restore_source(repo, backup.id, "dump", identities, expected)
+            actual = engine.restore(reader, target_name=target, layout=layout)
             problems = compare_facts(expected, actual)
         finally:
             if not ctx.params["keep"]:
