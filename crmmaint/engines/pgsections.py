@@ -52,12 +52,19 @@ POST_DATA_TYPES = frozenset(
 PARALLEL_TYPES = frozenset({"INDEX", "CONSTRAINT"})
 
 _HEADER = re.compile(rb"^-- (?:Data for )?Name: .*?; Type: ([A-Z ]+);")
-_IDENT = rb'(?:"(?:[^"]|"")*"|[^\s."(]+)'
-_CREATE_TABLE = re.compile(
-    rb"^CREATE (?:UNLOGGED )?TABLE (" + _IDENT + rb"(?:\." + _IDENT + rb")?) "
-)
-_COPY_LINE = re.compile(rb"^COPY (" + _IDENT + rb"(?:\." + _IDENT + rb")?) .*FROM stdin;\n$")
+#: One SQL identifier as pg_dump writes it: quoted (with doubled quotes) or bare.
+IDENT = rb'(?:"(?:[^"]|"")*"|[^\s."(]+)'
+_QUALIFIED = IDENT + rb"(?:\." + IDENT + rb")?"  # schema.table or table
+_CREATE_TABLE = re.compile(rb"^CREATE (?:UNLOGGED )?TABLE (" + _QUALIFIED + rb") ")
+_COPY_LINE = re.compile(rb"^COPY (" + _QUALIFIED + rb") .*FROM stdin;\n$")
 _COPY_END = b"\n\\.\n"
+
+
+def _with_freeze(copy_line: bytes) -> bytes:
+    """``COPY t (…) FROM stdin;\\n`` -> ``COPY t (…) FROM stdin WITH (FREEZE);\\n``."""
+    return copy_line[: -len(b";\n")] + b" WITH (FREEZE);\n"
+
+
 _READ = 1 << 20
 
 
@@ -191,7 +198,7 @@ class PostDataSplit:
         if match is None or match.group(1) not in self.created:
             return line
         self.frozen += 1
-        return line[: -len(b";\n")] + b" WITH (FREEZE);\n"
+        return _with_freeze(line)
 
     def _take_post(self) -> None:
         parts = [self._buf]
@@ -398,7 +405,7 @@ class CopyPiece:
         if piece.whole and match.group(1) in self._created:
             self.frozen = True
             yield b"BEGIN;\nTRUNCATE ONLY " + match.group(1) + b";\n"
-            yield line[: -len(b";\n")] + b" WITH (FREEZE);\n"
+            yield _with_freeze(line)
         else:
             yield line
         # The piece ends with the row holding byte ``stop``: the next piece starts after it.
@@ -454,14 +461,8 @@ def balance(sizes: list[int], jobs: int) -> list[list[int]]:
 
 
 _ITEM_TABLE = re.compile(
-    rb"^(?:ALTER TABLE (?:ONLY )?(" + _IDENT + rb"(?:\." + _IDENT + rb")?)"
-    rb"|CREATE (?:UNIQUE )?INDEX "
-    + _IDENT
-    + rb" ON (?:ONLY )?("
-    + _IDENT
-    + rb"(?:\."
-    + _IDENT
-    + rb")?) )",
+    rb"^(?:ALTER TABLE (?:ONLY )?(" + _QUALIFIED + rb")"
+    rb"|CREATE (?:UNIQUE )?INDEX " + IDENT + rb" ON (?:ONLY )?(" + _QUALIFIED + rb") )",
     re.MULTILINE,
 )
 

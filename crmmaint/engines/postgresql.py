@@ -34,6 +34,7 @@ from crmmaint.engines.base import (
     schema_digest,
 )
 from crmmaint.engines.pgsections import (
+    IDENT,
     ChainReader,
     CopyPiece,
     PostDataQueue,
@@ -151,8 +152,7 @@ def parse_csv(text: str) -> list[tuple[str, ...]]:
     return [tuple(row) for row in csv.reader(io.StringIO(text))]
 
 
-_IDENT = r'(?:"(?:[^"]|"")*"|[^\s."]+)'
-_COPY_HEADER = re.compile(rf"^COPY ({_IDENT})\.({_IDENT}) .*FROM stdin;$".encode())
+_COPY_HEADER = re.compile(rb"^COPY (" + IDENT + rb")\.(" + IDENT + rb") .*FROM stdin;$")
 
 
 def _unquote(ident: bytes) -> str:
