@@ -366,32 +366,36 @@ class PostgreSQLEngine(DatabaseEngine):
             (snapshot,) = session.ask(
                 "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SELECT pg_export_snapshot()"
             )[0]
-            facts = self._session_facts(session) | {"format": "pg_dump-plain"}
             command = ["pg_dump", *self.conn_args(), f"--snapshot={snapshot}", "--format=plain"]
             log.info("dumping %s (snapshot %s)", self.where, snapshot)
             counter = CopyRowCounter()
+            # The facts are counted in the snapshot session while pg_dump streams the same
+            # snapshot: both see the same rows, and the counting overlaps the dump.
+            with ThreadPoolExecutor(1, thread_name_prefix="crmmaint-facts") as pool:
+                counted = pool.submit(self._session_facts, session)
 
-            def complete(final: Facts) -> None:
-                for table, expected in final["row_counts"].items():
-                    streamed = counter.counts.get(table, 0)
-                    if streamed != expected:
-                        raise self.error(
-                            f"dump stream holds {streamed} rows of {table}, "
-                            f"the snapshot counted {expected}"
-                        )
-                final["copy_sections"] = [list(section) for section in counter.sections]
+                def complete(final: Facts) -> None:
+                    final.update(counted.result())
+                    for table, expected in final["row_counts"].items():
+                        streamed = counter.counts.get(table, 0)
+                        if streamed != expected:
+                            raise self.error(
+                                f"dump stream holds {streamed} rows of {table}, "
+                                f"the snapshot counted {expected}"
+                            )
+                    final["copy_sections"] = [list(section) for section in counter.sections]
 
-            with self.started(command, what="pg_dump") as proc:
-                stream = DumpStream(
-                    proc,
-                    describe=self.error,
-                    facts=facts,
-                    observe=counter.feed,
-                    complete=complete,
-                    timeout=timeout,
-                )
-                with closing_dump(stream):
-                    yield stream
+                with self.started(command, what="pg_dump") as proc:
+                    stream = DumpStream(
+                        proc,
+                        describe=self.error,
+                        facts={"format": "pg_dump-plain"},
+                        observe=counter.feed,
+                        complete=complete,
+                        timeout=timeout,
+                    )
+                    with closing_dump(stream):
+                        yield stream
             # The snapshot had to stay exported until pg_dump was done with it.
             session.close()
 
