@@ -1,8 +1,8 @@
 """PostgreSQL: psql and pg_dump on the database host, facts taken in the dump's own snapshot.
 
-A dump opens a psql session, exports a REPEATABLE READ snapshot, takes the drill facts (tables,
-exact row counts, schema fingerprint, sequences) in it, then runs ``pg_dump --snapshot`` and
-keeps the session open until pg_dump ends. Row counts are cross-checked against the COPY rows
+A dump opens a psql session, exports a REPEATABLE READ snapshot, runs ``pg_dump --snapshot``
+and meanwhile takes the drill facts (tables, exact row counts, schema fingerprint, sequences) in
+the session, which stays open until pg_dump ends. Row counts are cross-checked against the COPY rows
 in the stream itself, so a dump that does not hold what its facts say never becomes a backup.
 """
 
