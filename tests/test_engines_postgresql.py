@@ -259,6 +259,48 @@ def test_broken_restore_stream_fails_and_leaves_no_database(source, scratch_name
     assert not source.exists(target)
 
 
+BAD_POST_DATA = b"""SET client_encoding = 'UTF8';
+--
+-- Name: t; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.t (id integer);
+
+--
+-- Data for Name: t; Type: TABLE DATA; Schema: public; Owner: -
+--
+
+COPY public.t (id) FROM stdin;
+1
+\\.
+
+--
+-- Name: t_a; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX t_a ON public.t USING btree (id);
+
+--
+-- Name: t_b; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX t_b ON public.t USING btree (no_such_column);
+
+--
+-- Name: t_c; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX t_c ON public.t USING btree (id);
+"""
+
+
+def test_failing_post_data_item_fails_the_restore_and_drops_it(source, scratch_names):
+    target = scratch_names()
+    with pytest.raises(EngineError, match="no_such_column"):
+        source.restore(io.BytesIO(BAD_POST_DATA), target_name=target, timeout=60)
+    assert not source.exists(target)
+
+
 def test_dump_of_missing_database_fails(source):
     missing = source.for_database(f"crmtest_missing_{secrets.token_hex(3)}")
     with pytest.raises(EngineError, match="does not exist"), missing.dump() as stream:

@@ -35,6 +35,7 @@ from crmmaint.engines.base import (
 )
 from crmmaint.engines.pgsections import (
     IDENT,
+    Cancelled,
     ChainReader,
     CopyPiece,
     PostDataQueue,
@@ -566,8 +567,7 @@ class PostgreSQLEngine(DatabaseEngine):
                             done.append(table)
                     everything = not +left
                 queue.loaded(done, everything=everything)
-                while (sql := queue.take()) is not None:
-                    self._post_item(pre.preamble + sql, timeout=timeout)
+                self._post_session(queue, pre.preamble, cancel, timeout=timeout)
             except BaseException as exc:
                 with lock:
                     failures.append(exc)
@@ -591,10 +591,25 @@ class PostgreSQLEngine(DatabaseEngine):
         self._run_phases(phases, pre.preamble, timeout=timeout, jobs=jobs)
         return size + len(rest.post), sum(reader.frozen for reader in readers.values())
 
-    def _post_item(self, script: bytes, *, timeout: float | None) -> None:
+    def _post_session(
+        self,
+        queue: PostDataQueue,
+        preamble: bytes,
+        cancel: threading.Event | None = None,
+        *,
+        timeout: float | None,
+    ) -> None:
+        """One connection that runs items from ``queue`` until it is empty: one psql for many
+        indexes (a psql per item cost ~60 ms each: 800 items of a 400-table schema took 40 s)."""
+
+        def scripts() -> Iterator[bytes]:
+            yield preamble
+            while (sql := queue.take()) is not None:
+                yield sql
+
         self.load(
             self._psql_load(),
-            io.BytesIO(script),
+            ChainReader(scripts(), cancel),
             into=self.db.dbname or self.db.name,
             what="psql post-data",
             timeout=timeout,
@@ -615,18 +630,30 @@ class PostgreSQLEngine(DatabaseEngine):
         timeout: float | None,
         jobs: int,
     ) -> None:
+        """Each phase in order: a parallel one on ``jobs`` connections sharing a queue, a
+        sequential one (a single script) on one."""
         for parallel, scripts in phases:
-            if parallel and len(scripts) > 1:
-                with ThreadPoolExecutor(jobs, thread_name_prefix="crmmaint-postdata") as pool:
-                    futures = [
-                        pool.submit(self._post_item, preamble + sql, timeout=timeout)
-                        for sql in scripts
-                    ]
-                    for future in futures:
-                        future.result()
-            else:
-                for sql in scripts:
-                    self._post_item(preamble + sql, timeout=timeout)
+            queue = PostDataQueue(scripts)
+            queue.loaded([], everything=True)
+            workers = min(jobs, len(scripts)) if parallel else 1
+            if workers == 1:
+                self._post_session(queue, preamble, timeout=timeout)
+                continue
+            cancel = threading.Event()
+
+            def session(queue: PostDataQueue = queue, cancel: threading.Event = cancel) -> None:
+                try:
+                    self._post_session(queue, preamble, cancel, timeout=timeout)
+                except BaseException:
+                    cancel.set()
+                    queue.cancel()
+                    raise
+
+            with ThreadPoolExecutor(workers, thread_name_prefix="crmmaint-postdata") as pool:
+                futures = [pool.submit(session) for _ in range(workers)]
+            errors = [f.exception() for f in futures if f.exception() is not None]
+            if errors:
+                raise next((e for e in errors if not isinstance(e, Cancelled)), errors[0])
 
     def drop(self, target_name: str, *, timeout: float = QUERY_TIMEOUT) -> None:
         check_target_name(self, target_name)
