@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from crmmaint.engines import RestoreTargetExists, compare_facts, engine_for, pgsections
+from crmmaint.engines import RestoreTargetExists, compare_facts, engine_for, pgload
 from crmmaint.engines.base import DumpLayout
 from crmmaint.engines.postgresql import CopyRowCounter, PostgreSQLEngine
 from crmmaint.errors import EngineError, IntegrityError, RestoreError
@@ -210,10 +210,10 @@ CONTENT = "SELECT md5(string_agg(t::text, '|' ORDER BY id)) FROM customers t"
 
 def test_parallel_restore_in_pieces_equals_the_source(source, scratch_names, monkeypatch):
     """Tables on four connections, the big one cut at row boundaries into pieces."""
-    monkeypatch.setattr(pgsections, "MIN_PIECE", 4096)
+    monkeypatch.setattr(pgload, "MIN_PIECE", 4096)
     data, facts = dump_all(source)
     assert len(facts["copy_sections"]) == 3
-    pieces = pgsections.plan_pieces(layout_of(data, facts).sections, 4)
+    pieces = pgload.plan_pieces(layout_of(data, facts).sections, 4)
     assert sum(p.section == 1 for p in pieces) >= 5  # customers, cut into pieces
     target = scratch_names()
     layout = layout_of(data, facts)

@@ -1,4 +1,5 @@
-"""Splitting a plain pg_dump at its post-data section (pure logic: no server needed)."""
+"""Splitting a plain pg_dump at its post-data section, and the parts of a parallel load
+(pgsections, pgload: pure logic, no server needed)."""
 
 from __future__ import annotations
 
@@ -9,15 +10,17 @@ import threading
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from crmmaint.engines.pgsections import (
+from crmmaint.engines.pgload import (
     ChainReader,
     CopyPiece,
     Piece,
     PostDataQueue,
-    PostDataSplit,
     balance,
-    item_table,
     plan_pieces,
+)
+from crmmaint.engines.pgsections import (
+    PostDataSplit,
+    item_table,
     post_data_items,
     post_data_phases,
 )

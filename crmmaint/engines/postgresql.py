@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import csv
+import functools
 import io
 import itertools
 import logging
@@ -33,17 +34,15 @@ from crmmaint.engines.base import (
     closing_dump,
     schema_digest,
 )
-from crmmaint.engines.pgsections import (
-    IDENT,
-    Cancelled,
+from crmmaint.engines.pgload import (
     ChainReader,
     CopyPiece,
     PostDataQueue,
-    PostDataSplit,
     balance,
     plan_pieces,
-    post_data_phases,
+    run_together,
 )
+from crmmaint.engines.pgsections import IDENT, PostDataSplit, post_data_phases
 from crmmaint.errors import CommandTimeout, TransportError
 from crmmaint.transport.base import Process
 
@@ -536,7 +535,6 @@ class PostgreSQLEngine(DatabaseEngine):
         left = collections.Counter(piece.section for piece in pieces)
         readers: dict[int, CopyPiece] = {}
         cancel = threading.Event()
-        failures: list[BaseException] = []  # the first one is the cause, the rest cancelled
         lock = threading.Lock()
 
         def piece_reader(index: int) -> Callable[[], Reader]:
@@ -546,34 +544,28 @@ class PostgreSQLEngine(DatabaseEngine):
 
             return open_piece
 
-        def worker(indexes: list[int]) -> None:
-            try:
-                if indexes:
-                    parts: list[bytes | Callable[[], Reader]] = [pre.preamble]
-                    parts += [piece_reader(i) for i in indexes]
-                    self.load(
-                        self._psql_load(),
-                        ChainReader(parts, cancel),
-                        into=into,
-                        what="psql restore (data)",
-                        timeout=timeout,
-                    )
-                with lock:
-                    done = []
-                    for i in indexes:
-                        left[pieces[i].section] -= 1
-                        table = readers[i].table
-                        if not left[pieces[i].section] and table is not None:
-                            done.append(table)
-                    everything = not +left
-                queue.loaded(done, everything=everything)
-                self._post_session(queue, pre.preamble, cancel, timeout=timeout)
-            except BaseException as exc:
-                with lock:
-                    failures.append(exc)
-                cancel.set()
-                queue.cancel()
-                raise
+        def connection(indexes: list[int]) -> None:
+            """Load this connection's pieces, then build what the queue hands out."""
+            if indexes:
+                parts: list[bytes | Callable[[], Reader]] = [pre.preamble]
+                parts += [piece_reader(i) for i in indexes]
+                self.load(
+                    self._psql_load(),
+                    ChainReader(parts, cancel),
+                    into=into,
+                    what="psql restore (data)",
+                    timeout=timeout,
+                )
+            with lock:
+                done = []
+                for i in indexes:
+                    left[pieces[i].section] -= 1
+                    table = readers[i].table
+                    if not left[pieces[i].section] and table is not None:
+                        done.append(table)
+                everything = not +left
+            queue.loaded(done, everything=everything)
+            self._post_session(queue, pre.preamble, cancel, timeout=timeout)
 
         log.info(
             "loading %d tables in %d pieces on %d connections",
@@ -582,11 +574,7 @@ class PostgreSQLEngine(DatabaseEngine):
             jobs,
         )
         bins += [[] for _ in range(jobs - len(bins))]
-        with ThreadPoolExecutor(jobs, thread_name_prefix="crmmaint-restore") as pool:
-            for future in [pool.submit(worker, indexes) for indexes in bins]:
-                future.exception()
-        if failures:
-            raise failures[0]
+        run_together([functools.partial(connection, indexes) for indexes in bins], cancel, queue)
         size += sum(end - start for start, end in sections)
         self._run_phases(phases, pre.preamble, timeout=timeout, jobs=jobs)
         return size + len(rest.post), sum(reader.frozen for reader in readers.values())
@@ -636,24 +624,11 @@ class PostgreSQLEngine(DatabaseEngine):
             queue = PostDataQueue(scripts)
             queue.loaded([], everything=True)
             workers = min(jobs, len(scripts)) if parallel else 1
-            if workers == 1:
-                self._post_session(queue, preamble, timeout=timeout)
-                continue
             cancel = threading.Event()
-
-            def session(queue: PostDataQueue = queue, cancel: threading.Event = cancel) -> None:
-                try:
-                    self._post_session(queue, preamble, cancel, timeout=timeout)
-                except BaseException:
-                    cancel.set()
-                    queue.cancel()
-                    raise
-
-            with ThreadPoolExecutor(workers, thread_name_prefix="crmmaint-postdata") as pool:
-                futures = [pool.submit(session) for _ in range(workers)]
-            errors = [f.exception() for f in futures if f.exception() is not None]
-            if errors:
-                raise next((e for e in errors if not isinstance(e, Cancelled)), errors[0])
+            session = functools.partial(
+                self._post_session, queue, preamble, cancel, timeout=timeout
+            )
+            run_together([session] * workers, cancel, queue)
 
     def drop(self, target_name: str, *, timeout: float = QUERY_TIMEOUT) -> None:
         check_target_name(self, target_name)
