@@ -134,7 +134,10 @@ def open_repository(cfg: RepoConfig) -> Iterator[object]:
     backend = backend_for(cfg)
     backend.open()
     try:
-        yield Repository.open(backend, key)
+        repo = Repository.open(backend, key)
+        if cfg.compression is not None:  # this inventory's choice for what it writes
+            repo.compression_level = cfg.compression
+        yield repo
     finally:
         backend.close()
 
@@ -151,7 +154,10 @@ def init_repository(cfg: RepoConfig) -> str:
     key = write_write_key(cfg.write_key) if created_key else load_write_key(cfg.write_key)
     backend = backend_for(cfg)
     try:
-        Repository.init(backend, key)
+        if cfg.compression is None:
+            Repository.init(backend, key)
+        else:
+            Repository.init(backend, key, compression_level=cfg.compression)
     finally:
         backend.close()
     return f"initialised {cfg.url}" + (f"; new write key {cfg.write_key}" if created_key else "")

@@ -113,6 +113,7 @@ class Repository:
     passphrase: SecretSource | None = None
     options: dict[str, Any] = field(default_factory=dict)
     default: bool = False
+    compression: int | None = None
 
 
 @dataclass
@@ -273,6 +274,7 @@ _FILESET_KEYS = {"host", "paths", "exclude", "groups"}
 _REPO_KEYS = {
     "url", "write_key", "recipients", "identity", "passphrase", "endpoint_url", "region",
     "identity_file", "known_hosts", "connect_timeout", "allow_unknown_host_key", "default",
+    "compression",
 }  # fmt: skip
 _REPO_OPTION_KEYS = _REPO_KEYS - {
     "url",
@@ -281,6 +283,7 @@ _REPO_OPTION_KEYS = _REPO_KEYS - {
     "identity",
     "passphrase",
     "default",
+    "compression",
 }
 
 
@@ -523,6 +526,17 @@ def _repository(name: str, spec: dict, base: Path) -> Repository:
         if key in options:
             options[key] = _path(str(options[key]), base)
     recipients = get_str_list(spec, "recipients")
+    compression = get_field(spec, "compression", int, what=what)
+    if compression is not None:
+        from crmmaint.repository.repository import COMPRESSION_LEVELS
+
+        if compression not in COMPRESSION_LEVELS:
+            raise SourceError(
+                f"{what}: compression {compression} is not a zstd level crmmaint accepts "
+                "(1 fast .. 19 small, or -1 .. -7 faster and larger)",
+                line_of(spec, "compression"),
+                "compression",
+            )
     return Repository(
         name=name,
         url=url,
@@ -532,6 +546,7 @@ def _repository(name: str, spec: dict, base: Path) -> Repository:
         passphrase=_secret(spec, "passphrase", what),
         options=options,
         default=get_field(spec, "default", bool, default=False),
+        compression=compression,
     )
 
 

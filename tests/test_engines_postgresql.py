@@ -8,6 +8,8 @@ import secrets
 import subprocess
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from crmmaint.engines import RestoreTargetExists, compare_facts, engine_for, pgload
 from crmmaint.engines.base import DumpLayout
@@ -384,3 +386,24 @@ def test_copy_row_counter_across_chunk_boundaries():
             b'COPY "s p"."B""q" (id) FROM stdin;\n\\.\n',
             b"COPY public.c (v) FROM stdin;\nx\\\\.\ny\n\\.\n",
         ], size
+
+
+@given(st.lists(st.integers(1, 200), max_size=20))
+def test_copy_row_counter_does_not_depend_on_where_chunks_end(cuts):
+    """Any split of the stream counts the same rows and finds the same sections as one piece."""
+    dump = b"".join(
+        b"SET x = %d;\nCOPY public.t%d (id, v) FROM stdin;\n" % (i, i)
+        + b"".join(b"%d\tva\\.lue \\N\n" % r for r in range(i * 3))
+        + b"\\.\n\n\n"
+        for i in range(6)
+    )
+    whole = CopyRowCounter()
+    whole.feed(dump)
+    split = CopyRowCounter()
+    at = 0
+    for cut in cuts:
+        split.feed(dump[at : at + cut])
+        at += cut
+    split.feed(dump[at:])
+    assert split.counts == whole.counts == {f"public.t{i}": i * 3 for i in range(6)}
+    assert split.sections == whole.sections and len(whole.sections) == 6

@@ -41,7 +41,7 @@ filesets:
   attachments: {host: app1, paths: [/srv/crm/attachments]}
 repositories:
   offsite: {url: "s3://bucket/crm", region: eu-central-1, write_key: keys/write.key, recipients: ["file:keys/ops.pub"], default: true}
-  local: {url: repo, write_key: keys/write.key, recipients: ["file:keys/ops.pub"]}
+  local: {url: repo, write_key: keys/write.key, recipients: ["file:keys/ops.pub"], compression: -3}
 drills:
   crm: {host: app1, address: 127.0.0.1, user: postgres}
 """
@@ -68,6 +68,10 @@ def test_a_full_inventory_loads_and_resolves(tmp_path):
     assert inv.default_repository().name == "offsite"
     assert inv.repositories["local"].url == f"file://{tmp_path / 'repo'}"
     assert inv.repositories["offsite"].options == {"region": "eu-central-1"}
+    assert (
+        inv.repositories["local"].compression == -3
+        and inv.repositories["offsite"].compression is None
+    )
     assert inv.repositories["local"].recipients == [f"file:{tmp_path / 'keys' / 'ops.pub'}"]
 
 
@@ -112,6 +116,9 @@ def test_secrets_are_sources_never_values(tmp_path, monkeypatch):
         ("filesets:\n  f: {}\n", 2, "needs 'paths'"),
         ("repositories:\n  r: {url: 'ftp://x'}\n", 2, "not supported"),
         ("repositories:\n  r: {}\n", 2, "missing required field 'url'"),
+        ("repositories:\n  r: {url: x, compression: 0}\n", 2, "not a zstd level"),
+        ("repositories:\n  r: {url: x, compression: 22}\n", 2, "not a zstd level"),
+        ("repositories:\n  r: {url: x, compression: fast}\n", 2, "must be an integer"),
         ("groups:\n  g: [nobody]\n", 2, "unknown host 'nobody'"),
         ("drills:\n  nodb: {}\n", 2, "unknown database 'nodb'"),
         ("hosts:\n  a: {}\n  a: {}\n", 3, "duplicate key"),

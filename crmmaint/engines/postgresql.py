@@ -180,11 +180,24 @@ class CopyRowCounter:
         self._fed = 0
 
     def feed(self, chunk: bytes) -> None:
-        data = self._pending + chunk if self._pending else chunk
-        base = self._fed - len(self._pending)  # stream offset of data[0]
+        base = self._fed  # stream offset of chunk[0]
         self._fed += len(chunk)
-        self._pending = b""
-        pos, size = 0, len(data)
+        start = 0
+        if self._pending:
+            # Finish the partial line left over by the last chunk on its own, so the chunk
+            # itself is never copied to be joined to it.
+            nl = chunk.find(b"\n")
+            if nl < 0:
+                self._pending += chunk
+                return
+            head, self._pending = self._pending + chunk[: nl + 1], b""
+            self._scan(head, base + nl + 1 - len(head))
+            start = nl + 1
+        self._scan(chunk, base, start)
+
+    def _scan(self, data: bytes, base: int, pos: int = 0) -> None:
+        """Count ``data[pos:]`` (``data[0]`` is at stream offset ``base``); keep a partial line."""
+        size = len(data)
         while pos < size:
             if self._table is None:
                 nl = data.find(b"\n", pos)

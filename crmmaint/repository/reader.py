@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import bisect
 import collections
-import hashlib
 import hmac
 import json
 import logging
@@ -90,7 +89,7 @@ def unwrap_keys(
 
 
 def load_manifest(repo: Repository, backup_id: str, identities: Sequence[Identity]) -> Manifest:
-    """Decrypt a manifest's facts and stream hashes; WrongKeyError if no identity fits."""
+    """Decrypt a manifest's facts (and older backups' stream hashes); WrongKeyError if no identity fits."""
     meta = repo.load_manifest_meta(backup_id)
     own = meta["key_id"]
     data_key = unwrap_keys(repo, [own], identities, backup_id)[bytes.fromhex(own)]
@@ -98,14 +97,15 @@ def load_manifest(repo: Repository, backup_id: str, identities: Sequence[Identit
     secret_blob = bytes.fromhex(meta["secret"])
     secret = json.loads(open_sealed(data_key, secret_blob, aad=f"{name}#facts".encode(), name=name))
     drilled = repo.backend.exists(f"drills/{backup_id}")
+    hashes = secret.get("streams", {})
     streams = [
         StreamInfo(
             s["name"],
             s["size"],
-            secret["streams"][s["name"]]["sha256"],
             s["chunks"],
             s["new_chunks"],
             s["stored_bytes"],
+            hashes.get(s["name"], {}).get("sha256"),
         )
         for s in meta["streams"]
     ]
@@ -317,11 +317,3 @@ def _stream(
                 fut.cancel()
     if done != size:
         raise IntegrityError(f"stream {what}: read {done} bytes, manifest says {size}")
-
-
-def stream_sha256(chunks: Iterator[bytes]) -> str:
-    """Hex SHA-256 of an iterator of byte strings (for drills and tests)."""
-    sha = hashlib.sha256()
-    for data in chunks:
-        sha.update(data)
-    return sha.hexdigest()

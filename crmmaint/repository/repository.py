@@ -52,6 +52,20 @@ DEFAULT_PACK_SIZE = 16 << 20
 #: zstd level 2: on dump text 10% smaller than level 1 for 3% more CPU; level 3 costs +26% CPU
 #: for another 6% (docs/performance.md).
 DEFAULT_COMPRESSION_LEVEL = 2
+#: zstd levels a repository accepts: 1..19, and -1..-7 (zstd's "fast" levels, cheaper still).
+COMPRESSION_LEVELS = (*range(-7, 0), *range(1, 20))
+
+
+def check_compression_level(level: object) -> int:
+    """The zstd level as an int; RepositoryError naming the accepted range otherwise."""
+    if isinstance(level, bool) or not isinstance(level, int) or level not in COMPRESSION_LEVELS:
+        raise RepositoryError(
+            f"compression level {level!r} not supported",
+            hint="use a zstd level from 1 (fast) to 19 (small), or -1 to -7 (faster, larger)",
+        )
+    return level
+
+
 _INIT_HINT = "create it with `crmmaint repo init`, or check the repository URL"
 
 
@@ -114,6 +128,7 @@ class Repository:
         """Create the location and write ``config``; refuses an existing repository."""
         if aead not in ALGORITHMS:
             raise RepositoryError(f"unknown AEAD {aead!r}; choose one of {', '.join(ALGORITHMS)}")
+        compression_level = check_compression_level(compression_level)
         if not 1 << 20 <= pack_size <= 1 << 30:
             raise RepositoryError(f"pack size {pack_size} out of range (1 MiB .. 1 GiB)")
         backend.create()

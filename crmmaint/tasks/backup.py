@@ -207,7 +207,7 @@ def _backup_result(
     rows = backup.meta.get("rows") if isinstance(backup.meta, dict) else None
     if rows is not None:
         metrics["rows"] = float(rows)
-    details = {"backup": backup.id, "source": backup.source, "sha256": info.sha256}
+    details = {"backup": backup.id, "source": backup.source, "stream": info.name}
     message = (
         f"backup {backup.id}: {_mib(backup.size)}, {_mib(backup.stored_bytes)} new "
         f"({backup.dedup_ratio:.0%} already stored) in {seconds:.1f}s"
