@@ -45,6 +45,10 @@ READ_THREADS = 4
 #: expanding ~3x on decompression this bounds a restore to roughly 50-70 MB of buffers.
 PREFETCH_READS = 4
 COALESCE_BYTES = 4 << 20
+#: Chunks at the ends of recent range reads kept decoded (at most 2 MiB each): the COPY blocks
+#: and gaps of a schema with hundreds of small tables share chunks, and each would otherwise
+#: fetch, decrypt and decompress the same chunk again.
+EDGE_CACHE_CHUNKS = 6
 _VERIFY_HINT = "run `crmmaint verify --read-data` to find every damaged object"
 
 
@@ -180,6 +184,53 @@ class ChunkOpener:
         return data
 
 
+class _EdgeCache:
+    """The plaintext of the last few chunks that began or ended a range read (thread-safe)."""
+
+    def __init__(self, capacity: int) -> None:
+        self._items: collections.OrderedDict[bytes, bytes] = collections.OrderedDict()
+        self._capacity = capacity
+        self._lock = threading.Lock()
+        self.hits = 0
+
+    def get(self, cid: bytes) -> bytes | None:
+        with self._lock:
+            data = self._items.get(cid)
+            if data is not None:
+                self._items.move_to_end(cid)
+                self.hits += 1
+            return data
+
+    def __contains__(self, cid: bytes) -> bool:
+        with self._lock:
+            return cid in self._items
+
+    def put(self, cid: bytes, data: bytes) -> None:
+        with self._lock:
+            self._items[cid] = data
+            self._items.move_to_end(cid)
+            while len(self._items) > self._capacity:
+                self._items.popitem(last=False)
+
+
+def _split_edges(reads: list[_Read], cache: _EdgeCache) -> list[_Read]:
+    """Give a cached first or last chunk a read of its own, so the others need no refetch."""
+
+    def alone(read: _Read, at: int) -> list[_Read]:
+        cid, entry = read.chunks[at]
+        single = _Read(read.pack_id, entry.offset, entry.length, [(cid, entry)])
+        rest = read.chunks[1:] if at == 0 else read.chunks[:-1]
+        first, last = rest[0][1], rest[-1][1]
+        other = _Read(read.pack_id, first.offset, last.offset + last.length - first.offset, rest)
+        return [single, other] if at == 0 else [other, single]
+
+    if reads and len(reads[0].chunks) > 1 and reads[0].chunks[0][0] in cache:
+        reads[:1] = alone(reads[0], 0)
+    if reads and len(reads[-1].chunks) > 1 and reads[-1].chunks[-1][0] in cache:
+        reads[-1:] = alone(reads[-1], -1)
+    return reads
+
+
 class StreamRanges:
     """One stored stream with keys and index checked once; reads any byte range of it.
 
@@ -197,6 +248,7 @@ class StreamRanges:
         for entry in entries:
             self.offsets.append(self.offsets[-1] + entry.raw_length)
         self.size = self.offsets[-1]
+        self.edges = _EdgeCache(EDGE_CACHE_CHUNKS)
 
     def read(
         self, start: int = 0, end: int | None = None, *, what: str = "", prefetch: int = 0
@@ -211,6 +263,10 @@ class StreamRanges:
         if start == end:
             return iter(())
         reads = list(_plan_reads(self.ids[first:last], self.entries[first:last]))
+        edges = None
+        if start > 0 or end < self.size:  # a part: its end chunks may be another part's too
+            edges = (self.edges, {self.ids[first], self.ids[last - 1]})
+            reads = _split_edges(reads, self.edges)
         return _stream(
             self.repo,
             self.opener,
@@ -219,6 +275,7 @@ class StreamRanges:
             end - start,
             skip=start - self.offsets[first],
             prefetch=prefetch or PREFETCH_READS,
+            edges=edges,
         )
 
 
@@ -265,12 +322,24 @@ def read_stream(
     return stream_ranges(repo, backup_id, name, identities).read(what=f"{backup_id}/{name}")
 
 
-def _fetch(repo: Repository, opener: ChunkOpener, read: _Read) -> list[bytes]:
+def _fetch(
+    repo: Repository,
+    opener: ChunkOpener,
+    read: _Read,
+    edges: tuple[_EdgeCache, set[bytes]] | None = None,
+) -> list[bytes]:
+    if edges is not None and len(read.chunks) == 1:
+        cached = edges[0].get(read.chunks[0][0])
+        if cached is not None:
+            return [cached]
     blob = memoryview(repo.backend.load(pack_name(read.pack_id), read.offset, read.length))
     out = []
     for cid, entry in read.chunks:
         start = entry.offset - read.offset
-        out.append(opener.open(cid, entry, blob[start : start + entry.length]))
+        data = opener.open(cid, entry, blob[start : start + entry.length])
+        if edges is not None and cid in edges[1]:
+            edges[0].put(cid, data)
+        out.append(data)
     return out
 
 
@@ -283,6 +352,7 @@ def _stream(
     *,
     skip: int = 0,
     prefetch: int = PREFETCH_READS,
+    edges: tuple[_EdgeCache, set[bytes]] | None = None,
 ) -> Iterator[bytes]:
     """Yield ``size`` bytes of the chunks of ``reads`` after the first ``skip`` bytes."""
     done = 0
@@ -293,14 +363,14 @@ def _stream(
         pending = iter(reads)
         try:
             for read in pending:
-                window.append(pool.submit(_fetch, repo, opener, read))
+                window.append(pool.submit(_fetch, repo, opener, read, edges))
                 if len(window) >= prefetch:
                     break
             while window and done < size:
                 chunks = window.popleft().result()
                 nxt = next(pending, None)
                 if nxt is not None:
-                    window.append(pool.submit(_fetch, repo, opener, nxt))
+                    window.append(pool.submit(_fetch, repo, opener, nxt, edges))
                 for data in chunks:
                     if skip:
                         if skip >= len(data):
