@@ -484,3 +484,23 @@ def test_adjacent_small_ranges_decode_each_shared_chunk_once(repo, identity, tmp
     with pytest.raises(IntegrityError):
         for a, b in spans:
             b"".join(fresh.read(a, b))
+
+
+def test_a_restore_unwraps_each_data_key_once(repo, identity, monkeypatch):
+    """manifest() then stream_ranges() (what restore does) unwrap once; other identities
+    are checked afresh, so a cached key never answers for an identity that cannot unwrap it."""
+    import crmmaint.repository.reader as reader
+
+    info, _ = backup(repo, identity, {"dump": dump_like(1 << 16)})
+    calls = []
+    unwrap = reader.unwrap_data_key
+    monkeypatch.setattr(
+        reader, "unwrap_data_key", lambda *a, **k: calls.append(1) or unwrap(*a, **k)
+    )
+    identities = [identity]
+    repo.manifest(info.id, identities)
+    assert b"".join(repo.stream_ranges(info.id, "dump", identities).read()) == dump_like(1 << 16)
+    assert len(calls) == 1
+    with pytest.raises(WrongKeyError):
+        repo.manifest(info.id, [X25519Identity.generate()])
+    assert len(calls) == 2

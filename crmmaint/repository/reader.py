@@ -73,10 +73,23 @@ class Manifest:
 def unwrap_keys(
     repo: Repository, key_ids: Sequence[str], identities: Sequence[Identity], backup_id: str
 ) -> dict[bytes, bytes]:
-    """Data key for every key id, or WrongKeyError / ObjectNotFound naming the keys object."""
+    """Data key for every key id, or WrongKeyError / ObjectNotFound naming the keys object.
+
+    A key unwrapped once with the same identities (the very objects) is not unwrapped again:
+    a restore asks for its keys twice (to fail early on a wrong identity, then to read), and
+    a passphrase costs an scrypt run each time."""
     keys: dict[bytes, bytes] = {}
+    held = tuple(identities)
     for hex_id in key_ids:
         kid = bytes.fromhex(hex_id)
+        known = repo.unwrapped.get(kid)
+        if (
+            known is not None
+            and len(known[0]) == len(held)
+            and all(a is b for a, b in zip(known[0], held, strict=True))
+        ):
+            keys[kid] = known[1]
+            continue
         name = key_name(kid)
         try:
             blob = repo.backend.load(name)
@@ -89,6 +102,7 @@ def unwrap_keys(
         keys[kid] = unwrap_data_key(
             record["stanzas"], list(identities), name=f"backup {backup_id} ({name})"
         )
+        repo.unwrapped[kid] = (held, keys[kid])
     return keys
 
 

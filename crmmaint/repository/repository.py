@@ -108,6 +108,8 @@ class Repository:
         self.aead: str = config["aead"]
         self.pack_size: int = int(config["pack_size"])
         self.index = ChunkIndex()
+        #: data keys already unwrapped, with the identities that did it (reader.unwrap_keys)
+        self.unwrapped: dict[bytes, tuple[tuple[Identity, ...], bytes]] = {}
 
     def __repr__(self) -> str:
         return f"Repository({self.backend.url!r}, id={self.id})"
