@@ -52,7 +52,6 @@ logger = logging.getLogger(__name__)
 INFLIGHT_PER_WORKER = 3
 _M_MMAP_THRESHOLD = -3
 _M_ARENA_MAX = -8
-_M_TRIM_THRESHOLD = -1
 
 
 def _fix_mmap_threshold() -> None:
@@ -62,15 +61,13 @@ def _fix_mmap_threshold() -> None:
     fragment, and RSS grows with the stream. A small fixed threshold (128 KiB) keeps RSS flat but
     maps and faults in every buffer afresh: ~6 s of system time per GB. A 64 MiB threshold with
     two arenas reuses heap memory and stays flat: 400 MB -> 102 MB, 1.6 GB -> 113 MB peak RSS,
-    30% faster (docs/performance.md). A 256 MiB trim threshold stops glibc from giving the top of
-    the heap back after every large free only to fault it in again: a third of the page faults
-    and ~0.5 s less system time per GB, for ~3 MB more peak RSS.
+    30% faster (docs/performance.md). (A 256 MiB trim threshold saved ~0.3 s of system time per
+    GB but kept ~4 MB more resident: not worth it under a 150 MB budget.)
     """
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         libc.mallopt(_M_MMAP_THRESHOLD, 64 << 20)
         libc.mallopt(_M_ARENA_MAX, 2)
-        libc.mallopt(_M_TRIM_THRESHOLD, 256 << 20)
     except (OSError, AttributeError):  # not glibc: nothing to tune
         pass
 
