@@ -155,9 +155,10 @@ def init_repository(cfg: RepoConfig) -> str:
     backend = backend_for(cfg)
     try:
         if cfg.compression is None:
-            Repository.init(backend, key)
+            repo = Repository.init(backend, key)
         else:
-            Repository.init(backend, key, compression_level=cfg.compression)
+            repo = Repository.init(backend, key, compression_level=cfg.compression)
     finally:
         backend.close()
-    return f"initialised {cfg.url}" + (f"; new write key {cfg.write_key}" if created_key else "")
+    done = f"initialised {cfg.url} (zstd level {repo.compression_level})"
+    return done + (f"; new write key {cfg.write_key}" if created_key else "")

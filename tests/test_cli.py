@@ -187,7 +187,7 @@ def test_backup_restore_cycle_as_subprocess(estate):
     assert code == 0 and out.startswith("crmpub1"), err
     assert (estate / "keys" / "ops.key").stat().st_mode & 0o777 == 0o600
     code, out, err = cli("repo", "init", "-i", inv)
-    assert code == 0 and "initialised" in out, err
+    assert code == 0 and "initialised" in out and "(zstd level 2)" in out, err
     code, out, err = cli("keys", "check", "-i", inv)
     assert code == 0 and "matches a recipient" in out, err
 
