@@ -4,7 +4,8 @@ On a generated CRM database (bench/crmgen.py; ``--scale 1`` is about 1 GB of pla
 contender runs as a subprocess; wall time and peak RSS of its whole process tree are measured
 (tree RSS summed from /proc every 0.1 s, and the largest single process from GNU time's %M).
 
-Scenarios, each printed as a table (wall s, ratio to the floor, MB/s of plain dump, peak RSS):
+Scenarios, each printed as a table (wall s, ratio to the floor, MB/s of plain dump, CPU s: the
+whole machine's busy CPU-seconds during the run, server backend included, peak RSS):
 
 1. backup: ``pg_dump -Fp > /dev/null`` (the floor, best of runs+1) vs ``crmmaint backup``,
    ``pg_dump | restic backup --stdin``, ``pg_dump | borg create -`` and
@@ -101,6 +102,14 @@ class Result:
     note: str = ""
     stdout: str = ""
     extra: dict[str, float] = field(default_factory=dict)
+    cpu: float = 0.0  # busy CPU-seconds of the whole machine meanwhile (server backend included)
+
+
+def busy_seconds() -> float:
+    """CPU-seconds the machine has spent busy since boot (user, nice, system, irq, softirq)."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq = (int(v) for v in fields[:7])
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
 
 
 class Bench:
@@ -118,7 +127,7 @@ class Bench:
         self.log.write(f"\n$ {command}\n")
         self.log.flush()
         peak = 0
-        started = time.monotonic()
+        started, busy = time.monotonic(), busy_seconds()
         proc = subprocess.Popen(
             argv,
             cwd=self.work,
@@ -138,7 +147,7 @@ class Bench:
         assert proc.stdout
         stdout = proc.stdout.read().decode(errors="replace")
         rc = proc.wait()
-        wall = time.monotonic() - started
+        wall, cpu = time.monotonic() - started, busy_seconds() - busy
         done.set()
         sampler.join()
         self.log.write(stdout)
@@ -149,7 +158,7 @@ class Bench:
         except (ValueError, IndexError):
             proc_kb = 0
         os.unlink(timefile)
-        res = Result(tool, wall, peak / 1e6, proc_kb / 1e3, ok=rc == 0, stdout=stdout)
+        res = Result(tool, wall, peak / 1e6, proc_kb / 1e3, ok=rc == 0, stdout=stdout, cpu=cpu)
         if rc != 0:
             res.note = f"FAILED rc={rc} (see {self.work / 'bench.log'})"
             if check:
@@ -167,6 +176,7 @@ def best(runs: list[Result]) -> Result:
         max(r.proc_mb for r in runs),
         ok=all(r.ok for r in runs),
         stdout=fastest.stdout,
+        cpu=fastest.cpu,
     )
     if len(runs) > 1:
         res.note = "(best of " + ", ".join(f"{r.wall:.1f}" for r in runs) + ")"
@@ -206,15 +216,15 @@ def drop_db(name: str) -> None:
 def table(title: str, rows: list[Result], floor: float, size: int, cols: str = "") -> str:
     lines = [
         f"\n## {title}",
-        f"{'tool':<40} {'wall s':>8} {'x floor':>8} {'MB/s':>8} {'tree RSS MB':>12} "
+        f"{'tool':<40} {'wall s':>8} {'x floor':>8} {'MB/s':>8} {'CPU s':>7} {'tree RSS MB':>12} "
         f"{'max proc MB':>12}  {cols}",
     ]
     for r in rows:
         mbs = size / 1e6 / r.wall if r.wall else 0
         extra = "  ".join(f"{k} {v:.1f}" for k, v in r.extra.items())
         lines.append(
-            f"{r.tool:<40} {r.wall:>8.1f} {r.wall / floor:>8.2f} {mbs:>8.1f} {r.tree_mb:>12.0f} "
-            f"{r.proc_mb:>12.0f}  {extra} {r.note}".rstrip()
+            f"{r.tool:<40} {r.wall:>8.1f} {r.wall / floor:>8.2f} {mbs:>8.1f} {r.cpu:>7.1f} "
+            f"{r.tree_mb:>12.0f} {r.proc_mb:>12.0f}  {extra} {r.note}".rstrip()
         )
     return "\n".join(lines)
 
