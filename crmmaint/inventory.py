@@ -528,12 +528,12 @@ def _repository(name: str, spec: dict, base: Path) -> Repository:
     recipients = get_str_list(spec, "recipients")
     compression = get_field(spec, "compression", int, what=what)
     if compression is not None:
-        from crmmaint.repository.repository import COMPRESSION_LEVELS
+        from crmmaint.repository.repository import COMPRESSION_HINT, COMPRESSION_LEVELS
 
         if compression not in COMPRESSION_LEVELS:
             raise SourceError(
                 f"{what}: compression {compression} is not a zstd level crmmaint accepts "
-                "(1 fast .. 19 small, or -1 .. -7 faster and larger)",
+                f"({COMPRESSION_HINT})",
                 line_of(spec, "compression"),
                 "compression",
             )

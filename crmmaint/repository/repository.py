@@ -54,15 +54,13 @@ DEFAULT_PACK_SIZE = 16 << 20
 DEFAULT_COMPRESSION_LEVEL = 2
 #: zstd levels a repository accepts: 1..19, and -1..-7 (zstd's "fast" levels, cheaper still).
 COMPRESSION_LEVELS = (*range(-7, 0), *range(1, 20))
+COMPRESSION_HINT = "use a zstd level from 1 (fast) to 19 (small), or -1 to -7 (faster, larger)"
 
 
 def check_compression_level(level: object) -> int:
     """The zstd level as an int; RepositoryError naming the accepted range otherwise."""
     if isinstance(level, bool) or not isinstance(level, int) or level not in COMPRESSION_LEVELS:
-        raise RepositoryError(
-            f"compression level {level!r} not supported",
-            hint="use a zstd level from 1 (fast) to 19 (small), or -1 to -7 (faster, larger)",
-        )
+        raise RepositoryError(f"compression level {level!r} not supported", hint=COMPRESSION_HINT)
     return level
 
 
