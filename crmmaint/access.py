@@ -145,6 +145,7 @@ def open_repository(cfg: RepoConfig) -> Iterator[object]:
 def init_repository(cfg: RepoConfig) -> str:
     """Create the repository and, when absent, its write key; returns what was done."""
     from crmmaint.repository import Repository
+    from crmmaint.repository.repository import DEFAULT_COMPRESSION_LEVEL
 
     if not cfg.write_key:
         raise ConfigError(
@@ -154,10 +155,8 @@ def init_repository(cfg: RepoConfig) -> str:
     key = write_write_key(cfg.write_key) if created_key else load_write_key(cfg.write_key)
     backend = backend_for(cfg)
     try:
-        if cfg.compression is None:
-            repo = Repository.init(backend, key)
-        else:
-            repo = Repository.init(backend, key, compression_level=cfg.compression)
+        level = DEFAULT_COMPRESSION_LEVEL if cfg.compression is None else cfg.compression
+        repo = Repository.init(backend, key, compression_level=level)
     finally:
         backend.close()
     done = f"initialised {cfg.url} (zstd level {repo.compression_level})"

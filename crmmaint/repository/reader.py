@@ -107,7 +107,8 @@ def unwrap_keys(
 
 
 def load_manifest(repo: Repository, backup_id: str, identities: Sequence[Identity]) -> Manifest:
-    """Decrypt a manifest's facts (and older backups' stream hashes); WrongKeyError if no identity fits."""
+    """Decrypt a manifest's facts (older backups: also stream hashes); WrongKeyError if no
+    identity fits."""
     meta = repo.load_manifest_meta(backup_id)
     own = meta["key_id"]
     data_key = unwrap_keys(repo, [own], identities, backup_id)[bytes.fromhex(own)]

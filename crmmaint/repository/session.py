@@ -76,9 +76,9 @@ def _fix_mmap_threshold() -> None:
 class StreamInfo:
     """One stored stream: plaintext size, chunk counts, new bytes written.
 
-    ``sha256`` (hex of the whole plaintext) is only known for backups written by earlier versions: every
-    chunk is authenticated and its id re-checked on read, so a whole-stream hash added nothing
-    but ~0.8 CPU-s per GB to every backup.
+    ``sha256`` (hex of the whole plaintext) is only known for backups written by earlier
+    versions: every chunk is authenticated and its id re-checked on read, so a whole-stream hash
+    added nothing but ~0.8 CPU-s per GB to every backup.
     """
 
     name: str
