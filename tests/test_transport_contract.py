@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import resource
@@ -14,6 +15,7 @@ import pytest
 
 from crmmaint.errors import CommandTimeout, TransportError
 from crmmaint.transport import LocalTransport, SSHTransport, Transport
+from crmmaint.transport.base import COLLECT_STDOUT_LIMIT
 
 
 @pytest.fixture(params=["local", "ssh"])
@@ -109,7 +111,7 @@ def test_env_and_stdin_payload_together(transport):
 def test_large_stdout_streams_in_bounded_memory(transport):
     size = 200_000_000
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    with transport.start(f"head -c {size} /dev/zero | cat") as proc:
+    with transport.start(f"head -c {size} /dev/zero | cat", stdout="stream") as proc:
         total = 0
         while chunk := proc.read():
             total += len(chunk)
@@ -120,7 +122,7 @@ def test_large_stdout_streams_in_bounded_memory(transport):
 
 
 def test_stdin_streams_into_command(transport):
-    with transport.start(["wc", "-c"]) as proc:
+    with transport.start(["wc", "-c"], stdout="stream") as proc:
         block = b"\0" * (1 << 20)
         for _ in range(100):
             proc.write(block)
@@ -130,8 +132,48 @@ def test_stdin_streams_into_command(transport):
     assert transport.run("wc -c", stdin=_Zeros(5_000_000)).text.strip() == "5000000"
 
 
+@pytest.mark.parametrize("delay", [0.0, 1.5])
+def test_streamed_output_waits_for_a_late_reader(transport, tmp_path, delay):
+    """A streamed command writing far more than any buffer, read only after a pause and then
+    slowly, loses nothing: the pipe holds it back (it has not finished when reading starts)."""
+    count = 7_000_000  # `seq` prints ~55 MB, over three times the collect limit
+    expected = hashlib.sha256("".join(f"{i}\n" for i in range(1, count + 1)).encode()).digest()
+    marker = tmp_path / "finished"
+    with transport.start(f"seq 1 {count}; touch {marker}", stdout="stream") as proc:
+        time.sleep(delay)
+        assert not marker.exists()  # held back: nobody has read the pipe yet
+        digest, total = hashlib.sha256(), 0
+        while chunk := proc.read(1 << 16):
+            digest.update(chunk)
+            total += len(chunk)
+            if total < COLLECT_STDOUT_LIMIT:
+                time.sleep(0.0002)  # a slow reader, too
+        result = proc.wait(timeout=60)
+    assert result.ok, result.stderr_tail()
+    assert total > COLLECT_STDOUT_LIMIT * 3
+    assert digest.digest() == expected
+    assert marker.exists()
+
+
+def test_collected_output_cannot_be_read(transport):
+    with transport.start("echo hi", stdout="collect") as proc:
+        with pytest.raises(RuntimeError, match="stdout='stream'"):
+            proc.read()
+        assert proc.wait(timeout=10).stdout == b"hi\n"
+
+
+def test_collected_output_past_the_limit_is_counted(transport):
+    size = COLLECT_STDOUT_LIMIT + 5 * (1 << 20)
+    with transport.start(f"head -c {size} /dev/zero", stdout="collect") as proc:
+        proc.close_stdin()
+        result = proc.wait(timeout=60)
+    assert result.ok
+    assert len(result.stdout) + result.stdout_dropped == size
+    assert len(result.stdout) <= COLLECT_STDOUT_LIMIT
+
+
 def test_unread_output_does_not_block_the_command(transport):
-    with transport.start("cat >/dev/null; seq 1 200000") as proc:
+    with transport.start("cat >/dev/null; seq 1 200000", stdout="collect") as proc:
         proc.write(b"input\n" * 100_000)
         proc.close_stdin()
         result = proc.wait(timeout=20)
@@ -151,14 +193,17 @@ def test_timeout_kills_the_whole_command(transport):
 
 def test_wait_timeout_on_started_command(transport):
     token = f"crmtok{secrets.token_hex(4)}"
-    with transport.start(f"sleep 30; echo {token}") as proc, pytest.raises(CommandTimeout):
+    with (
+        transport.start(f"sleep 30; echo {token}", stdout="stream") as proc,
+        pytest.raises(CommandTimeout),
+    ):
         proc.wait(timeout=0.5)
     assert _no_process_matching(token)
 
 
 def test_leaving_start_block_kills_command(transport):
     token = f"crmtok{secrets.token_hex(4)}"
-    with transport.start(f"sleep 30; echo {token}"):
+    with transport.start(f"sleep 30; echo {token}", stdout="collect"):
         pass
     assert _no_process_matching(token)
 

@@ -12,13 +12,13 @@ import hashlib
 import logging
 import re
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from crmmaint.errors import CommandTimeout, EngineError, RestoreError, TransportError
 from crmmaint.inventory import Database
-from crmmaint.transport.base import Command, CommandResult, Process, Transport
+from crmmaint.transport.base import Command, CommandResult, Process, StdoutMode, Transport
 
 log = logging.getLogger(__name__)
 
@@ -201,9 +201,11 @@ class DatabaseEngine(abc.ABC):
         target = self.db.dbname or self.db.path or self.db.name
         return f"{self.engine} database {self.db.name!r} ({target}) on host {self.transport.host}"
 
-    def error(self, what: str, *, hint: str | None = None) -> EngineError:
+    def error(
+        self, what: str, *, hint: str | None = None, retryable: bool | None = None
+    ) -> EngineError:
         """An ``EngineError`` naming engine, database and host."""
-        return EngineError(f"{self.where}: {what}", hint=hint)
+        return EngineError(f"{self.where}: {what}", hint=hint, retryable=retryable)
 
     def password_env(self, variable: str) -> dict[str, str]:
         """The environment carrying the password for the client tool (never argv)."""
@@ -222,8 +224,10 @@ class DatabaseEngine(abc.ABC):
         stdin: bytes | None = None,
         timeout: float | None = QUERY_TIMEOUT,
         what: str = "command",
+        final_exits: Container[int] = (),
     ) -> CommandResult:
-        """Run a client command to completion; a failure becomes ``EngineError``."""
+        """Run a client command to completion; a failure becomes ``EngineError``, one that no
+        retry can mend when the exit status is in ``final_exits`` (a missing source file)."""
         try:
             result = self.transport.run(
                 command, stdin=stdin, timeout=timeout, env=self.client_env(), check=False
@@ -233,14 +237,18 @@ class DatabaseEngine(abc.ABC):
         except TransportError as exc:
             raise self.error(f"{what} could not run: {exc}") from exc
         if not result.ok:
-            raise self.error(f"{what} failed (exit {result.exit_status}): {result.stderr_tail()}")
+            raise self.error(
+                f"{what} failed (exit {result.exit_status}): {result.stderr_tail()}",
+                retryable=False if result.exit_status in final_exits else None,
+            )
         return result
 
     @contextlib.contextmanager
-    def started(self, command: Command, *, what: str) -> Iterator[Process]:
-        """Start a streaming client command; transport failures become ``EngineError``."""
+    def started(self, command: Command, *, what: str, stdout: StdoutMode) -> Iterator[Process]:
+        """Start a client command (``stdout`` as in ``Transport.start``: a dump or session
+        reads it, a load only collects it); transport failures become ``EngineError``."""
         try:
-            with self.transport.start(command, env=self.client_env()) as proc:
+            with self.transport.start(command, stdout=stdout, env=self.client_env()) as proc:
                 yield proc
         except EngineError:
             raise
@@ -262,7 +270,7 @@ class DatabaseEngine(abc.ABC):
         A client that exits non-zero, a source that fails mid-stream, or a timeout becomes an
         ``EngineError`` naming the target; the caller removes the half-loaded target.
         """
-        with self.started(command, what=what) as proc:
+        with self.started(command, what=what, stdout="collect") as proc:
             if timeout is not None:
                 proc.set_timeout(timeout)
             size, problem = feed(stream, proc)

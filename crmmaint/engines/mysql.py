@@ -295,7 +295,7 @@ class MySQLEngine(DatabaseEngine):
 
         facts = {"engine": self.engine, "format": "mysqldump", "schema_fingerprint": before}
         log.info("dumping %s", self.where)
-        with self.started(command, what="mariadb-dump") as proc:
+        with self.started(command, what="mariadb-dump", stdout="stream") as proc:
             stream = DumpStream(
                 proc,
                 describe=self.error,

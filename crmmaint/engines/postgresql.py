@@ -342,7 +342,7 @@ class PostgreSQLEngine(DatabaseEngine):
 
     def snapshot_facts(self, *, timeout: float = QUERY_TIMEOUT) -> Facts:
         """Tables, counts, fingerprint and sequences, all in one REPEATABLE READ transaction."""
-        with self.started(self.psql(), what="facts session") as proc:
+        with self.started(self.psql(), what="facts session", stdout="stream") as proc:
             session = _PsqlSession(self, proc)
             session.ask("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SELECT 1")
             facts = self._session_facts(session)
@@ -372,7 +372,7 @@ class PostgreSQLEngine(DatabaseEngine):
     @contextlib.contextmanager
     def dump(self, *, timeout: float | None = None) -> Iterator[DumpStream]:
         """A plain-SQL pg_dump stream whose facts come from the same exported snapshot."""
-        with self.started(self.psql(), what="snapshot session") as session_proc:
+        with self.started(self.psql(), what="snapshot session", stdout="stream") as session_proc:
             if timeout is not None:
                 session_proc.set_timeout(timeout)
             session = _PsqlSession(self, session_proc)
@@ -398,7 +398,7 @@ class PostgreSQLEngine(DatabaseEngine):
                             )
                     final["copy_sections"] = [list(section) for section in counter.sections]
 
-                with self.started(command, what="pg_dump") as proc:
+                with self.started(command, what="pg_dump", stdout="stream") as proc:
                     stream = DumpStream(
                         proc,
                         describe=self.error,

@@ -183,12 +183,14 @@ class RedisCache:
         found = removed = 0
         try:
             with contextlib.ExitStack() as stack:
-                scanner = stack.enter_context(self.transport.start(scan, env=self._env()))
+                scanner = stack.enter_context(
+                    self.transport.start(scan, stdout="stream", env=self._env())
+                )
                 scanner.set_timeout(timeout)
                 unlinker = None
                 if not check:
                     unlinker = stack.enter_context(
-                        self.transport.start(self._cli(), env=self._env())
+                        self.transport.start(self._cli(), stdout="collect", env=self._env())
                     )
                     unlinker.set_timeout(timeout)
                 batch: list[bytes] = []

@@ -160,6 +160,7 @@ class SQLiteEngine(DatabaseEngine):
             ["sh", "-c", _BACKUP_SCRIPT, "sh", self.path],
             timeout=timeout or QUERY_TIMEOUT * 10,
             what="online backup",
+            final_exits=(2,),  # the database file does not exist
         )
         tmpdir = result.text.strip()
         if not tmpdir.startswith("/"):
@@ -167,7 +168,9 @@ class SQLiteEngine(DatabaseEngine):
         copy = posixpath.join(tmpdir, "copy.db")
         try:
             facts = self.for_path(copy).snapshot_facts() | {"format": "sqlite-file"}
-            with self.started(["cat", "--", copy], what="streaming the backup copy") as proc:
+            with self.started(
+                ["cat", "--", copy], what="streaming the backup copy", stdout="stream"
+            ) as proc:
                 stream = DumpStream(proc, describe=self.error, facts=facts, timeout=timeout)
                 with closing_dump(stream):
                     yield stream

@@ -131,7 +131,8 @@ def scan_segment(ctx: TaskContext, seg: Segment, counts: ScanCounts, timeout: fl
     consumed = 0
     pending = b""
     with ctx.transport.start(
-        ["sh", "-c", _READ_SCRIPT, "sh", str(seg.start + 1), seg.path, str(length)]
+        ["sh", "-c", _READ_SCRIPT, "sh", str(seg.start + 1), seg.path, str(length)],
+        stdout="stream",
     ) as proc:
         proc.close_stdin()
         proc.set_timeout(ctx.time_left(timeout) or timeout)

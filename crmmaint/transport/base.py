@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, Literal
 
 from crmmaint.errors import CommandTimeout, TransportError
 
@@ -27,10 +27,17 @@ log = logging.getLogger(__name__)
 
 Command = str | Sequence[str]
 
+#: What a started command's stdout is for, decided when it starts (``Transport.start``):
+#: ``"stream"``: the caller reads it; the command is held back by the pipe while the caller is
+#: busy or has not started reading yet (backpressure), and no byte is ever dropped.
+#: ``"collect"``: the caller only feeds stdin (a load); stdout is kept for ``wait()``'s result up
+#: to ``COLLECT_STDOUT_LIMIT`` and the rest is counted and discarded, so it can never block.
+StdoutMode = Literal["stream", "collect"]
+
 #: stderr kept per command (its tail): enough for error messages, bounded for chatty commands.
 STDERR_LIMIT = 64 * 1024
-#: stdout a ``start()`` caller never read, kept for ``wait()``'s result; the rest is dropped.
-UNREAD_STDOUT_LIMIT = 16 << 20
+#: stdout of a ``stdout="collect"`` command kept for ``wait()``'s result; the rest is discarded.
+COLLECT_STDOUT_LIMIT = 16 << 20
 #: Read-ahead buffered for a caller streaming stdout; beyond it the command waits (backpressure).
 #: 2 MiB keeps a backup's pump fed (8 MiB was no faster and held 6 MB more at its peak).
 STDOUT_HIGH_WATER = 2 << 20
@@ -59,6 +66,8 @@ class CommandResult:
     stdout: bytes
     stderr: bytes
     duration: float
+    #: Bytes of a ``stdout="collect"`` command's output past ``COLLECT_STDOUT_LIMIT``, discarded.
+    stdout_dropped: int = 0
 
     @property
     def ok(self) -> bool:
@@ -170,21 +179,26 @@ class TailBuffer:
 
 
 class _StdoutPump:
-    """Reads stdout in a thread so the command never blocks on a full pipe.
+    """Reads stdout in a thread, in one of two modes fixed when the command starts.
 
-    While the caller streams (has called ``read``), at most ``STDOUT_HIGH_WATER`` is buffered and
-    the command is held back beyond that. Otherwise up to ``limit`` bytes are kept for the result
-    (None: all) and the rest dropped, so a command whose output nobody reads cannot deadlock.
+    Streaming (the caller reads): at most ``STDOUT_HIGH_WATER`` is buffered and the command is
+    held back beyond that from its first byte on, however late the caller starts reading; no
+    byte is ever dropped. Collecting (nobody reads before ``wait``): up to ``limit`` bytes are
+    kept for the result (None: all) and the rest counted in ``dropped`` and discarded, so a
+    command whose output nobody reads never blocks the caller feeding its stdin. A streaming
+    caller that gives up early (``stop_streaming``) turns the rest into collecting.
     """
 
-    def __init__(self, source: ProcessPipes, limit: int | None, label: str) -> None:
+    def __init__(
+        self, source: ProcessPipes, *, streaming: bool, limit: int | None, label: str
+    ) -> None:
         self._source = source
         self._limit = limit
         self._cond = threading.Condition()
         self._chunks: deque[bytes] = deque()
         self._size = 0
         self.dropped = 0
-        self._streaming = False
+        self._streaming = streaming
         self._eof = False
         self.error: OSError | None = None
         self.thread = threading.Thread(target=self._pump, name=f"stdout {label}", daemon=True)
@@ -215,12 +229,6 @@ class _StdoutPump:
 
     def read(self, size: int) -> bytes:
         with self._cond:
-            if self.dropped:
-                raise OSError(
-                    f"{self.dropped} bytes of output were dropped while nobody read them; "
-                    "read stdout while writing stdin"
-                )
-            self._streaming = True
             while not self._chunks and not self._eof:
                 self._cond.wait()
             if not self._chunks:
@@ -256,14 +264,18 @@ class PipeProcess(Process):
         command: str,
         pipes: ProcessPipes,
         *,
-        stdout_limit: int | None = UNREAD_STDOUT_LIMIT,
+        stdout: StdoutMode,
+        stdout_limit: int | None = COLLECT_STDOUT_LIMIT,
     ) -> None:
         self.host = host
         self.command = command
         self.pipes = pipes
+        self.stdout_mode = stdout
         self._started = time.monotonic()
         self._stderr = TailBuffer(STDERR_LIMIT)
-        self._stdout = _StdoutPump(pipes, stdout_limit, host)
+        self._stdout = _StdoutPump(
+            pipes, streaming=stdout == "stream", limit=stdout_limit, label=host
+        )
         self._stderr_thread = threading.Thread(
             target=self._drain_stderr, name=f"stderr {host}", daemon=True
         )
@@ -345,12 +357,12 @@ class PipeProcess(Process):
             log.debug("%s: closing stdin of %s: %s", self.host, short(self.command), exc)
 
     def read(self, size: int = CHUNK) -> bytes:
-        try:
-            data = self._stdout.read(size)
-        except OSError as exc:
-            raise TransportError(
-                f"{self.host}: output of {short(self.command)!r} is incomplete: {exc}"
-            ) from exc
+        if self.stdout_mode != "stream":
+            raise RuntimeError(
+                f"{short(self.command)!r} was started with stdout={self.stdout_mode!r}: its "
+                "output is in wait()'s result; start it with stdout='stream' to read it"
+            )
+        data = self._stdout.read(size)
         if not data:
             if self._timed_out.is_set():
                 raise self._timeout_error()
@@ -396,10 +408,11 @@ class PipeProcess(Process):
                 stdout=self._stdout.remaining(),
                 stderr=self._stderr.getvalue(),
                 duration=time.monotonic() - self._started,
+                stdout_dropped=self._stdout.dropped,
             )
         if self._stdout.dropped:
-            log.warning(
-                "%s: dropped %d bytes of unread output of %r",
+            log.debug(
+                "%s: discarded %d bytes of collected output of %r past the limit",
                 self.host,
                 self._stdout.dropped,
                 short(self.command),
@@ -462,7 +475,7 @@ class Transport(abc.ABC):
         the tail of stderr. ``env`` values are passed without appearing on the command line.
         """
         failures: list[BaseException] = []
-        with self._started(command, env, stdout_limit=None) as proc:
+        with self._started(command, env, stdout="collect", stdout_limit=None) as proc:
             if timeout is not None:
                 proc.set_timeout(timeout)
             feeder = None
@@ -492,19 +505,33 @@ class Transport(abc.ABC):
         self,
         command: Command,
         *,
+        stdout: StdoutMode,
         env: Mapping[str, str] | None = None,
     ) -> Iterator[Process]:
-        """Start a command for streaming stdin and/or stdout (dumps, restores)."""
-        with self._started(command, env, stdout_limit=UNREAD_STDOUT_LIMIT) as proc:
+        """Start a command for streaming stdin and/or stdout (dumps, restores, sessions).
+
+        ``stdout`` says, before the first byte arrives, what its output is for: ``"stream"``
+        when the caller reads it with ``read()`` (the command then waits for the reader however
+        late it starts: nothing is dropped), ``"collect"`` when the caller only feeds stdin and
+        looks at the output in ``wait()``'s result (bounded by ``COLLECT_STDOUT_LIMIT``).
+        """
+        with self._started(command, env, stdout=stdout, stdout_limit=COLLECT_STDOUT_LIMIT) as proc:
             yield proc
 
     @contextmanager
     def _started(
-        self, command: Command, env: Mapping[str, str] | None, *, stdout_limit: int | None
+        self,
+        command: Command,
+        env: Mapping[str, str] | None,
+        *,
+        stdout: StdoutMode,
+        stdout_limit: int | None,
     ) -> Iterator[PipeProcess]:
         text = command_text(command)
-        log.debug("%s: starting %s", self.host, short(text))
-        proc = PipeProcess(self.host, text, self._spawn(command, env), stdout_limit=stdout_limit)
+        log.debug("%s: starting %s (stdout: %s)", self.host, short(text), stdout)
+        proc = PipeProcess(
+            self.host, text, self._spawn(command, env), stdout=stdout, stdout_limit=stdout_limit
+        )
         try:
             yield proc
         finally:
