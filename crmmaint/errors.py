@@ -13,9 +13,9 @@ carries the process exit code the CLI uses when it reaches the top-level handler
     │   └── CommandTimeout                      a command exceeded its timeout
     ├── EngineError                    exit 5   a database or cache refused or failed
     ├── RepositoryError                exit 6   backup repository missing, corrupt, inconsistent
-    │   ├── BackendError                        storage backend (file, S3, SFTP) failed
+    │   ├── BackendError                        storage backend (file, S3, SFTP) failed (retried)
     │   ├── ObjectNotFound                      an object the repository needs is absent
-    │   └── LockError                  exit 7   repository locked by another process
+    │   └── LockError                  exit 7   repository locked by another process (retried)
     ├── CryptoError                    exit 8   keys, passphrases, decryption
     │   ├── KeyFileError                        key file missing, malformed, or too open
     │   ├── WrongKeyError                       no identity given can decrypt this backup
@@ -24,6 +24,11 @@ carries the process exit code the CLI uses when it reaches the top-level handler
     └── TaskError                      exit 2   a task failed in a way the runner reports
 
 "Finished with warnings" is a result (exit 1), not an exception.
+
+``retryable`` says whether trying the same thing again a few minutes later can succeed: a
+configuration, key, integrity or repository-state error cannot, so the runner does not retry
+it; a host, database, storage or lock problem may pass. A raise site that knows better
+(a configured source file that does not exist) passes ``retryable=False``.
 """
 
 from __future__ import annotations
@@ -33,15 +38,21 @@ class CrmMaintError(Exception):
     """Root of every error crmmaint raises on purpose."""
 
     exit_code = 10
+    retryable = True
 
-    def __init__(self, message: str, *, hint: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, hint: str | None = None, retryable: bool | None = None
+    ) -> None:
         self.message = message
         self.hint = hint
+        if retryable is not None:
+            self.retryable = retryable
         super().__init__(message if hint is None else f"{message} ({hint})")
 
 
 class ConfigError(CrmMaintError):
     exit_code = 3
+    retryable = False
 
 
 class InventoryError(ConfigError):
@@ -83,7 +94,7 @@ class ConnectError(TransportError):
 
 
 class HostKeyError(TransportError):
-    pass
+    retryable = False
 
 
 class CommandTimeout(TransportError):
@@ -96,10 +107,11 @@ class EngineError(CrmMaintError):
 
 class RepositoryError(CrmMaintError):
     exit_code = 6
+    retryable = False
 
 
 class BackendError(RepositoryError):
-    pass
+    retryable = True
 
 
 class ObjectNotFound(RepositoryError):
@@ -108,10 +120,12 @@ class ObjectNotFound(RepositoryError):
 
 class LockError(RepositoryError):
     exit_code = 7
+    retryable = True
 
 
 class CryptoError(CrmMaintError):
     exit_code = 8
+    retryable = False
 
 
 class KeyFileError(CryptoError):
@@ -128,6 +142,7 @@ class IntegrityError(CryptoError):
 
 class RestoreError(CrmMaintError):
     exit_code = 6
+    retryable = False
 
 
 class TaskError(CrmMaintError):

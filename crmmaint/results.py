@@ -34,13 +34,16 @@ class TaskResult:
     """What one task did on one target.
 
     ``metrics`` are numbers (journal and monitoring graph them); ``details`` is any JSON-able data
-    a report may show. Neither may contain secrets.
+    a report may show. Neither may contain secrets. ``retryable`` (failures only) is False when
+    another attempt cannot succeed (a configuration, key or integrity error): the runner then
+    spends no retry on it.
     """
 
     status: Status
     message: str = ""
     metrics: dict[str, float] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
+    retryable: bool = True
 
     @classmethod
     def ok(cls, message: str = "", **kw: Any) -> TaskResult:

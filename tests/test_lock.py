@@ -208,6 +208,20 @@ def test_timeout_names_the_holder_and_what_to_do(backend):
         holder.release()
 
 
+def test_a_long_wait_is_announced_once(backend, caplog, monkeypatch):
+    monkeypatch.setattr("crmmaint.repository.lock.ANNOUNCE_WAIT", 0.2)
+    caplog.set_level(logging.WARNING, logger="crmmaint.repository.lock")
+    holder = lock(backend, True, owner="prune").acquire()
+    try:
+        with pytest.raises(LockError):
+            lock(backend, False, timeout=1.0).acquire()
+    finally:
+        holder.release()
+    waits = [r.getMessage() for r in caplog.records if "waiting for the shared lock" in r.message]
+    assert len(waits) == 1, waits
+    assert backend.url in waits[0] and "prune" in waits[0] and "giving up in" in waits[0]
+
+
 def test_acquiring_twice_is_a_programming_error(backend):
     with lock(backend, False) as held, pytest.raises(RuntimeError, match="already held"):
         held.acquire()

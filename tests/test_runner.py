@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import threading
 import time
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from crmmaint.errors import EngineError
+from crmmaint.errors import ConfigError, EngineError, LockError, WrongKeyError
 from crmmaint.inventory import Database, Host, Inventory
 from crmmaint.journal import Journal
 from crmmaint.playbook import (
@@ -23,6 +24,7 @@ from crmmaint.playbook import (
     plan,
 )
 from crmmaint.playbook.registry import REGISTRY, Param, TaskContext, task
+from crmmaint.reporting.console import ConsoleReporter
 from crmmaint.results import Status, TaskResult
 
 # --- test-only tasks ---------------------------------------------------------------------------
@@ -61,10 +63,26 @@ def _flaky(ctx: TaskContext) -> TaskResult:
 @task(
     "test.fail",
     targets=("hosts",),
-    params={"how": Param(str, default="result", choices=("result", "crm", "bug", "return"))},
+    params={
+        "how": Param(
+            str,
+            default="result",
+            choices=("result", "crm", "bug", "return", "config", "key", "missing", "lock"),
+        )
+    },
 )
 def _fail(ctx: TaskContext) -> TaskResult:
     how = ctx.params["how"]
+    with _lock:
+        CALLS[f"{ctx.step}/{ctx.target.name}"].append(time.monotonic())
+    if how == "config":
+        raise ConfigError("no such repository 'offsite'")
+    if how == "key":
+        raise WrongKeyError("no identity given can decrypt backup 1")
+    if how == "missing":
+        raise EngineError("database file /srv/crm.db does not exist", retryable=False)
+    if how == "lock":
+        raise LockError("repository locked by a prune on db1")
     if how == "crm":
         raise EngineError("database refused", hint="check pg_hba.conf")
     if how == "bug":
@@ -281,6 +299,58 @@ def test_retries_exhausted_keep_the_last_failure(inventory: Inventory) -> None:
     assert (row.status, row.attempts) == (Status.FAILED, 2)
     assert row.result.message == "attempt 2 raised"
     assert len(CALLS["f/h3"]) == 2
+
+
+@pytest.mark.parametrize(
+    ("how", "attempts"),
+    [("config", 1), ("key", 1), ("missing", 1), ("bug", 1), ("crm", 3), ("lock", 3), ("result", 3)],
+)
+def test_only_failures_a_retry_can_mend_are_retried(
+    inventory: Inventory, how: str, attempts: int
+) -> None:
+    summary = run(
+        f"steps: [{{name: f, task: test.fail, hosts: h2, retries: 2, retry_delay: 0.001,"
+        f" with: {{how: {how}}}}}]",
+        inventory,
+    )
+    (row,) = summary.results
+    assert (row.status, row.attempts, len(CALLS["f/h2"])) == (Status.FAILED, attempts, attempts)
+
+
+class _Retries(Reporter):
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    def on_retry(self, step, target, result, attempt, attempts, delay) -> None:  # type: ignore[override]
+        self.calls.append((step.name, target.label, result.message, attempt, attempts, delay))
+
+
+def test_every_retry_is_announced_with_its_wait(inventory: Inventory) -> None:
+    reporter = _Retries()
+    summary = run(
+        "steps: [{name: f, task: test.flaky, hosts: h3, retries: 3, retry_delay: 0.01,"
+        " with: {fail_times: 2}}]",
+        inventory,
+        reporter=reporter,
+    )
+    assert summary.results[0].attempts == 3
+    assert reporter.calls == [
+        ("f", "h3", "attempt 1 failed", 2, 4, 0.01),
+        ("f", "h3", "attempt 2 raised", 3, 4, 0.02),
+    ]
+
+
+def test_console_says_what_a_retry_waits_for(inventory: Inventory) -> None:
+    out = io.StringIO()
+    run(
+        "steps: [{name: f, task: test.flaky, hosts: h3, retries: 1, retry_delay: 0.05,"
+        " with: {fail_times: 1}}]",
+        inventory,
+        reporter=ConsoleReporter(out),
+    )
+    assert "  retry    f h3: attempt 1 failed; retrying in 0.05s, attempt 2 of 2\n" in (
+        out.getvalue()
+    )
 
 
 def test_no_retries_by_default(inventory: Inventory) -> None:

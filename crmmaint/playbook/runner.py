@@ -61,6 +61,18 @@ class Reporter:
     ) -> None:
         """The final result of one target, after retries."""
 
+    def on_retry(
+        self,
+        step: Step,
+        target: Target,
+        result: TaskResult,
+        attempt: int,
+        attempts: int,
+        delay: float,
+    ) -> None:
+        """An attempt failed with ``result``; attempt number ``attempt`` of ``attempts`` starts
+        in ``delay`` seconds (the run is silent meanwhile unless a writer says so)."""
+
     def on_step_skipped(self, step: Step, reason: str) -> None:
         """A step does not run (``when``, ``--limit``, or an earlier failure)."""
 
@@ -91,6 +103,18 @@ class MultiReporter(Reporter):
     ) -> None:
         for reporter in self.reporters:
             reporter.on_result(step, target, result, duration, attempts)
+
+    def on_retry(
+        self,
+        step: Step,
+        target: Target,
+        result: TaskResult,
+        attempt: int,
+        attempts: int,
+        delay: float,
+    ) -> None:
+        for reporter in self.reporters:
+            reporter.on_retry(step, target, result, attempt, attempts, delay)
 
     def on_step_skipped(self, step: Step, reason: str) -> None:
         for reporter in self.reporters:
@@ -399,12 +423,13 @@ class Runner:
             result, timed_out = self._attempt(step, target)
             if (
                 result.status != Status.FAILED
+                or not result.retryable  # the same again cannot succeed: say so at once
                 or timed_out  # the abandoned attempt may still be running: never overlap it
                 or attempts > step.retries
                 or self._abort.is_set()
             ):
                 break
-            delay = min(step.retry_delay * 2 ** (attempts - 1), MAX_RETRY_DELAY)
+            delay = retry_delay(step, attempts)
             log.info(
                 "%s on %s failed (attempt %d of %d): %s; retrying in %.1fs",
                 step.name,
@@ -414,6 +439,7 @@ class Runner:
                 result.message,
                 delay,
             )
+            self._report("on_retry", step, target, result, attempts + 1, step.retries + 1, delay)
             if self._abort.wait(delay):
                 break
         duration = time.monotonic() - clock
@@ -484,17 +510,27 @@ class Runner:
         return outcome[0], False
 
 
+def retry_delay(step: Step, failed_attempts: int) -> float:
+    """Seconds to wait after ``failed_attempts`` failures: the step's ``retry_delay``, doubled
+    after each further failure, never more than ``MAX_RETRY_DELAY``."""
+    return min(step.retry_delay * 2 ** (failed_attempts - 1), MAX_RETRY_DELAY)
+
+
 def _call(step: Step, ctx: TaskContext) -> TaskResult:
     """Call the task function; expected errors and bugs alike become FAILED results."""
     try:
         result = step.spec.func(ctx)
     except CrmMaintError as exc:
         log.debug("%s on %s raised %r", step.name, ctx.target.label, exc, exc_info=True)
-        return TaskResult.failed(str(exc), details={"error": type(exc).__name__})
+        return TaskResult.failed(
+            str(exc), details={"error": type(exc).__name__}, retryable=exc.retryable
+        )
     except Exception as exc:
         log.debug("%s on %s: internal error", step.name, ctx.target.label, exc_info=True)
         return TaskResult.failed(
-            f"internal error: {type(exc).__name__}: {exc}", details={"error": type(exc).__name__}
+            f"internal error: {type(exc).__name__}: {exc}",
+            details={"error": type(exc).__name__},
+            retryable=False,  # a bug does the same thing again
         )
     if not isinstance(result, TaskResult):
         return TaskResult.failed(

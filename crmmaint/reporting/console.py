@@ -17,14 +17,18 @@ from rich.console import Console
 from rich.progress import (
     DownloadColumn,
     Progress,
+    ProgressColumn,
     TaskID,
     TextColumn,
     TimeElapsedColumn,
     TransferSpeedColumn,
 )
+from rich.progress import Task as ProgressTask
 from rich.table import Table
+from rich.text import Text
 
 from crmmaint.results import Status
+from crmmaint.units import format_countdown, format_duration
 
 STATUS_STYLE = {
     "ok": "green",
@@ -56,6 +60,28 @@ def _status(result: Any) -> str:
     return str(getattr(result, "status", result))
 
 
+class _CountdownColumn(ProgressColumn):
+    """Time left until a task's ``until`` field (a ``time.monotonic()`` instant); rich redraws
+    it several times a second, so a waiting retry counts down with no further calls."""
+
+    def render(self, task: ProgressTask) -> Text:
+        until = task.fields.get("until")
+        if until is None:
+            return Text("")
+        return Text(f"starts in {format_countdown(until - time.monotonic())}", style="yellow")
+
+
+class _UnlessWaiting(ProgressColumn):
+    """A byte-progress column that stays blank on a countdown row."""
+
+    def __init__(self, column: ProgressColumn) -> None:
+        super().__init__()
+        self.column = column
+
+    def render(self, task: ProgressTask) -> Any:
+        return Text("") if "until" in task.fields else self.column.render(task)
+
+
 class ConsoleReporter:
     """Live status line per target and a summary table at the end.
 
@@ -73,33 +99,63 @@ class ConsoleReporter:
         self._lock = threading.Lock()
         self._started = time.monotonic()
         self._progress: Progress | None = None
-        self._bars: dict[tuple[str, str], TaskID] = {}
+        self._bars: dict[tuple[str, ...], TaskID] = {}
 
     def _print(self, text: str) -> None:
         with self._lock:
             self.console.print(text)
 
-    def on_progress(self, step: Any, target: Any, done: int, total: int | None) -> None:
-        """Bytes moved by a long task: a live bar with throughput on a TTY, nothing otherwise."""
-        if not self.tty:
-            return
+    def _live(self) -> Progress:
         if self._progress is None:
             self._progress = Progress(
                 TextColumn("  {task.description}"),
-                DownloadColumn(),
-                TransferSpeedColumn(),
-                TimeElapsedColumn(),
+                _UnlessWaiting(DownloadColumn()),
+                _UnlessWaiting(TransferSpeedColumn()),
+                _UnlessWaiting(TimeElapsedColumn()),
+                _CountdownColumn(),
                 console=self.console,
                 transient=True,
             )
             self._progress.start()
+        return self._progress
+
+    def on_progress(self, step: Any, target: Any, done: int, total: int | None) -> None:
+        """Bytes moved by a long task: a live bar with throughput on a TTY, nothing otherwise."""
+        if not self.tty:
+            return
+        self._finish_bar(step, target, "retry")
+        live = self._live()
         key = (step.name, _label(target))
         if key not in self._bars:
-            self._bars[key] = self._progress.add_task(f"{step.name} {_label(target)}", total=total)
-        self._progress.update(self._bars[key], completed=done, total=total)
+            self._bars[key] = live.add_task(f"{step.name} {_label(target)}", total=total)
+        live.update(self._bars[key], completed=done, total=total)
 
-    def _finish_bar(self, step: Any, target: Any) -> None:
-        bar = self._bars.pop((step.name, _label(target)), None)
+    def on_retry(
+        self,
+        step: Any,
+        target: Any,
+        result: Any,
+        attempt: int,
+        attempts: int,
+        delay: float,
+    ) -> None:
+        """A failed attempt and the wait before the next: one line, and a countdown on a TTY."""
+        message = getattr(result, "message", "")
+        when = f"retrying in {format_duration(delay)}, attempt {attempt} of {attempts}"
+        if self.tty:
+            self._print(f"  [yellow]retry[/yellow]    {_label(target)}: {message}; {when}")
+            live = self._live()
+            self._finish_bar(step, target, "retry")
+            self._bars[(step.name, _label(target), "retry")] = live.add_task(
+                f"{step.name} {_label(target)}: attempt {attempt} of {attempts}",
+                total=None,
+                until=time.monotonic() + delay,
+            )
+        else:
+            self._print(f"  retry    {step.name} {_label(target)}: {message}; {when}")
+
+    def _finish_bar(self, step: Any, target: Any, *kind: str) -> None:
+        bar = self._bars.pop((step.name, _label(target), *kind), None)
         if bar is not None and self._progress is not None:
             self._progress.remove_task(bar)
             if not self._bars:
@@ -122,6 +178,7 @@ class ConsoleReporter:
         self, step: Any, target: Any, result: Any, duration: float, attempts: int
     ) -> None:
         self._finish_bar(step, target)
+        self._finish_bar(step, target, "retry")
         status = _status(result)
         style = STATUS_STYLE.get(status, "")
         retry = f" after {attempts} attempts" if attempts > 1 else ""
@@ -181,6 +238,7 @@ class JsonReporter:
         self, step: Any, target: Any, result: Any, duration: float, attempts: int
     ) -> None: ...
     def on_step_skipped(self, step: Any, reason: str) -> None: ...
+    def on_retry(self, *args: Any) -> None: ...
 
     def on_run_end(self, summary: Any) -> None:
         doc = {

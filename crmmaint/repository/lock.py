@@ -40,6 +40,8 @@ LOCKS_PREFIX = "locks/"
 STALE_HEARTBEATS = 5
 _FIRST_BACKOFF = 0.02
 _MAX_BACKOFF = 2.0
+#: A wait for a conflicting lock longer than this is announced (a warning on the console).
+ANNOUNCE_WAIT = 2.0
 
 
 @dataclass(frozen=True)
@@ -160,8 +162,10 @@ class RepositoryLock:
             "pid_namespace": self.pid_namespace,
         }
         self._lost = False
-        deadline = time.monotonic() + self.timeout
+        started = time.monotonic()
+        deadline = started + self.timeout
         backoff = _FIRST_BACKOFF
+        announced = False
         while True:
             try:
                 blocker = self._attempt()
@@ -174,6 +178,15 @@ class RepositoryLock:
             if remaining <= 0:
                 raise self._timeout_error(blocker)
             logger.debug("%s waits for %s", self, blocker.describe())
+            if not announced and time.monotonic() - started >= ANNOUNCE_WAIT:
+                announced = True
+                logger.warning(
+                    "waiting for the %s lock of %s: held by %s; giving up in %.0fs",
+                    "exclusive" if self.exclusive else "shared",
+                    self.backend.url,
+                    blocker.describe(),
+                    remaining,
+                )
             time.sleep(min(remaining, backoff * random.uniform(0.5, 1.0)))
             backoff = min(backoff * 2, _MAX_BACKOFF)
         self._held = True

@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from crmmaint.errors import ConfigError
+from crmmaint.units import format_duration
 from crmmaint.yamlsource import parse_duration
 
 #: Count rules in the order they are evaluated and reported.
@@ -237,14 +238,6 @@ def _plan_source(
     if drilled is not None:
         keep(drilled, "newest drilled")
     return reasons
-
-
-def format_duration(seconds: float) -> str:
-    """Seconds as the largest whole unit: ``172800`` -> ``2d``, ``90`` -> ``90s``."""
-    for unit, size in (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size and seconds % size == 0:
-            return f"{int(seconds // size)}{unit}"
-    return f"{seconds:g}s"
 
 
 def _dashed(key: str) -> str:
