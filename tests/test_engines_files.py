@@ -60,15 +60,17 @@ def test_tar_round_trip_with_checksums(tree, tmp_path):
     assert compare_checksums(facts["checksums"], again["checksums"]) == []
 
 
-def test_missing_path_fails_the_dump(tmp_path):
-    fs = FileSet(name="gone", host="local", paths=[str(tmp_path / "absent")])
-    with (
-        pytest.raises(EngineError, match="exited"),
-        FileSetSource(fs, LocalTransport()).dump() as s,
-    ):
-        while s.read():
-            pass
-        s.finish()
+def test_missing_path_fails_the_dump_for_good(tmp_path):
+    """A configured path that does not exist is named, and no retry is spent on it."""
+    (tmp_path / "here").mkdir()
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    paths = [str(tmp_path / "here"), str(tmp_path / "absent"), str(tmp_path / "dangling")]
+    fs = FileSet(name="gone", host="local", paths=[*paths, str(tmp_path / "it's gone")])
+    with pytest.raises(EngineError) as info, FileSetSource(fs, LocalTransport()).dump():
+        pass
+    message = str(info.value)
+    assert f"paths {tmp_path}/absent, {tmp_path}/it's gone do not exist" in message
+    assert info.value.retryable is False
 
 
 def test_truncated_stream_fails_restore(tree, tmp_path):

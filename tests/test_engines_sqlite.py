@@ -65,8 +65,9 @@ def test_missing_file_is_an_error_and_not_created(tmp_path):
     )
     with pytest.raises(EngineError):
         engine.ping()
-    with pytest.raises(EngineError, match="no such database file"), engine.dump():
+    with pytest.raises(EngineError, match="no such database file") as info, engine.dump():
         pass
+    assert info.value.retryable is False  # a retry cannot bring the file back
     assert not path.exists()
 
 

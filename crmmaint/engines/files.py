@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 
 BLOCK = 512
 
+# Run from /, the arguments relative to it: print each argument that does not exist.
+_MISSING = 'cd / && for p; do [ -e "$p" ] || [ -L "$p" ] || printf "%s\\n" "$p"; done'
 # $1 = directory: exit 0 if it exists and holds anything, 1 otherwise.
 _NON_EMPTY = 'test -d "$1" && [ -n "$(ls -A -- "$1")" ]'
 # $1 = directory: every regular file below it as "size<TAB>./path<NUL>", then their sha256sums
@@ -166,12 +168,33 @@ class FileSetSource:
     def where(self) -> str:
         return f"file set {self.fileset.name!r} on host {self.transport.host}"
 
-    def error(self, what: str, *, hint: str | None = None) -> EngineError:
-        return EngineError(f"{self.where}: {what}", hint=hint)
+    def error(
+        self, what: str, *, hint: str | None = None, retryable: bool | None = None
+    ) -> EngineError:
+        return EngineError(f"{self.where}: {what}", hint=hint, retryable=retryable)
+
+    def check_paths(self, *, timeout: float = 60.0) -> None:
+        """Raise a non-retryable ``EngineError`` naming every configured path that is absent."""
+        command = ["sh", "-c", _MISSING, "sh", *self.tar_command()[-len(self.fileset.paths) :]]
+        try:
+            result = self.transport.run(command, timeout=timeout)
+        except TransportError as exc:
+            raise self.error(f"checking the paths: {exc}") from exc
+        missing = [line.removeprefix(".") for line in result.text.splitlines() if line]
+        if missing:
+            raise self.error(
+                f"{'path' if len(missing) == 1 else 'paths'} {', '.join(missing)} "
+                f"{'does' if len(missing) == 1 else 'do'} not exist",
+                hint="fix the file set's paths in the inventory, or restore what is missing",
+                retryable=False,
+            )
 
     def tar_command(self) -> list[str]:
         """``tar`` reading the file set relative to ``/`` (paths and excludes are argv items)."""
-        command = ["tar", "-cf", "-", "--format=posix", "--sparse", "-C", "/"]
+        # atime and ctime change without the content (relatime updates atime on a read once a
+        # day): left in the pax headers they would make every header new and defeat dedup.
+        command = ["tar", "-cf", "-", "--format=posix", "--pax-option=delete=atime,delete=ctime"]
+        command += ["--sparse", "-C", "/"]
         command += [f"--exclude={pattern}" for pattern in self.fileset.exclude]
         for path in self.fileset.paths:
             if not path.startswith("/"):
@@ -192,8 +215,9 @@ class FileSetSource:
             facts["file_bytes"] = sum(f["size"] for f in digest.files.values())
 
         facts = {"engine": "files", "format": "tar-posix", "paths": list(self.fileset.paths)}
+        self.check_paths()
         try:
-            with self.transport.start(self.tar_command()) as proc:
+            with self.transport.start(self.tar_command(), stdout="stream") as proc:
                 stream = DumpStream(
                     proc,
                     describe=self.error,
@@ -232,7 +256,7 @@ class FileSetSource:
         command = ["tar", "-xf", "-", "-C", target_dir]
         checked = _DigestingReader(stream)
         try:
-            with self.transport.start(command) as proc:
+            with self.transport.start(command, stdout="collect") as proc:
                 if timeout is not None:
                     proc.set_timeout(timeout)
                 size, problem = feed(checked, proc)
@@ -269,7 +293,9 @@ class FileSetSource:
         pending = b""
         section = 0
         try:
-            with self.transport.start(["sh", "-c", _CHECKSUMS, "sh", directory]) as proc:
+            with self.transport.start(
+                ["sh", "-c", _CHECKSUMS, "sh", directory], stdout="stream"
+            ) as proc:
                 if timeout is not None:
                     proc.set_timeout(timeout)
                 while chunk := proc.read():
