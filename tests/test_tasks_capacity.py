@@ -12,7 +12,7 @@ from test_tasks_health import make_ctx
 from crmmaint.journal import Journal
 from crmmaint.playbook.registry import REGISTRY
 from crmmaint.results import Status, TaskResult
-from crmmaint.tasks.capacity import DAY, days_until_full, growth_per_day
+from crmmaint.tasks.capacity import DAY, days_until_full, forecastable, growth_per_day
 from crmmaint.tasks.health import parse_df
 
 
@@ -61,6 +61,21 @@ def test_already_full() -> None:
     assert days_until_full([(0.0, 10.0), (DAY, 200.0)], 200) == 0.0
 
 
+@pytest.mark.parametrize(
+    ("times", "min_points", "min_span", "expected"),
+    [
+        ([0, 10, 20], 3, DAY, False),  # a burst of runs seconds apart: noise, not a trend
+        ([0, DAY / 2, DAY], 3, DAY, True),
+        ([0, DAY], 3, DAY, False),  # too few points
+        ([0, DAY], 1, DAY, True),
+        ([5.0], 1, 0, False),  # one point is never a line
+        ([0, 1, 2], 3, 0, True),
+    ],
+)
+def test_forecastable(times: list[float], min_points: int, min_span: float, expected: bool) -> None:
+    assert forecastable([(t, 1.0) for t in times], min_points, min_span) is expected
+
+
 # --- the task --------------------------------------------------------------------------------
 
 
@@ -91,6 +106,18 @@ def test_first_run_records_usage_without_forecast(journal: Journal) -> None:
     assert result.metrics["disk_size_bytes:/"] >= result.metrics["disk_used_bytes:/"]
     assert "days_until_full:/" not in result.metrics
     assert "too little history" in result.message
+
+
+def test_runs_minutes_apart_forecast_nothing(journal: Journal) -> None:
+    """Usage that jumped between three runs a minute apart (another job writing) is no trend."""
+    used, _ = root_usage()
+    now = time.time()
+    record(journal, now - 120, {"disk_used_bytes:/": used * 0.5})
+    record(journal, now - 60, {"disk_used_bytes:/": used * 0.9})
+    result = run(journal, {"mounts": ["/"]})
+    assert result.status is Status.OK, result.message
+    assert "days_until_full:/" not in result.metrics
+    assert "too little history to forecast for 1" in result.message
 
 
 def test_fast_growth_warns(journal: Journal) -> None:

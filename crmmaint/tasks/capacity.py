@@ -52,6 +52,16 @@ def days_until_full(points: Sequence[tuple[float, float]], capacity: float) -> f
     return (capacity - newest) / slope
 
 
+def forecastable(points: Sequence[tuple[float, float]], min_points: int, min_span: float) -> bool:
+    """Whether (unix time, value) ``points`` are enough for a trend: at least ``min_points`` of
+    them, spanning at least ``min_span`` seconds (a burst of runs minutes apart measures noise,
+    not growth per day)."""
+    if len(points) < max(min_points, 2):
+        return False
+    times = [t for t, _ in points]
+    return max(times) - min(times) >= min_span
+
+
 @task(
     "capacity.disk",
     targets="hosts",
@@ -59,6 +69,12 @@ def days_until_full(points: Sequence[tuple[float, float]], capacity: float) -> f
         "warn_days": Param(int, 30, help="warn when a filesystem is forecast full within this"),
         "history_days": Param(int, 30, help="fit the trend over this many past days"),
         "min_points": Param(int, 3, help="measurements needed before forecasting"),
+        "min_span": Param(
+            "duration",
+            DAY,
+            help="time the measurements must span before forecasting (seconds apart say nothing"
+            " about a daily trend)",
+        ),
         "mounts": Param(list, None, item_type=str, help="only these mount points"),
     },
 )
@@ -87,8 +103,9 @@ def disk(ctx: TaskContext) -> TaskResult:
                 "capacity.disk", ctx.target.label, f"disk_used_bytes:{d.mount}", since=since
             )
         points = [*history, (now, float(d.used_bytes))]
-        days = days_until_full(points, capacity) if len(points) >= p["min_points"] else None
-        growth = growth_per_day(points) if len(points) >= p["min_points"] else None
+        enough = forecastable(points, p["min_points"], p["min_span"])
+        days = days_until_full(points, capacity) if enough else None
+        growth = growth_per_day(points) if enough else None
         if days is not None:
             metrics[f"days_until_full:{d.mount}"] = round(days, 1)
             if days < p["warn_days"]:
@@ -106,7 +123,7 @@ def disk(ctx: TaskContext) -> TaskResult:
     details = read_only_details(ctx, forecasts=forecasts, history_days=p["history_days"])
     if soon:
         return TaskResult.warning("; ".join(soon), metrics=metrics, details=details)
-    forecast_count = sum(1 for f in forecasts if f["points"] >= p["min_points"])
+    forecast_count = sum(1 for f in forecasts if f["growth_bytes_per_day"] is not None)
     message = f"{len(disks)} filesystems, none forecast full within {p['warn_days']} days"
     if forecast_count < len(disks):
         message += f" (too little history to forecast for {len(disks) - forecast_count})"
