@@ -12,15 +12,18 @@ import os
 import random
 import shutil
 import sqlite3
+import sys
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, TextIO, TypeVar
 
 from crmmaint.errors import ConfigError
+from crmmaint.results import Status
 
 if TYPE_CHECKING:
     from crmmaint.inventory import Inventory
+    from crmmaint.playbook.runner import RunSummary
 
 
 log = logging.getLogger(__name__)
@@ -471,36 +474,76 @@ def _ensure_identity(keys: Path) -> None:
         public.write_text(identity.recipient().to_string() + "\n", encoding="ascii")
 
 
+#: Findings the demo estate is built to produce: (task, why), said as expected in its closing lines.
+EXPECTED_WARNINGS = {
+    "logs.scan": "the demo log holds ERROR lines planted for logs.scan to find",
+}
+
+
 def run_demo(
-    demo_dir: str | Path, rows: int = DEMO_ROWS, playbooks: list[str] | None = None
+    demo_dir: str | Path,
+    rows: int = DEMO_ROWS,
+    playbooks: list[str] | None = None,
+    *,
+    out: TextIO | None = None,
 ) -> int:
-    """Prepare the demo estate and run playbooks on it; returns the worst run's exit code."""
+    """Prepare the demo estate, run ``playbooks`` (default: daily) on it and close with what the
+    run showed. Returns 0 when the demo worked as designed (warnings are findings, not a
+    failed demo), else the worst run's exit code (2: a step failed)."""
     from crmmaint.inventory import load_inventory
     from crmmaint.journal import Journal
     from crmmaint.playbook import load_playbook, plan
     from crmmaint.playbook.runner import Runner
     from crmmaint.reporting.console import ConsoleReporter
 
+    out = out or sys.stdout
     inventory = load_inventory(prepare_demo(demo_dir, rows=rows))
-    _ensure_repository(inventory)
+    _ensure_repository(inventory, out)
     journal_path = Path(inventory.path).parent / str(
         inventory.settings.get("journal", "journal.sqlite")
     )
-    code = 0
+    summaries: list[RunSummary] = []
     with Journal(journal_path) as journal:
         for name in playbooks or ["daily"]:
             book = load_playbook(name, inventory)
             planned = plan(book, inventory, now=datetime.now().astimezone())
-            runner = Runner(inventory, journal, reporter=ConsoleReporter(), argv=["demo", name])
-            code = max(code, runner.run(book, planned).exit_code)
-    print(
-        f"journal: {journal_path}; see `crmmaint history -i {inventory.path}`"
-        f" and `crmmaint backups list -i {inventory.path}`"
-    )
-    return code
+            reporter = ConsoleReporter(out)
+            runner = Runner(inventory, journal, reporter=reporter, argv=["demo", name])
+            summaries.append(runner.run(book, planned))
+    out.write(closing_lines(summaries, inventory.path, str(journal_path)))
+    worst = max((s.exit_code for s in summaries), default=0)
+    return worst if worst > 1 else 0
 
 
-def _ensure_repository(inventory: Inventory) -> None:
+def closing_lines(summaries: list[RunSummary], inventory: str, journal: str) -> str:
+    """What the demo showed, one line per finding: failures first, then warnings, each expected
+    warning said to be expected, then where to look next."""
+    lines = ["", "demo:"]
+    failed = [(s.playbook, r) for s in summaries for r in s.results if r.status == Status.FAILED]
+    warned = [(s.playbook, r) for s in summaries for r in s.results if r.status == Status.WARNING]
+    for playbook, row in failed:
+        lines.append(f"  FAILED   {playbook}: {row.step} {row.target}: {row.result.message}")
+    for playbook, row in warned:
+        why = EXPECTED_WARNINGS.get(row.task)
+        lines.append(
+            f"  warning  {playbook}: {row.step} {row.target}: "
+            + (f"expected, {why}" if why else f"a finding on this machine: {row.result.message}")
+        )
+    ran = ", ".join(f"{s.playbook} (exit {s.exit_code})" for s in summaries)
+    if failed:
+        lines.append(f"  the demo did not work as designed: {ran}; rerun with --debug for details")
+    else:
+        lines.append(f"  the demo worked as designed: {ran}")
+    lines += [
+        f"  journal: {journal}",
+        f"  next: crmmaint history -i {inventory}",
+        f"        crmmaint backups list -i {inventory}",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _ensure_repository(inventory: Inventory, out: TextIO) -> None:
     """Create the demo's local repository and its write key on first use."""
     from crmmaint.access import init_repository, open_repository
     from crmmaint.errors import CrmMaintError
@@ -510,7 +553,7 @@ def _ensure_repository(inventory: Inventory) -> None:
         with open_repository(cfg):
             return
     except CrmMaintError:
-        print(init_repository(cfg))
+        out.write(init_repository(cfg) + "\n")
 
 
 LOG_EVENTS = (

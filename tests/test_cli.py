@@ -9,12 +9,14 @@ import os
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 
 from crmmaint.cli import main, normalize_argv
+from crmmaint.transport.base import COLLECT_STDOUT_LIMIT
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -324,3 +326,32 @@ def test_passphrase_repository_round_trip(estate, monkeypatch):
     monkeypatch.delenv("CRM_BACKUP_PASSPHRASE")
     code, _, err = cli("backup", "-i", str(inv_path), "--database", "crm")
     assert code == 2 and "CRM_BACKUP_PASSPHRASE" in err + _
+
+
+def test_twenty_file_set_backups_in_a_row_all_succeed(estate):
+    """A file set of a few hundred files (more output than a collected command may keep) backs
+    up 20 times in a row; files read in between (new atimes) store nothing new."""
+    import random
+
+    files = estate / "files"
+    rng = random.Random(8)
+    for i in range(300):
+        sub = files / f"dir{i % 12}"
+        sub.mkdir(exist_ok=True)
+        (sub / f"doc{i}.bin").write_bytes(rng.randbytes(rng.randint(20_000, 120_000)))
+    inv = str(estate / "inventory.yml")
+    assert cli("keys", "generate", "--output", str(estate / "keys" / "ops.key"))[0] == 0
+    assert cli("repo", "init", "-i", inv)[0] == 0
+    for attempt in range(20):
+        code, out, err = cli("backup", "--fileset", "files", "-i", inv)
+        assert code == 0, (attempt, out, err)
+        now = time.time_ns() + attempt * 3600 * 10**9
+        for path in files.rglob("*.bin"):
+            os.utime(path, ns=(now, path.stat().st_mtime_ns))  # read since: atime moved on
+    code, out, err = cli("backups", "list", "-i", inv, "--json", "--source", "fileset:files")
+    listed = sorted(json.loads(out), key=lambda b: b["time"])
+    assert len(listed) == 20
+    assert listed[0]["size"] > COLLECT_STDOUT_LIMIT
+    assert all(b["stored_bytes"] < b["size"] * 0.01 for b in listed[1:]), [
+        b["stored_bytes"] for b in listed
+    ]

@@ -154,3 +154,45 @@ def test_run_demo_runs_daily_into_the_demo_journal(tmp_path: Path) -> None:
         run = journal.run(journal.last_run_id())
     assert run is not None and run["playbook"] == "daily"
     assert {r["task"] for r in run["results"]} >= {"health.database", "logs.scan"}
+
+
+def test_the_demo_a_user_runs_at_its_real_size(tmp_path: Path) -> None:
+    """`crmmaint demo` as a subprocess, default size, daily and weekly, twice (the second run
+    reuses the estate): exit 0 both times, the backups listed and the main database drilled."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    crmmaint = str(Path(sys.executable).parent / "crmmaint")
+    demo = tmp_path / "demo"
+    env = {**os.environ, "COLUMNS": "200"}
+    for run_number in (1, 2):
+        proc = subprocess.run(
+            [crmmaint, "demo", "--dir", str(demo)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=env,
+        )
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        assert "Traceback" not in proc.stderr
+        assert "the demo worked as designed: daily (exit" in proc.stdout
+        assert "weekly (exit 0)" in proc.stdout
+        assert "  FAILED " not in proc.stdout and "\n  failed " not in proc.stdout
+        assert "drill the main database crm@local: backup" in proc.stdout
+        if run_number == 1:  # the planted log errors are new only the first time
+            assert "warning  daily: logs scanned local: expected" in proc.stdout
+    assert sum(database_rows(demo / "crm.sqlite").values()) == 200_000
+    listed = subprocess.run(
+        [crmmaint, "backups", "list", "-i", str(demo / "inventory.yml"), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert listed.returncode == 0, listed.stderr
+    backups = json.loads(listed.stdout)
+    crm = [b for b in backups if b["source"] == "database:crm"]
+    assert len(crm) == 2 and all(b["drilled"] for b in crm)
+    assert len([b for b in backups if b["source"] == "fileset:attachments"]) == 2
