@@ -592,10 +592,13 @@ def _secret(spec: dict, key: str, what: str) -> SecretSource | None:
 
 
 def _path(value: str | None, base: Path) -> str | None:
+    """``value`` made absolute against ``base`` (the inventory's folder), ``..`` folded but no
+    symlink followed: a path may name a link on another host, and what a configured link means
+    is for the code that reads it to decide (a file set follows it)."""
     if value is None:
         return None
     p = Path(os.path.expandvars(value)).expanduser()
-    return str(p if p.is_absolute() else (base / p).resolve())
+    return str(p if p.is_absolute() else Path(os.path.normpath(base / p)))
 
 
 def _check_name_clashes(inv: Inventory, data: dict) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -355,3 +356,30 @@ def test_twenty_file_set_backups_in_a_row_all_succeed(estate):
     assert all(b["stored_bytes"] < b["size"] * 0.01 for b in listed[1:]), [
         b["stored_bytes"] for b in listed
     ]
+
+
+def test_file_set_through_a_linked_root_and_an_emptied_one(estate):
+    """The configured path is a symlink to the real directory: its 20 files are backed up and
+    restored (not the link alone); a root that comes out empty later is a warning naming it."""
+    real = estate / "real-attachments"
+    real.mkdir()
+    for i in range(20):
+        (real / f"file{i}.txt").write_text(f"attachment {i}\n" * 50)
+    shutil.rmtree(estate / "files")
+    (estate / "files").symlink_to(real)
+    inv = str(estate / "inventory.yml")
+    assert cli("keys", "generate", "--output", str(estate / "keys" / "ops.key"))[0] == 0
+    assert cli("repo", "init", "-i", inv)[0] == 0
+    code, out, err = cli("backup", "--fileset", "files", "-i", inv)
+    assert code == 0, out + err
+    target = estate / "restored"
+    code, out, err = cli("restore", "fileset:files@latest", "--to", str(target), "-i", inv)
+    assert code == 0 and "20 files" in out, out + err
+    restored = target / str(estate / "files").lstrip("/")
+    assert sorted(p.name for p in restored.iterdir()) == sorted(f"file{i}.txt" for i in range(20))
+
+    for child in real.iterdir():
+        child.unlink()
+    code, out, err = cli("backup", "--fileset", "files", "-i", inv)
+    assert code == 1, out + err
+    assert f"{estate / 'files'} holds no files (the previous backup had 20)" in out

@@ -6,13 +6,16 @@ import hashlib
 import io
 import os
 import tarfile
+import threading
+import time
 
 import pytest
 
 from crmmaint.engines import RestoreTargetExists
-from crmmaint.engines.files import FileSetSource, TarDigest, compare_checksums
+from crmmaint.engines.files import FileSetSource, TarDigest, compare_checksums, tar_differences
 from crmmaint.errors import EngineError
 from crmmaint.inventory import FileSet
+from crmmaint.transport.base import CommandResult
 from crmmaint.transport.local import LocalTransport
 
 
@@ -69,7 +72,10 @@ def test_missing_path_fails_the_dump_for_good(tmp_path):
     with pytest.raises(EngineError) as info, FileSetSource(fs, LocalTransport()).dump():
         pass
     message = str(info.value)
-    assert f"paths {tmp_path}/absent, {tmp_path}/it's gone do not exist" in message
+    assert (
+        f"paths {tmp_path}/absent, {tmp_path}/dangling, {tmp_path}/it's gone do not exist"
+        in message
+    )
     assert info.value.retryable is False
 
 
@@ -100,3 +106,97 @@ def test_tar_digest_matches_python_tarfile(tree):
         long_name = "/app/conf/deep/" + "d" * 120 + "/" + "f" * 150
         assert digest.files[long_name]["size"] == len(b"long names need pax")
         assert digest.files["/app/conf/hardlink.conf"] == digest.files["/app/conf/app.conf"]
+
+
+def dump_all(src: FileSetSource) -> tuple[bytes, dict]:
+    with src.dump(timeout=60) as stream:
+        data = b"".join(iter(stream.read, b""))
+        facts = stream.finish()
+    return data, facts
+
+
+HOSTILE_NAMES = ["plain", "with space", "new\nline", "star*[x]^$.&\\", "ünï cödé", "it's"]
+
+
+@pytest.mark.parametrize("name", HOSTILE_NAMES)
+def test_a_root_that_is_a_link_is_followed_and_links_inside_stay_links(tmp_path, name):
+    real = tmp_path / "real" / name
+    (real / "sub").mkdir(parents=True)
+    for i in range(20):
+        (real / "sub" / f"doc{i}.txt").write_text(f"document {i}\n")
+    os.symlink("sub/doc0.txt", real / "inner-link")
+    conf = tmp_path / "real" / f"{name}.conf"
+    conf.write_text("secret = none\n")
+    (tmp_path / "srv").mkdir()
+    os.symlink(real, tmp_path / "srv" / name)  # the configured directory is a link
+    os.symlink(conf, tmp_path / "srv" / f"{name}.conf")  # and so is a configured file
+    paths = [str(tmp_path / "srv" / name), str(tmp_path / "srv" / f"{name}.conf")]
+    src = FileSetSource(FileSet(name="docs", host="local", paths=paths), LocalTransport())
+    data, facts = dump_all(src)
+    assert facts["files"] == 21
+    assert f"{paths[0]}/sub/doc7.txt" in facts["checksums"]
+    assert facts["checksums"][paths[1]]["sha256"] == hashlib.sha256(b"secret = none\n").hexdigest()
+    assert facts["roots"] == {
+        paths[0]: {"files": 20, "bytes": sum(len(f"document {i}\n") for i in range(20))},
+        paths[1]: {"files": 1, "bytes": 14},
+    }
+    assert facts["followed_links"] == paths
+    target = tmp_path / "restored"
+    restored = src.restore(io.BytesIO(data), str(target))
+    assert compare_checksums(facts["checksums"], restored["checksums"]) == []
+    back = target / paths[0].lstrip("/")
+    assert back.is_dir() and not back.is_symlink()  # the real directory, not the link
+    assert os.readlink(back / "inner-link") == "sub/doc0.txt"  # links inside stay links
+    assert (target / paths[1].lstrip("/")).read_text() == "secret = none\n"
+
+
+def test_a_file_changed_while_read_keeps_the_backup_and_names_it(tmp_path):
+    root = tmp_path / "attachments"
+    root.mkdir()
+    for i in range(40):
+        (root / f"a{i}.pdf").write_bytes(os.urandom(200_000))
+    log = root / "app.log"
+    log.write_bytes(b"x" * 30_000_000)
+    stop = threading.Event()
+
+    def append() -> None:
+        with open(log, "ab") as out:
+            while not stop.is_set():
+                out.write(b"another line\n")
+                out.flush()
+
+    writer = threading.Thread(target=append)
+    src = FileSetSource(FileSet(name="att", host="local", paths=[str(root)]), LocalTransport())
+    writer.start()
+    try:
+        with src.dump(timeout=60) as stream:
+            chunks = []
+            while chunk := stream.read(1 << 16):
+                chunks.append(chunk)
+                time.sleep(0.0005)  # a slow reader: tar is held back while the log grows
+            facts = stream.finish()
+    finally:
+        stop.set()
+        writer.join()
+    assert f"{log}: file changed as we read it" in "\n".join(facts["warnings"])
+    assert facts["files"] == 41
+    assert facts["checksums"][f"{root}/a3.pdf"]["size"] == 200_000
+    restored = src.restore(io.BytesIO(b"".join(chunks)), str(tmp_path / "back"))
+    assert compare_checksums(facts["checksums"], restored["checksums"]) == []  # what was stored
+
+
+def test_only_tars_exit_1_is_tolerated() -> None:
+    def result(status: int, stderr: bytes) -> CommandResult:
+        return CommandResult("h", "tar", status, b"", stderr, 0.1)
+
+    assert tar_differences(result(2, b"tar: x: Cannot open: Permission denied\n")) is None
+    assert tar_differences(result(137, b"")) is None
+    assert tar_differences(result(1, b"tar: ./a: File removed before we read it\n")) == [
+        "./a: File removed before we read it"
+    ]
+    many = b"".join(b"tar: ./f%d: file changed as we read it\n" % i for i in range(60))
+    listed = tar_differences(result(1, many))
+    assert listed is not None and len(listed) == 51 and listed[-1] == "and 10 more"
+    assert tar_differences(result(1, b"")) == [
+        "tar reported that some files differ (exit 1) without naming them"
+    ]

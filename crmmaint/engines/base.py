@@ -113,7 +113,9 @@ class DumpStream:
 
     ``facts`` (tables, row_counts, schema_fingerprint …) are complete once ``finish`` returned.
     A dump whose command failed, was killed, or was not read to the end raises ``EngineError``
-    from ``finish`` — so a failed dump never becomes a backup.
+    from ``finish`` — so a failed dump never becomes a backup. ``tolerate`` may accept a non-zero
+    exit that still produced a whole dump (tar's "some files differ"): it returns the warnings
+    to keep in ``facts["warnings"]``, or None to fail as usual.
     """
 
     def __init__(
@@ -125,8 +127,10 @@ class DumpStream:
         observe: Callable[[bytes], None] | None = None,
         complete: Callable[[Facts], None] | None = None,
         timeout: float | None = None,
+        tolerate: Callable[[CommandResult], list[str] | None] | None = None,
     ) -> None:
         self._process = process
+        self._tolerate = tolerate
         self.error = describe
         self._observe = observe
         self._complete = complete
@@ -168,7 +172,12 @@ class DumpStream:
             result = self._process.wait(timeout=self._timeout)
         except CommandTimeout as exc:
             raise self.error(f"dump timed out after {self._timeout}s") from exc
-        if result.exit_status != 0:
+        warnings = None
+        if result.exit_status != 0 and self._tolerate is not None:
+            warnings = self._tolerate(result)
+            if warnings is not None:
+                self.facts["warnings"] = warnings
+        if result.exit_status != 0 and warnings is None:
             status = result.exit_status
             how = (
                 f"was killed (exit {status})" if status > 128 or status < 0 else f"exited {status}"

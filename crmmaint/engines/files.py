@@ -10,20 +10,87 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import posixpath
+import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from crmmaint.engines.base import DumpStream, Facts, Reader, RestoreTargetExists, closing_dump, feed
 from crmmaint.errors import CommandTimeout, EngineError, TransportError
 from crmmaint.inventory import FileSet
-from crmmaint.transport.base import Transport
+from crmmaint.transport.base import CommandResult, Transport
 
 log = logging.getLogger(__name__)
 
 BLOCK = 512
 
-# Run from /, the arguments relative to it: print each argument that does not exist.
-_MISSING = 'cd / && for p; do [ -e "$p" ] || [ -L "$p" ] || printf "%s\\n" "$p"; done'
+# Each argument (an absolute path) as a NUL-terminated record: M (missing, a dangling link
+# too), D (a link to a directory), F (a link to anything else, followed by its resolved
+# target), P (a path to read as it is).
+_ROOTS = r"""
+for p; do
+  if [ -L "$p" ]; then
+    if [ -d "$p" ]; then printf 'D%s\0' "$p"
+    elif [ -e "$p" ]; then printf 'F%s\0' "$p"; readlink -fz -- "$p"
+    else printf 'M%s\0' "$p"; fi
+  elif [ -e "$p" ]; then printf 'P%s\0' "$p"
+  else printf 'M%s\0' "$p"; fi
+done
+"""
+#: Separates the parts of a tar ``--transform`` expression: a byte no real path holds.
+_DELIM = "\x1f"
+#: tar's messages kept as warnings when it exits 1 ("some files differ"), at most this many.
+MAX_TAR_WARNINGS = 50
+
+
+@dataclass(frozen=True)
+class Root:
+    """One configured path of a file set as found on its host: ``kind`` is ``path`` (read as it
+    is), ``directory link`` or ``file link`` (followed; ``target`` is the file's real path)."""
+
+    path: str
+    kind: str
+    target: str | None = None
+
+
+def _rename(target: str, path: str) -> str:
+    """A tar ``--transform`` that stores the file read at ``target`` under ``path``."""
+    if _DELIM in target or _DELIM in path:
+        raise EngineError(f"file set path {path!r} holds a control character tar cannot rename")
+    literal = re.sub(r"([\\.\[\]*^$])", r"\\\1", "./" + target.lstrip("/"))
+    replacement = ("./" + path.lstrip("/")).replace("\\", "\\\\").replace("&", "\\&")
+    return f"--transform=s{_DELIM}^{literal}${_DELIM}{replacement}{_DELIM}S"
+
+
+def tar_differences(result: CommandResult) -> list[str] | None:
+    """What tar's exit status 1 ("some files differ": changed or vanished while read) reported,
+    one entry per message line, at most ``MAX_TAR_WARNINGS`` (then a count of the rest); None
+    for any other status, which stays a failure."""
+    if result.exit_status != 1:
+        return None
+    text = result.stderr.decode("utf-8", "replace")
+    lines = [line.removeprefix("tar: ").strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        return ["tar reported that some files differ (exit 1) without naming them"]
+    if len(lines) > MAX_TAR_WARNINGS:
+        rest = len(lines) - MAX_TAR_WARNINGS
+        lines = [*lines[:MAX_TAR_WARNINGS], f"and {rest} more"]
+    return lines
+
+
+def root_totals(roots: list[str], files: dict[str, dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """Files and bytes below each configured root (a file below two roots counts for both)."""
+    totals = {root: {"files": 0, "bytes": 0} for root in roots}
+    for root in roots:
+        prefix = root.rstrip("/") + "/"
+        for path, info in files.items():
+            if path == root or path.startswith(prefix) or root == "/":
+                totals[root]["files"] += 1
+                totals[root]["bytes"] += int(info["size"])
+    return totals
+
+
 # $1 = directory: exit 0 if it exists and holds anything, 1 otherwise.
 _NON_EMPTY = 'test -d "$1" && [ -n "$(ls -A -- "$1")" ]'
 # $1 = directory: every regular file below it as "size<TAB>./path<NUL>", then their sha256sums
@@ -35,10 +102,9 @@ _CHECKSUMS = (
 
 
 def _member_path(name: str) -> str:
-    """A tar member name (``./etc/x``, ``etc/x``) as the absolute path it came from."""
-    while name.startswith("./"):
-        name = name[2:]
-    return "/" + name.lstrip("/")
+    """A tar member name (``./etc/x``, ``etc/x``, ``./srv/link/./x`` read through a linked
+    root) as the absolute path it came from."""
+    return posixpath.normpath("/" + name.lstrip("/")).replace("//", "/", 1)
 
 
 class TarDigest:
@@ -173,14 +239,38 @@ class FileSetSource:
     ) -> EngineError:
         return EngineError(f"{self.where}: {what}", hint=hint, retryable=retryable)
 
-    def check_paths(self, *, timeout: float = 60.0) -> None:
-        """Raise a non-retryable ``EngineError`` naming every configured path that is absent."""
-        command = ["sh", "-c", _MISSING, "sh", *self.tar_command()[-len(self.fileset.paths) :]]
+    def roots(self, *, timeout: float = 60.0) -> list[Root]:
+        """How each configured path is read: as it is, or, when it is a symlink, what it points
+        to (a configured root is what the user means; links inside the tree stay links).
+
+        Raises a non-retryable ``EngineError`` naming every path that does not exist (a
+        dangling link included).
+        """
+        for path in self.fileset.paths:
+            if not path.startswith("/"):
+                raise self.error(f"path {path!r} is not absolute")
+        command = ["sh", "-c", _ROOTS, "sh", *self.fileset.paths]
         try:
             result = self.transport.run(command, timeout=timeout)
         except TransportError as exc:
             raise self.error(f"checking the paths: {exc}") from exc
-        missing = [line.removeprefix(".") for line in result.text.splitlines() if line]
+        if not result.ok:
+            raise self.error(f"checking the paths failed: {result.stderr_tail()}")
+        fields = result.stdout.decode("utf-8", "surrogateescape").split("\0")
+        found: dict[str, Root] = {}
+        missing: list[str] = []
+        position = 0
+        while position < len(fields) - 1:
+            record = fields[position]
+            kind, path = record[:1], record[1:]
+            position += 1
+            if kind == "M":
+                missing.append(path)
+            elif kind == "D":
+                found[path] = Root(path, "directory link")
+            elif kind == "F":
+                found[path] = Root(path, "file link", target=fields[position])
+                position += 1
         if missing:
             raise self.error(
                 f"{'path' if len(missing) == 1 else 'paths'} {', '.join(missing)} "
@@ -188,18 +278,33 @@ class FileSetSource:
                 hint="fix the file set's paths in the inventory, or restore what is missing",
                 retryable=False,
             )
+        return [found.get(path, Root(path, "path")) for path in self.fileset.paths]
 
-    def tar_command(self) -> list[str]:
-        """``tar`` reading the file set relative to ``/`` (paths and excludes are argv items)."""
+    def tar_command(self, roots: list[Root] | None = None) -> list[str]:
+        """``tar`` reading the file set relative to ``/`` (paths and excludes are argv items).
+
+        ``roots`` (from ``roots()``) says which configured paths are symlinks to follow;
+        without it every path is archived as it is.
+        """
         # atime and ctime change without the content (relatime updates atime on a read once a
         # day): left in the pax headers they would make every header new and defeat dedup.
         command = ["tar", "-cf", "-", "--format=posix", "--pax-option=delete=atime,delete=ctime"]
         command += ["--sparse", "-C", "/"]
         command += [f"--exclude={pattern}" for pattern in self.fileset.exclude]
-        for path in self.fileset.paths:
-            if not path.startswith("/"):
-                raise self.error(f"path {path!r} is not absolute")
-            command.append("./" + path.lstrip("/"))
+        if roots is None:
+            roots = [Root(path, "path") for path in self.fileset.paths]
+        for root in roots:
+            if not root.path.startswith("/"):
+                raise self.error(f"path {root.path!r} is not absolute")
+        # A linked file is read at its target and renamed back to the configured path.
+        command += [_rename(r.target, r.path) for r in roots if r.kind == "file link" and r.target]
+        for root in roots:
+            relative = "./" + root.path.lstrip("/")
+            if root.kind == "directory link":
+                relative += "/."  # through the link: tar reads the directory it points to
+            elif root.kind == "file link" and root.target:
+                relative = "./" + root.target.lstrip("/")
+            command.append(relative)
         return command
 
     @contextlib.contextmanager
@@ -213,11 +318,14 @@ class FileSetSource:
             facts["checksums"] = dict(sorted(digest.files.items()))
             facts["files"] = len(digest.files)
             facts["file_bytes"] = sum(f["size"] for f in digest.files.values())
+            facts["roots"] = root_totals(list(self.fileset.paths), digest.files)
 
         facts = {"engine": "files", "format": "tar-posix", "paths": list(self.fileset.paths)}
-        self.check_paths()
+        roots = self.roots()
+        if followed := [r.path for r in roots if r.kind != "path"]:
+            facts["followed_links"] = followed
         try:
-            with self.transport.start(self.tar_command(), stdout="stream") as proc:
+            with self.transport.start(self.tar_command(roots), stdout="stream") as proc:
                 stream = DumpStream(
                     proc,
                     describe=self.error,
@@ -225,6 +333,7 @@ class FileSetSource:
                     observe=digest.feed,
                     complete=complete,
                     timeout=timeout,
+                    tolerate=tar_differences,
                 )
                 with closing_dump(stream):
                     yield stream

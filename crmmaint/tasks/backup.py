@@ -66,7 +66,7 @@ def backup_files(ctx: TaskContext) -> TaskResult:
         source_name("fileset", fileset.name),
         "files",
         "tar",
-        lambda facts: {"files": int(facts.get("files", 0))},
+        lambda facts: {"files": int(facts.get("files", 0)), "roots": facts.get("roots", {})},
     )
 
 
@@ -104,7 +104,12 @@ def _store_dump(
             backup = session.commit()
         previous = _previous(repo, backup)
     return _backup_result(
-        backup, info, previous, time.monotonic() - started, ctx.params["min_size_ratio"]
+        backup,
+        info,
+        previous,
+        time.monotonic() - started,
+        ctx.params["min_size_ratio"],
+        list(facts.get("warnings", [])),
     )
 
 
@@ -195,8 +200,16 @@ def _previous(repo: Any, backup: Any) -> Any:
 
 
 def _backup_result(
-    backup: Any, info: Any, previous: Any, seconds: float, min_ratio: float
+    backup: Any,
+    info: Any,
+    previous: Any,
+    seconds: float,
+    min_ratio: float,
+    notes: list[str],
 ) -> TaskResult:
+    """The result of a committed backup: changed, or a warning for each sign of lost data
+    (``notes`` from the dump: files that changed while read; a backup, a row count or a file-set
+    root much smaller than the previous backup's; a file-set root with no files)."""
     metrics = {
         "size_bytes": float(backup.size),
         "stored_bytes": float(backup.stored_bytes),
@@ -212,25 +225,59 @@ def _backup_result(
         f"backup {backup.id}: {_mib(backup.size)}, {_mib(backup.stored_bytes)} new "
         f"({backup.dedup_ratio:.0%} already stored) in {seconds:.1f}s"
     )
-    if previous is not None and previous.size > 0 and backup.size < previous.size * min_ratio:
-        return TaskResult.warning(
-            f"{message}; only {backup.size / previous.size:.0%} of the previous backup "
-            f"{previous.id} ({_mib(previous.size)}): check for data loss",
-            metrics=metrics,
-            details=details,
+    warnings: list[str] = []
+    if notes:
+        details["dump_warnings"] = notes
+        warnings.append(
+            f"kept with {len(notes)} warning(s) from the dump, the backup holds what was read: "
+            + "; ".join(notes[:5])
+            + ("; …" if len(notes) > 5 else "")
         )
-    prev_rows = (
-        previous.meta.get("rows")
-        if previous is not None and isinstance(previous.meta, dict)
-        else None
-    )
+    if previous is not None and previous.size > 0 and backup.size < previous.size * min_ratio:
+        warnings.append(
+            f"only {backup.size / previous.size:.0%} of the previous backup "
+            f"{previous.id} ({_mib(previous.size)}): check for data loss"
+        )
+    prev_meta = previous.meta if previous is not None and isinstance(previous.meta, dict) else {}
+    prev_rows = prev_meta.get("rows")
     if rows is not None and prev_rows and rows < prev_rows * min_ratio:
+        warnings.append(
+            f"{rows} rows against {prev_rows} in the previous backup: check for data loss"
+        )
+    meta = backup.meta if isinstance(backup.meta, dict) else {}
+    warnings += _shrunk_roots(meta.get("roots") or {}, prev_meta.get("roots") or {}, min_ratio)
+    if warnings:
         return TaskResult.warning(
-            f"{message}; {rows} rows against {prev_rows} in the previous backup: check for data loss",
-            metrics=metrics,
-            details=details,
+            f"{message}; " + "; ".join(warnings), metrics=metrics, details=details
         )
     return TaskResult.changed(message, metrics=metrics, details=details)
+
+
+def _shrunk_roots(
+    roots: dict[str, dict[str, int]], previous: dict[str, dict[str, int]], min_ratio: float
+) -> list[str]:
+    """A warning for each file-set root that holds no files, or fewer files or bytes than
+    ``min_ratio`` of the previous backup's (a path emptied, a mount missing, a link broken)."""
+    notes = []
+    for path, now in roots.items():
+        before = previous.get(path) or {}
+        if not now.get("files"):
+            notes.append(
+                f"{path} holds no files"
+                + (f" (the previous backup had {before['files']})" if before.get("files") else "")
+            )
+            continue
+        if before.get("files") and now["files"] < before["files"] * min_ratio:
+            notes.append(
+                f"{path} holds {now['files']} against {before['files']} files in the previous "
+                "backup: check for data loss"
+            )
+        elif before.get("bytes") and now.get("bytes", 0) < before["bytes"] * min_ratio:
+            notes.append(
+                f"{path} holds {_mib(now.get('bytes', 0))} against {_mib(before['bytes'])} in "
+                "the previous backup: check for data loss"
+            )
+    return notes
 
 
 def _counts(report: Any) -> dict[str, int]:
