@@ -1,7 +1,8 @@
 """Repository locks: sharing, blocking, timeouts, stale takeover, heartbeats, unlock.
 
-The locks run on ``DirBackend``, a minimal directory-backed Backend defined here so that a
-second process can share a repository; swap in ``LocalBackend`` once it is committed.
+A contract suite: the protocol runs on every real backend (local directory, S3 on moto's
+server, SFTP on a real sshd); tests that need a second process or an injected race use the
+local backend.
 """
 
 from __future__ import annotations
@@ -20,9 +21,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from test_backends import MAKERS
 
-from crmmaint.errors import LockError, ObjectNotFound
-from crmmaint.repository.backends.base import Backend, ObjectInfo
+from crmmaint.errors import LockError
+from crmmaint.repository.backends.base import Backend
+from crmmaint.repository.backends.local import LocalBackend
 from crmmaint.repository.lock import (
     LOCKS_PREFIX,
     RepositoryLock,
@@ -35,60 +38,24 @@ HOST = socket.gethostname()
 PIDNS = _pid_namespace()
 
 
-class DirBackend(Backend):
-    """Objects as files below ``root``; stores are atomic (temp file + rename)."""
-
-    def __init__(self, root: str | Path) -> None:
-        self.root = Path(root)
-        self.url = f"file://{self.root}"
-
-    def open(self) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-
-    def close(self) -> None:
-        pass
-
-    def store(self, name: str, data: bytes) -> None:
-        path = self.root / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temp = self.root / f".{uuid.uuid4().hex}.tmp"
-        temp.write_bytes(data)
-        os.replace(temp, path)
-
-    def load(self, name: str, offset: int = 0, size: int | None = None) -> bytes:
-        try:
-            data = (self.root / name).read_bytes()
-        except FileNotFoundError as exc:
-            raise ObjectNotFound(f"object {name} not found in {self.url}") from exc
-        return data[offset:] if size is None else data[offset : offset + size]
-
-    def info(self, name: str) -> ObjectInfo | None:
-        try:
-            return ObjectInfo(name, (self.root / name).stat().st_size)
-        except FileNotFoundError:
-            return None
-
-    def delete(self, name: str) -> None:
-        try:
-            (self.root / name).unlink()
-        except FileNotFoundError as exc:
-            raise ObjectNotFound(f"cannot delete {name}: not found in {self.url}") from exc
-
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        for path in sorted(self.root.rglob("*")):
-            name = path.relative_to(self.root).as_posix()
-            if path.is_file() and not path.name.startswith(".") and name.startswith(prefix):
-                info = self.info(name)
-                if info is not None:  # not deleted while listing
-                    yield info
-
-    def move(self, src: str, dst: str) -> None:
-        os.replace(self.root / src, self.root / dst)
+@pytest.fixture(params=["local", "s3", "sftp"])
+def backend(request, tmp_path) -> Iterator[Backend]:
+    """Every real backend: the lock protocol must hold on each (a contract suite)."""
+    tmp_path.chmod(0o755)  # the sshd user must reach it
+    b, missing = MAKERS[request.param](request, tmp_path)
+    missing.close()
+    b.create()
+    b.open()
+    try:
+        yield b
+    finally:
+        b.close()
 
 
 @pytest.fixture
-def backend(tmp_path) -> DirBackend:
-    b = DirBackend(tmp_path / "repo")
+def local_backend(tmp_path) -> LocalBackend:
+    b = LocalBackend(tmp_path / "repo")
+    b.create()
     b.open()
     return b
 
@@ -338,16 +305,17 @@ def test_unreadable_lock_object_blocks_until_unlock(backend):
 CHILD = """
 import sys, time
 sys.path.insert(0, sys.argv[2])
-from test_lock import DirBackend
+from crmmaint.repository.backends.local import LocalBackend
 from crmmaint.repository.lock import RepositoryLock
-lk = RepositoryLock(DirBackend(sys.argv[1]), exclusive=True, owner="killed", heartbeat=0.2)
+lk = RepositoryLock(LocalBackend(sys.argv[1]), exclusive=True, owner="killed", heartbeat=0.2)
 lk.acquire()
 print(lk.id, flush=True)
 time.sleep(60)
 """
 
 
-def test_lock_of_a_killed_process_is_taken_over(backend, caplog):
+def test_lock_of_a_killed_process_is_taken_over(local_backend, caplog):
+    backend = local_backend
     child = subprocess.Popen(
         [sys.executable, "-c", CHILD, str(backend.root), str(Path(__file__).parent)],
         stdout=subprocess.PIPE,
@@ -425,24 +393,25 @@ def test_break_locks_removes_everything_and_reports_it(backend):
 
 def test_bad_arguments():
     with pytest.raises(ValueError, match="heartbeat"):
-        RepositoryLock(DirBackend("/nonexistent"), exclusive=True, heartbeat=0)
+        RepositoryLock(LocalBackend("/nonexistent"), exclusive=True, heartbeat=0)
     with pytest.raises(ValueError, match="stale_after"):
-        RepositoryLock(DirBackend("/nonexistent"), exclusive=True, heartbeat=5, stale_after=1)
+        RepositoryLock(LocalBackend("/nonexistent"), exclusive=True, heartbeat=5, stale_after=1)
 
 
-class RacingBackend(DirBackend):
+class RacingBackend(LocalBackend):
     """Lets another holder's lock appear between our first listing and our ``held`` write."""
 
     racer: str | None = None
 
     def store(self, name: str, data: bytes) -> None:
         if self.racer is None and json.loads(data).get("state") == "held":
-            self.racer = foreign_lock(DirBackend(self.root), owner="racer")
+            self.racer = foreign_lock(LocalBackend(self.root), owner="racer")
         super().store(name, data)
 
 
 def test_holder_that_appears_between_the_two_phases_wins(tmp_path):
     backend = RacingBackend(tmp_path / "repo")
+    backend.create()
     backend.open()
     with pytest.raises(LockError, match="racer"):
         lock(backend, True).acquire()

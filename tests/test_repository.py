@@ -24,11 +24,12 @@ from crmmaint.crypto import (
     X25519Recipient,
     new_write_key,
 )
-from crmmaint.errors import CryptoError, IntegrityError, RepositoryError, WrongKeyError
+from crmmaint.errors import CryptoError, IntegrityError, LockError, RepositoryError, WrongKeyError
 from crmmaint.repository import ChunkerParams, Repository
 from crmmaint.repository.backends.local import LocalBackend
 from crmmaint.repository.chunker import iter_chunks
 from crmmaint.repository.format import IndexEntry, decode_index, encode_index
+from crmmaint.repository.lock import break_locks, read_locks
 from crmmaint.repository.retention import RetentionPolicy
 
 SMALL_CHUNKS = ChunkerParams(16 << 10, 64 << 10, 256 << 10)
@@ -257,6 +258,27 @@ def test_session_without_commit_records_nothing(repo, identity):
     assert repo.backups() == []
     report = repo.verify()
     assert report.ok and report.orphan_packs == 0  # a clean abort removes its packs
+
+
+def test_a_session_whose_lock_was_taken_away_does_not_commit(repo, identity):
+    """`repo unlock` (or a stale takeover) removes the lock between two heartbeats: the commit
+    asks the backend, refuses, and the backup never exists."""
+    with repo.session(source="crm", kind="pg", host="h", recipients=[identity.recipient()]) as s:
+        s.add_stream("a", io.BytesIO(dump_like(2 << 20)))
+        assert len(break_locks(repo.backend)) == 1
+        with pytest.raises(LockError, match="was removed while held"):
+            s.commit()
+    assert repo.backups() == []
+
+
+def test_commit_refreshes_its_lock_right_before_the_manifest(repo, identity):
+    with repo.session(source="crm", kind="pg", host="h", recipients=[identity.recipient()]) as s:
+        s.add_stream("a", io.BytesIO(dump_like(1 << 20)))
+        (held,) = read_locks(repo.backend)
+        time.sleep(0.05)
+        s.commit()
+        (after,) = read_locks(repo.backend)
+    assert after.heartbeat > held.heartbeat
 
 
 # --- dedup ------------------------------------------------------------------------------------

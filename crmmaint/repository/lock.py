@@ -295,9 +295,28 @@ class RepositoryLock:
                     logger.warning("cannot refresh repository lock %s: %s", self.name, exc)
 
     def check(self) -> None:
-        """Raise ``LockError`` unless the lock is still held; call before committing work."""
+        """Raise ``LockError`` unless the lock is still held; call right before committing work.
+
+        Asks the backend, not only the heartbeat's flag: our lock object must still be there
+        (an unlock or a stale takeover deletes it). It is then refreshed, so that no other
+        process can judge it stale for ``STALE_HEARTBEATS`` heartbeats: the commit that follows
+        runs under a lock that is both present and fresh.
+        """
         if not self._held:
             raise LockError(f"{self!r} is not held", hint="acquire the lock first")
+        with self._io:
+            if not self._lost:
+                try:
+                    present = self.backend.exists(self.name)
+                except BackendError as exc:
+                    raise LockError(
+                        f"cannot confirm repository lock {self.name} in {self.backend.url}: {exc}",
+                        hint="nothing was committed; rerun the operation",
+                    ) from exc
+                if present:
+                    self._write()
+                else:
+                    self._lost = True
         if self._lost:
             raise LockError(
                 f"repository lock {self.name} in {self.backend.url} was removed while held "
