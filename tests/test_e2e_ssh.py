@@ -3,6 +3,7 @@ timeouts, retries and failure policy, and what lands in the journal."""
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -12,8 +13,9 @@ import yaml
 from crmmaint.inventory import load_inventory
 from crmmaint.journal import Journal
 from crmmaint.playbook import load_playbook_text, plan
+from crmmaint.playbook.registry import REGISTRY, Param, TaskContext, task
 from crmmaint.playbook.runner import Runner
-from crmmaint.results import Status
+from crmmaint.results import Status, TaskResult
 
 
 def write_inventory(tmp_path: Path, hosts, **extra) -> Path:
@@ -187,3 +189,76 @@ def test_forks_bound_parallel_work(sshd_hosts, tmp_path, forks):
     assert summary.exit_code == 0
     if forks == 1:
         assert elapsed >= 0.5 * len(sshd_hosts)
+
+
+def _gone(token: str, within: float = 5.0) -> bool:
+    import subprocess
+
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if not subprocess.run(["pgrep", "-f", token], capture_output=True).stdout:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_a_timed_out_step_leaves_nothing_running_on_the_host(sshd_hosts, tmp_path):
+    """The step's timeout (1s) is shorter than the command's own (60s): the command is killed
+    on the SSH host when the step times out, not left to run under PID 1."""
+    import secrets
+
+    inv = write_inventory(tmp_path, sshd_hosts[:1])
+    token = f"{100 + secrets.randbelow(800)}.{secrets.randbelow(10**6):06d}"
+    steps = [
+        {
+            "name": "hangs",
+            "task": "shell.command",
+            "hosts": sshd_hosts[0].name,
+            "timeout": "1s",
+            "with": {"commands": [f"sleep {token}; echo after"], "timeout": "60s"},
+        }
+    ]
+    started = time.monotonic()
+    summary, _ = run_book(inv, steps, tmp_path)
+    assert time.monotonic() - started < 10
+    (row,) = summary.results
+    assert row.result.status is Status.FAILED
+    assert _gone(f"sleep {token}")
+
+
+@task("test.stuck_with_a_command", targets=("hosts",))
+def _stuck(ctx: TaskContext) -> TaskResult:
+    """Starts a command, then hangs in Python without looking at its deadline."""
+    with ctx.transport.start(["sleep", ctx.params.get("token", "77")], stdout="stream"):
+        STUCK.wait(30)
+    return TaskResult.ok()
+
+
+STUCK = threading.Event()
+
+
+@pytest.mark.parametrize("where", ["ssh", "local"])
+def test_the_runner_kills_what_a_stuck_task_started(sshd_hosts, tmp_path, where):
+    import secrets
+
+    token = f"{1000 + secrets.randbelow(8000)}.{secrets.randbelow(10**6):06d}"
+    if where == "ssh":
+        inv, target = write_inventory(tmp_path, sshd_hosts[:1]), sshd_hosts[0].name
+    else:
+        inv = tmp_path / "inventory.yml"
+        inv.write_text(yaml.safe_dump({"hosts": {"here": {"connection": "local"}}}))
+        target = "here"
+    REGISTRY["test.stuck_with_a_command"].params["token"] = Param(str, default=token)
+    STUCK.clear()
+    try:
+        summary, _ = run_book(
+            inv,
+            [{"name": "stuck", "task": "test.stuck_with_a_command", "hosts": target,
+              "timeout": "1s"}],
+            tmp_path,
+        )  # fmt: skip
+        assert summary.results[0].result.status is Status.FAILED
+        assert _gone(f"sleep {token}")
+    finally:
+        STUCK.set()
+        del REGISTRY["test.stuck_with_a_command"].params["token"]

@@ -8,6 +8,7 @@ import os
 import resource
 import secrets
 import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -236,3 +237,30 @@ def test_put_into_missing_directory_fails_clearly(transport, tmp_path):
     source.write_bytes(b"x")
     with pytest.raises(TransportError, match=transport.host):
         transport.put(str(source), str(tmp_path / "missing" / "f"))
+
+
+KILLED_RUNNER = """
+import sys, time
+from crmmaint.transport.local import LocalTransport
+t = LocalTransport("local")
+with t.start(["sleep", sys.argv[1]], stdout="stream") as proc:
+    print("started", flush=True)
+    time.sleep(60)
+"""
+
+
+def test_a_killed_crmmaint_leaves_no_command_running():
+    """kill -9 of the process that started a command (a backup's pg_dump, tar, psql): the
+    command dies with it instead of running on in its own session."""
+    seconds = f"{300 + secrets.randbelow(10_000)}.{secrets.randbelow(1000):03d}"
+    runner = subprocess.Popen(
+        [sys.executable, "-c", KILLED_RUNNER, seconds], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert runner.stdout.readline().strip() == "started"
+        assert not _no_process_matching(f"sleep {seconds}", within=0.2)
+    finally:
+        runner.kill()
+        runner.wait(10)
+        runner.stdout.close()
+    assert _no_process_matching(f"sleep {seconds}")

@@ -23,10 +23,10 @@ from crmmaint.playbook.model import Playbook, Step
 from crmmaint.playbook.planner import PlannedStep
 from crmmaint.playbook.registry import TaskContext
 from crmmaint.results import Status, TaskResult, worst
+from crmmaint.transport.base import DeadlineTransport, Transport
 
 if TYPE_CHECKING:
     from crmmaint.journal import Journal
-    from crmmaint.transport.base import Transport
     from crmmaint.transport.ssh import SSHPool
 
 log = logging.getLogger(__name__)
@@ -469,6 +469,7 @@ class Runner:
             return TaskResult.skipped("task does not support check mode"), False
         assert self._transports is not None
         deadline = time.monotonic() + step.timeout if step.timeout is not None else None
+        views = _AttemptTransports(self._transports.get, deadline)
         ctx = TaskContext(
             target=target,
             inventory=self.inventory,
@@ -477,7 +478,7 @@ class Runner:
             journal=self.journal,
             run_id=self._run_id,
             step=step.name,
-            transport_for=self._transports.get,
+            transport_for=views.get,
             deadline=deadline,
             on_progress=lambda done, total: self._report("on_progress", step, target, done, total),
         )
@@ -492,11 +493,14 @@ class Runner:
         worker.start()
         worker.join(step.timeout)
         if worker.is_alive():
+            killed = views.kill_all()
             log.warning(
-                "%s on %s timed out after %s; its thread is abandoned",
+                "%s on %s timed out after %s; %d command(s) it started killed, its thread "
+                "abandoned",
                 step.name,
                 target.label,
                 _seconds(step.timeout),
+                killed,
             )
             return (
                 TaskResult.failed(
@@ -508,6 +512,31 @@ class Runner:
         if not outcome:
             return TaskResult.failed("internal error: the task ended without a result"), False
         return outcome[0], False
+
+
+class _AttemptTransports:
+    """The transports one attempt uses: views of the run's pooled ones whose commands end at
+    the step's deadline, and which the runner can kill when the attempt times out."""
+
+    def __init__(self, pooled: Callable[[Host], Transport], deadline: float | None) -> None:
+        self._pooled = pooled
+        self._deadline = deadline
+        self._views: dict[str, DeadlineTransport] = {}
+        self._lock = threading.Lock()
+
+    def get(self, host: Host) -> Transport:
+        with self._lock:
+            view = self._views.get(host.name)
+            if view is None:
+                view = self._views[host.name] = DeadlineTransport(
+                    self._pooled(host), self._deadline
+                )
+            return view
+
+    def kill_all(self) -> int:
+        with self._lock:
+            views = list(self._views.values())
+        return sum(view.kill_all() for view in views)
 
 
 def retry_delay(step: Step, failed_attempts: int) -> float:

@@ -46,7 +46,7 @@ def command(ctx: TaskContext) -> TaskResult:
     duration = 0.0
     for line in commands:
         try:
-            res = ctx.transport.run(line, timeout=ctx.params["timeout"])
+            res = ctx.transport.run(line, timeout=ctx.time_left(ctx.params["timeout"]))
         except CrmMaintError as exc:
             ran.append({"command": line, "error": exc.message})
             return TaskResult.failed(

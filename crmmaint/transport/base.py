@@ -558,3 +558,67 @@ class Transport(abc.ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class DeadlineTransport(Transport):
+    """One task attempt's view of a pooled transport: every command started through it is
+    killed at ``deadline`` (a ``time.monotonic()`` instant) at the latest, and ``kill_all``
+    stops the ones still running, on the host (over SSH: the remote process group), when the
+    runner gives up on the attempt. Closing the view leaves the pooled transport open."""
+
+    def __init__(self, inner: Transport, deadline: float | None) -> None:
+        self.inner = inner
+        self.host = inner.host
+        self.deadline = deadline
+        self._live: set[PipeProcess] = set()
+        self._lock = threading.Lock()
+        self._cancelled = False
+
+    def _spawn(self, command: Command, env: Mapping[str, str] | None) -> ProcessPipes:
+        if self._cancelled:
+            raise CommandTimeout(
+                f"{self.host}: not starting {short(command_text(command))!r}: the step timed out"
+            )
+        return self.inner._spawn(command, env)
+
+    @contextmanager
+    def _started(
+        self,
+        command: Command,
+        env: Mapping[str, str] | None,
+        *,
+        stdout: StdoutMode,
+        stdout_limit: int | None,
+    ) -> Iterator[PipeProcess]:
+        with super()._started(command, env, stdout=stdout, stdout_limit=stdout_limit) as proc:
+            if self.deadline is not None:
+                proc.set_timeout(max(0.001, self.deadline - time.monotonic()))
+            with self._lock:
+                self._live.add(proc)
+                cancelled = self._cancelled
+            if cancelled:  # kill_all ran between the spawn and now
+                proc.kill()
+            try:
+                yield proc
+            finally:
+                with self._lock:
+                    self._live.discard(proc)
+
+    def kill_all(self) -> int:
+        """Kill every command still running and refuse new ones; returns how many were killed."""
+        with self._lock:
+            self._cancelled = True
+            live = list(self._live)
+        for proc in live:
+            log.warning("%s: killing %r: its step timed out", self.host, short(proc.command))
+            proc.kill()
+        return len(live)
+
+    def put(self, local_path: str, remote_path: str, *, mode: int | None = None) -> None:
+        self.inner.put(local_path, remote_path, mode=mode)
+
+    def get(self, remote_path: str, local_path: str) -> None:
+        self.inner.get(remote_path, local_path)
+
+    def close(self) -> None:
+        """The pooled transport stays open for the rest of the run."""

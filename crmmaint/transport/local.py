@@ -1,16 +1,19 @@
-"""Run commands on this machine: a subprocess with pipes, in its own process group."""
+"""Run commands on this machine: a subprocess with pipes, in its own process group, that dies
+with crmmaint (Linux: the parent-death signal), so a killed backup leaves no dump running."""
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
 import logging
 import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from crmmaint.errors import TransportError
 from crmmaint.transport.base import Command, ProcessPipes, Transport, command_text, short
@@ -20,6 +23,44 @@ log = logging.getLogger(__name__)
 
 #: Pipe buffer for a command's stdout: large reads, fewer wake-ups on dump-sized streams.
 PIPE_SIZE = 1 << 20
+#: prctl(2) option: the signal a process gets when the thread that started it exits.
+PR_SET_PDEATHSIG = 1
+
+
+def _load_prctl() -> Callable[[int, int], int] | None:
+    """libc's prctl(2), resolved once before any fork; None off Linux."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong]
+    prctl.restype = ctypes.c_int
+    return prctl
+
+
+_PRCTL = _load_prctl()
+
+
+def die_with_this_process() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that makes the child get SIGKILL when this process dies (even by
+    ``kill -9``); None where prctl(2) does not exist.
+
+    The signal follows the *thread* that started the child: every command is started and
+    waited for by one task thread, so none outlives its thread on purpose. A pipeline inside a
+    ``sh -c`` snippet is not signalled, but its pipes to crmmaint close with it.
+    """
+    prctl, parent = _PRCTL, os.getpid()
+    if prctl is None:
+        return None
+
+    def hook() -> None:  # in the child between fork and exec: no locks, no imports
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:  # this process died before the signal was armed
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return hook
 
 
 def _grow_pipe(fileobj: object) -> None:
@@ -85,6 +126,7 @@ class LocalTransport(Transport):
                 stderr=subprocess.PIPE,
                 env=None if env is None else {**os.environ, **env},
                 start_new_session=True,
+                preexec_fn=die_with_this_process(),
             )
         except OSError as exc:
             raise TransportError(
