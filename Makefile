@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint format bench services clean
+.PHONY: demo test lint format bench services clean mutation
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,13 @@ format: $(STAMP)
 bench: $(STAMP) services
 	$(BIN)/python bench/fanout.py
 	$(BIN)/python bench/backup.py
+
+# Mutation check of the repository, crypto and lock code (not in CI: it takes long); the
+# survivors are what no test notices. Configuration: [mutmut] in setup.cfg.
+mutation: $(STAMP) services
+	$(BIN)/python -m pip install -q -e '.[test,mutation]'
+	$(BIN)/mutmut run --max-children 2 || true
+	$(BIN)/mutmut results
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .demo

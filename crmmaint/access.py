@@ -121,8 +121,14 @@ def backend_for(cfg: RepoConfig):
 
 
 @contextmanager
-def open_repository(cfg: RepoConfig) -> Iterator[object]:
-    """Open the configured repository for the duration of the block."""
+def open_repository(cfg: RepoConfig, *, reading: str | None = None) -> Iterator[object]:
+    """Open the configured repository for the duration of the block.
+
+    ``reading`` names what the block reads (``"restore database:crm"``): the block then holds a
+    shared repository lock, so a prune (exclusive) cannot delete what it reads, and waits for
+    one that runs (``LockError``, exit 7, after the lock timeout). Backups take their own
+    shared lock in the write session; prune its exclusive one.
+    """
     from crmmaint.repository import Repository
 
     if not cfg.write_key:
@@ -137,7 +143,11 @@ def open_repository(cfg: RepoConfig) -> Iterator[object]:
         repo = Repository.open(backend, key)
         if cfg.compression is not None:  # this inventory's choice for what it writes
             repo.compression_level = cfg.compression
-        yield repo
+        if reading is None:
+            yield repo
+        else:
+            with repo.lock(exclusive=False, purpose=reading):
+                yield repo
     finally:
         backend.close()
 

@@ -24,7 +24,7 @@ from crmmaint.access import (
 )
 from crmmaint.cli import command, execute, helps, open_inventory
 from crmmaint.crypto import X25519Identity, load_identity_file, write_identity_file
-from crmmaint.errors import ConfigError, RestoreError
+from crmmaint.errors import ConfigError, IntegrityError, RestoreError
 from crmmaint.inventory import Inventory
 from crmmaint.reporting.console import print_table, write_json
 
@@ -122,6 +122,47 @@ def repo_unlock(
     for lock in removed:
         print(f"removed lock of {lock.get('host')} pid {lock.get('pid')} ({lock.get('owner', '')})")
     print(f"{len(removed)} lock(s) removed")
+
+
+@command(
+    name="repair",
+    help=helps(
+        repository=REPO_HELP,
+        apply="move the damaged objects aside (without it: show what would be done, change nothing)",
+    ),
+)
+def repo_repair(
+    c: Any,
+    inventory: str | None = None,
+    repository: str | None = None,
+    apply: bool = False,
+    json: bool = False,
+    debug: bool = False,
+) -> None:
+    """Move damaged manifests, index segments, key objects and drill records aside (and the
+    backups they leave unrestorable), so every intact backup lists, prunes and restores."""
+    inv = open_inventory(c, inventory)
+    with open_repository(inv.repository(repository)) as repo:
+        report = repo.repair(apply=apply)
+    if json:
+        write_json(vars(report))
+        return
+    verb = "moved aside" if apply else "would move aside"
+    for name, why in report.move_aside.items():
+        print(f"{verb} {name}: {why}")
+    if report.clean:
+        print(
+            "nothing to repair: every manifest, index segment, key object and drill record is intact"
+        )
+    elif not apply:
+        print(f"dry run: {len(report.move_aside)} object(s); run `crmmaint repo repair --apply`")
+    else:
+        print(
+            f"{len(report.move_aside)} object(s) moved to damaged/ ({len(report.backups_moved)} "
+            "backup(s)); the next prune frees the data only they referenced"
+        )
+    if report.leftovers_removed:
+        print(f"removed {report.leftovers_removed} leftover(s) of killed writers")
 
 
 # --- backup, verify, prune via the runner ------------------------------------------------------
@@ -282,8 +323,9 @@ def backups_list(
 ) -> None:
     """List backups: size, new bytes, dedup ratio, duration, source, drilled (needs only the write key)."""
     inv = open_inventory(c, inventory)
-    with open_repository(inv.repository(repository)) as repo:
+    with open_repository(inv.repository(repository), reading="list backups") as repo:
         backups = sorted(repo.backups(source=source), key=lambda b: b.time)
+        damaged = dict(repo.damaged_manifests)
     rows = [
         {
             "id": b.id,
@@ -298,14 +340,24 @@ def backups_list(
         }
         for b in backups
     ]
+    rows += [{"id": backup_id, "source": f"DAMAGED: {why}"} for backup_id, why in damaged.items()]
     if json:
-        write_json([{**vars(b)} for b in backups])
+        write_json(
+            [{**vars(b), "damaged": None} for b in backups]
+            + [{"id": backup_id, "damaged": why} for backup_id, why in damaged.items()]
+        )
     else:
         print_table(
             rows,
             ["id", "source", "host", "time", "size", "new", "dedup", "duration", "drilled"],
             title="backups",
             status_column=None,
+        )
+    if damaged:
+        print(
+            f"{len(damaged)} damaged backup(s) listed last: every other backup is unaffected; "
+            "`crmmaint repo repair` shows what it would move aside",
+            file=sys.stderr,
         )
 
 
@@ -348,7 +400,7 @@ def restore(
     inv = open_inventory(c, inventory)
     cfg = inv.repository(repository)
     identities = identities_for(cfg, identity)
-    with open_repository(cfg) as repo:
+    with open_repository(cfg, reading=f"restore {backup_id}") as repo:
         backup = _find_backup(repo, backup_id)
         kind, _, name = backup.source.partition(":")
         manifest = repo.manifest(backup.id, identities)  # WrongKeyError before any write
@@ -393,6 +445,12 @@ def restore(
 
 def _find_backup(repo: Any, ref: str) -> Any:
     backups = repo.backups()
+    named = [i for i in repo.damaged_manifests if i == ref or i.startswith(ref)]
+    if named and not [b for b in backups if b.id.startswith(ref)]:
+        raise IntegrityError(
+            f"backup {named[0]} is damaged: {repo.damaged_manifests[named[0]]}",
+            hint="restore another backup; `crmmaint repo repair` moves this one aside",
+        )
     if ref.endswith("@latest"):
         source = ref[: -len("@latest")]
         matching = [b for b in backups if b.source == source]
@@ -417,5 +475,5 @@ def register(ns: Collection) -> None:
     ns.add_task(prune)
     ns.add_task(restore)
     ns.add_collection(Collection("keys", keys_generate, keys_show, keys_check))
-    ns.add_collection(Collection("repo", repo_init, repo_unlock))
+    ns.add_collection(Collection("repo", repo_init, repo_unlock, repo_repair))
     ns.add_collection(Collection("backups", backups_list))

@@ -7,6 +7,8 @@ import os
 
 import pytest
 
+from crmmaint.crypto.keys import SCRYPT_LOG_N_MIN
+
 pytest_plugins = ["sshd_fixture", "s3_fixture"]
 
 
@@ -20,6 +22,7 @@ def hermetic_env(tmp_path_factory, monkeypatch):
     for name in list(os.environ):
         if name.startswith("CRMMAINT_"):
             monkeypatch.delenv(name, raising=False)
-    # Test-only switch: cheap scrypt so passphrase tests stay fast (never set in production).
-    monkeypatch.setenv("CRMMAINT_TEST_WEAK_KDF", "1")
+    # Cheap scrypt for new passphrase stanzas made in this process, so passphrase tests stay
+    # fast; a CLI run as a subprocess pays the real cost, as users do.
+    monkeypatch.setattr("crmmaint.crypto.keys.SCRYPT_LOG_N", SCRYPT_LOG_N_MIN)
     return home

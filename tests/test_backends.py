@@ -277,6 +277,40 @@ def test_threads_share_a_backend(backend: Backend) -> None:
     assert len(names(backend, "data/")) == 16
 
 
+def _leave_leftover(backend: Backend) -> Callable[[], bool]:
+    """Leave what a killed writer leaves; returns a check that it is still there."""
+    if isinstance(backend, S3Backend):
+        key = backend.prefix + "data/ab/killed-pack"
+        upload = backend.client.create_multipart_upload(Bucket=backend.bucket, Key=key)
+        backend.client.upload_part(
+            Bucket=backend.bucket, Key=key, UploadId=upload["UploadId"], PartNumber=1, Body=b"x"
+        )
+
+        def s3_present() -> bool:
+            found = backend.client.list_multipart_uploads(Bucket=backend.bucket)
+            return any(u["UploadId"] == upload["UploadId"] for u in found.get("Uploads", ()))
+
+        return s3_present
+    temp = Path(backend.root) / TEMP_DIR  # type: ignore[attr-defined]
+    temp.mkdir(exist_ok=True)
+    leftover = temp / "0123abcd.tmp"
+    leftover.write_bytes(b"half a pack")
+    return leftover.exists
+
+
+def test_leftovers_of_killed_writers_are_removed_only_when_old(backend: Backend) -> None:
+    backend.store("data/ab/live", b"a committed object")
+    present = _leave_leftover(backend)
+    assert present()
+    if not isinstance(backend, S3Backend):  # moto reports every upload as started in 2010
+        assert backend.remove_stale_temp(time.time() - 3600) == 0  # may be a live writer's
+        assert present()
+    assert backend.remove_stale_temp(time.time() + 10) == 1
+    assert not present()
+    assert names(backend) == ["data/ab/live"]
+    assert backend.remove_stale_temp(time.time() + 10) == 0
+
+
 def test_invalid_names_rejected(backend: Backend) -> None:
     for bad in ("", "/etc/passwd", "../escape", "a//b", "a/./b", f"{TEMP_DIR}/x", "trailing/"):
         with pytest.raises(BackendError, match="invalid object name"):

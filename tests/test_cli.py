@@ -383,3 +383,121 @@ def test_file_set_through_a_linked_root_and_an_emptied_one(estate):
     code, out, err = cli("backup", "--fileset", "files", "-i", inv)
     assert code == 1, out + err
     assert f"{estate / 'files'} holds no files (the previous backup had 20)" in out
+
+
+def test_readers_wait_for_a_prune_holding_the_repository(estate):
+    """`backups list` and `restore` hold shared locks: while a prune holds the repository
+    exclusively they wait (and say so), then finish once it is released."""
+    from crmmaint.repository.backends.local import LocalBackend
+    from crmmaint.repository.lock import RepositoryLock
+
+    inv = str(estate / "inventory.yml")
+    assert cli("keys", "generate", "--output", str(estate / "keys" / "ops.key"))[0] == 0
+    assert cli("repo", "init", "-i", inv)[0] == 0
+    assert cli("backup", "-i", inv)[0] == 0
+    prune = RepositoryLock(LocalBackend(estate / "repo"), exclusive=True, owner="prune elsewhere")
+    prune.acquire()
+    env = {**os.environ, "COLUMNS": "200"}
+    readers = [
+        subprocess.Popen(
+            [str(BIN / "crmmaint"), *args, "-i", inv],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for args in (
+            ("backups", "list"),
+            ("restore", "database:crm@latest", "--to", str(estate / "again.sqlite")),
+        )
+    ]
+    try:
+        time.sleep(4.5)  # start-up, then the 2 s after which a wait is announced
+        assert [r.poll() for r in readers] == [None, None]  # both wait for the prune
+    finally:
+        prune.release()
+    for reader in readers:
+        out, err = reader.communicate(timeout=60)
+        assert reader.returncode == 0, out + err
+        assert "waiting for the shared lock" in err and "prune elsewhere" in err
+    assert (estate / "again.sqlite").exists()
+
+
+def test_one_damaged_manifest_leaves_the_others_listable_and_restorable(estate):
+    inv = str(estate / "inventory.yml")
+    assert cli("keys", "generate", "--output", str(estate / "keys" / "ops.key"))[0] == 0
+    assert cli("repo", "init", "-i", inv)[0] == 0
+    for _ in range(2):
+        assert cli("backup", "--database", "crm", "-i", inv)[0] == 0
+    first, second = sorted(p.name for p in (estate / "repo" / "backups").iterdir())
+    manifest = estate / "repo" / "backups" / second
+    blob = bytearray(manifest.read_bytes())
+    blob[50] ^= 1
+    manifest.write_bytes(bytes(blob))
+
+    code, out, err = cli("backups", "list", "-i", inv)
+    assert code == 0, err
+    assert first in out and f"{second}\tDAMAGED: object backups/{second} failed" in out
+    assert "1 damaged backup(s)" in err and "Traceback" not in err
+    code, out, err = cli("restore", first, "--to", str(estate / "first.sqlite"), "-i", inv)
+    assert code == 0, err
+    code, out, err = cli("restore", second, "--to", str(estate / "second.sqlite"), "-i", inv)
+    assert code == 9 and f"backup {second} is damaged" in err and "Traceback" not in err
+    code, out, err = cli("prune", "--keep-last", "1", "-i", inv)
+    assert code == 2 and "refusing to prune" in out + err
+
+    code, out, err = cli("repo", "repair", "-i", inv)
+    assert code == 0 and f"would move aside backups/{second}: damaged manifest" in out
+    assert "dry run: 1 object(s)" in out and manifest.exists()
+    code, out, err = cli("repo", "repair", "--apply", "-i", inv)
+    assert code == 0 and f"moved aside backups/{second}" in out, out + err
+    assert (estate / "repo" / "damaged" / "backups" / second).exists()
+    code, out, err = cli("backups", "list", "-i", inv)
+    assert code == 0 and "DAMAGED" not in out and not err
+    assert cli("verify", "--read-data", "-i", inv)[0] == 0
+
+
+def test_a_database_that_fails_the_restore_exits_5(estate):
+    """An engine failure is exit code 5 (README), one line, no traceback."""
+    inv = str(estate / "inventory.yml")
+    assert cli("keys", "generate", "--output", str(estate / "keys" / "ops.key"))[0] == 0
+    assert cli("repo", "init", "-i", inv)[0] == 0
+    assert cli("backup", "-i", inv, "--database", "crm")[0] == 0
+    blocker = estate / "not-a-dir"
+    blocker.write_text("a file where the restore needs a directory")
+    code, out, err = cli(
+        "restore", "database:crm@latest", "--to", str(blocker / "crm.sqlite"), "-i", inv
+    )
+    assert code == 5, out + err
+    assert "sqlite database" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_the_lock_judges_another_users_live_process_alive(tmp_path):
+    """As a user who may not signal the holder (EPERM), a lock of a live process of another
+    user on this host is not taken over (the suite runs as root, so run this part as nobody)."""
+    import pwd
+
+    if os.getuid() != 0:
+        pytest.skip("needs root to switch to the nobody user")
+    import sysconfig
+
+    nobody = pwd.getpwnam("nobody")
+    code = "import sys; from crmmaint.repository.lock import _pid_alive; print(_pid_alive(1))"
+    # The venv's interpreter lives under /root; the system one of the same version can run the
+    # checkout with the venv's packages as another user.
+    system_python = Path("/usr/bin/python3")
+    if not system_python.exists():
+        pytest.skip("no /usr/bin/python3 to run as another user")
+    proc = subprocess.run(
+        [str(system_python), "-c", code],
+        capture_output=True,
+        text=True,
+        user=nobody.pw_uid,
+        group=nobody.pw_gid,
+        extra_groups=[],
+        cwd="/",
+        env={"PYTHONPATH": f"{REPO}:{sysconfig.get_paths()['purelib']}"},
+        timeout=60,
+    )
+    assert proc.stdout.strip() == "True", proc.stderr  # pid 1 is root's: EPERM means alive

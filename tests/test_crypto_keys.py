@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -22,7 +24,7 @@ from crmmaint.crypto import (
     read_secret,
     write_identity_file,
 )
-from crmmaint.crypto.keys import _scrypt_log_n, _scrypt_wrap, _x25519_shared, _x25519_wrap
+from crmmaint.crypto.keys import _scrypt_wrap, _x25519_shared, _x25519_wrap
 from crmmaint.errors import CryptoError, KeyFileError
 
 # RFC 7748 section 6.1: Alice's secret is our ephemeral key, Bob is the recipient.
@@ -161,15 +163,23 @@ def test_malformed_stanza_is_a_crypto_error() -> None:
 
 def test_passphrase_right_and_wrong() -> None:
     stanza = PassphraseRecipient(b"correct horse").wrap(DATA_KEY)
-    assert stanza["log_n"] == "10"  # the test-only weak KDF switch from conftest
+    assert stanza["log_n"] == "10"  # conftest lowers the cost for this process only
     assert PassphraseIdentity(b"correct horse").unwrap(stanza) == DATA_KEY
     assert PassphraseIdentity(b"wrong horse").unwrap(stanza) is None
     assert PassphraseIdentity(b"x").recipient().to_string() == "passphrase (scrypt)"
 
 
-def test_production_scrypt_cost(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("CRMMAINT_TEST_WEAK_KDF")
-    assert _scrypt_log_n() == 18
+def test_production_scrypt_cost_is_not_lowered_by_the_environment() -> None:
+    """A CLI run with any CRMMAINT_* variable set still writes scrypt stanzas at log_n 18."""
+    code = (
+        "from crmmaint.crypto.keys import PassphraseRecipient;"
+        "print(PassphraseRecipient(b'pw').wrap(bytes(32))['log_n'])"
+    )
+    env = {**os.environ, "CRMMAINT_TEST_WEAK_KDF": "1", "CRMMAINT_SCRYPT_LOG_N": "10"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
+    )
+    assert out.stdout.strip() == "18"
 
 
 @pytest.mark.parametrize("log_n", ["9", "23", "40", "-1", "x"])

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from crmmaint.crypto import X25519Identity, new_write_key
-from crmmaint.errors import IntegrityError
+from crmmaint.errors import IntegrityError, ObjectNotFound, RepositoryError
 from crmmaint.repository import ChunkerParams, Repository
 from crmmaint.repository.backends.local import LocalBackend
 from crmmaint.repository.retention import RetentionPolicy
@@ -135,6 +135,47 @@ def test_tampered_manifest_and_index_are_named(tmp_path):
         blob[40] ^= 1
         path.write_bytes(bytes(blob))
     assert repo.verify().ok
+
+
+@pytest.fixture(scope="module")
+def metadata_repo(tmp_path_factory):
+    root = tmp_path_factory.mktemp("metadata") / "repo"
+    key, ident = new_write_key(), X25519Identity.generate()
+    repo = Repository.init(LocalBackend(root), key, chunker=SMALL_CHUNKS, pack_size=1 << 20)
+    first = backup(repo, ident, {"a": dump_like(300_000, seed=1)})
+    backup(repo, ident, {"a": dump_like(300_000, seed=2)})
+    repo.mark_drilled(first.id, {"ok": True})
+    objects = sorted(
+        p.relative_to(root).as_posix()
+        for folder in ("keys", "backups", "index", "drills")
+        for p in (root / folder).iterdir()
+    )
+    return root, key, objects
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(which=st.integers(0, 1000), where=st.floats(0, 1, exclude_max=True), bit=st.integers(0, 7))
+def test_any_damaged_metadata_object_is_named_by_a_verify_without_identity(
+    metadata_repo, which, where, bit
+):
+    """Key objects, manifests, index segments and drill records are all authenticated by the
+    write key alone: a flipped byte in any of them is named by `verify` (no --decrypt)."""
+    root, key, objects = metadata_repo
+    assert {o.split("/")[0] for o in objects} == {"keys", "backups", "index", "drills"}
+    name = objects[which % len(objects)]
+    path = root / name
+    original = path.read_bytes()
+    pos = int(where * len(original))
+    path.write_bytes(original[:pos] + bytes([original[pos] ^ (1 << bit)]) + original[pos + 1 :])
+    try:
+        repo = Repository.open(LocalBackend(root), key)
+        assert name in {p.object for p in repo.verify().problems}
+        assert name in {p.object for p in repo.verify(read_data=True).problems}
+    finally:
+        path.write_bytes(original)
+    assert Repository.open(LocalBackend(root), key).verify().ok
 
 
 # --- interrupted backups ----------------------------------------------------------------------
@@ -340,3 +381,136 @@ def test_prune_sigkilled_leaves_a_sound_repository(prune_template, tmp_path, cra
     )
     assert proc.returncode == -signal.SIGKILL
     _check_after_crash(root, key, ident, ids, datas, clear_locks=False)
+
+
+# --- damage stays where it is; repair moves it aside --------------------------------------------
+
+
+def flip(path: Path, at: int = 40) -> None:
+    blob = bytearray(path.read_bytes())
+    blob[at % len(blob)] ^= 1
+    path.write_bytes(bytes(blob))
+
+
+@pytest.fixture
+def three_backups(tmp_path):
+    """Three backups of one source and one of another, each with its own new chunks."""
+    key, ident = new_write_key(), X25519Identity.generate()
+    root = tmp_path / "repo"
+    repo = Repository.init(LocalBackend(root), key, chunker=SMALL_CHUNKS, pack_size=1 << 20)
+    data = {i: dump_like(400_000, seed=i) for i in range(4)}
+    ids = [backup(repo, ident, {"dump": data[i]}).id for i in range(3)]
+    ids.append(backup(repo, ident, {"dump": data[3]}, source="erp").id)
+    return root, key, ident, ids, data
+
+
+def test_a_damaged_manifest_costs_only_its_backup(three_backups):
+    root, key, ident, ids, data = three_backups
+    flip(root / "backups" / ids[1])
+    repo = Repository.open(LocalBackend(root), key)
+    assert [b.id for b in repo.backups()] == [ids[0], ids[2], ids[3]]
+    assert set(repo.damaged_manifests) == {ids[1]}
+    for i in (0, 2, 3):
+        assert restore(repo, ids[i], "dump", [ident]) == data[i]
+    with pytest.raises(RepositoryError, match=r"refusing to prune.*repair"):
+        repo.prune(RetentionPolicy(keep_last=1), now=time.time(), dry_run=False)
+    dry = repo.repair(apply=False)
+    assert list(dry.move_aside) == [f"backups/{ids[1]}"] and dry.backups_moved == [ids[1]]
+    assert (root / "backups" / ids[1]).exists()  # a dry run changes nothing
+    done = repo.repair(apply=True)
+    assert done.applied and (root / "damaged" / "backups" / ids[1]).exists()
+    assert repo.repair(apply=False).clean
+    assert repo.verify(read_data=True).ok
+    report = repo.prune(RetentionPolicy(keep_last=1), now=time.time(), dry_run=False)
+    assert sorted(report.remove) == [ids[0]]
+    assert restore(repo, ids[2], "dump", [ident]) == data[2]
+    assert (root / "damaged" / "backups" / ids[1]).exists()  # never pruned
+
+
+def test_a_damaged_index_segment_costs_only_the_backups_that_need_it(three_backups):
+    root, key, ident, ids, data = three_backups
+    segments = sorted((root / "index").iterdir(), key=lambda p: p.stat().st_mtime_ns)
+    assert len(segments) == 4  # one per backup, in commit order
+    flip(segments[1])
+    repo = Repository.open(LocalBackend(root), key)
+    assert len(repo.backups()) == 4  # listing needs no index
+    assert restore(repo, ids[0], "dump", [ident]) == data[0]
+    with pytest.raises(ObjectNotFound, match=f"damaged index segment: index/{segments[1].name}"):
+        restore(repo, ids[1], "dump", [ident])
+    plan = repo.repair(apply=False)
+    assert plan.move_aside == {
+        f"index/{segments[1].name}": plan.move_aside[f"index/{segments[1].name}"],
+        f"backups/{ids[1]}": plan.move_aside[f"backups/{ids[1]}"],
+    }
+    assert "is in no intact index segment" in plan.move_aside[f"backups/{ids[1]}"]
+    repo.repair(apply=True)
+    repo = Repository.open(LocalBackend(root), key)
+    assert [b.id for b in repo.backups()] == [ids[0], ids[2], ids[3]]
+    assert repo.verify(read_data=True, identities=[ident]).ok
+    again = backup(repo, ident, {"dump": data[1]})  # the lost chunks are stored anew
+    assert restore(repo, again.id, "dump", [ident]) == data[1]
+
+
+def test_a_damaged_key_object_is_moved_aside_with_the_backups_it_encrypts(three_backups):
+    root, key, ident, ids, data = three_backups
+    assert restore(Repository.open(LocalBackend(root), key), ids[0], "dump", [ident]) == data[0]
+    repo = Repository.open(LocalBackend(root), key)
+    manifest = repo.load_manifest_meta(ids[2])
+    flip(root / "keys" / manifest["key_id"])
+    assert f"keys/{manifest['key_id']}" in {p.object for p in repo.verify().problems}
+    plan = repo.repair(apply=True)
+    assert f"keys/{manifest['key_id']}" in plan.move_aside and plan.backups_moved == [ids[2]]
+    repo = Repository.open(LocalBackend(root), key)
+    assert [b.id for b in repo.backups()] == [ids[0], ids[1], ids[3]]
+    assert repo.verify().ok
+    repo.prune(RetentionPolicy(keep_last=5), now=time.time(), dry_run=False)
+    assert repo.verify(read_data=True, identities=[ident]).ok
+    assert restore(repo, ids[1], "dump", [ident]) == data[1]
+
+
+def test_a_backup_interrupted_at_every_write_lists_only_whole_backups(tmp_path):
+    """Crash at each store/delete a backup makes (packs, key, index segment, lock refreshes,
+    manifest): a listed backup is always whole (it restores, verify passes), because its
+    manifest is written last; an unlisted one leaves nothing a later backup trips over."""
+    key, ident = new_write_key(), X25519Identity.generate()
+    template = tmp_path / "template"
+    repo = Repository.init(LocalBackend(template), key, chunker=SMALL_CHUNKS, pack_size=1 << 20)
+    old = dump_like(1 << 20, seed=40)
+    kept = backup(repo, ident, {"dump": old}).id
+    new = old[: 512 << 10] + dump_like(3 << 20, seed=41)  # shares chunks, needs several packs
+    probe = CrashingBackend(tmp_path / "probe", None)
+    shutil.copytree(template, probe.root)
+    backup(Repository.open(probe, key), ident, {"dump": new})
+    total = probe.ops
+    assert total >= 6
+    for crash_at in range(1, total + 1):
+        root = tmp_path / f"crash{crash_at}"
+        shutil.copytree(template, root)
+        with pytest.raises(Crash):
+            backup(Repository.open(CrashingBackend(root, crash_at), key), ident, {"dump": new})
+        for lock in (root / "locks").glob("*"):
+            lock.unlink()
+        after = Repository.open(LocalBackend(root), key)
+        listed = [b.id for b in after.backups()]
+        assert listed[0] == kept and len(listed) <= 2, crash_at
+        for backup_id in listed:
+            expected = old if backup_id == kept else new
+            assert restore(after, backup_id, "dump", [ident]) == expected, crash_at
+        assert after.verify(read_data=True, identities=[ident]).ok, crash_at
+        again = backup(after, ident, {"dump": new})
+        assert restore(after, again.id, "dump", [ident]) == new
+        shutil.rmtree(root)
+
+
+def test_prune_refuses_to_copy_a_damaged_pack(prune_template, tmp_path):
+    """Repacking copies blobs verbatim: from a pack whose bytes no longer match its hash it
+    would copy damage into a fresh pack with a valid hash. Prune refuses, and removes nothing."""
+    template, key, ident, ids, datas = prune_template
+    root = tmp_path / "damaged"
+    shutil.copytree(template, root)
+    for pack in packs(root):
+        flip(pack, at=len(pack.read_bytes()) // 2)
+    repo = Repository.open(LocalBackend(root), key)
+    with pytest.raises(RepositoryError, match="does not match its hash; refusing to repack"):
+        repo.prune(POLICY, now=time.time(), dry_run=False)
+    assert sorted(b.id for b in repo.backups()) == sorted(ids)  # no manifest removed

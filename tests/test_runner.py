@@ -241,7 +241,7 @@ def test_results_keep_target_order(inventory: Inventory) -> None:
 
 
 def test_forks_must_be_positive(inventory: Inventory) -> None:
-    with pytest.raises(Exception, match="forks must be at least 1"):
+    with pytest.raises(ConfigError, match="forks must be at least 1"):
         Runner(inventory, None, forks=0)
 
 

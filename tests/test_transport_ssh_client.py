@@ -34,7 +34,11 @@ def test_unknown_key_refused(sshd_host, tmp_path):
 def test_unknown_key_allowed_by_opt_in(sshd_host, tmp_path):
     options = sshd_host.ssh_options() | {"known_hosts": str(tmp_path / "missing")}
     client = connect_client(sshd_host.address, allow_unknown_host_key=True, **options)
-    client.close()
+    try:
+        _, out, _ = client.exec_command("echo opted-in")
+        assert out.read() == b"opted-in\n"  # connected and authenticated, not just constructed
+    finally:
+        client.close()
 
 
 def test_changed_key_refused_even_with_opt_in(sshd_factory):

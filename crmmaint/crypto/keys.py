@@ -35,8 +35,9 @@ X25519_WRAP_INFO = b"crmmaint x25519 wrap v1"
 SCRYPT_SALT_LABEL = b"crmmaint scrypt wrap v1"
 SCRYPT_R = 8
 SCRYPT_P = 1
+#: scrypt cost of new passphrase stanzas: N = 2**18, r = 8 (256 MiB, about half a second), as
+#: age uses. Nothing read from the environment can lower it.
 SCRYPT_LOG_N = 18
-SCRYPT_LOG_N_TEST = 10
 SCRYPT_LOG_N_MIN = 10
 SCRYPT_LOG_N_MAX = 22
 SECRET_COMMAND_TIMEOUT = 60.0
@@ -183,10 +184,6 @@ def _x25519_shared(private: X25519PrivateKey, peer_pub: bytes) -> bytes:
     return shared
 
 
-def _scrypt_log_n() -> int:
-    return SCRYPT_LOG_N_TEST if os.environ.get("CRMMAINT_TEST_WEAK_KDF") == "1" else SCRYPT_LOG_N
-
-
 def _scrypt_wrap_key(passphrase: bytes, salt: bytes, log_n: int) -> bytes:
     kdf = Scrypt(
         salt=SCRYPT_SALT_LABEL + salt, length=_KEY_LEN, n=1 << log_n, r=SCRYPT_R, p=SCRYPT_P
@@ -225,7 +222,7 @@ class PassphraseRecipient(Recipient):
         self._passphrase = _check_passphrase(passphrase)
 
     def wrap(self, data_key: bytes) -> dict:
-        return _scrypt_wrap(self._passphrase, data_key, os.urandom(16), _scrypt_log_n())
+        return _scrypt_wrap(self._passphrase, data_key, os.urandom(16), SCRYPT_LOG_N)
 
     def to_string(self) -> str:
         return "passphrase (scrypt)"

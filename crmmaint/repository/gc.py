@@ -3,8 +3,9 @@
 Order (each step leaves a repository that verifies and that a backup can safely dedup against;
 the argument is in docs/format.md):
 
-1. delete the manifests (then drill records) of removed backups;
-2. repack: copy the live chunks of packs less than half referenced into new packs;
+1. repack: copy the live chunks of packs less than half referenced into new packs (a pack that
+   fails its hash stops prune before anything is removed);
+2. delete the manifests (then drill records) of removed backups;
 3. write one consolidated index segment of the chunks kept backups still reference;
 4. delete every other index segment;
 5. delete packs no index segment references (emptied, repacked, orphans of killed sessions);
@@ -47,6 +48,9 @@ logger = logging.getLogger(__name__)
 
 #: A pack whose referenced bytes fall below this fraction of its size is rewritten.
 REPACK_BELOW = 0.5
+#: Seconds before our lock below which a leftover counts as a killed writer's: room for a
+#: storage server whose clock runs ahead of ours.
+LEFTOVER_CLOCK_MARGIN = 300.0
 
 
 @dataclass
@@ -63,6 +67,8 @@ class PruneReport:
     bytes_freed: int = 0
     keys_deleted: int = 0
     index_segments_replaced: int = 0
+    #: temp files and unfinished uploads of killed writers removed (backend.remove_stale_temp)
+    leftovers_removed: int = 0
 
 
 @dataclass
@@ -91,8 +97,17 @@ def _protected(backups: list[BackupInfo]) -> set[str]:
 
 def prune(repo: Repository, policy: RetentionPolicy, *, now: float, dry_run: bool) -> PruneReport:
     """Apply ``policy`` at time ``now``; with ``dry_run`` only report. See the module docstring."""
-    with repo.lock(exclusive=True, purpose="prune"):
+    with repo.lock(exclusive=True, purpose="prune") as lock:
         backups = repo.backups()
+        repo.refresh_index()
+        if damage := repo.damage():
+            name, why = next(iter(sorted(damage.items())))
+            raise RepositoryError(
+                f"{len(damage)} damaged object(s) in {repo.backend.url}, first {name}: {why}; "
+                "refusing to prune (it could delete the data they describe)",
+                hint="run `crmmaint repair` to see what it would move aside, then "
+                "`crmmaint repair --apply`",
+            )
         decision = plan_prune(
             [BackupRef(b.id, b.source, b.time, b.drilled) for b in backups], policy, now
         )
@@ -110,6 +125,11 @@ def prune(repo: Repository, policy: RetentionPolicy, *, now: float, dry_run: boo
         report.bytes_freed = sum(plan.stored_packs.get(p, 0) for p in plan.delete_packs)
         if dry_run:
             return report
+        # Held exclusively: no writer is at work, so what is older than our lock (less a
+        # margin for clocks that disagree) was left by a killed one.
+        report.leftovers_removed = repo.backend.remove_stale_temp(
+            lock.acquired_at - LEFTOVER_CLOCK_MARGIN
+        )
         _execute(repo, remove, plan, report)
         return report
 
@@ -152,11 +172,13 @@ def _plan(repo: Repository, kept: list[BackupInfo]) -> _Plan:
 
 def _execute(repo: Repository, remove: list[str], plan: _Plan, report: PruneReport) -> None:
     backend = repo.backend
-    for backup_id in remove:  # 1
+    # 1: repack first: it only adds packs, and a pack that fails its hash stops prune before
+    # anything was removed (orphan packs of an interrupted repack are freed by the next prune).
+    report.packs_written = _repack(repo, plan)
+    for backup_id in remove:  # 2
         backend.delete(manifest_name(backup_id))
         _delete_quietly(repo, drill_name(backup_id))
         logger.info("prune: removed backup %s", backup_id)
-    report.packs_written = _repack(repo, plan)  # 2
     old_segments = sorted(info.name for info in backend.list(INDEX_DIR))
     live_packs = {e.pack_id for e in plan.live.values()}
     sizes = {p: s for p, s in plan.stored_packs.items() if p in live_packs}

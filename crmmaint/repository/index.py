@@ -10,6 +10,7 @@ import logging
 from dataclasses import dataclass, field
 
 from crmmaint.crypto import open_sealed, seal
+from crmmaint.errors import IntegrityError, RepositoryError
 from crmmaint.repository.backends.base import Backend
 from crmmaint.repository.format import (
     INDEX_AAD,
@@ -31,6 +32,9 @@ class ChunkIndex:
     entries: dict[bytes, IndexEntry] = field(default_factory=dict)
     pack_sizes: dict[bytes, int] = field(default_factory=dict)
     segments: set[str] = field(default_factory=set)
+    #: segments that failed authentication or decoding: name -> why. Their chunks are simply
+    #: not indexed: a backup stores them again, a restore that needs them names the segment.
+    damaged: dict[str, str] = field(default_factory=dict)
 
     def __contains__(self, chunk_id: bytes) -> bool:
         return chunk_id in self.entries
@@ -51,8 +55,19 @@ class ChunkIndex:
             self.entries.clear()
             self.pack_sizes.clear()
             self.segments.clear()
-        for name in sorted(names - self.segments):
-            entries, packs = load_segment(backend, metadata_key, name)
+        self.damaged = {name: why for name, why in self.damaged.items() if name in names}
+        for name in sorted(names - self.segments - set(self.damaged)):
+            try:
+                entries, packs = load_segment(backend, metadata_key, name)
+            except (IntegrityError, RepositoryError) as exc:
+                self.damaged[name] = exc.message
+                logger.warning(
+                    "index segment %s is damaged (%s): its chunks are left out of the index; "
+                    "`crmmaint repair` moves it aside",
+                    name,
+                    exc.message,
+                )
+                continue
             self.merge(entries, packs)
             self.segments.add(name)
         logger.debug("index: %d chunks in %d packs", len(self.entries), len(self.pack_sizes))

@@ -132,6 +132,11 @@ class RepositoryLock:
         return LOCKS_PREFIX + self.id
 
     @property
+    def acquired_at(self) -> float:
+        """Unix time (this machine's clock) at which the lock was acquired; 0.0 if not held."""
+        return float(self._record.get("acquired") or 0.0) if self._held else 0.0
+
+    @property
     def held(self) -> bool:
         return self._held and not self._lost
 
@@ -187,7 +192,10 @@ class RepositoryLock:
                     blocker.describe(),
                     remaining,
                 )
-            time.sleep(min(remaining, backoff * random.uniform(0.5, 1.0)))
+            pause = min(remaining, backoff * random.uniform(0.5, 1.0))
+            if not announced:  # wake up in time to announce the wait when it is due
+                pause = min(pause, max(0.01, started + ANNOUNCE_WAIT - time.monotonic()))
+            time.sleep(pause)
             backoff = min(backoff * 2, _MAX_BACKOFF)
         self._held = True
         self._stop.clear()

@@ -313,9 +313,14 @@ def stream_ranges(
     for cid in ids:
         entry = index.get(cid)
         if entry is None:
+            damaged = sorted(index.damaged)
             raise ObjectNotFound(
-                f"backup {backup_id} stream {name}: chunk {cid.hex()} is not in the index",
-                hint=_VERIFY_HINT,
+                f"backup {backup_id} stream {name}: chunk {cid.hex()} is not in the index"
+                + (f" (damaged index segment: {', '.join(damaged)})" if damaged else ""),
+                hint=_VERIFY_HINT
+                if not damaged
+                else "restore another backup of this source; "
+                "`crmmaint repo repair` shows which backups the damage costs",
             )
         if entry.key_id not in data_keys:
             data_keys.update(unwrap_keys(repo, [entry.key_id.hex()], identities, backup_id))

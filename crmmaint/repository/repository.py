@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from crmmaint.crypto import ALGORITHMS, Identity, Recipient, derive_repository_keys
-from crmmaint.errors import CryptoError, ObjectNotFound, RepositoryError
+from crmmaint.errors import CryptoError, IntegrityError, ObjectNotFound, RepositoryError
 from crmmaint.repository.backends.base import Backend
 from crmmaint.repository.format import (
     BACKUPS_DIR,
@@ -43,6 +43,7 @@ from crmmaint.repository.session import StreamInfo, WriteSession
 if TYPE_CHECKING:
     from crmmaint.repository.gc import PruneReport
     from crmmaint.repository.reader import Manifest, StreamRanges
+    from crmmaint.repository.repair import RepairReport
     from crmmaint.repository.retention import RetentionPolicy
     from crmmaint.repository.verify import VerifyReport
 
@@ -106,6 +107,8 @@ class Repository:
         self.aead: str = config["aead"]
         self.pack_size: int = int(config["pack_size"])
         self.index = ChunkIndex()
+        #: backups whose manifest failed authentication or decoding: id -> why (``backups``)
+        self.damaged_manifests: dict[str, str] = {}
         #: data keys already unwrapped, with the identities that did it (reader.unwrap_keys)
         self.unwrapped: dict[bytes, tuple[tuple[Identity, ...], bytes]] = {}
 
@@ -243,17 +246,40 @@ class Repository:
         return sorted(info.name[len(BACKUPS_DIR) :] for info in self.backend.list(BACKUPS_DIR))
 
     def backups(self, source: str | None = None) -> list[BackupInfo]:
-        """Committed backups, oldest first; needs only the write key."""
+        """Committed backups whose manifests are intact, oldest first; needs only the write key.
+
+        A damaged manifest costs only its own backup: it is left out here, logged once, and
+        recorded in ``damaged_manifests`` (``backups list`` shows it, ``repair`` moves it aside).
+        """
         drilled = {info.name[len(DRILLS_DIR) :] for info in self.backend.list(DRILLS_DIR)}
         result = []
         for backup_id in self.backup_ids():
             try:
                 manifest = self.load_manifest_meta(backup_id)
+                info = self.info_from_manifest(manifest, drilled=backup_id in drilled)
             except ObjectNotFound:  # removed by a concurrent prune
                 continue
-            if source is None or manifest["source"] == source:
-                result.append(self.info_from_manifest(manifest, drilled=backup_id in drilled))
+            except (IntegrityError, KeyError, TypeError, ValueError) as exc:
+                why = exc.message if isinstance(exc, IntegrityError) else f"malformed ({exc!r})"
+                if backup_id not in self.damaged_manifests:
+                    logger.warning(
+                        "backup %s is damaged and left out (%s); `crmmaint repair` moves it aside",
+                        backup_id,
+                        why,
+                    )
+                self.damaged_manifests[backup_id] = why
+                continue
+            self.damaged_manifests.pop(backup_id, None)
+            if source is None or info.source == source:
+                result.append(info)
         return sorted(result, key=lambda b: (b.time, b.id))
+
+    def damage(self) -> dict[str, str]:
+        """Damaged manifests and index segments as found by the last listing and index
+        refresh: object name -> why. Empty for a sound repository."""
+        found = {manifest_name(b): why for b, why in self.damaged_manifests.items()}
+        found.update(self.index.damaged)
+        return found
 
     def mark_drilled(self, backup_id: str, result: dict[str, Any]) -> None:
         """Record a successful drill so prune protects the newest drilled backup."""
@@ -313,6 +339,12 @@ class Repository:
             identities=identities,
             progress=progress,
         )
+
+    def repair(self, *, apply: bool) -> RepairReport:
+        """Move damaged objects aside (with ``apply``; else report what would move)."""
+        from crmmaint.repository.repair import repair
+
+        return repair(self, apply=apply)
 
     def prune(self, policy: RetentionPolicy, *, now: float, dry_run: bool) -> PruneReport:
         """Remove backups the policy does not keep, then the data only they referenced."""

@@ -168,6 +168,7 @@ class WriteSession:
         self._uploader: ThreadPoolExecutor | None = None
         self._started = 0.0
         self._state = "new"
+        self._segment: str | None = None  # this session's index segment, once stored
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -204,11 +205,24 @@ class WriteSession:
                 pool.shutdown(wait=True, cancel_futures=True)
 
     def abort(self) -> None:
-        """Drop the session: nothing is listed; packs already stored are removed (best effort)."""
+        """Drop the session: nothing is listed; packs already stored are removed (best effort).
+
+        Once this session's index segment is stored, its packs stay: another backup may
+        already deduplicate against the chunks it indexes, and an index entry whose pack is
+        gone would make that backup unrestorable. No manifest references them; prune frees them.
+        """
         self._state = "aborted"
         self._pack = _OpenPack()
         for fut in self._uploads:
             fut.exception()
+        if self._segment is not None:
+            logger.info(
+                "backup session for %s aborted after its index segment %s was stored; its "
+                "packs stay until prune frees them",
+                self.source,
+                self._segment,
+            )
+            return
         for pack_id in list(self._new_packs):
             try:
                 self.repo.backend.delete(pack_name(pack_id))
@@ -387,6 +401,7 @@ class WriteSession:
             segment = write_segment(
                 repo.backend, meta_key, self._new_entries, self._new_packs, algorithm=aead
             )
+            self._segment = segment
             repo.index.merge(self._new_entries, self._new_packs)
             repo.index.segments.add(segment)
         size = sum(s.info.size for s in self._streams)

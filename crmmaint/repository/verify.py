@@ -1,7 +1,9 @@
 """Verify a repository: metadata consistency, pack hashes, and (with identities) every chunk.
 
-Metadata mode reads only metadata: every manifest's chunks are indexed, every indexed pack
-exists with its recorded size, every key object a manifest or chunk needs exists. ``read_data``
+Metadata mode reads only metadata, and authenticates every object the write key can: index
+segments, manifests, key objects and drill records (AEAD under the metadata key, the object's
+name bound in); every manifest's chunks are indexed, every indexed pack exists with its recorded
+size, every key object a manifest or chunk needs exists. ``read_data``
 downloads packs and compares SHA-256 of their bytes with their id (write key suffices); with
 identities it also decrypts, decompresses and rechecks every chunk. ``subset_percent`` checks a
 rotating slice of packs, resuming after the last pack checked (cursor kept in the repository).
@@ -24,6 +26,7 @@ from crmmaint.repository.format import (
     BACKUPS_DIR,
     CHUNK_ID_LEN,
     DATA_DIR,
+    DRILLS_DIR,
     INDEX_DIR,
     KEYS_DIR,
     VERIFY_CURSOR,
@@ -65,6 +68,7 @@ class VerifyReport:
     problems: list[VerifyProblem] = field(default_factory=list)
     backups: int = 0
     index_segments: int = 0
+    key_objects: int = 0
     packs: int = 0
     packs_read: int = 0
     bytes_read: int = 0
@@ -103,11 +107,14 @@ def verify(
             stored_packs[pack_id] = info.size
     index = _check_index(repo, report)
     _check_packs(index, stored_packs, report)
-    key_objects = {info.name for info in backend.list(KEYS_DIR)}
-    for kid in sorted({e.key_id for e in index.entries.values()}):
+    key_objects = _check_key_objects(repo, report)
+    _check_drill_records(repo, report)
+    referenced = _check_manifests(repo, index, key_objects, report)
+    # A chunk no backup references (left by a repair, freed by the next prune) needs no key.
+    needed = {index.entries[c].key_id for c in referenced if c in index.entries}
+    for kid in sorted(needed):
         if key_name(kid) not in key_objects:
-            report.add(key_name(kid), "missing: indexed chunks are encrypted under this key")
-    _check_manifests(repo, index, key_objects, report)
+            report.add(key_name(kid), "missing: chunks of listed backups are encrypted under it")
     if read_data or identities:
         _read_packs(repo, index, stored_packs, report, subset_percent, identities, progress)
     logger.info(
@@ -137,6 +144,39 @@ def _check_index(repo: Repository, report: VerifyReport) -> ChunkIndex:
     return index
 
 
+def _check_key_objects(repo: Repository, report: VerifyReport) -> set[str]:
+    """Authenticate every ``keys/`` object under the metadata key (its name is the associated
+    data) and check that it names itself; returns the names of all that exist (a damaged one
+    is reported here, not again as missing)."""
+    intact: set[str] = set()
+    present: set[str] = set()
+    for info in sorted(repo.backend.list(KEYS_DIR), key=lambda i: i.name):
+        present.add(info.name)
+        try:
+            record = open_json(repo.keys.metadata_key, info.name, repo.backend.load(info.name))
+        except CrmMaintError as exc:
+            report.add(info.name, f"unreadable key object: {exc.message}")
+            continue
+        if f"{KEYS_DIR}{record.get('key_id')}" != info.name or not record.get("stanzas"):
+            report.add(info.name, "key object does not name itself, or wraps the key for nobody")
+            continue
+        intact.add(info.name)
+    report.key_objects = len(intact)
+    return present
+
+
+def _check_drill_records(repo: Repository, report: VerifyReport) -> None:
+    """Authenticate every ``drills/`` record (what `backups list` shows as drilled)."""
+    for info in sorted(repo.backend.list(DRILLS_DIR), key=lambda i: i.name):
+        try:
+            record = open_json(repo.keys.metadata_key, info.name, repo.backend.load(info.name))
+        except CrmMaintError as exc:
+            report.add(info.name, f"unreadable drill record: {exc.message}")
+            continue
+        if f"{DRILLS_DIR}{record.get('backup_id')}" != info.name:
+            report.add(info.name, "drill record names another backup")
+
+
 def _check_packs(index: ChunkIndex, stored: dict[bytes, int], report: VerifyReport) -> None:
     report.packs = len(index.pack_sizes)
     for pack_id, size in sorted(index.pack_sizes.items()):
@@ -154,7 +194,9 @@ def _check_packs(index: ChunkIndex, stored: dict[bytes, int], report: VerifyRepo
 
 def _check_manifests(
     repo: Repository, index: ChunkIndex, key_objects: set[str], report: VerifyReport
-) -> None:
+) -> set[bytes]:
+    """Authenticate every manifest and check what it lists; returns every chunk id listed."""
+    referenced: set[bytes] = set()
     for info in sorted(repo.backend.list(BACKUPS_DIR), key=lambda i: i.name):
         try:
             manifest = open_json(repo.keys.metadata_key, info.name, repo.backend.load(info.name))
@@ -167,6 +209,7 @@ def _check_manifests(
                 report.add(f"{KEYS_DIR}{hex_id}", f"missing: backup {manifest['id']} needs it")
         for stream in manifest["streams"]:
             raw = bytes.fromhex(stream["ids"])
+            referenced.update(raw[i : i + CHUNK_ID_LEN] for i in range(0, len(raw), CHUNK_ID_LEN))
             missing = [
                 raw[i : i + CHUNK_ID_LEN].hex()
                 for i in range(0, len(raw), CHUNK_ID_LEN)
@@ -178,6 +221,7 @@ def _check_manifests(
                     f"stream {stream['name']}: {len(missing)} chunk(s) not in the index, "
                     f"first {missing[0]}",
                 )
+    return referenced
 
 
 def _select_packs(

@@ -130,7 +130,7 @@ def backup_verify(ctx: TaskContext) -> TaskResult:
 
     cfg = ctx.target.obj
     identities = identities_for(cfg) if ctx.params["decrypt"] else None
-    with open_repository(cfg) as repo:
+    with open_repository(cfg, reading="verify") as repo:
         report = repo.verify(
             read_data=ctx.params["read_data"] or ctx.params["read_data_subset"] is not None,
             subset_percent=ctx.params["read_data_subset"],

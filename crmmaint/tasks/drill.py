@@ -76,7 +76,7 @@ def drill_restore(ctx: TaskContext) -> TaskResult:
 
     db = ctx.target.obj
     repo_cfg = ctx.inventory.repository(ctx.params["repository"])
-    with open_repository(repo_cfg) as repo:
+    with open_repository(repo_cfg, reading=f"drill database:{db.name}") as repo:
         backups = repo.backups(source=source_name("database", db.name))
         if not backups:
             return TaskResult.failed(

@@ -56,6 +56,13 @@ class Backend(abc.ABC):
         """Write an object from a file-like object; backends override to bound memory."""
         self.store(name, fileobj.read())
 
+    def remove_stale_temp(self, older_than: float) -> int:
+        """Remove what killed writers left behind, started before ``older_than`` (unix time):
+        temp files in ``.tmp/`` (local, SFTP), unfinished multipart uploads (S3). Call only
+        while holding the repository exclusively. Returns how many were removed; a failure to
+        remove one is logged by the backend, not raised. Default: nothing to remove."""
+        return 0
+
     @abc.abstractmethod
     def load(self, name: str, offset: int = 0, size: int | None = None) -> bytes:
         """Read an object, or ``size`` bytes of it from ``offset`` (ranged read)."""

@@ -164,6 +164,23 @@ class LocalBackend(Backend):
                 f"cannot move {src} to {dst} in {self.url}: {exc.strerror or exc}"
             ) from exc
 
+    def remove_stale_temp(self, older_than: float) -> int:
+        removed = 0
+        try:
+            entries = list(os.scandir(self._temp))
+        except FileNotFoundError:
+            return 0
+        for entry in entries:
+            try:
+                if entry.is_file(follow_symlinks=False) and entry.stat().st_mtime < older_than:
+                    os.unlink(entry.path)
+                    removed += 1
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                logger.warning("cannot remove leftover %s in %s: %s", entry.name, self.url, exc)
+        return removed
+
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         check_prefix(prefix, self.url)
         # Start the walk at the deepest directory the prefix names completely.

@@ -346,6 +346,21 @@ class S3Backend(Backend):
         except (ClientError, BotoCoreError) as exc:
             raise self._translate(exc, "list", prefix or "/") from exc
 
+    def remove_stale_temp(self, older_than: float) -> int:
+        """Abort multipart uploads under the prefix started before ``older_than``: a killed
+        writer's parts are billed storage that no listing shows."""
+        removed = 0
+        try:
+            paginator = self.client.get_paginator("list_multipart_uploads")
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix):
+                for upload in page.get("Uploads", ()):
+                    if upload["Initiated"].timestamp() < older_than:
+                        self._abort(upload["Key"], upload["Key"], upload["UploadId"])
+                        removed += 1
+        except (ClientError, BotoCoreError) as exc:
+            logger.warning("cannot list unfinished uploads in %s: %s", self.url, exc)
+        return removed
+
     # -- error translation -------------------------------------------------------------------
 
     def _call(self, action: str, name: str | None, method: Any, **kwargs: Any) -> Any:

@@ -276,6 +276,26 @@ class SFTPBackend(Backend):
         except (*_NETWORK_ERRORS, OSError) as exc:
             raise self._error(exc, "move", f"{src} to {dst}") from exc
 
+    def remove_stale_temp(self, older_than: float) -> int:
+        temp = posixpath.join(self.root, TEMP_DIR)
+        removed = 0
+        try:
+            with self._channel() as sftp:
+                try:
+                    entries = sftp.listdir_attr(temp)
+                except FileNotFoundError:
+                    return 0
+                for entry in entries:
+                    if stat.S_ISREG(entry.st_mode or 0) and (entry.st_mtime or 0) < older_than:
+                        try:
+                            sftp.remove(posixpath.join(temp, entry.filename))
+                            removed += 1
+                        except FileNotFoundError:
+                            continue
+        except (*_NETWORK_ERRORS, OSError) as exc:
+            logger.warning("cannot remove leftovers in %s/%s: %s", self.url, TEMP_DIR, exc)
+        return removed
+
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         check_prefix(prefix, self.url)
         base = prefix.rpartition("/")[0]
