@@ -505,7 +505,7 @@ def test_a_backup_interrupted_at_every_write_lists_only_whole_backups(tmp_path):
 def test_prune_refuses_to_copy_a_damaged_pack(prune_template, tmp_path):
     """Repacking copies blobs verbatim: from a pack whose bytes no longer match its hash it
     would copy damage into a fresh pack with a valid hash. Prune refuses, and removes nothing."""
-    template, key, ident, ids, datas = prune_template
+    template, key, _ident, ids, _datas = prune_template
     root = tmp_path / "damaged"
     shutil.copytree(template, root)
     for pack in packs(root):
