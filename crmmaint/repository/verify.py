@@ -15,10 +15,10 @@ import collections
 import hashlib
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from crmmaint.crypto import Identity
 from crmmaint.errors import CrmMaintError, ObjectNotFound, WrongKeyError
@@ -144,37 +144,38 @@ def _check_index(repo: Repository, report: VerifyReport) -> ChunkIndex:
     return index
 
 
-def _check_key_objects(repo: Repository, report: VerifyReport) -> set[str]:
-    """Authenticate every ``keys/`` object under the metadata key (its name is the associated
-    data) and check that it names itself; returns the names of all that exist (a damaged one
-    is reported here, not again as missing)."""
-    intact: set[str] = set()
-    present: set[str] = set()
-    for info in sorted(repo.backend.list(KEYS_DIR), key=lambda i: i.name):
-        present.add(info.name)
+def _opened(
+    repo: Repository, prefix: str, what: str, report: VerifyReport
+) -> Iterator[tuple[str, Any]]:
+    """Each object under ``prefix`` authenticated and decoded under the metadata key (its name
+    is the associated data), in name order; one that fails is reported as an unreadable
+    ``what`` and skipped."""
+    for info in sorted(repo.backend.list(prefix), key=lambda i: i.name):
         try:
             record = open_json(repo.keys.metadata_key, info.name, repo.backend.load(info.name))
         except CrmMaintError as exc:
-            report.add(info.name, f"unreadable key object: {exc.message}")
+            report.add(info.name, f"unreadable {what}: {exc.message}")
             continue
-        if f"{KEYS_DIR}{record.get('key_id')}" != info.name or not record.get("stanzas"):
-            report.add(info.name, "key object does not name itself, or wraps the key for nobody")
-            continue
-        intact.add(info.name)
-    report.key_objects = len(intact)
+        yield info.name, record
+
+
+def _check_key_objects(repo: Repository, report: VerifyReport) -> set[str]:
+    """Authenticate every ``keys/`` object and check that it names itself; returns the names of
+    all that exist (a damaged one is reported here, not again as missing)."""
+    present = {info.name for info in repo.backend.list(KEYS_DIR)}
+    for name, record in _opened(repo, KEYS_DIR, "key object", report):
+        if f"{KEYS_DIR}{record.get('key_id')}" != name or not record.get("stanzas"):
+            report.add(name, "key object does not name itself, or wraps the key for nobody")
+        else:
+            report.key_objects += 1
     return present
 
 
 def _check_drill_records(repo: Repository, report: VerifyReport) -> None:
     """Authenticate every ``drills/`` record (what `backups list` shows as drilled)."""
-    for info in sorted(repo.backend.list(DRILLS_DIR), key=lambda i: i.name):
-        try:
-            record = open_json(repo.keys.metadata_key, info.name, repo.backend.load(info.name))
-        except CrmMaintError as exc:
-            report.add(info.name, f"unreadable drill record: {exc.message}")
-            continue
-        if f"{DRILLS_DIR}{record.get('backup_id')}" != info.name:
-            report.add(info.name, "drill record names another backup")
+    for name, record in _opened(repo, DRILLS_DIR, "drill record", report):
+        if f"{DRILLS_DIR}{record.get('backup_id')}" != name:
+            report.add(name, "drill record names another backup")
 
 
 def _check_packs(index: ChunkIndex, stored: dict[bytes, int], report: VerifyReport) -> None:
@@ -197,12 +198,7 @@ def _check_manifests(
 ) -> set[bytes]:
     """Authenticate every manifest and check what it lists; returns every chunk id listed."""
     referenced: set[bytes] = set()
-    for info in sorted(repo.backend.list(BACKUPS_DIR), key=lambda i: i.name):
-        try:
-            manifest = open_json(repo.keys.metadata_key, info.name, repo.backend.load(info.name))
-        except CrmMaintError as exc:
-            report.add(info.name, f"unreadable manifest: {exc.message}")
-            continue
+    for name, manifest in _opened(repo, BACKUPS_DIR, "manifest", report):
         report.backups += 1
         for hex_id in manifest["key_ids"]:
             if f"{KEYS_DIR}{hex_id}" not in key_objects:
@@ -217,7 +213,7 @@ def _check_manifests(
             ]
             if missing:
                 report.add(
-                    info.name,
+                    name,
                     f"stream {stream['name']}: {len(missing)} chunk(s) not in the index, "
                     f"first {missing[0]}",
                 )
