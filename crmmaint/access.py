@@ -58,6 +58,10 @@ def load_write_key(path: str | Path) -> bytes:
         ) from None
     except OSError as exc:
         raise KeyFileError(f"cannot read write key {p}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise KeyFileError(
+            f"write key {p} is malformed (not text)", hint="restore it from your key backup"
+        ) from None
     if st.st_mode & 0o077:
         raise KeyFileError(f"write key {p} is readable by others", hint=f"run `chmod 600 {p}`")
     lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]

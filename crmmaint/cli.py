@@ -12,6 +12,7 @@ import functools
 import inspect
 import logging
 import os
+import re
 import sys
 import traceback
 from collections.abc import Callable
@@ -70,6 +71,13 @@ def setup_logging(debug: bool) -> None:
     root.setLevel(level)
     if debug:
         logging.getLogger("paramiko").setLevel(logging.INFO)
+
+
+def program_name() -> str:
+    """How the user ran crmmaint, for commands we suggest: ``.venv/bin/crmmaint`` when run
+    by path (``make demo``), ``crmmaint`` when found on PATH."""
+    name = sys.argv[0] if sys.argv and sys.argv[0] else "crmmaint"
+    return name if "/" in name and Path(name).name == "crmmaint" else "crmmaint"
 
 
 def format_error(exc: CrmMaintError) -> str:
@@ -246,8 +254,9 @@ def execute(
         )
         summary = runner.run(book, planned)
         if not json:
+            again = f" -i {inv.path}" if inv.path else ""
             make_console(sys.stderr).print(
-                f"journal: {journal.path} (crmmaint show {summary.run_id})"
+                f"journal: {journal.path} ({program_name()} show {summary.run_id}{again})"
             )
     if summary.exit_code:
         raise Exit(code=summary.exit_code)
@@ -408,7 +417,9 @@ def demo(
     from crmmaint.demo import run_demo
 
     # Warnings are findings the demo is meant to show, not a failed demo: it exits 0 for them.
-    code = run_demo(Path(dir), rows=rows, playbooks=split_list(playbooks) or ["daily"])
+    code = run_demo(
+        Path(dir), rows=rows, playbooks=split_list(playbooks) or ["daily"], program=program_name()
+    )
     if code:
         raise Exit(code=code)
 
@@ -531,5 +542,18 @@ program = Program(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of the ``crmmaint`` console script."""
-    program.run(normalize_argv(list(argv) if argv is not None else sys.argv))
+    """Entry point of the ``crmmaint`` console script.
+
+    A flag value of the wrong type (``--jobs abc``) fails in invoke's parser, before any
+    command's own error handling: it becomes a one-line configuration error (exit 3).
+    """
+    try:
+        program.run(normalize_argv(list(argv) if argv is not None else sys.argv))
+    except ValueError as exc:
+        found = re.search(r"invalid literal for (\w+)\(\) with base 10: (.*)$", str(exc))
+        what = f"a whole number was expected, got {found.group(2)}" if found else str(exc)
+        print(
+            f"crmmaint: error: {what} (see `crmmaint --help COMMAND` for each flag's value)",
+            file=sys.stderr,
+        )
+        sys.exit(ConfigError.exit_code)

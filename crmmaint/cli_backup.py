@@ -148,6 +148,13 @@ def repo_repair(
         write_json(vars(report))
         return
     verb = "moved aside" if apply else "would move aside"
+    if report.chunks_recovered:
+        print(
+            f"{'indexed' if apply else 'would index'} {report.chunks_recovered} chunk(s) again "
+            "from pack trailers"
+        )
+    for name in report.packs_unrecoverable:
+        print(f"cannot index {name} again: damaged, or written before packs had trailers")
     for name, why in report.move_aside.items():
         print(f"{verb} {name}: {why}")
     if report.clean:
@@ -196,6 +203,11 @@ def backup(
     debug: bool = False,
 ) -> None:
     """Back up databases and file sets into the repository (encrypted, deduplicated)."""
+    for flag, value in (("--database", database), ("--fileset", fileset)):
+        if value is not None and not [v for v in value.split(",") if v.strip()]:
+            raise ConfigError(
+                f"{flag} names nothing", hint=f"give a name from the inventory, or leave {flag} out"
+            )
     inv = open_inventory(c, inventory)
     params = {"repository": repository} if repository else {}
     steps: list[dict[str, Any]] = []

@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 DEMO_ROWS = 200_000
+#: Fewer rows leave tables too small to say anything; more would take minutes to build.
+MIN_DEMO_ROWS = 100
+MAX_DEMO_ROWS = 20_000_000
 DEMO_SEED = 42
 #: Every generated timestamp lies in the two years before this instant (fixed: deterministic).
 EPOCH_END = datetime(2025, 1, 1, 9, 0, 0)
@@ -445,17 +448,28 @@ def prepare_demo(demo_dir: str | Path, rows: int = DEMO_ROWS, seed: int = DEMO_S
     Reuses a database whose row counts already match, and never overwrites the log, cache or
     attachments (so log offsets and backups of earlier demo runs stay meaningful).
     """
+    if not MIN_DEMO_ROWS <= rows <= MAX_DEMO_ROWS:
+        raise ConfigError(
+            f"the demo needs {MIN_DEMO_ROWS:,} to {MAX_DEMO_ROWS:,} rows, not {rows:,}",
+            hint=f"leave --rows out for the default {DEMO_ROWS:,}",
+        )
     root = Path(demo_dir).expanduser().resolve()
-    root.mkdir(parents=True, exist_ok=True)
-    db = root / "crm.sqlite"
-    if database_rows(db) != table_counts(rows):
-        build_demo_crm(db, rows=rows, seed=seed)
-    _write_log(root / "logs" / "crm.log", seed)
-    _write_cache(root / "cache", seed)
-    _write_attachments(root / "attachments", seed)
-    _ensure_identity(root / "keys")
-    inventory = root / "inventory.yml"
-    shutil.copyfile(demo_inventory_template(), inventory)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        db = root / "crm.sqlite"
+        if database_rows(db) != table_counts(rows):
+            build_demo_crm(db, rows=rows, seed=seed)
+        _write_log(root / "logs" / "crm.log", seed)
+        _write_cache(root / "cache", seed)
+        _write_attachments(root / "attachments", seed)
+        _ensure_identity(root / "keys")
+        inventory = root / "inventory.yml"
+        shutil.copyfile(demo_inventory_template(), inventory)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot lay out the demo estate in {root}: {exc.strerror or exc}",
+            hint="choose a directory you can write (--dir), or delete what is in the way",
+        ) from exc
     return inventory
 
 
@@ -467,9 +481,17 @@ def _ensure_identity(keys: Path) -> None:
     secret, public = keys / "ops.key", keys / "ops.pub"
     if secret.exists():
         identity = load_identity_file(secret)
+    elif (keys.parent / "repo" / "config").exists():
+        # Backups are encrypted to it, and new ones deduplicate against theirs: with the
+        # identity gone, no backup of this repository can be restored any more.
+        raise ConfigError(
+            f"the demo's identity {secret} is gone, so its backups can no longer be read",
+            hint=f"delete {keys.parent} to start the demo over",
+        )
     else:
         identity = X25519Identity.generate()
         write_identity_file(secret, identity)
+        public.unlink(missing_ok=True)  # a new identity needs its own public key
     if not public.exists():
         public.write_text(identity.recipient().to_string() + "\n", encoding="ascii")
 
@@ -486,6 +508,7 @@ def run_demo(
     playbooks: list[str] | None = None,
     *,
     out: TextIO | None = None,
+    program: str = "crmmaint",
 ) -> int:
     """Prepare the demo estate, run ``playbooks`` (default: daily) on it and close with what the
     run showed. Returns 0 when the demo worked as designed (warnings are findings, not a
@@ -510,14 +533,16 @@ def run_demo(
             reporter = ConsoleReporter(out)
             runner = Runner(inventory, journal, reporter=reporter, argv=["demo", name])
             summaries.append(runner.run(book, planned))
-    out.write(closing_lines(summaries, inventory.path, str(journal_path)))
+    out.write(closing_lines(summaries, inventory.path, str(journal_path), program))
     worst = max((s.exit_code for s in summaries), default=0)
     return worst if worst > 1 else 0
 
 
-def closing_lines(summaries: list[RunSummary], inventory: str, journal: str) -> str:
+def closing_lines(
+    summaries: list[RunSummary], inventory: str, journal: str, program: str = "crmmaint"
+) -> str:
     """What the demo showed, one line per finding: failures first, then warnings, each expected
-    warning said to be expected, then where to look next."""
+    warning said to be expected, then where to look next (``program``: how to run crmmaint)."""
     lines = ["", "demo:"]
     failed = [(s.playbook, r) for s in summaries for r in s.results if r.status == Status.FAILED]
     warned = [(s.playbook, r) for s in summaries for r in s.results if r.status == Status.WARNING]
@@ -531,13 +556,17 @@ def closing_lines(summaries: list[RunSummary], inventory: str, journal: str) -> 
         )
     ran = ", ".join(f"{s.playbook} (exit {s.exit_code})" for s in summaries)
     if failed:
-        lines.append(f"  the demo did not work as designed: {ran}; rerun with --debug for details")
+        lines.append(
+            f"  the demo did not work as designed: {ran}; see the failed lines above, run "
+            f"`{program} demo --debug` for details, or delete {Path(inventory).parent} to "
+            "start over"
+        )
     else:
         lines.append(f"  the demo worked as designed: {ran}")
     lines += [
         f"  journal: {journal}",
-        f"  next: crmmaint history -i {inventory}",
-        f"        crmmaint backups list -i {inventory}",
+        f"  next: {program} history -i {inventory}",
+        f"        {program} backups list -i {inventory}",
         "",
     ]
     return "\n".join(lines)
@@ -553,6 +582,15 @@ def _ensure_repository(inventory: Inventory, out: TextIO) -> None:
         with open_repository(cfg):
             return
     except CrmMaintError:
+        if (
+            cfg.write_key
+            and not Path(cfg.write_key).exists()
+            and (Path(cfg.url.removeprefix("file://")) / "config").exists()
+        ):
+            raise ConfigError(
+                f"the demo repository {cfg.url} has lost its write key {cfg.write_key}",
+                hint=f"delete {Path(inventory.path).parent} to start the demo over",
+            ) from None
         out.write(init_repository(cfg) + "\n")
 
 

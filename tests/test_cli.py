@@ -501,3 +501,19 @@ def test_the_lock_judges_another_users_live_process_alive(tmp_path):
         timeout=60,
     )
     assert proc.stdout.strip() == "True", proc.stderr  # pid 1 is root's: EPERM means alive
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["backup", "--database", ""], "--database names nothing"),
+        (["backup", "--fileset", " , "], "--fileset names nothing"),
+        (["restore", "database:crm@latest", "--to", "x", "--jobs", "two"], "got 'two'"),
+        (["run", "daily", "--forks", "many"], "got 'many'"),
+        (["prune", "--keep-daily", "seven"], "got 'seven'"),
+    ],
+)
+def test_bad_flag_values_are_one_line_and_exit_3(estate, args, message):
+    code, out, err = cli(*args, "-i", str(estate / "inventory.yml"))
+    assert code == 3, out + err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1

@@ -4,6 +4,7 @@ playbooks that load, and every daily step working on the demo (real LocalTranspo
 from __future__ import annotations
 
 import hashlib
+import shutil
 import sqlite3
 import stat
 from datetime import UTC, datetime
@@ -196,3 +197,47 @@ def test_the_demo_a_user_runs_at_its_real_size(tmp_path: Path) -> None:
     crm = [b for b in backups if b["source"] == "database:crm"]
     assert len(crm) == 2 and all(b["drilled"] for b in crm)
     assert len([b for b in backups if b["source"] == "fileset:attachments"]) == 2
+
+
+def _crmmaint(*args: str, cwd: Path | None = None):
+    import os
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "crmmaint"), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=cwd,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--rows", "abc"], "a whole number was expected, got 'abc'"),
+        (["--rows", "-5"], "the demo needs 100 to 20,000,000 rows, not -5"),
+        (["--dir", "/proc/no-such-demo"], "cannot lay out the demo estate in /proc/no-such-demo"),
+    ],
+)
+def test_bad_demo_input_is_one_line_and_exit_3(tmp_path: Path, args: list[str], message: str):
+    proc = _crmmaint("demo", *args, cwd=tmp_path)
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(("lost", "message"), [("ops.key", "identity"), ("write.key", "write key")])
+def test_a_demo_that_lost_a_key_says_how_to_start_over(
+    tmp_path: Path, lost: str, message: str
+) -> None:
+    demo = tmp_path / "demo"
+    assert run_demo(demo, rows=2000, playbooks=["weekly"]) == 0
+    (demo / "keys" / lost).unlink()
+    proc = _crmmaint("demo", "--dir", str(demo), "--rows", "2000")
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert message in proc.stderr and f"delete {demo} to start the demo over" in proc.stderr
+    shutil.rmtree(demo)  # as the message says
+    assert run_demo(demo, rows=2000, playbooks=["weekly"]) == 0

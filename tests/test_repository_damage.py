@@ -21,6 +21,7 @@ from crmmaint.crypto import X25519Identity, new_write_key
 from crmmaint.errors import IntegrityError, ObjectNotFound, RepositoryError
 from crmmaint.repository import ChunkerParams, Repository
 from crmmaint.repository.backends.local import LocalBackend
+from crmmaint.repository.index import load_segment
 from crmmaint.repository.retention import RetentionPolicy
 
 SMALL_CHUNKS = ChunkerParams(16 << 10, 64 << 10, 256 << 10)
@@ -97,9 +98,18 @@ def test_any_flipped_byte_is_named_by_verify_and_refused_by_read(damaged_repo, w
         with_keys = repo.verify(read_data=True, identities=[ident])
         assert any("chunk" in p.message for p in with_keys.problems)
         raised = [_read_until_error(repo, backup_id, n, d, [ident]) for n, d in streams.items()]
-        assert any(raised)
+        assert any(raised) or pos >= _blobs_end(repo, pack)  # a trailer byte: data intact
     finally:
         pack.write_bytes(original)
+
+
+def _blobs_end(repo, pack: Path) -> int:
+    """Where a pack's last chunk ends: the trailer (its own index) follows."""
+    return max(
+        e.offset + e.length
+        for e in repo.refresh_index().entries.values()
+        if e.pack_id.hex() == pack.name
+    )
 
 
 @settings(
@@ -110,13 +120,14 @@ def test_truncated_pack_is_named_and_refused(damaged_repo, which, keep):
     root, key, ident, backup_id, streams = damaged_repo
     pack = packs(root)[which % len(packs(root))]
     original = pack.read_bytes()
-    pack.write_bytes(original[: int(keep * len(original))])
+    kept = int(keep * len(original))
+    pack.write_bytes(original[:kept])
     try:
         repo = Repository.open(LocalBackend(root), key)
         assert object_name(root, pack) in {p.object for p in repo.verify().problems}
         assert object_name(root, pack) in {p.object for p in repo.verify(read_data=True).problems}
         raised = [_read_until_error(repo, backup_id, n, d, [ident]) for n, d in streams.items()]
-        assert any(raised)
+        assert any(raised) or kept >= _blobs_end(repo, pack)  # only the trailer was cut
     finally:
         pack.write_bytes(original)
 
@@ -438,15 +449,35 @@ def test_a_damaged_index_segment_costs_only_the_backups_that_need_it(three_backu
     with pytest.raises(ObjectNotFound, match=f"damaged index segment: index/{segments[1].name}"):
         restore(repo, ids[1], "dump", [ident])
     plan = repo.repair(apply=False)
-    assert plan.move_aside == {
-        f"index/{segments[1].name}": plan.move_aside[f"index/{segments[1].name}"],
-        f"backups/{ids[1]}": plan.move_aside[f"backups/{ids[1]}"],
-    }
-    assert "is in no intact index segment" in plan.move_aside[f"backups/{ids[1]}"]
+    assert list(plan.move_aside) == [f"index/{segments[1].name}"]  # the backup is recoverable
+    assert plan.chunks_recovered > 0 and plan.packs_unrecoverable == []
+    assert len(list((root / "index").iterdir())) == 4  # a dry run writes nothing
     repo.repair(apply=True)
     repo = Repository.open(LocalBackend(root), key)
-    assert [b.id for b in repo.backups()] == [ids[0], ids[2], ids[3]]
+    assert [b.id for b in repo.backups()] == ids
+    assert restore(repo, ids[1], "dump", [ident]) == data[1]  # indexed again from its packs
     assert repo.verify(read_data=True, identities=[ident]).ok
+    assert repo.repair(apply=False).clean
+
+
+def test_a_lost_segment_whose_pack_is_damaged_too_moves_its_backup_aside(three_backups):
+    root, key, ident, ids, data = three_backups
+    segments = sorted((root / "index").iterdir(), key=lambda p: p.stat().st_mtime_ns)
+    repo = Repository.open(LocalBackend(root), key)
+    (pack_id,) = {e.pack_id for e in repo.refresh_index().entries.values()} - {
+        e.pack_id
+        for seg in segments[:1] + segments[2:]
+        for e in load_segment(repo.backend, repo.keys.metadata_key, f"index/{seg.name}")[0].values()
+    }
+    flip(segments[1])
+    flip(root / "data" / pack_id.hex()[:2] / pack_id.hex(), at=100)
+    repo = Repository.open(LocalBackend(root), key)
+    plan = repo.repair(apply=True)
+    assert plan.packs_unrecoverable == [f"data/{pack_id.hex()[:2]}/{pack_id.hex()}"]
+    assert "is in no intact index segment" in plan.move_aside[f"backups/{ids[1]}"]
+    repo = Repository.open(LocalBackend(root), key)
+    assert [b.id for b in repo.backups()] == [ids[0], ids[2], ids[3]]
+    assert repo.verify(identities=[ident]).ok
     again = backup(repo, ident, {"dump": data[1]})  # the lost chunks are stored anew
     assert restore(repo, again.id, "dump", [ident]) == data[1]
 

@@ -323,7 +323,7 @@ class Runner:
                     results.extend(step_results)
                     failed = any(r.status == Status.FAILED for r in step_results)
                     if failed and item.step.on_failure == "stop":
-                        log.warning("step %s failed; stopping (on_failure: stop)", item.name)
+                        log.info("step %s failed; stopping (on_failure: stop)", item.name)
                         stopped_after = item.name
         except BaseException:
             self._abort.set()
@@ -443,8 +443,7 @@ class Runner:
             if self._abort.wait(delay):
                 break
         duration = time.monotonic() - clock
-        log.log(
-            logging.WARNING if result.status == Status.FAILED else logging.INFO,
+        log.info(  # the reporter and the journal carry the result: no second line on the console
             "%s on %s: %s %s",
             step.name,
             target.label,

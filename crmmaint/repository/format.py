@@ -43,6 +43,12 @@ PAYLOAD_ZSTD = 1
 WRITE_KEY_CHECK_LABEL = b"crmmaint write-key check v1:"
 INDEX_AAD = b"crmmaint index v1"
 INDEX_MAGIC = b"CMIX\x01"
+#: A pack ends with its own index (the "trailer"), so a lost segment can be rebuilt from it:
+#: sealed(metadata key, index body with a zero pack id, aad) || u32 sealed length || magic.
+PACK_TRAILER_AAD = b"crmmaint pack trailer v1"
+PACK_TRAILER_MAGIC = b"CMPT"
+PACK_TRAILER_END = struct.Struct("<I4s")
+_NO_PACK = bytes(32)
 _COUNT = struct.Struct("<I")
 _PACK_REC = struct.Struct(f"<{PACK_ID_LEN}sQ")
 _CHUNK_REC = struct.Struct(f"<{CHUNK_ID_LEN}sIIIII")
@@ -230,6 +236,35 @@ def decode_index(data: bytes, name: str) -> tuple[dict[bytes, IndexEntry], dict[
     except (ValueError, IndexError, struct.error) as exc:
         raise IntegrityError(f"index segment {name} is malformed: {exc}") from exc
     return entries, packs
+
+
+def encode_pack_trailer(
+    metadata_key: bytes, chunks: dict[bytes, IndexEntry], *, algorithm: str
+) -> bytes:
+    """The trailer that ends a pack: its chunks (pack id ignored: a pack cannot hold its own
+    hash) as an index body sealed under the metadata key, then its length and the magic."""
+    body = encode_index(
+        {
+            cid: IndexEntry(_NO_PACK, e.offset, e.length, e.raw_length, e.key_id)
+            for cid, e in chunks.items()
+        },
+        {_NO_PACK: 0},
+    )
+    sealed = seal(metadata_key, body, aad=PACK_TRAILER_AAD, algorithm=algorithm)
+    return sealed + PACK_TRAILER_END.pack(len(sealed), PACK_TRAILER_MAGIC)
+
+
+def decode_pack_trailer(
+    metadata_key: bytes, sealed: bytes, pack_id: bytes, name: str
+) -> dict[bytes, IndexEntry]:
+    """The chunks a trailer lists, located in pack ``pack_id``; IntegrityError naming the pack
+    if the trailer fails authentication or decoding."""
+    plain = open_sealed(metadata_key, sealed, aad=PACK_TRAILER_AAD, name=f"{name} (trailer)")
+    entries, _ = decode_index(plain, f"{name} (trailer)")
+    return {
+        cid: IndexEntry(pack_id, e.offset, e.length, e.raw_length, e.key_id)
+        for cid, e in entries.items()
+    }
 
 
 def segment_id(sealed: bytes) -> bytes:

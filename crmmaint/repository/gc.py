@@ -227,10 +227,13 @@ def _repack(repo: Repository, plan: _Plan) -> int:
         nonlocal parts, moved, size, written
         if not parts:
             return
-        pack_id = store_pack(repo.backend, parts, size)
-        plan.stored_packs[pack_id] = size
-        for cid, offset, old in moved:
-            plan.live[cid] = IndexEntry(pack_id, offset, old.length, old.raw_length, old.key_id)
+        chunks = {
+            cid: IndexEntry(b"", offset, old.length, old.raw_length, old.key_id)
+            for cid, offset, old in moved
+        }
+        pack_id, entries, stored = store_pack(repo, parts, size, chunks)
+        plan.stored_packs[pack_id] = stored
+        plan.live.update(entries)
         written += 1
         parts, moved, size = [], [], 0
 

@@ -15,8 +15,11 @@ from crmmaint.repository.backends.base import Backend
 from crmmaint.repository.format import (
     INDEX_AAD,
     INDEX_DIR,
+    PACK_TRAILER_END,
+    PACK_TRAILER_MAGIC,
     IndexEntry,
     decode_index,
+    decode_pack_trailer,
     encode_index,
     index_name,
     segment_id,
@@ -79,6 +82,21 @@ def load_segment(
     """Read, authenticate and decode one segment."""
     plain = open_sealed(metadata_key, backend.load(name), aad=INDEX_AAD, name=name)
     return decode_index(plain, name)
+
+
+def read_pack_trailer(
+    backend: Backend, metadata_key: bytes, name: str, size: int
+) -> dict[bytes, IndexEntry] | None:
+    """The chunks a pack's trailer lists (its own index), located in that pack; None for a
+    pack written before packs had trailers. IntegrityError if the trailer fails."""
+    if size < PACK_TRAILER_END.size:
+        return None
+    length, magic = PACK_TRAILER_END.unpack(backend.load(name, size - PACK_TRAILER_END.size))
+    if magic != PACK_TRAILER_MAGIC or length > size - PACK_TRAILER_END.size:
+        return None
+    sealed = backend.load(name, size - PACK_TRAILER_END.size - length, length)
+    pack_id = bytes.fromhex(name.rsplit("/", 1)[-1])
+    return decode_pack_trailer(metadata_key, sealed, pack_id, name)
 
 
 def write_segment(

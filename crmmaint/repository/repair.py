@@ -6,17 +6,19 @@ drill record, then plans:
 
 - a damaged manifest, index segment, key object or drill record is **moved aside** to
   ``damaged/<its name>`` (kept, never listed, never pruned: material for a manual recovery);
-- a backup that can no longer be restored once those are gone (a chunk no intact segment
-  indexes, a data key whose object is damaged or missing) is moved aside too, with the reason;
+- packs that no intact segment indexes are indexed again from their trailers (each pack
+  ends with its own index, sealed under the metadata key), into one new segment;
+- a backup that still cannot be restored (a chunk in no intact segment nor trailered pack, a
+  data key whose object is damaged or missing) is moved aside too, with the reason;
 - leftovers of killed writers are removed (``Backend.remove_stale_temp``).
 
 Without ``apply`` nothing changes (the default in the CLI: a dry run). Data that only moved-aside
-backups referenced is freed by the next prune. Packs carry no index of their own (format.md), so a
-lost index segment cannot be rebuilt from the packs: the backups that needed it are reported.
+backups referenced is freed by the next prune.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -24,14 +26,17 @@ from typing import TYPE_CHECKING
 from crmmaint.errors import IntegrityError, ObjectNotFound
 from crmmaint.repository.format import (
     CHUNK_ID_LEN,
+    DATA_DIR,
     DRILLS_DIR,
     KEYS_DIR,
+    IndexEntry,
     drill_name,
     manifest_name,
     open_json,
+    pack_id_from_name,
 )
 from crmmaint.repository.gc import LEFTOVER_CLOCK_MARGIN
-from crmmaint.repository.index import ChunkIndex
+from crmmaint.repository.index import ChunkIndex, read_pack_trailer, write_segment
 
 if TYPE_CHECKING:
     from crmmaint.repository.repository import Repository
@@ -52,6 +57,10 @@ class RepairReport:
     #: ids of the backups among ``move_aside``
     backups_moved: list[str] = field(default_factory=list)
     leftovers_removed: int = 0
+    #: chunks indexed again from the trailers of packs no intact segment indexes
+    chunks_recovered: int = 0
+    #: unindexed packs that could not help: written before packs had trailers, or damaged
+    packs_unrecoverable: list[str] = field(default_factory=list)
 
     @property
     def clean(self) -> bool:
@@ -73,6 +82,19 @@ def repair(repo: Repository, *, apply: bool) -> RepairReport:
         index.refresh(repo.backend, repo.keys.metadata_key)
         for name, why in sorted(index.damaged.items()):
             _plan(report, name, f"damaged index segment: {why}")
+        recovered, sizes = _from_trailers(repo, index, report)
+        if recovered:
+            index.merge(recovered, sizes)  # what the rebuilt segment will index
+            if apply:
+                name = write_segment(
+                    repo.backend, repo.keys.metadata_key, recovered, sizes, algorithm=repo.aead
+                )
+                logger.warning(
+                    "repair: rebuilt index segment %s from %d pack trailer(s): %d chunk(s)",
+                    name,
+                    len(sizes),
+                    len(recovered),
+                )
         keys = _key_objects(repo, report)
         for info in sorted(repo.backend.list(DRILLS_DIR), key=lambda i: i.name):
             try:
@@ -100,6 +122,31 @@ def repair(repo: Repository, *, apply: bool) -> RepairReport:
             repo.index = ChunkIndex()
             repo.damaged_manifests.clear()
     return report
+
+
+def _from_trailers(
+    repo: Repository, index: ChunkIndex, report: RepairReport
+) -> tuple[dict[bytes, IndexEntry], dict[bytes, int]]:
+    """Index entries for the packs no intact segment indexes, read from their trailers (each
+    pack's bytes checked against its name first). Returns (entries, pack sizes)."""
+    entries: dict[bytes, IndexEntry] = {}
+    sizes: dict[bytes, int] = {}
+    for info in sorted(repo.backend.list(DATA_DIR), key=lambda i: i.name):
+        pack_id = pack_id_from_name(info.name)
+        if pack_id is None or pack_id in index.pack_sizes:
+            continue
+        try:
+            found = read_pack_trailer(repo.backend, repo.keys.metadata_key, info.name, info.size)
+        except IntegrityError:
+            found = None
+        if found is None or hashlib.sha256(repo.backend.load(info.name)).digest() != pack_id:
+            report.packs_unrecoverable.append(info.name)
+            continue
+        for cid, entry in found.items():
+            entries.setdefault(cid, entry)
+        sizes[pack_id] = info.size
+    report.chunks_recovered = len(entries)
+    return entries, sizes
 
 
 def _plan(report: RepairReport, name: str, why: str, backup_id: str | None = None) -> None:

@@ -27,13 +27,13 @@ import zstandard
 
 from crmmaint.crypto import Recipient, chunk_id, new_data_key, seal, wrap_data_key
 from crmmaint.errors import RepositoryError
-from crmmaint.repository.backends.base import Backend
 from crmmaint.repository.chunker import Readable, iter_chunks
 from crmmaint.repository.format import (
     KEY_ID_LEN,
     PAYLOAD_RAW,
     PAYLOAD_ZSTD,
     IndexEntry,
+    encode_pack_trailer,
     key_name,
     manifest_name,
     new_backup_id,
@@ -122,14 +122,28 @@ class _PartsReader:
         return head
 
 
-def store_pack(backend: Backend, parts: list[bytes], size: int) -> bytes:
-    """Store sealed chunks back to back as one pack named by its SHA-256; returns the pack id."""
+def store_pack(
+    repo: Repository, parts: list[bytes], size: int, chunks: dict[bytes, IndexEntry]
+) -> tuple[bytes, dict[bytes, IndexEntry], int]:
+    """Store sealed chunks back to back, then the pack's trailer (its own index of ``chunks``,
+    offsets within ``parts``), as one pack named by its SHA-256.
+
+    Returns the pack id, the chunks' index entries in that pack, and the stored size in bytes.
+    """
+    trailer = encode_pack_trailer(repo.keys.metadata_key, chunks, algorithm=repo.aead)
     sha = hashlib.sha256()
     for part in parts:
         sha.update(part)
+    sha.update(trailer)
     pack_id = sha.digest()
-    backend.store_file(pack_name(pack_id), _PartsReader(parts), size)  # type: ignore[arg-type]
-    return pack_id
+    total = size + len(trailer)
+    reader = _PartsReader([*parts, trailer])
+    repo.backend.store_file(pack_name(pack_id), reader, total)  # type: ignore[arg-type]
+    entries = {
+        cid: IndexEntry(pack_id, e.offset, e.length, e.raw_length, e.key_id)
+        for cid, e in chunks.items()
+    }
+    return pack_id, entries, total
 
 
 class WriteSession:
@@ -336,16 +350,17 @@ class WriteSession:
 
     def _upload(self, pack: _OpenPack) -> None:
         try:
-            pack_id = store_pack(self.repo.backend, pack.parts, pack.size)
-            name = pack_name(pack_id)
-            entries = {
-                cid: IndexEntry(pack_id, off, length, raw, self._key_id)
+            chunks = {
+                cid: IndexEntry(b"", off, length, raw, self._key_id)
                 for cid, off, length, raw in pack.chunks
             }
+            pack_id, entries, size = store_pack(self.repo, pack.parts, pack.size, chunks)
             with self._claim_lock:
                 self._new_entries.update(entries)
-                self._new_packs[pack_id] = pack.size
-            logger.debug("stored pack %s (%d bytes, %d chunks)", name, pack.size, len(entries))
+                self._new_packs[pack_id] = size
+            logger.debug(
+                "stored pack %s (%d bytes, %d chunks)", pack_name(pack_id), size, len(entries)
+            )
         finally:
             pack.parts.clear()
             self._upload_slot.release()

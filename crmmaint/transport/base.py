@@ -515,6 +515,8 @@ class Transport(abc.ABC):
         late it starts: nothing is dropped), ``"collect"`` when the caller only feeds stdin and
         looks at the output in ``wait()``'s result (bounded by ``COLLECT_STDOUT_LIMIT``).
         """
+        if stdout not in ("stream", "collect"):
+            raise ValueError(f"stdout must be 'stream' or 'collect', not {stdout!r}")
         with self._started(command, env, stdout=stdout, stdout_limit=COLLECT_STDOUT_LIMIT) as proc:
             yield proc
 
