@@ -342,8 +342,15 @@ class MySQLEngine(DatabaseEngine):
         target = self.for_database(target_name)
         log.info("restoring into %s on %s", target_name, self.transport.host)
         try:
+            # A backup is untrusted input (a write-key holder can forge one): the sandbox
+            # refuses the client commands that reach the file system or a shell (`\\!`,
+            # `system`, `source`, `tee`), and a client without it fails instead of loading.
             size = target.load(
-                target.client(), stream, into=target_name, what="mariadb restore", timeout=timeout
+                target.client("--sandbox"),
+                stream,
+                into=target_name,
+                what="mariadb restore",
+                timeout=timeout,
             )
         except BaseException:
             self.drop_quietly(target_name)

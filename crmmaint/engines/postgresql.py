@@ -44,7 +44,7 @@ from crmmaint.engines.pgload import (
 )
 from crmmaint.engines.pgsections import IDENT, PostDataSplit, post_data_phases
 from crmmaint.errors import CommandTimeout, TransportError
-from crmmaint.transport.base import Process
+from crmmaint.transport.base import Command, Process
 
 log = logging.getLogger(__name__)
 
@@ -276,6 +276,50 @@ class _PsqlSession:
             raise self.engine.error(f"snapshot session failed: {result.stderr_tail()}")
 
 
+#: pg_dump (15.14+, 16.10+, 17.6+) brackets its output with these; a forged dump may not.
+_DUMP_RESTRICT = re.compile(rb"(?m)^\\(?:un)?restrict [A-Za-z0-9]+\n")
+
+
+def _drop_dump_restrict(lines: bytes) -> bytes:
+    """``lines`` (whole lines) without pg_dump's ``\\restrict``/``\\unrestrict`` lines."""
+    if not lines.startswith(b"\\") and b"\n\\" not in lines:
+        return lines  # the common case: no line starts with a backslash
+    return _DUMP_RESTRICT.sub(b"", lines)
+
+
+class RestrictedScript:
+    """A restore script for psql that cannot run meta-commands.
+
+    It opens with ``\\restrict KEY`` (a random key that nothing else knows, and never
+    ``\\unrestrict``), so psql itself refuses every backslash command of the dump for the
+    whole session, wherever its lexer finds one (``\\!``, ``\\o |cmd``, ``\\copy … program``);
+    COPY data is not meta-command text and loads as before. The dump's own ``\\restrict`` /
+    ``\\unrestrict`` lines (current pg_dump writes them, with its own key) are dropped: they
+    would fail in restricted mode. A psql too old for ``\\restrict`` fails the restore. A
+    line of COPY data can match only if a text value starts with a carriage return followed by
+    ``estrict``; the drill's row checks would then notice it.
+    """
+
+    def __init__(self, stream: Reader) -> None:
+        self._stream = stream
+        self._pending = b"\\restrict " + secrets.token_hex(16).encode() + b"\n"
+        self._tail = b""
+        self._eof = False
+
+    def read(self, size: int = 1 << 20) -> bytes:
+        while not self._pending and not self._eof:
+            chunk = self._stream.read(size)
+            if not chunk:
+                self._eof = True
+                self._pending, self._tail = _drop_dump_restrict(self._tail), b""
+                break
+            data = self._tail + chunk
+            cut = data.rfind(b"\n") + 1  # keep a partial last line for the next chunk
+            self._pending, self._tail = _drop_dump_restrict(data[:cut]), data[cut:]
+        out, self._pending = self._pending[:size], self._pending[size:]
+        return out
+
+
 class PostgreSQLEngine(DatabaseEngine):
     """A PostgreSQL database, reached with psql/pg_dump on its host."""
 
@@ -475,6 +519,29 @@ class PostgreSQLEngine(DatabaseEngine):
             raise
         log.info("restored %d bytes into %s (%d tables loaded frozen)", size, target_name, frozen)
         return target.snapshot_facts()
+
+    def load(
+        self,
+        command: Command,
+        stream: Reader,
+        *,
+        into: str,
+        what: str,
+        timeout: float | None,
+        hint: str | None = None,
+    ) -> int:
+        """Feed a restore script to psql in restricted mode: a backup is untrusted input (a
+        write-key holder can forge one), so no psql meta-command in it (``\\!`` runs a shell
+        command) may run. See ``RestrictedScript``."""
+        return super().load(
+            command,
+            RestrictedScript(stream),
+            into=into,
+            what=what,
+            timeout=timeout,
+            hint=(f"{hint}; " if hint else "")
+            + "a line of the dump that psql takes for a meta-command is refused",
+        )
 
     def _psql_load(self, *, single_transaction: bool = False) -> list[str]:
         command = ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-o", "/dev/null"]

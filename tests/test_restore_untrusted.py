@@ -1,0 +1,177 @@
+"""A backup is untrusted input to a restore: a holder of only the write key and the public keys
+forges a backup, dated newest, whose dump holds client meta-commands (`\\! cmd` runs a shell
+command in psql and in the mariadb client). `crmmaint restore … @latest` and a drill, run
+through the CLI against real PostgreSQL and MariaDB, must refuse it and run nothing."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+from crmmaint.access import load_write_key, recipients_for
+from crmmaint.inventory import load_inventory
+from crmmaint.repository import Repository
+from crmmaint.repository.backends.local import LocalBackend
+
+BIN = Path(sys.executable).parent
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN / "crmmaint"), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+
+
+def sql(engine: str, statement: str, db: str | None = None) -> str:
+    if engine == "postgresql":
+        command = [
+            "psql",
+            "-X",
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-qAt",
+            "-d",
+            db or "postgres",
+        ]
+    else:
+        command = [
+            "mariadb",
+            "-uroot",
+            "-h127.0.0.1",
+            "--protocol=tcp",
+            "-N",
+            *([db] if db else []),
+        ]
+    done = subprocess.run(command, input=statement, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+@pytest.fixture(params=["postgresql", "mysql"])
+def estate(request, tmp_path):
+    engine = request.param
+    name = f"crmforge_{uuid.uuid4().hex[:8]}"
+    sql(engine, f"CREATE DATABASE {name}")
+    sql(engine, "CREATE TABLE customers (id int PRIMARY KEY, name text); "
+        "INSERT INTO customers VALUES (1, 'Anna'), (2, 'Ben');", name)  # fmt: skip
+    keys = tmp_path / "keys"
+    inv = {
+        "settings": {"journal": str(tmp_path / "journal.sqlite")},
+        "hosts": {"local": {"connection": "local"}},
+        "databases": {
+            "crm": {
+                "engine": engine,
+                "host": "local",
+                "name": name,
+                "address": "127.0.0.1",
+                "user": "postgres" if engine == "postgresql" else "root",
+                "main": True,
+            }
+        },
+        "repositories": {
+            "main": {
+                "url": str(tmp_path / "repo"),
+                "write_key": str(keys / "write.key"),
+                "recipients": [f"file:{keys / 'ops.pub'}"],
+                "identity": str(keys / "ops.key"),
+            }
+        },
+    }
+    path = tmp_path / "inventory.yml"
+    path.write_text(yaml.safe_dump(inv))
+    keys.mkdir()
+    generated = cli("keys", "generate", "--output", str(keys / "ops.key"))
+    (keys / "ops.pub").write_text(generated.stdout.strip() + "\n")
+    assert cli("repo", "init", "-i", str(path)).returncode == 0
+    assert cli("backup", "-i", str(path)).returncode == 0
+    yield engine, name, path
+    for suffix in ("", "_forged"):
+        drop = f"DROP DATABASE IF EXISTS {name}{suffix}"
+        sql(engine, drop + (" WITH (FORCE)" if engine == "postgresql" else ""))
+
+
+def forge(inventory: Path, engine: str, dump: bytes, facts: dict) -> str:
+    """What a write-key holder can do: commit a backup of its choosing (newest)."""
+    inv = load_inventory(inventory)
+    cfg = inv.repositories["main"]
+    repo = Repository.open(
+        LocalBackend(cfg.url.removeprefix("file://")), load_write_key(cfg.write_key)
+    )
+    with repo.session(
+        source="database:crm", kind=engine, host="local", recipients=recipients_for(cfg)
+    ) as session:
+        session.add_stream("dump", io.BytesIO(dump))
+        session.set_facts({"engine": engine, **facts})
+        session.meta.update({"tables": 1, "rows": 2})
+        return session.commit().id
+
+
+def payloads(marker: Path) -> list[tuple[str, bytes, dict]]:
+    """Forged dumps, each running `touch marker` if the client obeys it."""
+    shell = f"\\! touch {marker}\n".encode()
+    pg_copy = (
+        b"SET client_encoding = 'UTF8';\n" + shell + b"CREATE TABLE public.customers (id int);\n"
+        b"COPY public.customers (id) FROM stdin;\n1\n2\n\\.\n"
+    )
+    start = pg_copy.index(b"COPY ")
+    return [
+        ("plain", b"SELECT 1;\n" + shell + b"SELECT 2;\n", {"format": "pg_dump-plain"}),
+        (
+            "its own unrestrict",  # the dump cannot unlock what it did not lock
+            b"\\restrict abc\n\\unrestrict abc\n\\unrestrict xyz\n" + shell,
+            {"format": "pg_dump-plain"},
+        ),
+        (
+            "parallel layout",
+            pg_copy,
+            {
+                "format": "pg_dump-plain",
+                "copy_sections": [[start, len(pg_copy)], [len(pg_copy), len(pg_copy)]],
+            },
+        ),
+        ("mariadb system", b"SELECT 1;\nsystem touch " + str(marker).encode() + b"\n", {}),
+    ]
+
+
+@pytest.mark.parametrize("case", range(4))
+def test_a_forged_backup_runs_no_client_command(estate, tmp_path, case):
+    engine, name, inventory = estate
+    marker = tmp_path / "pwned"
+    label, dump, facts = payloads(marker)[case]
+    if engine == "mysql" and label == "parallel layout":
+        pytest.skip("MariaDB restores from the sequential stream only")
+    forge(inventory, engine, dump, facts)
+    done = cli("restore", "database:crm@latest", "--to", f"{name}_forged", "-i", str(inventory))
+    assert done.returncode == 5, (label, done.stdout, done.stderr)
+    assert "Traceback" not in done.stderr
+    assert not marker.exists(), f"{label}: the forged backup ran a client command"
+    tables = sql(engine, f"SELECT datname FROM pg_database WHERE datname = '{name}_forged'"
+                 if engine == "postgresql" else f"SHOW DATABASES LIKE '{name}_forged'")  # fmt: skip
+    assert tables.strip() == ""  # the half-loaded target was dropped
+
+    book = tmp_path / "drill.yml"
+    book.write_text(yaml.safe_dump({
+        "name": "drill", "steps": [{"name": "drill", "task": "drill.restore", "database": "main"}],
+    }))  # fmt: skip
+    drilled = cli("run", str(book), "-i", str(inventory))
+    assert drilled.returncode == 2 and "failed   drill crm@local" in drilled.stdout, drilled.stdout
+    assert not marker.exists(), f"{label}: the drill ran a client command"
+
+
+def test_a_genuine_backup_still_restores(estate):
+    _engine, name, inventory = estate
+    done = cli("restore", "database:crm@latest", "--to", f"{name}_forged", "-i", str(inventory))
+    assert done.returncode == 0 and "2 rows" in done.stdout, done.stdout + done.stderr
