@@ -98,7 +98,7 @@ def test_queries_and_facts(source):
         "public.empty_one": 0,
     }
     # Values with tabs, newlines, quotes and commas survive the CSV round trip.
-    assert source.query("SELECT note, NULL FROM customers LIMIT 1") == [
+    assert source.query("SELECT note, NULL FROM public.customers LIMIT 1") == [
         ('tab\there\nnew "q",\\.', ""),
     ]
     assert source.sequences()["public.customers_id_seq"] >= 3000  # other tests may add rows

@@ -134,6 +134,23 @@ def quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+#: Settings every session crmmaint opens starts with (libpq ``options``, which win over the
+#: database's and role's own ``ALTER … SET``): a database owner must not be able to make a
+#: superuser session call its functions (an unqualified ``pg_database_size`` found first in
+#: ``public``) or change what a literal means (``standard_conforming_strings = off``), nor end
+#: the snapshot session of a dump. ``pg_temp`` last: no temporary object shadows a catalog one.
+SESSION_PINS = (
+    "-c search_path=pg_catalog,pg_temp -c standard_conforming_strings=on "
+    "-c client_encoding=UTF8 -c idle_in_transaction_session_timeout=0 -c statement_timeout=0"
+)
+
+
+def conninfo_value(value: str) -> str:
+    """A libpq connection-string value: single-quoted, backslash and quote escaped with a
+    backslash (libpq's rule, not SQL's doubling), so any database name stays one value."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
 def quote_literal(value: str) -> str:
     """An SQL string literal (standard_conforming_strings on, the default since 9.1)."""
     return "'" + value.replace("'", "''") + "'"
@@ -337,19 +354,24 @@ class PostgreSQLEngine(DatabaseEngine):
             args += ["-U", self.db.user]
         # "dbname=" makes libpq read the value as a name even if it contains "=" or spaces.
         name = dbname or self.db.dbname or self.db.name
-        return [*args, "-d", f"dbname={quote_literal(name)}"]
+        return [*args, "-d", f"dbname={conninfo_value(name)}"]
 
     def psql(self, dbname: str | None = None) -> list[str]:
         return ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "--csv", "-t", *self.conn_args(dbname)]
 
     def client_env(self) -> dict[str, str]:
-        return {"PGAPPNAME": "crmmaint", "PGCONNECT_TIMEOUT": "15"} | self.password_env(
-            "PGPASSWORD"
-        )
+        """Environment of every psql and pg_dump: the session is pinned (``SESSION_PINS``)."""
+        return {
+            "PGAPPNAME": "crmmaint",
+            "PGCONNECT_TIMEOUT": "15",
+            "PGOPTIONS": SESSION_PINS,
+        } | self.password_env("PGPASSWORD")
 
     # --- queries ----------------------------------------------------------------------------
 
     def query(self, sql: str, *, timeout: float = QUERY_TIMEOUT) -> list[tuple[str, ...]]:
+        """Rows of ``sql`` as strings (CSV-parsed). The session is pinned (``SESSION_PINS``):
+        its search_path is ``pg_catalog, pg_temp``, so name user tables with their schema."""
         result = self.run(self.psql(), stdin=sql.encode("utf-8"), timeout=timeout, what="query")
         return parse_csv(result.text)
 
