@@ -153,16 +153,25 @@ def repo_repair(
             f"{'indexed' if apply else 'would index'} {report.chunks_recovered} chunk(s) again "
             "from pack trailers"
         )
+    if report.chunks_dropped:
+        print(
+            f"{'dropped' if apply else 'would drop'} {report.chunks_dropped} chunk(s) under "
+            "damaged or missing keys from the index (the next backup stores them again)"
+        )
     for name in report.packs_unrecoverable:
         print(f"cannot index {name} again: damaged, or written before packs had trailers")
     for name, why in report.move_aside.items():
         print(f"{verb} {name}: {why}")
     if report.clean:
         print(
-            "nothing to repair: every manifest, index segment, key object and drill record is intact"
+            "nothing to repair: every manifest, index segment, key object and drill record is "
+            "intact (`crmmaint verify --read-data` checks the packs)"
         )
     elif not apply:
-        print(f"dry run: {len(report.move_aside)} object(s); run `crmmaint repo repair --apply`")
+        print(
+            f"dry run: {len(report.move_aside)} object(s) to move aside; run "
+            "`crmmaint repo repair --apply`"
+        )
     else:
         print(
             f"{len(report.move_aside)} object(s) moved to damaged/ ({len(report.backups_moved)} "

@@ -288,8 +288,12 @@ _REPO_OPTION_KEYS = _REPO_KEYS - {
 
 
 def load_inventory(path: str | Path) -> Inventory:
-    """Load and validate an inventory file; ``InventoryError`` with file:line on any problem."""
-    p = Path(path).expanduser()
+    """Load and validate an inventory file; ``InventoryError`` with file:line on any problem.
+
+    Relative paths inside it resolve against its folder, made absolute here (without following
+    symlinks), so ``-i .demo/inventory.yml`` and ``-i /abs/.demo/inventory.yml`` mean the same.
+    """
+    p = Path(os.path.abspath(Path(path).expanduser()))
     try:
         data = load_yaml_file(p)
         if data is None:

@@ -448,7 +448,7 @@ def test_one_damaged_manifest_leaves_the_others_listable_and_restorable(estate):
 
     code, out, err = cli("repo", "repair", "-i", inv)
     assert code == 0 and f"would move aside backups/{second}: damaged manifest" in out
-    assert "dry run: 1 object(s)" in out and manifest.exists()
+    assert "dry run: 1 object(s) to move aside" in out and manifest.exists()
     code, out, err = cli("repo", "repair", "--apply", "-i", inv)
     assert code == 0 and f"moved aside backups/{second}" in out, out + err
     assert (estate / "repo" / "damaged" / "backups" / second).exists()
@@ -517,3 +517,21 @@ def test_bad_flag_values_are_one_line_and_exit_3(estate, args, message):
     code, out, err = cli(*args, "-i", str(estate / "inventory.yml"))
     assert code == 3, out + err
     assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_journal_is_readable_by_its_owner_only(estate):
+    assert cli("backup", "--check", "-i", str(estate / "inventory.yml"))[0] == 0
+    journal = estate / "journal.sqlite"
+    assert journal.exists() and journal.stat().st_mode & 0o077 == 0
+    journal.chmod(0o644)  # an older journal is tightened on next use
+    assert cli("history", "-i", str(estate / "inventory.yml"))[0] == 0
+    assert journal.stat().st_mode & 0o077 == 0
+
+
+def test_a_relative_inventory_path_and_relative_urls_work_from_its_parent(estate):
+    """`-i .demo/inventory.yml` with `url: repo` inside: relative to the inventory's folder."""
+    rel = f"{estate.name}/inventory.yml"
+    assert cli("keys", "generate", "--output", str(estate / "keys" / "ops.key"))[0] == 0
+    for args in (("repo", "init"), ("backup",), ("backups", "list"), ("verify",)):
+        code, out, err = cli(*args, "-i", rel, cwd=estate.parent)
+        assert code == 0, (args, out, err)

@@ -13,7 +13,7 @@ import pytest
 
 from crmmaint.engines import RestoreTargetExists
 from crmmaint.engines.files import FileSetSource, TarDigest, compare_checksums, tar_differences
-from crmmaint.errors import EngineError
+from crmmaint.errors import EngineError, IntegrityError
 from crmmaint.inventory import FileSet
 from crmmaint.transport.base import CommandResult
 from crmmaint.transport.local import LocalTransport
@@ -200,3 +200,36 @@ def test_only_tars_exit_1_is_tolerated() -> None:
     assert tar_differences(result(1, b"")) == [
         "tar reported that some files differ (exit 1) without naming them"
     ]
+
+
+@pytest.mark.parametrize("target", ["relative/dir", "/", "/.", "/tmp/.."])
+def test_a_restore_target_must_be_an_absolute_directory_other_than_root(tree, target):
+    from crmmaint.errors import RestoreError
+
+    with pytest.raises(RestoreError, match="must be an absolute path other than /") as info:
+        source(tree).restore(io.BytesIO(b""), target)
+    assert info.value.exit_code == 6
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_a_failed_restore_leaves_no_partial_files(tree, tmp_path, existing):
+    """A stream that breaks after some files were extracted (a damaged chunk met mid-way):
+    what was extracted into a new or empty directory is removed."""
+    src = source(tree)
+    data, _ = dump_all(src)
+    target = tmp_path / "restore"
+    if existing:
+        target.mkdir()
+
+    class Breaks(io.RawIOBase):
+        def __init__(self) -> None:
+            self.inner = io.BytesIO(data)
+
+        def read(self, size: int = -1) -> bytes:
+            if self.inner.tell() > len(data) // 2:
+                raise IntegrityError("object data/ab/cd failed authentication")
+            return self.inner.read(min(size, 4096))
+
+    with pytest.raises(IntegrityError):
+        src.restore(Breaks(), str(target))
+    assert (not target.exists()) if not existing else list(target.iterdir()) == []

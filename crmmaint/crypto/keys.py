@@ -39,7 +39,9 @@ SCRYPT_P = 1
 #: age uses. Nothing read from the environment can lower it.
 SCRYPT_LOG_N = 18
 SCRYPT_LOG_N_MIN = 10
-SCRYPT_LOG_N_MAX = 22
+#: The most a stanza may ask for: 2**20 x r 8 = 1 GiB of memory per attempt (22 would be 4 GiB;
+#: a stanza is untrusted input).
+SCRYPT_LOG_N_MAX = 20
 SECRET_COMMAND_TIMEOUT = 60.0
 
 _KEY_LEN = 32

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from crmmaint.engines.base import DumpStream, Facts, Reader, RestoreTargetExists, closing_dump, feed
-from crmmaint.errors import CommandTimeout, EngineError, TransportError
+from crmmaint.errors import CommandTimeout, EngineError, RestoreError, TransportError
 from crmmaint.inventory import FileSet
 from crmmaint.transport.base import CommandResult, Transport
 
@@ -91,8 +91,11 @@ def root_totals(roots: list[str], files: dict[str, dict[str, Any]]) -> dict[str,
     return totals
 
 
-# $1 = directory: exit 0 if it exists and holds anything, 1 otherwise.
-_NON_EMPTY = 'test -d "$1" && [ -n "$(ls -A -- "$1")" ]'
+# $1 = directory: prints new (absent), empty, busy (holds something) or other (not a directory).
+_TARGET_STATE = (
+    'if [ ! -e "$1" ] && [ ! -L "$1" ]; then echo new; elif [ -d "$1" ] && [ ! -L "$1" ]; then '
+    'if [ -n "$(ls -A -- "$1")" ]; then echo busy; else echo empty; fi; else echo other; fi'
+)
 # $1 = directory: every regular file below it as "size<TAB>./path<NUL>", then their sha256sums
 # (NUL-terminated with -z, GNU coreutils 8.27+) after a lone NUL separator.
 _CHECKSUMS = (
@@ -351,17 +354,52 @@ class FileSetSource:
         """Extract a tar stream into ``target_dir`` (new, or empty, or ``force``).
 
         Returns checksums of the restored files, keyed by their original absolute paths.
-        With ``force`` the archive is extracted over what the directory already holds.
+        With ``force`` the archive is extracted over what the directory already holds. A restore
+        that fails leaves nothing behind in a directory that was new or empty (what was
+        extracted is removed); over existing content (``force``) it cannot, and says so.
+        Raises ``RestoreError`` for an unusable target, ``EngineError`` when extraction fails.
         """
-        if not target_dir.startswith("/") or target_dir.rstrip("/") == "":
-            raise self.error(f"restore target {target_dir!r} must be an absolute directory, not /")
-        busy = self.transport.run(["sh", "-c", _NON_EMPTY, "sh", target_dir], timeout=60)
-        if busy.ok and not force:
+        given = target_dir
+        if target_dir.startswith("/"):
+            target_dir = posixpath.normpath(target_dir).replace("//", "/", 1)
+        if not target_dir.startswith("/") or target_dir == "/":
+            raise RestoreError(
+                f"{self.where}: restore target {given!r} must be an absolute path other than /",
+                hint="name a new directory, e.g. --to /srv/restore/attachments",
+            )
+        state = self.transport.run(["sh", "-c", _TARGET_STATE, "sh", target_dir], timeout=60)
+        found = state.text.strip()
+        if found == "busy" and not force:
             raise RestoreTargetExists(
                 f"{self.where}: restore target {target_dir} exists and is not empty",
                 hint="choose a new directory, or pass force to extract over it",
             )
+        if found not in ("new", "empty", "busy"):
+            raise RestoreError(
+                f"{self.where}: restore target {target_dir} is not a directory",
+                hint="name a new directory",
+            )
         self._run(["mkdir", "-p", "--", target_dir], what="mkdir")
+        try:
+            return self._extract(stream, target_dir, timeout=timeout)
+        except BaseException:
+            self._discard(target_dir, found)
+            raise
+
+    def _discard(self, target_dir: str, state: str) -> None:
+        """Remove what a failed restore extracted: the directory it made, or what it put into
+        an empty one; over existing content (force) nothing can be told apart."""
+        if state == "busy":
+            log.warning("the failed restore left what it extracted in %s (force)", target_dir)
+            return
+        script = 'rm -rf -- "$1"' if state == "new" else 'find "$1" -mindepth 1 -delete'
+        try:
+            self._run(["sh", "-c", script, "sh", target_dir], what="removing the partial restore")
+            log.warning("removed the partial restore in %s", target_dir)
+        except EngineError as exc:
+            log.warning("could not remove the partial restore in %s: %s", target_dir, exc)
+
+    def _extract(self, stream: Reader, target_dir: str, *, timeout: float | None) -> Facts:
         command = ["tar", "-xf", "-", "-C", target_dir]
         checked = _DigestingReader(stream)
         try:

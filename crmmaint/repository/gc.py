@@ -105,8 +105,8 @@ def prune(repo: Repository, policy: RetentionPolicy, *, now: float, dry_run: boo
             raise RepositoryError(
                 f"{len(damage)} damaged object(s) in {repo.backend.url}, first {name}: {why}; "
                 "refusing to prune (it could delete the data they describe)",
-                hint="run `crmmaint repair` to see what it would move aside, then "
-                "`crmmaint repair --apply`",
+                hint="run `crmmaint repo repair` to see what it would move aside, then "
+                "`crmmaint repo repair --apply`",
             )
         decision = plan_prune(
             [BackupRef(b.id, b.source, b.time, b.drilled) for b in backups], policy, now

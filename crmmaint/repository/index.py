@@ -66,7 +66,7 @@ class ChunkIndex:
                 self.damaged[name] = exc.message
                 logger.warning(
                     "index segment %s is damaged (%s): its chunks are left out of the index; "
-                    "`crmmaint repair` moves it aside",
+                    "`crmmaint repo repair` moves it aside",
                     name,
                     exc.message,
                 )

@@ -312,15 +312,17 @@ def stream_ranges(
     entries = []
     for cid in ids:
         entry = index.get(cid)
+        if entry is None and index.damaged:
+            raise IntegrityError(
+                f"backup {backup_id} stream {name}: chunk {cid.hex()} is not in the index "
+                f"(damaged index segment: {', '.join(sorted(index.damaged))})",
+                hint="run `crmmaint repo repair --apply`: it indexes the chunks again from "
+                "the packs, or tells which backups the damage costs",
+            )
         if entry is None:
-            damaged = sorted(index.damaged)
             raise ObjectNotFound(
-                f"backup {backup_id} stream {name}: chunk {cid.hex()} is not in the index"
-                + (f" (damaged index segment: {', '.join(damaged)})" if damaged else ""),
-                hint=_VERIFY_HINT
-                if not damaged
-                else "restore another backup of this source; "
-                "`crmmaint repo repair` shows which backups the damage costs",
+                f"backup {backup_id} stream {name}: chunk {cid.hex()} is not in the index",
+                hint=_VERIFY_HINT,
             )
         if entry.key_id not in data_keys:
             data_keys.update(unwrap_keys(repo, [entry.key_id.hex()], identities, backup_id))

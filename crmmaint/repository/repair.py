@@ -61,10 +61,13 @@ class RepairReport:
     chunks_recovered: int = 0
     #: unindexed packs that could not help: written before packs had trailers, or damaged
     packs_unrecoverable: list[str] = field(default_factory=list)
+    #: index entries dropped because their key object is damaged or missing
+    chunks_dropped: int = 0
 
     @property
     def clean(self) -> bool:
-        return not self.move_aside
+        """Nothing to move aside, index again or drop."""
+        return not (self.move_aside or self.chunks_recovered or self.chunks_dropped)
 
 
 def repair(repo: Repository, *, apply: bool) -> RepairReport:
@@ -82,20 +85,41 @@ def repair(repo: Repository, *, apply: bool) -> RepairReport:
         index.refresh(repo.backend, repo.keys.metadata_key)
         for name, why in sorted(index.damaged.items()):
             _plan(report, name, f"damaged index segment: {why}")
-        recovered, sizes = _from_trailers(repo, index, report)
-        if recovered:
-            index.merge(recovered, sizes)  # what the rebuilt segment will index
-            if apply:
-                name = write_segment(
-                    repo.backend, repo.keys.metadata_key, recovered, sizes, algorithm=repo.aead
-                )
-                logger.warning(
-                    "repair: rebuilt index segment %s from %d pack trailer(s): %d chunk(s)",
-                    name,
-                    len(sizes),
-                    len(recovered),
-                )
+        loaded = set(index.segments)
         keys = _key_objects(repo, report)
+        recovered, sizes = _from_trailers(repo, index, keys, report)
+        index.merge(recovered, sizes)  # what the rebuilt segment will index
+        # Chunks under a key object that is damaged or gone cannot be read: a backup must not
+        # deduplicate against them, so the index is rewritten without them.
+        unkeyed = {c for c, e in index.entries.items() if e.key_id.hex() not in keys}
+        report.chunks_dropped = len(unkeyed)
+        if apply and unkeyed:
+            kept = {c: e for c, e in index.entries.items() if c not in unkeyed}
+            packs = {e.pack_id for e in kept.values()}
+            name = write_segment(
+                repo.backend,
+                repo.keys.metadata_key,
+                kept,
+                {p: s for p, s in index.pack_sizes.items() if p in packs},
+                algorithm=repo.aead,
+            )
+            for old in sorted(loaded - {name}):
+                repo.backend.delete(old)
+            logger.warning(
+                "repair: index rewritten as %s without %d chunk(s) under damaged or missing keys",
+                name,
+                len(unkeyed),
+            )
+        elif apply and recovered:
+            name = write_segment(
+                repo.backend, repo.keys.metadata_key, recovered, sizes, algorithm=repo.aead
+            )
+            logger.warning(
+                "repair: rebuilt index segment %s from %d pack trailer(s): %d chunk(s)",
+                name,
+                len(sizes),
+                len(recovered),
+            )
         for info in sorted(repo.backend.list(DRILLS_DIR), key=lambda i: i.name):
             try:
                 open_json(repo.keys.metadata_key, info.name, repo.backend.load(info.name))
@@ -125,10 +149,12 @@ def repair(repo: Repository, *, apply: bool) -> RepairReport:
 
 
 def _from_trailers(
-    repo: Repository, index: ChunkIndex, report: RepairReport
+    repo: Repository, index: ChunkIndex, keys: set[str], report: RepairReport
 ) -> tuple[dict[bytes, IndexEntry], dict[bytes, int]]:
     """Index entries for the packs no intact segment indexes, read from their trailers (each
-    pack's bytes checked against its name first). Returns (entries, pack sizes)."""
+    pack's bytes checked against its name first), for chunks under a key in ``keys`` (hex ids
+    of intact key objects): a chunk under a lost key cannot be read. Returns (entries, pack
+    sizes)."""
     entries: dict[bytes, IndexEntry] = {}
     sizes: dict[bytes, int] = {}
     for info in sorted(repo.backend.list(DATA_DIR), key=lambda i: i.name):
@@ -142,9 +168,11 @@ def _from_trailers(
         if found is None or hashlib.sha256(repo.backend.load(info.name)).digest() != pack_id:
             report.packs_unrecoverable.append(info.name)
             continue
-        for cid, entry in found.items():
+        usable = {c: e for c, e in found.items() if e.key_id.hex() in keys}
+        for cid, entry in usable.items():
             entries.setdefault(cid, entry)
-        sizes[pack_id] = info.size
+        if usable:
+            sizes[pack_id] = info.size
     report.chunks_recovered = len(entries)
     return entries, sizes
 

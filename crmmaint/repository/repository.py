@@ -263,7 +263,7 @@ class Repository:
                 why = exc.message if isinstance(exc, IntegrityError) else f"malformed ({exc!r})"
                 if backup_id not in self.damaged_manifests:
                     logger.warning(
-                        "backup %s is damaged and left out (%s); `crmmaint repair` moves it aside",
+                        "backup %s is damaged and left out (%s); `crmmaint repo repair` moves it aside",
                         backup_id,
                         why,
                     )

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import zstandard
 
 from crmmaint.crypto import Recipient, chunk_id, new_data_key, seal, wrap_data_key
-from crmmaint.errors import RepositoryError
+from crmmaint.errors import IntegrityError, ObjectNotFound, RepositoryError
 from crmmaint.repository.chunker import Readable, iter_chunks
 from crmmaint.repository.format import (
     KEY_ID_LEN,
@@ -37,6 +37,7 @@ from crmmaint.repository.format import (
     key_name,
     manifest_name,
     new_backup_id,
+    open_json,
     pack_name,
     seal_json,
     utc_iso,
@@ -294,6 +295,26 @@ class WriteSession:
         )
         return info
 
+    def _check_older_keys(self, key_ids: set[bytes]) -> None:
+        """The key objects of older backups whose chunks this one reuses must be intact: a
+        backup deduplicated against chunks under a damaged or missing key would be committed,
+        listed and unrestorable. RepositoryError (not retried) naming the key otherwise."""
+        for kid in sorted(key_ids):
+            name = key_name(kid)
+            try:
+                record = open_json(self.repo.keys.metadata_key, name, self.repo.backend.load(name))
+                if record.get("key_id") == kid.hex():
+                    continue
+                why = "does not name itself"
+            except (IntegrityError, ObjectNotFound) as exc:
+                why = exc.message
+            raise RepositoryError(
+                f"this backup reuses chunks encrypted under {name}, which is damaged or missing "
+                f"({why}); nothing was committed",
+                hint="run `crmmaint repo repair --apply` (it drops those chunks from the index, "
+                "so the next backup stores them again), then back up again",
+            )
+
     def _compressor(self) -> zstandard.ZstdCompressor:
         comp = getattr(self._local, "zstd", None)
         if comp is None:
@@ -461,6 +482,7 @@ class WriteSession:
                 algorithm=aead,
             ).hex(),
         }
+        self._check_older_keys(key_ids - {self._key_id})
         assert self._lock is not None
         self._lock.check()  # a lost lock means prune may have run: do not commit
         repo.backend.store(mname, seal_json(meta_key, mname, manifest, algorithm=aead))

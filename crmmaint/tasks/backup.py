@@ -173,10 +173,13 @@ def backup_prune(ctx: TaskContext) -> TaskResult:
     message = f"{verb} {len(removed)} backup(s), kept {len(report.keep)}"
     if not ctx.check:
         message += f", freed {_mib(report.bytes_freed)}"
+        if report.leftovers_removed:
+            message += f", removed {report.leftovers_removed} leftover(s) of killed writers"
     metrics = {
         "removed": float(len(removed)),
         "kept": float(len(report.keep)),
         "freed_bytes": float(report.bytes_freed),
+        "leftovers_removed": float(report.leftovers_removed),
     }
     if not removed or ctx.check:
         return TaskResult.ok(message, metrics=metrics, details={"removed": removed})
