@@ -201,3 +201,44 @@ def test_scan_over_ssh(sshd_hosts: list[Any], journal: Journal, log_file: Path) 
         append(log_file, "FATAL over ssh\n")
         second = scan(journal, {"paths": [str(log_file.parent / "*.log")]}, **kw)
         assert second.metrics == {"matches": 1, "lines": 1, "bytes": 15, "files": 1}
+
+
+def test_a_log_path_that_is_a_symlink_is_not_read_unless_asked(
+    journal: Journal, tmp_path: Path
+) -> None:
+    """A link to a file the scanning user may read but the log's owner may not (a root-only
+    file) must not turn logs.scan into a way to read it, even in check mode."""
+    secret = tmp_path / "shadow"
+    secret.write_text("ERROR root:$6$secret-hash\n")
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "app.log").write_text("INFO fine\n")
+    (logs / "evil.log").symlink_to(secret)
+    for check in (True, False):
+        result = scan(journal, {"paths": [str(logs / "*.log")]}, check=check)
+        assert result.metrics["files"] == 1 and result.metrics["matches"] == 0
+        assert result.details["symlinks_skipped"] == [str(logs / "evil.log")]
+        assert "skipped symlinks" in result.message and "secret-hash" not in str(result)
+    followed = scan(journal, {"paths": [str(logs / "*.log")], "follow_symlinks": True})
+    assert followed.metrics["files"] == 2 and followed.metrics["matches"] == 1
+
+
+@pytest.mark.parametrize(
+    "name", ["new\nline.log", "tab\tname.log", "fake\x01record.log", "m\tfake.log", "é.log"]
+)
+def test_no_file_name_crashes_or_forges_a_record(journal: Journal, tmp_path: Path, name) -> None:
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / name).write_text("ERROR one\nINFO two\n")
+    result = scan(journal, {"paths": [str(logs / "*.log")]})
+    assert result.status is Status.WARNING, result.message
+    assert result.metrics["files"] == 1 and result.metrics["matches"] == 1
+    assert result.details["missing"] == []
+    assert result.details["files"][0]["path"] == str(logs / name)
+
+
+def test_a_pattern_is_matched_on_a_bounded_prefix_of_each_line(journal, tmp_path: Path) -> None:
+    log = tmp_path / "long.log"
+    log.write_text("x" * 300_000 + " ERROR late\nERROR early " + "y" * 300_000 + "\n")
+    result = scan(journal, {"paths": [str(log)], "patterns": ["ERROR.*timeout", "ERROR"]})
+    assert result.metrics["matches"] == 1  # only the line whose match lies in its first 8 KiB

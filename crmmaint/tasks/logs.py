@@ -30,17 +30,35 @@ MAX_LINE = 1 << 20
 #: Distinct normalised messages kept while counting (the rarest are dropped beyond this).
 MAX_DISTINCT = 5000
 
-#: For each glob in "$@": "f<TAB>inode<TAB>size<TAB>path" per matching file, "r…" for its
-#: rotated predecessor PATH.1, "m<TAB>glob" when nothing matches. IFS is empty so a pattern is
-#: globbed but never split at spaces.
-_LIST_SCRIPT = (
-    'IFS=; for pat do n=0; for f in $pat; do [ -f "$f" ] || continue; n=1;'
-    " stat -L -c 'f\t%i\t%s\t%n' -- \"$f\";"
-    ' if [ -f "$f.1" ]; then stat -L -c \'r\t%i\t%s\t%n\' -- "$f.1"; fi;'
-    " done; [ $n = 1 ] || printf 'm\\t%s\\n' \"$pat\"; done; true"
+#: $1 = follow|nofollow, then globs (IFS is empty: a glob is expanded, never split at spaces).
+#: NUL-terminated records, since a file name may hold a newline: "f<TAB>inode<TAB>size<TAB>path"
+#: per matching file, "r…" for its rotated predecessor PATH.1, "l<TAB>path" for a symlink not
+#: followed, "m<TAB>glob" when nothing matches.
+_LIST_SCRIPT = r"""
+mode=$1; shift; IFS=
+st() { if [ "$mode" = follow ]; then stat -L --printf "$1" -- "$2"; else stat --printf "$1" -- "$2"; fi; }
+for pat do
+  n=0
+  for f in $pat; do
+    if [ "$mode" != follow ] && [ -L "$f" ]; then printf 'l\t%s\0' "$f"; n=1; continue; fi
+    [ -f "$f" ] || continue
+    n=1; st 'f\t%i\t%s\t%n\0' "$f"
+    if [ -f "$f.1" ] && { [ "$mode" = follow ] || [ ! -L "$f.1" ]; }; then
+      st 'r\t%i\t%s\t%n\0' "$f.1"
+    fi
+  done
+  [ $n = 1 ] || printf 'm\t%s\0' "$pat"
+done
+true
+"""
+#: Bytes $1.. (1-based) of file $2, at most $3 of them; $4 = follow|nofollow.
+_READ_SCRIPT = (
+    '[ "$4" = follow ] || [ ! -L "$2" ] || { echo "$2 became a symbolic link" >&2; exit 3; }; '
+    'tail -c +"$1" -- "$2" | head -c "$3"'
 )
-#: Bytes $1.. (1-based) of file $2, at most $3 of them.
-_READ_SCRIPT = 'tail -c +"$1" -- "$2" | head -c "$3"'
+#: A line is matched on its first 8 KiB: a pattern like `ERROR.*timeout` on a 1 MiB line
+#: would otherwise cost seconds.
+MATCH_LIMIT = 8192
 
 
 @dataclass(frozen=True)
@@ -114,7 +132,7 @@ class ScanCounts:
 
     def feed(self, line: bytes) -> None:
         self.lines += 1
-        text = line.decode("utf-8", "replace")
+        text = line[:MATCH_LIMIT].decode("utf-8", "replace")
         if self.pattern.search(text):
             self.matches += 1
             self.messages[normalise(text)] += 1
@@ -122,7 +140,9 @@ class ScanCounts:
                 self.messages = Counter(dict(self.messages.most_common(MAX_DISTINCT // 5)))
 
 
-def scan_segment(ctx: TaskContext, seg: Segment, counts: ScanCounts, timeout: float) -> int:
+def scan_segment(
+    ctx: TaskContext, seg: Segment, counts: ScanCounts, timeout: float, *, follow: bool = False
+) -> int:
     """Stream one byte range from the host into ``counts``; returns the bytes consumed.
 
     An unfinished last line (the application is still writing it) is left for the next run.
@@ -131,7 +151,16 @@ def scan_segment(ctx: TaskContext, seg: Segment, counts: ScanCounts, timeout: fl
     consumed = 0
     pending = b""
     with ctx.transport.start(
-        ["sh", "-c", _READ_SCRIPT, "sh", str(seg.start + 1), seg.path, str(length)],
+        [
+            "sh",
+            "-c",
+            _READ_SCRIPT,
+            "sh",
+            str(seg.start + 1),
+            seg.path,
+            str(length),
+            "follow" if follow else "nofollow",
+        ],
         stdout="stream",
     ) as proc:
         proc.close_stdin()
@@ -156,25 +185,40 @@ def scan_segment(ctx: TaskContext, seg: Segment, counts: ScanCounts, timeout: fl
     return consumed
 
 
-def list_files(
-    ctx: TaskContext, paths: list[str]
-) -> tuple[list[tuple[FileStat, FileStat | None]], list[str]]:
-    """Expand globs on the host: ([(file, rotated PATH.1 or None)], globs matching nothing)."""
-    res = probe(ctx, ["sh", "-c", _LIST_SCRIPT, "sh", *paths], what="listing log files")
-    files: list[tuple[FileStat, FileStat | None]] = []
-    missing: list[str] = []
-    for line in res.text.splitlines():
-        kind, _, rest = line.partition("\t")
+@dataclass
+class Listing:
+    """What the globs matched on the host."""
+
+    files: list[tuple[FileStat, FileStat | None]]  # (file, rotated PATH.1 or None)
+    missing: list[str]  # globs that matched nothing
+    links: list[str]  # symlinks skipped (not followed)
+
+
+def list_files(ctx: TaskContext, paths: list[str], *, follow: bool = False) -> Listing:
+    """Expand globs on the host. Symlinks are skipped (and listed) unless ``follow``: a log
+    path must not become a way to read any file the scanning user can (a link to a root-only
+    file). Any file name, newlines included, is one record; an unreadable record is skipped."""
+    mode = "follow" if follow else "nofollow"
+    res = probe(ctx, ["sh", "-c", _LIST_SCRIPT, "sh", mode, *paths], what="listing log files")
+    listing = Listing([], [], [])
+    for record in res.stdout.decode("utf-8", "surrogateescape").split("\0"):
+        kind, _, rest = record.partition("\t")
         if kind == "m":
-            missing.append(rest)
-            continue
-        inode, size, path = rest.split("\t", 2)
-        stat = FileStat(path, int(inode), int(size))
-        if kind == "f":
-            files.append((stat, None))
-        elif kind == "r" and files and files[-1][0].path + ".1" == path:
-            files[-1] = (files[-1][0], stat)
-    return files, missing
+            listing.missing.append(rest)
+        elif kind == "l":
+            listing.links.append(rest)
+        elif kind in ("f", "r"):
+            inode, _, rest = rest.partition("\t")
+            size, _, path = rest.partition("\t")
+            if not (inode.isdigit() and size.isdigit() and path):
+                log.debug("logs.scan: skipping an unreadable listing record %r", record[:200])
+                continue
+            stat = FileStat(path, int(inode), int(size))
+            if kind == "f":
+                listing.files.append((stat, None))
+            elif listing.files and listing.files[-1][0].path + ".1" == path:
+                listing.files[-1] = (listing.files[-1][0], stat)
+    return listing
 
 
 def resolve_paths(ctx: TaskContext, paths: list[str]) -> list[str]:
@@ -199,6 +243,9 @@ def resolve_paths(ctx: TaskContext, paths: list[str]) -> list[str]:
             "size", 64 * 1024 * 1024, help="read at most this much per file and run"
         ),
         "timeout": Param("duration", 600.0, help="time limit for reading one file"),
+        "follow_symlinks": Param(
+            bool, False, help="read logs that are symlinks (off: they are skipped and named)"
+        ),
     },
 )
 def scan(ctx: TaskContext) -> TaskResult:
@@ -222,9 +269,13 @@ def scan(ctx: TaskContext) -> TaskResult:
     counts = ScanCounts(pattern)
     per_file: list[dict[str, Any]] = []
     try:
-        files, missing = list_files(ctx, resolve_paths(ctx, [str(x) for x in paths]))
+        follow = bool(p["follow_symlinks"])
+        listing = list_files(ctx, resolve_paths(ctx, [str(x) for x in paths]), follow=follow)
+        files, missing = listing.files, listing.missing
         for current, rotated in files:
-            per_file.append(_scan_file(ctx, current, rotated, counts, p["max_bytes"], p["timeout"]))
+            per_file.append(
+                _scan_file(ctx, current, rotated, counts, p["max_bytes"], p["timeout"], follow)
+            )
     except CrmMaintError as exc:
         return TaskResult.failed(f"{ctx.target.name}: {exc.message}")
 
@@ -238,6 +289,7 @@ def scan(ctx: TaskContext) -> TaskResult:
     details: dict[str, Any] = {
         "files": per_file,
         "missing": missing,
+        "symlinks_skipped": listing.links,
         "top": top,
         "check_mode": ctx.check,
         "offsets_saved": not ctx.check and ctx.journal is not None,
@@ -252,6 +304,10 @@ def scan(ctx: TaskContext) -> TaskResult:
         summary += f"; most frequent: {top[0]['message'][:120]} ({top[0]['count']}x)"
     if missing:
         summary += f"; nothing matches {', '.join(missing)}"
+    if listing.links:
+        summary += (
+            f"; skipped symlinks {', '.join(listing.links)} (set follow_symlinks to read them)"
+        )
     if p["fail_at"] is not None and counts.matches >= p["fail_at"]:
         return TaskResult.failed(summary + suffix, metrics=metrics, details=details)
     if counts.matches >= p["warn_at"] or missing:
@@ -266,6 +322,7 @@ def _scan_file(
     counts: ScanCounts,
     max_bytes: int,
     timeout: float,
+    follow: bool = False,
 ) -> dict[str, Any]:
     key = f"logs.scan:{current.path}"
     cursor = ctx.state_get(key)
@@ -275,7 +332,7 @@ def _scan_file(
     offset += skipped
     read = 0
     for seg in segments:
-        consumed = scan_segment(ctx, seg, counts, timeout)
+        consumed = scan_segment(ctx, seg, counts, timeout, follow=follow)
         read += consumed
         if seg.path == current.path:
             offset = seg.start + consumed
