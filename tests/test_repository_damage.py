@@ -567,3 +567,54 @@ def test_no_backup_is_committed_on_top_of_a_damaged_key(three_backups):
         assert restore(repo, ids[i], "dump", [ident]) == data[i]
     assert repo.verify(read_data=True, identities=[ident]).ok
     assert repo.repair(apply=False).clean
+
+
+# --- the plaintext config ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("edit", "refused"),
+    [
+        ({"pack_size": 1}, "pack_size = 1 is outside"),
+        ({"pack_size": 1 << 40}, "pack_size"),
+        ({"chunker": {"algorithm": "fastcdc", "min_size": 64, "avg_size": 256, "max_size": 1024}},
+         "chunker"),
+        ({"chunker": {"algorithm": "fastcdc", "min_size": 1 << 20, "avg_size": 1 << 30,
+                      "max_size": 1 << 40}}, "chunker"),
+        ({"compression": {"algorithm": "zstd", "level": 22}}, "compression.level = 22"),
+        ({"compression": {"algorithm": "zstd", "level": "2"}}, "compression.level"),
+        ({"aead": "rot13"}, "aead = 'rot13'"),
+        ({"compression": {"algorithm": "zstd", "level": 3}}, "failed authentication"),
+        ({"chunker": {"algorithm": "fastcdc", "min_size": 16384, "avg_size": 65536,
+                      "max_size": 262144}}, "failed authentication"),
+    ],
+)  # fmt: skip
+def test_a_config_edited_by_the_storage_provider_is_refused(tmp_path, edit, refused):
+    """The config is plaintext: out-of-range values are refused before anything else, and any
+    change crmmaint did not make fails its MAC, even one within range."""
+    import json
+
+    key = new_write_key()
+    root = tmp_path / "repo"
+    Repository.init(LocalBackend(root), key, pack_size=2 << 20)
+    config = json.loads((root / "config").read_text())
+    (root / "config").write_text(json.dumps({**config, **edit}))
+    with pytest.raises((RepositoryError, IntegrityError), match=refused):
+        Repository.open(LocalBackend(root), key)
+
+
+def test_a_config_without_its_mac_opens_with_checked_values_and_a_warning(tmp_path, caplog):
+    import json
+
+    key = new_write_key()
+    root = tmp_path / "repo"
+    Repository.init(LocalBackend(root), key)
+    config = json.loads((root / "config").read_text())
+    del config["mac"]
+    (root / "config").write_text(json.dumps(config))
+    with caplog.at_level("WARNING"):
+        Repository.open(LocalBackend(root), key)
+    assert "carries no MAC" in caplog.text
+    (root / "config").write_text(json.dumps({**config, "pack_size": 1}))
+    with pytest.raises(RepositoryError, match="pack_size"):
+        Repository.open(LocalBackend(root), key)

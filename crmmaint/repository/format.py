@@ -147,6 +147,55 @@ def write_key_check(metadata_key: bytes, repo_id: str) -> str:
     return hmac.new(metadata_key, WRITE_KEY_CHECK_LABEL + repo_id.encode(), "sha256").hexdigest()
 
 
+CONFIG_MAC_LABEL = b"crmmaint config v1:"
+#: Smallest chunk a repository may ask for: smaller chunks, one per pack, would let whoever
+#: stores the repository see each chunk's size.
+MIN_CHUNK_FLOOR = 16 << 10
+MIN_PACK_SIZE = 1 << 20
+MAX_PACK_SIZE = 1 << 30
+
+
+def config_mac(metadata_key: bytes, config: dict[str, Any]) -> str:
+    """HMAC-SHA256 (metadata key) of the whole config but its ``mac``, as canonical JSON: the
+    plaintext config cannot be changed by whoever stores the repository without notice."""
+    body = {k: v for k, v in config.items() if k != "mac"}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    return hmac.new(metadata_key, CONFIG_MAC_LABEL + canonical, "sha256").hexdigest()
+
+
+def check_config_values(config: dict[str, Any], url: str) -> None:
+    """Every field within the range crmmaint writes; RepositoryError naming the first that is
+    not (a hostile or damaged config: tiny chunks or packs, a huge zstd level, unknown AEAD)."""
+    from crmmaint.crypto import ALGORITHMS
+
+    def bad(field: str, value: Any, want: str) -> RepositoryError:
+        return RepositoryError(
+            f"repository config at {url}: {field} = {value!r} is outside {want}; refusing it",
+            hint="the config was changed by someone other than crmmaint: restore it from a copy",
+        )
+
+    chunker = config.get("chunker")
+    if not isinstance(chunker, dict):
+        raise bad("chunker", chunker, "a chunker table")
+    sizes = [chunker.get(k) for k in ("min_size", "avg_size", "max_size")]
+    if not all(isinstance(n, int) and not isinstance(n, bool) for n in sizes) or not (
+        MIN_CHUNK_FLOOR <= sizes[0] <= sizes[1] <= sizes[2] <= 64 << 20
+    ):
+        raise bad("chunker", chunker, f"{MIN_CHUNK_FLOOR} <= min <= avg <= max <= 64 MiB")
+    level = (config.get("compression") or {}).get("level")
+    if isinstance(level, bool) or not isinstance(level, int) or not (-7 <= level <= 19 and level):
+        raise bad("compression.level", level, "1..19 or -7..-1")
+    pack = config.get("pack_size")
+    if (
+        isinstance(pack, bool)
+        or not isinstance(pack, int)
+        or not (MIN_PACK_SIZE <= pack <= MAX_PACK_SIZE)
+    ):
+        raise bad("pack_size", pack, "1 MiB .. 1 GiB")
+    if config.get("aead") not in ALGORITHMS:
+        raise bad("aead", config.get("aead"), ", ".join(ALGORITHMS))
+
+
 def encode_config(config: dict[str, Any]) -> bytes:
     return json.dumps(config, indent=2, sort_keys=True).encode() + b"\n"
 

@@ -27,6 +27,8 @@ from crmmaint.repository.format import (
     FORMAT_VERSION,
     ChunkerParams,
     check_backup_id,
+    check_config_values,
+    config_mac,
     decode_config,
     drill_name,
     encode_config,
@@ -102,6 +104,7 @@ class Repository:
                 f"write key does not match repository URL {backend.url}",
                 hint="use the write key file made by `crmmaint repo init` for this repository",
             )
+
         self.chunker = ChunkerParams(**config["chunker"])
         self.compression_level: int = int(config["compression"]["level"])
         self.aead: str = config["aead"]
@@ -153,6 +156,7 @@ class Repository:
             "pack_size": pack_size,
             "write_key_check": write_key_check(keys.metadata_key, repo_id),
         }
+        config["mac"] = config_mac(keys.metadata_key, config)
         backend.store(CONFIG, encode_config(config))
         logger.info("created repository %s at %s", repo_id, backend.url)
         return cls._from_config(backend, write_key, config)
@@ -170,10 +174,29 @@ class Repository:
         return cls._from_config(backend, write_key, decode_config(data, backend.url))
 
     @classmethod
-    def _from_config(cls, backend: Backend, write_key: bytes, config: dict[str, Any]) -> Repository:
-        config = dict(config)
+    def _from_config(cls, backend: Backend, write_key: bytes, stored: dict[str, Any]) -> Repository:
+        """The repository whose ``config`` is ``stored``: its values in range, then the write
+        key, then its MAC checked (RepositoryError, CryptoError, IntegrityError)."""
+        check_config_values(stored, backend.url)
+        config = dict(stored)
         config["chunker"] = {k: v for k, v in config["chunker"].items() if k != "algorithm"}
-        return cls(backend, write_key, config)
+        repo = cls(backend, write_key, config)
+        if "mac" not in stored:
+            logger.warning(
+                "the config of %s carries no MAC (made before crmmaint authenticated it): its "
+                "values were checked against their ranges only",
+                backend.url,
+            )
+        elif not hmac.compare_digest(
+            config_mac(repo.keys.metadata_key, stored), str(stored["mac"])
+        ):
+            raise IntegrityError(
+                f"repository config at {backend.url} failed authentication: it was changed "
+                "by someone other than crmmaint",
+                hint="restore the config object from a copy; do not write to this repository "
+                "until then",
+            )
+        return repo
 
     def close(self) -> None:
         self.backend.close()
