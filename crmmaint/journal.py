@@ -272,6 +272,25 @@ class Journal:
         rows[0]["details"] = json.loads(rows[0]["details"] or "{}")
         return rows[0]
 
+    def backups_recorded(self, repository: str) -> set[str]:
+        """Ids of the backups this journal saw committed into ``repository`` (from the details
+        of backup.database / backup.files results), for ``verify`` to look for."""
+        found: set[str] = set()
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT details FROM results WHERE task IN ('backup.database', 'backup.files') "
+                "AND status IN ('changed', 'warning') AND details LIKE ?",
+                [f'%"repository": {json.dumps(repository)}%'],
+            ).fetchall()
+        for (details,) in rows:
+            try:
+                doc = json.loads(details or "{}")
+            except ValueError:
+                continue
+            if doc.get("repository") == repository and isinstance(doc.get("backup"), str):
+                found.add(doc["backup"])
+        return found
+
     def _rows(self, sql: str, args: list[Any]) -> list[dict[str, Any]]:
         with self._lock:
             cur = self._db.execute(sql, args)

@@ -535,3 +535,19 @@ def test_a_relative_inventory_path_and_relative_urls_work_from_its_parent(estate
     for args in (("repo", "init"), ("backup",), ("backups", "list"), ("verify",)):
         code, out, err = cli(*args, "-i", rel, cwd=estate.parent)
         assert code == 0, (args, out, err)
+
+
+def test_verify_names_a_backup_the_storage_rolled_back(estate):
+    """The storage drops the newest backup (a rollback): no later manifest names it, but the
+    journal saw it committed, so `crmmaint verify` reports it missing."""
+    inv = str(estate / "inventory.yml")
+    assert cli("keys", "generate", "--output", str(estate / "keys" / "ops.key"))[0] == 0
+    assert cli("repo", "init", "-i", inv)[0] == 0
+    for _ in range(2):
+        assert cli("backup", "--database", "crm", "-i", inv)[0] == 0
+    assert cli("verify", "-i", inv)[0] == 0
+    newest = sorted((estate / "repo" / "backups").iterdir())[-1]
+    newest.unlink()
+    code, out, err = cli("verify", "-i", inv)
+    assert code == 2, out + err
+    assert f"backups/{newest.name}: missing: the journal records this backup" in out

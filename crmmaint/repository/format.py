@@ -30,6 +30,11 @@ INDEX_DIR = "index/"
 KEYS_DIR = "keys/"
 BACKUPS_DIR = "backups/"
 DRILLS_DIR = "drills/"
+#: One sealed record per backup prune removed: a missing manifest is then told apart from one
+#: the storage lost, deleted or rolled back.
+PRUNED_DIR = "pruned/"
+#: Where ``repo repair`` moves damaged objects (``damaged/backups/<id>``): never listed or pruned.
+DAMAGED_DIR = "damaged/"
 VERIFY_CURSOR = "state/verify-cursor"
 
 CHUNK_ID_LEN = 32
@@ -120,6 +125,10 @@ def manifest_name(backup_id: str) -> str:
 
 def drill_name(backup_id: str) -> str:
     return f"{DRILLS_DIR}{backup_id}"
+
+
+def pruned_name(backup_id: str) -> str:
+    return f"{PRUNED_DIR}{backup_id}"
 
 
 def new_backup_id(now: float) -> str:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -35,6 +36,8 @@ from crmmaint.repository.format import (
     manifest_name,
     pack_id_from_name,
     pack_name,
+    pruned_name,
+    seal_json,
 )
 from crmmaint.repository.index import ChunkIndex, write_segment
 from crmmaint.repository.retention import BackupRef, plan_prune
@@ -175,7 +178,10 @@ def _execute(repo: Repository, remove: list[str], plan: _Plan, report: PruneRepo
     # 1: repack first: it only adds packs, and a pack that fails its hash stops prune before
     # anything was removed (orphan packs of an interrupted repack are freed by the next prune).
     report.packs_written = _repack(repo, plan)
-    for backup_id in remove:  # 2
+    for backup_id in remove:  # 2: the record first, so a removed backup is never "missing"
+        name = pruned_name(backup_id)
+        record = {"backup_id": backup_id, "pruned": time.time()}
+        backend.store(name, seal_json(repo.keys.metadata_key, name, record, algorithm=repo.aead))
         backend.delete(manifest_name(backup_id))
         _delete_quietly(repo, drill_name(backup_id))
         logger.info("prune: removed backup %s", backup_id)

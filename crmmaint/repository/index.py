@@ -79,8 +79,12 @@ class ChunkIndex:
 def load_segment(
     backend: Backend, metadata_key: bytes, name: str
 ) -> tuple[dict[bytes, IndexEntry], dict[bytes, int]]:
-    """Read, authenticate and decode one segment."""
-    plain = open_sealed(metadata_key, backend.load(name), aad=INDEX_AAD, name=name)
+    """Read, authenticate and decode one segment; IntegrityError if its bytes are not the ones
+    its name (their SHA-256) promises (a segment copied under another name) or fail."""
+    blob = backend.load(name)
+    if segment_id(blob).hex() != name[len(INDEX_DIR) :]:
+        raise IntegrityError(f"index segment {name} does not match its name (SHA-256)")
+    plain = open_sealed(metadata_key, blob, aad=INDEX_AAD, name=name)
     return decode_index(plain, name)
 
 

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 from crmmaint.errors import IntegrityError, ObjectNotFound
 from crmmaint.repository.format import (
     CHUNK_ID_LEN,
+    DAMAGED_DIR,
     DATA_DIR,
     DRILLS_DIR,
     KEYS_DIR,
@@ -42,9 +43,6 @@ if TYPE_CHECKING:
     from crmmaint.repository.repository import Repository
 
 logger = logging.getLogger(__name__)
-
-#: Where damaged objects are moved: ``damaged/backups/<id>`` keeps the original name below it.
-DAMAGED_DIR = "damaged/"
 
 
 @dataclass

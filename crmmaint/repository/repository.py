@@ -12,7 +12,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -351,8 +351,10 @@ class Repository:
         subset_percent: float | None = None,
         identities: Sequence[Identity] | None = None,
         progress: Callable[[int, int], None] | None = None,
+        expected_backups: Iterable[str] = (),
     ) -> VerifyReport:
-        """Check metadata consistency; optionally pack hashes and (with identities) every chunk."""
+        """Check metadata consistency; optionally pack hashes and (with identities) every chunk;
+        ``expected_backups`` (ids the journal recorded) must be listed or accounted for."""
         from crmmaint.repository.verify import verify
 
         return verify(
@@ -361,6 +363,7 @@ class Repository:
             subset_percent=subset_percent,
             identities=identities,
             progress=progress,
+            expected_backups=expected_backups,
         )
 
     def repair(self, *, apply: bool) -> RepairReport:

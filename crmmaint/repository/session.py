@@ -295,6 +295,21 @@ class WriteSession:
         )
         return info
 
+    def _check_reused_packs(self, pack_ids: set[bytes]) -> None:
+        """The packs holding the chunks this backup reuses must exist with the size the index
+        records: an index segment the storage replayed after prune deleted its packs would
+        otherwise make a backup that lists and cannot be restored. One stat per pack."""
+        for pack_id in sorted(pack_ids):
+            info = self.repo.backend.info(pack_name(pack_id))
+            expected = self.repo.index.pack_sizes.get(pack_id)
+            if info is None or (expected is not None and info.size != expected):
+                raise RepositoryError(
+                    f"this backup reuses chunks of {pack_name(pack_id)}, which is "
+                    f"{'missing' if info is None else 'not the size the index records'}; "
+                    "nothing was committed",
+                    hint="run `crmmaint verify` and `crmmaint repo repair`, then back up again",
+                )
+
     def _check_older_keys(self, key_ids: set[bytes]) -> None:
         """The key objects of older backups whose chunks this one reuses must be intact: a
         backup deduplicated against chunks under a damaged or missing key would be committed,
@@ -416,12 +431,17 @@ class WriteSession:
         now = time.time()
         backup_id = new_backup_id(self._started)
         key_ids = {self._key_id}
+        reused_packs: set[bytes] = set()
         for stream in self._streams:
             for cid in stream.chunk_ids:
-                entry = self._new_entries.get(cid) or repo.index.get(cid)
+                entry = self._new_entries.get(cid)
                 if entry is None:
-                    raise RepositoryError(f"internal error: chunk {cid.hex()} has no location")
+                    entry = repo.index.get(cid)
+                    if entry is None:
+                        raise RepositoryError(f"internal error: chunk {cid.hex()} has no location")
+                    reused_packs.add(entry.pack_id)
                 key_ids.add(entry.key_id)
+        self._check_reused_packs(reused_packs - set(self._new_packs))
         meta_key, aead = repo.keys.metadata_key, repo.aead
         kname = key_name(self._key_id)
         repo.backend.store(
@@ -449,6 +469,7 @@ class WriteSession:
         stored = sum(self._new_packs.values())
         secret = {"facts": self._facts}
         mname = manifest_name(backup_id)
+        listed = repo.backup_ids()  # ids sort by time: the newest committed before this one
         manifest = {
             "format": "crmmaint-manifest",
             "version": 1,
@@ -464,6 +485,9 @@ class WriteSession:
             "meta": self.meta,
             "key_id": self._key_id.hex(),
             "key_ids": sorted(k.hex() for k in key_ids),
+            # A chain through the repository: verify finds a backup the storage lost, deleted
+            # or rolled back by a later manifest that names it (prune leaves a record).
+            "previous": listed[-1] if listed else None,
             "streams": [
                 {
                     "name": s.info.name,

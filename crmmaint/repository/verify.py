@@ -15,7 +15,7 @@ import collections
 import hashlib
 import logging
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -25,16 +25,20 @@ from crmmaint.errors import CrmMaintError, ObjectNotFound, WrongKeyError
 from crmmaint.repository.format import (
     BACKUPS_DIR,
     CHUNK_ID_LEN,
+    DAMAGED_DIR,
     DATA_DIR,
     DRILLS_DIR,
     INDEX_DIR,
     KEYS_DIR,
+    PRUNED_DIR,
     VERIFY_CURSOR,
     IndexEntry,
     key_name,
+    manifest_name,
     open_json,
     pack_id_from_name,
     pack_name,
+    pruned_name,
     seal_json,
 )
 from crmmaint.repository.index import ChunkIndex, load_segment
@@ -94,8 +98,13 @@ def verify(
     subset_percent: float | None = None,
     identities: Sequence[Identity] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    expected_backups: Iterable[str] = (),
 ) -> VerifyReport:
-    """Run the checks described in the module docstring; never raises for damage it finds."""
+    """Run the checks described in the module docstring; never raises for damage it finds.
+
+    ``expected_backups``: ids known to have been committed (the journal's record of backups
+    into this repository); each must be listed, pruned (a ``pruned/`` record) or moved aside by
+    repair, else it is reported missing."""
     report = VerifyReport()
     backend = repo.backend
     stored_packs: dict[bytes, int] = {}
@@ -109,7 +118,8 @@ def verify(
     _check_packs(index, stored_packs, report)
     key_objects = _check_key_objects(repo, report)
     _check_drill_records(repo, report)
-    referenced = _check_manifests(repo, index, key_objects, report)
+    referenced, previous = _check_manifests(repo, index, key_objects, report)
+    _check_chain(repo, previous, set(expected_backups), report)
     # A chunk no backup references (left by a repair, freed by the next prune) needs no key.
     needed = {index.entries[c].key_id for c in referenced if c in index.entries}
     for kid in sorted(needed):
@@ -135,8 +145,6 @@ def _check_index(repo: Repository, report: VerifyReport) -> ChunkIndex:
         except CrmMaintError as exc:
             report.add(info.name, f"unreadable index segment: {exc.message}")
             continue
-        if hashlib.sha256(repo.backend.load(info.name)).hexdigest() != info.name[len(INDEX_DIR) :]:
-            report.add(info.name, "contents do not match the segment name (hash)")
         index.merge(entries, packs)
         index.segments.add(info.name)
     report.index_segments = len(index.segments)
@@ -193,13 +201,46 @@ def _check_packs(index: ChunkIndex, stored: dict[bytes, int], report: VerifyRepo
     report.orphan_packs = len(set(stored) - set(index.pack_sizes))
 
 
+def _check_chain(
+    repo: Repository, previous: dict[str, str], expected: set[str], report: VerifyReport
+) -> None:
+    """A backup a later manifest names (``previous``) or the journal recorded must still be
+    listed, or accounted for: pruned (an authenticated ``pruned/`` record) or moved aside."""
+    listed = set(repo.backup_ids())
+    pruned = {
+        record.get("backup_id")
+        for name, record in _opened(repo, PRUNED_DIR, "prune record", report)
+        if name == pruned_name(str(record.get("backup_id")))
+    }
+    aside = {info.name.rsplit("/", 1)[-1] for info in repo.backend.list(DAMAGED_DIR + BACKUPS_DIR)}
+    accounted = listed | pruned | aside
+    for later, backup_id in sorted(previous.items()):
+        if backup_id not in accounted:
+            report.add(
+                manifest_name(backup_id),
+                f"missing: backup {later} follows it, and no prune removed it (lost, deleted "
+                "or rolled back by the storage?)",
+            )
+            accounted.add(backup_id)
+    for backup_id in sorted(expected - accounted):
+        report.add(
+            manifest_name(backup_id),
+            "missing: the journal records this backup, and no prune removed it (lost, deleted "
+            "or rolled back by the storage?)",
+        )
+
+
 def _check_manifests(
     repo: Repository, index: ChunkIndex, key_objects: set[str], report: VerifyReport
-) -> set[bytes]:
-    """Authenticate every manifest and check what it lists; returns every chunk id listed."""
+) -> tuple[set[bytes], dict[str, str]]:
+    """Authenticate every manifest and check what it lists; returns every chunk id listed, and
+    each backup's predecessor in the chain (id -> previous id)."""
     referenced: set[bytes] = set()
+    previous: dict[str, str] = {}
     for name, manifest in _opened(repo, BACKUPS_DIR, "manifest", report):
         report.backups += 1
+        if manifest.get("previous"):
+            previous[str(manifest.get("id"))] = str(manifest["previous"])
         for hex_id in manifest["key_ids"]:
             if f"{KEYS_DIR}{hex_id}" not in key_objects:
                 report.add(f"{KEYS_DIR}{hex_id}", f"missing: backup {manifest['id']} needs it")
@@ -217,7 +258,7 @@ def _check_manifests(
                     f"stream {stream['name']}: {len(missing)} chunk(s) not in the index, "
                     f"first {missing[0]}",
                 )
-    return referenced
+    return referenced, previous
 
 
 def _select_packs(

@@ -103,7 +103,7 @@ def _store_dump(
             session.meta.update(public(facts))
             backup = session.commit()
         previous = _previous(repo, backup)
-    return _backup_result(
+    result = _backup_result(
         backup,
         info,
         previous,
@@ -111,6 +111,8 @@ def _store_dump(
         ctx.params["min_size_ratio"],
         list(facts.get("warnings", [])),
     )
+    result.details["repository"] = repo_cfg.name  # verify checks the journal's record of it
+    return result
 
 
 @task(
@@ -130,11 +132,14 @@ def backup_verify(ctx: TaskContext) -> TaskResult:
 
     cfg = ctx.target.obj
     identities = identities_for(cfg) if ctx.params["decrypt"] else None
+    # What this journal saw committed: a backup the storage lost or rolled back is then named.
+    expected = ctx.journal.backups_recorded(cfg.name) if ctx.journal is not None else set()
     with open_repository(cfg, reading="verify") as repo:
         report = repo.verify(
             read_data=ctx.params["read_data"] or ctx.params["read_data_subset"] is not None,
             subset_percent=ctx.params["read_data_subset"],
             identities=identities,
+            expected_backups=expected,
         )
     metrics = {k: float(v) for k, v in _counts(report).items()}
     if report.ok:
