@@ -21,6 +21,7 @@ from crmmaint.crypto import (
     load_identity_file,
     new_write_key,
     parse_recipient,
+    read_private_file,
 )
 from crmmaint.errors import ConfigError, KeyFileError
 from crmmaint.inventory import Repository as RepoConfig
@@ -48,22 +49,17 @@ def write_write_key(path: str | Path) -> bytes:
 def load_write_key(path: str | Path) -> bytes:
     """Read a write key file; refuses one that others can read."""
     p = Path(path).expanduser()
+    raw = read_private_file(
+        p,
+        "write key",
+        missing_hint="run `crmmaint repo init` to create the repository and its write key",
+    )
     try:
-        st = p.stat()
-        text = p.read_text()
-    except FileNotFoundError:
-        raise KeyFileError(
-            f"write key {p} not found",
-            hint="run `crmmaint repo init` to create the repository and its write key",
-        ) from None
-    except OSError as exc:
-        raise KeyFileError(f"cannot read write key {p}: {exc.strerror}") from None
+        text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise KeyFileError(
             f"write key {p} is malformed (not text)", hint="restore it from your key backup"
         ) from None
-    if st.st_mode & 0o077:
-        raise KeyFileError(f"write key {p} is readable by others", hint=f"run `chmod 600 {p}`")
     lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
     try:
         key = base64.b64decode(lines[0], validate=True) if len(lines) == 1 else b""

@@ -286,11 +286,44 @@ def test_read_secret_env(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_read_secret_file(tmp_path: Path) -> None:
     path = tmp_path / "pass"
     path.write_bytes(b"line one\n\n")
+    path.chmod(0o600)
     assert read_secret(f"file:{path}") == b"line one\n"
     path.write_bytes(b"no newline")
     assert read_secret(f"file:{path}") == b"no newline"
-    with pytest.raises(KeyFileError):
+    with pytest.raises(KeyFileError, match="not found"):
         read_secret(f"file:{tmp_path / 'missing'}")
+
+
+@pytest.mark.parametrize("which", ["secret", "identity", "write key"])
+def test_key_and_secret_files_others_can_read_or_that_are_links_are_refused(
+    tmp_path: Path, which: str
+) -> None:
+    """Checked on the open file: a group-readable file, or a link (which could be swapped
+    between a check and the read), is refused, not warned about."""
+    from crmmaint.access import load_write_key, write_write_key
+
+    path = tmp_path / "key"
+    if which == "identity":
+        write_identity_file(path, X25519Identity.generate())
+    elif which == "write key":
+        write_write_key(path)
+    else:
+        path.write_bytes(b"hunter2\n")
+    load = {
+        "secret": lambda p: read_secret(f"file:{p}"),
+        "identity": load_identity_file,
+        "write key": load_write_key,
+    }[which]
+    path.chmod(0o600)
+    load(path)
+    path.chmod(0o640)
+    with pytest.raises(KeyFileError, match="readable by group or others"):
+        load(path)
+    path.chmod(0o600)
+    link = tmp_path / "link"
+    link.symlink_to(path)
+    with pytest.raises(KeyFileError, match="is a symbolic link"):
+        load(link)
 
 
 def test_read_secret_cmd() -> None:

@@ -624,7 +624,7 @@ def test_a_config_without_its_mac_opens_with_checked_values_and_a_warning(tmp_pa
 
 
 def test_a_backup_the_storage_deleted_is_named_by_verify(three_backups):
-    root, key, ident, ids, data = three_backups
+    root, key, _ident, ids, _data = three_backups
     repo = Repository.open(LocalBackend(root), key)
     assert repo.verify(expected_backups=ids).ok
     (root / "backups" / ids[1]).unlink()  # the storage drops one backup (not the newest)
@@ -637,7 +637,7 @@ def test_a_backup_the_storage_deleted_is_named_by_verify(three_backups):
 
 
 def test_backups_removed_by_prune_or_repair_are_not_missing(three_backups):
-    root, key, ident, ids, data = three_backups
+    root, key, _ident, ids, _data = three_backups
     repo = Repository.open(LocalBackend(root), key)
     repo.prune(RetentionPolicy(keep_last=1), now=time.time(), dry_run=False)
     assert sorted(p.name for p in (root / "pruned").iterdir()) == sorted(ids[:2])
@@ -655,7 +655,7 @@ def test_backups_removed_by_prune_or_repair_are_not_missing(three_backups):
 def test_a_replayed_index_segment_cannot_make_a_backup_depend_on_deleted_packs(three_backups):
     """Prune consolidates the index and deletes packs; the storage then puts an old segment
     back (a rollback). A new backup must not reuse chunks whose packs are gone."""
-    root, key, ident, ids, data = three_backups
+    root, key, ident, _ids, data = three_backups
     old_segments = {p.name: p.read_bytes() for p in (root / "index").iterdir()}
     repo = Repository.open(LocalBackend(root), key)
     repo.prune(RetentionPolicy(keep_last=1), now=time.time(), dry_run=False)
@@ -663,7 +663,7 @@ def test_a_replayed_index_segment_cannot_make_a_backup_depend_on_deleted_packs(t
         if not (root / "index" / name).exists():
             (root / "index" / name).write_bytes(blob)  # replayed
     repo = Repository.open(LocalBackend(root), key)
-    with pytest.raises(RepositoryError, match="reuses chunks of data/.*which is missing"):
+    with pytest.raises(RepositoryError, match=r"reuses chunks of data/.*which is missing"):
         backup(repo, ident, {"dump": data[0]})  # its chunks were pruned with ids[0]
     assert {p.object for p in repo.verify().problems}  # and verify names the stale segment
     copied = root / "index" / ("0" * 64)

@@ -22,6 +22,7 @@ from crmmaint.crypto.keys import (
     X25519Recipient,
     load_identity_file,
     parse_recipient,
+    read_private_file,
     read_secret,
     write_identity_file,
 )
@@ -42,6 +43,7 @@ __all__ = [
     "new_write_key",
     "open_sealed",
     "parse_recipient",
+    "read_private_file",
     "read_secret",
     "seal",
     "unwrap_data_key",

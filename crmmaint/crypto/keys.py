@@ -9,9 +9,11 @@ from __future__ import annotations
 import abc
 import base64
 import binascii
+import errno
 import hashlib
 import logging
 import os
+import stat
 import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
@@ -368,21 +370,15 @@ def write_identity_file(
 def load_identity_file(path: str | Path) -> X25519Identity:
     """Load an identity file, refusing one that group or others can read."""
     path = Path(path)
+    raw = read_private_file(
+        path,
+        "identity file",
+        missing_hint="check the path, or generate a new identity (older backups need the old one)",
+    )
     try:
-        mode = path.stat().st_mode
-        content = path.read_text(encoding="ascii")
-    except FileNotFoundError:
-        raise KeyFileError(
-            f"identity file {path} not found",
-            hint="check the path, or generate a new identity (older backups need the old one)",
-        ) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise KeyFileError(f"cannot read identity file {path}: {exc}") from None
-    if mode & 0o077:
-        raise KeyFileError(
-            f"identity file {path} is readable by group or others (mode {mode & 0o777:o})",
-            hint=f"run `chmod 600 {path}`",
-        )
+        content = raw.decode("ascii")
+    except UnicodeDecodeError:
+        raise KeyFileError(f"identity file {path} is malformed (not ASCII text)") from None
     lines = [line.strip() for line in content.splitlines()]
     secrets = [line for line in lines if line and not line.startswith("#")]
     if len(secrets) != 1:
@@ -407,6 +403,40 @@ def _strip_newline(data: bytes) -> bytes:
     return data
 
 
+#: Largest key or secret file read (they are a few hundred bytes).
+MAX_SECRET_FILE = 1 << 20
+
+
+def read_private_file(path: str | Path, what: str, *, missing_hint: str | None = None) -> bytes:
+    """The bytes of a key or secret file that only its owner can read.
+
+    Opened without following a symlink and checked on the open file (``fstat``), so nothing
+    can swap it between the check and the read. Raises ``KeyFileError`` naming ``what`` and the
+    path when it is missing, a link, not a regular file, or readable by group or others.
+    """
+    p = Path(path).expanduser()
+    try:
+        fd = os.open(p, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise KeyFileError(f"{what} {p} not found", hint=missing_hint) from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise KeyFileError(
+                f"{what} {p} is a symbolic link", hint="point to the file itself, not a link"
+            ) from None
+        raise KeyFileError(f"cannot read {what} {p}: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fh.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise KeyFileError(f"{what} {p} is not a regular file")
+        if st.st_mode & 0o077:
+            raise KeyFileError(
+                f"{what} {p} is readable by group or others (mode {st.st_mode & 0o777:o})",
+                hint=f"run `chmod 600 {p}`",
+            )
+        return fh.read(MAX_SECRET_FILE)
+
+
 def read_secret(spec: str) -> bytes:
     """Read a secret from `env:NAME`, `file:/path` or `cmd:command`; literals are refused."""
     kind, sep, arg = spec.partition(":")
@@ -423,15 +453,7 @@ def read_secret(spec: str) -> bytes:
             raise CryptoError(f"secret source env:{arg}: the variable is unset or empty")
         return value
     if kind == "file":
-        try:
-            path = Path(arg).expanduser()
-            if path.stat().st_mode & 0o077:
-                log.warning("secret file %s is readable by group or others; chmod 600 it", path)
-            value = _strip_newline(path.read_bytes())
-        except OSError as exc:
-            raise KeyFileError(
-                f"secret source file:{arg}: cannot read it: {exc.strerror}"
-            ) from None
+        value = _strip_newline(read_private_file(arg, "secret source file"))
         if not value:
             raise CryptoError(f"secret source file:{arg}: the file is empty")
         return value
