@@ -137,6 +137,8 @@ def inventory_path(c: Any, given: str | None) -> Path:
         if cand:
             return Path(cand).expanduser()
     if Path("inventory.yml").exists():
+        # Said on stderr: the file decides which hosts are reached and which cmd: secrets run.
+        print(f"crmmaint: using {Path('inventory.yml').absolute()} (no -i given)", file=sys.stderr)
         return Path("inventory.yml")
     raise ConfigError(
         "no inventory given",

@@ -287,6 +287,26 @@ _REPO_OPTION_KEYS = _REPO_KEYS - {
 }
 
 
+def _check_trusted(path: Path) -> None:
+    """An inventory names the hosts crmmaint reaches and the ``cmd:`` secrets it runs: refuse
+    one that another user owns (root excepted) or that group or others may write."""
+    try:
+        st = path.stat()
+    except OSError:
+        return  # reported, with its place, when the file is read
+    owners = {os.geteuid(), 0}
+    if st.st_uid not in owners or st.st_mode & 0o022:
+        why = (
+            f"owned by uid {st.st_uid}" if st.st_uid not in owners else
+            f"writable by {'group and others' if st.st_mode & 0o022 == 0o022 else 'group' if st.st_mode & 0o020 else 'others'}"
+        )  # fmt: skip
+        raise InventoryError(
+            f"{path}: refusing an inventory {why}: it decides which hosts are reached and which "
+            "cmd: secrets run",
+            hint=f"use your own copy, or `chmod go-w {path}`",
+        )
+
+
 def load_inventory(path: str | Path) -> Inventory:
     """Load and validate an inventory file; ``InventoryError`` with file:line on any problem.
 
@@ -294,6 +314,7 @@ def load_inventory(path: str | Path) -> Inventory:
     symlinks), so ``-i .demo/inventory.yml`` and ``-i /abs/.demo/inventory.yml`` mean the same.
     """
     p = Path(os.path.abspath(Path(path).expanduser()))
+    _check_trusted(p)
     try:
         data = load_yaml_file(p)
         if data is None:

@@ -556,3 +556,15 @@ def test_sftp_reconnects_after_a_dropped_connection(
     backend._client.get_transport().close()  # type: ignore[attr-defined]  # the network drops
     assert backend.load("a") == b"1"
     backend.close()
+
+
+def test_objects_are_readable_by_their_owner_only(backend: Backend) -> None:
+    """Packs and metadata are encrypted, but their sizes and names are not for others to list."""
+    if isinstance(backend, S3Backend):
+        pytest.skip("S3 has no file modes")
+    backend.store("data/ab/" + "ab" * 32, b"pack")
+    root = Path(backend.root)  # type: ignore[attr-defined]
+    obj = root / "data" / "ab" / ("ab" * 32)
+    assert obj.stat().st_mode & 0o077 == 0
+    assert (root / "data").stat().st_mode & 0o077 == 0
+    assert (root / "data" / "ab").stat().st_mode & 0o077 == 0

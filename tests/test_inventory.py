@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from pathlib import Path
 
 import pytest
@@ -243,3 +244,26 @@ def test_yaml_lines_are_remembered():
     with pytest.raises(SourceError) as info:
         load_yaml_text("a: 1\na: 2\n")
     assert info.value.line == 2
+
+
+@pytest.mark.parametrize("mode", [0o666, 0o664, 0o646])
+def test_an_inventory_others_may_write_is_refused(tmp_path, mode):
+    path = tmp_path / "inventory.yml"
+    path.write_text("hosts: {local: {connection: local}}\n")
+    path.chmod(mode)
+    with pytest.raises(InventoryError, match="refusing an inventory writable by"):
+        load_inventory(path)
+    path.chmod(0o644)
+    assert load_inventory(path).hosts
+
+
+def test_an_inventory_another_user_owns_is_refused(tmp_path):
+    import pwd
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give the file away")
+    path = tmp_path / "inventory.yml"
+    path.write_text("hosts: {local: {connection: local}}\n")
+    os.chown(path, pwd.getpwnam("nobody").pw_uid, -1)
+    with pytest.raises(InventoryError, match="owned by uid"):
+        load_inventory(path)

@@ -56,7 +56,7 @@ _WRITE_SCRIPT = r"""
 set -eu
 umask 077
 dest=$1
-tmp=$dest.crmmaint-partial.$$
+tmp=$(mktemp "$dest.crmmaint-partial.XXXXXXXX")
 trap 'rm -f "$tmp"' EXIT
 cat > "$tmp"
 rm -f "$dest-wal" "$dest-shm" "$dest-journal"

@@ -38,6 +38,9 @@ StdoutMode = Literal["stream", "collect"]
 STDERR_LIMIT = 64 * 1024
 #: stdout of a ``stdout="collect"`` command kept for ``wait()``'s result; the rest is discarded.
 COLLECT_STDOUT_LIMIT = 16 << 20
+#: stdout ``Transport.run`` keeps (it is for small outputs; a longer one is an error, and the
+#: caller should stream it with ``start``): 400 MB of output once cost 873 MB of memory.
+RUN_STDOUT_LIMIT = 64 << 20
 #: Read-ahead buffered for a caller streaming stdout; beyond it the command waits (backpressure).
 #: 2 MiB keeps a backup's pump fed (8 MiB was no faster and held 6 MB more at its peak).
 STDOUT_HIGH_WATER = 2 << 20
@@ -475,7 +478,7 @@ class Transport(abc.ABC):
         the tail of stderr. ``env`` values are passed without appearing on the command line.
         """
         failures: list[BaseException] = []
-        with self._started(command, env, stdout="collect", stdout_limit=None) as proc:
+        with self._started(command, env, stdout="collect", stdout_limit=RUN_STDOUT_LIMIT) as proc:
             if timeout is not None:
                 proc.set_timeout(timeout)
             feeder = None
@@ -493,6 +496,13 @@ class Transport(abc.ABC):
                     feeder.join()
         if failures:
             raise failures[0]
+        if result.stdout_dropped:
+            raise TransportError(
+                f"{self.host}: output of {short(result.command)!r} exceeded "
+                f"{RUN_STDOUT_LIMIT >> 20} MiB ({len(result.stdout) + result.stdout_dropped} "
+                "bytes) and was not kept",
+                hint="this command's output is too large to collect; it must be streamed",
+            )
         if check and not result.ok:
             raise TransportError(
                 f"{self.host}: command {short(result.command)!r} failed with exit status "

@@ -85,8 +85,9 @@ class LocalBackend(Backend):
         temp = self._temp / f"{uuid.uuid4().hex}.tmp"
         try:
             self._temp.mkdir(mode=0o700, exist_ok=True)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with open(temp, "xb") as out:
+            _makedirs_private(path.parent)
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            with os.fdopen(fd, "wb") as out:
                 fill(out)
                 out.flush()
                 os.fsync(out.fileno())
@@ -154,7 +155,7 @@ class LocalBackend(Backend):
         if not src_path.is_file():
             raise ObjectNotFound(f"cannot move {src}: not found in {self.url}")
         try:
-            dst_path.parent.mkdir(parents=True, exist_ok=True)
+            _makedirs_private(dst_path.parent)
             os.replace(src_path, dst_path)
             _fsync_dir(dst_path.parent)
             if dst_path.parent != src_path.parent:
@@ -210,6 +211,15 @@ class LocalBackend(Backend):
                     yield ObjectInfo(name, entry.stat(follow_symlinks=False).st_size)
                 except FileNotFoundError:
                     continue  # deleted while listing
+
+
+def _makedirs_private(directory: Path) -> None:
+    """Create ``directory`` and its missing parents as 0700 each (``mkdir(parents=True)``
+    would make the parents with the umask's mode): objects are the owner's alone."""
+    if directory.is_dir():
+        return
+    _makedirs_private(directory.parent)
+    directory.mkdir(mode=0o700, exist_ok=True)
 
 
 def _fsync_dir(directory: Path) -> None:

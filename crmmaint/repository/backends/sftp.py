@@ -172,7 +172,7 @@ class SFTPBackend(Backend):
     def _path(self, name: str) -> str:
         return posixpath.join(self.root, check_name(name, self.url))
 
-    def _makedirs(self, sftp: paramiko.SFTPClient, directory: str, mode: int = 0o755) -> None:
+    def _makedirs(self, sftp: paramiko.SFTPClient, directory: str, mode: int = 0o700) -> None:
         if directory in self._dirs or directory == "/":
             return
         try:
@@ -213,6 +213,7 @@ class SFTPBackend(Backend):
                     self._makedirs(sftp, posixpath.dirname(temp), 0o700)
                     self._makedirs(sftp, posixpath.dirname(path))
                     with sftp.open(temp, "wb") as out:
+                        out.chmod(0o600)  # objects are the owner's alone, whatever the umask
                         out.set_pipelined(True)
                         fill(out)
                     sftp.posix_rename(temp, path)
