@@ -554,6 +554,6 @@ def test_verify_names_a_backup_the_storage_rolled_back(estate):
 
 
 def test_an_inventory_found_in_the_current_folder_is_named(estate):
-    code, out, err = cli("inventory", "check", cwd=estate)
+    code, _out, err = cli("inventory", "check", cwd=estate)
     assert code == 0, err
     assert f"using {estate / 'inventory.yml'} (no -i given)" in err

@@ -233,3 +233,22 @@ def test_a_failed_restore_leaves_no_partial_files(tree, tmp_path, existing):
     with pytest.raises(IntegrityError):
         src.restore(Breaks(), str(target))
     assert (not target.exists()) if not existing else list(target.iterdir()) == []
+
+
+def test_a_forced_restore_replaces_the_target_and_writes_through_no_symlink(tree, tmp_path):
+    """An existing target holding a symlink where the archive's folders go: extracting over it
+    would write into wherever the link points. --force replaces the target instead."""
+    src = source(tree)
+    data, facts = dump_all(src)
+    target = tmp_path / "restore"
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    first = str(tree).lstrip("/").split("/")[0]  # the archive's top folder (no member of its own)
+    target.mkdir()
+    (target / first).symlink_to(outside)
+    (target / "old-file").write_text("from before")
+    restored = src.restore(io.BytesIO(data), str(target), force=True)
+    assert compare_checksums(facts["checksums"], restored["checksums"]) == []
+    assert list(outside.iterdir()) == []  # nothing written through the link
+    assert not (target / first).is_symlink() and not (target / "old-file").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["app", "outside", "restore"])

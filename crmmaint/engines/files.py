@@ -91,6 +91,14 @@ def root_totals(roots: list[str], files: dict[str, dict[str, Any]]) -> dict[str,
     return totals
 
 
+# $1 = target: make and print a new private directory beside it, for a restore with force.
+_STAGE = 'umask 077; mktemp -d "$(dirname -- "$1")/.$(basename -- "$1").crmmaint-restore.XXXXXXXX"'
+# $1 = complete staging directory, $2 = target: the staging directory takes the target's place,
+# the old content is removed once it is out of the way.
+_SWAP = (
+    'set -e; old=$(mktemp -d "$2.crmmaint-old.XXXXXXXX"); mv -- "$2" "$old/t"; '
+    'mv -- "$1" "$2"; rm -rf -- "$old"'
+)
 # $1 = directory: prints new (absent), empty, busy (holds something) or other (not a directory).
 _TARGET_STATE = (
     'if [ ! -e "$1" ] && [ ! -L "$1" ]; then echo new; elif [ -d "$1" ] && [ ! -L "$1" ]; then '
@@ -354,9 +362,10 @@ class FileSetSource:
         """Extract a tar stream into ``target_dir`` (new, or empty, or ``force``).
 
         Returns checksums of the restored files, keyed by their original absolute paths.
-        With ``force`` the archive is extracted over what the directory already holds. A restore
-        that fails leaves nothing behind in a directory that was new or empty (what was
-        extracted is removed); over existing content (``force``) it cannot, and says so.
+        With ``force`` a directory that holds something is replaced: the archive is extracted
+        into a new directory beside it, which then takes its place (extracting over it would
+        write through symlinks already there, to anywhere they point). A restore that fails
+        leaves the target as it was: what was extracted is removed.
         Raises ``RestoreError`` for an unusable target, ``EngineError`` when extraction fails.
         """
         given = target_dir
@@ -379,19 +388,34 @@ class FileSetSource:
                 f"{self.where}: restore target {target_dir} is not a directory",
                 hint="name a new directory",
             )
-        self._run(["mkdir", "-p", "--", target_dir], what="mkdir")
+        self._run(["mkdir", "-p", "--", posixpath.dirname(target_dir)], what="mkdir")
+        if found == "busy":  # force: a fresh directory beside it, swapped in when complete
+            staged = self.transport.run(["sh", "-c", _STAGE, "sh", target_dir], timeout=60)
+            work, state = staged.text.strip(), "new"
+            if not staged.ok or not work.startswith(posixpath.dirname(target_dir) + "/"):
+                raise self.error(f"cannot make a staging directory beside {target_dir}")
+        else:
+            self._run(["mkdir", "-p", "--", target_dir], what="mkdir")
+            work, state = target_dir, found
         try:
-            return self._extract(stream, target_dir, timeout=timeout)
+            size = self._extract(stream, work, timeout=timeout)
+            if work != target_dir:
+                self._run(["sh", "-c", _SWAP, "sh", work, target_dir], what="replacing the target")
         except BaseException:
-            self._discard(target_dir, found)
+            self._discard(work, state)
             raise
+        log.info("restored %d bytes into %s on %s", size, target_dir, self.transport.host)
+        checksums = self.checksums(target_dir, timeout=timeout)
+        return {
+            "checksums": checksums,
+            "files": len(checksums),
+            "file_bytes": sum(f["size"] for f in checksums.values()),
+            "path": target_dir,
+        }
 
     def _discard(self, target_dir: str, state: str) -> None:
         """Remove what a failed restore extracted: the directory it made, or what it put into
-        an empty one; over existing content (force) nothing can be told apart."""
-        if state == "busy":
-            log.warning("the failed restore left what it extracted in %s (force)", target_dir)
-            return
+        an empty one."""
         script = 'rm -rf -- "$1"' if state == "new" else 'find "$1" -mindepth 1 -delete'
         try:
             self._run(["sh", "-c", script, "sh", target_dir], what="removing the partial restore")
@@ -399,7 +423,8 @@ class FileSetSource:
         except EngineError as exc:
             log.warning("could not remove the partial restore in %s: %s", target_dir, exc)
 
-    def _extract(self, stream: Reader, target_dir: str, *, timeout: float | None) -> Facts:
+    def _extract(self, stream: Reader, target_dir: str, *, timeout: float | None) -> int:
+        """Extract the whole stream into ``target_dir``; returns the bytes fed to tar."""
         command = ["tar", "-xf", "-", "-C", target_dir]
         checked = _DigestingReader(stream)
         try:
@@ -421,14 +446,7 @@ class FileSetSource:
             raise self.error(
                 f"the restore stream into {target_dir} is truncated (no end-of-archive marker)"
             )
-        log.info("restored %d bytes into %s on %s", size, target_dir, self.transport.host)
-        checksums = self.checksums(target_dir, timeout=timeout)
-        return {
-            "checksums": checksums,
-            "files": len(checksums),
-            "file_bytes": sum(f["size"] for f in checksums.values()),
-            "path": target_dir,
-        }
+        return size
 
     def checksums(self, directory: str, *, timeout: float | None = None) -> dict[str, dict]:
         """sha256 and size of every regular file under ``directory``, computed on the host.
