@@ -272,22 +272,23 @@ class Journal:
         rows[0]["details"] = json.loads(rows[0]["details"] or "{}")
         return rows[0]
 
-    def backups_recorded(self, repository: str) -> set[str]:
-        """Ids of the backups this journal saw committed into ``repository`` (from the details
-        of backup.database / backup.files results), for ``verify`` to look for."""
+    def backups_recorded(self, repository_id: str) -> set[str]:
+        """Ids of the backups this journal saw committed into the repository whose config id is
+        ``repository_id`` (from the details of backup.database / backup.files results), for
+        ``verify`` to look for."""
         found: set[str] = set()
         with self._lock:
             rows = self._db.execute(
                 "SELECT details FROM results WHERE task IN ('backup.database', 'backup.files') "
                 "AND status IN ('changed', 'warning') AND details LIKE ?",
-                [f'%"repository": {json.dumps(repository)}%'],
+                [f'%"repository_id": {json.dumps(repository_id)}%'],
             ).fetchall()
         for (details,) in rows:
             try:
                 doc = json.loads(details or "{}")
             except ValueError:
                 continue
-            if doc.get("repository") == repository and isinstance(doc.get("backup"), str):
+            if doc.get("repository_id") == repository_id and isinstance(doc.get("backup"), str):
                 found.add(doc["backup"])
         return found
 

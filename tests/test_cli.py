@@ -557,3 +557,17 @@ def test_an_inventory_found_in_the_current_folder_is_named(estate):
     code, _out, err = cli("inventory", "check", cwd=estate)
     assert code == 0, err
     assert f"using {estate / 'inventory.yml'} (no -i given)" in err
+
+
+def test_a_repository_made_again_under_the_same_name_is_not_missing_old_backups(estate):
+    """The journal remembers backups of the deleted repository; verify of the new one (same
+    name, new id) must not call them missing."""
+    inv = str(estate / "inventory.yml")
+    assert cli("keys", "generate", "--output", str(estate / "keys" / "ops.key"))[0] == 0
+    assert cli("repo", "init", "-i", inv)[0] == 0
+    assert cli("backup", "--database", "crm", "-i", inv)[0] == 0
+    shutil.rmtree(estate / "repo")
+    assert cli("repo", "init", "-i", inv)[0] == 0
+    assert cli("backup", "--database", "crm", "-i", inv)[0] == 0
+    code, out, err = cli("verify", "--read-data", "-i", inv)
+    assert code == 0, out + err

@@ -91,6 +91,7 @@ def _store_dump(
     recipients = recipients_for(repo_cfg)
     started = time.monotonic()
     with open_repository(repo_cfg) as repo:
+        repository_id = repo.id
         with (
             dump_cm as dump,
             repo.session(
@@ -111,7 +112,10 @@ def _store_dump(
         ctx.params["min_size_ratio"],
         list(facts.get("warnings", [])),
     )
-    result.details["repository"] = repo_cfg.name  # verify checks the journal's record of it
+    # The journal's record of this commit, which verify looks for: by repository id, since a
+    # repository deleted and made again under the same name holds none of the old backups.
+    result.details["repository"] = repo_cfg.name
+    result.details["repository_id"] = repository_id
     return result
 
 
@@ -132,9 +136,10 @@ def backup_verify(ctx: TaskContext) -> TaskResult:
 
     cfg = ctx.target.obj
     identities = identities_for(cfg) if ctx.params["decrypt"] else None
-    # What this journal saw committed: a backup the storage lost or rolled back is then named.
-    expected = ctx.journal.backups_recorded(cfg.name) if ctx.journal is not None else set()
     with open_repository(cfg, reading="verify") as repo:
+        # What this journal saw committed here: a backup the storage lost or rolled back is
+        # then named.
+        expected = ctx.journal.backups_recorded(repo.id) if ctx.journal is not None else set()
         report = repo.verify(
             read_data=ctx.params["read_data"] or ctx.params["read_data_subset"] is not None,
             subset_percent=ctx.params["read_data_subset"],
