@@ -320,20 +320,23 @@ class RestrictedScript:
     def __init__(self, stream: Reader) -> None:
         self._stream = stream
         self._pending = b"\\restrict " + secrets.token_hex(16).encode() + b"\n"
+        self._offset = 0  # of the next byte of _pending to hand out (no re-slicing the rest)
         self._tail = b""
         self._eof = False
 
     def read(self, size: int = 1 << 20) -> bytes:
-        while not self._pending and not self._eof:
-            chunk = self._stream.read(size)
+        while self._offset >= len(self._pending) and not self._eof:
+            chunk = self._stream.read(max(size, 1 << 16))
+            self._offset = 0
             if not chunk:
                 self._eof = True
                 self._pending, self._tail = _drop_dump_restrict(self._tail), b""
                 break
-            data = self._tail + chunk
+            data = self._tail + chunk if self._tail else chunk
             cut = data.rfind(b"\n") + 1  # keep a partial last line for the next chunk
             self._pending, self._tail = _drop_dump_restrict(data[:cut]), data[cut:]
-        out, self._pending = self._pending[:size], self._pending[size:]
+        out = self._pending[self._offset : self._offset + size]
+        self._offset += len(out)
         return out
 
 
