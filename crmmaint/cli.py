@@ -13,6 +13,7 @@ import inspect
 import logging
 import os
 import re
+import signal
 import sys
 import traceback
 from collections.abc import Callable
@@ -543,12 +544,19 @@ program = Program(
 )
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``crmmaint`` console script.
 
     A flag value of the wrong type (``--jobs abc``) fails in invoke's parser, before any
     command's own error handling: it becomes a one-line configuration error (exit 3).
     """
+    # A service manager stops crmmaint with SIGTERM: end like an interrupt (exit 130), so the
+    # journal records the run as ended and the commands it started are killed.
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         program.run(normalize_argv(list(argv) if argv is not None else sys.argv))
     except ValueError as exc:

@@ -571,3 +571,35 @@ def test_a_repository_made_again_under_the_same_name_is_not_missing_old_backups(
     assert cli("backup", "--database", "crm", "-i", inv)[0] == 0
     code, out, err = cli("verify", "--read-data", "-i", inv)
     assert code == 0, out + err
+
+
+def test_sigterm_ends_a_run_cleanly(estate, tmp_path):
+    """systemd stops a service with SIGTERM: the run ends as interrupted (130), the journal
+    does not keep it "running", and the command the step started is gone."""
+    import secrets
+    import signal as _signal
+
+    token = f"{200 + secrets.randbelow(700)}.{secrets.randbelow(10**6):06d}"
+    book = tmp_path / "long.yml"
+    book.write_text(yaml.safe_dump({"name": "long", "steps": [
+        {"name": "wait", "task": "shell.command", "hosts": "all",
+         "with": {"commands": [f"sleep {token}"], "timeout": "10m"}},
+    ]}))  # fmt: skip
+    proc = subprocess.Popen(
+        [str(BIN / "crmmaint"), "run", str(book), "-i", str(estate / "inventory.yml")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 20
+    while not subprocess.run(["pgrep", "-f", f"sleep {token}"], capture_output=True).stdout:
+        assert time.monotonic() < deadline, "the step never started"
+        time.sleep(0.1)
+    proc.send_signal(_signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, out + err
+    assert "Traceback" not in err
+    time.sleep(0.5)
+    assert not subprocess.run(["pgrep", "-f", f"sleep {token}"], capture_output=True).stdout
+    code, history, _ = cli("history", "-i", str(estate / "inventory.yml"))
+    assert code == 0 and "running" not in history, history

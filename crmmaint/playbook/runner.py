@@ -281,6 +281,9 @@ class Runner:
         self.argv = argv
         self._report = _SerialReporter(reporter if reporter is not None else Reporter())
         self._abort = threading.Event()
+        #: transports of the attempts under way: an interrupt kills what they started
+        self._attempts: set[_AttemptTransports] = set()
+        self._attempts_lock = threading.Lock()
         self._run_id: int | None = None
         self._transports: _RunTransports | None = None
 
@@ -390,6 +393,11 @@ class Runner:
                 )
         except BaseException:
             self._abort.set()
+            with self._attempts_lock:
+                attempts = list(self._attempts)
+            killed = sum(views.kill_all() for views in attempts)
+            if killed:
+                log.warning("interrupted: killed %d command(s) the step had started", killed)
             executor.shutdown(wait=False, cancel_futures=True)
             raise
         executor.shutdown(wait=True)
@@ -469,6 +477,17 @@ class Runner:
         assert self._transports is not None
         deadline = time.monotonic() + step.timeout if step.timeout is not None else None
         views = _AttemptTransports(self._transports.get, deadline)
+        with self._attempts_lock:
+            self._attempts.add(views)
+        try:
+            return self._attempt_with(step, target, views, deadline)
+        finally:
+            with self._attempts_lock:
+                self._attempts.discard(views)
+
+    def _attempt_with(
+        self, step: Step, target: Target, views: _AttemptTransports, deadline: float | None
+    ) -> tuple[TaskResult, bool]:
         ctx = TaskContext(
             target=target,
             inventory=self.inventory,
