@@ -414,11 +414,12 @@ def test_copy_row_counter_does_not_depend_on_where_chunks_end(cuts):
     lines=st.lists(
         st.sampled_from(
             [b"SELECT 1;", b"\\restrict abc123", b"\\unrestrict abc123", b"1\tsome\tvalue",
-             b"\\N\t2", b"\\.", b"COPY public.t (a) FROM stdin;", b"", b"x" * 300]
+             b"\\N\t2", b"\\.", b"COPY public.t (a) FROM stdin;", b"", b"x" * 300,
+             b"y" * 70000 + b"\\restrict abc123", b"\\" + b"z" * 5000]
         ),
         max_size=40,
     ),
-    reads=st.lists(st.integers(1, 5000), min_size=1, max_size=8),
+    reads=st.lists(st.integers(1, 100_000), min_size=1, max_size=8),
 )  # fmt: skip
 def test_a_restricted_script_passes_everything_but_the_dumps_restrict_lines(lines, reads):
     """Any split of the stream and any read sizes: the script opens with our own \\restrict,
@@ -428,7 +429,12 @@ def test_a_restricted_script_passes_everything_but_the_dumps_restrict_lines(line
     from crmmaint.engines.postgresql import RestrictedScript
 
     dump = b"".join(line + b"\n" for line in lines)
-    script = RestrictedScript(_io.BytesIO(dump))
+
+    class Trickle(_io.BytesIO):  # hands out at most 7 KiB per read: long lines span reads
+        def read(self, size: int = -1) -> bytes:
+            return super().read(min(size if size > 0 else 7000, 7000))
+
+    script = RestrictedScript(Trickle(dump))
     out, i = b"", 0
     while chunk := script.read(reads[i % len(reads)]):
         out += chunk

@@ -119,14 +119,20 @@ def forge(inventory: Path, engine: str, dump: bytes, facts: dict) -> str:
         return session.commit().id
 
 
-def payloads(marker: Path) -> list[tuple[str, bytes, dict]]:
-    """Forged dumps, each running `touch marker` if the client obeys it."""
+def payloads(marker: Path, secret: Path, source_db: str) -> list[tuple[str, bytes, dict]]:
+    """Forged dumps, each trying to run `touch marker` on this host, read `secret` into the
+    database, or reach beyond the scratch database, if the client obeys it."""
     shell = f"\\! touch {marker}\n".encode()
-    pg_copy = (
-        b"SET client_encoding = 'UTF8';\n" + shell + b"CREATE TABLE public.customers (id int);\n"
-        b"COPY public.customers (id) FROM stdin;\n1\n2\n\\.\n"
-    )
-    start = pg_copy.index(b"COPY ")
+    copy = b"COPY public.c%d (id) FROM stdin;\n1\n2\n\\.\n"
+    pg_two = (
+        b"SET client_encoding = 'UTF8';\n" + shell
+        + b"CREATE TABLE public.c1 (id int);\nCREATE TABLE public.c2 (id int);\n"
+    )  # fmt: skip
+    first = len(pg_two)
+    pg_two += copy % 1
+    second = len(pg_two)
+    pg_two += copy % 2
+    vi = b"SELECT 1\n\\e\n" + b":\n" * 2000 + f":!touch {marker}\n:qa!\n".encode() + b";\n"
     return [
         ("plain", b"SELECT 1;\n" + shell + b"SELECT 2;\n", {"format": "pg_dump-plain"}),
         (
@@ -135,22 +141,33 @@ def payloads(marker: Path) -> list[tuple[str, bytes, dict]]:
             {"format": "pg_dump-plain"},
         ),
         (
-            "parallel layout",
-            pg_copy,
-            {
-                "format": "pg_dump-plain",
-                "copy_sections": [[start, len(pg_copy)], [len(pg_copy), len(pg_copy)]],
-            },
+            "parallel layout",  # two COPY sections: the parallel restore path
+            pg_two,
+            {"format": "pg_dump-plain", "copy_sections": [[first, second], [second, len(pg_two)]]},
         ),
         ("mariadb system", b"SELECT 1;\nsystem touch " + str(marker).encode() + b"\n", {}),
+        ("editor", vi, {}),
+        (
+            "local infile",
+            b"CREATE TABLE loot (l text);\n"
+            + f"LOAD DATA LOCAL INFILE '{secret}' INTO TABLE loot;\n".encode(),
+            {},
+        ),
+        ("connect elsewhere", b"SELECT 1;\nconnect other 127.0.0.2\nSELECT 2;\n", {}),
+        (
+            "use the source",
+            f"SELECT 1;\nuse {source_db}\nCREATE TABLE touched_prod (id int);\n".encode(),
+            {},
+        ),
     ]
 
 
-@pytest.mark.parametrize("case", range(4))
+@pytest.mark.parametrize("case", range(8))
 def test_a_forged_backup_runs_no_client_command(estate, tmp_path, case):
     engine, name, inventory = estate
     marker = tmp_path / "pwned"
-    label, dump, facts = payloads(marker)[case]
+    secret = tmp_path / "keys" / "ops.key"
+    label, dump, facts = payloads(marker, secret, name)[case]
     if engine == "mysql" and label == "parallel layout":
         pytest.skip("MariaDB restores from the sequential stream only")
     forge(inventory, engine, dump, facts)
@@ -161,6 +178,9 @@ def test_a_forged_backup_runs_no_client_command(estate, tmp_path, case):
     tables = sql(engine, f"SELECT datname FROM pg_database WHERE datname = '{name}_forged'"
                  if engine == "postgresql" else f"SHOW DATABASES LIKE '{name}_forged'")  # fmt: skip
     assert tables.strip() == ""  # the half-loaded target was dropped
+    if engine == "mysql":
+        found = sql(engine, "SHOW TABLES LIKE 'touched_prod'", name).strip()
+        assert found == "", f"{label}: the restore reached the source database"
 
     book = tmp_path / "drill.yml"
     book.write_text(yaml.safe_dump({

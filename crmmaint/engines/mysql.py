@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 
 from crmmaint.engines.base import (
@@ -26,6 +26,7 @@ from crmmaint.engines.base import (
     closing_dump,
     schema_digest,
 )
+from crmmaint.errors import EngineError
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +107,59 @@ _BATCH_ESCAPE = re.compile(rb"\\(.)")
 _SQL_STRING = re.compile(rb"'[^'\\]*(?:\\.[^'\\]*)*'", re.DOTALL)
 _INSERT = re.compile(rb"^INSERT INTO `((?:[^`]|``)+)` VALUES\s*")
 _CREATE = re.compile(rb"^CREATE TABLE `((?:[^`]|``)+)` \(")
+
+
+#: Client commands of the mariadb/mysql client, as the first word of a line (or a backslash
+#: command anywhere at a line's start). `delimiter` is left out: dumps of routines use it.
+_CLIENT_COMMAND = re.compile(
+    rb"^[ \t]*(?:\\[^\n]|(?:connect|use|edit|ego|go|system|source|tee|notee|pager|nopager|"
+    rb"charset|prompt|rehash|status|print|clear|help|quit|exit|warnings|nowarning)(?:[ \t;]|$))",
+    re.IGNORECASE,
+)
+#: Bytes of a line's start that decide whether it is a client command.
+_COMMAND_LOOKAHEAD = 64
+
+
+class ClientCommandGuard:
+    """Passes a MariaDB/MySQL restore stream through and refuses it (``EngineError``, so the
+    restore fails and drops its target) at the first line that starts with a client command:
+    a dump from mariadb-dump never holds one, a forged backup might. Only a line's first
+    64 bytes are kept to look at, so any line length costs linear time."""
+
+    def __init__(self, stream: Reader, describe: Callable[[str], EngineError]) -> None:
+        self._stream = stream
+        self._describe = describe
+        self._line_start = b""  # first bytes of the current line (until decided)
+        self._decided = False  # the current line's start was already checked
+        self._line = 1
+
+    def read(self, size: int = 1 << 20) -> bytes:
+        chunk = self._stream.read(size)
+        pos = 0
+        while pos < len(chunk):
+            nl = chunk.find(b"\n", pos)
+            end = len(chunk) if nl < 0 else nl
+            if not self._decided:
+                self._line_start += chunk[pos : min(end, pos + _COMMAND_LOOKAHEAD)]
+                if nl >= 0 or len(self._line_start) >= _COMMAND_LOOKAHEAD:
+                    self._check(self._line_start)
+                    self._decided = True
+            if nl < 0:
+                break
+            pos = nl + 1
+            self._line += 1
+            self._line_start, self._decided = b"", False
+        if not chunk and self._line_start and not self._decided:
+            self._check(self._line_start)
+        return chunk
+
+    def _check(self, start: bytes) -> None:
+        if _CLIENT_COMMAND.match(start):
+            word = start.strip()[:20].decode("utf-8", "replace")
+            raise self._describe(
+                f"the dump holds a client command at line {self._line} ({word!r}…), which "
+                "mariadb-dump never writes: refusing to restore it (a forged backup?)"
+            )
 
 
 def quote_ident(name: str) -> str:
@@ -200,7 +254,9 @@ class MySQLEngine(DatabaseEngine):
         return ["sh", "-c", _FIRST_OF, "mariadb", "mysql", *args]
 
     def client_env(self) -> dict[str, str]:
-        return self.password_env("MYSQL_PWD")
+        """Password through the environment; an editor that does nothing (`\\e` in a dump
+        must never start one on this host)."""
+        return {"EDITOR": "false", "VISUAL": "false"} | self.password_env("MYSQL_PWD")
 
     # --- queries ----------------------------------------------------------------------------
 
@@ -344,10 +400,13 @@ class MySQLEngine(DatabaseEngine):
         try:
             # A backup is untrusted input (a write-key holder can forge one): the sandbox
             # refuses the client commands that reach the file system or a shell (`\\!`,
-            # `system`, `source`, `tee`), and a client without it fails instead of loading.
+            # `system`, `source`, `tee`), and a client without it fails instead of loading;
+            # --local-infile=0 keeps LOAD DATA LOCAL from reading this host's files; the guard
+            # refuses the client commands the sandbox lets through (`\\e` runs an editor on
+            # the rest of the dump, `connect` reaches another server, `use` another database).
             size = target.load(
-                target.client("--sandbox"),
-                stream,
+                target.client("--sandbox", "--local-infile=0"),
+                ClientCommandGuard(stream, target.error),
                 into=target_name,
                 what="mariadb restore",
                 timeout=timeout,

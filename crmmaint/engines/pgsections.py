@@ -27,6 +27,10 @@ from dataclasses import dataclass
 
 from crmmaint.engines.base import Reader
 
+#: The session settings at the top of a plain dump kept for the other connections (pg_dump
+#: writes well under 2 KiB of them).
+MAX_PREAMBLE = 64 << 10
+
 #: Object types of pg_dump's data section.
 DATA_TYPES = frozenset({b"TABLE DATA", b"SEQUENCE SET", b"BLOB", b"BLOBS", b"BLOB DATA"})
 #: Types that start the post-data section once data has been seen.
@@ -154,7 +158,9 @@ class PostDataSplit:
                     self._buf = buf[pos:]
                     self._take_post()
                     return
-            elif not self._seen_header:
+            elif not self._seen_header and len(self.preamble) < MAX_PREAMBLE:
+                # pg_dump's preamble is a few SET lines; a text without object headers (not
+                # pg_dump's) stops being copied here rather than grow one copy per line.
                 self.preamble += line
             if self._freeze:
                 self._track_create(line)

@@ -322,6 +322,7 @@ class RestrictedScript:
         self._pending = b"\\restrict " + secrets.token_hex(16).encode() + b"\n"
         self._offset = 0  # of the next byte of _pending to hand out (no re-slicing the rest)
         self._tail = b""
+        self._mid_line = False  # the last bytes handed on ended inside a line
         self._eof = False
 
     def read(self, size: int = 1 << 20) -> bytes:
@@ -330,11 +331,22 @@ class RestrictedScript:
             self._offset = 0
             if not chunk:
                 self._eof = True
-                self._pending, self._tail = _drop_dump_restrict(self._tail), b""
+                last = self._tail if self._mid_line else _drop_dump_restrict(self._tail)
+                self._pending, self._tail = last, b""
                 break
             data = self._tail + chunk if self._tail else chunk
+            head = b""
+            if self._mid_line:  # the rest of a line already handed on: never a line start
+                end = data.find(b"\n") + 1 or len(data)
+                head, data = data[:end], data[end:]
+                self._mid_line = not head.endswith(b"\n")
             cut = data.rfind(b"\n") + 1  # keep a partial last line for the next chunk
-            self._pending, self._tail = _drop_dump_restrict(data[:cut]), data[cut:]
+            self._pending, self._tail = head + _drop_dump_restrict(data[:cut]), data[cut:]
+            if self._tail and (not self._tail.startswith(b"\\") or len(self._tail) > 4096):
+                # Not a pg_dump restrict line: hand it on now rather than join chunk after
+                # chunk to it (a 128 MiB row would cost quadratic time).
+                self._pending, self._tail = self._pending + self._tail, b""
+                self._mid_line = True
         out = self._pending[self._offset : self._offset + size]
         self._offset += len(out)
         return out
