@@ -181,6 +181,32 @@ def repo_repair(
         print(f"removed {report.leftovers_removed} leftover(s) of killed writers")
 
 
+@command(name="upgrade", help=helps(repository=REPO_HELP))
+def repo_upgrade(
+    c: Any, inventory: str | None = None, repository: str | None = None, debug: bool = False
+) -> None:
+    """Authenticate a repository config written before configs carried a MAC (once, and only
+    if you trust its values as they are)."""
+    from crmmaint.access import backend_for, load_write_key
+    from crmmaint.repository import Repository
+
+    inv = open_inventory(c, inventory)
+    cfg = inv.repository(repository)
+    key = load_write_key(cfg.write_key) if cfg.write_key else None
+    if key is None:
+        raise ConfigError(f"repository {cfg.name!r} has no write_key", hint="add 'write_key: PATH'")
+    backend = backend_for(cfg)
+    try:
+        done = Repository.authenticate_config(backend, key)
+    finally:
+        backend.close()
+    print(
+        f"authenticated the config of {cfg.url}"
+        if done
+        else f"the config of {cfg.url} is already authenticated"
+    )
+
+
 # --- backup, verify, prune via the runner ------------------------------------------------------
 
 
@@ -496,5 +522,5 @@ def register(ns: Collection) -> None:
     ns.add_task(prune)
     ns.add_task(restore)
     ns.add_collection(Collection("keys", keys_generate, keys_show, keys_check))
-    ns.add_collection(Collection("repo", repo_init, repo_unlock, repo_repair))
+    ns.add_collection(Collection("repo", repo_init, repo_unlock, repo_repair, repo_upgrade))
     ns.add_collection(Collection("backups", backups_list))

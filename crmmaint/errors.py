@@ -20,6 +20,7 @@ carries the process exit code the CLI uses when it reaches the top-level handler
     │   ├── KeyFileError                        key file missing, malformed, or too open
     │   ├── WrongKeyError                       no identity given can decrypt this backup
     │   └── IntegrityError             exit 9   authentication failed: tampered or truncated
+    │       └── UnauthenticatedConfig           a config without its MAC (`repo upgrade`)
     ├── RestoreError                   exit 6   restore target unusable (exists, no --force)
     └── TaskError                      exit 2   a task failed in a way the runner reports
 
@@ -138,6 +139,10 @@ class WrongKeyError(CryptoError):
 
 class IntegrityError(CryptoError):
     exit_code = 9
+
+
+class UnauthenticatedConfig(IntegrityError):
+    """A repository config without its MAC (older, or stripped): ``repo upgrade`` decides."""
 
 
 class RestoreError(CrmMaintError):

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from crmmaint.crypto import X25519Identity, new_write_key
-from crmmaint.errors import IntegrityError, RepositoryError
+from crmmaint.errors import CryptoError, IntegrityError, RepositoryError
 from crmmaint.repository import ChunkerParams, Repository
 from crmmaint.repository.backends.local import LocalBackend
 from crmmaint.repository.index import load_segment
@@ -603,7 +603,9 @@ def test_a_config_edited_by_the_storage_provider_is_refused(tmp_path, edit, refu
         Repository.open(LocalBackend(root), key)
 
 
-def test_a_config_without_its_mac_opens_with_checked_values_and_a_warning(tmp_path, caplog):
+def test_a_config_without_its_mac_is_refused_until_the_operator_upgrades_it(tmp_path):
+    """A stripped MAC is no way around it: the operator alone authenticates an older config,
+    once, after the values were checked."""
     import json
 
     key = new_write_key()
@@ -611,61 +613,14 @@ def test_a_config_without_its_mac_opens_with_checked_values_and_a_warning(tmp_pa
     Repository.init(LocalBackend(root), key)
     config = json.loads((root / "config").read_text())
     del config["mac"]
-    (root / "config").write_text(json.dumps(config))
-    with caplog.at_level("WARNING"):
+    (root / "config").write_text(json.dumps({**config, "pack_size": 2 << 20}))
+    with pytest.raises(IntegrityError, match="carries no MAC"):
         Repository.open(LocalBackend(root), key)
-    assert "carries no MAC" in caplog.text
+    with pytest.raises(CryptoError):
+        Repository.authenticate_config(LocalBackend(root), new_write_key())
+    assert Repository.authenticate_config(LocalBackend(root), key) is True
+    assert Repository.open(LocalBackend(root), key).pack_size == 2 << 20
+    assert Repository.authenticate_config(LocalBackend(root), key) is False
     (root / "config").write_text(json.dumps({**config, "pack_size": 1}))
     with pytest.raises(RepositoryError, match="pack_size"):
-        Repository.open(LocalBackend(root), key)
-
-
-# --- deletion and rollback by the storage ------------------------------------------------------
-
-
-def test_a_backup_the_storage_deleted_is_named_by_verify(three_backups):
-    root, key, _ident, ids, _data = three_backups
-    repo = Repository.open(LocalBackend(root), key)
-    assert repo.verify(expected_backups=ids).ok
-    (root / "backups" / ids[1]).unlink()  # the storage drops one backup (not the newest)
-    problems = {p.object: p.message for p in repo.verify().problems}
-    assert f"backups/{ids[1]}" in problems and "follows it" in problems[f"backups/{ids[1]}"]
-    (root / "backups" / ids[3]).unlink()  # the newest: only the journal's record can tell
-    assert f"backups/{ids[3]}" not in {p.object for p in repo.verify().problems}
-    named = {p.object: p.message for p in repo.verify(expected_backups=ids).problems}
-    assert "the journal records this backup" in named[f"backups/{ids[3]}"]
-
-
-def test_backups_removed_by_prune_or_repair_are_not_missing(three_backups):
-    root, key, _ident, ids, _data = three_backups
-    repo = Repository.open(LocalBackend(root), key)
-    repo.prune(RetentionPolicy(keep_last=1), now=time.time(), dry_run=False)
-    assert sorted(p.name for p in (root / "pruned").iterdir()) == sorted(ids[:2])
-    assert repo.verify(expected_backups=ids).ok  # the prune records account for them
-    flip(root / "backups" / ids[2])
-    repo.repair(apply=True)
-    assert repo.verify(expected_backups=ids).ok, repo.verify(expected_backups=ids).problems
-    forged = root / "pruned" / ids[3]  # a prune record cannot be forged without the key
-    forged.write_bytes(b"\x01" + bytes(60))
-    (root / "backups" / ids[3]).unlink()
-    names = {p.object for p in repo.verify(expected_backups=ids).problems}
-    assert {f"backups/{ids[3]}", f"pruned/{ids[3]}"} <= names
-
-
-def test_a_replayed_index_segment_cannot_make_a_backup_depend_on_deleted_packs(three_backups):
-    """Prune consolidates the index and deletes packs; the storage then puts an old segment
-    back (a rollback). A new backup must not reuse chunks whose packs are gone."""
-    root, key, ident, _ids, data = three_backups
-    old_segments = {p.name: p.read_bytes() for p in (root / "index").iterdir()}
-    repo = Repository.open(LocalBackend(root), key)
-    repo.prune(RetentionPolicy(keep_last=1), now=time.time(), dry_run=False)
-    for name, blob in old_segments.items():
-        if not (root / "index" / name).exists():
-            (root / "index" / name).write_bytes(blob)  # replayed
-    repo = Repository.open(LocalBackend(root), key)
-    with pytest.raises(RepositoryError, match=r"reuses chunks of data/.*which is missing"):
-        backup(repo, ident, {"dump": data[0]})  # its chunks were pruned with ids[0]
-    assert {p.object for p in repo.verify().problems}  # and verify names the stale segment
-    copied = root / "index" / ("0" * 64)
-    copied.write_bytes(next(iter(old_segments.values())))
-    assert f"index/{'0' * 64}" in Repository.open(LocalBackend(root), key).refresh_index().damaged
+        Repository.authenticate_config(LocalBackend(root), key)

@@ -17,7 +17,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from crmmaint.crypto import ALGORITHMS, Identity, Recipient, derive_repository_keys
-from crmmaint.errors import CryptoError, IntegrityError, ObjectNotFound, RepositoryError
+from crmmaint.errors import (
+    CryptoError,
+    IntegrityError,
+    ObjectNotFound,
+    RepositoryError,
+    UnauthenticatedConfig,
+)
 from crmmaint.repository.backends.base import Backend
 from crmmaint.repository.format import (
     BACKUPS_DIR,
@@ -182,14 +188,15 @@ class Repository:
         config["chunker"] = {k: v for k, v in config["chunker"].items() if k != "algorithm"}
         repo = cls(backend, write_key, config)
         if "mac" not in stored:
-            logger.warning(
-                "the config of %s carries no MAC (made before crmmaint authenticated it): its "
-                "values were checked against their ranges only",
-                backend.url,
+            # Never accepted as is: whoever stores the repository could strip the MAC and
+            # change any value within range.
+            raise UnauthenticatedConfig(
+                f"repository config at {backend.url} carries no MAC (written before crmmaint "
+                "authenticated it, or stripped by someone)",
+                hint="if you trust its values as they are (`cat` the config object), run "
+                "`crmmaint repo upgrade` once to authenticate it",
             )
-        elif not hmac.compare_digest(
-            config_mac(repo.keys.metadata_key, stored), str(stored["mac"])
-        ):
+        if not hmac.compare_digest(config_mac(repo.keys.metadata_key, stored), str(stored["mac"])):
             raise IntegrityError(
                 f"repository config at {backend.url} failed authentication: it was changed "
                 "by someone other than crmmaint",
@@ -197,6 +204,36 @@ class Repository:
                 "until then",
             )
         return repo
+
+    @classmethod
+    def authenticate_config(cls, backend: Backend, write_key: bytes) -> bool:
+        """Add the MAC to a config written before configs were authenticated, after checking
+        its values and the write key; returns False when it already carries a valid one.
+
+        Only the operator can decide that the current values are the ones crmmaint wrote: this
+        is a one-off step they run, never done automatically. Raises as ``open`` does.
+        """
+        backend.open()
+        try:
+            stored = decode_config(backend.load(CONFIG), backend.url)
+        except ObjectNotFound:
+            raise RepositoryError(
+                f"no crmmaint repository at {backend.url}", hint=_INIT_HINT
+            ) from None
+        if "mac" in stored:
+            cls._from_config(backend, write_key, stored)  # must verify
+            return False
+        check_config_values(stored, backend.url)
+        keys = derive_repository_keys(write_key)
+        if not hmac.compare_digest(
+            write_key_check(keys.metadata_key, str(stored.get("id"))),
+            str(stored.get("write_key_check")),
+        ):
+            raise CryptoError(f"write key does not match repository URL {backend.url}")
+        stored["mac"] = config_mac(keys.metadata_key, stored)
+        backend.store(CONFIG, encode_config(stored))
+        logger.info("authenticated the config of %s", backend.url)
+        return True
 
     def close(self) -> None:
         self.backend.close()
