@@ -242,3 +242,19 @@ def test_a_pattern_is_matched_on_a_bounded_prefix_of_each_line(journal, tmp_path
     log.write_text("x" * 300_000 + " ERROR late\nERROR early " + "y" * 300_000 + "\n")
     result = scan(journal, {"paths": [str(log)], "patterns": ["ERROR.*timeout", "ERROR"]})
     assert result.metrics["matches"] == 1  # only the line whose match lies in its first 8 KiB
+
+
+def test_a_log_reached_through_a_symlinked_folder_is_not_read_unless_asked(
+    journal: Journal, tmp_path: Path
+) -> None:
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    (private / "secret.log").write_text("ERROR the root-only line\n")
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "linkdir").symlink_to(private)
+    result = scan(journal, {"paths": [str(logs / "linkdir" / "*.log")]})
+    assert result.metrics["matches"] == 0
+    assert result.details["symlinks_skipped"] == [str(logs / "linkdir" / "secret.log")]
+    followed = scan(journal, {"paths": [str(logs / "linkdir" / "*.log")], "follow_symlinks": True})
+    assert followed.metrics["matches"] == 1

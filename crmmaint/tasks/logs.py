@@ -10,6 +10,7 @@ has the old inode, then the new file from its start.
 from __future__ import annotations
 
 import logging
+import os
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -36,11 +37,15 @@ MAX_DISTINCT = 5000
 #: followed, "m<TAB>glob" when nothing matches.
 _LIST_SCRIPT = r"""
 mode=$1; shift; IFS=
+# true when an absolute path reaches its file through a symlinked folder
+linked() { case $1 in /*) [ "$(readlink -f -- "$1")" != "$1" ];; *) false;; esac; }
 st() { if [ "$mode" = follow ]; then stat -L --printf "$1" -- "$2"; else stat --printf "$1" -- "$2"; fi; }
 for pat do
   n=0
   for f in $pat; do
-    if [ "$mode" != follow ] && [ -L "$f" ]; then printf 'l\t%s\0' "$f"; n=1; continue; fi
+    if [ "$mode" != follow ] && { [ -L "$f" ] || linked "$f"; }; then
+      printf 'l\t%s\0' "$f"; n=1; continue
+    fi
     [ -f "$f" ] || continue
     n=1; st 'f\t%i\t%s\t%n\0' "$f"
     if [ -f "$f.1" ] && { [ "$mode" = follow ] || [ ! -L "$f.1" ]; }; then
@@ -225,7 +230,9 @@ def resolve_paths(ctx: TaskContext, paths: list[str]) -> list[str]:
     """Relative paths on a local host are relative to the inventory file, like the inventory's own."""
     if not ctx.target.host.is_local:
         return list(paths)
-    base = Path(ctx.inventory.path).parent
+    # The inventory's own folder by its physical path: a checkout under a symlinked folder
+    # must not make its own logs look like links (logs.scan skips those).
+    base = Path(os.path.realpath(Path(ctx.inventory.path).parent))
     return [p if p.startswith("/") else str(base / p) for p in paths]
 
 
