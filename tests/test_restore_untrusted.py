@@ -6,31 +6,22 @@ through the CLI against real PostgreSQL and MariaDB, must refuse it and run noth
 from __future__ import annotations
 
 import io
-import os
 import subprocess
-import sys
 import uuid
 from pathlib import Path
 
 import pytest
 import yaml
+from clirun import run_cli
 
 from crmmaint.access import load_write_key, recipients_for
 from crmmaint.inventory import load_inventory
 from crmmaint.repository import Repository
 from crmmaint.repository.backends.local import LocalBackend
 
-BIN = Path(sys.executable).parent
-
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(BIN / "crmmaint"), *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "COLUMNS": "200"},
-    )
+    return run_cli(*args)
 
 
 def sql(engine: str, statement: str, db: str | None = None) -> str:

@@ -4,16 +4,12 @@ CLI as users run it (health in check mode, backup)."""
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import uuid
-from pathlib import Path
 
 import pytest
 import yaml
-
-BIN = Path(sys.executable).parent
+from clirun import run_cli
 
 
 def psql(statement: str, db: str = "postgres") -> str:
@@ -27,13 +23,7 @@ def psql(statement: str, db: str = "postgres") -> str:
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(BIN / "crmmaint"), *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "COLUMNS": "200"},
-    )
+    return run_cli(*args)
 
 
 @pytest.fixture

@@ -276,13 +276,16 @@ class DatabaseEngine(abc.ABC):
     ) -> int:
         """Stream a dump into a client command's stdin (a restore); returns the bytes fed.
 
+        The stream passes through ``untrusted_script`` first: a backup is untrusted input.
         A client that exits non-zero, a source that fails mid-stream, or a timeout becomes an
         ``EngineError`` naming the target; the caller removes the half-loaded target.
         """
+        if self.untrusted_hint:
+            hint = f"{hint}; {self.untrusted_hint}" if hint else self.untrusted_hint
         with self.started(command, what=what, stdout="collect") as proc:
             if timeout is not None:
                 proc.set_timeout(timeout)
-            size, problem = feed(stream, proc)
+            size, problem = feed(self.untrusted_script(stream), proc)
             try:
                 result = proc.wait(timeout=timeout)
             except CommandTimeout as exc:
@@ -293,6 +296,15 @@ class DatabaseEngine(abc.ABC):
                     hint=hint,
                 )
         return size
+
+    #: Added to a failed load's hint when ``untrusted_script`` may be why it failed.
+    untrusted_hint: str | None = None
+
+    def untrusted_script(self, stream: Reader) -> Reader:
+        """What a restore client may be fed of a backup's stream. A write-key holder can forge
+        a backup, so an engine whose client obeys commands in its input neutralises or refuses
+        them here (psql restricted mode, the mariadb guard); the default passes it unchanged."""
+        return stream
 
     def drop_quietly(self, target_name: str) -> None:
         """Remove a failed restore target; a failure to do so is logged, not raised."""

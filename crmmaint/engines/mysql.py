@@ -253,6 +253,10 @@ class MySQLEngine(DatabaseEngine):
             args.append(f"--database={db}")
         return ["sh", "-c", _FIRST_OF, "mariadb", "mysql", *args]
 
+    def untrusted_script(self, stream: Reader) -> Reader:
+        """Refuse client commands the sandbox lets through (``ClientCommandGuard``)."""
+        return ClientCommandGuard(stream, self.error)
+
     def client_env(self) -> dict[str, str]:
         """Password through the environment; an editor that does nothing (`\\e` in a dump
         must never start one on this host)."""
@@ -406,7 +410,7 @@ class MySQLEngine(DatabaseEngine):
             # the rest of the dump, `connect` reaches another server, `use` another database).
             size = target.load(
                 target.client("--sandbox", "--local-infile=0"),
-                ClientCommandGuard(stream, target.error),
+                stream,
                 into=target_name,
                 what="mariadb restore",
                 timeout=timeout,

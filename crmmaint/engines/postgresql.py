@@ -44,7 +44,7 @@ from crmmaint.engines.pgload import (
 )
 from crmmaint.engines.pgsections import IDENT, PostDataSplit, post_data_phases
 from crmmaint.errors import CommandTimeout, TransportError
-from crmmaint.transport.base import Command, Process
+from crmmaint.transport.base import Process
 
 log = logging.getLogger(__name__)
 
@@ -557,28 +557,11 @@ class PostgreSQLEngine(DatabaseEngine):
         log.info("restored %d bytes into %s (%d tables loaded frozen)", size, target_name, frozen)
         return target.snapshot_facts()
 
-    def load(
-        self,
-        command: Command,
-        stream: Reader,
-        *,
-        into: str,
-        what: str,
-        timeout: float | None,
-        hint: str | None = None,
-    ) -> int:
-        """Feed a restore script to psql in restricted mode: a backup is untrusted input (a
-        write-key holder can forge one), so no psql meta-command in it (``\\!`` runs a shell
-        command) may run. See ``RestrictedScript``."""
-        return super().load(
-            command,
-            RestrictedScript(stream),
-            into=into,
-            what=what,
-            timeout=timeout,
-            hint=(f"{hint}; " if hint else "")
-            + "a line of the dump that psql takes for a meta-command is refused",
-        )
+    untrusted_hint = "a line of the dump that psql takes for a meta-command is refused"
+
+    def untrusted_script(self, stream: Reader) -> Reader:
+        """psql in restricted mode: no meta-command of the dump runs (``RestrictedScript``)."""
+        return RestrictedScript(stream)
 
     def _psql_load(self, *, single_transaction: bool = False) -> list[str]:
         command = ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-o", "/dev/null"]
