@@ -469,6 +469,8 @@ def restore(
                     reader, target_name=to, force=force, layout=layout, jobs=jobs
                 )
                 what = f"{len(facts.get('tables', []))} tables, {sum((facts.get('row_counts') or {}).values())} rows"
+                if facts.get("owner"):
+                    what += f"; loaded as {facts['owner']}, which owns what it created"
             elif kind == "fileset":
                 if name not in inv.filesets:
                     raise ConfigError(

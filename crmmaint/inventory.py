@@ -82,6 +82,7 @@ class Database:
     main: bool = False
     groups: list[str] = field(default_factory=list)
     vars: dict[str, Any] = field(default_factory=dict)
+    restore_privilege: str = "least"
 
 
 @dataclass
@@ -268,7 +269,11 @@ _HOST_KEYS = {
 }  # fmt: skip
 _DB_KEYS = {
     "engine", "host", "name", "address", "port", "user", "password", "path", "main", "groups", "vars",
+    "restore_privilege",
 }  # fmt: skip
+#: How restores and drills load SQL: ``least`` as a temporary role that owns only the new
+#: database (docs/engines.md), ``full`` as the configured user (for dumps that need more).
+RESTORE_PRIVILEGES = ("least", "full")
 _CACHE_KEYS = {"host", "redis", "password", "directories", "groups"}
 _FILESET_KEYS = {"host", "paths", "exclude", "groups"}
 _REPO_KEYS = {
@@ -470,6 +475,12 @@ def _database(name: str, spec: dict, base: Path, inv: Inventory) -> Database:
         main=main,
         groups=groups,
         vars=dict(get_field(spec, "vars", dict, default={})),
+        restore_privilege=one_of(
+            get_field(spec, "restore_privilege", str, default="least"),
+            RESTORE_PRIVILEGES,
+            "restore_privilege",
+            spec,
+        ),
     )
 
 

@@ -26,3 +26,36 @@ def hermetic_env(tmp_path_factory, monkeypatch):
     # fast; a CLI run as a subprocess pays the real cost, as users do.
     monkeypatch.setattr("crmmaint.crypto.keys.SCRYPT_LOG_N", SCRYPT_LOG_N_MIN)
     return home
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Tests that drop restored databases with plain SQL leave their load roles and accounts
+    (crmmaint's own drop removes them): remove every one whose database is gone."""
+    import subprocess
+
+    from crmmaint.engines.mysql import LoadUser
+
+    sweep = """DO $$DECLARE r text; BEGIN
+      FOR r IN SELECT rolname FROM pg_roles WHERE rolname LIKE 'crmmaint\\_load\\_%' LOOP
+        BEGIN EXECUTE format('DROP ROLE %I', r); EXCEPTION WHEN others THEN NULL; END;
+      END LOOP; END$$;"""
+    subprocess.run(
+        ["psql", "-X", "-q", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres"],
+        input=sweep, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    mariadb = ["mariadb", "--protocol=TCP", "-h", "127.0.0.1", "-uroot", "-N", "--batch"]
+    listed = subprocess.run(
+        mariadb, input="SHOW DATABASES; SELECT '--'; SELECT user, host FROM mysql.user "
+        "WHERE user LIKE 'crmmaint\\_load\\_%';",
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    databases, _, accounts = listed.stdout.partition("--\n")
+    live = {LoadUser(name, "").name for name in databases.split()}
+    drops = [
+        f"DROP USER IF EXISTS '{user}'@'{host}';"
+        for user, host in (line.split("\t") for line in accounts.splitlines() if "\t" in line)
+        if user not in live
+    ]
+    if drops:
+        subprocess.run(mariadb, input="\n".join(drops), capture_output=True, text=True,
+                       timeout=60, check=False)  # fmt: skip

@@ -164,3 +164,58 @@ def test_insert_counter_handles_both_layouts_and_tricky_strings():
 
 def test_parse_batch_unescapes():
     assert parse_batch(b"a\\tb\tc\\nd\\\\\n\n1\tNULL\n") == [("a\tb", "c\nd\\"), ("1", "NULL")]
+
+
+ROUTINES = r"""DELIMITER //
+CREATE TABLE audit (id int, note text)//
+INSERT INTO audit VALUES (1, 'DEFINER=`root`@`localhost` stays data')//
+CREATE VIEW audit_view AS SELECT id FROM audit//
+CREATE TRIGGER audit_note BEFORE INSERT ON audit FOR EACH ROW SET NEW.note = concat('t;', NEW.note)//
+CREATE PROCEDURE add_audit(IN n int) BEGIN INSERT INTO audit VALUES (n, 'DEFINER=`x`@`y`;
+second line'); END//
+CREATE FUNCTION plus_one(x int) RETURNS int DETERMINISTIC RETURN x + 1//
+CREATE EVENT audit_purge ON SCHEDULE EVERY 1 DAY DISABLE DO DELETE FROM audit WHERE id < 0//
+"""
+
+
+@pytest.mark.parametrize("privilege", ["least", "full"])
+def test_routines_views_triggers_and_events_restore_least_privileged(scratch_names, privilege):
+    """A least-privilege restore loads as an account limited to the new database; the dump's
+    DEFINER clauses (statement heads only, never data) name that account, so every routine,
+    view, trigger and event is created and works. ``full`` keeps the dump's definers."""
+    name, copy = scratch_names(), scratch_names()
+    mariadb(f"CREATE DATABASE `{name}`")
+    args = ["mariadb", "--protocol=TCP", "-h", "127.0.0.1", "-uroot", name]
+    statements = ROUTINES.replace(";\n", "//\n").replace(
+        "second line'); END//", "second line'); END//"
+    )
+    script = "DELIMITER //\n" + statements.replace(
+        "VALUES (n, 'DEFINER=`x`@`y`//", "VALUES (n, 'DEFINER=`x`@`y`;"
+    )
+    subprocess.run(args, input=script.encode(), check=True, capture_output=True)
+    db = Database(name="crm", engine="mysql", host="local", dbname=name, address="127.0.0.1",
+                  user="root", restore_privilege=privilege)  # fmt: skip
+    engine = engine_for(db, LocalTransport())
+    dump, facts = dump_all(engine)
+    restored = engine.restore(io.BytesIO(dump), target_name=copy)
+    assert compare_facts(facts, restored) == []
+    definers = mariadb(
+        "SELECT DISTINCT definer FROM information_schema.routines WHERE routine_schema = "
+        f"'{copy}' UNION SELECT definer FROM information_schema.views WHERE table_schema = "
+        f"'{copy}' UNION SELECT definer FROM information_schema.triggers WHERE trigger_schema "
+        f"= '{copy}' UNION SELECT definer FROM information_schema.events WHERE event_schema = "
+        f"'{copy}'"
+    ).split()[1:]
+    if privilege == "least":
+        assert len(definers) == 1 and definers[0].startswith("crmmaint_load_"), definers
+    else:
+        assert all(d.startswith("root@") for d in definers), definers
+    notes = mariadb(
+        "CALL add_audit(7); SELECT plus_one(1); SELECT note FROM audit ORDER BY id", copy
+    )
+    assert "DEFINER=`root`@`localhost` stays data" in notes  # data is never rewritten
+    assert "t;DEFINER=`x`@`y`;\\nsecond line" in notes  # nor a routine's body
+    engine.drop(copy)
+    left = mariadb(f"SELECT count(*) FROM mysql.user WHERE user LIKE 'crmmaint_load%' AND user = "
+                   f"'{definers[0].split('@')[0]}'")  # fmt: skip
+    assert left.split()[-1] == "0"  # dropping the target drops its load account

@@ -186,3 +186,125 @@ def test_a_genuine_backup_still_restores(estate):
     _engine, name, inventory = estate
     done = cli("restore", "database:crm@latest", "--to", f"{name}_forged", "-i", str(inventory))
     assert done.returncode == 0 and "2 rows" in done.stdout, done.stdout + done.stderr
+
+
+def test_forged_sql_runs_without_superuser_rights(estate, tmp_path):
+    """The second layer: SQL that a superuser could run (a program on the server, another
+    role's password) fails, because the dump loads as a role that owns only the new database."""
+    engine, name, inventory = estate
+    marker = tmp_path / "pwned"
+    roles_before = load_roles(engine)
+    if engine == "postgresql":
+        dump = (
+            f"COPY (SELECT 1) TO PROGRAM 'touch {marker}';\nALTER ROLE postgres PASSWORD 'taken';\n"
+        ).encode()
+    else:
+        # One line: the client's guard sees no `use` command, the server gets USE.
+        dump = f"CREATE TABLE t (id int); USE {name}; CREATE TABLE touched_prod (id int);\n"
+        dump = dump.encode()
+    forge(inventory, engine, dump, {"format": "pg_dump-plain"} if engine == "postgresql" else {})
+    done = cli("restore", "database:crm@latest", "--to", f"{name}_forged", "-i", str(inventory))
+    assert done.returncode == 5, done.stdout + done.stderr
+    assert "denied" in done.stderr or "must be superuser" in done.stderr, done.stderr
+    assert not marker.exists()
+    if engine == "mysql":
+        assert sql(engine, "SHOW TABLES LIKE 'touched_prod'", name).strip() == ""
+    assert load_roles(engine) == roles_before, "the failed restore left its load role behind"
+
+
+def load_roles(engine: str) -> set[str]:
+    if engine == "mysql":
+        return set(
+            sql(engine, "SELECT user FROM mysql.user WHERE user LIKE 'crmmaint_load%'").split()
+        )
+    return set(
+        sql(engine, "SELECT rolname FROM pg_roles WHERE rolname LIKE 'crmmaint_load%'").split()
+    )
+
+
+@pytest.fixture
+def owned_estate(tmp_path):
+    """A genuine PostgreSQL database whose owner (no superuser) planted a CHECK constraint
+    calling its own function, which tries to make the owner a superuser: harmless while the
+    owner inserts, a takeover if a restore evaluates it as a superuser."""
+    name = f"crmowned_{uuid.uuid4().hex[:8]}"
+    owner = f"{name}_owner"
+    sql("postgresql", f"CREATE ROLE {owner} LOGIN; CREATE DATABASE {name} OWNER {owner};")
+    sql("postgresql", f"""
+        SET ROLE {owner};
+        CREATE FUNCTION public.ok(int) RETURNS bool LANGUAGE plpgsql AS $$
+        BEGIN
+          EXECUTE 'ALTER ROLE {owner} SUPERUSER';
+          RETURN true;
+        EXCEPTION WHEN others THEN RETURN true;
+        END $$;
+        CREATE TABLE public.accounts (id int PRIMARY KEY CHECK (public.ok(id)), name text);
+        INSERT INTO public.accounts SELECT g, 'a' || g FROM generate_series(1, 50) g;
+        GRANT SELECT ON public.accounts TO PUBLIC;
+    """, name)  # fmt: skip
+    inventory = tmp_path / "inventory.yml"
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    generated = cli("keys", "generate", "--output", str(keys / "ops.key"))
+    (keys / "ops.pub").write_text(generated.stdout.strip() + "\n")
+    inv = {
+        "settings": {"journal": str(tmp_path / "journal.sqlite")},
+        "hosts": {"local": {"connection": "local"}},
+        "databases": {"crm": {"engine": "postgresql", "host": "local", "name": name,
+                              "address": "127.0.0.1", "user": "postgres", "main": True}},
+        "repositories": {"main": {"url": str(tmp_path / "repo"),
+                                  "write_key": str(keys / "write.key"),
+                                  "recipients": [f"file:{keys / 'ops.pub'}"],
+                                  "identity": str(keys / "ops.key")}},
+    }  # fmt: skip
+    inventory.write_text(yaml.safe_dump(inv))
+    assert cli("repo", "init", "-i", str(inventory)).returncode == 0
+    assert cli("backup", "-i", str(inventory)).returncode == 0
+    yield name, owner, inventory, inv
+    for db in (name, f"{name}_copy", f"{name}_full"):
+        sql("postgresql", f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+    sql("postgresql", f"DROP ROLE IF EXISTS {owner}")
+
+
+def is_superuser(role: str) -> bool:
+    return (
+        sql("postgresql", f"SELECT rolsuper FROM pg_roles WHERE rolname = '{role}'").strip() == "t"
+    )
+
+
+def test_a_database_owner_gains_nothing_from_a_restore_or_drill(owned_estate, tmp_path):
+    name, owner, inventory, _ = owned_estate
+    assert not is_superuser(owner)
+    roles_before = load_roles("postgresql")
+    done = cli("restore", "database:crm@latest", "--to", f"{name}_copy", "-i", str(inventory))
+    assert done.returncode == 0 and "50 rows" in done.stdout, done.stdout + done.stderr
+    assert not is_superuser(owner), "the restore ran the owner's function as a superuser"
+    owners = sql("postgresql", "SELECT DISTINCT pg_get_userbyid(relowner) FROM pg_class "
+                 "WHERE relnamespace = 'public'::regnamespace", f"{name}_copy").split()  # fmt: skip
+    assert len(owners) == 1 and owners[0].startswith("crmmaint_load_"), owners
+    login = sql("postgresql", f"SELECT rolcanlogin FROM pg_roles WHERE rolname = '{owners[0]}'")
+    assert login.strip() == "f"  # the load role logs in no more once the restore is done
+
+    book = tmp_path / "drill.yml"
+    book.write_text(yaml.safe_dump({
+        "name": "drill", "steps": [{"name": "drill", "task": "drill.restore", "database": "main"}],
+    }))  # fmt: skip
+    drilled = cli("run", str(book), "-i", str(inventory))
+    assert drilled.returncode == 0, drilled.stdout + drilled.stderr
+    assert not is_superuser(owner), "the drill ran the owner's function as a superuser"
+    # Only the kept restore's owner is new; the drill's went with its scratch copy.
+    assert load_roles("postgresql") - roles_before == {owners[0]}
+
+
+def test_full_privilege_restores_keep_the_dumps_owners(owned_estate):
+    """`restore_privilege: full` loads as the configured user: the dump's owners are kept (and
+    the owner's function runs with that user's rights, which is why it is not the default)."""
+    name, owner, inventory, inv = owned_estate
+    inv["databases"]["crm"]["restore_privilege"] = "full"
+    inventory.write_text(yaml.safe_dump(inv))
+    done = cli("restore", "database:crm@latest", "--to", f"{name}_full", "-i", str(inventory))
+    assert done.returncode == 0, done.stdout + done.stderr
+    owners = sql("postgresql", "SELECT DISTINCT pg_get_userbyid(relowner) FROM pg_class "
+                 "WHERE relnamespace = 'public'::regnamespace", f"{name}_full").split()  # fmt: skip
+    assert owners == [owner]
+    sql("postgresql", f"ALTER ROLE {owner} NOSUPERUSER")

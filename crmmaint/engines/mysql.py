@@ -9,8 +9,10 @@ dump holds. The schema fingerprint is read before and after the dump and must no
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import re
+import secrets
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 
@@ -26,6 +28,7 @@ from crmmaint.engines.base import (
     closing_dump,
     schema_digest,
 )
+from crmmaint.engines.myscript import DefinerFilter
 from crmmaint.errors import EngineError
 
 log = logging.getLogger(__name__)
@@ -166,6 +169,51 @@ def quote_ident(name: str) -> str:
     return "`" + name.replace("`", "``") + "`"
 
 
+#: Accounts a least-privilege restore creates (``LoadUser``), one per restore target.
+LOAD_USER_PREFIX = "crmmaint_load_"
+_LOAD_HINT = (
+    "restores load as an account that may use only the new database: the restoring user needs "
+    "CREATE USER and the GRANT OPTION; for a dump that needs more (functions with binary "
+    "logging on, SUPER), set 'restore_privilege: full' on the database (docs/engines.md)"
+)
+
+
+def native_password_hash(password: str) -> str:
+    """The ``mysql_native_password`` hash of ``password`` (``*`` + hex SHA1(SHA1(password))),
+    so an account is created without its password reaching the server or its logs."""
+    inner = hashlib.sha1(password.encode("ascii")).digest()
+    return "*" + hashlib.sha1(inner).hexdigest().upper()
+
+
+class LoadUser:
+    """The account a least-privilege restore loads with: every privilege on the new database
+    and none elsewhere (a forged dump's ``USE source`` or ``INSERT INTO source.t`` is denied),
+    at the host the server sees the restoring client as, with a random password. Its name
+    follows from the target's, so dropping the target finds it. Afterwards it stays, locked,
+    as the definer of the views, routines, triggers and events the dump created."""
+
+    def __init__(self, target_name: str, host: str) -> None:
+        digest = hashlib.sha256(target_name.encode("utf-8")).hexdigest()[:12]
+        self.name = LOAD_USER_PREFIX + digest
+        self.host = host
+        self.password = secrets.token_urlsafe(24)
+
+    @property
+    def account(self) -> str:
+        return f"{quote_literal(self.name)}@{quote_literal(self.host)}"
+
+    def create_sql(self, target_name: str) -> str:
+        # In a database-level GRANT, _ and % are wildcards: escape them.
+        pattern = target_name.replace("\\", "\\\\").replace("_", "\\_").replace("%", "\\%")
+        return (
+            f"DROP USER IF EXISTS {self.account};\n"
+            f"CREATE USER {self.account} IDENTIFIED WITH mysql_native_password "
+            f"AS {quote_literal(native_password_hash(self.password))} "
+            "WITH MAX_USER_CONNECTIONS 8;\n"
+            f"GRANT ALL PRIVILEGES ON {quote_ident(pattern)}.* TO {self.account};"
+        )
+
+
 def quote_literal(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
 
@@ -234,6 +282,8 @@ class MySQLEngine(DatabaseEngine):
     """A MariaDB or MySQL database, reached with the mariadb/mysql clients on its host."""
 
     engine = "mysql"
+    #: Set on the engine a least-privilege restore loads with (``as_load_user``).
+    load_user: LoadUser | None = None
 
     def conn_args(self) -> list[str]:
         args = ["--default-character-set=utf8mb4"]
@@ -254,13 +304,19 @@ class MySQLEngine(DatabaseEngine):
         return ["sh", "-c", _FIRST_OF, "mariadb", "mysql", *args]
 
     def untrusted_script(self, stream: Reader) -> Reader:
-        """Refuse client commands the sandbox lets through (``ClientCommandGuard``)."""
+        """Refuse client commands the sandbox lets through (``ClientCommandGuard``); loading
+        as a ``LoadUser``, name that user as every definer (``DefinerFilter``)."""
+        if self.load_user is not None:
+            stream = DefinerFilter(stream)
         return ClientCommandGuard(stream, self.error)
 
     def client_env(self) -> dict[str, str]:
         """Password through the environment; an editor that does nothing (`\\e` in a dump
         must never start one on this host)."""
-        return {"EDITOR": "false", "VISUAL": "false"} | self.password_env("MYSQL_PWD")
+        env = {"EDITOR": "false", "VISUAL": "false"}
+        if self.load_user is not None:
+            return env | {"MYSQL_PWD": self.load_user.password}
+        return env | self.password_env("MYSQL_PWD")
 
     # --- queries ----------------------------------------------------------------------------
 
@@ -400,31 +456,67 @@ class MySQLEngine(DatabaseEngine):
             self.drop(target_name)
         self._query(f"CREATE DATABASE {quote_ident(target_name)}", database="")
         target = self.for_database(target_name)
+        loader = target
         log.info("restoring into %s on %s", target_name, self.transport.host)
         try:
+            if self.db.restore_privilege == "least":
+                loader = target.as_load_user(self._create_load_user(target_name))
             # A backup is untrusted input (a write-key holder can forge one): the sandbox
             # refuses the client commands that reach the file system or a shell (`\\!`,
             # `system`, `source`, `tee`), and a client without it fails instead of loading;
             # --local-infile=0 keeps LOAD DATA LOCAL from reading this host's files; the guard
             # refuses the client commands the sandbox lets through (`\\e` runs an editor on
-            # the rest of the dump, `connect` reaches another server, `use` another database).
-            size = target.load(
-                target.client("--sandbox", "--local-infile=0"),
+            # the rest of the dump, `connect` reaches another server, `use` another database);
+            # the load user may touch no other database, whatever SQL the dump holds.
+            size = loader.load(
+                loader.client("--sandbox", "--local-infile=0"),
                 stream,
                 into=target_name,
                 what="mariadb restore",
                 timeout=timeout,
             )
+            if loader.load_user is not None:
+                self._query(f"ALTER USER {loader.load_user.account} ACCOUNT LOCK", database="")
         except BaseException:
             self.drop_quietly(target_name)
             raise
         log.info("restored %d bytes into %s", size, target_name)
-        return target.snapshot_facts()
+        facts = target.snapshot_facts()
+        if loader.load_user is not None:
+            account = loader.load_user.account
+            log.info("the definer of %s's views and routines is %s (locked)", target_name, account)
+            facts["owner"] = f"account {account} (locked)"
+        return facts
+
+    def _create_load_user(self, target_name: str) -> LoadUser:
+        (row,) = self._query("SELECT SUBSTRING_INDEX(USER(), '@', -1)", database="")
+        user = LoadUser(target_name, row[0])
+        try:
+            self._query(user.create_sql(target_name), database="")
+        except EngineError as exc:
+            raise EngineError(exc.message, hint=_LOAD_HINT, retryable=False) from exc
+        return user
+
+    def as_load_user(self, user: LoadUser) -> MySQLEngine:
+        """This database reached as ``user`` (a least-privilege restore's load)."""
+        engine = MySQLEngine(replace(self.db, user=user.name, password=None), self.transport)
+        engine.load_user = user
+        return engine
 
     def drop(self, target_name: str, *, timeout: float = QUERY_TIMEOUT) -> None:
+        """Drop a restore target, and the ``LoadUser`` accounts made for it."""
         check_target_name(self, target_name)
         if target_name == (self.db.dbname or self.db.name):
             raise self.error(f"refusing to drop the source database {target_name!r}")
         self._query(
             f"DROP DATABASE IF EXISTS {quote_ident(target_name)}", timeout=timeout, database=""
         )
+        name = LoadUser(target_name, "").name
+        hosts = self._query(
+            f"SELECT host FROM mysql.user WHERE user = {quote_literal(name)}",
+            timeout=timeout,
+            database="",
+        )
+        for (host,) in hosts:
+            account = f"{quote_literal(name)}@{quote_literal(host)}"
+            self._query(f"DROP USER IF EXISTS {account}", timeout=timeout, database="")

@@ -8,16 +8,20 @@ in the stream itself, so a dump that does not hold what its facts say never beco
 
 from __future__ import annotations
 
+import base64
 import collections
 import contextlib
 import csv
 import functools
+import hashlib
+import hmac
 import io
 import itertools
 import logging
 import re
 import secrets
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -42,8 +46,9 @@ from crmmaint.engines.pgload import (
     plan_pieces,
     run_together,
 )
+from crmmaint.engines.pgscript import OwnershipFilter
 from crmmaint.engines.pgsections import IDENT, PostDataSplit, post_data_phases
-from crmmaint.errors import CommandTimeout, TransportError
+from crmmaint.errors import CommandTimeout, EngineError, TransportError
 from crmmaint.transport.base import Process
 
 log = logging.getLogger(__name__)
@@ -54,6 +59,18 @@ _ROLES_HINT = "roles the dump names must exist on this server"
 
 #: Where CREATE/DROP DATABASE run during a restore.
 MAINTENANCE_DB = "postgres"
+
+#: Roles a least-privilege restore creates to load with (one per restore, see ``LoadRole``);
+#: dropping a database one of them owns drops the role too.
+LOAD_ROLE_PREFIX = "crmmaint_load_"
+#: A load role cannot log in after this long, should a restore die before removing it.
+LOAD_ROLE_VALID = 7 * 86400
+_LOAD_HINT = (
+    "restores load as a temporary role that owns only the new database: the restoring user "
+    "needs CREATEROLE and CREATEDB (or superuser), and pg_hba.conf must let that role log in "
+    "with a password from the client host; for a dump that needs more (untrusted extensions, "
+    "event triggers), set 'restore_privilege: full' on the database (docs/engines.md)"
+)
 
 _USER_SCHEMAS = (
     "n.nspname NOT IN ('pg_catalog', 'information_schema') "
@@ -163,6 +180,46 @@ def count_sql(tables: list[tuple[str, str]]) -> str:
         for s, t in tables
     ]
     return "\nUNION ALL ".join(parts)
+
+
+def scram_verifier(password: str, *, iterations: int = 4096) -> str:
+    """The SCRAM-SHA-256 verifier PostgreSQL stores for ``password`` (RFC 5802 / RFC 7677,
+    PostgreSQL's ``scram_build_secret``): a role is created with it, so the password itself
+    never reaches the server, its logs or ``pg_stat_activity``. ``password`` must be ASCII
+    (SASLprep leaves ASCII unchanged)."""
+    salt = secrets.token_bytes(16)
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode("ascii"), salt, iterations)
+    client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
+    server_key = hmac.new(salted, b"Server Key", hashlib.sha256).digest()
+    stored_key = hashlib.sha256(client_key).digest()
+
+    def b64(data: bytes) -> str:
+        return base64.b64encode(data).decode("ascii")
+
+    return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(stored_key)}:{b64(server_key)}"
+
+
+class LoadRole:
+    """A role made for one least-privilege restore: it logs in with a random password (only
+    its SCRAM verifier goes to the server), owns the new database and what the dump creates
+    in it, and is no superuser, cannot create roles or databases, replicate or bypass row
+    security. A forged dump then cannot run ``COPY … TO PROGRAM``, an untrusted language or
+    anything else a superuser may, nor act for the dump's real roles."""
+
+    def __init__(self) -> None:
+        self.name = LOAD_ROLE_PREFIX + secrets.token_hex(6)
+        self.password = secrets.token_urlsafe(24)
+
+    def create_sql(self, now: float) -> str:
+        until = time.strftime("%Y-%m-%d %H:%M:%S+00", time.gmtime(now + LOAD_ROLE_VALID))
+        return (
+            f"CREATE ROLE {quote_ident(self.name)} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE "
+            f"NOREPLICATION NOBYPASSRLS CONNECTION LIMIT 64 "
+            f"PASSWORD {quote_literal(scram_verifier(self.password))} "
+            f"VALID UNTIL {quote_literal(until)};\n"
+            # CREATE DATABASE … OWNER needs the creator to be able to act as the owner.
+            f"GRANT {quote_ident(self.name)} TO CURRENT_USER;"
+        )
 
 
 def parse_csv(text: str) -> list[tuple[str, ...]]:
@@ -356,6 +413,8 @@ class PostgreSQLEngine(DatabaseEngine):
     """A PostgreSQL database, reached with psql/pg_dump on its host."""
 
     engine = "postgresql"
+    #: Set on the engine a least-privilege restore loads with (``as_load_role``).
+    load_role: LoadRole | None = None
 
     # --- command lines ----------------------------------------------------------------------
 
@@ -376,11 +435,10 @@ class PostgreSQLEngine(DatabaseEngine):
 
     def client_env(self) -> dict[str, str]:
         """Environment of every psql and pg_dump: the session is pinned (``SESSION_PINS``)."""
-        return {
-            "PGAPPNAME": "crmmaint",
-            "PGCONNECT_TIMEOUT": "15",
-            "PGOPTIONS": SESSION_PINS,
-        } | self.password_env("PGPASSWORD")
+        env = {"PGAPPNAME": "crmmaint", "PGCONNECT_TIMEOUT": "15", "PGOPTIONS": SESSION_PINS}
+        if self.load_role is not None:
+            return env | {"PGPASSWORD": self.load_role.password}
+        return env | self.password_env("PGPASSWORD")
 
     # --- queries ----------------------------------------------------------------------------
 
@@ -503,10 +561,17 @@ class PostgreSQLEngine(DatabaseEngine):
         sql = f"SELECT 1 FROM pg_database WHERE datname = {quote_literal(name)}"
         return bool(self._maintenance(sql, timeout=timeout, what="database lookup"))
 
-    def _maintenance(self, sql: str, *, timeout: float, what: str) -> list[tuple[str, ...]]:
-        result = self.run(
-            self.psql(MAINTENANCE_DB), stdin=sql.encode("utf-8"), timeout=timeout, what=what
-        )
+    def _maintenance(
+        self, sql: str, *, timeout: float, what: str, hint: str | None = None
+    ) -> list[tuple[str, ...]]:
+        try:
+            result = self.run(
+                self.psql(MAINTENANCE_DB), stdin=sql.encode("utf-8"), timeout=timeout, what=what
+            )
+        except EngineError as exc:
+            if hint is None or exc.hint is not None:
+                raise
+            raise EngineError(exc.message, hint=hint, retryable=exc.retryable) from exc
         return parse_csv(result.text)
 
     def restore(
@@ -537,30 +602,71 @@ class PostgreSQLEngine(DatabaseEngine):
                 )
             log.warning("dropping existing database %s for restore (force)", target_name)
             self.drop(target_name)
-        self._maintenance(
-            f"CREATE DATABASE {quote_ident(target_name)} TEMPLATE template0",
-            timeout=QUERY_TIMEOUT,
-            what="CREATE DATABASE",
-        )
+        role = LoadRole() if self.db.restore_privilege == "least" else None
         target = self.for_database(target_name)
-        log.info("restoring into %s on %s", target_name, self.transport.host)
         try:
+            owner = ""
+            if role is not None:
+                self._maintenance(role.create_sql(time.time()), timeout=QUERY_TIMEOUT,
+                                  what="CREATE ROLE (least-privilege restore)", hint=_LOAD_HINT)  # fmt: skip
+                owner = f" OWNER {quote_ident(role.name)}"
+            self._maintenance(
+                f"CREATE DATABASE {quote_ident(target_name)}{owner} TEMPLATE template0",
+                timeout=QUERY_TIMEOUT,
+                what="CREATE DATABASE",
+            )
+            loader = target if role is None else target.as_load_role(role)
+            log.info("restoring into %s on %s", target_name, self.transport.host)
             if layout is not None and jobs > 1:
-                size, frozen = target._restore_parallel(layout, jobs=jobs, timeout=timeout)
+                size, frozen = loader._restore_parallel(layout, jobs=jobs, timeout=timeout)
             else:
-                size, frozen = target._restore_stream(
+                size, frozen = loader._restore_stream(
                     stream, single_transaction=single_transaction, timeout=timeout, jobs=jobs
+                )
+            if role is not None:
+                # The objects stay the load role's (a superuser owning a forged dump's views
+                # and SECURITY DEFINER functions would hand them its rights); it logs in no more.
+                self._maintenance(
+                    f"ALTER ROLE {quote_ident(role.name)} NOLOGIN PASSWORD NULL",
+                    timeout=QUERY_TIMEOUT,
+                    what="ALTER ROLE",
                 )
         except BaseException:
             self.drop_quietly(target_name)
+            if role is not None:
+                self._drop_load_role(role.name, quietly=True)
             raise
         log.info("restored %d bytes into %s (%d tables loaded frozen)", size, target_name, frozen)
-        return target.snapshot_facts()
+        facts = target.snapshot_facts()
+        if role is not None:
+            log.info("%s and its objects are owned by role %s (no login)", target_name, role.name)
+            facts["owner"] = f"role {role.name} (no login)"
+        return facts
+
+    def as_load_role(self, role: LoadRole) -> PostgreSQLEngine:
+        """This database reached as ``role`` (a least-privilege restore's loads)."""
+        engine = PostgreSQLEngine(replace(self.db, user=role.name, password=None), self.transport)
+        engine.load_role = role
+        return engine
+
+    def _drop_load_role(self, name: str, *, quietly: bool = False) -> None:
+        try:
+            self._maintenance(
+                f"DROP ROLE IF EXISTS {quote_ident(name)}", timeout=QUERY_TIMEOUT, what="DROP ROLE"
+            )
+        except EngineError as exc:
+            if not quietly:
+                raise
+            log.warning("could not drop load role %s: %s", name, exc)
 
     untrusted_hint = "a line of the dump that psql takes for a meta-command is refused"
 
     def untrusted_script(self, stream: Reader) -> Reader:
-        """psql in restricted mode: no meta-command of the dump runs (``RestrictedScript``)."""
+        """psql in restricted mode: no meta-command of the dump runs (``RestrictedScript``);
+        loading as a ``LoadRole``, without the dump's ownership statements too
+        (``OwnershipFilter``: that role may not act for the dump's roles)."""
+        if self.load_role is not None:
+            stream = OwnershipFilter(stream)
         return RestrictedScript(stream)
 
     def _psql_load(self, *, single_transaction: bool = False) -> list[str]:
@@ -731,14 +837,24 @@ class PostgreSQLEngine(DatabaseEngine):
             run_together([session] * workers, cancel, queue)
 
     def drop(self, target_name: str, *, timeout: float = QUERY_TIMEOUT) -> None:
+        """Drop a restore target, and the ``LoadRole`` that owns it if one does."""
         check_target_name(self, target_name)
         if target_name == (self.db.dbname or self.db.name):
             raise self.error(f"refusing to drop the source database {target_name!r}")
+        owner = self._maintenance(
+            "SELECT r.rolname FROM pg_catalog.pg_database d "
+            "JOIN pg_catalog.pg_roles r ON r.oid = d.datdba "
+            f"WHERE d.datname = {quote_literal(target_name)}",
+            timeout=timeout,
+            what="database lookup",
+        )
         self._maintenance(
             f"DROP DATABASE IF EXISTS {quote_ident(target_name)} WITH (FORCE)",
             timeout=timeout,
             what="DROP DATABASE",
         )
+        if owner and owner[0][0].startswith(LOAD_ROLE_PREFIX):
+            self._drop_load_role(owner[0][0])
 
 
 def _opener(layout: DumpLayout, start: int, end: int) -> Callable[[], Reader]:
