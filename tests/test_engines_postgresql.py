@@ -8,7 +8,7 @@ import secrets
 import subprocess
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from crmmaint.engines import RestoreTargetExists, compare_facts, engine_for, pgload
@@ -407,39 +407,3 @@ def test_copy_row_counter_does_not_depend_on_where_chunks_end(cuts):
     split.feed(dump[at:])
     assert split.counts == whole.counts == {f"public.t{i}": i * 3 for i in range(6)}
     assert split.sections == whole.sections and len(whole.sections) == 6
-
-
-@settings(max_examples=60, deadline=None)
-@given(
-    lines=st.lists(
-        st.sampled_from(
-            [b"SELECT 1;", b"\\restrict abc123", b"\\unrestrict abc123", b"1\tsome\tvalue",
-             b"\\N\t2", b"\\.", b"COPY public.t (a) FROM stdin;", b"", b"x" * 300,
-             b"y" * 70000 + b"\\restrict abc123", b"\\" + b"z" * 5000]
-        ),
-        max_size=40,
-    ),
-    reads=st.lists(st.integers(1, 100_000), min_size=1, max_size=8),
-)  # fmt: skip
-def test_a_restricted_script_passes_everything_but_the_dumps_restrict_lines(lines, reads):
-    """Any split of the stream and any read sizes: the script opens with our own \\restrict,
-    then is the dump byte for byte without its own \\restrict / \\unrestrict lines."""
-    import io as _io
-
-    from crmmaint.engines.postgresql import RestrictedScript
-
-    dump = b"".join(line + b"\n" for line in lines)
-
-    class Trickle(_io.BytesIO):  # hands out at most 7 KiB per read: long lines span reads
-        def read(self, size: int = -1) -> bytes:
-            return super().read(min(size if size > 0 else 7000, 7000))
-
-    script = RestrictedScript(Trickle(dump))
-    out, i = b"", 0
-    while chunk := script.read(reads[i % len(reads)]):
-        out += chunk
-        i += 1
-    first, _, rest = out.partition(b"\n")
-    assert first.startswith(b"\\restrict ") and len(first) == len(b"\\restrict ") + 32
-    expected = [line for line in lines if not line.startswith((b"\\restrict ", b"\\unrestrict "))]
-    assert rest == b"".join(line + b"\n" for line in expected)

@@ -10,8 +10,9 @@ import io
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from crmmaint.engines.myscript import DefinerFilter, MyScriptLexer
-from crmmaint.engines.pgscript import OwnershipFilter, PgScriptLexer, is_ownership_statement
+from crmmaint.engines.myscript import MyScriptLexer
+from crmmaint.engines.myscript import RestoreScript as MyRestoreScript
+from crmmaint.engines.pgscript import PgScriptLexer, RestoreScript, is_ownership_statement
 
 
 class Trickle:
@@ -126,8 +127,8 @@ def test_pg_ownership_statements_are_recognised_as_whole_statements_only():
         + "COPY public.t (v) FROM stdin;\nALTER TABLE public.t OWNER TO data;\n\\.\n"
     ).encode()  # fmt: skip
     for chunk in (1, 7, 1 << 20):
-        out = OwnershipFilter(Trickle(script, chunk))
-        kept = read_all(out)
+        out = RestoreScript(Trickle(script, chunk), drop_ownership=True)
+        kept = read_all(out).partition(b"\n")[2]
         assert out.dropped == 5
         assert b"OWNER TO crm" not in kept and b"CRM owner" not in kept
         assert b"DEFAULT PRIVILEGES" not in kept
@@ -212,7 +213,7 @@ def test_definer_clauses_are_rewritten_in_statement_heads_only():
         b"/*!50001 VIEW `v` AS select 1 AS `DEFINER=x@y` */;\n"
     )
     for chunk in (1, 5, 1 << 20):
-        out = DefinerFilter(Trickle(script, chunk))
+        out = MyRestoreScript(Trickle(script, chunk), describe=RuntimeError, rewrite_definers=True)
         kept = read_all(out)
         assert out.rewritten == 3
         assert kept.count(b"DEFINER=CURRENT_USER") == 3
@@ -221,3 +222,44 @@ def test_definer_clauses_are_rewritten_in_statement_heads_only():
                          b"'\nCREATE DEFINER=`root`@`localhost` FUNCTION'",
                          b"AS `DEFINER=x@y`"):  # fmt: skip
             assert survivor in kept
+
+
+@st.composite
+def restricted_dumps(draw):
+    """A dump with pg_dump's own \\restrict lines between statements, and the same text inside
+    a function body, a string and COPY rows, which must survive."""
+    parts, expected = [], []
+    for _ in range(draw(st.integers(1, 8))):
+        kind = draw(st.sampled_from(["restrict", "stmt", "body", "copy", "long"]))
+        if kind == "restrict":
+            parts.append(draw(st.sampled_from(["\\restrict abc123\n", "\\unrestrict abc123\n"])))
+            continue
+        if kind == "stmt":
+            text = "SELECT 1;\n"
+        elif kind == "body":
+            text = "CREATE FUNCTION f() RETURNS text LANGUAGE sql AS $$ SELECT '\n\\restrict k\n' $$;\n"
+        elif kind == "copy":
+            text = "COPY public.t (a) FROM stdin;\n\\\\restrict abc\n\\N\n\\.\n"
+        else:
+            text = "SELECT '" + "y" * 70000 + "\n\\restrict abc123';\n"
+        parts.append(text)
+        expected.append(text)
+    return "".join(parts).encode(), "".join(expected).encode()
+
+
+@settings(max_examples=100, deadline=None)
+@given(restricted_dumps(), st.lists(st.integers(1, 100_000), min_size=1, max_size=8),
+       st.sampled_from([1, 7, 7000]))  # fmt: skip
+def test_a_restore_script_drops_only_the_dumps_own_restrict_lines(dump, reads, chunk):
+    """Any split of the stream and any read sizes: the script opens with our own \\restrict,
+    then is the dump byte for byte without its own \\restrict / \\unrestrict lines, and the same
+    text in a body, a string or a row is kept."""
+    data, expected = dump
+    script = RestoreScript(Trickle(data, chunk))
+    out, i = [], 0
+    while piece := script.read(reads[i % len(reads)]):
+        out.append(piece)
+        i += 1
+    first, _, rest = b"".join(out).partition(b"\n")
+    assert first.startswith(b"\\restrict ") and len(first) == len(b"\\restrict ") + 32
+    assert rest == expected

@@ -12,25 +12,27 @@ For each statement it keeps its head, the code text before its first string lite
 never a value. A script run under ``NO_BACKSLASH_ESCAPES`` reads strings differently; dumps
 do not set it for data, and a forged script that does is bounded by the rights it loads with.
 
-``DefinerFilter`` is the first user: a least-privilege restore loads as a user that may not
-name another account as the definer of a view, routine, trigger or event, so each
-``DEFINER=user@host`` in a statement's head becomes ``DEFINER=CURRENT_USER``.
+``RestoreScript`` uses it to refuse client commands in a dump (only where the client would run
+one) and, in a least-privilege load (an account that may not name another as the definer of a
+view, routine, trigger or event), to turn each ``DEFINER=user@host`` in a statement's head into
+``DEFINER=CURRENT_USER``; ``InsertRowCounter`` (mysql.py) to count the rows a dump holds.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable
 
 from crmmaint.engines.base import Reader
-from crmmaint.engines.pgscript import ScriptPiece
+from crmmaint.engines.scriptlex import ScriptPiece, StreamLexer
 
 _READ = 1 << 20
-MAX_LINE = 1 << 20
 #: Code bytes of a statement kept before its first string (a CREATE's head fits easily).
 MAX_HEAD = 4096
 
-_STRING = {
+#: A whole string or quoted name, by its opening quote.
+QUOTED = {
     b"'": re.compile(rb"'[^'\\]*(?:(?:\\.|'')[^'\\]*)*'", re.DOTALL),
     b'"': re.compile(rb'"[^"\\]*(?:(?:\\.|"")[^"\\]*)*"', re.DOTALL),
     b"`": re.compile(rb"`[^`]*(?:``[^`]*)*`"),
@@ -52,7 +54,8 @@ def _code_pattern(delimiter: bytes) -> re.Pattern[bytes]:
     """Tokens that matter in code: quotes, comments, versioned-comment ends, the delimiter."""
     return re.compile(
         rb"(?P<quote>['\"`])|(?P<version>/\*M?!\d*)|(?P<block>/\*)|(?P<vend>\*/)"
-        rb"|(?P<line>--(?=[ \t\r\n\f\v]|$)|\#)|(?P<delim>" + re.escape(delimiter) + rb")",
+        rb"|(?P<line>--(?=[ \t\r\n\f\v]|$)|\#)|(?P<command>\\)"
+        rb"|(?P<delim>" + re.escape(delimiter) + rb")",
         re.MULTILINE,
     )
 
@@ -61,25 +64,22 @@ def _skip_pattern(delimiter: bytes) -> re.Pattern[bytes]:
     """A run of statement text that changes nothing (plain code, whole strings and quoted
     names), matched in one call: data lines are mostly that."""
     first = delimiter[:1]
-    stops = re.escape(b"'\"`/*#-" + first)
+    stops = re.escape(b"'\"`/*#-\\" + first)
     lone = [rb"-(?!-)", rb"/(?!\*)", rb"\*(?!/)"]  # not a comment's start or end
     lone = [alt for alt in lone if not alt.lstrip(b"\\").startswith(first)]
-    strings = [_STRING[q].pattern for q in (b"'", b'"', b"`")]
+    strings = [QUOTED[q].pattern for q in (b"'", b'"', b"`")]
     alternatives = [rb"[^" + stops + rb"]+", *strings, *lone]
     return re.compile(rb"(?:" + b"|".join(alternatives) + rb")*", re.DOTALL)
 
 
-class MyScriptLexer:
-    """Cut a mariadb script read from ``source`` into ``ScriptPiece`` s (kinds ``gap`` and
-    ``statement``, see ``pgscript.ScriptPiece``). ``head`` is the head of the statement the
-    latest ``statement`` piece belongs to (module docstring)."""
+class MyScriptLexer(StreamLexer):
+    """Cut a mariadb script into ``ScriptPiece`` s (kinds ``gap`` and ``statement``; see
+    ``scriptlex``): iterate once over the ``source`` reader, or ``feed`` it chunks. ``head``
+    is the head of the statement the latest ``statement`` piece belongs to, ``head_open``
+    whether it may still grow (module docstring)."""
 
-    def __init__(self, source: Reader) -> None:
-        self._source = source
-        self._buf = b""
-        self._eof = False
-        self._offset = 0
-        self._stalled = False
+    def __init__(self, source: Reader | None = None) -> None:
+        super().__init__(source)
         self._in_statement = False
         self._inner: bytes | None = None  # the closer awaited: ' " ` */ or \n (a comment)
         self.head_open = True  # no string has started in this statement yet
@@ -88,51 +88,24 @@ class MyScriptLexer:
         self._skip = _skip_pattern(b";")
         self.head = b""
         self._head_end = 0
+        #: Backslash client commands seen outside strings and comments so far.
+        self.commands = 0
 
-    def __iter__(self) -> Iterator[ScriptPiece]:
-        while (end := self._ready()) is not None:
-            yield from self._lex(end)
+    def _state(self) -> tuple[object, ...]:
+        return self._in_statement, self._inner
 
-    def _ready(self) -> int | None:
-        while True:
-            buf = self._buf
-            if self._eof:
-                return len(buf) if buf else None
-            if not self._stalled:
-                nl = buf.rfind(b"\n")
-                if nl >= 0:
-                    return nl + 1
-                if len(buf) >= MAX_LINE:
-                    return len(buf) - max(64, len(self.delimiter))
-            chunk = self._source.read(_READ)
-            self._stalled = False
-            if not chunk:
-                self._eof = True
-            else:
-                self._buf = buf + chunk if buf else chunk
+    def _step(self, buf: bytes, pos: int, end: int) -> tuple[int, list[ScriptPiece]]:
+        if self._inner is not None:
+            return self._inside(buf, pos, end)
+        if self._in_statement:
+            return self._statement(buf, pos, end)
+        return self._gap(buf, pos, end)
 
-    def _lex(self, end: int) -> Iterator[ScriptPiece]:
-        buf = self._buf
-        pos = 0
-        while pos < end:
-            state = (self._in_statement, self._inner)
-            if self._inner is not None:
-                moved, pieces = self._inside(buf, pos, end)
-            elif self._in_statement:
-                moved, pieces = self._statement(buf, pos, end)
-            else:
-                moved, pieces = self._gap(buf, pos, end)
-            yield from pieces
-            if moved == pos and not pieces and state == (self._in_statement, self._inner):
-                break
-            pos = moved
-        self._stalled = pos == 0
-        self._offset += pos
-        self._buf = buf[pos:]
-
-    def _piece(self, buf: bytes, start: int, end: int, last: bool = False) -> ScriptPiece:
+    def _piece(
+        self, buf: bytes, start: int, end: int, last: bool = False, inner: bool = False
+    ) -> ScriptPiece:
         kind = "statement" if self._in_statement else "gap"
-        return ScriptPiece(kind, buf[start:end], self._offset + start, last)
+        return ScriptPiece(kind, buf[start:end], self._offset + start, last, inner)
 
     def _gap(self, buf: bytes, pos: int, end: int) -> tuple[int, list[ScriptPiece]]:
         space = _SPACE.match(buf, pos, end)
@@ -158,7 +131,7 @@ class MyScriptLexer:
 
     def _statement(self, buf: bytes, pos: int, end: int) -> tuple[int, list[ScriptPiece]]:
         start = pos
-        limit = end if (self._eof or buf[end - 1 : end] == b"\n") else end - 64
+        limit = self._safe_end(buf, pos, end, 64)
         while True:
             if not self.head_open:
                 pos = self._skip.match(buf, pos, limit).end()  # type: ignore[union-attr]
@@ -177,7 +150,7 @@ class MyScriptLexer:
                 return pos, [piece]
             if kind == "quote":
                 quote = match.group()
-                whole = _STRING[quote].match(buf, match.start(), end)
+                whole = QUOTED[quote].match(buf, match.start(), end)
                 if quote != b"`":
                     self._grow_head(buf, start, match.start())
                     # A quoted account name (DEFINER='root'@'%') is still the head.
@@ -197,6 +170,10 @@ class MyScriptLexer:
                 self._grow_head(buf, start, match.start())
                 self._inner = b"\n"
                 return pos, [self._piece(buf, start, pos)]
+            if kind == "command" and not buf.startswith(b"-", pos):
+                # A client command (\\g, \\e, \\! …) outside strings; ``\\-`` is the sandbox
+                # mode current mariadb-dump asks for in its first line: it only restricts.
+                self.commands += 1
             # versioned comments' marks: code either side
 
     def _grow_head(self, buf: bytes, start: int, stop: int) -> None:
@@ -229,7 +206,7 @@ class MyScriptLexer:
             stop = end if safe else max(pos, end - 2)
         if self._in_statement:
             self._grow_head(buf, pos, stop)
-        return stop, [self._piece(buf, pos, stop)] if stop > pos else []
+        return stop, [self._piece(buf, pos, stop, inner=True)] if stop > pos else []
 
 
 _QUOTED_NAME = rb"`(?:[^`]|``)*`|'(?:[^'\\]|\\.|'')*'|\"(?:[^\"\\]|\\.|\"\")*\""
@@ -243,47 +220,102 @@ _DEFINER = re.compile(
 )
 
 
-class DefinerFilter:
-    """A reader over a mariadb script whose ``DEFINER=user@host`` clauses, in statement heads
-    only, say ``DEFINER=CURRENT_USER``: the loading user then owns the views, routines,
-    triggers and events it creates. ``rewritten`` counts the clauses changed."""
+#: Named commands of the mariadb/mysql client, which it runs when a statement starts with one
+#: (`delimiter` is the lexer's: dumps of routines use it).
+_CLIENT_COMMAND = re.compile(
+    rb"(?:connect|use|edit|ego|go|system|source|tee|notee|pager|nopager|charset|prompt|"
+    rb"rehash|status|print|clear|help|quit|exit|warnings|nowarning)(?:[ \t\r\n;]|\Z)",
+    re.IGNORECASE,
+)
+#: Head bytes that decide whether a statement starts with a client command.
+_COMMAND_LOOKAHEAD = 64
 
-    def __init__(self, source: Reader) -> None:
+
+class RestoreScript:
+    """The script the mariadb client is given for a restore: the dump, which a write-key holder
+    may have forged, made unable to command the client; read it like a file.
+
+    The client runs in ``--sandbox`` (no ``\\!``, ``system``, ``source``, ``tee``), and this
+    refuses, by raising ``describe(message)`` before the client has seen it, a statement that
+    starts with a client command (``connect`` another server, ``use`` another database, …) and
+    a backslash command anywhere outside strings and comments (``\\e`` starts an editor on the
+    rest of the dump): mariadb-dump writes neither. Found by ``MyScriptLexer``: a routine body
+    whose line begins ``status = …`` is no command. With ``rewrite_definers`` (a
+    least-privilege load) each ``DEFINER=user@host`` in a statement's head becomes
+    ``DEFINER=CURRENT_USER``: the loading account then is the definer of the views, routines,
+    triggers and events it creates. ``rewritten`` counts the clauses changed.
+    """
+
+    def __init__(
+        self,
+        source: Reader,
+        *,
+        describe: Callable[[str], Exception],
+        rewrite_definers: bool = False,
+    ) -> None:
         self._lexer = MyScriptLexer(source)
         self._pieces = iter(self._lexer)
+        self._describe = describe
+        self._rewrite = rewrite_definers
         self._held: list[bytes] = []
-        self._out = b""
+        self._decided = False  # the statement under way was checked for a client command
+        self._out: deque[bytes] = deque()
         self._done = False
         self.rewritten = 0
 
     def read(self, size: int = _READ) -> bytes:
-        while len(self._out) < size and not self._done:
+        while not self._out and not self._done:
             piece = next(self._pieces, None)
             if piece is None:
                 self._done = True
-                self._out += self._release()
+                self._out.append(self._release(last=True))
                 break
-            self._out += self._take(piece)
-        out, self._out = self._out[:size], self._out[size:]
-        return out
+            if data := self._take(piece):
+                self._out.append(data)
+        if not self._out:
+            return b""
+        chunk = self._out.popleft()
+        if len(chunk) > size:
+            self._out.appendleft(chunk[size:])
+            chunk = chunk[:size]
+        return chunk
 
     def _take(self, piece: ScriptPiece) -> bytes:
+        lexer = self._lexer
+        if lexer.commands:
+            raise self._describe(
+                f"the dump holds a client command (a backslash outside strings) near byte "
+                f"{piece.offset}, which mariadb-dump never writes: refusing to restore it "
+                "(a forged backup?)"
+            )
         if piece.kind != "statement":
             return piece.data
-        head_open = self._lexer.head_open
-        if not self._held and not head_open and not piece.last:
-            return piece.data
         self._held.append(piece.data)
-        if piece.last or not head_open or len(self._lexer.head) >= MAX_HEAD:
-            return self._release()
+        head = lexer.head
+        full = not lexer.head_open or len(head) >= MAX_HEAD
+        if not self._decided and (piece.last or full or len(head) >= _COMMAND_LOOKAHEAD):
+            self._check(head)
+        if piece.last or (self._decided and (full or not self._rewrite)):
+            return self._release(last=piece.last)
         return b""
 
-    def _release(self) -> bytes:
+    def _check(self, head: bytes) -> None:
+        self._decided = True
+        if _CLIENT_COMMAND.match(head):
+            word = head[:20].decode("utf-8", "replace")
+            raise self._describe(
+                f"the dump holds a client command ({word!r}…), which mariadb-dump never "
+                "writes: refusing to restore it (a forged backup?)"
+            )
+
+    def _release(self, *, last: bool) -> bytes:
         held, self._held = b"".join(self._held), []
-        if b"DEFINER" not in held[: MAX_HEAD + 256].upper():
-            return held
         head = self._lexer.head
-        if not head or not held.startswith(head):
+        if last:
+            self._decided = False
+        if not self._rewrite or not head or not held.startswith(head):
+            return held
+        if b"DEFINER" not in head.upper():
             return held
         return _DEFINER.sub(self._definer, head) + held[len(head) :]
 

@@ -13,7 +13,7 @@ import hashlib
 import logging
 import re
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import replace
 
 from crmmaint.engines.base import (
@@ -28,7 +28,7 @@ from crmmaint.engines.base import (
     closing_dump,
     schema_digest,
 )
-from crmmaint.engines.myscript import DefinerFilter
+from crmmaint.engines.myscript import MAX_HEAD, QUOTED, MyScriptLexer, RestoreScript
 from crmmaint.errors import EngineError
 
 log = logging.getLogger(__name__)
@@ -106,63 +106,8 @@ SELECT VERSION(),
 _COUNT_BATCH = 200
 _UNESCAPE = {b"n": b"\n", b"t": b"\t", b"0": b"\0", b"\\": b"\\"}
 _BATCH_ESCAPE = re.compile(rb"\\(.)")
-# A single-quoted SQL string with backslash escapes, as mysqldump writes them.
-_SQL_STRING = re.compile(rb"'[^'\\]*(?:\\.[^'\\]*)*'", re.DOTALL)
-_INSERT = re.compile(rb"^INSERT INTO `((?:[^`]|``)+)` VALUES\s*")
-_CREATE = re.compile(rb"^CREATE TABLE `((?:[^`]|``)+)` \(")
-
-
-#: Client commands of the mariadb/mysql client, as the first word of a line (or a backslash
-#: command anywhere at a line's start). `delimiter` is left out: dumps of routines use it.
-_CLIENT_COMMAND = re.compile(
-    rb"^[ \t]*(?:\\[^\n]|(?:connect|use|edit|ego|go|system|source|tee|notee|pager|nopager|"
-    rb"charset|prompt|rehash|status|print|clear|help|quit|exit|warnings|nowarning)(?:[ \t;]|$))",
-    re.IGNORECASE,
-)
-#: Bytes of a line's start that decide whether it is a client command.
-_COMMAND_LOOKAHEAD = 64
-
-
-class ClientCommandGuard:
-    """Passes a MariaDB/MySQL restore stream through and refuses it (``EngineError``, so the
-    restore fails and drops its target) at the first line that starts with a client command:
-    a dump from mariadb-dump never holds one, a forged backup might. Only a line's first
-    64 bytes are kept to look at, so any line length costs linear time."""
-
-    def __init__(self, stream: Reader, describe: Callable[[str], EngineError]) -> None:
-        self._stream = stream
-        self._describe = describe
-        self._line_start = b""  # first bytes of the current line (until decided)
-        self._decided = False  # the current line's start was already checked
-        self._line = 1
-
-    def read(self, size: int = 1 << 20) -> bytes:
-        chunk = self._stream.read(size)
-        pos = 0
-        while pos < len(chunk):
-            nl = chunk.find(b"\n", pos)
-            end = len(chunk) if nl < 0 else nl
-            if not self._decided:
-                self._line_start += chunk[pos : min(end, pos + _COMMAND_LOOKAHEAD)]
-                if nl >= 0 or len(self._line_start) >= _COMMAND_LOOKAHEAD:
-                    self._check(self._line_start)
-                    self._decided = True
-            if nl < 0:
-                break
-            pos = nl + 1
-            self._line += 1
-            self._line_start, self._decided = b"", False
-        if not chunk and self._line_start and not self._decided:
-            self._check(self._line_start)
-        return chunk
-
-    def _check(self, start: bytes) -> None:
-        if _CLIENT_COMMAND.match(start):
-            word = start.strip()[:20].decode("utf-8", "replace")
-            raise self._describe(
-                f"the dump holds a client command at line {self._line} ({word!r}…), which "
-                "mariadb-dump never writes: refusing to restore it (a forged backup?)"
-            )
+#: Whole strings and quoted names, as the lexer reads them (``myscript._STRING``).
+_QUOTED = re.compile(b"|".join(pattern.pattern for pattern in QUOTED.values()), re.DOTALL)
 
 
 def quote_ident(name: str) -> str:
@@ -235,47 +180,75 @@ def parse_batch(output: bytes) -> list[tuple[str, ...]]:
     return rows
 
 
-class InsertRowCounter:
-    """Counts the rows of every table in a mysqldump stream, one line at a time.
+#: A statement's head that inserts rows, and one that creates a table (a name may hold any
+#: character, newlines included).
+_INSERT_HEAD = re.compile(rb"INSERT INTO `((?:[^`]|``)+)` VALUES")
+_CREATE_HEAD = re.compile(rb"CREATE TABLE `((?:[^`]|``)+)` \(")
 
-    mysqldump escapes newlines inside values, so a row never spans lines; it writes an INSERT
-    either as one long line or (mariadb-dump 10.11+) one row per line. Once quoted strings are
-    removed, every ``(`` left in an INSERT statement opens one row.
+
+class InsertRowCounter:
+    """Counts the rows of every table in a mysqldump stream, as it streams past.
+
+    Walks the dump with ``MyScriptLexer``: an ``INSERT`` counts only where the client would run
+    one (never a line of a routine body or a string that looks like one), and a table name may
+    hold any character. In a dump's ``INSERT INTO `t` VALUES (…),(…);`` every ``(`` outside
+    strings opens one row (mariadb-dump writes values as literals); in mariadb-dump 10.11's
+    layout, one row per line, every row starts a line with ``(`` (a dump escapes the newlines
+    of its strings), which is counted in C without stripping strings first.
     """
 
     def __init__(self) -> None:
         self.counts: dict[str, int] = {}
-        self._table: str | None = None
-        self._pending = b""
+        self._lexer = MyScriptLexer()
+        self._start = -1  # offset of the statement under way (-1: none)
+        self._rows = 0  # counted after the statement's head
+        self._per_line = False
+        self._after_newline = False  # the last byte seen was a newline
 
     def feed(self, chunk: bytes) -> None:
-        if not chunk:
-            if self._pending:
-                self._line(self._pending)
-                self._pending = b""
-            return
-        data = self._pending + chunk if self._pending else chunk
-        lines = data.split(b"\n")
-        self._pending = lines.pop()
-        for line in lines:
-            if self._table is not None or line.startswith((b"INSERT", b"CREATE TABLE")):
-                self._line(line)
+        """Count what ``chunk`` completes; an empty chunk ends the stream."""
+        lexer = self._lexer
+        for piece in lexer.feed(chunk):
+            if piece.kind != "statement":
+                self._after_newline = piece.data.endswith(b"\n")
+                continue
+            if self._start < 0:
+                self._start, self._rows = piece.offset, 0
+                self._per_line = False
+            head = lexer.head
+            if lexer.head_open and len(head) < MAX_HEAD and not piece.last:
+                pass  # all head so far: counted from the head at the end
+            elif not piece.inner:
+                skip = self._start + len(head) - piece.offset
+                data = piece.data if skip <= 0 else piece.data[skip:]
+                if skip > 0 or piece.offset == self._start:
+                    self._per_line = head.endswith(b"\n(") or b" VALUES\n(" in head[:256]
+                    self._after_newline = head.endswith(b"\n")
+                self._rows += self._count(data)
+            if piece.data:
+                self._after_newline = piece.data.endswith(b"\n")
+            if piece.last:
+                self._statement(head)
+                self._start = -1
 
-    def _line(self, line: bytes) -> None:
-        if self._table is None:
-            if m := _INSERT.match(line):
-                self._table = m.group(1).replace(b"``", b"`").decode("utf-8")
-                self.counts.setdefault(self._table, 0)
-                line = line[m.end() :]
-            else:
-                if m := _CREATE.match(line):
-                    self.counts.setdefault(m.group(1).replace(b"``", b"`").decode("utf-8"), 0)
-                return
-        if b"'" in line:
-            line = _SQL_STRING.sub(b"", line)
-        self.counts[self._table] += line.count(b"(")
-        if line.rstrip().endswith(b";"):
-            self._table = None
+    def _count(self, data: bytes) -> int:
+        if self._per_line:
+            rows = data.count(b"\n(")
+            if self._after_newline and data.startswith(b"("):
+                rows += 1
+            return rows
+        if b"'" in data or b'"' in data or b"`" in data:
+            data = _QUOTED.sub(b"", data)
+        return data.count(b"(")
+
+    def _statement(self, head: bytes) -> None:
+        if match := _INSERT_HEAD.match(head):
+            table = match.group(1).replace(b"``", b"`").decode("utf-8")
+            code = _QUOTED.sub(b"", head[match.end() :])
+            rows = code.count(b"\n(") if self._per_line else code.count(b"(")
+            self.counts[table] = self.counts.get(table, 0) + rows + self._rows
+        elif match := _CREATE_HEAD.match(head):
+            self.counts.setdefault(match.group(1).replace(b"``", b"`").decode("utf-8"), 0)
 
 
 class MySQLEngine(DatabaseEngine):
@@ -304,11 +277,11 @@ class MySQLEngine(DatabaseEngine):
         return ["sh", "-c", _FIRST_OF, "mariadb", "mysql", *args]
 
     def untrusted_script(self, stream: Reader) -> Reader:
-        """Refuse client commands the sandbox lets through (``ClientCommandGuard``); loading
-        as a ``LoadUser``, name that user as every definer (``DefinerFilter``)."""
-        if self.load_user is not None:
-            stream = DefinerFilter(stream)
-        return ClientCommandGuard(stream, self.error)
+        """Refuse client commands the sandbox lets through; loading as a ``LoadUser``, name
+        that user as every definer (``myscript.RestoreScript``)."""
+        return RestoreScript(
+            stream, describe=self.error, rewrite_definers=self.load_user is not None
+        )
 
     def client_env(self) -> dict[str, str]:
         """Password through the environment; an editor that does nothing (`\\e` in a dump

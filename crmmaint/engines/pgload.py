@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from crmmaint.engines.base import Reader
+from crmmaint.engines.pgscript import PgScriptLexer
 from crmmaint.engines.pgsections import COPY_LINE, item_table, with_freeze
 from crmmaint.errors import RestoreError
 
@@ -148,7 +149,7 @@ class CopyPiece:
         rows_end = piece.end - len(_TERMINATOR)
         if piece.cut_from is None:
             source = self._open(piece.start, rows_end)
-            line, data = _first_line(source, b"")
+            line, data = copy_statement(source)
             position = piece.start + len(line)  # stream offset of data[0]
         else:
             line = self._copy_line()
@@ -190,12 +191,39 @@ class CopyPiece:
             yield b"COMMIT;\n"
 
     def _copy_line(self) -> bytes:
-        """The block's COPY line, for a piece that starts further in (read from a small range)."""
+        """The block's COPY statement, for a piece that starts further in."""
         piece = self.piece
-        line, _ = _first_line(self._open(piece.start, min(piece.end, piece.start + 65536)), b"")
-        if not line.endswith(b"\n"):
-            line, _ = _first_line(self._open(piece.start, piece.end), b"")
+        line, _ = copy_statement(self._open(piece.start, min(piece.end, piece.start + (4 << 20))))
         return line
+
+
+class _Recording:
+    """A reader that keeps what it hands out."""
+
+    def __init__(self, source: Reader) -> None:
+        self.source = source
+        self.seen: list[bytes] = []
+
+    def read(self, size: int = _READ) -> bytes:
+        data = self.source.read(size)
+        self.seen.append(data)
+        return data
+
+
+def copy_statement(source: Reader) -> tuple[bytes, bytes]:
+    """Read a COPY block's head from ``source``: (its ``COPY … FROM stdin;`` statement through
+    the end of its line, what was read after that). The statement may span lines (a column
+    name may hold a newline), so it is found by ``PgScriptLexer``, not as a line."""
+    recording = _Recording(source)
+    data_at = None
+    for piece in PgScriptLexer(recording):
+        if piece.kind == "data":
+            data_at = piece.offset
+            break
+    read = b"".join(recording.seen)
+    if data_at is None:
+        return read, b""
+    return read[:data_at], read[data_at:]
 
 
 def _first_line(source: Reader, head: bytes) -> tuple[bytes, bytes]:

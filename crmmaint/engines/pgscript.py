@@ -15,25 +15,23 @@ it on every session (``SESSION_PINS``); the lexer reads ``'…'`` strings that w
 that turns it off can make the lexer and the server disagree about where a string ends; what
 such a script can do is then bounded by the privileges it loads with, not by this lexer.
 
-``OwnershipFilter`` is the first user: a least-privilege restore drops the dump's ``ALTER …
-OWNER TO`` and ``ALTER DEFAULT PRIVILEGES FOR ROLE`` statements (the loading role may not act
-for other roles), recognised as whole top-level statements, never inside a body or string.
+``RestoreScript`` uses it to drop pg_dump's own ``\\restrict`` lines (psql runs the restore in
+restricted mode) and, in a least-privilege restore, the dump's ``ALTER … OWNER TO`` and ``ALTER
+DEFAULT PRIVILEGES FOR ROLE`` statements (the loading role may not act for other roles), each
+recognised between statements or as a whole statement, never inside a body, string or row.
 """
 
 from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Iterator
-from dataclasses import dataclass
+import secrets
+from collections import deque
 
 from crmmaint.engines.base import Reader
+from crmmaint.engines.scriptlex import ScriptPiece, StreamLexer
 
 _READ = 1 << 20
-#: Script text without a newline is lexed in slices once this much has gathered (a forged
-#: one-line script must not grow one buffer); a token cut at such a slice is at worst a
-#: keyword the ``BEGIN … END`` tracking does not see.
-MAX_LINE = 1 << 20
 #: Depth-0 words kept per statement (for ``COPY … FROM stdin`` and statement recognition).
 MAX_WORDS = 64
 
@@ -58,22 +56,6 @@ _ROUTINE_HEADS_OR = (
     (b"CREATE", b"OR", b"REPLACE", b"FUNCTION"),
     (b"CREATE", b"OR", b"REPLACE", b"PROCEDURE"),
 )
-
-
-@dataclass
-class ScriptPiece:
-    """A piece of the script, in order; joined, the pieces are the script byte for byte.
-
-    ``kind``: ``"gap"`` (whitespace, comments and psql meta-command lines between statements),
-    ``"statement"`` (part of one SQL statement, up to and with its ``;``), ``"data"`` (part of
-    a ``COPY … FROM stdin`` block's rows, with its ``\\.`` line). ``last`` marks the final piece
-    of a statement or data block. ``offset`` is where the piece starts in the script (bytes).
-    """
-
-    kind: str
-    data: bytes
-    offset: int
-    last: bool = False
 
 
 class Statement:
@@ -103,91 +85,40 @@ class Statement:
         return head[:2] in _ROUTINE_HEADS or head[:4] in _ROUTINE_HEADS_OR
 
 
-class PgScriptLexer:
-    """Cut a psql script read from ``source`` into ``ScriptPiece`` s (see the module
-    docstring). Iterate once; ``statement`` describes the statement the latest
-    ``"statement"`` piece belongs to (valid until the next statement starts)."""
+class PgScriptLexer(StreamLexer):
+    """Cut a psql script into ``ScriptPiece`` s (see the module docstring): iterate once over
+    the ``source`` reader, or ``feed`` it chunks. ``statement`` describes the statement the
+    latest ``"statement"`` piece belongs to (valid until the next statement starts)."""
 
-    def __init__(self, source: Reader) -> None:
-        self._source = source
-        self._buf = b""
-        self._eof = False
-        self._offset = 0  # script offset of self._buf[0]
+    def __init__(self, source: Reader | None = None) -> None:
+        super().__init__(source)
         self._mode = "gap"  # gap | statement | data
-        self._inner: str | None = None  # squote | estring | dquote | dollar | block | None
+        self._inner: str | None = None  # squote | estring | dquote | dollar | block | line
         self._tag = b""
         self._block_depth = 0
-        self._stalled = False  # the last pass could not move: read more before the next
         self._data_line_start = True  # the next data byte starts a line of the COPY block
         self.statement = Statement()
 
-    def __iter__(self) -> Iterator[ScriptPiece]:
-        while True:
-            ready = self._ready()
-            if ready is None:
-                break
-            yield from self._lex(ready)
+    @property
+    def _data_mode(self) -> bool:
+        return self._mode == "data"
 
-    # --- reading ----------------------------------------------------------------------------
+    def _state(self) -> tuple[object, ...]:
+        return self._mode, self._inner
 
-    def _ready(self) -> int | None:
-        """How much of the buffer may be lexed now: whole lines (data: all but the 3 bytes
-        that may begin its terminator), or everything at the end of the script; None when
-        done. After a pass that could not move (a token may continue in the next chunk), at
-        least one more chunk is read first."""
-        while True:
-            buf = self._buf
-            if self._eof:
-                return len(buf) if buf else None
-            if not self._stalled:
-                if self._mode == "data":
-                    if len(buf) > 3:
-                        return len(buf)
-                else:
-                    nl = buf.rfind(b"\n")
-                    if nl >= 0:
-                        return nl + 1
-                    if len(buf) >= MAX_LINE:
-                        return len(buf)
-            chunk = self._source.read(_READ)
-            self._stalled = False
-            if not chunk:
-                self._eof = True
-            else:
-                self._buf = buf + chunk if buf else chunk
-
-    def _lex(self, end: int) -> Iterator[ScriptPiece]:
-        """Lex ``self._buf[:end]``; whatever a token needs beyond ``end`` waits in the buffer
-        (a handler that cannot move returns its own position)."""
-        buf = self._buf
-        pos = 0
-        while pos < end:
-            state = (self._mode, self._inner)
-            if self._mode == "data":
-                moved, pieces = self._data(buf, pos, end)
-            elif self._inner is not None:
-                moved, pieces = self._inside(buf, pos, end)
-            else:
-                moved, pieces = self._code(buf, pos, end)
-            yield from pieces
-            if moved == pos and not pieces and state == (self._mode, self._inner):
-                break
-            pos = moved
-        self._stalled = pos == 0
-        self._offset += pos
-        self._buf = buf[pos:]
-
-    def _safe_end(self, buf: bytes, pos: int, end: int, keep: int) -> int:
-        """Where a search that found nothing may stop: ``end`` at a line's end or the script's,
-        else ``keep - 1`` bytes back (they may begin what was searched for)."""
-        if self._eof or buf[end - 1 : end] == b"\n":
-            return end
-        return max(pos, end - keep + 1)
+    def _step(self, buf: bytes, pos: int, end: int) -> tuple[int, list[ScriptPiece]]:
+        if self._mode == "data":
+            return self._data(buf, pos, end)
+        if self._inner is not None:
+            return self._inside(buf, pos, end)
+        return self._code(buf, pos, end)
 
     def _piece(
         self, kind: str, buf: bytes, start: int, end: int, last: bool = False
     ) -> ScriptPiece:
-        return ScriptPiece(kind, buf[start:end], self._offset + start, last)
+        return ScriptPiece(
+            kind, buf[start:end], self._offset + start, last, self._inner is not None
+        )
 
     # --- data -------------------------------------------------------------------------------
 
@@ -206,7 +137,10 @@ class PgScriptLexer:
         if self._eof:  # a block the script never ends: psql would fail it too
             self._mode = "gap"
             return end, [self._piece("data", buf, pos, end, last=True)]
-        stop = end - len(_COPY_END) + 1
+        # Hold back only a tail that may begin the terminator (most chunks end mid-row: the
+        # whole chunk is handed on uncopied).
+        hold = next((k for k in (3, 2, 1) if buf.startswith(_COPY_END[:k], end - k)), 0)
+        stop = end - hold
         if stop <= pos:
             return pos, []
         self._data_line_start = buf[stop - 1 : stop] == b"\n"
@@ -421,35 +355,63 @@ def is_ownership_statement(tokens: list[bytes]) -> bool:
 MAX_HELD = 64 << 10
 
 
-class OwnershipFilter:
-    """A reader over a psql script without its ownership statements
-    (``is_ownership_statement``): loaded by a role that may not act for the dump's roles,
-    every object stays owned by that role. Everything else passes unchanged; ``dropped``
-    counts what was left out."""
+#: pg_dump (15.14+, 16.10+, 17.6+) brackets its output with these meta-command lines.
+_DUMP_RESTRICT = re.compile(rb"\\(?:un)?restrict [A-Za-z0-9]+\r?\n?\Z")
 
-    def __init__(self, source: Reader) -> None:
+
+class RestoreScript:
+    """The script psql is given for a restore: the dump, which a write-key holder may have
+    forged, made unable to command psql.
+
+    It opens with ``\\restrict KEY`` (a random key that nothing else knows, and never
+    ``\\unrestrict``), so psql itself refuses every backslash command of the dump for the
+    whole session, wherever its lexer finds one (``\\!``, ``\\o |cmd``, ``\\copy … program``);
+    COPY data is not meta-command text and loads as before. The dump's own ``\\restrict`` /
+    ``\\unrestrict`` lines (current pg_dump writes them, with its own key) are dropped: they
+    would fail in restricted mode. Only such lines between statements are dropped (found by
+    ``PgScriptLexer``): the same text in a function body, string or COPY row is kept. A psql
+    too old for ``\\restrict`` fails the restore.
+
+    With ``drop_ownership`` (a least-privilege load) the dump's ownership statements
+    (``is_ownership_statement``) are left out too: the loading role may not act for the dump's
+    roles, so every object stays owned by it. ``dropped`` counts what was left out.
+    """
+
+    def __init__(self, source: Reader, *, drop_ownership: bool = False) -> None:
         self._lexer = PgScriptLexer(source)
         self._pieces = iter(self._lexer)
+        self._drop_ownership = drop_ownership
         self._held: list[bytes] = []
         self._held_size = 0
-        self._out = b""
+        self._out: deque[bytes] = deque([b"\\restrict " + secrets.token_hex(16).encode() + b"\n"])
         self._done = False
         self.dropped = 0
 
     def read(self, size: int = _READ) -> bytes:
-        while len(self._out) < size and not self._done:
+        while not self._out and not self._done:
             piece = next(self._pieces, None)
             if piece is None:
                 self._done = True
-                self._out += b"".join(self._held)
+                self._out.append(b"".join(self._held))
                 self._held = []
                 break
-            self._out += self._take(piece)
-        out, self._out = self._out[:size], self._out[size:]
-        return out
+            if data := self._take(piece):
+                self._out.append(data)
+        if not self._out:
+            return b""
+        chunk = self._out.popleft()
+        if len(chunk) > size:
+            self._out.appendleft(chunk[size:])
+            chunk = chunk[:size]
+        return chunk
 
     def _take(self, piece: ScriptPiece) -> bytes:
-        if piece.kind != "statement":
+        if piece.kind == "gap":
+            if piece.data.startswith(b"\\") and _DUMP_RESTRICT.match(piece.data):
+                self.dropped += 1
+                return b""
+            return piece.data
+        if piece.kind != "statement" or not self._drop_ownership:
             return piece.data
         tokens = self._lexer.statement.tokens
         if not self._held and (not tokens or tokens[0] != b"ALTER"):

@@ -21,11 +21,14 @@ unique and check constraints) that may run in parallel, and everything else in d
 
 from __future__ import annotations
 
+import io
+import itertools
 import re
 from collections import deque
 from dataclasses import dataclass
 
 from crmmaint.engines.base import Reader
+from crmmaint.engines.pgscript import PgScriptLexer
 
 #: The session settings at the top of a plain dump kept for the other connections (pg_dump
 #: writes well under 2 KiB of them).
@@ -53,17 +56,18 @@ POST_DATA_TYPES = frozenset(
 PARALLEL_TYPES = frozenset({"INDEX", "CONSTRAINT"})
 
 _HEADER = re.compile(rb"^-- (?:Data for )?Name: .*?; Type: ([A-Z ]+);")
-#: One SQL identifier as pg_dump writes it: quoted (with doubled quotes) or bare.
+#: One SQL identifier as pg_dump writes it: quoted (with doubled quotes, any character) or bare.
 IDENT = rb'(?:"(?:[^"]|"")*"|[^\s."(]+)'
 _QUALIFIED = IDENT + rb"(?:\." + IDENT + rb")?"  # schema.table or table
-_CREATE_TABLE = re.compile(rb"^CREATE (?:UNLOGGED )?TABLE (" + _QUALIFIED + rb") ")
-COPY_LINE = re.compile(rb"^COPY (" + _QUALIFIED + rb") .*FROM stdin;\n$")
-_COPY_END = b"\n\\.\n"
+_CREATE_TABLE = re.compile(rb"CREATE (?:UNLOGGED )?TABLE (" + _QUALIFIED + rb")[ (]")
+#: A ``COPY … FROM stdin;`` statement (it may span lines: a column name may hold a newline).
+COPY_LINE = re.compile(rb"COPY (" + _QUALIFIED + rb") .*FROM stdin;\n?\Z", re.DOTALL)
 
 
 def with_freeze(copy_line: bytes) -> bytes:
-    """``COPY t (…) FROM stdin;\\n`` -> ``COPY t (…) FROM stdin WITH (FREEZE);\\n``."""
-    return copy_line[: -len(b";\n")] + b" WITH (FREEZE);\n"
+    """``COPY t (…) FROM stdin;[\\n]`` -> ``COPY t (…) FROM stdin WITH (FREEZE);[\\n]``."""
+    end = copy_line.rindex(b";")
+    return copy_line[:end] + b" WITH (FREEZE)" + copy_line[end:]
 
 
 _READ = 1 << 20
@@ -74,26 +78,27 @@ class PostDataSplit:
 
     ``preamble`` holds the session settings at the top of the dump (``SET …``), which every
     post-data connection must repeat; ``post`` holds the post-data text once reading is done.
+    The dump is walked by ``PgScriptLexer``: object headers are only comments between
+    statements, a ``COPY`` block only where psql would read one, whatever a function body,
+    string or quoted name holds.
     """
 
     def __init__(self, source: Reader, *, freeze: bool = False, seen_data: bool = False) -> None:
-        self._source = source
+        self._lexer = PgScriptLexer(source)
+        self._pieces = iter(self._lexer)
         self._freeze = freeze
-        self._creating: bytes | None = None  # the table whose CREATE TABLE is being read
-        self._partitioned = False
         self.created: set[bytes] = set()
         self.frozen = 0
-        self._buf = b""
         self._out: deque[bytes] = deque()
-        self._state = "main"  # main | copy | done
+        self._held: list[bytes] = []  # a CREATE TABLE or COPY statement under way
+        self._done = False
         self._seen_header = False
         self._seen_data = seen_data  # True for a stream that starts inside the data section
-        self._eof = False
         self.preamble = b""
         self.post = b""
 
     def read(self, size: int = _READ) -> bytes:
-        while not self._out and self._state != "done":
+        while not self._out and not self._done:
             self._advance()
         if not self._out:
             return b""
@@ -103,120 +108,65 @@ class PostDataSplit:
             chunk = chunk[:size]
         return chunk
 
-    def _fill(self) -> bool:
-        if self._eof:
-            return False
-        data = self._source.read(_READ)
-        if not data:
-            self._eof = True
-            return False
-        self._buf = self._buf + data if self._buf else data
-        return True
-
     def _advance(self) -> None:
-        if self._state == "copy":
-            self._advance_copy()
-        else:
-            self._advance_lines()
-
-    def _advance_copy(self) -> None:
-        buf = self._buf
-        if buf.startswith(b"\\.\n"):
-            end = 3
-        else:
-            found = buf.find(_COPY_END)
-            end = found + len(_COPY_END) if found >= 0 else -1
-        if end >= 0:
-            self._out.append(buf[:end])
-            self._buf = buf[end:]
-            self._state = "main"
+        piece = next(self._pieces, None)
+        if piece is None:
+            self._done = True
             return
-        keep = len(_COPY_END) - 1
-        if len(buf) > keep:
-            self._out.append(buf[:-keep])
-            self._buf = buf[-keep:]
-        if not self._fill():
-            self._finish()
-
-    def _advance_lines(self) -> None:
-        """Pass DDL lines through one by one until a COPY starts or post-data begins."""
-        pos = 0
-        buf = self._buf
-        while True:
-            nl = buf.find(b"\n", pos)
-            if nl < 0:
-                break
-            line = buf[pos : nl + 1]
-            match = _HEADER.match(line)
+        if piece.kind == "gap" and piece.data.startswith(b"-- "):
+            match = _HEADER.match(piece.data)
             if match:
                 kind = match.group(1)
                 self._seen_header = True
                 if kind in DATA_TYPES:
                     self._seen_data = True
                 elif self._seen_data and kind in POST_DATA_TYPES:
-                    self._out.append(buf[:pos])
-                    self._buf = buf[pos:]
-                    self._take_post()
+                    self._take_post(piece.data)
                     return
-            elif not self._seen_header and len(self.preamble) < MAX_PREAMBLE:
-                # pg_dump's preamble is a few SET lines; a text without object headers (not
-                # pg_dump's) stops being copied here rather than grow one copy per line.
-                self.preamble += line
-            if self._freeze:
-                self._track_create(line)
-            if line.startswith(b"COPY ") and line.rstrip().endswith(b"FROM stdin;"):
-                if pos:
-                    self._out.append(buf[:pos])
-                self._out.append(self._copy_line(line))
-                self._buf = buf[nl + 1 :]
-                self._state = "copy"
-                return
-            pos = nl + 1
-        if pos:
-            self._out.append(buf[:pos])
-            self._buf = buf[pos:]
+        if not self._seen_header and len(self.preamble) < MAX_PREAMBLE:
+            # pg_dump's preamble is a few SET lines; a text without object headers (not
+            # pg_dump's) stops being copied here rather than grow one copy per line.
+            self.preamble += piece.data
+        if piece.kind != "statement":
+            self._out.append(piece.data)
             return
-        if not self._fill():
-            self._finish()
+        tokens = self._lexer.statement.tokens
+        if not (self._held or (tokens and tokens[0] in (b"CREATE", b"COPY"))):
+            self._out.append(piece.data)
+            return
+        self._held.append(piece.data)
+        if piece.last:
+            statement, self._held = b"".join(self._held), []
+            self._out.append(self._statement(statement, tokens))
+        elif sum(map(len, self._held)) > MAX_PREAMBLE:  # a long CREATE: not one to note
+            self._out.append(b"".join(self._held))
+            self._held = []
 
-    def _track_create(self, line: bytes) -> None:
-        """Note the tables this stream creates (``CREATE TABLE`` … up to the closing ``;``)."""
-        if self._creating is None:
-            match = _CREATE_TABLE.match(line)
-            if not match:
-                return
-            self._creating, self._partitioned = match.group(1), False
-        if line.startswith(b"PARTITION BY ") or b") PARTITION BY " in line:
-            self._partitioned = True
-        if line.rstrip().endswith(b";"):
-            if not self._partitioned:
-                self.created.add(self._creating)
-            self._creating = None
-
-    def _copy_line(self, line: bytes) -> bytes:
-        """``line`` with ``WITH (FREEZE)`` when freezing applies to its table (module docstring)."""
+    def _statement(self, text: bytes, tokens: list[bytes]) -> bytes:
+        """Note the tables this stream creates; ``WITH (FREEZE)`` where it applies."""
         if not self._freeze:
-            return line
-        match = COPY_LINE.match(line)
+            return text
+        if tokens[0] == b"CREATE":
+            match = _CREATE_TABLE.match(text)
+            partitioned = any(
+                a == b"PARTITION" and b == b"BY" for a, b in itertools.pairwise(tokens)
+            )
+            if match and not partitioned:
+                self.created.add(match.group(1))
+            return text
+        if not self._lexer.statement.copy_from_stdin:
+            return text
+        match = COPY_LINE.match(text)
         if match is None or match.group(1) not in self.created:
-            return line
+            return text
         self.frozen += 1
-        return with_freeze(line)
+        return with_freeze(text)
 
-    def _take_post(self) -> None:
-        parts = [self._buf]
-        self._buf = b""
-        while self._fill():
-            parts.append(self._buf)
-            self._buf = b""
+    def _take_post(self, first: bytes) -> None:
+        parts = [first]
+        parts += [piece.data for piece in self._pieces]
         self.post = b"".join(parts)
-        self._state = "done"
-
-    def _finish(self) -> None:
-        if self._buf:
-            self._out.append(self._buf)
-            self._buf = b""
-        self._state = "done"
+        self._done = True
 
 
 @dataclass
@@ -226,22 +176,26 @@ class PostDataItem:
 
 
 def post_data_items(post: bytes) -> list[PostDataItem]:
-    """Cut post-data text into items at pg_dump's object headers, keeping dump order."""
+    """Cut post-data text into items at pg_dump's object headers (comments between
+    statements, found by ``PgScriptLexer``), keeping dump order. An item starts at the
+    ``--`` line just above its ``-- Name:`` line."""
     items: list[PostDataItem] = []
     kind, start = "", 0
-    pos = 0
-    while pos < len(post):
-        nl = post.find(b"\n", pos)
-        end = len(post) if nl < 0 else nl + 1
-        match = _HEADER.match(post[pos:end])
-        if match:
-            # The header block starts at the "--" line just above the "-- Name:" line.
-            block = post.rfind(b"--\n", start, pos)
-            cut = block if block >= start and block == pos - 3 else pos
-            if cut > start:
-                items.append(PostDataItem(kind, post[start:cut]))
-            kind, start = match.group(1).decode("ascii"), cut
-        pos = end
+    previous: tuple[int, bytes] = (-1, b"")  # the gap piece before, and where it starts
+    for piece in PgScriptLexer(io.BytesIO(post)):
+        if piece.kind == "gap" and piece.data.startswith(b"-- "):
+            match = _HEADER.match(piece.data)
+            if match:
+                at, data = previous
+                cut = (
+                    at
+                    if data == b"--\n" and at + 3 == piece.offset and at >= start
+                    else piece.offset
+                )
+                if cut > start:
+                    items.append(PostDataItem(kind, post[start:cut]))
+                kind, start = match.group(1).decode("ascii"), cut
+        previous = (piece.offset, piece.data)
     if start < len(post):
         items.append(PostDataItem(kind, post[start:]))
     return [item for item in items if item.sql.strip()]

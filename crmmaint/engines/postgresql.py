@@ -46,7 +46,7 @@ from crmmaint.engines.pgload import (
     plan_pieces,
     run_together,
 )
-from crmmaint.engines.pgscript import OwnershipFilter
+from crmmaint.engines.pgscript import PgScriptLexer, RestoreScript
 from crmmaint.engines.pgsections import IDENT, PostDataSplit, post_data_phases
 from crmmaint.errors import CommandTimeout, EngineError, TransportError
 from crmmaint.transport.base import Process
@@ -226,7 +226,9 @@ def parse_csv(text: str) -> list[tuple[str, ...]]:
     return [tuple(row) for row in csv.reader(io.StringIO(text))]
 
 
-_COPY_HEADER = re.compile(rb"^COPY (" + IDENT + rb")\.(" + IDENT + rb") .*FROM stdin;$")
+#: The table a ``COPY`` statement names, schema-qualified as pg_dump writes it (a quoted name
+#: may hold any character, newlines included).
+_COPY_TABLE = re.compile(rb"COPY (" + IDENT + rb")\.(" + IDENT + rb")[ (]", re.DOTALL)
 
 
 def _unquote(ident: bytes) -> str:
@@ -239,72 +241,50 @@ def _unquote(ident: bytes) -> str:
 class CopyRowCounter:
     """Counts the data rows of every ``COPY … FROM stdin`` block in a plain pg_dump stream.
 
-    Works chunk by chunk without holding the stream: inside a block it counts newlines in C
-    (``bytes.count``) up to the ``\\.`` terminator line. ``sections`` records where each block
-    lies in the stream, ``[start, end)`` from its ``COPY`` line to just after its terminator,
-    so a restore can later read the tables' data on several connections at once.
+    Works chunk by chunk without holding the stream, on ``PgScriptLexer``: a block is one only
+    where psql would take it for one (never a function body or string that looks like one), and
+    inside it the rows are counted as newlines in C (``bytes.count``) up to the ``\\.`` line.
+    ``sections`` records where each block lies in the stream, ``[start, end)`` from its ``COPY``
+    statement to just after its terminator, so a restore can later read the tables' data on
+    several connections at once.
     """
 
     def __init__(self) -> None:
         self.counts: dict[str, int] = {}
         self.sections: list[tuple[int, int]] = []
-        self._table: str | None = None
+        self._lexer = PgScriptLexer()
+        self._statement: list[bytes] = []  # the COPY statement under way
         self._start = 0
-        self._pending = b""
-        self._fed = 0
+        self._table: str | None = None
 
     def feed(self, chunk: bytes) -> None:
-        base = self._fed  # stream offset of chunk[0]
-        self._fed += len(chunk)
-        start = 0
-        if self._pending:
-            # Finish the partial line left over by the last chunk on its own, so the chunk
-            # itself is never copied to be joined to it.
-            nl = chunk.find(b"\n")
-            if nl < 0:
-                self._pending += chunk
-                return
-            head, self._pending = self._pending + chunk[: nl + 1], b""
-            self._scan(head, base + nl + 1 - len(head))
-            start = nl + 1
-        self._scan(chunk, base, start)
+        """Count what ``chunk`` completes; an empty chunk ends the stream."""
+        for piece in self._lexer.feed(chunk):
+            if piece.kind == "statement":
+                tokens = self._lexer.statement.tokens
+                if tokens and tokens[0] == b"COPY":
+                    if not self._statement:
+                        self._start = piece.offset
+                    self._statement.append(piece.data)
+                    if piece.last:
+                        self._begin_block()
+            elif piece.kind == "data" and self._table is not None:
+                rows = piece.data.count(b"\n")
+                if piece.last:
+                    rows -= 1 if piece.data.endswith(b"\\.\n") else 0
+                    self.counts[self._table] += rows
+                    self.sections.append((self._start, piece.offset + len(piece.data)))
+                    self._table = None
+                else:
+                    self.counts[self._table] += rows
 
-    def _scan(self, data: bytes, base: int, pos: int = 0) -> None:
-        """Count ``data[pos:]`` (``data[0]`` is at stream offset ``base``); keep a partial line."""
-        size = len(data)
-        while pos < size:
-            if self._table is None:
-                nl = data.find(b"\n", pos)
-                if nl < 0:
-                    self._pending = data[pos:]
-                    return
-                match = _COPY_HEADER.match(data[pos:nl]) if data.startswith(b"COPY ", pos) else None
-                if match:
-                    self._table = f"{_unquote(match.group(1))}.{_unquote(match.group(2))}"
-                    self.counts.setdefault(self._table, 0)
-                    self._start = base + pos
-                pos = nl + 1
-                continue
-            if data.startswith(b"\\.\n", pos):
-                self._end_block(base + pos + 3)
-                pos += 3
-                continue
-            end = data.find(b"\n\\.\n", pos)
-            if end >= 0:
-                self.counts[self._table] += data.count(b"\n", pos, end + 1)
-                self._end_block(base + end + 4)
-                pos = end + 4
-                continue
-            last = data.rfind(b"\n", pos)
-            if last >= 0:
-                self.counts[self._table] += data.count(b"\n", pos, last + 1)
-                pos = last + 1
-            self._pending = data[pos:]
+    def _begin_block(self) -> None:
+        text, self._statement = b"".join(self._statement), []
+        match = _COPY_TABLE.match(text) if self._lexer.statement.copy_from_stdin else None
+        if match is None:
             return
-
-    def _end_block(self, end: int) -> None:
-        self.sections.append((self._start, end))
-        self._table = None
+        self._table = f"{_unquote(match.group(1))}.{_unquote(match.group(2))}"
+        self.counts.setdefault(self._table, 0)
 
 
 class _PsqlSession:
@@ -348,65 +328,6 @@ class _PsqlSession:
             raise self.engine.error(f"snapshot session failed: {exc}") from exc
         if not result.ok:
             raise self.engine.error(f"snapshot session failed: {result.stderr_tail()}")
-
-
-#: pg_dump (15.14+, 16.10+, 17.6+) brackets its output with these; a forged dump may not.
-_DUMP_RESTRICT = re.compile(rb"(?m)^\\(?:un)?restrict [A-Za-z0-9]+\n")
-
-
-def _drop_dump_restrict(lines: bytes) -> bytes:
-    """``lines`` (whole lines) without pg_dump's ``\\restrict``/``\\unrestrict`` lines."""
-    if not lines.startswith(b"\\") and b"\n\\" not in lines:
-        return lines  # the common case: no line starts with a backslash
-    return _DUMP_RESTRICT.sub(b"", lines)
-
-
-class RestrictedScript:
-    """A restore script for psql that cannot run meta-commands.
-
-    It opens with ``\\restrict KEY`` (a random key that nothing else knows, and never
-    ``\\unrestrict``), so psql itself refuses every backslash command of the dump for the
-    whole session, wherever its lexer finds one (``\\!``, ``\\o |cmd``, ``\\copy … program``);
-    COPY data is not meta-command text and loads as before. The dump's own ``\\restrict`` /
-    ``\\unrestrict`` lines (current pg_dump writes them, with its own key) are dropped: they
-    would fail in restricted mode. A psql too old for ``\\restrict`` fails the restore. A
-    line of COPY data can match only if a text value starts with a carriage return followed by
-    ``estrict``; the drill's row checks would then notice it.
-    """
-
-    def __init__(self, stream: Reader) -> None:
-        self._stream = stream
-        self._pending = b"\\restrict " + secrets.token_hex(16).encode() + b"\n"
-        self._offset = 0  # of the next byte of _pending to hand out (no re-slicing the rest)
-        self._tail = b""
-        self._mid_line = False  # the last bytes handed on ended inside a line
-        self._eof = False
-
-    def read(self, size: int = 1 << 20) -> bytes:
-        while self._offset >= len(self._pending) and not self._eof:
-            chunk = self._stream.read(max(size, 1 << 16))
-            self._offset = 0
-            if not chunk:
-                self._eof = True
-                last = self._tail if self._mid_line else _drop_dump_restrict(self._tail)
-                self._pending, self._tail = last, b""
-                break
-            data = self._tail + chunk if self._tail else chunk
-            head = b""
-            if self._mid_line:  # the rest of a line already handed on: never a line start
-                end = data.find(b"\n") + 1 or len(data)
-                head, data = data[:end], data[end:]
-                self._mid_line = not head.endswith(b"\n")
-            cut = data.rfind(b"\n") + 1  # keep a partial last line for the next chunk
-            self._pending, self._tail = head + _drop_dump_restrict(data[:cut]), data[cut:]
-            if self._tail and (not self._tail.startswith(b"\\") or len(self._tail) > 4096):
-                # Not a pg_dump restrict line: hand it on now rather than join chunk after
-                # chunk to it (a 128 MiB row would cost quadratic time).
-                self._pending, self._tail = self._pending + self._tail, b""
-                self._mid_line = True
-        out = self._pending[self._offset : self._offset + size]
-        self._offset += len(out)
-        return out
 
 
 class PostgreSQLEngine(DatabaseEngine):
@@ -662,12 +583,10 @@ class PostgreSQLEngine(DatabaseEngine):
     untrusted_hint = "a line of the dump that psql takes for a meta-command is refused"
 
     def untrusted_script(self, stream: Reader) -> Reader:
-        """psql in restricted mode: no meta-command of the dump runs (``RestrictedScript``);
-        loading as a ``LoadRole``, without the dump's ownership statements too
-        (``OwnershipFilter``: that role may not act for the dump's roles)."""
-        if self.load_role is not None:
-            stream = OwnershipFilter(stream)
-        return RestrictedScript(stream)
+        """psql in restricted mode: no meta-command of the dump runs (``RestoreScript``);
+        loading as a ``LoadRole``, without the dump's ownership statements too (that role may
+        not act for the dump's roles)."""
+        return RestoreScript(stream, drop_ownership=self.load_role is not None)
 
     def _psql_load(self, *, single_transaction: bool = False) -> list[str]:
         command = ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-o", "/dev/null"]
