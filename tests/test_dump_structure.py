@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 from clirun import run_cli
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 PG = ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-U", "postgres", "-At"]
 MY = ["mariadb", "--protocol=TCP", "-h127.0.0.1", "-uroot", "-N", "--batch"]
@@ -200,3 +202,99 @@ def test_postgresql_dump_structure_round_trips(tmp_path, case):
 @pytest.mark.parametrize("case", sorted(MY_CASES))
 def test_mariadb_dump_structure_round_trips(tmp_path, case):
     round_trip(tmp_path, "mysql", my_script(MY_CASES[case]), jobs=(1,))
+
+
+# --- the kind: schemas built from hostile pieces ---------------------------------------------
+
+DUMPISH = [
+    "\nCOPY public.t (id, v) FROM stdin;\n1\tfake\n\\.\n",
+    "\n-- Name: t_idx; Type: INDEX; Schema: public; Owner: -\n",
+    "\n-- Data for Name: t; Type: TABLE DATA; Schema: public; Owner: -\n",
+    "\n\\restrict abc123\n",
+    "\n\\unrestrict abc123\n",
+    "\nALTER TABLE public.t OWNER TO postgres;\n",
+    "\nINSERT INTO `t` VALUES (1,'x'),(2,'y');\n",
+    "\nCREATE TABLE `t` (\n",
+    "\nDELIMITER ;;\n",
+    "\nstatus\n",
+    "\n/*!50003 CREATE*/ /*!50017 DEFINER=`root`@`localhost`*/\n",
+    "\n\\.\n",
+    ";",
+    "'",
+    '"',
+    "$$",
+]
+ident = st.text(alphabet="abXY_é€\n\t \"';$-", min_size=1, max_size=8)
+dumpish = st.lists(st.sampled_from(DUMPISH), min_size=1, max_size=3).map("".join)
+value = st.one_of(dumpish, st.text(alphabet="ab\n\t\\.;'\"$é", max_size=12))
+
+
+def pg_literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def pg_ident(text: str) -> str:
+    return '"' + text.replace('"', '""') + '"'
+
+
+@st.composite
+def pg_schemas(draw) -> str:
+    table, first, second = draw(st.lists(ident, min_size=3, max_size=3, unique=True))
+    rows = draw(st.lists(value, max_size=3))
+    body = draw(dumpish)
+    t, a, b = pg_ident(table), pg_ident(first), pg_ident(second)
+    statements = [
+        f"CREATE TABLE public.{t} ({a} int PRIMARY KEY, {b} text CHECK ({b} <> {pg_literal(body)} OR true))",
+        *(f"INSERT INTO public.{t} VALUES ({i}, {pg_literal(v)})" for i, v in enumerate(rows)),
+        f"CREATE INDEX ON public.{t} ({b})",
+        f"COMMENT ON TABLE public.{t} IS {pg_literal(draw(dumpish))}",
+        "CREATE FUNCTION public.f() RETURNS text LANGUAGE sql AS $fn$ SELECT "
+        f"{pg_literal(body.replace('$fn$', ''))}::text $fn$",
+        f"CREATE VIEW public.v AS SELECT {a}, {pg_literal(draw(dumpish))} AS fake_col FROM public.{t}",
+    ]
+    return ";\n".join(statements) + ";\n"
+
+
+def my_literal(text: str) -> str:
+    return "'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+def my_ident(text: str) -> str:
+    return "`" + text.replace("`", "``") + "`"
+
+
+my_name = ident.map(lambda t: t.strip() or "x").filter(lambda t: not t.endswith(" "))
+
+
+@st.composite
+def my_schemas(draw) -> list[str]:
+    table, first, second = draw(st.lists(my_name, min_size=3, max_size=3, unique_by=str.lower))
+    rows = draw(st.lists(value, max_size=3))
+    t, a, b = my_ident(table), my_ident(first), my_ident(second)
+    line = draw(dumpish).replace("\n", " ")
+    return [
+        f"CREATE TABLE {t} ({a} int PRIMARY KEY, {b} text)",
+        *(f"INSERT INTO {t} VALUES ({i}, {my_literal(v)})" for i, v in enumerate(rows)),
+        f"CREATE PROCEDURE p() BEGIN\n-- {line}\nSELECT {my_literal(draw(dumpish))} INTO @x;\n"
+        f"UPDATE {t} SET\n{b} = {b}\nWHERE {a} < 0;\nEND",
+        f"CREATE TRIGGER trg BEFORE INSERT ON {t} FOR EACH ROW SET NEW.{b} = "
+        f"concat({my_literal(draw(dumpish))}, NEW.{b})",
+        f"CREATE VIEW v AS SELECT {a}, {my_literal(draw(dumpish))} AS fake_col FROM {t}",
+    ]
+
+
+_SLOW = settings(
+    max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+
+
+@_SLOW
+@given(schema=pg_schemas())
+def test_postgresql_hostile_schemas_round_trip(tmp_path_factory, schema):
+    round_trip(tmp_path_factory.mktemp("pg"), "postgresql", schema, jobs=(1, 4))
+
+
+@_SLOW
+@given(schema=my_schemas())
+def test_mariadb_hostile_schemas_round_trip(tmp_path_factory, schema):
+    round_trip(tmp_path_factory.mktemp("my"), "mysql", my_script(schema), jobs=(1,))

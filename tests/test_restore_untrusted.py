@@ -308,3 +308,37 @@ def test_full_privilege_restores_keep_the_dumps_owners(owned_estate):
                  "WHERE relnamespace = 'public'::regnamespace", f"{name}_full").split()  # fmt: skip
     assert owners == [owner]
     sql("postgresql", f"ALTER ROLE {owner} NOSUPERUSER")
+
+
+def test_a_failed_restore_says_what_failed_without_the_data(estate, tmp_path):
+    """Clients echo rows and statements when a load fails (a BLOB's hex, a key value): the
+    message, the console and the journal get what failed and where, not the data."""
+    engine, name, inventory = estate
+    secret = "SECRETVALUE" * 20
+    if engine == "postgresql":
+        dump = (
+            "CREATE TABLE public.t (v text PRIMARY KEY);\n"
+            f"COPY public.t (v) FROM stdin;\n{secret}\n{secret}\n\\.\n"
+        )
+        facts = {"format": "pg_dump-plain"}
+    else:
+        blob = secret.encode().hex()
+        dump = (
+            "CREATE TABLE t (id int PRIMARY KEY, b blob);\n"
+            f"INSERT INTO t VALUES (1, 0x{blob}), (1, 0x{blob});\n"
+        )
+        facts = {}
+    forge(inventory, engine, dump.encode(), facts)
+    done = cli("restore", "database:crm@latest", "--to", f"{name}_forged", "-i", str(inventory))
+    assert done.returncode == 5 and "restore into" in done.stderr, done.stderr
+    assert "duplicate" in done.stderr.lower()
+    for text in (done.stdout, done.stderr):
+        assert "SECRETVALUE" not in text and secret.encode().hex()[:40].upper() not in text.upper()
+    book = tmp_path / "drill.yml"
+    book.write_text(yaml.safe_dump({
+        "name": "drill", "steps": [{"name": "drill", "task": "drill.restore", "database": "main"}],
+    }))  # fmt: skip
+    drilled = cli("run", str(book), "-i", str(inventory))
+    assert drilled.returncode == 2
+    journal = (tmp_path / "journal.sqlite").read_bytes()
+    assert b"SECRETVALUE" not in journal and b"duplicate" in journal.lower()

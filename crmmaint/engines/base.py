@@ -291,11 +291,26 @@ class DatabaseEngine(abc.ABC):
             except CommandTimeout as exc:
                 raise self.error(f"restore timed out after {timeout}s") from exc
             if not result.ok or problem:
+                said = self.client_error(result.stderr.decode("utf-8", "replace"))
                 raise self.error(
-                    f"restore into {into!r} failed: {problem or ''} {result.stderr_tail()}".strip(),
-                    hint=hint,
+                    f"restore into {into!r} failed: {problem or ''} {said}".strip(), hint=hint
                 )
         return size
+
+    #: How much of a client's complaint a restore error carries (characters).
+    CLIENT_ERROR_LIMIT = 400
+
+    def client_error(self, stderr: str) -> str:
+        """What a failed restore client said, made fit for a message, a log and the journal:
+        without the table data clients echo (``redact_client_error``), its last
+        ``CLIENT_ERROR_LIMIT`` characters, one line."""
+        text = self.redact_client_error(stderr).strip()[-self.CLIENT_ERROR_LIMIT :]
+        return " | ".join(line.strip() for line in text.splitlines() if line.strip())
+
+    def redact_client_error(self, stderr: str) -> str:
+        """``stderr`` without the values of rows and statements a client echoes; engines know
+        their client's messages (the default keeps what is said, cut per line)."""
+        return "\n".join(cut_message_line(line) for line in stderr.splitlines())
 
     #: Added to a failed load's hint when ``untrusted_script`` may be why it failed.
     untrusted_hint: str | None = None
@@ -377,6 +392,17 @@ class DatabaseEngine(abc.ABC):
     @abc.abstractmethod
     def drop(self, target_name: str, *, timeout: float = QUERY_TIMEOUT) -> None:
         """Remove a database made by ``restore`` (drill cleanup). Missing is not an error."""
+
+
+#: A quoted part of a client message longer than this is data, not a name (names are at most
+#: 64 characters in MariaDB and 63 bytes in PostgreSQL).
+_LONG_QUOTED = re.compile("'[^'\n]{65,}'|\"[^\"\n]{65,}\"")
+
+
+def cut_message_line(line: str, limit: int = 300) -> str:
+    """One line of a client message: a long quoted part elided, the line bounded."""
+    line = _LONG_QUOTED.sub(lambda m: m.group()[0] + "…" + m.group()[0], line)
+    return line if len(line) <= limit else line[:limit] + "…"
 
 
 def check_target_name(engine: DatabaseEngine, name: str) -> None:

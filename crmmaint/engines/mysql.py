@@ -26,6 +26,7 @@ from crmmaint.engines.base import (
     RestoreTargetExists,
     check_target_name,
     closing_dump,
+    cut_message_line,
     schema_digest,
 )
 from crmmaint.engines.myscript import MAX_HEAD, QUOTED, MyScriptLexer, RestoreScript
@@ -108,6 +109,11 @@ _UNESCAPE = {b"n": b"\n", b"t": b"\t", b"0": b"\0", b"\\": b"\\"}
 _BATCH_ESCAPE = re.compile(rb"\\(.)")
 #: Whole strings and quoted names, as the lexer reads them (``myscript._STRING``).
 _QUOTED = re.compile(b"|".join(pattern.pattern for pattern in QUOTED.values()), re.DOTALL)
+
+
+#: The statement the client echoes around an error, and the values its messages quote.
+_ECHOED = re.compile(r"^-{14}\n.*?^-{14}\n", re.MULTILINE | re.DOTALL)
+_MY_VALUE = re.compile(r"(near |entry |value: |value |string )'(?:[^'\\]|\\.|'')*'")
 
 
 def quote_ident(name: str) -> str:
@@ -282,6 +288,14 @@ class MySQLEngine(DatabaseEngine):
         return RestoreScript(
             stream, describe=self.error, rewrite_definers=self.load_user is not None
         )
+
+    def redact_client_error(self, stderr: str) -> str:
+        """The mariadb client's complaint without row values: no echoed statement (the block
+        between its ``-----`` lines, BLOBs in hex and all), no "near '…'" excerpt, no
+        duplicate entry or incorrect value."""
+        text = _ECHOED.sub("", stderr)
+        text = _MY_VALUE.sub(lambda m: m.group(1) + "'…'", text)
+        return "\n".join(cut_message_line(line) for line in text.splitlines())
 
     def client_env(self) -> dict[str, str]:
         """Password through the environment; an editor that does nothing (`\\e` in a dump

@@ -36,6 +36,7 @@ from crmmaint.engines.base import (
     RestoreTargetExists,
     check_target_name,
     closing_dump,
+    cut_message_line,
     schema_digest,
 )
 from crmmaint.engines.pgload import (
@@ -56,6 +57,12 @@ log = logging.getLogger(__name__)
 #: Connections that build indexes in parallel after a restore's data is loaded.
 POST_DATA_JOBS = 2
 _ROLES_HINT = "roles the dump names must exist on this server"
+
+_PSQL_PREFIX = re.compile(r"^psql:[^:]*:\d+: ")
+#: Where a psql message quotes a value: a COPY column's, an invalid input, a literal token.
+_PG_VALUE = re.compile(
+    r"(, column [^:]+:|for type [\w ]+:|at or near|value for [\w ]+:) (?:\"(?:[^\"]|\"\")*\"|'.*)"
+)
 
 #: Where CREATE/DROP DATABASE run during a restore.
 MAINTENANCE_DB = "postgres"
@@ -579,6 +586,18 @@ class PostgreSQLEngine(DatabaseEngine):
             if not quietly:
                 raise
             log.warning("could not drop load role %s: %s", name, exc)
+
+    def redact_client_error(self, stderr: str) -> str:
+        """psql's complaint without row values: no ``DETAIL`` (failing rows, key values), no
+        echoed ``LINE n:`` statement text and its caret, no COPY column value in ``CONTEXT``,
+        no invalid input value, no literal quoted by "at or near"."""
+        kept = []
+        for line in stderr.splitlines():
+            body = _PSQL_PREFIX.sub("", line.strip())
+            if body.startswith(("DETAIL:", "LINE ")) or (body and set(body) <= {"^", " "}):
+                continue
+            kept.append(cut_message_line(_PG_VALUE.sub(r"\1 …", line)))
+        return "\n".join(kept)
 
     untrusted_hint = "a line of the dump that psql takes for a meta-command is refused"
 
