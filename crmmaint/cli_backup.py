@@ -7,6 +7,8 @@ backup out of the repository into a new database or directory.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 import time
 from pathlib import Path
@@ -41,10 +43,23 @@ REPO_HELP = "repository name from the inventory (default: the default repository
 def keys_generate(c: Any, output: str, force: bool = False, debug: bool = False) -> None:
     """Create an X25519 identity file (0600) and print its public recipient string."""
     identity = X25519Identity.generate()
+    pub_path = Path(output).with_suffix(".pub")
+    if pub_path == Path(output):
+        raise ConfigError(f"{output}: name the identity file other than *.pub")
+    if (pub_path.exists() or pub_path.is_symlink()) and not force:
+        raise ConfigError(
+            f"{pub_path} exists (the public key goes beside the identity)",
+            hint="choose another name, or pass --force to replace both",
+        )
     write_identity_file(output, identity, overwrite=force)
     public = identity.recipient().to_string()
-    pub_path = Path(output).with_suffix(".pub")
-    pub_path.write_text(f"# crmmaint recipient for {output}\n{public}\n")
+    # Never through a link planted where the public key goes: replace the name itself.
+    with contextlib.suppress(FileNotFoundError):
+        if force and pub_path.is_symlink():
+            pub_path.unlink()
+    fd = os.open(pub_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(f"# crmmaint recipient for {output}\n{public}\n")
     print(public)
     print(
         f"identity: {output} (keep it offline or on the drill host); public key: {pub_path}",

@@ -182,7 +182,7 @@ def test_production_scrypt_cost_is_not_lowered_by_the_environment() -> None:
     assert out.stdout.strip() == "18"
 
 
-@pytest.mark.parametrize("log_n", ["9", "21", "22", "23", "40", "-1", "x"])
+@pytest.mark.parametrize("log_n", ["9", "21", "22", "23", "40", "-1", "x", "²", "1" * 5000, " 18"])
 def test_passphrase_refuses_out_of_range_work_factor(log_n: str) -> None:
     stanza = PassphraseRecipient(b"pw").wrap(DATA_KEY) | {"log_n": log_n}
     with pytest.raises(CryptoError, match="log_n"):
@@ -345,3 +345,31 @@ def test_read_secret_refuses_literal(spec: str) -> None:
         read_secret(spec)
     assert "env:" in str(info.value) and "file:" in str(info.value) and "cmd:" in str(info.value)
     assert "hunter" not in str(info.value)
+
+
+def test_a_fifo_or_folder_as_a_key_file_is_refused_at_once(tmp_path: Path) -> None:
+    """A FIFO must not hang the open (nothing writes to it), a folder is not a key file."""
+    from crmmaint.crypto.keys import KeyFileError, read_private_file
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo, 0o600)
+    folder = tmp_path / "folder"
+    folder.mkdir(mode=0o700)
+    for path in (fifo, folder):
+        with pytest.raises(KeyFileError, match="not a regular file"):
+            read_private_file(path, "identity file")
+
+
+def test_keys_generate_writes_no_public_key_through_a_link_or_over_a_file(tmp_path: Path) -> None:
+    from clirun import run_cli
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me\n")
+    (tmp_path / "b.pub").symlink_to(victim)
+    done = run_cli("keys", "generate", "--output", str(tmp_path / "b.key"))
+    assert done.returncode == 3 and "b.pub exists" in done.stderr, done.stderr
+    assert victim.read_text() == "keep me\n" and not (tmp_path / "b.key").exists()
+    forced = run_cli("keys", "generate", "--output", str(tmp_path / "b.key"), "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert victim.read_text() == "keep me\n"
+    assert not (tmp_path / "b.pub").is_symlink() and "crmpub" in (tmp_path / "b.pub").read_text()

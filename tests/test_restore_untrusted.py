@@ -229,7 +229,8 @@ def owned_estate(tmp_path):
     owner inserts, a takeover if a restore evaluates it as a superuser."""
     name = f"crmowned_{uuid.uuid4().hex[:8]}"
     owner = f"{name}_owner"
-    sql("postgresql", f"CREATE ROLE {owner} LOGIN; CREATE DATABASE {name} OWNER {owner};")
+    sql("postgresql", f"CREATE ROLE {owner} LOGIN; CREATE DATABASE {name} OWNER {owner};"
+        f"CREATE ROLE {owner}_reader; CREATE ROLE {owner}_r2;")  # fmt: skip
     sql("postgresql", f"""
         SET ROLE {owner};
         CREATE FUNCTION public.ok(int) RETURNS bool LANGUAGE plpgsql AS $$
@@ -241,6 +242,16 @@ def owned_estate(tmp_path):
         CREATE TABLE public.accounts (id int PRIMARY KEY CHECK (public.ok(id)), name text);
         INSERT INTO public.accounts SELECT g, 'a' || g FROM generate_series(1, 50) g;
         GRANT SELECT ON public.accounts TO PUBLIC;
+        -- What else a genuine database holds that a non-superuser must still load: a table
+        -- whose owner is subject to its own policies, a grant made by a grantee.
+        CREATE TABLE public.notes (id int PRIMARY KEY, mine bool);
+        INSERT INTO public.notes SELECT g, g % 2 = 0 FROM generate_series(1, 10) g;
+        ALTER TABLE public.notes ENABLE ROW LEVEL SECURITY;
+        ALTER TABLE public.notes FORCE ROW LEVEL SECURITY;
+        CREATE POLICY only_mine ON public.notes USING (mine);
+        GRANT SELECT ON public.notes TO {owner}_reader WITH GRANT OPTION;
+        SET ROLE {owner}_reader;
+        GRANT SELECT ON public.notes TO {owner}_r2;
     """, name)  # fmt: skip
     inventory = tmp_path / "inventory.yml"
     keys = tmp_path / "keys"
@@ -263,7 +274,8 @@ def owned_estate(tmp_path):
     yield name, owner, inventory, inv
     for db in (name, f"{name}_copy", f"{name}_full"):
         sql("postgresql", f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
-    sql("postgresql", f"DROP ROLE IF EXISTS {owner}")
+    sql("postgresql", f"DROP ROLE IF EXISTS {owner}_r2; DROP ROLE IF EXISTS {owner}_reader; "
+        f"DROP ROLE IF EXISTS {owner}")  # fmt: skip
 
 
 def is_superuser(role: str) -> bool:
@@ -277,8 +289,11 @@ def test_a_database_owner_gains_nothing_from_a_restore_or_drill(owned_estate, tm
     assert not is_superuser(owner)
     roles_before = load_roles("postgresql")
     done = cli("restore", "database:crm@latest", "--to", f"{name}_copy", "-i", str(inventory))
-    assert done.returncode == 0 and "50 rows" in done.stdout, done.stdout + done.stderr
+    assert done.returncode == 0 and "60 rows" in done.stdout, done.stdout + done.stderr
     assert not is_superuser(owner), "the restore ran the owner's function as a superuser"
+    grants = sql("postgresql", "SELECT grantee FROM information_schema.role_table_grants "
+                 "WHERE table_name = 'notes' ORDER BY 1", f"{name}_copy").split()  # fmt: skip
+    assert f"{owner}_r2" in grants and f"{owner}_reader" in grants
     owners = sql("postgresql", "SELECT DISTINCT pg_get_userbyid(relowner) FROM pg_class "
                  "WHERE relnamespace = 'public'::regnamespace", f"{name}_copy").split()  # fmt: skip
     assert len(owners) == 1 and owners[0].startswith("crmmaint_load_"), owners
@@ -342,3 +357,91 @@ def test_a_failed_restore_says_what_failed_without_the_data(estate, tmp_path):
     assert drilled.returncode == 2
     journal = (tmp_path / "journal.sqlite").read_bytes()
     assert b"SECRETVALUE" not in journal and b"duplicate" in journal.lower()
+
+
+def test_a_failed_forged_load_leaves_no_account_that_logs_in(estate, tmp_path):
+    """A dump that gives its load role or account a password of its choosing, makes its
+    database a template (PostgreSQL), then fails: the role or account is gone (or cannot log
+    in), and so is the database, on restore and drill alike."""
+    engine, name, inventory = estate
+    before = load_roles(engine)
+    if engine == "postgresql":
+        dump = (
+            "DO $$BEGIN EXECUTE format('ALTER ROLE %I PASSWORD %L', current_user, 'known'); "
+            "END$$;\nCOMMIT;\nDO $$BEGIN EXECUTE format('ALTER DATABASE %I IS_TEMPLATE true', "
+            "current_database()); END$$;\nSELECT 1/0;\n"
+        )
+        facts = {"format": "pg_dump-plain"}
+    else:
+        dump = "CREATE TABLE t (id int);\nSET PASSWORD = PASSWORD('known');\nSELECT * FROM nope;\n"
+        facts = {}
+    forge(inventory, engine, dump.encode(), facts)
+    done = cli("restore", "database:crm@latest", "--to", f"{name}_forged", "-i", str(inventory))
+    assert done.returncode == 5, done.stdout + done.stderr
+    assert "could not drop" not in done.stderr, done.stderr
+    book = tmp_path / "drill.yml"
+    book.write_text(yaml.safe_dump({
+        "name": "drill", "steps": [{"name": "drill", "task": "drill.restore", "database": "main"}],
+    }))  # fmt: skip
+    drilled = cli("run", str(book), "-i", str(inventory), "--json")
+    assert drilled.returncode == 2
+    assert "division by zero" in drilled.stdout or "nope" in drilled.stdout, drilled.stdout
+    assert not load_roles(engine) - before, "a failed load left its role or account behind"
+    if engine == "postgresql":
+        left = sql(engine, "SELECT count(*) FROM pg_database WHERE datname LIKE 'crmdrill_%' "
+                   f"OR datname = '{name}_forged'")  # fmt: skip
+        assert left.strip() == "0"
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "SELECT 1; \\u {db}",
+        "SELECT 1; \\r {db} 127.0.0.1",
+        " " * 70 + "use {db}",
+        "SELECT 1; /* x */ USE {db};",
+        "XA START 'x'; INSERT INTO t VALUES (1); XA END 'x'; XA PREPARE 'x';",
+    ],
+)
+def test_client_commands_are_refused_wherever_the_client_runs_them(tmp_path, line):
+    """The guard in front of the mariadb client, even with `restore_privilege: full`: a client
+    command mid-line, after spaces or a comment, and XA statements are refused before loading."""
+    name = f"crmforge_{uuid.uuid4().hex[:8]}"
+    sql("mysql", f"CREATE DATABASE {name}")
+    try:
+        sql(
+            "mysql",
+            "CREATE TABLE customers (id int PRIMARY KEY); INSERT INTO customers VALUES (1);",
+            name,
+        )
+        inv = tmp_path / "inventory.yml"
+        keys = tmp_path / "keys"
+        keys.mkdir()
+        made = cli("keys", "generate", "--output", str(keys / "ops.key"))
+        (keys / "ops.pub").write_text(made.stdout.strip() + "\n")
+        inv.write_text(yaml.safe_dump({
+            "settings": {"journal": str(tmp_path / "journal.sqlite")},
+            "hosts": {"local": {"connection": "local"}},
+            "databases": {"crm": {"engine": "mysql", "host": "local", "name": name,
+                                  "address": "127.0.0.1", "user": "root", "main": True,
+                                  "restore_privilege": "full"}},
+            "repositories": {"main": {"url": str(tmp_path / "repo"),
+                                      "write_key": str(keys / "write.key"),
+                                      "recipients": [f"file:{keys / 'ops.pub'}"],
+                                      "identity": str(keys / "ops.key")}},
+        }))  # fmt: skip
+        assert cli("repo", "init", "-i", str(inv)).returncode == 0
+        assert cli("backup", "-i", str(inv)).returncode == 0
+        dump = (
+            "CREATE TABLE t (id int);\n"
+            + line.format(db=name)
+            + "\nCREATE TABLE touched (id int);\n"
+        )
+        forge(inv, "mysql", dump.encode(), {})
+        done = cli("restore", "database:crm@latest", "--to", f"{name}_forged", "-i", str(inv))
+        assert done.returncode == 5 and "refusing to restore" in done.stderr, done.stderr
+        assert sql("mysql", "SHOW TABLES LIKE 'touched'", name).strip() == ""
+        assert sql("mysql", "XA RECOVER").strip() == ""
+    finally:
+        sql("mysql", f"DROP DATABASE IF EXISTS {name}")
+        sql("mysql", f"DROP DATABASE IF EXISTS {name}_forged")

@@ -258,3 +258,11 @@ def test_a_log_reached_through_a_symlinked_folder_is_not_read_unless_asked(
     assert result.details["symlinks_skipped"] == [str(logs / "linkdir" / "secret.log")]
     followed = scan(journal, {"paths": [str(logs / "linkdir" / "*.log")], "follow_symlinks": True})
     assert followed.metrics["matches"] == 1
+
+
+def test_a_file_two_globs_match_is_scanned_once(journal: Journal, log_file: Path) -> None:
+    rotated = Path(f"{log_file}.1")
+    rotated.write_text("ERROR old\n")
+    globs = [str(log_file), str(log_file.parent / "*.log"), str(log_file.parent / "crm*")]
+    result = scan(journal, {"paths": globs})
+    assert result.metrics["files"] == 1 and result.metrics["matches"] == 1, result.details

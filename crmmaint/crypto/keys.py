@@ -13,6 +13,7 @@ import errno
 import hashlib
 import logging
 import os
+import re
 import stat
 import subprocess
 from datetime import UTC, datetime
@@ -306,7 +307,7 @@ class PassphraseIdentity(Identity):
         salt = _unb64(stanza, "salt", 16)
         body = _unb64(stanza, "body", _WRAPPED_LEN)
         log_n_text = stanza.get("log_n")
-        if not (isinstance(log_n_text, str) and log_n_text.isdigit()):
+        if not (isinstance(log_n_text, str) and re.fullmatch(r"[0-9]{1,3}", log_n_text)):
             raise CryptoError("malformed scrypt key stanza: bad field 'log_n'")
         log_n = int(log_n_text)
         if not SCRYPT_LOG_N_MIN <= log_n <= SCRYPT_LOG_N_MAX:
@@ -416,7 +417,8 @@ def read_private_file(path: str | Path, what: str, *, missing_hint: str | None =
     """
     p = Path(path).expanduser()
     try:
-        fd = os.open(p, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        # O_NONBLOCK: a FIFO planted as a key file must not hang the open (it is refused below).
+        fd = os.open(p, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     except FileNotFoundError:
         raise KeyFileError(f"{what} {p} not found", hint=missing_hint) from None
     except OSError as exc:
@@ -425,10 +427,11 @@ def read_private_file(path: str | Path, what: str, *, missing_hint: str | None =
                 f"{what} {p} is a symbolic link", hint="point to the file itself, not a link"
             ) from None
         raise KeyFileError(f"cannot read {what} {p}: {exc.strerror}") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise KeyFileError(f"{what} {p} is not a regular file")
     with os.fdopen(fd, "rb") as fh:
-        st = os.fstat(fh.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            raise KeyFileError(f"{what} {p} is not a regular file")
         if st.st_mode & 0o077:
             raise KeyFileError(
                 f"{what} {p} is readable by group or others (mode {st.st_mode & 0o777:o})",

@@ -280,8 +280,6 @@ class DatabaseEngine(abc.ABC):
         A client that exits non-zero, a source that fails mid-stream, or a timeout becomes an
         ``EngineError`` naming the target; the caller removes the half-loaded target.
         """
-        if self.untrusted_hint:
-            hint = f"{hint}; {self.untrusted_hint}" if hint else self.untrusted_hint
         with self.started(command, what=what, stdout="collect") as proc:
             if timeout is not None:
                 proc.set_timeout(timeout)
@@ -291,11 +289,18 @@ class DatabaseEngine(abc.ABC):
             except CommandTimeout as exc:
                 raise self.error(f"restore timed out after {timeout}s") from exc
             if not result.ok or problem:
-                said = self.client_error(result.stderr.decode("utf-8", "replace"))
+                stderr = result.stderr.decode("utf-8", "replace")
                 raise self.error(
-                    f"restore into {into!r} failed: {problem or ''} {said}".strip(), hint=hint
+                    f"restore into {into!r} failed: {problem or ''} "
+                    f"{self.client_error(stderr)}".strip(),
+                    hint=self.load_hint(stderr) or hint,
                 )
         return size
+
+    def load_hint(self, stderr: str) -> str | None:
+        """What to do about a failed load, from what the client said (None: nothing to add
+        to the caller's hint)."""
+        return None
 
     #: How much of a client's complaint a restore error carries (characters).
     CLIENT_ERROR_LIMIT = 400
@@ -311,9 +316,6 @@ class DatabaseEngine(abc.ABC):
         """``stderr`` without the values of rows and statements a client echoes; engines know
         their client's messages (the default keeps what is said, cut per line)."""
         return "\n".join(cut_message_line(line) for line in stderr.splitlines())
-
-    #: Added to a failed load's hint when ``untrusted_script`` may be why it failed.
-    untrusted_hint: str | None = None
 
     def untrusted_script(self, stream: Reader) -> Reader:
         """What a restore client may be fed of a backup's stream. A write-key holder can forge

@@ -221,10 +221,11 @@ _DEFINER = re.compile(
 
 
 #: Named commands of the mariadb/mysql client, which it runs when a statement starts with one
-#: (`delimiter` is the lexer's: dumps of routines use it).
+#: (`delimiter` is the lexer's: dumps of routines use it), and XA statements (a prepared XA
+#: transaction outlives the load and keeps its locks): mariadb-dump writes none of them.
 _CLIENT_COMMAND = re.compile(
     rb"(?:connect|use|edit|ego|go|system|source|tee|notee|pager|nopager|charset|prompt|"
-    rb"rehash|status|print|clear|help|quit|exit|warnings|nowarning)(?:[ \t\r\n;]|\Z)",
+    rb"rehash|status|print|clear|help|quit|exit|warnings|nowarning|xa)(?:[ \t\r\n;]|\Z)",
     re.IGNORECASE,
 )
 #: Head bytes that decide whether a statement starts with a client command.
@@ -304,8 +305,8 @@ class RestoreScript:
         if _CLIENT_COMMAND.match(head):
             word = head[:20].decode("utf-8", "replace")
             raise self._describe(
-                f"the dump holds a client command ({word!r}…), which mariadb-dump never "
-                "writes: refusing to restore it (a forged backup?)"
+                f"the dump holds a client command or XA statement ({word!r}…), which "
+                "mariadb-dump never writes: refusing to restore it (a forged backup?)"
             )
 
     def _release(self, *, last: bool) -> bytes:

@@ -153,6 +153,14 @@ class LoadUser:
     def account(self) -> str:
         return f"{quote_literal(self.name)}@{quote_literal(self.host)}"
 
+    def retire_sql(self) -> str:
+        """Lock the account and forget its password (a new random one, never used)."""
+        unused = native_password_hash(secrets.token_urlsafe(24))
+        return (
+            f"ALTER USER {self.account} IDENTIFIED WITH mysql_native_password "
+            f"AS {quote_literal(unused)} ACCOUNT LOCK"
+        )
+
     def create_sql(self, target_name: str) -> str:
         # In a database-level GRANT, _ and % are wildcards: escape them.
         pattern = target_name.replace("\\", "\\\\").replace("_", "\\_").replace("%", "\\%")
@@ -288,6 +296,16 @@ class MySQLEngine(DatabaseEngine):
         return RestoreScript(
             stream, describe=self.error, rewrite_definers=self.load_user is not None
         )
+
+    def load_hint(self, stderr: str) -> str | None:
+        """A least-privilege denial points to ``restore_privilege``."""
+        if self.load_user is not None and ("Access denied" in stderr or "denied to user" in stderr):
+            return (
+                "the dump loads as an account that may use only the new database "
+                "(restore_privilege: least); a genuine dump that needs more restores with "
+                "'restore_privilege: full' on the database (docs/engines.md)"
+            )
+        return None
 
     def redact_client_error(self, stderr: str) -> str:
         """The mariadb client's complaint without row values: no echoed statement (the block
@@ -463,7 +481,9 @@ class MySQLEngine(DatabaseEngine):
                 timeout=timeout,
             )
             if loader.load_user is not None:
-                self._query(f"ALTER USER {loader.load_user.account} ACCOUNT LOCK", database="")
+                # It stays as the definer of what the dump created; it logs in no more, with
+                # whatever password the dump may have set.
+                self._query(loader.load_user.retire_sql(), database="")
         except BaseException:
             self.drop_quietly(target_name)
             raise
@@ -491,13 +511,11 @@ class MySQLEngine(DatabaseEngine):
         return engine
 
     def drop(self, target_name: str, *, timeout: float = QUERY_TIMEOUT) -> None:
-        """Drop a restore target, and the ``LoadUser`` accounts made for it."""
+        """Drop a restore target, and the ``LoadUser`` accounts made for it: those first (a
+        failed load may have given its account a password of its choosing)."""
         check_target_name(self, target_name)
         if target_name == (self.db.dbname or self.db.name):
             raise self.error(f"refusing to drop the source database {target_name!r}")
-        self._query(
-            f"DROP DATABASE IF EXISTS {quote_ident(target_name)}", timeout=timeout, database=""
-        )
         name = LoadUser(target_name, "").name
         hosts = self._query(
             f"SELECT host FROM mysql.user WHERE user = {quote_literal(name)}",
@@ -507,3 +525,6 @@ class MySQLEngine(DatabaseEngine):
         for (host,) in hosts:
             account = f"{quote_literal(name)}@{quote_literal(host)}"
             self._query(f"DROP USER IF EXISTS {account}", timeout=timeout, database="")
+        self._query(
+            f"DROP DATABASE IF EXISTS {quote_ident(target_name)}", timeout=timeout, database=""
+        )

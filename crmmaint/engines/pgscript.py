@@ -338,7 +338,12 @@ def _is_name(tokens: list[bytes]) -> bool:
 
 def is_ownership_statement(tokens: list[bytes]) -> bool:
     """Whether a statement's depth-0 tokens (``Statement.tokens``) are ``ALTER <kind> <name>
-    OWNER TO <role>`` or ``ALTER DEFAULT PRIVILEGES FOR ROLE|USER …``."""
+    OWNER TO <role>``, ``ALTER DEFAULT PRIVILEGES FOR ROLE|USER …`` or ``SET SESSION
+    AUTHORIZATION <role>``: statements that act for another role."""
+    if tokens[:3] == [b"SET", b"SESSION", b"AUTHORIZATION"]:
+        # pg_dump's frame around a grant made by a grantee (WITH GRANT OPTION): the grant
+        # then runs as the owner, and the grantee still gets the privilege.
+        return tokens[3:4] != [b"DEFAULT"]
     if len(tokens) >= MAX_WORDS or not tokens or tokens[0] != b"ALTER":
         return False
     if tokens[1:4] in ([b"DEFAULT", b"PRIVILEGES", b"FOR"],):
@@ -414,7 +419,7 @@ class RestoreScript:
         if piece.kind != "statement" or not self._drop_ownership:
             return piece.data
         tokens = self._lexer.statement.tokens
-        if not self._held and (not tokens or tokens[0] != b"ALTER"):
+        if not self._held and (not tokens or tokens[0] not in (b"ALTER", b"SET")):
             return piece.data
         self._held.append(piece.data)
         self._held_size += len(piece.data)

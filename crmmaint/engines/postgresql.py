@@ -209,8 +209,9 @@ def scram_verifier(password: str, *, iterations: int = 4096) -> str:
 class LoadRole:
     """A role made for one least-privilege restore: it logs in with a random password (only
     its SCRAM verifier goes to the server), owns the new database and what the dump creates
-    in it, and is no superuser, cannot create roles or databases, replicate or bypass row
-    security. A forged dump then cannot run ``COPY … TO PROGRAM``, an untrusted language or
+    in it, and is no superuser, cannot create roles or databases or replicate (it bypasses row
+    security, which only a superuser may grant it, so a table with FORCE ROW LEVEL SECURITY
+    loads; it reaches its own tables only). A forged dump then cannot run ``COPY … TO PROGRAM``, an untrusted language or
     anything else a superuser may, nor act for the dump's real roles."""
 
     def __init__(self) -> None:
@@ -221,11 +222,16 @@ class LoadRole:
         until = time.strftime("%Y-%m-%d %H:%M:%S+00", time.gmtime(now + LOAD_ROLE_VALID))
         return (
             f"CREATE ROLE {quote_ident(self.name)} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE "
-            f"NOREPLICATION NOBYPASSRLS CONNECTION LIMIT 64 "
+            f"NOREPLICATION CONNECTION LIMIT 64 "
             f"PASSWORD {quote_literal(scram_verifier(self.password))} "
             f"VALID UNTIL {quote_literal(until)};\n"
             # CREATE DATABASE … OWNER needs the creator to be able to act as the owner.
-            f"GRANT {quote_ident(self.name)} TO CURRENT_USER;"
+            f"GRANT {quote_ident(self.name)} TO CURRENT_USER;\n"
+            # A table with FORCE ROW LEVEL SECURITY loads only past its policies: the role
+            # bypasses them where a superuser may grant it (a role's own tables only).
+            "DO $$BEGIN IF (SELECT rolsuper FROM pg_catalog.pg_roles "
+            "WHERE rolname = current_user) THEN "
+            f"EXECUTE 'ALTER ROLE {quote_ident(self.name)} BYPASSRLS'; END IF; END$$;"
         )
 
 
@@ -554,12 +560,11 @@ class PostgreSQLEngine(DatabaseEngine):
             if role is not None:
                 # The objects stay the load role's (a superuser owning a forged dump's views
                 # and SECURITY DEFINER functions would hand them its rights); it logs in no more.
-                self._maintenance(
-                    f"ALTER ROLE {quote_ident(role.name)} NOLOGIN PASSWORD NULL",
-                    timeout=QUERY_TIMEOUT,
-                    what="ALTER ROLE",
-                )
+                self._disarm(role.name)
         except BaseException:
+            if role is not None:  # first: the dump may have set a password of its choosing
+                with contextlib.suppress(EngineError):
+                    self._disarm(role.name)
             self.drop_quietly(target_name)
             if role is not None:
                 self._drop_load_role(role.name, quietly=True)
@@ -576,6 +581,14 @@ class PostgreSQLEngine(DatabaseEngine):
         engine = PostgreSQLEngine(replace(self.db, user=role.name, password=None), self.transport)
         engine.load_role = role
         return engine
+
+    def _disarm(self, role: str) -> None:
+        """A load role logs in no more, whatever password the dump gave it."""
+        self._maintenance(
+            f"ALTER ROLE {quote_ident(role)} NOLOGIN PASSWORD NULL",
+            timeout=QUERY_TIMEOUT,
+            what="ALTER ROLE",
+        )
 
     def _drop_load_role(self, name: str, *, quietly: bool = False) -> None:
         try:
@@ -599,7 +612,24 @@ class PostgreSQLEngine(DatabaseEngine):
             kept.append(cut_message_line(_PG_VALUE.sub(r"\1 …", line)))
         return "\n".join(kept)
 
-    untrusted_hint = "a line of the dump that psql takes for a meta-command is refused"
+    def load_hint(self, stderr: str) -> str | None:
+        """A least-privilege denial points to ``restore_privilege``, a missing role to the
+        roles, a refused meta-command to the backup itself."""
+        if "backslash commands are restricted" in stderr:
+            return (
+                "the dump holds a psql meta-command, which pg_dump never writes there: "
+                "a restore refuses them (a forged backup?)"
+            )
+        if re.search(r"role \S+ does not exist", stderr):
+            return _ROLES_HINT
+        denied = ("permission denied", "must be superuser", "must be owner", "must be able to")
+        if self.load_role is not None and any(d in stderr for d in denied):
+            return (
+                "the dump loads as a role that owns only the new database "
+                "(restore_privilege: least); a genuine dump that needs more restores with "
+                "'restore_privilege: full' on the database (docs/engines.md)"
+            )
+        return None
 
     def untrusted_script(self, stream: Reader) -> Reader:
         """psql in restricted mode: no meta-command of the dump runs (``RestoreScript``);
@@ -625,7 +655,6 @@ class PostgreSQLEngine(DatabaseEngine):
             into=self.db.dbname or self.db.name,
             what="psql restore",
             timeout=timeout,
-            hint=_ROLES_HINT,
         )
         if split.post:
             self.run_post_data(split, timeout=timeout, jobs=jobs)
@@ -651,7 +680,6 @@ class PostgreSQLEngine(DatabaseEngine):
             into=into,
             what="psql restore (schema)",
             timeout=timeout,
-            hint=_ROLES_HINT,
         )
         # What lies between and after the COPY blocks first: headers, sequence values (and
         # large objects), in one transaction; this also yields the post-data DDL.
@@ -779,20 +807,35 @@ class PostgreSQLEngine(DatabaseEngine):
         check_target_name(self, target_name)
         if target_name == (self.db.dbname or self.db.name):
             raise self.error(f"refusing to drop the source database {target_name!r}")
-        owner = self._maintenance(
-            "SELECT r.rolname FROM pg_catalog.pg_database d "
-            "JOIN pg_catalog.pg_roles r ON r.oid = d.datdba "
+        found = self._maintenance(
+            "SELECT r.rolname, d.datistemplate, (SELECT string_agg(quote_literal(gid), ' ') "
+            "FROM pg_catalog.pg_prepared_xacts x WHERE x.database = d.datname) "
+            "FROM pg_catalog.pg_database d JOIN pg_catalog.pg_roles r ON r.oid = d.datdba "
             f"WHERE d.datname = {quote_literal(target_name)}",
             timeout=timeout,
             what="database lookup",
         )
+        owner, template, prepared = found[0] if found else ("", "f", "")
+        if owner.startswith(LOAD_ROLE_PREFIX):
+            self._disarm(owner)  # first: a failed load may have set a password of its choosing
+        # What a loaded script can do that would keep its database from being dropped: make
+        # it a template, leave a prepared transaction.
+        if template == "t":
+            self._maintenance(f"ALTER DATABASE {quote_ident(target_name)} IS_TEMPLATE false",
+                              timeout=timeout, what="ALTER DATABASE")  # fmt: skip
+        if prepared:
+            rollback = "".join(f"ROLLBACK PREPARED {gid};\n" for gid in prepared.split(" "))
+            self.for_database(target_name).run(
+                self.psql(target_name), stdin=rollback.encode(), timeout=timeout,
+                what="ROLLBACK PREPARED",
+            )  # fmt: skip
         self._maintenance(
             f"DROP DATABASE IF EXISTS {quote_ident(target_name)} WITH (FORCE)",
             timeout=timeout,
             what="DROP DATABASE",
         )
-        if owner and owner[0][0].startswith(LOAD_ROLE_PREFIX):
-            self._drop_load_role(owner[0][0])
+        if owner.startswith(LOAD_ROLE_PREFIX):
+            self._drop_load_role(owner)
 
 
 def _opener(layout: DumpLayout, start: int, end: int) -> Callable[[], Reader]:

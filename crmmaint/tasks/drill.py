@@ -111,9 +111,13 @@ def drill_restore(ctx: TaskContext) -> TaskResult:
             reader, layout = restore_source(repo, backup.id, "dump", identities, expected)
             actual = engine.restore(reader, target_name=target, layout=layout)
             problems = compare_facts(expected, actual)
-        finally:
-            if not ctx.params["keep"]:
-                engine.drop(target)
+        except BaseException:
+            # The restore's own failure is what the drill reports (it removed its target;
+            # a failure to remove it again is only logged).
+            engine.drop_quietly(target)
+            raise
+        if not ctx.params["keep"]:
+            engine.drop(target)
         seconds = time.monotonic() - started
         record = {
             "time": time.time(),

@@ -206,12 +206,15 @@ def list_files(ctx: TaskContext, paths: list[str], *, follow: bool = False) -> L
     mode = "follow" if follow else "nofollow"
     res = probe(ctx, ["sh", "-c", _LIST_SCRIPT, "sh", mode, *paths], what="listing log files")
     listing = Listing([], [], [])
+    seen: set[str] = set()  # a file two globs match is scanned once
+    current = False  # the last "f" record was new (its rotated ".1" belongs to it)
     for record in res.stdout.decode("utf-8", "surrogateescape").split("\0"):
         kind, _, rest = record.partition("\t")
         if kind == "m":
             listing.missing.append(rest)
         elif kind == "l":
-            listing.links.append(rest)
+            if rest not in listing.links:
+                listing.links.append(rest)
         elif kind in ("f", "r"):
             inode, _, rest = rest.partition("\t")
             size, _, path = rest.partition("\t")
@@ -220,8 +223,11 @@ def list_files(ctx: TaskContext, paths: list[str], *, follow: bool = False) -> L
                 continue
             stat = FileStat(path, int(inode), int(size))
             if kind == "f":
-                listing.files.append((stat, None))
-            elif listing.files and listing.files[-1][0].path + ".1" == path:
+                current = path not in seen
+                if current:
+                    seen.add(path)
+                    listing.files.append((stat, None))
+            elif current and listing.files and listing.files[-1][0].path + ".1" == path:
                 listing.files[-1] = (listing.files[-1][0], stat)
     return listing
 
