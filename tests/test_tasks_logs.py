@@ -263,6 +263,6 @@ def test_a_log_reached_through_a_symlinked_folder_is_not_read_unless_asked(
 def test_a_file_two_globs_match_is_scanned_once(journal: Journal, log_file: Path) -> None:
     rotated = Path(f"{log_file}.1")
     rotated.write_text("ERROR old\n")
-    globs = [str(log_file), str(log_file.parent / "*.log"), str(log_file.parent / "crm*")]
+    globs = [str(log_file), str(log_file.parent / "*.log"), str(log_file.parent / "crm*.log")]
     result = scan(journal, {"paths": globs})
     assert result.metrics["files"] == 1 and result.metrics["matches"] == 1, result.details
