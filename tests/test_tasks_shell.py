@@ -75,3 +75,12 @@ def test_parameters_are_validated(bad):
     spec = get_task("shell.command")
     with pytest.raises((KeyError, ValueError)):
         spec.validate_params(bad)
+
+
+def test_any_amount_of_output_is_read_and_its_tail_kept(tmp_path):
+    """80 MB of output (more than a collected command may hold) is streamed: the command
+    succeeds and its last bytes are kept."""
+    res = run_task(tmp_path, commands=["head -c 80000000 /dev/zero | tr '\\0' x; echo; echo END"])
+    assert res.status is Status.OK, res.message
+    out = res.details["commands"][0]["stdout"]
+    assert out.endswith("END\n") and len(out) <= 4096

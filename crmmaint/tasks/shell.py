@@ -14,7 +14,7 @@ from typing import Any
 from crmmaint.errors import CrmMaintError
 from crmmaint.playbook.registry import Param, TaskContext, task
 from crmmaint.results import TaskResult
-from crmmaint.transport.base import short
+from crmmaint.transport.base import CommandResult, short
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +24,20 @@ OUTPUT_LIMIT = 4096
 
 def _tail(data: bytes) -> str:
     return data[-OUTPUT_LIMIT:].decode("utf-8", "replace")
+
+
+def _run(ctx: TaskContext, line: str) -> tuple[CommandResult, bytes]:
+    """Run one line, streaming its output and keeping only its tail: any amount of output
+    is read (and waited for), none of it held beyond ``OUTPUT_LIMIT`` bytes."""
+    timeout = ctx.time_left(ctx.params["timeout"])
+    with ctx.transport.start(line, stdout="stream") as proc:
+        if timeout is not None:
+            proc.set_timeout(timeout)
+        proc.close_stdin()
+        tail = b""
+        while chunk := proc.read(1 << 16):
+            tail = (tail + chunk)[-OUTPUT_LIMIT:]
+        return proc.wait(timeout=timeout), tail
 
 
 @task(
@@ -46,7 +60,7 @@ def command(ctx: TaskContext) -> TaskResult:
     duration = 0.0
     for line in commands:
         try:
-            res = ctx.transport.run(line, timeout=ctx.time_left(ctx.params["timeout"]))
+            res, stdout = _run(ctx, line)
         except CrmMaintError as exc:
             ran.append({"command": line, "error": exc.message})
             return TaskResult.failed(
@@ -57,7 +71,7 @@ def command(ctx: TaskContext) -> TaskResult:
             {
                 "command": line,
                 "exit_status": res.exit_status,
-                "stdout": _tail(res.stdout),
+                "stdout": _tail(stdout),
                 "stderr": _tail(res.stderr),
             }
         )
