@@ -24,7 +24,7 @@ from crmmaint.access import (
     open_repository,
     recipients_for,
 )
-from crmmaint.cli import command, execute, helps, open_inventory
+from crmmaint.cli_common import command, execute, helps, open_inventory
 from crmmaint.crypto import X25519Identity, load_identity_file, write_identity_file
 from crmmaint.errors import ConfigError, IntegrityError, RestoreError
 from crmmaint.inventory import Inventory

@@ -17,8 +17,8 @@ from crmmaint.inventory import load_inventory
 from crmmaint.journal import Journal
 from crmmaint.playbook import load_playbook, plan
 from crmmaint.playbook.loader import check_playbook
-from crmmaint.playbook.registry import TaskContext
 from crmmaint.results import Status
+from crmmaint.tasks.api import TaskContext
 from crmmaint.transport.local import LocalTransport
 
 REPO = Path(__file__).resolve().parent.parent

@@ -13,9 +13,9 @@ import yaml
 from crmmaint.inventory import load_inventory
 from crmmaint.journal import Journal
 from crmmaint.playbook import load_playbook_text, plan
-from crmmaint.playbook.registry import REGISTRY, Param, TaskContext, task
 from crmmaint.playbook.runner import Runner
 from crmmaint.results import Status, TaskResult
+from crmmaint.tasks.api import REGISTRY, Param, TaskContext, task
 
 
 def write_inventory(tmp_path: Path, hosts, **extra) -> Path:

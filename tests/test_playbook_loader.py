@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from crmmaint.errors import PlaybookError
 from crmmaint.inventory import Inventory, load_inventory
 from crmmaint.playbook import check_playbook, load_playbook, load_playbook_text, loader
-from crmmaint.playbook.registry import REGISTRY, Param, load_task_modules, task
 from crmmaint.results import TaskResult
+from crmmaint.tasks.api import REGISTRY, Param, load_task_modules, task
 
 # --- test-only tasks ---------------------------------------------------------------------------
 

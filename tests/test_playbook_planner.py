@@ -13,8 +13,8 @@ from crmmaint.errors import ConfigError
 from crmmaint.inventory import Inventory, load_inventory
 from crmmaint.playbook import load_playbook_text, loader, parse_when, plan
 from crmmaint.playbook.conditions import When
-from crmmaint.playbook.registry import REGISTRY, task
 from crmmaint.results import TaskResult
+from crmmaint.tasks.api import REGISTRY, task
 
 
 @task("test.plan.host", targets="hosts")

@@ -23,9 +23,9 @@ from crmmaint.playbook import (
     loader,
     plan,
 )
-from crmmaint.playbook.registry import REGISTRY, Param, TaskContext, task
 from crmmaint.reporting.console import ConsoleReporter
 from crmmaint.results import Status, TaskResult
+from crmmaint.tasks.api import REGISTRY, Param, TaskContext, task
 
 # --- test-only tasks ---------------------------------------------------------------------------
 

@@ -10,8 +10,8 @@ import pytest
 from test_tasks_health import make_ctx
 
 from crmmaint.journal import Journal
-from crmmaint.playbook.registry import REGISTRY
 from crmmaint.results import Status, TaskResult
+from crmmaint.tasks.api import REGISTRY
 from crmmaint.tasks.capacity import DAY, days_until_full, forecastable, growth_per_day
 from crmmaint.tasks.health import parse_df
 

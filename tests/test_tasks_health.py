@@ -20,8 +20,8 @@ import pytest
 
 from crmmaint.inventory import Database, Host, Inventory
 from crmmaint.journal import Journal
-from crmmaint.playbook.registry import REGISTRY, TaskContext, load_task_modules
 from crmmaint.results import Status, TaskResult
+from crmmaint.tasks.api import REGISTRY, TaskContext, load_task_modules
 from crmmaint.tasks.health import parse_df, parse_loadavg, parse_meminfo, split_host_port
 from crmmaint.transport import SSHTransport
 from crmmaint.transport.base import Transport

@@ -13,8 +13,8 @@ from test_tasks_health import make_ctx
 
 from crmmaint.inventory import Host, Inventory
 from crmmaint.journal import Journal
-from crmmaint.playbook.registry import REGISTRY
 from crmmaint.results import Status, TaskResult
+from crmmaint.tasks.api import REGISTRY
 from crmmaint.tasks.logs import FileStat, Segment, normalise, plan_reads
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from crmmaint.inventory import Host, Inventory, Target
-from crmmaint.playbook.registry import TaskContext, get_task
 from crmmaint.results import Status
+from crmmaint.tasks.api import TaskContext, get_task
 from crmmaint.transport.local import LocalTransport
 
 

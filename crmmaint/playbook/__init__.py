@@ -1,6 +1,6 @@
 """Playbooks: the model, YAML loading with file:line errors, planning, the task registry, the runner.
 
-Task modules import ``crmmaint.playbook.registry`` directly; the CLI uses the names below.
+Task modules import ``crmmaint.tasks.api`` directly; the CLI uses the names below.
 """
 
 from crmmaint.playbook.conditions import When, parse_when

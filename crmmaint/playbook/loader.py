@@ -29,7 +29,7 @@ from crmmaint.playbook.model import (
     StepDefaults,
     task_runs_once,
 )
-from crmmaint.playbook.registry import TaskSpec, load_task_modules
+from crmmaint.tasks.api import TaskSpec, load_task_modules
 from crmmaint.yamlsource import (
     SourceError,
     get_field,

@@ -7,7 +7,7 @@ from typing import Any
 
 from crmmaint.inventory import Host, Inventory, Target
 from crmmaint.playbook.conditions import When
-from crmmaint.playbook.registry import TaskSpec
+from crmmaint.tasks.api import TaskSpec
 
 WINDOWS = ("daily", "weekly", "monthly", "quarterly", "yearly", "adhoc")
 ON_FAILURE = ("stop", "continue")

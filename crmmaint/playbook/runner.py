@@ -21,8 +21,8 @@ from crmmaint.errors import ConfigError, CrmMaintError
 from crmmaint.inventory import Host, Inventory, Target
 from crmmaint.playbook.model import Playbook, Step
 from crmmaint.playbook.planner import PlannedStep
-from crmmaint.playbook.registry import TaskContext
 from crmmaint.results import Status, TaskResult, worst
+from crmmaint.tasks.api import TaskContext
 from crmmaint.transport.base import DeadlineTransport, Transport
 
 if TYPE_CHECKING:

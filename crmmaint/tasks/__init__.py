@@ -1,10 +1,2 @@
-"""The verbs playbooks call. Importing this package registers every task module in it."""
-
-from __future__ import annotations
-
-import importlib
-import pkgutil
-
-for _info in pkgutil.iter_modules(__path__):
-    if not _info.name.startswith("_"):
-        importlib.import_module(f"{__name__}.{_info.name}")
+"""The verbs playbooks call, one module per group (``health``, ``backup`` …), and the task API
+they are written against (``api``). ``api.load_task_modules`` registers every module here."""

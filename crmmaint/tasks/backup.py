@@ -12,8 +12,8 @@ from collections.abc import Callable
 from typing import Any
 
 from crmmaint.access import open_repository, recipients_for
-from crmmaint.playbook.registry import Param, TaskContext, task
 from crmmaint.results import TaskResult
+from crmmaint.tasks.api import Param, TaskContext, task
 
 REPOSITORY = Param(str, help="repository name from the inventory (default: the default repository)")
 MIN_SIZE_RATIO = Param(

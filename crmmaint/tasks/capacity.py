@@ -12,8 +12,8 @@ import time
 from collections.abc import Sequence
 
 from crmmaint.errors import CrmMaintError
-from crmmaint.playbook.registry import Param, TaskContext, task
 from crmmaint.results import TaskResult
+from crmmaint.tasks.api import Param, TaskContext, task
 from crmmaint.tasks.health import disk_usage, read_only_details
 
 log = logging.getLogger(__name__)

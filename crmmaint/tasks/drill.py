@@ -15,8 +15,8 @@ from typing import Any
 from crmmaint.access import identities_for, open_repository
 from crmmaint.engines.base import DumpLayout
 from crmmaint.errors import ConfigError
-from crmmaint.playbook.registry import Param, TaskContext, task
 from crmmaint.results import TaskResult
+from crmmaint.tasks.api import Param, TaskContext, task
 from crmmaint.tasks.backup import REPOSITORY, source_name
 
 

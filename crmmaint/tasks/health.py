@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from crmmaint.errors import CrmMaintError
-from crmmaint.playbook.registry import Param, TaskContext, task
 from crmmaint.results import Status, TaskResult, worst
+from crmmaint.tasks.api import Param, TaskContext, task
 from crmmaint.transport.base import Command, CommandResult
 
 log = logging.getLogger(__name__)

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from crmmaint.errors import CrmMaintError
-from crmmaint.playbook.registry import Param, TaskContext, task
 from crmmaint.results import TaskResult
+from crmmaint.tasks.api import Param, TaskContext, task
 from crmmaint.tasks.health import PROBE_TIMEOUT, ProbeError, probe
 
 log = logging.getLogger(__name__)

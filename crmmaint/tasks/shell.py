@@ -12,8 +12,8 @@ import logging
 from typing import Any
 
 from crmmaint.errors import CrmMaintError
-from crmmaint.playbook.registry import Param, TaskContext, task
 from crmmaint.results import TaskResult
+from crmmaint.tasks.api import Param, TaskContext, task
 from crmmaint.transport.base import CommandResult, short
 
 log = logging.getLogger(__name__)

@@ -1,13 +1,16 @@
-"""The task registry: task modules declare their tasks with ``@task``.
+"""The task API: task modules declare their tasks with ``@task`` and get a ``TaskContext``.
 
-A declaration gives the task's name (``health.host``), the kinds of target it accepts, a typed
+It lives below the tasks (playbooks and the runner import it, never the other way round), and
+``load_task_modules`` imports the shipped task modules explicitly. A declaration gives the task's name (``health.host``), the kinds of target it accepts, a typed
 parameter schema and whether it honours check mode (every task must). Playbook validation reads
 the schema to reject unknown or mistyped parameters before anything runs.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
+import pkgutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -192,9 +195,13 @@ def _first_line(doc: str | None) -> str:
 
 
 def load_task_modules() -> dict[str, TaskSpec]:
-    """Import every shipped task module so their ``@task`` declarations register."""
-    import crmmaint.tasks  # noqa: F401  (the package imports its modules)
+    """Import every shipped task module (each ``crmmaint/tasks/*.py`` but this one) so their
+    ``@task`` declarations register; returns the registry. Idempotent."""
+    import crmmaint.tasks as package
 
+    for info in pkgutil.iter_modules(package.__path__):
+        if not info.name.startswith("_") and info.name != "api":
+            importlib.import_module(f"{package.__name__}.{info.name}")
     return REGISTRY
 
 

@@ -1,0 +1,209 @@
+"""What every command group of the CLI shares: the ``@command`` wrapper (errors, exit codes,
+logging), the common flags' help, opening the inventory and the journal, and ``execute``, which
+plans, runs, journals and reports a playbook. ``cli`` (the program) and ``cli_backup`` (the
+backup commands) both build on it; neither imports the other's module back."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from invoke import Config, Exit, task
+
+from crmmaint.errors import ConfigError, CrmMaintError
+from crmmaint.inventory import Inventory, load_inventory
+from crmmaint.journal import Journal, default_journal_path
+from crmmaint.reporting.console import ConsoleReporter, JsonReporter, make_console
+
+log = logging.getLogger("crmmaint")
+
+#: Exit code for a failure that is a bug in crmmaint rather than bad input.
+INTERNAL_ERROR = 70
+INTERRUPTED = 130
+
+
+class CrmConfig(Config):
+    """invoke's layered config with our prefix: /etc/crmmaint.yaml < ~/.crmmaint.yaml <
+    ./crmmaint.yaml < CRMMAINT_* env < -f file < flags."""
+
+    prefix = "crmmaint"
+    env_prefix = "CRMMAINT"
+
+    @staticmethod
+    def global_defaults() -> dict[str, Any]:
+        defaults = Config.global_defaults()
+        defaults.update({"inventory": None, "journal": None, "forks": 10})
+        return defaults
+
+
+# --- shared plumbing ---------------------------------------------------------------------
+
+
+def _debug_enabled(kwargs: dict[str, Any]) -> bool:
+    return bool(kwargs.get("debug")) or os.environ.get("CRMMAINT_DEBUG") == "1"
+
+
+def setup_logging(debug: bool) -> None:
+    level = logging.DEBUG if debug else logging.WARNING
+    root = logging.getLogger("crmmaint")
+    if not root.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        root.addHandler(handler)
+    root.setLevel(level)
+    if debug:
+        logging.getLogger("paramiko").setLevel(logging.INFO)
+
+
+def program_name() -> str:
+    """How the user ran crmmaint, for commands we suggest: ``.venv/bin/crmmaint`` when run
+    by path (``make demo``), ``crmmaint`` when found on PATH."""
+    name = sys.argv[0] if sys.argv and sys.argv[0] else "crmmaint"
+    return name if "/" in name and Path(name).name == "crmmaint" else "crmmaint"
+
+
+def format_error(exc: CrmMaintError) -> str:
+    return f"crmmaint: error: {exc}"
+
+
+def command(*args: Any, **kwargs: Any) -> Any:
+    """``invoke.task`` plus the top-level error handling every command shares."""
+
+    def decorate(func: Callable[..., Any]) -> Any:
+        @functools.wraps(func)
+        def wrapper(c: Any, *a: Any, **k: Any) -> Any:
+            debug = _debug_enabled(k)
+            setup_logging(debug)
+            try:
+                return func(c, *a, **k)
+            except Exit:
+                raise
+            except CrmMaintError as exc:
+                if debug:
+                    traceback.print_exc()
+                raise Exit(format_error(exc), code=exc.exit_code) from None
+            except KeyboardInterrupt:
+                raise Exit("crmmaint: interrupted", code=INTERRUPTED) from None
+            except Exception as exc:
+                if debug:
+                    traceback.print_exc()
+                    raise Exit(f"crmmaint: internal error: {exc!r}", code=INTERNAL_ERROR) from None
+                raise Exit(
+                    f"crmmaint: internal error: {exc!r} (run again with --debug for the traceback"
+                    " and report it)",
+                    code=INTERNAL_ERROR,
+                ) from None
+
+        params = inspect.signature(func).parameters
+        help_ = {k: v for k, v in {**COMMON_HELP, **kwargs.pop("help", {})}.items() if k in params}
+        return task(wrapper, *args, help=help_, **kwargs)
+
+    return decorate
+
+
+COMMON_HELP = {
+    "inventory": "inventory file (default: config 'inventory', $CRMMAINT_INVENTORY, ./inventory.yml)",
+    "json": "print machine-readable JSON",
+    "debug": "show tracebacks of errors",
+}
+
+
+def helps(**extra: str) -> dict[str, str]:
+    return {**COMMON_HELP, **extra}
+
+
+def inventory_path(c: Any, given: str | None) -> Path:
+    """Flag, then config/env, then ./inventory.yml; a clear error when there is none."""
+    candidates = [given, _config_get(c, "inventory"), os.environ.get("CRMMAINT_INVENTORY")]
+    for cand in candidates:
+        if cand:
+            return Path(cand).expanduser()
+    if Path("inventory.yml").exists():
+        # Said on stderr: the file decides which hosts are reached and which cmd: secrets run.
+        print(f"crmmaint: using {Path('inventory.yml').absolute()} (no -i given)", file=sys.stderr)
+        return Path("inventory.yml")
+    raise ConfigError(
+        "no inventory given",
+        hint="pass -i FILE, set CRMMAINT_INVENTORY, or run `crmmaint demo` for a sample estate",
+    )
+
+
+def open_inventory(c: Any, given: str | None) -> Inventory:
+    return load_inventory(inventory_path(c, given))
+
+
+def open_journal(c: Any, inventory: Inventory | None) -> Journal:
+    """Journal path: config/env, then the inventory's ``settings.journal``, then the user data dir."""
+    path = _config_get(c, "journal") or os.environ.get("CRMMAINT_JOURNAL")
+    if not path and inventory is not None and inventory.settings.get("journal"):
+        path = str(
+            Path(inventory.path).parent / Path(str(inventory.settings["journal"])).expanduser()
+        )
+    return Journal(path or default_journal_path())
+
+
+def _config_get(c: Any, key: str) -> Any:
+    config = getattr(c, "config", None)
+    if config is None:
+        return None
+    try:
+        return config.get(key)
+    except (AttributeError, KeyError):
+        return None
+
+
+def split_list(value: str | None) -> list[str] | None:
+    if not value:
+        return None
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+# --- commands ----------------------------------------------------------------------------
+
+
+def execute(
+    c: Any,
+    inv: Inventory,
+    book: Any,
+    *,
+    check: bool = False,
+    limit: list[str] | None = None,
+    tags: list[str] | None = None,
+    steps: list[str] | None = None,
+    forks: int = 0,
+    json: bool = False,
+    verbose: bool = False,
+) -> None:
+    """Plan and run a playbook, journal it, report it; exit with the run's code when not 0."""
+    from datetime import datetime
+
+    from crmmaint.playbook import plan
+    from crmmaint.playbook.runner import Runner
+
+    # Maintenance windows and calendar conditions are meant in the machine's local time.
+    planned = plan(book, inv, limit=limit, tags=tags, steps=steps, now=datetime.now().astimezone())
+    reporter = JsonReporter() if json else ConsoleReporter(verbose=verbose, check=check)
+    with open_journal(c, inv) as journal:
+        runner = Runner(
+            inv,
+            journal,
+            forks=forks or int(_config_get(c, "forks") or 10),
+            check=check,
+            reporter=reporter,
+            argv=sys.argv,
+        )
+        summary = runner.run(book, planned)
+        if not json:
+            again = f" -i {inv.path}" if inv.path else ""
+            make_console(sys.stderr).print(
+                f"journal: {journal.path} ({program_name()} show {summary.run_id}{again})"
+            )
+    if summary.exit_code:
+        raise Exit(code=summary.exit_code)
