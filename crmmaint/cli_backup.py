@@ -26,7 +26,7 @@ from crmmaint.access import (
 )
 from crmmaint.cli_common import command, execute, helps, open_inventory
 from crmmaint.crypto import X25519Identity, load_identity_file, write_identity_file
-from crmmaint.errors import ConfigError, IntegrityError, RestoreError
+from crmmaint.errors import ConfigError, RestoreError
 from crmmaint.inventory import Inventory
 from crmmaint.reporting.console import print_table, write_json
 
@@ -447,10 +447,8 @@ def restore(
     debug: bool = False,
 ) -> None:
     """Restore a backup into a new database or directory (refuses to overwrite without --force)."""
-    from crmmaint.engines import engine_for
-    from crmmaint.engines.files import FileSetSource
     from crmmaint.playbook.runner import default_transport_factory
-    from crmmaint.tasks.drill import IterReader, restore_source
+    from crmmaint.tasks.restore import find_backup, restore_database, restore_fileset
     from crmmaint.transport.ssh import SSHPool
 
     if not to:
@@ -463,9 +461,9 @@ def restore(
     cfg = inv.repository(repository)
     identities = identities_for(cfg, identity)
     with open_repository(cfg, reading=f"restore {backup_id}") as repo:
-        backup = _find_backup(repo, backup_id)
+        backup = find_backup(repo, backup_id)
         kind, _, name = backup.source.partition(":")
-        manifest = repo.manifest(backup.id, identities)  # WrongKeyError before any write
+        repo.manifest(backup.id, identities)  # WrongKeyError before anything else
         pool = SSHPool()
         transports = default_transport_factory(pool)
         try:
@@ -475,14 +473,11 @@ def restore(
                     raise ConfigError(
                         f"backup {backup.id} is of database {name!r}, which the inventory does not list"
                     )
-                db = inv.databases[name]
                 host = inv.target("database", name).host
-                engine = engine_for(db, transports(host))
-                stream = backup.streams[0] if backup.streams else "dump"
-                reader, layout = restore_source(repo, backup.id, stream, identities, manifest.facts)
-                facts = engine.restore(
-                    reader, target_name=to, force=force, layout=layout, jobs=jobs
-                )
+                facts = restore_database(
+                    repo, backup, identities, db=inv.databases[name], transport=transports(host),
+                    to=to, force=force, jobs=jobs,
+                )  # fmt: skip
                 what = f"{len(facts.get('tables', []))} tables, {sum((facts.get('row_counts') or {}).values())} rows"
                 if facts.get("owner"):
                     what += f"; loaded as {facts['owner']}, which owns what it created"
@@ -491,12 +486,11 @@ def restore(
                     raise ConfigError(
                         f"backup {backup.id} is of file set {name!r}, which the inventory does not list"
                     )
-                fs = inv.filesets[name]
                 host = inv.target("fileset", name).host
-                source = FileSetSource(fs, transports(host))
-                facts = source.restore(
-                    IterReader(repo.read_stream(backup.id, "tar", identities)), to, force=force
-                )
+                facts = restore_fileset(
+                    repo, backup, identities, fileset=inv.filesets[name],
+                    transport=transports(host), to=to, force=force,
+                )  # fmt: skip
                 what = f"{facts.get('files', 0)} files"
             else:
                 raise RestoreError(f"backup {backup.id} has unknown source kind {kind!r}")
@@ -505,27 +499,6 @@ def restore(
     print(
         f"restored {backup.id} into {to} on {host.name}: {what} in {time.monotonic() - started:.1f}s"
     )
-
-
-def _find_backup(repo: Any, ref: str) -> Any:
-    backups = repo.backups()
-    named = [i for i in repo.damaged_manifests if i == ref or i.startswith(ref)]
-    if named and not [b for b in backups if b.id.startswith(ref)]:
-        raise IntegrityError(
-            f"backup {named[0]} is damaged: {repo.damaged_manifests[named[0]]}",
-            hint="restore another backup; `crmmaint repo repair` moves this one aside",
-        )
-    if ref.endswith("@latest"):
-        source = ref[: -len("@latest")]
-        matching = [b for b in backups if b.source == source]
-        if not matching:
-            raise ConfigError(f"no backup of {source!r}", hint="see `crmmaint backups list`")
-        return max(matching, key=lambda b: b.time)
-    matching = [b for b in backups if b.id == ref or b.id.startswith(ref)]
-    if len(matching) != 1:
-        what = "no backup" if not matching else f"{len(matching)} backups match"
-        raise ConfigError(f"{what} {ref!r}", hint="see `crmmaint backups list`")
-    return matching[0]
 
 
 def _mib(n: float) -> str:

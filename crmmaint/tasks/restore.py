@@ -1,4 +1,6 @@
-"""``drill.restore``: prove a backup restores, and record the proof in the repository.
+"""Restoring a backup: choosing it (``find_backup``), loading it (``restore_database``,
+``restore_fileset``: the one path the ``crmmaint restore`` command and the drill share), and
+``drill.restore``, which proves a backup restores and records the proof in the repository.
 
 The newest backup of a database is restored into a scratch database next to the original, or
 where the inventory's ``drills:`` section says (another host and server), its tables, exact row counts, schema fingerprint and sequences are
@@ -13,11 +15,13 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from crmmaint.access import identities_for, open_repository
-from crmmaint.engines.base import DumpLayout
-from crmmaint.errors import ConfigError
+from crmmaint.engines.base import DumpLayout, Facts
+from crmmaint.errors import ConfigError, IntegrityError
+from crmmaint.inventory import Database, FileSet
 from crmmaint.results import TaskResult
 from crmmaint.tasks.api import Param, TaskContext, task
 from crmmaint.tasks.backup import REPOSITORY, source_name
+from crmmaint.transport.base import Transport
 
 
 class IterReader:
@@ -52,6 +56,78 @@ def restore_source(
     return IterReader(ranges.read(what=what)), layout
 
 
+def find_backup(repo: Any, ref: str, *, source: str | None = None) -> Any:
+    """The backup ``ref`` names: an id or a unique prefix of one, ``SOURCE@latest``
+    (``database:crm@latest``), or ``latest`` with ``source`` given. A damaged manifest is named
+    (``IntegrityError``); no match or an ambiguous prefix is a ``ConfigError``."""
+    backups = repo.backups()
+    named = [i for i in repo.damaged_manifests if i == ref or i.startswith(ref)]
+    if named and not [b for b in backups if b.id.startswith(ref)]:
+        raise IntegrityError(
+            f"backup {named[0]} is damaged: {repo.damaged_manifests[named[0]]}",
+            hint="restore another backup; `crmmaint repo repair` moves this one aside",
+        )
+    if ref == "latest" and source is not None:
+        ref = f"{source}@latest"
+    if ref.endswith("@latest"):
+        wanted = ref[: -len("@latest")]
+        matching = [b for b in backups if b.source == wanted]
+        if not matching:
+            raise ConfigError(f"no backup of {wanted!r}", hint="see `crmmaint backups list`")
+        return max(matching, key=lambda b: b.time)
+    matching = [b for b in backups if (b.id == ref or b.id.startswith(ref))]
+    if source is not None:
+        matching = [b for b in matching if b.source == source]
+    if len(matching) != 1:
+        what = "no backup" if not matching else f"{len(matching)} backups match"
+        raise ConfigError(f"{what} {ref!r}", hint="see `crmmaint backups list`")
+    return matching[0]
+
+
+def restore_database(
+    repo: Any,
+    backup: Any,
+    identities: Any,
+    *,
+    db: Database,
+    transport: Transport,
+    to: str,
+    force: bool = False,
+    jobs: int | None = None,
+) -> Facts:
+    """Restore a database backup into a new database ``to`` on ``db``'s server (reached through
+    ``transport``): its keys and index are checked first, the load streams, and a failed load
+    leaves no target (``DatabaseEngine.restore``). Returns the restored copy's facts."""
+    from crmmaint.engines import engine_for
+
+    manifest = repo.manifest(backup.id, identities)  # WrongKeyError before anything is written
+    engine = engine_for(db, transport)
+    stream = backup.streams[0] if backup.streams else "dump"
+    reader, layout = restore_source(repo, backup.id, stream, identities, manifest.facts)
+    extra = {} if jobs is None else {"jobs": jobs}
+    return engine.restore(reader, target_name=to, force=force, layout=layout, **extra)
+
+
+def restore_fileset(
+    repo: Any,
+    backup: Any,
+    identities: Any,
+    *,
+    fileset: FileSet,
+    transport: Transport,
+    to: str,
+    force: bool = False,
+) -> Facts:
+    """Restore a file-set backup into the directory ``to`` on the file set's host."""
+    from crmmaint.engines.files import FileSetSource
+
+    repo.manifest(backup.id, identities)  # WrongKeyError before anything is written
+    source = FileSetSource(fileset, transport)
+    return source.restore(
+        IterReader(repo.read_stream(backup.id, "tar", identities)), to, force=force
+    )
+
+
 def scratch_name(db: Any, now: float) -> str:
     """A scratch database name (or file name for SQLite) that cannot collide with a real one."""
     stamp = time.strftime("%Y%m%d%H%M%S", time.gmtime(now))
@@ -77,23 +153,13 @@ def drill_restore(ctx: TaskContext) -> TaskResult:
     db = ctx.target.obj
     repo_cfg = ctx.inventory.repository(ctx.params["repository"])
     with open_repository(repo_cfg, reading=f"drill database:{db.name}") as repo:
-        backups = repo.backups(source=source_name("database", db.name))
-        if not backups:
+        source = source_name("database", db.name)
+        if not repo.backups(source=source):
             return TaskResult.failed(
                 f"no backup of database {db.name} in repository {repo_cfg.name} to drill",
                 details={"hint": "run backup.database first"},
             )
-        wanted = ctx.params["backup"]
-        if wanted == "latest":
-            backup = max(backups, key=lambda b: b.time)
-        else:
-            matches = [b for b in backups if b.id == wanted]
-            if not matches:
-                raise ConfigError(
-                    f"no backup {wanted!r} of database {db.name}",
-                    hint="see `crmmaint backups list`",
-                )
-            backup = matches[0]
+        backup = find_backup(repo, ctx.params["backup"], source=source)
         identities = identities_for(repo_cfg, ctx.params["identity"])
         manifest = repo.manifest(backup.id, identities)
         expected = manifest.facts
@@ -104,12 +170,14 @@ def drill_restore(ctx: TaskContext) -> TaskResult:
                 details={"check": True, "backup": backup.id},
             )
         drill_db, drill_host = ctx.inventory.drill_database(db.name)
-        engine = engine_for(drill_db, ctx.transport_for(drill_host))
+        transport = ctx.transport_for(drill_host)
+        engine = engine_for(drill_db, transport)
         target = scratch_name(db, time.time())
         started = time.monotonic()
         try:
-            reader, layout = restore_source(repo, backup.id, "dump", identities, expected)
-            actual = engine.restore(reader, target_name=target, layout=layout)
+            actual = restore_database(
+                repo, backup, identities, db=drill_db, transport=transport, to=target
+            )
             problems = compare_facts(expected, actual)
         except BaseException:
             # The restore's own failure is what the drill reports (it removed its target;
