@@ -25,6 +25,7 @@ from crmmaint.crypto import (
 )
 from crmmaint.errors import ConfigError, KeyFileError
 from crmmaint.inventory import Repository as RepoConfig
+from crmmaint.yamlsource import read_regular_file
 
 WRITE_KEY_HEADER = "# crmmaint repository write key: keep it 0600; it cannot decrypt backups"
 
@@ -77,7 +78,7 @@ def recipients_for(cfg: RepoConfig) -> list[Recipient]:
         text = ref
         if ref.startswith("file:"):
             try:
-                lines = Path(ref[5:]).read_text().splitlines()
+                lines = read_regular_file(ref[5:]).decode("utf-8", "replace").splitlines()
             except OSError as exc:
                 raise ConfigError(
                     f"repository {cfg.name!r}: cannot read recipient file {ref[5:]}: {exc.strerror}"

@@ -7,7 +7,10 @@ line of itself and of each key), so validators can point at the exact line.
 
 from __future__ import annotations
 
+import errno
+import os
 import re
+import stat
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -75,11 +78,29 @@ def load_yaml_text(text: str, source: str = "<string>") -> Any:
         raise SourceError(f"YAML syntax: {exc}") from exc
 
 
+#: The largest configuration file read (an inventory, a playbook, a recipients file).
+MAX_CONFIG_FILE = 16 << 20
+
+
+def read_regular_file(path: str | Path, *, limit: int = MAX_CONFIG_FILE) -> bytes:
+    """The bytes of a configuration file: opened without blocking (a FIFO must not hang
+    crmmaint) and refused, as an ``OSError`` with its reason, when it is not a regular file
+    or larger than ``limit`` bytes (``/dev/zero`` must not fill memory)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        data = fh.read(limit + 1)
+    if len(data) > limit:
+        raise OSError(errno.EFBIG, f"larger than {limit} bytes")
+    return data
+
+
 def load_yaml_file(path: str | Path) -> Any:
     """Read and parse a YAML file; a missing file is a ``SourceError`` too."""
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        text = read_regular_file(p).decode("utf-8")
     except FileNotFoundError as exc:
         raise SourceError("file not found") from exc
     except (OSError, UnicodeDecodeError) as exc:

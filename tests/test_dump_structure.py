@@ -49,6 +49,11 @@ PG_CASES = {
         "COMMENT ON TABLE h IS E'\\n-- Data for Name: h; Type: TABLE DATA;\\nCOPY public.h (id) "
         "FROM stdin;\\n';"
     ),
+    "schema and table names that join to the same dotted name": (
+        'CREATE SCHEMA a; CREATE TABLE a."b.c" (id int); INSERT INTO a."b.c" VALUES (1);'
+        'CREATE SCHEMA "a.b"; CREATE TABLE "a.b".c (id int);'
+        'INSERT INTO "a.b".c VALUES (1), (2), (3), (4), (5);'
+    ),
     "quoted table name with a newline and a tab": (
         'CREATE TABLE "new\nline\tname" (id int PRIMARY KEY);'
         'INSERT INTO "new\nline\tname" SELECT generate_series(1, 7);'
@@ -71,6 +76,24 @@ MY_CASES = {
         "INSERT INTO leads VALUES (1, 'open', 'web')",
         "CREATE PROCEDURE close_leads() BEGIN\nUPDATE leads SET\nstatus = 'closed',\n"
         "source = 'x'\nWHERE id > 0;\nEND",
+    ],
+    "a table with an invisible column": [
+        "CREATE TABLE inv (a int PRIMARY KEY, b int INVISIBLE)",
+        "INSERT INTO inv (a, b) VALUES (1, 2), (2, 3)",
+    ],
+    "routines made under NO_BACKSLASH_ESCAPES": [
+        "SET SESSION sql_mode = CONCAT(@@sql_mode, ',NO_BACKSLASH_ESCAPES')",
+        "CREATE TABLE a (id int PRIMARY KEY, x text)",
+        "INSERT INTO a VALUES (1, 'one')",
+        "CREATE TABLE b (id int PRIMARY KEY, y int)",
+        "INSERT INTO b VALUES (1, 1), (2, 2), (3, 3)",
+        "CREATE TABLE z (id int PRIMARY KEY, x text)",
+        "INSERT INTO z VALUES (1, 'z')",
+        "CREATE PROCEDURE p() SELECT 'a\\', 'b\\'",
+        "CREATE TRIGGER a_t BEFORE INSERT ON a FOR EACH ROW SET NEW.x = 'path\\'",
+        "CREATE TRIGGER z_t BEFORE INSERT ON z FOR EACH ROW SET NEW.x = "
+        "CONCAT('p\\', ';;\nINSERT INTO `b` VALUES (7),(8),(9);;\n"
+        "CREATE DEFINER=`bob`@`h` PROCEDURE x;;\n')",
     ],
     "trigger and view holding statement text": [
         "CREATE TABLE m (id int PRIMARY KEY, v text)",

@@ -267,3 +267,23 @@ def test_an_inventory_another_user_owns_is_refused(tmp_path):
     os.chown(path, pwd.getpwnam("nobody").pw_uid, -1)
     with pytest.raises(InventoryError, match="owned by uid"):
         load_inventory(path)
+
+
+def test_configuration_files_that_are_fifos_or_endless_are_refused_at_once(tmp_path):
+    """A FIFO as an inventory or recipients file must not hang crmmaint, /dev/zero must not
+    fill its memory: each is one clear error."""
+    import os
+
+    from crmmaint.access import recipients_for
+    from crmmaint.errors import ConfigError
+    from crmmaint.inventory import Repository as RepoConfig
+    from crmmaint.yamlsource import SourceError, load_yaml_file
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo, 0o600)
+    with pytest.raises(SourceError, match="not a regular file"):
+        load_yaml_file(fifo)
+    for path in (fifo, "/dev/zero"):
+        cfg = RepoConfig(name="main", url=str(tmp_path), recipients=[f"file:{path}"])
+        with pytest.raises(ConfigError, match="not a regular file"):
+            recipients_for(cfg)

@@ -147,6 +147,9 @@ def test_pg_ownership_rule():
         tokens("ALTER", "TABLE", "T", "RENAME", "COLUMN", "OWNER", "TO", '"')
     )
     assert not is_ownership_statement(tokens("ALTER", "ROLE", "X", "OWNER", "TO", "Y"))
+    # ALTER OPERATOR crm.=== (integer, integer) OWNER TO x: the symbol is no token
+    assert is_ownership_statement(tokens("ALTER", "OPERATOR", "CRM", ".", "(", "OWNER", "TO", "X"))
+    assert is_ownership_statement(tokens("ALTER", "OPERATOR", "(", "OWNER", "TO", "X"))
     assert not is_ownership_statement(tokens("SELECT", "OWNER", "TO", "X"))
 
 
@@ -263,3 +266,17 @@ def test_a_restore_script_drops_only_the_dumps_own_restrict_lines(dump, reads, c
     first, _, rest = b"".join(out).partition(b"\n")
     assert first.startswith(b"\\restrict ") and len(first) == len(b"\\restrict ") + 32
     assert rest == expected
+
+
+def test_a_load_role_lapses_with_its_restore():
+    """A restore cut off before its cleanup (a step timeout, SIGTERM) leaves a role whose
+    login lapses soon after the restore's own deadline."""
+    import re as _re
+
+    from crmmaint.engines.postgresql import LOAD_ROLE_VALID, LoadRole
+
+    def until(sql: str) -> str:
+        return _re.search(r"VALID UNTIL '([^']+)'", sql).group(1)
+
+    assert until(LoadRole().create_sql(0, 3600)) == "1970-01-01 01:10:00+00"
+    assert until(LoadRole().create_sql(0)) == "1970-01-02 00:00:00+00" and LOAD_ROLE_VALID == 86400

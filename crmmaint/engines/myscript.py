@@ -20,6 +20,7 @@ view, routine, trigger or event), to turn each ``DEFINER=user@host`` in a statem
 
 from __future__ import annotations
 
+import functools
 import re
 from collections import deque
 from collections.abc import Callable
@@ -37,6 +38,12 @@ QUOTED = {
     b'"': re.compile(rb'"[^"\\]*(?:(?:\\.|"")[^"\\]*)*"', re.DOTALL),
     b"`": re.compile(rb"`[^`]*(?:``[^`]*)*`"),
 }
+#: The same under ``NO_BACKSLASH_ESCAPES``: a backslash is an ordinary character in a string.
+QUOTED_NBE = {
+    b"'": re.compile(rb"'[^']*(?:''[^']*)*'"),
+    b'"': re.compile(rb'"[^"]*(?:""[^"]*)*"'),
+    b"`": QUOTED[b"`"],
+}
 #: What ends an unfinished string, identifier or comment, from inside it.
 _CLOSER = {
     b"'": re.compile(rb"\\.|''|'", re.DOTALL),
@@ -45,11 +52,44 @@ _CLOSER = {
     b"*/": re.compile(rb"\*/"),
     b"\n": re.compile(rb"\n"),
 }
+_CLOSER_NBE = _CLOSER | {b"'": re.compile(rb"''|'"), b'"': re.compile(rb'""|"')}
+
+
+def _modes(no_backslash_escapes: bool, ansi_quotes: bool) -> tuple[dict, dict]:
+    """(whole-quote patterns, closers) under a ``sql_mode``: ``NO_BACKSLASH_ESCAPES`` takes the
+    escapes out of strings, ``ANSI_QUOTES`` makes ``"…"`` a quoted name (no escapes either)."""
+    quoted = dict(QUOTED_NBE if no_backslash_escapes else QUOTED)
+    closers = dict(_CLOSER_NBE if no_backslash_escapes else _CLOSER)
+    if ansi_quotes:
+        quoted[b'"'], closers[b'"'] = QUOTED_NBE[b'"'], _CLOSER_NBE[b'"']
+    return quoted, closers
+
+
+@functools.cache
+def quoted_pattern(no_backslash_escapes: bool, ansi_quotes: bool = False) -> re.Pattern[bytes]:
+    """Any whole string or quoted name, under the given ``sql_mode`` (strip them to count
+    what lies outside)."""
+    quoted, _ = _modes(no_backslash_escapes, ansi_quotes)
+    return re.compile(b"|".join(p.pattern for p in quoted.values()), re.DOTALL)
+
+
+#: A statement that sets ``sql_mode`` or saves it in a user variable, as mariadb-dump writes
+#: them around routines and triggers (``/*!50003 SET sql_mode = '…' */``) and at the top.
+_SQL_MODE_SET = re.compile(
+    rb"(?:@@(?:session\.)?|session\s+)?(sql_mode|@\w+)\s*:?=\s*"
+    rb"('(?:[^'\\]|\\.|'')*'|@@(?:session\.)?sql_mode|@\w+)",
+    re.IGNORECASE,
+)
+#: ``sql_mode`` words that put ``ANSI_QUOTES`` on (it alone, or a combination mode with it).
+_ANSI_QUOTES_MODES = {b"ANSI_QUOTES", b"ANSI", b"DB2", b"MAXDB", b"MSSQL", b"ORACLE", b"POSTGRESQL"}
+#: Statements this short are kept whole to look for a ``sql_mode`` change.
+_SMALL_STATEMENT = 1024
 _DELIMITER_LINE = re.compile(rb"[ \t]*delimiter[ \t]+(\S+)[^\n]*(?:\n|$)", re.IGNORECASE)
 _SPACE = re.compile(rb"[ \t\r\n\f\v]+")
 _ACCOUNT_PART = re.compile(rb"(?:DEFINER\s*=|@)\s*$", re.IGNORECASE)
 
 
+@functools.cache
 def _code_pattern(delimiter: bytes) -> re.Pattern[bytes]:
     """Tokens that matter in code: quotes, comments, versioned-comment ends, the delimiter."""
     return re.compile(
@@ -60,14 +100,18 @@ def _code_pattern(delimiter: bytes) -> re.Pattern[bytes]:
     )
 
 
-def _skip_pattern(delimiter: bytes) -> re.Pattern[bytes]:
+@functools.cache
+def _skip_pattern(
+    delimiter: bytes, no_backslash_escapes: bool = False, ansi_quotes: bool = False
+) -> re.Pattern[bytes]:
     """A run of statement text that changes nothing (plain code, whole strings and quoted
     names), matched in one call: data lines are mostly that."""
     first = delimiter[:1]
     stops = re.escape(b"'\"`/*#-\\" + first)
     lone = [rb"-(?!-)", rb"/(?!\*)", rb"\*(?!/)"]  # not a comment's start or end
     lone = [alt for alt in lone if not alt.lstrip(b"\\").startswith(first)]
-    strings = [QUOTED[q].pattern for q in (b"'", b'"', b"`")]
+    table, _ = _modes(no_backslash_escapes, ansi_quotes)
+    strings = [table[q].pattern for q in (b"'", b'"', b"`")]
     alternatives = [rb"[^" + stops + rb"]+", *strings, *lone]
     return re.compile(rb"(?:" + b"|".join(alternatives) + rb")*", re.DOTALL)
 
@@ -86,6 +130,12 @@ class MyScriptLexer(StreamLexer):
         self.delimiter = b";"
         self._code = _code_pattern(b";")
         self._skip = _skip_pattern(b";")
+        #: ``NO_BACKSLASH_ESCAPES`` is in the session's ``sql_mode`` (the client reads strings
+        #: without backslash escapes then; mariadb-dump sets it around routines made under it).
+        self.no_backslash_escapes = False
+        self.ansi_quotes = False  # ``"…"`` is a quoted name, not a string
+        self._mode_vars: dict[bytes, tuple[bool, bool]] = {}  # user variables holding a saved mode
+        self._small: list[bytes] | None = None  # a short statement's text, to look at its end
         self.head = b""
         self._head_end = 0
         #: Backslash client commands seen outside strings and comments so far.
@@ -105,7 +155,42 @@ class MyScriptLexer(StreamLexer):
         self, buf: bytes, start: int, end: int, last: bool = False, inner: bool = False
     ) -> ScriptPiece:
         kind = "statement" if self._in_statement else "gap"
-        return ScriptPiece(kind, buf[start:end], self._offset + start, last, inner)
+        data = buf[start:end]
+        if self._in_statement and self._small is not None:
+            self._small.append(data)
+            if sum(map(len, self._small)) > _SMALL_STATEMENT:
+                self._small = None
+        return ScriptPiece(kind, data, self._offset + start, last, inner)
+
+    def _statement_done(self) -> None:
+        """Follow ``sql_mode`` (``SET sql_mode = '…'``, ``SET @saved = @@sql_mode``,
+        ``SET sql_mode = @saved``), as the client does: it decides how strings are read."""
+        text = b"".join(self._small) if self._small is not None else b""
+        self._small = None
+        if b"sql_mode" not in text.lower():
+            return
+        code = re.sub(rb"/\*M?!\d*|\*/", b" ", text).strip()
+        if code[:3].upper() != b"SET":
+            return
+        for target, value in _SQL_MODE_SET.findall(code):
+            if value.startswith(b"'"):
+                upper = value.upper()
+                words = set(re.split(rb"[',\s]+", upper))
+                mode = (b"NO_BACKSLASH_ESCAPES" in words, bool(words & _ANSI_QUOTES_MODES))
+            elif value.lower().lstrip(b"@").removeprefix(b"session.") == b"sql_mode":
+                mode = self.modes
+            else:
+                mode = self._mode_vars.get(value.lower(), (False, False))
+            if target.startswith(b"@"):
+                self._mode_vars[target.lower()] = mode
+            elif mode != self.modes:
+                self.no_backslash_escapes, self.ansi_quotes = mode
+                self._skip = _skip_pattern(self.delimiter, *mode)
+
+    @property
+    def modes(self) -> tuple[bool, bool]:
+        """(``NO_BACKSLASH_ESCAPES``, ``ANSI_QUOTES``) in the session's ``sql_mode`` now."""
+        return self.no_backslash_escapes, self.ansi_quotes
 
     def _gap(self, buf: bytes, pos: int, end: int) -> tuple[int, list[ScriptPiece]]:
         space = _SPACE.match(buf, pos, end)
@@ -115,7 +200,7 @@ class MyScriptLexer(StreamLexer):
         if at_line_start and (match := _DELIMITER_LINE.match(buf, pos, end)):
             self.delimiter = match.group(1)
             self._code = _code_pattern(self.delimiter)
-            self._skip = _skip_pattern(self.delimiter)
+            self._skip = _skip_pattern(self.delimiter, *self.modes)
             return match.end(), [self._piece(buf, pos, match.end())]
         if buf.startswith((b"--", b"#"), pos) and (
             buf.startswith(b"#", pos) or end - pos < 3 or buf[pos + 2 : pos + 3] in b" \t\r\n\f\v"
@@ -126,6 +211,7 @@ class MyScriptLexer(StreamLexer):
             self._inner = b"*/"
             return pos + 2, [self._piece(buf, pos, pos + 2)]
         self._in_statement, self.head_open, self.head = True, True, b""
+        self._small = []
         self._head_end = self._offset + pos  # script offset the head reaches
         return pos, []
 
@@ -146,11 +232,12 @@ class MyScriptLexer(StreamLexer):
             if kind == "delim":
                 self._grow_head(buf, start, pos)
                 piece = self._piece(buf, start, pos, last=True)
+                self._statement_done()
                 self._in_statement = False
                 return pos, [piece]
             if kind == "quote":
                 quote = match.group()
-                whole = QUOTED[quote].match(buf, match.start(), end)
+                whole = _modes(*self.modes)[0][quote].match(buf, match.start(), end)
                 if quote != b"`":
                     self._grow_head(buf, start, match.start())
                     # A quoted account name (DEFINER='root'@'%') is still the head.
@@ -189,7 +276,7 @@ class MyScriptLexer(StreamLexer):
         closer = self._inner
         assert closer is not None
         quoted = closer in (b"'", b'"', b"`")
-        pattern = _CLOSER[closer]
+        pattern = _modes(*self.modes)[1][closer]
         at = pos
         stop = -1
         while (match := pattern.search(buf, at, end)) is not None:

@@ -29,7 +29,7 @@ from crmmaint.engines.base import (
     cut_message_line,
     schema_digest,
 )
-from crmmaint.engines.myscript import MAX_HEAD, QUOTED, MyScriptLexer, RestoreScript
+from crmmaint.engines.myscript import MAX_HEAD, MyScriptLexer, RestoreScript, quoted_pattern
 from crmmaint.errors import EngineError
 
 log = logging.getLogger(__name__)
@@ -107,8 +107,6 @@ SELECT VERSION(),
 _COUNT_BATCH = 200
 _UNESCAPE = {b"n": b"\n", b"t": b"\t", b"0": b"\0", b"\\": b"\\"}
 _BATCH_ESCAPE = re.compile(rb"\\(.)")
-#: Whole strings and quoted names, as the lexer reads them (``myscript._STRING``).
-_QUOTED = re.compile(b"|".join(pattern.pattern for pattern in QUOTED.values()), re.DOTALL)
 
 
 #: The statement the client echoes around an error, and the values its messages quote.
@@ -196,7 +194,9 @@ def parse_batch(output: bytes) -> list[tuple[str, ...]]:
 
 #: A statement's head that inserts rows, and one that creates a table (a name may hold any
 #: character, newlines included).
-_INSERT_HEAD = re.compile(rb"INSERT INTO `((?:[^`]|``)+)` VALUES")
+_INSERT_HEAD = re.compile(
+    rb"INSERT INTO `((?:[^`]|``)+)` (?:\((?:[^)`]|`(?:[^`]|``)*`)*\) )?VALUES"
+)  # a column list where the table has INVISIBLE columns
 _CREATE_HEAD = re.compile(rb"CREATE TABLE `((?:[^`]|``)+)` \(")
 
 
@@ -252,13 +252,13 @@ class InsertRowCounter:
                 rows += 1
             return rows
         if b"'" in data or b'"' in data or b"`" in data:
-            data = _QUOTED.sub(b"", data)
+            data = quoted_pattern(*self._lexer.modes).sub(b"", data)
         return data.count(b"(")
 
     def _statement(self, head: bytes) -> None:
         if match := _INSERT_HEAD.match(head):
             table = match.group(1).replace(b"``", b"`").decode("utf-8")
-            code = _QUOTED.sub(b"", head[match.end() :])
+            code = quoted_pattern(*self._lexer.modes).sub(b"", head[match.end() :])
             rows = code.count(b"\n(") if self._per_line else code.count(b"(")
             self.counts[table] = self.counts.get(table, 0) + rows + self._rows
         elif match := _CREATE_HEAD.match(head):

@@ -351,8 +351,12 @@ def is_ownership_statement(tokens: list[bytes]) -> bool:
     if len(tokens) < 5 or tokens[-3:-1] != [b"OWNER", b"TO"] or tokens[-1] == b".":
         return False
     for size in (1, 2, 3):
-        if tuple(tokens[1 : 1 + size]) in _OWNED_KINDS and _is_name(tokens[1 + size : -3]):
+        kind = tuple(tokens[1 : 1 + size])
+        name = tokens[1 + size : -3]
+        if kind in _OWNED_KINDS and _is_name(name):
             return True
+        if kind == (b"OPERATOR",) and name[-1:] == [b"("] and _is_name(name[:-2] or [b"0"]):
+            return True  # schema.=== (left, right): the symbol is no token
     return False
 
 

@@ -46,6 +46,10 @@ POST_DATA_TYPES = frozenset(
         b"TRIGGER",
         b"RULE",
         b"POLICY",
+        # ENABLE ROW LEVEL SECURITY: pg_dump writes it after the data; loaded before it (the
+        # parallel path loads what lies between COPY blocks first), a FORCE'd table's policies
+        # would apply to its own rows' owner.
+        b"ROW SECURITY",
         b"EVENT TRIGGER",
         b"MATERIALIZED VIEW DATA",
         b"PUBLICATION TABLE",

@@ -59,9 +59,10 @@ POST_DATA_JOBS = 2
 _ROLES_HINT = "roles the dump names must exist on this server"
 
 _PSQL_PREFIX = re.compile(r"^psql:[^:]*:\d+: ")
-#: Where a psql message quotes a value: a COPY column's, an invalid input, a literal token.
+#: Where a psql message quotes a value (a COPY row or column, an invalid input, a literal
+#: token): everything after it on the line goes.
 _PG_VALUE = re.compile(
-    r"(, column [^:]+:|for type [\w ]+:|at or near|value for [\w ]+:) (?:\"(?:[^\"]|\"\")*\"|'.*)"
+    r"(, line \d+:|, column [^:]+:|for type [\w ]+:|at or near|value for [\w ]+:) .*"
 )
 
 #: Where CREATE/DROP DATABASE run during a restore.
@@ -70,8 +71,9 @@ MAINTENANCE_DB = "postgres"
 #: Roles a least-privilege restore creates to load with (one per restore, see ``LoadRole``);
 #: dropping a database one of them owns drops the role too.
 LOAD_ROLE_PREFIX = "crmmaint_load_"
-#: A load role cannot log in after this long, should a restore die before removing it.
-LOAD_ROLE_VALID = 7 * 86400
+#: A load role cannot log in after this long (or its restore's timeout), should a restore die
+#: before removing it.
+LOAD_ROLE_VALID = 86400
 _LOAD_HINT = (
     "restores load as a temporary role that owns only the new database: the restoring user "
     "needs CREATEROLE and CREATEDB (or superuser), and pg_hba.conf must let that role log in "
@@ -180,10 +182,22 @@ def quote_literal(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
+def table_key(schema: str, table: str) -> str:
+    """A table's name in the facts: ``schema.table``, a part double-quoted (quotes doubled)
+    when it holds a ``.``, so ``a."b.c"`` and ``"a.b".c`` stay two tables; any other name is
+    written as before (facts recorded by older backups keep matching)."""
+
+    def part(name: str) -> str:
+        return '"' + name.replace('"', '""') + '"' if "." in name else name
+
+    return f"{part(schema)}.{part(table)}"
+
+
 def count_sql(tables: list[tuple[str, str]]) -> str:
     """One statement counting every row of ``tables`` (schema, name), each ``ONLY`` itself."""
     parts = [
-        f"SELECT {quote_literal(f'{s}.{t}')}, count(*) FROM ONLY {quote_ident(s)}.{quote_ident(t)}"
+        f"SELECT {quote_literal(table_key(s, t))}, count(*) "
+        f"FROM ONLY {quote_ident(s)}.{quote_ident(t)}"
         for s, t in tables
     ]
     return "\nUNION ALL ".join(parts)
@@ -209,29 +223,27 @@ def scram_verifier(password: str, *, iterations: int = 4096) -> str:
 class LoadRole:
     """A role made for one least-privilege restore: it logs in with a random password (only
     its SCRAM verifier goes to the server), owns the new database and what the dump creates
-    in it, and is no superuser, cannot create roles or databases or replicate (it bypasses row
-    security, which only a superuser may grant it, so a table with FORCE ROW LEVEL SECURITY
-    loads; it reaches its own tables only). A forged dump then cannot run ``COPY … TO PROGRAM``, an untrusted language or
+    in it, and is no superuser, cannot create roles or databases, replicate or bypass row
+    security. A forged dump then cannot run ``COPY … TO PROGRAM``, an untrusted language or
     anything else a superuser may, nor act for the dump's real roles."""
 
     def __init__(self) -> None:
         self.name = LOAD_ROLE_PREFIX + secrets.token_hex(6)
         self.password = secrets.token_urlsafe(24)
 
-    def create_sql(self, now: float) -> str:
-        until = time.strftime("%Y-%m-%d %H:%M:%S+00", time.gmtime(now + LOAD_ROLE_VALID))
+    def create_sql(self, now: float, timeout: float | None = None) -> str:
+        """The role, valid until the restore's ``timeout`` (seconds; else ``LOAD_ROLE_VALID``)
+        has passed, plus a margin: a restore cut off before it could clean up (a step timeout,
+        SIGTERM) leaves a role whose login lapses with it."""
+        lease = LOAD_ROLE_VALID if timeout is None else min(LOAD_ROLE_VALID, timeout + 600)
+        until = time.strftime("%Y-%m-%d %H:%M:%S+00", time.gmtime(now + lease))
         return (
             f"CREATE ROLE {quote_ident(self.name)} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE "
-            f"NOREPLICATION CONNECTION LIMIT 64 "
+            f"NOREPLICATION NOBYPASSRLS CONNECTION LIMIT 64 "
             f"PASSWORD {quote_literal(scram_verifier(self.password))} "
             f"VALID UNTIL {quote_literal(until)};\n"
             # CREATE DATABASE … OWNER needs the creator to be able to act as the owner.
-            f"GRANT {quote_ident(self.name)} TO CURRENT_USER;\n"
-            # A table with FORCE ROW LEVEL SECURITY loads only past its policies: the role
-            # bypasses them where a superuser may grant it (a role's own tables only).
-            "DO $$BEGIN IF (SELECT rolsuper FROM pg_catalog.pg_roles "
-            "WHERE rolname = current_user) THEN "
-            f"EXECUTE 'ALTER ROLE {quote_ident(self.name)} BYPASSRLS'; END IF; END$$;"
+            f"GRANT {quote_ident(self.name)} TO CURRENT_USER;"
         )
 
 
@@ -296,7 +308,7 @@ class CopyRowCounter:
         match = _COPY_TABLE.match(text) if self._lexer.statement.copy_from_stdin else None
         if match is None:
             return
-        self._table = f"{_unquote(match.group(1))}.{_unquote(match.group(2))}"
+        self._table = table_key(_unquote(match.group(1)), _unquote(match.group(2)))
         self.counts.setdefault(self._table, 0)
 
 
@@ -402,7 +414,8 @@ class PostgreSQLEngine(DatabaseEngine):
         return [(s, t) for s, t in ask(TABLES_SQL)]
 
     def tables(self, *, timeout: float = QUERY_TIMEOUT) -> list[str]:
-        return [f"{s}.{t}" for s, t in self._table_pairs(lambda q: self.query(q, timeout=timeout))]
+        pairs = self._table_pairs(lambda q: self.query(q, timeout=timeout))
+        return [table_key(s, t) for s, t in pairs]
 
     def row_counts(self, *, timeout: float = QUERY_TIMEOUT) -> dict[str, int]:
         return self._counts(lambda q: self.query(q, timeout=timeout))
@@ -541,7 +554,7 @@ class PostgreSQLEngine(DatabaseEngine):
         try:
             owner = ""
             if role is not None:
-                self._maintenance(role.create_sql(time.time()), timeout=QUERY_TIMEOUT,
+                self._maintenance(role.create_sql(time.time(), timeout), timeout=QUERY_TIMEOUT,
                                   what="CREATE ROLE (least-privilege restore)", hint=_LOAD_HINT)  # fmt: skip
                 owner = f" OWNER {quote_ident(role.name)}"
             self._maintenance(
@@ -564,6 +577,7 @@ class PostgreSQLEngine(DatabaseEngine):
         except BaseException:
             if role is not None:  # first: the dump may have set a password of its choosing
                 with contextlib.suppress(EngineError):
+                    self._rollback_prepared(target_name, timeout=QUERY_TIMEOUT)
                     self._disarm(role.name)
             self.drop_quietly(target_name)
             if role is not None:
@@ -583,12 +597,28 @@ class PostgreSQLEngine(DatabaseEngine):
         return engine
 
     def _disarm(self, role: str) -> None:
-        """A load role logs in no more, whatever password the dump gave it."""
+        """A load role logs in no more, whatever password the dump gave it (a lock held on
+        its row fails this at once rather than hang)."""
         self._maintenance(
-            f"ALTER ROLE {quote_ident(role)} NOLOGIN PASSWORD NULL",
+            f"SET lock_timeout = '10s'; ALTER ROLE {quote_ident(role)} NOLOGIN PASSWORD NULL",
             timeout=QUERY_TIMEOUT,
             what="ALTER ROLE",
         )
+
+    def _rollback_prepared(self, target_name: str, *, timeout: float) -> None:
+        """Roll back the prepared transactions a script left in ``target_name``."""
+        gids = self._maintenance(
+            "SELECT quote_literal(gid) FROM pg_catalog.pg_prepared_xacts "
+            f"WHERE database = {quote_literal(target_name)}",
+            timeout=timeout,
+            what="prepared transaction lookup",
+        )
+        if gids:
+            rollback = "".join(f"ROLLBACK PREPARED {gid};\n" for (gid,) in gids)
+            self.for_database(target_name).run(
+                self.psql(target_name), stdin=rollback.encode(), timeout=timeout,
+                what="ROLLBACK PREPARED",
+            )  # fmt: skip
 
     def _drop_load_role(self, name: str, *, quietly: bool = False) -> None:
         try:
@@ -808,27 +838,22 @@ class PostgreSQLEngine(DatabaseEngine):
         if target_name == (self.db.dbname or self.db.name):
             raise self.error(f"refusing to drop the source database {target_name!r}")
         found = self._maintenance(
-            "SELECT r.rolname, d.datistemplate, (SELECT string_agg(quote_literal(gid), ' ') "
-            "FROM pg_catalog.pg_prepared_xacts x WHERE x.database = d.datname) "
-            "FROM pg_catalog.pg_database d JOIN pg_catalog.pg_roles r ON r.oid = d.datdba "
+            "SELECT r.rolname, d.datistemplate FROM pg_catalog.pg_database d "
+            "JOIN pg_catalog.pg_roles r ON r.oid = d.datdba "
             f"WHERE d.datname = {quote_literal(target_name)}",
             timeout=timeout,
             what="database lookup",
         )
-        owner, template, prepared = found[0] if found else ("", "f", "")
+        owner, template = found[0] if found else ("", "f")
+        # What a loaded script can do that would keep its role logging in or its database
+        # from being dropped: a prepared transaction (it may hold the role's own row, so it
+        # goes first), a password of its choosing, a template flag.
+        self._rollback_prepared(target_name, timeout=timeout)
         if owner.startswith(LOAD_ROLE_PREFIX):
-            self._disarm(owner)  # first: a failed load may have set a password of its choosing
-        # What a loaded script can do that would keep its database from being dropped: make
-        # it a template, leave a prepared transaction.
+            self._disarm(owner)
         if template == "t":
             self._maintenance(f"ALTER DATABASE {quote_ident(target_name)} IS_TEMPLATE false",
                               timeout=timeout, what="ALTER DATABASE")  # fmt: skip
-        if prepared:
-            rollback = "".join(f"ROLLBACK PREPARED {gid};\n" for gid in prepared.split(" "))
-            self.for_database(target_name).run(
-                self.psql(target_name), stdin=rollback.encode(), timeout=timeout,
-                what="ROLLBACK PREPARED",
-            )  # fmt: skip
         self._maintenance(
             f"DROP DATABASE IF EXISTS {quote_ident(target_name)} WITH (FORCE)",
             timeout=timeout,

@@ -94,10 +94,12 @@ def restore_database(
     to: str,
     force: bool = False,
     jobs: int | None = None,
+    timeout: float | None = None,
 ) -> Facts:
     """Restore a database backup into a new database ``to`` on ``db``'s server (reached through
-    ``transport``): its keys and index are checked first, the load streams, and a failed load
-    leaves no target (``DatabaseEngine.restore``). Returns the restored copy's facts."""
+    ``transport``): its keys and index are checked first, the load streams (within
+    ``timeout`` seconds when given), and a failed load leaves no target
+    (``DatabaseEngine.restore``). Returns the restored copy's facts."""
     from crmmaint.engines import engine_for
 
     manifest = repo.manifest(backup.id, identities)  # WrongKeyError before anything is written
@@ -105,7 +107,9 @@ def restore_database(
     stream = backup.streams[0] if backup.streams else "dump"
     reader, layout = restore_source(repo, backup.id, stream, identities, manifest.facts)
     extra = {} if jobs is None else {"jobs": jobs}
-    return engine.restore(reader, target_name=to, force=force, layout=layout, **extra)
+    return engine.restore(
+        reader, target_name=to, force=force, layout=layout, timeout=timeout, **extra
+    )
 
 
 def restore_fileset(
@@ -176,8 +180,9 @@ def drill_restore(ctx: TaskContext) -> TaskResult:
         started = time.monotonic()
         try:
             actual = restore_database(
-                repo, backup, identities, db=drill_db, transport=transport, to=target
-            )
+                repo, backup, identities, db=drill_db, transport=transport, to=target,
+                timeout=ctx.time_left(),
+            )  # fmt: skip
             problems = compare_facts(expected, actual)
         except BaseException:
             # The restore's own failure is what the drill reports (it removed its target;
