@@ -22,13 +22,11 @@ from __future__ import annotations
 
 import functools
 import re
-from collections import deque
 from collections.abc import Callable
 
 from crmmaint.engines.base import Reader
-from crmmaint.engines.scriptlex import ScriptPiece, StreamLexer
+from crmmaint.engines.scriptlex import QueueReader, ScriptPiece, StreamLexer
 
-_READ = 1 << 20
 #: Code bytes of a statement kept before its first string (a CREATE's head fits easily).
 MAX_HEAD = 4096
 
@@ -319,7 +317,7 @@ _CLIENT_COMMAND = re.compile(
 _COMMAND_LOOKAHEAD = 64
 
 
-class RestoreScript:
+class RestoreScript(QueueReader):
     """The script the mariadb client is given for a restore: the dump, which a write-key holder
     may have forged, made unable to command the client; read it like a file.
 
@@ -341,32 +339,22 @@ class RestoreScript:
         describe: Callable[[str], Exception],
         rewrite_definers: bool = False,
     ) -> None:
+        super().__init__()
         self._lexer = MyScriptLexer(source)
         self._pieces = iter(self._lexer)
         self._describe = describe
         self._rewrite = rewrite_definers
         self._held: list[bytes] = []
         self._decided = False  # the statement under way was checked for a client command
-        self._out: deque[bytes] = deque()
-        self._done = False
         self.rewritten = 0
 
-    def read(self, size: int = _READ) -> bytes:
-        while not self._out and not self._done:
-            piece = next(self._pieces, None)
-            if piece is None:
-                self._done = True
-                self._out.append(self._release(last=True))
-                break
-            if data := self._take(piece):
-                self._out.append(data)
-        if not self._out:
-            return b""
-        chunk = self._out.popleft()
-        if len(chunk) > size:
-            self._out.appendleft(chunk[size:])
-            chunk = chunk[:size]
-        return chunk
+    def _fill(self) -> None:
+        piece = next(self._pieces, None)
+        if piece is None:
+            self._done = True
+            self._out.append(self._release(last=True))
+        elif data := self._take(piece):
+            self._out.append(data)
 
     def _take(self, piece: ScriptPiece) -> bytes:
         lexer = self._lexer

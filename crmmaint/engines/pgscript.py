@@ -26,12 +26,10 @@ from __future__ import annotations
 import itertools
 import re
 import secrets
-from collections import deque
 
 from crmmaint.engines.base import Reader
-from crmmaint.engines.scriptlex import ScriptPiece, StreamLexer
+from crmmaint.engines.scriptlex import QueueReader, ScriptPiece, StreamLexer
 
-_READ = 1 << 20
 #: Depth-0 words kept per statement (for ``COPY … FROM stdin`` and statement recognition).
 MAX_WORDS = 64
 
@@ -368,7 +366,7 @@ MAX_HELD = 64 << 10
 _DUMP_RESTRICT = re.compile(rb"\\(?:un)?restrict [A-Za-z0-9]+\r?\n?\Z")
 
 
-class RestoreScript:
+class RestoreScript(QueueReader):
     """The script psql is given for a restore: the dump, which a write-key holder may have
     forged, made unable to command psql.
 
@@ -387,32 +385,23 @@ class RestoreScript:
     """
 
     def __init__(self, source: Reader, *, drop_ownership: bool = False) -> None:
+        super().__init__()
         self._lexer = PgScriptLexer(source)
         self._pieces = iter(self._lexer)
         self._drop_ownership = drop_ownership
         self._held: list[bytes] = []
         self._held_size = 0
-        self._out: deque[bytes] = deque([b"\\restrict " + secrets.token_hex(16).encode() + b"\n"])
-        self._done = False
+        self._out.append(b"\\restrict " + secrets.token_hex(16).encode() + b"\n")
         self.dropped = 0
 
-    def read(self, size: int = _READ) -> bytes:
-        while not self._out and not self._done:
-            piece = next(self._pieces, None)
-            if piece is None:
-                self._done = True
-                self._out.append(b"".join(self._held))
-                self._held = []
-                break
-            if data := self._take(piece):
-                self._out.append(data)
-        if not self._out:
-            return b""
-        chunk = self._out.popleft()
-        if len(chunk) > size:
-            self._out.appendleft(chunk[size:])
-            chunk = chunk[:size]
-        return chunk
+    def _fill(self) -> None:
+        piece = next(self._pieces, None)
+        if piece is None:
+            self._done = True
+            self._out.append(b"".join(self._held))
+            self._held = []
+        elif data := self._take(piece):
+            self._out.append(data)
 
     def _take(self, piece: ScriptPiece) -> bytes:
         if piece.kind == "gap":

@@ -24,11 +24,11 @@ from __future__ import annotations
 import io
 import itertools
 import re
-from collections import deque
 from dataclasses import dataclass
 
 from crmmaint.engines.base import Reader
 from crmmaint.engines.pgscript import PgScriptLexer
+from crmmaint.engines.scriptlex import QueueReader
 
 #: The session settings at the top of a plain dump kept for the other connections (pg_dump
 #: writes well under 2 KiB of them).
@@ -74,10 +74,7 @@ def with_freeze(copy_line: bytes) -> bytes:
     return copy_line[:end] + b" WITH (FREEZE)" + copy_line[end:]
 
 
-_READ = 1 << 20
-
-
-class PostDataSplit:
+class PostDataSplit(QueueReader):
     """A reader over a plain dump that stops where post-data begins (see the module docstring).
 
     ``preamble`` holds the session settings at the top of the dump (``SET …``), which every
@@ -88,31 +85,19 @@ class PostDataSplit:
     """
 
     def __init__(self, source: Reader, *, freeze: bool = False, seen_data: bool = False) -> None:
+        super().__init__()
         self._lexer = PgScriptLexer(source)
         self._pieces = iter(self._lexer)
         self._freeze = freeze
         self.created: set[bytes] = set()
         self.frozen = 0
-        self._out: deque[bytes] = deque()
         self._held: list[bytes] = []  # a CREATE TABLE or COPY statement under way
-        self._done = False
         self._seen_header = False
         self._seen_data = seen_data  # True for a stream that starts inside the data section
         self.preamble = b""
         self.post = b""
 
-    def read(self, size: int = _READ) -> bytes:
-        while not self._out and not self._done:
-            self._advance()
-        if not self._out:
-            return b""
-        chunk = self._out.popleft()
-        if len(chunk) > size:
-            self._out.appendleft(chunk[size:])
-            chunk = chunk[:size]
-        return chunk
-
-    def _advance(self) -> None:
+    def _fill(self) -> None:
         piece = next(self._pieces, None)
         if piece is None:
             self._done = True

@@ -5,6 +5,7 @@ handed to ``feed`` as a dump streams past)."""
 from __future__ import annotations
 
 import abc
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -131,3 +132,27 @@ class StreamLexer(abc.ABC):
     @abc.abstractmethod
     def _step(self, buf: bytes, pos: int, end: int) -> tuple[int, list[ScriptPiece]]:
         """Lex from ``pos`` (at most to ``end``): the new position and the pieces made."""
+
+
+class QueueReader(abc.ABC):
+    """A reader over chunks a subclass queues in ``_out`` (``_fill`` queues more, or sets
+    ``_done``): what the restore filters and the post-data split hand on."""
+
+    def __init__(self) -> None:
+        self._out: deque[bytes] = deque()
+        self._done = False
+
+    def read(self, size: int = _READ) -> bytes:
+        while not self._out and not self._done:
+            self._fill()
+        if not self._out:
+            return b""
+        chunk = self._out.popleft()
+        if len(chunk) > size:
+            self._out.appendleft(chunk[size:])
+            chunk = chunk[:size]
+        return chunk
+
+    @abc.abstractmethod
+    def _fill(self) -> None:
+        """Queue the next output in ``_out``, or set ``_done`` at the end."""
