@@ -77,6 +77,12 @@ MY_CASES = {
         "CREATE PROCEDURE close_leads() BEGIN\nUPDATE leads SET\nstatus = 'closed',\n"
         "source = 'x'\nWHERE id > 0;\nEND",
     ],
+    "a system-versioned table": [
+        "CREATE TABLE sv (id int PRIMARY KEY, v int) WITH SYSTEM VERSIONING",
+        "INSERT INTO sv VALUES (1, 1), (2, 2), (3, 3)",
+        "UPDATE sv SET v = v + 1",
+        "DELETE FROM sv WHERE id = 3",
+    ],
     "a table with an invisible column": [
         "CREATE TABLE inv (a int PRIMARY KEY, b int INVISIBLE)",
         "INSERT INTO inv (a, b) VALUES (1, 2), (2, 3)",
@@ -151,7 +157,8 @@ def contents(engine: str, db: str) -> dict[str, str]:
             out[what] = sql(engine, query, db)
         return out
     listed = sql(engine, "SELECT HEX(table_name) FROM information_schema.tables WHERE "
-                 "table_schema = DATABASE() AND table_type = 'BASE TABLE' ORDER BY 1", db)  # fmt: skip
+                 "table_schema = DATABASE() AND table_type IN ('BASE TABLE', 'SYSTEM VERSIONED') "
+                 "ORDER BY 1", db)  # fmt: skip
     for table in (bytes.fromhex(h).decode() for h in listed.split()):
         ident = "`" + table.replace("`", "``") + "`"
         out[table] = sql(engine, f"SELECT * FROM {ident} ORDER BY 1", db)

@@ -219,3 +219,19 @@ def test_routines_views_triggers_and_events_restore_least_privileged(scratch_nam
     left = mariadb(f"SELECT count(*) FROM mysql.user WHERE user LIKE 'crmmaint_load%' AND user = "
                    f"'{definers[0].split('@')[0]}'")  # fmt: skip
     assert left.split()[-1] == "0"  # dropping the target drops its load account
+
+
+def test_system_versioned_tables_are_in_the_facts(scratch_names):
+    """A system-versioned table is a table like any other to a drill (its current rows; the
+    history is not in a dump)."""
+    name, copy = scratch_names(), scratch_names()
+    mariadb(f"CREATE DATABASE `{name}`")
+    mariadb("CREATE TABLE sv (id int PRIMARY KEY, v int) WITH SYSTEM VERSIONING;"
+            "INSERT INTO sv VALUES (1, 1), (2, 2), (3, 3); DELETE FROM sv WHERE id = 3;", name)  # fmt: skip
+    db = Database(name="crm", engine="mysql", host="local", dbname=name, address="127.0.0.1",
+                  user="root")  # fmt: skip
+    engine = engine_for(db, LocalTransport())
+    dump, facts = dump_all(engine)
+    assert facts["row_counts"] == {"sv": 2}
+    restored = engine.restore(io.BytesIO(dump), target_name=copy)
+    assert compare_facts(facts, restored) == [] and restored["row_counts"] == {"sv": 2}

@@ -54,7 +54,8 @@ DUMP_OPTIONS = [
 
 TABLES_SQL = """
 SELECT table_name FROM information_schema.tables
-WHERE table_schema = DATABASE() AND table_type = 'BASE TABLE' ORDER BY table_name
+WHERE table_schema = DATABASE() AND table_type IN ('BASE TABLE', 'SYSTEM VERSIONED')
+ORDER BY table_name
 """
 
 SCHEMA_SQL = """
