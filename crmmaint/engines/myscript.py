@@ -53,6 +53,7 @@ _CLOSER = {
 _CLOSER_NBE = _CLOSER | {b"'": re.compile(rb"''|'"), b'"': re.compile(rb'""|"')}
 
 
+@functools.cache
 def _modes(no_backslash_escapes: bool, ansi_quotes: bool) -> tuple[dict, dict]:
     """(whole-quote patterns, closers) under a ``sql_mode``: ``NO_BACKSLASH_ESCAPES`` takes the
     escapes out of strings, ``ANSI_QUOTES`` makes ``"…"`` a quoted name (no escapes either)."""
