@@ -463,7 +463,6 @@ def restore(
     with open_repository(cfg, reading=f"restore {backup_id}") as repo:
         backup = find_backup(repo, backup_id)
         kind, _, name = backup.source.partition(":")
-        repo.manifest(backup.id, identities)  # WrongKeyError before anything else
         pool = SSHPool()
         transports = default_transport_factory(pool)
         try:

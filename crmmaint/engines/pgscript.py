@@ -314,7 +314,6 @@ _OWNED_KINDS = {
     (b"EVENT", b"TRIGGER"), (b"STATISTICS",), (b"LANGUAGE",), (b"PROCEDURAL", b"LANGUAGE"),
     (b"DATABASE",),
 }  # fmt: skip
-_NAME_PART = {b'"', b"0"}
 
 
 def _is_name(tokens: list[bytes]) -> bool:
