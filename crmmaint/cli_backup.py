@@ -17,18 +17,18 @@ from typing import Any
 import yaml
 from invoke import Collection
 
-from crmmaint.access import (
+from crmmaint.cli_common import command, execute, helps, open_inventory
+from crmmaint.crypto import X25519Identity, load_identity_file, write_identity_file
+from crmmaint.errors import ConfigError, RestoreError
+from crmmaint.inventory import Inventory
+from crmmaint.reporting.console import print_table, write_json
+from crmmaint.repository.configured import (
     identities_for,
     init_repository,
     load_write_key,
     open_repository,
     recipients_for,
 )
-from crmmaint.cli_common import command, execute, helps, open_inventory
-from crmmaint.crypto import X25519Identity, load_identity_file, write_identity_file
-from crmmaint.errors import ConfigError, RestoreError
-from crmmaint.inventory import Inventory
-from crmmaint.reporting.console import print_table, write_json
 
 REPO_HELP = "repository name from the inventory (default: the default repository)"
 
@@ -124,7 +124,7 @@ def repo_unlock(
     c: Any, inventory: str | None = None, repository: str | None = None, debug: bool = False
 ) -> None:
     """Remove every lock of the repository (only when their processes are gone)."""
-    from crmmaint.access import backend_for
+    from crmmaint.repository.configured import backend_for
     from crmmaint.repository.lock import break_locks
 
     inv = open_inventory(c, inventory)
@@ -202,8 +202,8 @@ def repo_upgrade(
 ) -> None:
     """Authenticate a repository config written before configs carried a MAC (once, and only
     if you trust its values as they are)."""
-    from crmmaint.access import backend_for, load_write_key
     from crmmaint.repository import Repository
+    from crmmaint.repository.configured import backend_for, load_write_key
 
     inv = open_inventory(c, inventory)
     cfg = inv.repository(repository)

@@ -574,16 +574,16 @@ def closing_lines(
 
 def _ensure_repository(inventory: Inventory, out: TextIO) -> None:
     """Create the demo's local repository and its write key on first use."""
-    from crmmaint.access import init_repository, open_repository
     from crmmaint.errors import CrmMaintError, UnauthenticatedConfig
+    from crmmaint.repository.configured import init_repository, open_repository
 
     cfg = inventory.default_repository()
     try:
         with open_repository(cfg):
             return
     except UnauthenticatedConfig:  # a demo estate made by an older crmmaint: its own sample
-        from crmmaint.access import backend_for, load_write_key
         from crmmaint.repository import Repository
+        from crmmaint.repository.configured import backend_for, load_write_key
 
         Repository.authenticate_config(backend_for(cfg), load_write_key(str(cfg.write_key)))
         return

@@ -105,7 +105,11 @@ class FileSet:
 
 
 @dataclass
-class Repository:
+class RepositorySettings:
+    """A repository as the inventory configures it (``repositories:``): where it is, which key
+    files and recipients it uses. ``crmmaint.repository.configured`` opens it; the repository
+    itself is ``crmmaint.repository.Repository``."""
+
     name: str
     url: str
     write_key: str | None = None
@@ -138,7 +142,7 @@ class Target:
     kind: str
     name: str
     host: Host
-    obj: Host | Database | Cache | FileSet | Repository
+    obj: Host | Database | Cache | FileSet | RepositorySettings
 
     @property
     def label(self) -> str:
@@ -153,7 +157,7 @@ class Inventory:
     databases: dict[str, Database] = field(default_factory=dict)
     caches: dict[str, Cache] = field(default_factory=dict)
     filesets: dict[str, FileSet] = field(default_factory=dict)
-    repositories: dict[str, Repository] = field(default_factory=dict)
+    repositories: dict[str, RepositorySettings] = field(default_factory=dict)
     drills: dict[str, DrillTarget] = field(default_factory=dict)
     vars: dict[str, Any] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
@@ -231,7 +235,7 @@ class Inventory:
                 return db
         return next(iter(self.databases.values()), None)
 
-    def default_repository(self) -> Repository:
+    def default_repository(self) -> RepositorySettings:
         if not self.repositories:
             raise InventoryError(
                 f"{self.path}: no repository configured",
@@ -242,7 +246,7 @@ class Inventory:
                 return repo
         return next(iter(self.repositories.values()))
 
-    def repository(self, name: str | None) -> Repository:
+    def repository(self, name: str | None) -> RepositorySettings:
         if name is None:
             return self.default_repository()
         if name not in self.repositories:
@@ -538,7 +542,7 @@ def _fileset(name: str, spec: dict, inv: Inventory) -> FileSet:
     )
 
 
-def _repository(name: str, spec: dict, base: Path) -> Repository:
+def _repository(name: str, spec: dict, base: Path) -> RepositorySettings:
     what = f"repository {name!r}"
     check_keys(spec, _REPO_KEYS, what)
     url = get_field(spec, "url", str, required=True, what=what)
@@ -573,7 +577,7 @@ def _repository(name: str, spec: dict, base: Path) -> Repository:
                 line_of(spec, "compression"),
                 "compression",
             )
-    return Repository(
+    return RepositorySettings(
         name=name,
         url=url,
         write_key=_path(get_field(spec, "write_key", str), base),

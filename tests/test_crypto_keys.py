@@ -300,7 +300,7 @@ def test_key_and_secret_files_others_can_read_or_that_are_links_are_refused(
 ) -> None:
     """Checked on the open file: a group-readable file, or a link (which could be swapped
     between a check and the read), is refused, not warned about."""
-    from crmmaint.access import load_write_key, write_write_key
+    from crmmaint.repository.configured import load_write_key, write_write_key
 
     path = tmp_path / "key"
     if which == "identity":

@@ -274,9 +274,9 @@ def test_configuration_files_that_are_fifos_or_endless_are_refused_at_once(tmp_p
     fill its memory: each is one clear error."""
     import os
 
-    from crmmaint.access import recipients_for
     from crmmaint.errors import ConfigError
-    from crmmaint.inventory import Repository as RepoConfig
+    from crmmaint.inventory import RepositorySettings
+    from crmmaint.repository.configured import recipients_for
     from crmmaint.yamlsource import SourceError, load_yaml_file
 
     fifo = tmp_path / "fifo"
@@ -284,6 +284,6 @@ def test_configuration_files_that_are_fifos_or_endless_are_refused_at_once(tmp_p
     with pytest.raises(SourceError, match="not a regular file"):
         load_yaml_file(fifo)
     for path in (fifo, "/dev/zero"):
-        cfg = RepoConfig(name="main", url=str(tmp_path), recipients=[f"file:{path}"])
+        cfg = RepositorySettings(name="main", url=str(tmp_path), recipients=[f"file:{path}"])
         with pytest.raises(ConfigError, match="not a regular file"):
             recipients_for(cfg)

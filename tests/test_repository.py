@@ -166,10 +166,12 @@ def test_init_rejects_compression_levels_outside_zstd_range(tmp_path, write_key,
 
 
 def test_inventory_compression_sets_the_default_and_overrides_it_per_writer(tmp_path, identity):
-    from crmmaint.access import init_repository, open_repository
-    from crmmaint.inventory import Repository as RepoConfig
+    from crmmaint.inventory import RepositorySettings
+    from crmmaint.repository.configured import init_repository, open_repository
 
-    cfg = RepoConfig(name="r", url=f"file://{tmp_path / 'r'}", write_key=str(tmp_path / "w.key"))
+    cfg = RepositorySettings(
+        name="r", url=f"file://{tmp_path / 'r'}", write_key=str(tmp_path / "w.key")
+    )
     cfg.compression = 19
     init_repository(cfg)
     stored = {}

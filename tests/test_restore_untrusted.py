@@ -14,10 +14,10 @@ import pytest
 import yaml
 from clirun import run_cli
 
-from crmmaint.access import load_write_key, recipients_for
 from crmmaint.inventory import load_inventory
 from crmmaint.repository import Repository
 from crmmaint.repository.backends.local import LocalBackend
+from crmmaint.repository.configured import load_write_key, recipients_for
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from crmmaint.access import open_repository, recipients_for
+from crmmaint.repository.configured import open_repository, recipients_for
 from crmmaint.results import TaskResult
 from crmmaint.tasks.api import Param, TaskContext, task
 
@@ -132,7 +132,7 @@ def _store_dump(
 )
 def backup_verify(ctx: TaskContext) -> TaskResult:
     """Check that the repository is intact: metadata, and optionally the stored data."""
-    from crmmaint.access import identities_for
+    from crmmaint.repository.configured import identities_for
 
     cfg = ctx.target.obj
     identities = identities_for(cfg) if ctx.params["decrypt"] else None

@@ -14,10 +14,10 @@ import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from crmmaint.access import identities_for, open_repository
 from crmmaint.engines.base import DumpLayout, Facts
 from crmmaint.errors import ConfigError, IntegrityError
 from crmmaint.inventory import Database, FileSet
+from crmmaint.repository.configured import identities_for, open_repository
 from crmmaint.results import TaskResult
 from crmmaint.tasks.api import Param, TaskContext, task
 from crmmaint.tasks.backup import REPOSITORY, source_name

@@ -24,7 +24,7 @@ from crmmaint.crypto import (
     read_private_file,
 )
 from crmmaint.errors import ConfigError, KeyFileError
-from crmmaint.inventory import Repository as RepoConfig
+from crmmaint.inventory import RepositorySettings
 from crmmaint.yamlsource import read_regular_file
 
 WRITE_KEY_HEADER = "# crmmaint repository write key: keep it 0600; it cannot decrypt backups"
@@ -71,7 +71,7 @@ def load_write_key(path: str | Path) -> bytes:
     return key
 
 
-def recipients_for(cfg: RepoConfig) -> list[Recipient]:
+def recipients_for(cfg: RepositorySettings) -> list[Recipient]:
     """The repository's recipients; a passphrase counts as one when configured."""
     out: list[Recipient] = []
     for ref in cfg.recipients:
@@ -99,7 +99,7 @@ def recipients_for(cfg: RepoConfig) -> list[Recipient]:
     return out
 
 
-def identities_for(cfg: RepoConfig, identity_file: str | None = None) -> list[Identity]:
+def identities_for(cfg: RepositorySettings, identity_file: str | None = None) -> list[Identity]:
     """Identities that can decrypt: the given or configured identity file, and/or a passphrase."""
     out: list[Identity] = []
     path = identity_file or cfg.identity or os.environ.get("CRMMAINT_IDENTITY")
@@ -115,14 +115,14 @@ def identities_for(cfg: RepoConfig, identity_file: str | None = None) -> list[Id
     return out
 
 
-def backend_for(cfg: RepoConfig):
+def backend_for(cfg: RepositorySettings):
     from crmmaint.repository.backends import open_backend
 
     return open_backend(cfg.url, **cfg.options)
 
 
 @contextmanager
-def open_repository(cfg: RepoConfig, *, reading: str | None = None) -> Iterator[object]:
+def open_repository(cfg: RepositorySettings, *, reading: str | None = None) -> Iterator[object]:
     """Open the configured repository for the duration of the block.
 
     ``reading`` names what the block reads (``"restore database:crm"``): the block then holds a
@@ -153,7 +153,7 @@ def open_repository(cfg: RepoConfig, *, reading: str | None = None) -> Iterator[
         backend.close()
 
 
-def init_repository(cfg: RepoConfig) -> str:
+def init_repository(cfg: RepositorySettings) -> str:
     """Create the repository and, when absent, its write key; returns what was done."""
     from crmmaint.repository import Repository
     from crmmaint.repository.repository import DEFAULT_COMPRESSION_LEVEL
