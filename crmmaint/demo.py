@@ -515,8 +515,8 @@ def run_demo(
     failed demo), else the worst run's exit code (2: a step failed)."""
     from crmmaint.inventory import load_inventory
     from crmmaint.journal import Journal
-    from crmmaint.playbook import load_playbook, plan
-    from crmmaint.playbook.runner import Runner
+    from crmmaint.playbook import load_playbook
+    from crmmaint.playbook.run import run_playbook
     from crmmaint.reporting.console import ConsoleReporter
 
     out = out or sys.stdout
@@ -529,10 +529,11 @@ def run_demo(
     with Journal(journal_path) as journal:
         for name in playbooks or ["daily"]:
             book = load_playbook(name, inventory)
-            planned = plan(book, inventory, now=datetime.now().astimezone())
-            reporter = ConsoleReporter(out)
-            runner = Runner(inventory, journal, reporter=reporter, argv=["demo", name])
-            summaries.append(runner.run(book, planned))
+            summaries.append(
+                run_playbook(
+                    book, inventory, journal, reporter=ConsoleReporter(out), argv=["demo", name]
+                )
+            )
     out.write(closing_lines(summaries, inventory.path, str(journal_path), program))
     worst = max((s.exit_code for s in summaries), default=0)
     return worst if worst > 1 else 0

@@ -30,13 +30,16 @@ def hermetic_env(tmp_path_factory, monkeypatch):
 
 def pytest_sessionfinish(session, exitstatus):
     """Tests that drop restored databases with plain SQL leave their load roles and accounts
-    (crmmaint's own drop removes them): remove every one whose database is gone."""
+    (crmmaint's own drop removes them): remove every one whose database is gone. Only disarmed
+    ones (no login, locked): a restore under way in another test session on the same server
+    holds an armed one, and dropping it would fail that restore."""
     import subprocess
 
     from crmmaint.engines.mysql import LoadUser
 
     sweep = """DO $$DECLARE r text; BEGIN
-      FOR r IN SELECT rolname FROM pg_roles WHERE rolname LIKE 'crmmaint\\_load\\_%' LOOP
+      FOR r IN SELECT rolname FROM pg_roles
+               WHERE rolname LIKE 'crmmaint\\_load\\_%' AND NOT rolcanlogin LOOP
         BEGIN EXECUTE format('DROP ROLE %I', r); EXCEPTION WHEN others THEN NULL; END;
       END LOOP; END$$;"""
     subprocess.run(
@@ -45,8 +48,8 @@ def pytest_sessionfinish(session, exitstatus):
     )  # fmt: skip
     mariadb = ["mariadb", "--protocol=TCP", "-h", "127.0.0.1", "-uroot", "-N", "--batch"]
     listed = subprocess.run(
-        mariadb, input="SHOW DATABASES; SELECT '--'; SELECT user, host FROM mysql.user "
-        "WHERE user LIKE 'crmmaint\\_load\\_%';",
+        mariadb, input="SHOW DATABASES; SELECT '--'; SELECT user, host FROM mysql.global_priv "
+        "WHERE user LIKE 'crmmaint\\_load\\_%' AND JSON_VALUE(priv, '$.account_locked') = 1;",
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     databases, _, accounts = listed.stdout.partition("--\n")

@@ -603,3 +603,68 @@ def test_sigterm_ends_a_run_cleanly(estate, tmp_path):
     assert not subprocess.run(["pgrep", "-f", f"sleep {token}"], capture_output=True).stdout
     code, history, _ = cli("history", "-i", str(estate / "inventory.yml"))
     assert code == 0 and "running" not in history, history
+
+
+def test_restores_run_through_the_runner_journaled_and_checkable(estate):
+    """`restore` is a one-step playbook: `--check` checks the keys and says what it would do
+    without writing, every restore (failed ones too) is a run in `history`, and `show` gives
+    its step with the task, the target and the error's exit code."""
+    inv = str(estate / "inventory.yml")
+    assert cli("keys", "generate", "--output", str(estate / "keys" / "ops.key"))[0] == 0
+    assert cli("repo", "init", "-i", inv)[0] == 0
+    assert cli("backup", "-i", inv)[0] == 0
+    target = estate / "checked.sqlite"
+
+    code, out, err = cli(
+        "restore", "database:crm@latest", "--to", str(target), "-i", inv, "--check"
+    )
+    assert code == 0, out + err
+    assert "would restore backup" in out and "2 tables" in out and str(target) in out
+    assert not target.exists()
+    code, out, err = cli(
+        "restore", "fileset:files@latest", "--to", str(estate / "out"), "-i", inv, "--check"
+    )
+    assert code == 0 and "1 files" in out and not (estate / "out").exists(), out + err
+
+    code, out, err = cli(
+        "restore", "database:crm@latest", "--to", str(target), "-i", inv, "--identity",
+        str(estate / "nope.key"), "--check",
+    )  # fmt: skip
+    assert code == 8 and "nope.key" in err and not out, out + err
+
+    assert cli("restore", "database:crm@latest", "--to", str(target), "-i", inv)[0] == 0
+    assert cli("restore", "database:crm@latest", "--to", str(target), "-i", inv)[0] == 6
+
+    code, out, err = cli("history", "-i", inv, "--json")
+    runs = [r for r in json.loads(out) if r["playbook"] == "restore"]
+    assert [(r["status"], bool(r["check_mode"])) for r in runs] == [
+        ("failed", False),
+        ("changed", False),
+        ("failed", True),
+        ("ok", True),
+        ("ok", True),
+    ]
+    code, out, err = cli("show", str(runs[0]["id"]), "-i", inv, "--json")
+    (step,) = json.loads(out)["results"]
+    assert step["task"] == "restore.database" and step["target"] == "crm@local"
+    assert step["details"]["exit_code"] == 6 and step["details"]["error"] == "RestoreTargetExists"
+
+    code, out, err = cli(
+        "restore", "database:crm@latest", "--to", str(estate / "t.sqlite"), "-i", inv,
+        "--timeout", "soon",
+    )  # fmt: skip
+    assert code == 3 and "--timeout 'soon'" in err and "Traceback" not in err
+
+
+def test_restore_json_reports_the_run(estate):
+    inv = str(estate / "inventory.yml")
+    assert cli("keys", "generate", "--output", str(estate / "keys" / "ops.key"))[0] == 0
+    assert cli("repo", "init", "-i", inv)[0] == 0
+    assert cli("backup", "-i", inv, "--database", "crm")[0] == 0
+    target = estate / "j.sqlite"
+    code, out, err = cli("restore", "database:crm@latest", "--to", str(target), "-i", inv, "--json")
+    assert code == 0, out + err
+    (row,) = json.loads(out)["results"]
+    assert row["status"] == "changed" and row["metrics"]["rows"] == 7000
+    code, out, err = cli("restore", "database:crm@latest", "--to", str(target), "-i", inv, "--json")
+    assert code == 6 and json.loads(out)["results"][0]["status"] == "failed"

@@ -5,6 +5,7 @@ Task modules import ``crmmaint.tasks.api`` directly; the CLI uses the names belo
 
 from crmmaint.playbook.conditions import When, parse_when
 from crmmaint.playbook.loader import (
+    build_playbook,
     check_playbook,
     load_playbook,
     load_playbook_text,
@@ -14,6 +15,7 @@ from crmmaint.playbook.loader import (
 )
 from crmmaint.playbook.model import WINDOWS, Playbook, Step, StepDefaults, local_target
 from crmmaint.playbook.planner import PlannedStep, host_matches, plan
+from crmmaint.playbook.run import AdhocStep, adhoc_playbook, run_playbook
 from crmmaint.playbook.runner import (
     MultiReporter,
     Reporter,
@@ -25,6 +27,7 @@ from crmmaint.playbook.runner import (
 
 __all__ = [
     "WINDOWS",
+    "AdhocStep",
     "MultiReporter",
     "PlannedStep",
     "Playbook",
@@ -35,6 +38,8 @@ __all__ = [
     "StepDefaults",
     "TargetResult",
     "When",
+    "adhoc_playbook",
+    "build_playbook",
     "check_playbook",
     "default_transport_factory",
     "host_matches",
@@ -45,5 +50,6 @@ __all__ = [
     "plan",
     "playbooks_dir",
     "resolve_playbook_path",
+    "run_playbook",
     "shipped_playbooks",
 ]

@@ -131,6 +131,20 @@ def load_playbook_text(
     return builder.build_or_raise(data, default_name=Path(source).stem or "playbook")
 
 
+def build_playbook(
+    data: Mapping[str, Any],
+    inventory: Inventory | None,
+    *,
+    source: str,
+    registry: Mapping[str, TaskSpec] | None = None,
+) -> Playbook:
+    """Validate a playbook given as data (the mapping a YAML file would hold: ``name``,
+    ``window``, ``steps`` ...), as the CLI's one-step commands build them; the same checks and
+    ``PlaybookError`` as a file, with ``source`` (``<restore>``) in place of a file name."""
+    builder = _Builder(source, inventory, registry)
+    return builder.build_or_raise(dict(data), default_name=source.strip("<>") or "playbook")
+
+
 def check_playbook(
     path_or_name: str | Path,
     inventory: Inventory | None = None,

@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 #: Builds the transport of one host; the runner calls it once per host per run.
 TransportFactory = Callable[[Host], "Transport"]
 
+#: Exit code of a failure that is a bug in crmmaint (as the CLI's; BSD's EX_SOFTWARE).
+INTERNAL_ERROR_EXIT = 70
+
 #: Longest wait between two attempts, however many retries a step has.
 MAX_RETRY_DELAY = 600.0
 
@@ -570,13 +573,15 @@ def _call(step: Step, ctx: TaskContext) -> TaskResult:
     except CrmMaintError as exc:
         log.debug("%s on %s raised %r", step.name, ctx.target.label, exc, exc_info=True)
         return TaskResult.failed(
-            str(exc), details={"error": type(exc).__name__}, retryable=exc.retryable
+            str(exc),
+            details={"error": type(exc).__name__, "exit_code": exc.exit_code},
+            retryable=exc.retryable,
         )
     except Exception as exc:
         log.debug("%s on %s: internal error", step.name, ctx.target.label, exc_info=True)
         return TaskResult.failed(
             f"internal error: {type(exc).__name__}: {exc}",
-            details={"error": type(exc).__name__},
+            details={"error": type(exc).__name__, "exit_code": INTERNAL_ERROR_EXIT},
             retryable=False,  # a bug does the same thing again
         )
     if not isinstance(result, TaskResult):

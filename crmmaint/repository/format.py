@@ -119,6 +119,12 @@ def key_name(key_id: bytes) -> str:
     return f"{KEYS_DIR}{key_id.hex()}"
 
 
+def source_name(kind: str, name: str) -> str:
+    """How a source is named in the repository: ``database:crm``, ``fileset:attachments``
+    (``kind`` is the inventory section's target kind, ``name`` its entry)."""
+    return f"{kind}:{name}"
+
+
 def manifest_name(backup_id: str) -> str:
     return f"{BACKUPS_DIR}{backup_id}"
 

@@ -72,6 +72,12 @@ class Param:
         return self.type if isinstance(self.type, str) else self.type.__name__
 
 
+#: The ``repository`` parameter of every task that reads or writes backups.
+REPOSITORY_PARAM = Param(
+    str, help="repository name from the inventory (default: the default repository)"
+)
+
+
 @dataclass
 class TaskContext:
     """Everything a task function gets: its target, validated parameters and the run's services."""

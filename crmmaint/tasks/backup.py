@@ -12,20 +12,16 @@ from collections.abc import Callable
 from typing import Any
 
 from crmmaint.repository.configured import open_repository, recipients_for
+from crmmaint.repository.format import source_name
 from crmmaint.results import TaskResult
+from crmmaint.tasks.api import REPOSITORY_PARAM as REPOSITORY
 from crmmaint.tasks.api import Param, TaskContext, task
 
-REPOSITORY = Param(str, help="repository name from the inventory (default: the default repository)")
 MIN_SIZE_RATIO = Param(
     float,
     default=0.5,
     help="warn when a backup is smaller than this fraction of the previous one (silent data loss)",
 )
-
-
-def source_name(kind: str, name: str) -> str:
-    """How a source is named in the repository: ``database:crm``, ``fileset:attachments``."""
-    return f"{kind}:{name}"
 
 
 @task(

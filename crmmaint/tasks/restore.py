@@ -1,6 +1,8 @@
 """Restoring a backup: choosing it (``find_backup``), loading it (``restore_database``,
-``restore_fileset``: the one path the ``crmmaint restore`` command and the drill share), and
-``drill.restore``, which proves a backup restores and records the proof in the repository.
+``restore_fileset``: the one load every restore goes through), the tasks ``restore.database`` and
+``restore.files`` (what ``crmmaint restore`` runs as a one-step playbook, so every restore is
+journaled and honours ``--check``), and ``drill.restore``, which proves a backup restores and
+records the proof in the repository.
 
 The newest backup of a database is restored into a scratch database next to the original, or
 where the inventory's ``drills:`` section says (another host and server), its tables, exact row counts, schema fingerprint and sequences are
@@ -10,6 +12,7 @@ the backup is marked as drilled, which ``backups list`` shows and prune protects
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -18,9 +21,9 @@ from crmmaint.engines.base import DumpLayout, Facts
 from crmmaint.errors import ConfigError, IntegrityError
 from crmmaint.inventory import Database, FileSet
 from crmmaint.repository.configured import identities_for, open_repository
+from crmmaint.repository.format import source_name
 from crmmaint.results import TaskResult
-from crmmaint.tasks.api import Param, TaskContext, task
-from crmmaint.tasks.backup import REPOSITORY, source_name
+from crmmaint.tasks.api import REPOSITORY_PARAM, Param, TaskContext, task
 from crmmaint.transport.base import Transport
 
 
@@ -132,18 +135,130 @@ def restore_fileset(
     )
 
 
+_BACKUP = Param(
+    str, default="latest", help="backup id or a unique prefix of one, or latest (the newest)"
+)
+_TO = Param(str, required=True, help="the new database (SQLite: file) or directory to restore into")
+_FORCE = Param(bool, default=False, help="replace an existing target")
+_IDENTITY = Param(str, help="identity file to decrypt with (default: the repository's)")
+
+
+@task(
+    "restore.database",
+    targets="database",
+    params={
+        "repository": REPOSITORY_PARAM,
+        "backup": _BACKUP,
+        "to": _TO,
+        "force": _FORCE,
+        "identity": _IDENTITY,
+        "jobs": Param(
+            int,
+            default=2,
+            help="connections a PostgreSQL restore loads and indexes on (1 to 64)",
+        ),
+    },
+)
+def restore_database_task(ctx: TaskContext) -> TaskResult:
+    """Restore a backup of the target database into a new database ``to`` on the same server.
+
+    The backup's keys are checked before anything is written, also in check mode, which then
+    reports what would be restored where. Metrics: ``restore_seconds``, ``rows``, ``tables``.
+    """
+    db = ctx.target.obj
+    jobs = ctx.params["jobs"]
+    if not 1 <= jobs <= 64:
+        raise ConfigError(f"--jobs {jobs} is out of range", hint="use 1 to 64 connections")
+    return _restore(ctx, "database", db.name, ctx.target.host.name)
+
+
+@task(
+    "restore.files",
+    targets="fileset",
+    params={
+        "repository": REPOSITORY_PARAM,
+        "backup": _BACKUP,
+        "to": _TO,
+        "force": _FORCE,
+        "identity": _IDENTITY,
+    },
+)
+def restore_files_task(ctx: TaskContext) -> TaskResult:
+    """Restore a backup of the target file set into the directory ``to`` on the file set's host
+    (paths below it as they were: ``to/srv/crm/attachments/...``). Metric: ``files``."""
+    return _restore(ctx, "fileset", ctx.target.obj.name, ctx.target.host.name)
+
+
+def _restore(ctx: TaskContext, kind: str, name: str, host: str) -> TaskResult:
+    """The one body of ``restore.database`` and ``restore.files``."""
+    params = ctx.params
+    repo_cfg = ctx.inventory.repository(params["repository"])
+    to = params["to"]
+    identities = identities_for(repo_cfg, params["identity"])
+    with open_repository(repo_cfg, reading=f"restore {kind}:{name}") as repo:
+        backup = find_backup(repo, params["backup"], source=source_name(kind, name))
+        manifest = repo.manifest(backup.id, identities)  # key custody, before anything else
+        details = {"backup": backup.id, "source": backup.source, "to": to, "on": host}
+        if ctx.check:
+            tables = len(manifest.facts.get("tables", []))
+            files = int(manifest.facts.get("files", 0))
+            what = f"{tables} tables" if kind == "database" else f"{files} files"
+            return TaskResult.ok(
+                f"would restore backup {backup.id} of {backup.source} ({_mib(backup.size)}, "
+                f"{what}) into {to} on {host}"
+                + (", replacing what is there" if params["force"] else ""),
+                details={**details, "check": True},
+            )
+        started = time.monotonic()
+        if kind == "database":
+            facts = restore_database(
+                repo, backup, identities, db=ctx.target.obj, transport=ctx.transport, to=to,
+                force=params["force"], jobs=params["jobs"], timeout=ctx.time_left(),
+            )  # fmt: skip
+        else:
+            facts = restore_fileset(
+                repo, backup, identities, fileset=ctx.target.obj, transport=ctx.transport,
+                to=to, force=params["force"],
+            )  # fmt: skip
+    seconds = time.monotonic() - started
+    if kind == "database":
+        rows = sum((facts.get("row_counts") or {}).values())
+        tables = len(facts.get("tables", []))
+        what = f"{tables} tables, {rows} rows"
+        metrics = {"restore_seconds": seconds, "rows": float(rows), "tables": float(tables)}
+        if facts.get("owner"):
+            what += f"; loaded as {facts['owner']}, which owns what it created"
+            details["owner"] = facts["owner"]
+    else:
+        files = int(facts.get("files", 0))
+        what = f"{files} files"
+        metrics = {"restore_seconds": seconds, "files": float(files)}
+    return TaskResult.changed(
+        f"restored {backup.id} into {to} on {host}: {what} in {seconds:.1f}s",
+        metrics=metrics,
+        details=details,
+    )
+
+
+def _mib(n: float) -> str:
+    return f"{n / (1 << 20):.1f} MiB"
+
+
 def scratch_name(db: Any, now: float) -> str:
-    """A scratch database name (or file name for SQLite) that cannot collide with a real one."""
+    """A scratch database name (or file name for SQLite) that cannot collide with a real one,
+    nor with another drill's: ``crmdrill_<name>_<UTC time>_<6 random hex digits>`` (at most
+    60 characters, within PostgreSQL's 63 and MariaDB's 64), since drills of estates whose
+    databases share a name may run on one server in the same second."""
     stamp = time.strftime("%Y%m%d%H%M%S", time.gmtime(now))
     base = "".join(ch if ch.isalnum() else "_" for ch in db.name)[:30]
-    return f"crmdrill_{base}_{stamp}"
+    return f"crmdrill_{base}_{stamp}_{secrets.token_hex(3)}"
 
 
 @task(
     "drill.restore",
     targets="database",
     params={
-        "repository": REPOSITORY,
+        "repository": REPOSITORY_PARAM,
         "backup": Param(str, default="latest", help="backup id, or latest"),
         "keep": Param(bool, default=False, help="keep the scratch database for inspection"),
         "identity": Param(str, help="identity file to decrypt with (default: the repository's)"),

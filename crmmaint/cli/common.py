@@ -1,7 +1,7 @@
 """What every command group of the CLI shares: the ``@command`` wrapper (errors, exit codes,
-logging), the common flags' help, opening the inventory and the journal, and ``execute``, which
-plans, runs, journals and reports a playbook. ``cli`` (the program) and ``cli_backup`` (the
-backup commands) both build on it; neither imports the other's module back."""
+logging), the common flags' help, opening the inventory and the journal, ``execute``, which runs,
+journals and reports a playbook, and ``execute_adhoc`` for the one-step commands. Every command
+module of the package builds on it; none imports another command module."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import sys
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from invoke import Config, Exit, task
 
@@ -21,6 +21,9 @@ from crmmaint.errors import ConfigError, CrmMaintError
 from crmmaint.inventory import Inventory, load_inventory
 from crmmaint.journal import Journal, default_journal_path
 from crmmaint.reporting.console import ConsoleReporter, JsonReporter, make_console
+
+if TYPE_CHECKING:
+    from crmmaint.playbook.runner import RunSummary, TargetResult
 
 log = logging.getLogger("crmmaint")
 
@@ -108,6 +111,8 @@ def command(*args: Any, **kwargs: Any) -> Any:
     return decorate
 
 
+REPO_HELP = "repository name from the inventory (default: the default repository)"
+
 COMMON_HELP = {
     "inventory": "inventory file (default: config 'inventory', $CRMMAINT_INVENTORY, ./inventory.yml)",
     "json": "print machine-readable JSON",
@@ -182,28 +187,118 @@ def execute(
     verbose: bool = False,
 ) -> None:
     """Plan and run a playbook, journal it, report it; exit with the run's code when not 0."""
-    from datetime import datetime
+    summary = _run_reported(
+        c,
+        inv,
+        book,
+        JsonReporter() if json else ConsoleReporter(verbose=verbose, check=check),
+        check=check,
+        limit=limit,
+        tags=tags,
+        steps=steps,
+        forks=forks,
+        footer=not json,
+    )
+    if summary.exit_code:
+        raise Exit(code=summary.exit_code)
 
-    from crmmaint.playbook import plan
-    from crmmaint.playbook.runner import Runner
 
-    # Maintenance windows and calendar conditions are meant in the machine's local time.
-    planned = plan(book, inv, limit=limit, tags=tags, steps=steps, now=datetime.now().astimezone())
-    reporter = JsonReporter() if json else ConsoleReporter(verbose=verbose, check=check)
+def execute_adhoc(
+    c: Any,
+    inv: Inventory,
+    name: str,
+    steps: list[Any],
+    *,
+    check: bool = False,
+    json: bool = False,
+) -> None:
+    """Run a command's one-step playbook (``steps``: ``AdhocStep`` s) like ``execute``."""
+    from crmmaint.playbook.run import adhoc_playbook
+
+    execute(c, inv, adhoc_playbook(name, steps, inv), check=check, json=json)
+
+
+def execute_one(
+    c: Any, inv: Inventory, name: str, step: Any, *, check: bool = False, json: bool = False
+) -> TargetResult:
+    """Run a command that acts on one target (``restore``) as a journaled one-step playbook.
+
+    Quiet on success (the caller prints the result); a failure is the one line
+    ``crmmaint: error: MESSAGE`` and exits with the code of the error the task raised (the
+    README's table), so a wrapper can tell a wrong key (8) from a damaged backup (9).
+    """
+    from crmmaint.playbook.run import adhoc_playbook
+
+    book = adhoc_playbook(name, [step], inv)
+    summary = _run_reported(
+        c, inv, book, JsonReporter() if json else None, check=check, footer=False
+    )
+    row = summary.results[0]
+    if row.status == "failed":
+        if not json:
+            print(f"crmmaint: error: {row.result.message}", file=sys.stderr)
+        raise Exit(code=int(row.result.details.get("exit_code") or summary.exit_code))
+    return row
+
+
+def _run_reported(
+    c: Any,
+    inv: Inventory,
+    book: Any,
+    reporter: Any,
+    *,
+    footer: bool,
+    check: bool = False,
+    limit: list[str] | None = None,
+    tags: list[str] | None = None,
+    steps: list[str] | None = None,
+    forks: int = 0,
+) -> RunSummary:
+    from crmmaint.playbook.run import run_playbook
+
     with open_journal(c, inv) as journal:
-        runner = Runner(
+        summary = run_playbook(
+            book,
             inv,
             journal,
-            forks=forks or int(_config_get(c, "forks") or 10),
             check=check,
+            limit=limit,
+            tags=tags,
+            steps=steps,
+            forks=forks or int(_config_get(c, "forks") or 10),
             reporter=reporter,
             argv=sys.argv,
         )
-        summary = runner.run(book, planned)
-        if not json:
+        if footer:
             again = f" -i {inv.path}" if inv.path else ""
             make_console(sys.stderr).print(
                 f"journal: {journal.path} ({program_name()} show {summary.run_id}{again})"
             )
-    if summary.exit_code:
-        raise Exit(code=summary.exit_code)
+    return summary
+
+
+def maybe_inventory(c: Any, given: str | None) -> Inventory | None:
+    """The inventory when one is given or found, else ``None`` (commands that work without)."""
+    try:
+        return open_inventory(c, given)
+    except ConfigError:
+        if given:
+            raise
+        return None
+
+
+def parse_int(text: str, what: str) -> int:
+    """``text`` as a whole number; a ``ConfigError`` naming ``what`` otherwise."""
+    try:
+        return int(text)
+    except ValueError:
+        raise ConfigError(f"{what} must be a number, not {text!r}") from None
+
+
+def local_time(ts: float | None) -> str:
+    """A journal timestamp (seconds since the epoch) in local time, ``-`` for none."""
+    from datetime import datetime
+
+    if ts is None:
+        return "-"
+    return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")

@@ -1,0 +1,129 @@
+"""The command line: one invoke Collection, used by ``tasks.py`` and the ``crmmaint`` program.
+
+Thin by design: parse flags, call the library, print through the writers in
+``crmmaint.reporting``. Every command translates ``CrmMaintError`` into a one-line message and the
+error's exit code (no traceback unless ``--debug``), so ``invoke`` and ``crmmaint`` behave alike.
+``crmmaint playbook check`` is accepted as well as invoke's ``crmmaint playbook.check``.
+
+One module per command group (``runs``, ``playbooks``, ``backup``, ``keys``, ``repo``,
+``demo``), all built on ``common``; this module assembles them and parses ``argv``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import sys
+
+from invoke import Collection, Program
+
+from crmmaint import __version__
+from crmmaint.cli import backup, demo, keys, playbooks, repo, runs
+from crmmaint.cli.common import CrmConfig
+from crmmaint.errors import ConfigError
+
+# --- the collection ----------------------------------------------------------------------
+
+
+def build_collection() -> Collection:
+    """The whole CLI: every command module of this package adds its commands."""
+    ns = Collection()
+    for module in (runs, demo, playbooks, backup, keys, repo):
+        module.register(ns)
+    ns.configure({"inventory": None, "journal": None, "forks": 10})
+    return ns
+
+
+ns = build_collection()
+
+#: Commands invoked as ``crmmaint GROUP VERB`` and their variadic positional flag.
+_VARIADIC = {"playbook.check": "--file"}
+#: Commands whose single positional may be left out, and what it then means.
+_OPTIONAL_POSITIONAL = {"show": "last"}
+_VALUE_FLAGS = {"-i", "--inventory", "--file", "--limit", "--tags", "--step", "--forks", "--dir"}
+_CORE_VALUE_FLAGS = {"-f", "--config", "-T", "--command-timeout", "--hide", "-r", "--search-root"}
+
+
+def normalize_argv(argv: list[str]) -> list[str]:
+    """Accept ``GROUP VERB`` for invoke's ``GROUP.VERB``, ``--debug`` anywhere, and several files
+    after ``playbook check``."""
+    args = list(argv)
+    i = 1
+    while i < len(args) and args[i].startswith("-"):
+        i += 2 if args[i] in _CORE_VALUE_FLAGS else 1
+    # ``-d`` is invoke's core debug flag only before the command: after it, it is the command's
+    # own short flag (``backup -d NAME`` is ``--database``).
+    if "--debug" in args[1:] or "-d" in args[1:i]:
+        os.environ["CRMMAINT_DEBUG"] = "1"
+    if (
+        i + 1 < len(args)
+        and args[i] in ns.collections
+        and args[i + 1] in ns.collections[args[i]].tasks
+    ):
+        args[i : i + 2] = [f"{args[i]}.{args[i + 1]}"]
+    if i < len(args) and args[i] in _VARIADIC:
+        flag = _VARIADIC[args[i]]
+        rest, out, j = args[i + 1 :], [], 0
+        while j < len(rest):
+            tok = rest[j]
+            if tok.startswith("-"):
+                out.append(tok)
+                if (
+                    j + 1 < len(rest)
+                    and not rest[j + 1].startswith("-")
+                    and tok in ("-i", "--inventory", "--file")
+                ):
+                    out.append(rest[j + 1])
+                    j += 1
+            else:
+                out += [flag, tok]
+            j += 1
+        args[i + 1 :] = out
+    if i < len(args) and args[i] in _OPTIONAL_POSITIONAL and not _has_positional(args[i + 1 :]):
+        args.append(_OPTIONAL_POSITIONAL[args[i]])
+    return args
+
+
+def _has_positional(rest: list[str]) -> bool:
+    j = 0
+    while j < len(rest):
+        if rest[j].startswith("-"):
+            j += 2 if rest[j] in _VALUE_FLAGS and "=" not in rest[j] else 1
+            continue
+        return True
+    return False
+
+
+program = Program(
+    name="crmmaint",
+    binary="crmmaint",
+    namespace=ns,
+    version=__version__,
+    config_class=CrmConfig,
+)
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``crmmaint`` console script.
+
+    A flag value of the wrong type (``--jobs abc``) fails in invoke's parser, before any
+    command's own error handling: it becomes a one-line configuration error (exit 3).
+    """
+    # A service manager stops crmmaint with SIGTERM: end like an interrupt (exit 130), so the
+    # journal records the run as ended and the commands it started are killed.
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        program.run(normalize_argv(list(argv) if argv is not None else sys.argv))
+    except ValueError as exc:
+        found = re.search(r"invalid literal for (\w+)\(\) with base 10: (.*)$", str(exc))
+        what = f"a whole number was expected, got {found.group(2)}" if found else str(exc)
+        print(
+            f"crmmaint: error: {what} (see `crmmaint --help COMMAND` for each flag's value)",
+            file=sys.stderr,
+        )
+        sys.exit(ConfigError.exit_code)

@@ -1,0 +1,291 @@
+"""Backups: ``backup``, ``verify``, ``prune``, ``backups list`` and ``restore``.
+
+``backup``, ``verify``, ``prune`` and ``restore`` run their tasks through the runner as one-step
+playbooks, so they are journaled, honour ``--check`` and report like any playbook run;
+``restore`` acts on one target and exits with the code of its failure (the README's table).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+from invoke import Collection
+
+from crmmaint.cli.common import (
+    REPO_HELP,
+    command,
+    execute_adhoc,
+    execute_one,
+    helps,
+    open_inventory,
+)
+from crmmaint.errors import ConfigError, RestoreError
+from crmmaint.playbook.run import AdhocStep
+from crmmaint.reporting.console import print_table, write_json
+from crmmaint.repository.configured import open_repository
+
+
+@command(
+    help=helps(
+        database="databases to back up (comma-separated names or groups; default all)",
+        fileset="file sets to back up (comma-separated; default all)",
+        repository=REPO_HELP,
+        check="report what would be backed up; write nothing",
+    )
+)
+def backup(
+    c: Any,
+    inventory: str | None = None,
+    database: str | None = None,
+    fileset: str | None = None,
+    repository: str | None = None,
+    check: bool = False,
+    json: bool = False,
+    debug: bool = False,
+) -> None:
+    """Back up databases and file sets into the repository (encrypted, deduplicated)."""
+    for flag, value in (("--database", database), ("--fileset", fileset)):
+        if value is not None and not [v for v in value.split(",") if v.strip()]:
+            raise ConfigError(
+                f"{flag} names nothing", hint=f"give a name from the inventory, or leave {flag} out"
+            )
+    inv = open_inventory(c, inventory)
+    params = {"repository": repository} if repository else {}
+    steps: list[AdhocStep] = []
+    if (database or not fileset) and inv.databases:
+        sel = database.split(",") if database else ["all"]
+        steps.append(
+            AdhocStep("backup databases", "backup.database", {"database": sel}, params, "continue")
+        )
+    if (fileset or not database) and inv.filesets:
+        sel = fileset.split(",") if fileset else ["all"]
+        steps.append(
+            AdhocStep("backup files", "backup.files", {"fileset": sel}, params, "continue")
+        )
+    if not steps:
+        raise ConfigError("nothing to back up", hint="the inventory has no databases or file sets")
+    execute_adhoc(c, inv, "backup", steps, check=check, json=json)
+
+
+@command(
+    help=helps(
+        repository=REPO_HELP,
+        read_data="download every object and check its hash",
+        read_data_subset="check only this share of the data (e.g. 10%), rotating across runs",
+        decrypt="also decrypt and decompress every chunk (needs the identity)",
+    )
+)
+def verify(
+    c: Any,
+    inventory: str | None = None,
+    repository: str | None = None,
+    read_data: bool = False,
+    read_data_subset: str | None = None,
+    decrypt: bool = False,
+    json: bool = False,
+    debug: bool = False,
+) -> None:
+    """Check that the repository is intact."""
+    inv = open_inventory(c, inventory)
+    repo = inv.repository(repository).name
+    params: dict[str, Any] = {"read_data": read_data, "decrypt": decrypt}
+    if read_data_subset:
+        params["read_data_subset"] = read_data_subset
+    step = AdhocStep("verify", "backup.verify", {"repository": [repo]}, params)
+    execute_adhoc(c, inv, "verify", [step], check=False, json=json)
+
+
+@command(
+    help=helps(
+        repository=REPO_HELP,
+        check="show what would be removed; remove nothing",
+        keep_last="keep the N newest",
+        keep_daily="keep the newest of each of the last N days",
+        keep_weekly="… of the last N weeks",
+        keep_monthly="… of the last N months",
+        keep_quarterly="… of the last N quarters",
+        keep_yearly="… of the last N years",
+    )
+)
+def prune(
+    c: Any,
+    inventory: str | None = None,
+    repository: str | None = None,
+    check: bool = False,
+    keep_last: int = 0,
+    keep_daily: int = 7,
+    keep_weekly: int = 4,
+    keep_monthly: int = 12,
+    keep_quarterly: int = 0,
+    keep_yearly: int = 3,
+    json: bool = False,
+    debug: bool = False,
+) -> None:
+    """Remove backups outside the retention policy (never the newest, nor the newest drilled)."""
+    inv = open_inventory(c, inventory)
+    repo = inv.repository(repository).name
+    params = {
+        "keep_last": keep_last,
+        "keep_daily": keep_daily,
+        "keep_weekly": keep_weekly,
+        "keep_monthly": keep_monthly,
+        "keep_quarterly": keep_quarterly,
+        "keep_yearly": keep_yearly,
+    }
+    step = AdhocStep("prune", "backup.prune", {"repository": [repo]}, params)
+    execute_adhoc(c, inv, "prune", [step], check=check, json=json)
+
+
+# --- listing and restore ---------------------------------------------------------------------
+
+
+@command(
+    name="list", help=helps(repository=REPO_HELP, source="only this source, e.g. database:crm")
+)
+def backups_list(
+    c: Any,
+    inventory: str | None = None,
+    repository: str | None = None,
+    source: str | None = None,
+    json: bool = False,
+    debug: bool = False,
+) -> None:
+    """List backups: size, new bytes, dedup ratio, duration, source, drilled (needs only the write key)."""
+    inv = open_inventory(c, inventory)
+    with open_repository(inv.repository(repository), reading="list backups") as repo:
+        backups = sorted(repo.backups(source=source), key=lambda b: b.time)
+        damaged = dict(repo.damaged_manifests)
+    rows = [
+        {
+            "id": b.id,
+            "source": b.source,
+            "host": b.host,
+            "time": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(b.time)),
+            "size": _mib(b.size),
+            "new": _mib(b.stored_bytes),
+            "dedup": f"{b.dedup_ratio:.0%}",
+            "duration": f"{b.duration:.1f}s",
+            "drilled": "yes" if b.drilled else "",
+        }
+        for b in backups
+    ]
+    rows += [{"id": backup_id, "source": f"DAMAGED: {why}"} for backup_id, why in damaged.items()]
+    if json:
+        write_json(
+            [{**vars(b), "damaged": None} for b in backups]
+            + [{"id": backup_id, "damaged": why} for backup_id, why in damaged.items()]
+        )
+    else:
+        print_table(
+            rows,
+            ["id", "source", "host", "time", "size", "new", "dedup", "duration", "drilled"],
+            title="backups",
+            status_column=None,
+        )
+    if damaged:
+        print(
+            f"{len(damaged)} damaged backup(s) listed last: every other backup is unaffected; "
+            "`crmmaint repo repair` shows what it would move aside",
+            file=sys.stderr,
+        )
+
+
+@command(
+    help=helps(
+        backup_id="backup id (see `crmmaint backups list`), or SOURCE@latest e.g. database:crm@latest",
+        to="new database name (or SQLite file, or directory for file sets) to restore into",
+        repository=REPO_HELP,
+        identity="identity file to decrypt with",
+        force="replace an existing target",
+        jobs="connections a PostgreSQL restore loads and indexes on (default 2; from 4, big "
+        "tables are split across connections)",
+        check="check the keys and say what would be restored where; write nothing",
+        timeout="give up after this long, e.g. 2h (default: no limit)",
+    ),
+    positional=["backup_id"],
+)
+def restore(
+    c: Any,
+    backup_id: str,
+    to: str = "",
+    inventory: str | None = None,
+    repository: str | None = None,
+    identity: str | None = None,
+    force: bool = False,
+    jobs: int = 2,
+    check: bool = False,
+    timeout: str | None = None,
+    json: bool = False,
+    debug: bool = False,
+) -> None:
+    """Restore a backup into a new database or directory (refuses to overwrite without --force).
+
+    Runs as a one-step playbook (task ``restore.database`` or ``restore.files``): journaled,
+    listed by ``history``, and ``--check`` changes nothing."""
+    if not to:
+        raise ConfigError(
+            "restore needs --to", hint="name a new database, SQLite file or directory"
+        )
+    if not 1 <= jobs <= 64:
+        raise ConfigError(f"--jobs {jobs} is out of range", hint="use 1 to 64 connections")
+    seconds = _duration_flag("--timeout", timeout)
+    inv = open_inventory(c, inventory)
+    cfg = inv.repository(repository)
+    source, ref = _restore_source(cfg, backup_id)
+    kind, _, name = source.partition(":")
+    section = {"database": inv.databases, "fileset": inv.filesets}.get(kind)
+    if section is None:
+        raise RestoreError(f"backup {backup_id} has unknown source kind {kind!r}")
+    if name not in section:
+        what = "database" if kind == "database" else "file set"
+        raise ConfigError(
+            f"backup {backup_id} is of {what} {name!r}, which the inventory does not list"
+        )
+    params: dict[str, Any] = {"backup": ref, "to": to, "force": force, "repository": cfg.name}
+    if identity:
+        params["identity"] = identity
+    if kind == "database":
+        params["jobs"] = jobs
+    task = "restore.database" if kind == "database" else "restore.files"
+    step = AdhocStep("restore", task, {kind: [name]}, params, timeout=seconds)
+    row = execute_one(c, inv, "restore", step, check=check, json=json)
+    if not json:
+        print(row.result.message)
+
+
+def _restore_source(cfg: Any, ref: str) -> tuple[str, str]:
+    """``(source, backup)`` of a restore's backup reference: ``database:crm@latest`` names
+    its source; an id (or a unique prefix) is looked up in the repository."""
+    from crmmaint.tasks.restore import find_backup
+
+    if ref.endswith("@latest") and ":" in ref:
+        return ref[: -len("@latest")], "latest"
+    with open_repository(cfg, reading=f"restore {ref}") as repo:
+        backup = find_backup(repo, ref)
+    return backup.source, backup.id
+
+
+def _duration_flag(flag: str, value: str | None) -> float | None:
+    from crmmaint.yamlsource import parse_duration
+
+    if value is None:
+        return None
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise ConfigError(f"{flag} {value!r}: {exc}", hint="e.g. 90s, 45m, 2h") from None
+
+
+def _mib(n: float) -> str:
+    return f"{n / (1 << 20):.1f} MiB"
+
+
+def register(ns: Collection) -> None:
+    """Add these commands to the CLI collection."""
+    ns.add_task(backup)
+    ns.add_task(verify)
+    ns.add_task(prune)
+    ns.add_task(restore)
+    ns.add_collection(Collection("backups", backups_list))

@@ -1,0 +1,129 @@
+"""Looking after a repository itself: ``repo init``, ``repo unlock``, ``repo repair``, ``repo upgrade``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from invoke import Collection
+
+from crmmaint.cli.common import REPO_HELP, command, helps, open_inventory
+from crmmaint.errors import ConfigError
+from crmmaint.reporting.console import write_json
+from crmmaint.repository.configured import init_repository, open_repository
+
+
+@command(name="init", help=helps(repository=REPO_HELP))
+def repo_init(
+    c: Any, inventory: str | None = None, repository: str | None = None, debug: bool = False
+) -> None:
+    """Create the repository and its write key (0600) where the inventory says."""
+    inv = open_inventory(c, inventory)
+    print(init_repository(inv.repository(repository)))
+
+
+@command(name="unlock", help=helps(repository=REPO_HELP))
+def repo_unlock(
+    c: Any, inventory: str | None = None, repository: str | None = None, debug: bool = False
+) -> None:
+    """Remove every lock of the repository (only when their processes are gone)."""
+    from crmmaint.repository.configured import backend_for
+    from crmmaint.repository.lock import break_locks
+
+    inv = open_inventory(c, inventory)
+    backend = backend_for(inv.repository(repository))
+    backend.open()
+    try:
+        removed = break_locks(backend)
+    finally:
+        backend.close()
+    for lock in removed:
+        print(f"removed lock of {lock.get('host')} pid {lock.get('pid')} ({lock.get('owner', '')})")
+    print(f"{len(removed)} lock(s) removed")
+
+
+@command(
+    name="repair",
+    help=helps(
+        repository=REPO_HELP,
+        apply="move the damaged objects aside (without it: show what would be done, change nothing)",
+    ),
+)
+def repo_repair(
+    c: Any,
+    inventory: str | None = None,
+    repository: str | None = None,
+    apply: bool = False,
+    json: bool = False,
+    debug: bool = False,
+) -> None:
+    """Move damaged manifests, index segments, key objects and drill records aside (and the
+    backups they leave unrestorable), so every intact backup lists, prunes and restores."""
+    inv = open_inventory(c, inventory)
+    with open_repository(inv.repository(repository)) as repo:
+        report = repo.repair(apply=apply)
+    if json:
+        write_json(vars(report))
+        return
+    verb = "moved aside" if apply else "would move aside"
+    if report.chunks_recovered:
+        print(
+            f"{'indexed' if apply else 'would index'} {report.chunks_recovered} chunk(s) again "
+            "from pack trailers"
+        )
+    if report.chunks_dropped:
+        print(
+            f"{'dropped' if apply else 'would drop'} {report.chunks_dropped} chunk(s) under "
+            "damaged or missing keys from the index (the next backup stores them again)"
+        )
+    for name in report.packs_unrecoverable:
+        print(f"cannot index {name} again: damaged, or written before packs had trailers")
+    for name, why in report.move_aside.items():
+        print(f"{verb} {name}: {why}")
+    if report.clean:
+        print(
+            "nothing to repair: every manifest, index segment, key object and drill record is "
+            "intact (`crmmaint verify --read-data` checks the packs)"
+        )
+    elif not apply:
+        print(
+            f"dry run: {len(report.move_aside)} object(s) to move aside; run "
+            "`crmmaint repo repair --apply`"
+        )
+    else:
+        print(
+            f"{len(report.move_aside)} object(s) moved to damaged/ ({len(report.backups_moved)} "
+            "backup(s)); the next prune frees the data only they referenced"
+        )
+    if report.leftovers_removed:
+        print(f"removed {report.leftovers_removed} leftover(s) of killed writers")
+
+
+@command(name="upgrade", help=helps(repository=REPO_HELP))
+def repo_upgrade(
+    c: Any, inventory: str | None = None, repository: str | None = None, debug: bool = False
+) -> None:
+    """Authenticate a repository config written before configs carried a MAC (once, and only
+    if you trust its values as they are)."""
+    from crmmaint.repository import Repository
+    from crmmaint.repository.configured import backend_for, load_write_key
+
+    inv = open_inventory(c, inventory)
+    cfg = inv.repository(repository)
+    key = load_write_key(cfg.write_key) if cfg.write_key else None
+    if key is None:
+        raise ConfigError(f"repository {cfg.name!r} has no write_key", hint="add 'write_key: PATH'")
+    backend = backend_for(cfg)
+    try:
+        done = Repository.authenticate_config(backend, key)
+    finally:
+        backend.close()
+    print(
+        f"authenticated the config of {cfg.url}"
+        if done
+        else f"the config of {cfg.url} is already authenticated"
+    )
+
+
+def register(ns: Collection) -> None:
+    """Add the command group to the CLI collection."""
+    ns.add_collection(Collection("repo", repo_init, repo_unlock, repo_repair, repo_upgrade))

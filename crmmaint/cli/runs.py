@@ -1,0 +1,144 @@
+"""Running playbooks and reading the journal: ``run``, ``history``, ``show``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from invoke import Collection
+
+from crmmaint.cli.common import (
+    command,
+    execute,
+    helps,
+    local_time,
+    maybe_inventory,
+    open_inventory,
+    open_journal,
+    parse_int,
+    split_list,
+)
+from crmmaint.errors import ConfigError
+from crmmaint.reporting.console import print_table, write_json
+
+
+@command(
+    help=helps(
+        playbook="a playbook file, or the name of a shipped one: daily, weekly, monthly, quarterly, yearly",
+        check="report what would be done; change nothing anywhere",
+        limit="only targets on these hosts or groups (comma-separated)",
+        tags="only steps with any of these tags (comma-separated)",
+        step="only these steps (comma-separated names)",
+        forks="how many targets run in parallel (default 10)",
+        verbose="print a line when each target starts",
+    ),
+    positional=["playbook"],
+)
+def run(
+    c: Any,
+    playbook: str,
+    inventory: str | None = None,
+    check: bool = False,
+    limit: str | None = None,
+    tags: str | None = None,
+    step: str | None = None,
+    forks: int = 0,
+    json: bool = False,
+    verbose: bool = False,
+    debug: bool = False,
+) -> None:
+    """Run a playbook against the inventory. Exit 0 ok, 1 warnings, 2 failures, 3 bad config."""
+    from crmmaint.playbook import load_playbook
+
+    inv = open_inventory(c, inventory)
+    book = load_playbook(playbook, inv)
+    execute(
+        c,
+        inv,
+        book,
+        check=check,
+        limit=split_list(limit),
+        tags=split_list(tags),
+        steps=split_list(step),
+        forks=forks,
+        json=json,
+        verbose=verbose,
+    )
+
+
+@command(help=helps(limit="how many runs (default 20)", playbook="only runs of this playbook"))
+def history(
+    c: Any,
+    inventory: str | None = None,
+    limit: int = 20,
+    playbook: str | None = None,
+    json: bool = False,
+    debug: bool = False,
+) -> None:
+    """List recent runs from the journal."""
+    inv = maybe_inventory(c, inventory)
+    with open_journal(c, inv) as journal:
+        runs = journal.runs(limit=limit, playbook=playbook)
+    if json:
+        write_json(runs)
+        return
+    rows = [
+        {
+            "run": r["id"],
+            "playbook": r["playbook"],
+            "started": local_time(r["started"]),
+            "duration": f"{(r['finished'] or r['started']) - r['started']:.1f}s"
+            if r["finished"]
+            else "running",
+            "status": r["status"] or "-",
+            "check": "yes" if r["check_mode"] else "",
+            "user": r["user"],
+        }
+        for r in runs
+    ]
+    print_table(
+        rows, ["run", "playbook", "started", "duration", "status", "check", "user"], title="history"
+    )
+
+
+@command(help=helps(run_id="run number, or 'last'"), positional=["run_id"])
+def show(
+    c: Any,
+    run_id: str,
+    inventory: str | None = None,
+    json: bool = False,
+    debug: bool = False,
+) -> None:
+    """Show one run from the journal: every step and target with its result."""
+    inv = maybe_inventory(c, inventory)
+    with open_journal(c, inv) as journal:
+        rid = journal.last_run_id() if run_id == "last" else parse_int(run_id, "run id")
+        run_doc = journal.run(rid) if rid is not None else None
+    if run_doc is None:
+        raise ConfigError(f"no run {run_id} in the journal", hint="see `crmmaint history`")
+    if json:
+        write_json(run_doc)
+        return
+    print(
+        f"run {run_doc['id']}: {run_doc['playbook']} started {local_time(run_doc['started'])}"
+        f" by {run_doc['user']} on {run_doc['machine']}: {run_doc['status'] or 'unfinished'}"
+        f"{' (check mode)' if run_doc['check_mode'] else ''}"
+    )
+    rows = [
+        {
+            "step": r["step"],
+            "task": r["task"],
+            "target": r["target"],
+            "status": r["status"],
+            "message": r["message"],
+            "time": f"{r['duration']:.1f}s",
+        }
+        for r in run_doc["results"]
+    ]
+    print_table(rows, ["step", "task", "target", "status", "message", "time"])
+
+
+def register(ns: Collection) -> None:
+    """Add these commands to the CLI collection."""
+    ns.add_task(run)
+    ns.add_task(history)
+    ns.add_task(show)
