@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from test_tasks_health import make_ctx
 
+from crmmaint.engines.host import parse_df
 from crmmaint.journal import Journal
 from crmmaint.results import Status, TaskResult
 from crmmaint.tasks.api import REGISTRY
 from crmmaint.tasks.capacity import DAY, days_until_full, forecastable, growth_per_day
-from crmmaint.tasks.health import parse_df
 
 
 @pytest.fixture

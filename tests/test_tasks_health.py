@@ -22,7 +22,7 @@ from crmmaint.inventory import Database, Host, Inventory
 from crmmaint.journal import Journal
 from crmmaint.results import Status, TaskResult
 from crmmaint.tasks.api import REGISTRY, TaskContext, load_task_modules
-from crmmaint.tasks.health import parse_df, parse_loadavg, parse_meminfo, split_host_port
+from crmmaint.tasks.health import split_host_port
 from crmmaint.transport import SSHTransport
 from crmmaint.transport.base import Transport
 from crmmaint.transport.local import LocalTransport
@@ -71,31 +71,6 @@ def journal(tmp_path: Path) -> Iterator[Journal]:
 
 
 # --- parsers ---------------------------------------------------------------------------------
-
-DF = """\
-Filesystem     1024-blocks     Used Available Capacity Mounted on
-/dev/vda1        100000000 85000000  15000000      85% /
-devtmpfs           4000000        0   4000000       0% /dev
-tmpfs              4000000     1000   3999000       1% /run
-/dev/vdb1          2000000   100000   1900000       6% /srv/crm data
-/dev/vda1        100000000 85000000  15000000      85% /etc/hosts
-overlay           50000000 10000000  40000000      20% /var/lib/docker/overlay2/x/merged
-proc                     0        0         0        - /proc
-"""
-
-
-def test_parse_df_skips_pseudo_filesystems_and_bind_mounts() -> None:
-    disks = parse_df(DF)
-    assert [d.mount for d in disks] == ["/", "/srv/crm data", "/var/lib/docker/overlay2/x/merged"]
-    root = disks[0]
-    assert root.size_bytes == 100000000 * 1024
-    assert root.used_pct == pytest.approx(85.0)
-
-
-def test_parse_loadavg_and_meminfo() -> None:
-    assert parse_loadavg("0.50 1.25 2.00 3/456 789\n") == (0.5, 1.25, 2.0)
-    mem = parse_meminfo("MemTotal:       16000 kB\nMemAvailable:    4000 kB\nHugePages_Total: 0\n")
-    assert mem == {"MemTotal": 16000 * 1024, "MemAvailable": 4000 * 1024, "HugePages_Total": 0}
 
 
 @pytest.mark.parametrize(

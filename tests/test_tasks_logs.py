@@ -11,11 +11,12 @@ from typing import Any
 import pytest
 from test_tasks_health import make_ctx
 
+from crmmaint.engines.host import FileStat
 from crmmaint.inventory import Host, Inventory
 from crmmaint.journal import Journal
 from crmmaint.results import Status, TaskResult
 from crmmaint.tasks.api import REGISTRY
-from crmmaint.tasks.logs import FileStat, Segment, normalise, plan_reads
+from crmmaint.tasks.logs import Segment, normalise, plan_reads
 
 
 @pytest.fixture

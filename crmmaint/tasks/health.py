@@ -1,8 +1,9 @@
 """Health checks: hosts (load, memory, disks), services, HTTP endpoints and databases.
 
-Every probe runs on the target's host through its transport (Linux commands, each with a
-timeout), so a check behaves the same locally and over SSH. All checks are read-only and run
-unchanged in check mode.
+Every probe runs on the target's host through the host adapter (``engines/host.py``, Linux
+commands over the host's transport, each with a timeout), so a check behaves the same locally
+and over SSH. This module decides what is healthy; the adapter knows how to ask. All checks are
+read-only and run unchanged in check mode.
 """
 
 from __future__ import annotations
@@ -11,98 +12,18 @@ import logging
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
 from typing import Any
 
+from crmmaint.engines.host import PROBE_TIMEOUT, HostError, HostOS, ToolMissing
 from crmmaint.errors import CrmMaintError
 from crmmaint.results import Status, TaskResult, worst
 from crmmaint.tasks.api import Param, TaskContext, task
-from crmmaint.transport.base import Command, CommandResult
 
 log = logging.getLogger(__name__)
 
-#: Seconds any single probe command may take.
-PROBE_TIMEOUT = 30.0
-
-#: Filesystems that hold no persistent data; their usage says nothing about capacity.
-PSEUDO_FILESYSTEMS = frozenset(
-    {
-        "tmpfs", "devtmpfs", "udev", "proc", "sysfs", "devpts", "cgroup", "cgroup2", "none",
-        "shm", "efivarfs", "securityfs", "debugfs", "tracefs", "mqueue", "hugetlbfs", "pstore",
-        "bpf", "configfs", "fusectl", "binfmt_misc", "autofs", "ramfs", "nsfs", "overlay-tmp",
-    }
-)  # fmt: skip
-PSEUDO_MOUNT_ROOTS = ("/proc", "/sys", "/dev", "/run", "/snap")
-
-
-# --- shared probes (also used by capacity.disk) ----------------------------------------------
-
-
-@dataclass(frozen=True)
-class DiskUsage:
-    """One mounted filesystem as ``df -P -k`` reports it, in bytes."""
-
-    filesystem: str
-    mount: str
-    size_bytes: int
-    used_bytes: int
-    available_bytes: int
-
-    @property
-    def used_pct(self) -> float:
-        """Used share of what non-root users can fill (df's "Capacity" column, unrounded)."""
-        usable = self.used_bytes + self.available_bytes
-        return 100.0 * self.used_bytes / usable if usable else 0.0
-
-
-def parse_df(text: str) -> list[DiskUsage]:
-    """Parse ``df -P -k`` output, skipping pseudo filesystems and repeated (bind) mounts."""
-    disks: list[DiskUsage] = []
-    seen: set[tuple[str, int, int]] = set()
-    for line in text.splitlines()[1:]:
-        parts = line.split(None, 5)
-        if len(parts) < 6 or not parts[1].isdigit():
-            continue
-        fs, blocks, used, avail, _cap, mount = parts
-        if fs in PSEUDO_FILESYSTEMS or int(blocks) == 0:
-            continue
-        if any(mount == r or mount.startswith(r + "/") for r in PSEUDO_MOUNT_ROOTS):
-            continue
-        key = (fs, int(blocks), int(used))
-        if key in seen:  # a bind mount of a filesystem already listed
-            continue
-        seen.add(key)
-        disks.append(DiskUsage(fs, mount, int(blocks) * 1024, int(used) * 1024, int(avail) * 1024))
-    return disks
-
-
-def disk_usage(ctx: TaskContext, mounts: list[str] | None = None) -> list[DiskUsage]:
-    """Filesystems of the target's host (only ``mounts`` when given); raises ``ProbeError``."""
-    res = probe(ctx, ["df", "-P", "-k"], what="df")
-    disks = parse_df(res.text)
-    if mounts:
-        missing = sorted(set(mounts) - {d.mount for d in disks})
-        if missing:
-            raise ProbeError(f"no mounted filesystem at {', '.join(missing)}")
-        disks = [d for d in disks if d.mount in mounts]
-    return disks
-
 
 class ProbeError(CrmMaintError):
-    """A probe command failed; the task reports it as a failed result."""
-
-
-def probe(
-    ctx: TaskContext, command: Command, *, what: str, timeout: float = PROBE_TIMEOUT
-) -> CommandResult:
-    """Run a read-only probe on the target's host, bounded by the step's timeout too; a
-    non-zero exit raises ``ProbeError``."""
-    res = ctx.transport.run(command, timeout=ctx.time_left(timeout))
-    if not res.ok:
-        raise ProbeError(
-            f"{what} failed (exit {res.exit_status}): {res.stderr_tail() or 'no output'}"
-        )
-    return res
+    """A request made from the runner (``health.http`` with ``from: runner``) failed."""
 
 
 def read_only_details(ctx: TaskContext, **details: Any) -> dict[str, Any]:
@@ -111,24 +32,6 @@ def read_only_details(ctx: TaskContext, **details: Any) -> dict[str, Any]:
 
 
 # --- health.host -----------------------------------------------------------------------------
-
-
-def parse_loadavg(text: str) -> tuple[float, float, float]:
-    """``/proc/loadavg`` -> (load1, load5, load15)."""
-    one, five, fifteen = text.split()[:3]
-    return float(one), float(five), float(fifteen)
-
-
-def parse_meminfo(text: str) -> dict[str, int]:
-    """``/proc/meminfo`` -> {field: bytes}."""
-    out: dict[str, int] = {}
-    for line in text.splitlines():
-        name, _, rest = line.partition(":")
-        fields = rest.split()
-        if fields and fields[0].isdigit():
-            factor = 1024 if len(fields) > 1 and fields[1] == "kB" else 1
-            out[name.strip()] = int(fields[0]) * factor
-    return out
 
 
 @task(
@@ -145,19 +48,17 @@ def parse_meminfo(text: str) -> dict[str, int]:
 def host(ctx: TaskContext) -> TaskResult:
     """Load, available memory and free space of every real filesystem on a host."""
     p = ctx.params
+    host_os = HostOS(ctx.transport)
     try:
-        load = parse_loadavg(
-            probe(ctx, ["cat", "/proc/loadavg"], what="reading /proc/loadavg").text
-        )
-        cpus = int(probe(ctx, ["getconf", "_NPROCESSORS_ONLN"], what="getconf").text.strip() or 1)
-        mem = parse_meminfo(probe(ctx, ["cat", "/proc/meminfo"], what="reading /proc/meminfo").text)
-        disks = disk_usage(ctx, p["mounts"])
+        load = host_os.load_average(timeout=ctx.time_left(PROBE_TIMEOUT))
+        cpus = host_os.cpu_count(timeout=ctx.time_left(PROBE_TIMEOUT))
+        mem = host_os.memory(timeout=ctx.time_left(PROBE_TIMEOUT))
+        disks = host_os.disks(p["mounts"], timeout=ctx.time_left(PROBE_TIMEOUT))
     except CrmMaintError as exc:
         return TaskResult.failed(
             f"{ctx.target.name}: {exc.message}", details=read_only_details(ctx)
         )
 
-    cpus = max(cpus, 1)
     metrics: dict[str, float] = {
         "load1": load[0],
         "load5": load[1],
@@ -209,25 +110,6 @@ def host(ctx: TaskContext) -> TaskResult:
 
 # --- health.service --------------------------------------------------------------------------
 
-#: Reports one ``systemctl is-active`` state per unit, or exits 127 when systemd is not running.
-_SYSTEMD_SCRIPT = (
-    "command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ] || exit 127; "
-    'for u; do printf "%s\\n" "$(systemctl is-active -- "$u" 2>/dev/null || true)"; done'
-)
-#: Prints one process count per name (``pgrep -x``), or exits 127 when pgrep is missing.
-_PROCESS_SCRIPT = (
-    'command -v pgrep >/dev/null 2>&1 || exit 127; for p; do pgrep -x -- "$p" | wc -l; done'
-)
-#: Connects to $1:$2 within $3 seconds with bash's /dev/tcp (else ``nc -z``); the address and
-#: port are arguments, never interpolated into the script.
-_TCP_SCRIPT = (
-    "if command -v bash >/dev/null 2>&1; then"
-    ' exec timeout "$3" bash -c \'exec 3<>"/dev/tcp/$1/$2"\' bash "$1" "$2"; fi; '
-    'command -v nc >/dev/null 2>&1 || exit 127; exec nc -z -w "$3" "$1" "$2"'
-)
-#: Runs "$@" if its program exists on the host, else exits 127 (as over SSH, also locally).
-_IF_INSTALLED = 'command -v "$1" >/dev/null 2>&1 || exit 127; exec "$@"'
-
 
 def split_host_port(spec: str) -> tuple[str, int]:
     """``"db1:5432"`` or ``"[::1]:5432"`` -> (host, port); ``ValueError`` otherwise."""
@@ -268,13 +150,14 @@ def service(ctx: TaskContext) -> TaskResult:
         )
 
     checks: list[dict[str, Any]] = []
+    host_os = HostOS(ctx.transport)
     try:
         if units:
-            checks += _check_units(ctx, units, bool(p["systemd_optional"]))
+            checks += _check_units(ctx, host_os, units, bool(p["systemd_optional"]))
         if names:
-            checks += _check_processes(ctx, names)
+            checks += _check_processes(ctx, host_os, names)
         for spec in ports:
-            checks.append(_check_tcp(ctx, spec, float(p["tcp_timeout"])))
+            checks.append(_check_tcp(ctx, host_os, spec, float(p["tcp_timeout"])))
     except CrmMaintError as exc:
         return TaskResult.failed(
             f"{ctx.target.name}: {exc.message}", details=read_only_details(ctx)
@@ -296,19 +179,17 @@ def service(ctx: TaskContext) -> TaskResult:
     return TaskResult.ok(message, metrics=metrics, details=details)
 
 
-def _check_units(ctx: TaskContext, units: list[str], optional: bool) -> list[dict[str, Any]]:
-    res = ctx.transport.run(
-        ["sh", "-c", _SYSTEMD_SCRIPT, "sh", *units], timeout=ctx.time_left(PROBE_TIMEOUT)
-    )
-    if res.exit_status == 127:
+def _check_units(
+    ctx: TaskContext, host_os: HostOS, units: list[str], optional: bool
+) -> list[dict[str, Any]]:
+    try:
+        states = host_os.unit_states(units, timeout=ctx.time_left(PROBE_TIMEOUT))
+    except ToolMissing:
         status = "skipped" if optional else "down"
         return [
             {"kind": "systemd", "name": u, "status": status, "state": "systemctl not available"}
             for u in units
         ]
-    if not res.ok:
-        raise ProbeError(f"systemctl failed (exit {res.exit_status}): {res.stderr_tail()}")
-    states = res.text.splitlines() + [""] * len(units)
     return [
         {
             "kind": "systemd",
@@ -316,19 +197,12 @@ def _check_units(ctx: TaskContext, units: list[str], optional: bool) -> list[dic
             "status": "up" if state == "active" else "down",
             "state": state or "unknown",
         }
-        for u, state in zip(units, states, strict=False)
+        for u, state in zip(units, states, strict=True)
     ]
 
 
-def _check_processes(ctx: TaskContext, names: list[str]) -> list[dict[str, Any]]:
-    res = ctx.transport.run(
-        ["sh", "-c", _PROCESS_SCRIPT, "sh", *names], timeout=ctx.time_left(PROBE_TIMEOUT)
-    )
-    if res.exit_status == 127:
-        raise ProbeError("pgrep not available; install procps")
-    if not res.ok:
-        raise ProbeError(f"pgrep failed (exit {res.exit_status}): {res.stderr_tail()}")
-    counts = [int(line.strip() or 0) for line in res.text.splitlines()] + [0] * len(names)
+def _check_processes(ctx: TaskContext, host_os: HostOS, names: list[str]) -> list[dict[str, Any]]:
+    counts = host_os.process_counts(names, timeout=ctx.time_left(PROBE_TIMEOUT))
     return [
         {
             "kind": "process",
@@ -336,27 +210,22 @@ def _check_processes(ctx: TaskContext, names: list[str]) -> list[dict[str, Any]]
             "status": "up" if count else "down",
             "state": f"{count} running" if count else "not running",
         }
-        for n, count in zip(names, counts, strict=False)
+        for n, count in zip(names, counts, strict=True)
     ]
 
 
-def _check_tcp(ctx: TaskContext, spec: str, timeout: float) -> dict[str, Any]:
+def _check_tcp(ctx: TaskContext, host_os: HostOS, spec: str, timeout: float) -> dict[str, Any]:
     try:
         addr, port = split_host_port(spec)
     except ValueError as exc:
         return {"kind": "tcp", "name": spec, "status": "down", "state": str(exc)}
-    seconds = f"{max(timeout, 0.1):g}"
-    started = time.monotonic()
-    res = ctx.transport.run(
-        ["sh", "-c", _TCP_SCRIPT, "sh", addr, str(port), seconds],
-        timeout=ctx.time_left(timeout + PROBE_TIMEOUT),
+    probe = host_os.tcp_probe(
+        addr, port, connect_timeout=timeout, timeout=ctx.time_left(timeout + PROBE_TIMEOUT)
     )
-    if res.exit_status == 127:
-        raise ProbeError("neither bash nor nc available for TCP checks")
-    elapsed_ms = round((time.monotonic() - started) * 1000, 1)
-    if res.ok:
+    if probe.open:
+        elapsed_ms = round(probe.seconds * 1000, 1)
         return {"kind": "tcp", "name": spec, "status": "up", "state": f"open ({elapsed_ms} ms)"}
-    state = "timed out" if res.exit_status == 124 else "refused or unreachable"
+    state = "timed out" if probe.timed_out else "refused or unreachable"
     return {"kind": "tcp", "name": spec, "status": "down", "state": state}
 
 
@@ -403,7 +272,7 @@ def http(ctx: TaskContext) -> TaskResult:
             status, latency = _http_from_runner(url, timeout, p["follow_redirects"])
         else:
             status, latency = _http_from_host(ctx, url, timeout, p["follow_redirects"])
-    except ProbeError as exc:
+    except (HostError, ProbeError) as exc:
         return TaskResult.failed(f"{url}: {exc.message}", details=read_only_details(ctx, url=url))
 
     latency_ms = round(latency * 1000, 1)
@@ -428,21 +297,15 @@ def http(ctx: TaskContext) -> TaskResult:
 
 
 def _http_from_host(ctx: TaskContext, url: str, timeout: float, follow: bool) -> tuple[int, float]:
-    cmd = ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code} %{time_total}"]
-    cmd += ["--max-time", f"{timeout:g}"] + (["-L"] if follow else []) + [url]
-    res = ctx.transport.run(
-        ["sh", "-c", _IF_INSTALLED, "sh", *cmd], timeout=ctx.time_left(timeout + PROBE_TIMEOUT)
-    )
-    if res.exit_status == 127:
-        raise ProbeError(
-            f"curl not available on {ctx.target.host.name}; install it or use from: runner"
+    try:
+        return HostOS(ctx.transport).http_status(
+            url,
+            max_time=timeout,
+            follow_redirects=follow,
+            timeout=ctx.time_left(timeout + PROBE_TIMEOUT),
         )
-    if res.exit_status == 28:
-        raise ProbeError(f"no answer within {timeout:g}s")
-    if not res.ok:
-        raise ProbeError(f"curl exit {res.exit_status}: {res.stderr_tail() or 'request failed'}")
-    code, _, seconds = res.text.strip().partition(" ")
-    return int(code), float(seconds or 0)
+    except ToolMissing as exc:
+        raise HostError(f"{exc.message}; install it or use from: runner") from exc
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):

@@ -1,10 +1,11 @@
 """Log scanning: count error lines written since the last run, across log rotation.
 
 Per file the journal keeps a cursor (inode, offset). Each run streams only the bytes after it
-from the host (``tail -c +N | head -c LEN`` through the transport, never the whole log in
-memory) and advances it to the last complete line read. When the inode changed or the file
-shrank, the log was rotated: the rest of the old file is read from ``PATH.1`` if that still
-has the old inode, then the new file from its start.
+from the host (``HostOS.open_range`` in ``engines/host.py``, never the whole log in memory) and
+advances it to the last complete line read. When the inode changed or the file shrank, the log
+was rotated: the rest of the old file is read from ``PATH.1`` if that still has the old inode,
+then the new file from its start. This module decides what to read and counts; the host adapter
+lists and reads the files.
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from crmmaint.engines.host import PROBE_TIMEOUT, FileListing, FileStat, HostOS
 from crmmaint.errors import CrmMaintError
 from crmmaint.results import TaskResult
 from crmmaint.tasks.api import Param, TaskContext, task
-from crmmaint.tasks.health import PROBE_TIMEOUT, ProbeError, probe
 
 log = logging.getLogger(__name__)
 
@@ -31,46 +32,9 @@ MAX_LINE = 1 << 20
 #: Distinct normalised messages kept while counting (the rarest are dropped beyond this).
 MAX_DISTINCT = 5000
 
-#: $1 = follow|nofollow, then globs (IFS is empty: a glob is expanded, never split at spaces).
-#: NUL-terminated records, since a file name may hold a newline: "f<TAB>inode<TAB>size<TAB>path"
-#: per matching file, "r…" for its rotated predecessor PATH.1, "l<TAB>path" for a symlink not
-#: followed, "m<TAB>glob" when nothing matches.
-_LIST_SCRIPT = r"""
-mode=$1; shift; IFS=
-# true when an absolute path reaches its file through a symlinked folder
-linked() { case $1 in /*) [ "$(readlink -f -- "$1")" != "$1" ];; *) false;; esac; }
-st() { if [ "$mode" = follow ]; then stat -L --printf "$1" -- "$2"; else stat --printf "$1" -- "$2"; fi; }
-for pat do
-  n=0
-  for f in $pat; do
-    if [ "$mode" != follow ] && { [ -L "$f" ] || linked "$f"; }; then
-      printf 'l\t%s\0' "$f"; n=1; continue
-    fi
-    [ -f "$f" ] || continue
-    n=1; st 'f\t%i\t%s\t%n\0' "$f"
-    if [ -f "$f.1" ] && { [ "$mode" = follow ] || [ ! -L "$f.1" ]; }; then
-      st 'r\t%i\t%s\t%n\0' "$f.1"
-    fi
-  done
-  [ $n = 1 ] || printf 'm\t%s\0' "$pat"
-done
-true
-"""
-#: Bytes $1.. (1-based) of file $2, at most $3 of them; $4 = follow|nofollow.
-_READ_SCRIPT = (
-    '[ "$4" = follow ] || [ ! -L "$2" ] || { echo "$2 became a symbolic link" >&2; exit 3; }; '
-    'tail -c +"$1" -- "$2" | head -c "$3"'
-)
 #: A line is matched on its first 8 KiB: a pattern like `ERROR.*timeout` on a 1 MiB line
 #: would otherwise cost seconds.
 MATCH_LIMIT = 8192
-
-
-@dataclass(frozen=True)
-class FileStat:
-    path: str
-    inode: int
-    size: int
 
 
 @dataclass(frozen=True)
@@ -151,26 +115,18 @@ def scan_segment(
     """Stream one byte range from the host into ``counts``; returns the bytes consumed.
 
     An unfinished last line (the application is still writing it) is left for the next run.
+    Raises ``HostError`` when the file cannot be read (or became a symlink, without ``follow``).
     """
-    length = seg.end - seg.start
     consumed = 0
     pending = b""
-    with ctx.transport.start(
-        [
-            "sh",
-            "-c",
-            _READ_SCRIPT,
-            "sh",
-            str(seg.start + 1),
-            seg.path,
-            str(length),
-            "follow" if follow else "nofollow",
-        ],
-        stdout="stream",
-    ) as proc:
-        proc.close_stdin()
-        proc.set_timeout(ctx.time_left(timeout) or timeout)
-        while chunk := proc.read(1 << 16):
+    with HostOS(ctx.transport).open_range(
+        seg.path,
+        seg.start,
+        seg.end - seg.start,
+        follow=follow,
+        timeout=ctx.time_left(timeout) or timeout,
+    ) as stream:
+        while chunk := stream.read(1 << 16):
             lines = (pending + chunk).split(b"\n")
             pending = lines.pop()
             for line in lines:
@@ -180,9 +136,6 @@ def scan_segment(
                 counts.feed(pending[:MAX_LINE])
                 consumed += len(pending)
                 pending = b""
-        res = proc.wait(timeout=ctx.time_left(PROBE_TIMEOUT))
-    if not res.ok:
-        raise ProbeError(f"reading {seg.path} failed (exit {res.exit_status}): {res.stderr_tail()}")
     if pending and not seg.whole_lines:  # a rotated file is complete: its last line too
         counts.feed(pending)
         consumed += len(pending)
@@ -190,46 +143,12 @@ def scan_segment(
     return consumed
 
 
-@dataclass
-class Listing:
-    """What the globs matched on the host."""
-
-    files: list[tuple[FileStat, FileStat | None]]  # (file, rotated PATH.1 or None)
-    missing: list[str]  # globs that matched nothing
-    links: list[str]  # symlinks skipped (not followed)
-
-
-def list_files(ctx: TaskContext, paths: list[str], *, follow: bool = False) -> Listing:
-    """Expand globs on the host. Symlinks are skipped (and listed) unless ``follow``: a log
-    path must not become a way to read any file the scanning user can (a link to a root-only
-    file). Any file name, newlines included, is one record; an unreadable record is skipped."""
-    mode = "follow" if follow else "nofollow"
-    res = probe(ctx, ["sh", "-c", _LIST_SCRIPT, "sh", mode, *paths], what="listing log files")
-    listing = Listing([], [], [])
-    seen: set[str] = set()  # a file two globs match is scanned once
-    current = False  # the last "f" record was new (its rotated ".1" belongs to it)
-    for record in res.stdout.decode("utf-8", "surrogateescape").split("\0"):
-        kind, _, rest = record.partition("\t")
-        if kind == "m":
-            listing.missing.append(rest)
-        elif kind == "l":
-            if rest not in listing.links:
-                listing.links.append(rest)
-        elif kind in ("f", "r"):
-            inode, _, rest = rest.partition("\t")
-            size, _, path = rest.partition("\t")
-            if not (inode.isdigit() and size.isdigit() and path):
-                log.debug("logs.scan: skipping an unreadable listing record %r", record[:200])
-                continue
-            stat = FileStat(path, int(inode), int(size))
-            if kind == "f":
-                current = path not in seen
-                if current:
-                    seen.add(path)
-                    listing.files.append((stat, None))
-            elif current and listing.files and listing.files[-1][0].path + ".1" == path:
-                listing.files[-1] = (listing.files[-1][0], stat)
-    return listing
+def list_files(ctx: TaskContext, paths: list[str], *, follow: bool = False) -> FileListing:
+    """Expand globs on the host (see ``HostOS.log_files``); symlinks are skipped unless
+    ``follow``. Raises ``HostError`` when the listing fails."""
+    return HostOS(ctx.transport).log_files(
+        paths, follow=follow, timeout=ctx.time_left(PROBE_TIMEOUT)
+    )
 
 
 def resolve_paths(ctx: TaskContext, paths: list[str]) -> list[str]:
