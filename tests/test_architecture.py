@@ -104,9 +104,6 @@ def test_task_modules_do_not_import_each_other():
     engines/host.py, repository), never by importing another task module: only tasks.api."""
     allowed = {
         ("crmmaint.tasks.api", "crmmaint.tasks"),  # load_task_modules imports the package
-        # Restores still take the repository name and source naming from the backup tasks;
-        # this exception is to go when that moves below the tasks.
-        ("crmmaint.tasks.restore", "crmmaint.tasks.backup"),
     }
     sideways = {
         (name, target)

@@ -111,6 +111,11 @@ class TaskContext:
         left = max(0.001, self.deadline - time.monotonic())
         return left if cap is None else min(cap, left)
 
+    def read_only_details(self, **details: Any) -> dict[str, Any]:
+        """The ``details`` of a task that only reads: ``read_only`` and ``check_mode`` set (it
+        ran the same in check mode), plus ``details``."""
+        return {"read_only": True, "check_mode": self.check, **details}
+
     @property
     def transport(self) -> Transport:
         """The transport of the host that owns the target (pooled for the run)."""

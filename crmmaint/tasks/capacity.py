@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from typing import Any
 
 from crmmaint.engines.host import PROBE_TIMEOUT, HostOS
 from crmmaint.errors import CrmMaintError
@@ -20,11 +19,6 @@ from crmmaint.tasks.api import Param, TaskContext, task
 log = logging.getLogger(__name__)
 
 DAY = 86400.0
-
-
-def _read_only_details(ctx: TaskContext, **details: Any) -> dict[str, Any]:
-    """Details every result carries: the task only reads, and ran in check mode too."""
-    return {"read_only": True, "check_mode": ctx.check, **details}
 
 
 def growth_per_day(points: Sequence[tuple[float, float]]) -> float | None:
@@ -91,7 +85,7 @@ def disk(ctx: TaskContext) -> TaskResult:
         disks = HostOS(ctx.transport).disks(p["mounts"], timeout=ctx.time_left(PROBE_TIMEOUT))
     except CrmMaintError as exc:
         return TaskResult.failed(
-            f"{ctx.target.name}: {exc.message}", details=_read_only_details(ctx)
+            f"{ctx.target.name}: {exc.message}", details=ctx.read_only_details()
         )
 
     now = time.time()
@@ -126,7 +120,7 @@ def disk(ctx: TaskContext) -> TaskResult:
             }
         )
 
-    details = _read_only_details(ctx, forecasts=forecasts, history_days=p["history_days"])
+    details = ctx.read_only_details(forecasts=forecasts, history_days=p["history_days"])
     if soon:
         return TaskResult.warning("; ".join(soon), metrics=metrics, details=details)
     forecast_count = sum(1 for f in forecasts if f["growth_bytes_per_day"] is not None)

@@ -26,11 +26,6 @@ class ProbeError(CrmMaintError):
     """A request made from the runner (``health.http`` with ``from: runner``) failed."""
 
 
-def read_only_details(ctx: TaskContext, **details: Any) -> dict[str, Any]:
-    """Details every health result carries: the check is read-only and ran in check mode too."""
-    return {"read_only": True, "check_mode": ctx.check, **details}
-
-
 # --- health.host -----------------------------------------------------------------------------
 
 
@@ -56,7 +51,7 @@ def host(ctx: TaskContext) -> TaskResult:
         disks = host_os.disks(p["mounts"], timeout=ctx.time_left(PROBE_TIMEOUT))
     except CrmMaintError as exc:
         return TaskResult.failed(
-            f"{ctx.target.name}: {exc.message}", details=read_only_details(ctx)
+            f"{ctx.target.name}: {exc.message}", details=ctx.read_only_details()
         )
 
     metrics: dict[str, float] = {
@@ -89,8 +84,7 @@ def host(ctx: TaskContext) -> TaskResult:
         elif d.used_pct >= p["disk_warn"]:
             problems.append((Status.WARNING, f"disk {d.mount} {d.used_pct:.0f}% full"))
 
-    details = read_only_details(
-        ctx,
+    details = ctx.read_only_details(
         disks=[
             {"mount": d.mount, "filesystem": d.filesystem, "size_bytes": d.size_bytes,
              "used_pct": round(d.used_pct, 2)}
@@ -146,7 +140,7 @@ def service(ctx: TaskContext) -> TaskResult:
     if not (units or names or ports):
         return TaskResult.skipped(
             "no services to check (give systemd/process/tcp, or set vars.services on the host)",
-            details=read_only_details(ctx),
+            details=ctx.read_only_details(),
         )
 
     checks: list[dict[str, Any]] = []
@@ -160,12 +154,12 @@ def service(ctx: TaskContext) -> TaskResult:
             checks.append(_check_tcp(ctx, host_os, spec, float(p["tcp_timeout"])))
     except CrmMaintError as exc:
         return TaskResult.failed(
-            f"{ctx.target.name}: {exc.message}", details=read_only_details(ctx)
+            f"{ctx.target.name}: {exc.message}", details=ctx.read_only_details()
         )
 
     down = [c for c in checks if c["status"] == "down"]
     metrics = {"checks": len(checks), "down": len(down)}
-    details = read_only_details(ctx, checks=checks)
+    details = ctx.read_only_details(checks=checks)
     if down:
         return TaskResult.failed(
             "down: " + ", ".join(f"{c['kind']} {c['name']} ({c['state']})" for c in down),
@@ -261,7 +255,7 @@ def http(ctx: TaskContext) -> TaskResult:
     if not raw:
         return TaskResult.skipped(
             "no url to check (give url, or set vars.health_url on the host)",
-            details=read_only_details(ctx),
+            details=ctx.read_only_details(),
         )
     url = expand_url(str(raw), ctx)
     if not url.startswith(("http://", "https://")):
@@ -273,11 +267,11 @@ def http(ctx: TaskContext) -> TaskResult:
         else:
             status, latency = _http_from_host(ctx, url, timeout, p["follow_redirects"])
     except (HostError, ProbeError) as exc:
-        return TaskResult.failed(f"{url}: {exc.message}", details=read_only_details(ctx, url=url))
+        return TaskResult.failed(f"{url}: {exc.message}", details=ctx.read_only_details(url=url))
 
     latency_ms = round(latency * 1000, 1)
     metrics = {"status": status, "latency_ms": latency_ms}
-    details = read_only_details(ctx, url=url, made_from=p["from"])
+    details = ctx.read_only_details(url=url, made_from=p["from"])
     if status != p["expect_status"]:
         return TaskResult.failed(
             f"{url} answered {status}, expected {p['expect_status']}",
@@ -353,7 +347,7 @@ def database(ctx: TaskContext) -> TaskResult:
         latency = engine.ping(timeout=ctx.time_left(PROBE_TIMEOUT) or PROBE_TIMEOUT)
         facts = engine.facts(timeout=ctx.time_left(PROBE_TIMEOUT) or PROBE_TIMEOUT)
     except CrmMaintError as exc:
-        return TaskResult.failed(exc.message, details=read_only_details(ctx))
+        return TaskResult.failed(exc.message, details=ctx.read_only_details())
 
     metrics: dict[str, float] = {"latency_ms": round(latency * 1000, 1)}
     problems: list[str] = []
@@ -374,7 +368,7 @@ def database(ctx: TaskContext) -> TaskResult:
     if latency >= p["latency_warn"]:
         problems.append(f"query took {latency * 1000:.0f} ms")
 
-    details = read_only_details(ctx, engine=ctx.target.obj.engine, version=facts.get("version"))
+    details = ctx.read_only_details(engine=ctx.target.obj.engine, version=facts.get("version"))
     summary = f"{ctx.target.obj.engine} {facts.get('version') or ''}".rstrip()
     summary += f", query {latency * 1000:.0f} ms"
     if problems:
