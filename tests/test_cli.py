@@ -4,6 +4,7 @@ exit codes included: 0 ok, 1 warnings, 2 failures, 3 configuration, 6 restore ta
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -105,7 +106,7 @@ def test_argv_normaliser():
 @pytest.mark.parametrize(
     "argv, debug",
     [
-        (["crmmaint", "backup", "-d", "crm", "--check"], False),  # -d is --database here
+        (["crmmaint", "backup", "--database", "crm", "--check"], False),
         (["crmmaint", "-d", "backup", "--check"], True),  # invoke's core --debug
         (["crmmaint", "backup", "--debug"], True),
         (["crmmaint", "repo", "init", "--debug"], True),
@@ -668,3 +669,97 @@ def test_restore_json_reports_the_run(estate):
     assert row["status"] == "changed" and row["metrics"]["rows"] == 7000
     code, out, err = cli("restore", "database:crm@latest", "--to", str(target), "-i", inv, "--json")
     assert code == 6 and json.loads(out)["results"][0]["status"] == "failed"
+
+
+def _commands() -> list[str]:
+    from crmmaint.cli import ns
+
+    return sorted(ns.task_names)
+
+
+@pytest.mark.parametrize("name", _commands())
+def test_help_anywhere_prints_help_and_does_nothing_else(name, tmp_path):
+    """`COMMAND --help` (and `-h`), wherever it stands, prints the command's help, exits 0
+    and touches nothing: no identity file named `--help`, no inventory looked for."""
+    words = name.split(".")
+    for argv in ([*words, "--help"], [*words, "--output", "--help"], [*words, "-h", "x"]):
+        code, out, err = cli(*argv, cwd=tmp_path)
+        assert code == 0 and "Usage:" in out and not err, (argv, out, err)
+        assert f"crmmaint [--core-opts] {name} " in out
+        assert list(tmp_path.iterdir()) == [], argv
+
+
+def test_short_flags_mean_one_thing_everywhere():
+    """Only `-i` (--inventory) is short, in every command that has it; no `--=INT`."""
+    from crmmaint.cli import ns
+
+    shorts = {}
+    for name in ns.task_names:
+        for arg in ns[name].get_arguments():
+            for flag in arg.names:
+                if len(flag) == 1:
+                    shorts.setdefault(flag, set()).add(arg.name)
+            assert arg.name and all(arg.names), (name, arg.names)
+    assert shorts == {"i": {"inventory"}}
+
+
+def test_top_level_help_lists_crmmaints_commands_not_invokes_options():
+    code, out, _ = cli("--help")
+    assert code == 0 and "restore" in out and "backups.list" in out
+    assert "--prompt-for-sudo-password" not in out and "--echo" not in out
+
+
+def test_a_closed_pipe_ends_quietly(tmp_path):
+    """`crmmaint history --json | head -c 1`: the reader goes away; crmmaint ends without a
+    word on stderr, with the SIGPIPE convention's 141 (the output is far beyond a pipe's
+    buffer, so the write does fail)."""
+    from crmmaint.journal import Journal
+    from crmmaint.results import Status
+
+    path = tmp_path / "journal.sqlite"
+    with Journal(path) as journal:
+        for _ in range(3000):
+            journal.finish_run(journal.start_run("daily", window="daily"), Status.OK)
+    proc = subprocess.Popen(
+        [str(BIN / "crmmaint"), "history", "--json", "--limit", "3000"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "CRMMAINT_JOURNAL": str(path)},
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.read(1)
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    # 141 where the kernel reports the closed pipe (EPIPE); some sandboxes' pipes take the
+    # write regardless, and the run then simply ends (0). Never a word on stderr.
+    assert proc.wait(timeout=60) in (0, 141) and err == "", err
+
+
+class _ClosedPipe(io.TextIOBase):
+    """stdout whose reader has gone: every write fails as it does under `| head`."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    def write(self, text: str) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    def fileno(self) -> int:
+        return self._fd
+
+
+def test_a_closed_pipe_is_exit_141_without_a_word(tmp_path, monkeypatch, capsys):
+    from crmmaint.journal import Journal
+    from crmmaint.results import Status
+
+    path = tmp_path / "journal.sqlite"
+    with Journal(path) as journal:
+        journal.finish_run(journal.start_run("daily", window="daily"), Status.OK)
+    monkeypatch.setenv("CRMMAINT_JOURNAL", str(path))
+    with open(os.devnull, "w") as sink:
+        monkeypatch.setattr(sys, "stdout", _ClosedPipe(os.dup(sink.fileno())))
+        for args in (["history", "--json"], ["history"], ["--help"], ["run", "--help"]):
+            with pytest.raises(SystemExit) as done:
+                main(["crmmaint", *args])
+            assert done.value.code == 141, args
+    assert capsys.readouterr().err == ""

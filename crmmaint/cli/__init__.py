@@ -16,11 +16,11 @@ import re
 import signal
 import sys
 
-from invoke import Collection, Program
+from invoke import Collection, Exit, Program
 
 from crmmaint import __version__
 from crmmaint.cli import backup, demo, keys, playbooks, repo, runs
-from crmmaint.cli.common import CrmConfig
+from crmmaint.cli.common import CrmConfig, end_on_closed_pipe
 from crmmaint.errors import ConfigError
 
 # --- the collection ----------------------------------------------------------------------
@@ -42,6 +42,7 @@ _VARIADIC = {"playbook.check": "--file"}
 #: Commands whose single positional may be left out, and what it then means.
 _OPTIONAL_POSITIONAL = {"show": "last"}
 _VALUE_FLAGS = {"-i", "--inventory", "--file", "--limit", "--tags", "--step", "--forks", "--dir"}
+_HELP_FLAGS = {"--help", "-h"}
 _CORE_VALUE_FLAGS = {"-f", "--config", "-T", "--command-timeout", "--hide", "-r", "--search-root"}
 
 
@@ -62,6 +63,10 @@ def normalize_argv(argv: list[str]) -> list[str]:
         and args[i + 1] in ns.collections[args[i]].tasks
     ):
         args[i : i + 2] = [f"{args[i]}.{args[i + 1]}"]
+    if i < len(args) and _HELP_FLAGS & set(args[i + 1 :]):
+        # ``COMMAND --help`` anywhere after the command: its help, and nothing runs (before,
+        # ``keys generate --help`` wrote an identity file named ``--help``).
+        return [*args[:i], "--help", args[i]]
     if i < len(args) and args[i] in _VARIADIC:
         flag = _VARIADIC[args[i]]
         rest, out, j = args[i + 1 :], [], 0
@@ -95,7 +100,29 @@ def _has_positional(rest: list[str]) -> bool:
     return False
 
 
-program = Program(
+class CrmProgram(Program):  # type: ignore[misc]
+    """invoke's ``Program`` whose help is crmmaint's: its commands and the few options that
+    apply to all of them, not invoke's core options for running shell commands."""
+
+    def print_help(self) -> None:
+        print(
+            f"Usage: {self.binary} COMMAND [--options]   ({self.binary} COMMAND --help: its flags)"
+        )
+        print("")
+        print("Options:")
+        print("")
+        self.print_columns(
+            [
+                ("--help", "show this help (COMMAND --help: the command's)"),
+                ("--version", "show the version"),
+                ("--debug", "show tracebacks of errors"),
+                ("-f FILE, --config=FILE", "a configuration file (inventory, journal, forks)"),
+            ]
+        )
+        self.list_tasks()
+
+
+program = CrmProgram(
     name="crmmaint",
     binary="crmmaint",
     namespace=ns,
@@ -119,6 +146,11 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, _terminate)
     try:
         program.run(normalize_argv(list(argv) if argv is not None else sys.argv))
+    except BrokenPipeError:  # help or a listing piped into ``head``
+        try:
+            end_on_closed_pipe()
+        except Exit as done:
+            sys.exit(done.code)
     except ValueError as exc:
         found = re.search(r"invalid literal for (\w+)\(\) with base 10: (.*)$", str(exc))
         what = f"a whole number was expected, got {found.group(2)}" if found else str(exc)

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from invoke import Config, Exit, task
+from invoke import Config, Exit, Task, task
 
 from crmmaint.errors import ConfigError, CrmMaintError
 from crmmaint.inventory import Inventory, load_inventory
@@ -76,6 +76,40 @@ def format_error(exc: CrmMaintError) -> str:
     return f"crmmaint: error: {exc}"
 
 
+#: Exit code when the reader of our output went away (``crmmaint history | head``): the
+#: shell's code for a process ended by SIGPIPE (128 + 13), as git and coreutils give.
+CLOSED_PIPE = 141
+
+#: The only short flags: one meaning in every command. Every other flag is long only.
+SHORT_FLAGS = {"inventory": "i"}
+
+
+class CommandTask(Task):  # type: ignore[misc]
+    """invoke's ``Task`` without its automatic short flags (``-d`` was ``--debug`` in one
+    command and ``--database`` in the next; ``--keep-monthly`` came out as ``--``): only
+    ``SHORT_FLAGS`` have one."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["auto_shortflags"] = False
+        super().__init__(*args, **kwargs)
+
+    def arg_opts(self, name: str, default: str, taken_names: set[str]) -> dict[str, Any]:
+        opts: dict[str, Any] = super().arg_opts(name, default, taken_names)
+        short = SHORT_FLAGS.get(name)
+        if short is not None and short not in taken_names:
+            opts["names"] = [*opts["names"], short]
+        return opts
+
+
+def end_on_closed_pipe() -> None:
+    """The reader of stdout is gone (``| head``): end quietly with ``CLOSED_PIPE``. Python
+    would otherwise report the failed flush of stdout at exit, so stdout goes to /dev/null."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    raise Exit(code=CLOSED_PIPE)
+
+
 def command(*args: Any, **kwargs: Any) -> Any:
     """``invoke.task`` plus the top-level error handling every command shares."""
 
@@ -85,7 +119,9 @@ def command(*args: Any, **kwargs: Any) -> Any:
             debug = _debug_enabled(k)
             setup_logging(debug)
             try:
-                return func(c, *a, **k)
+                done = func(c, *a, **k)
+                sys.stdout.flush()  # a closed pipe shows here, not in Python's exit
+                return done
             except Exit:
                 raise
             except CrmMaintError as exc:
@@ -94,6 +130,8 @@ def command(*args: Any, **kwargs: Any) -> Any:
                 raise Exit(format_error(exc), code=exc.exit_code) from None
             except KeyboardInterrupt:
                 raise Exit("crmmaint: interrupted", code=INTERRUPTED) from None
+            except BrokenPipeError:
+                end_on_closed_pipe()
             except Exception as exc:
                 if debug:
                     traceback.print_exc()
@@ -106,7 +144,7 @@ def command(*args: Any, **kwargs: Any) -> Any:
 
         params = inspect.signature(func).parameters
         help_ = {k: v for k, v in {**COMMON_HELP, **kwargs.pop("help", {})}.items() if k in params}
-        return task(wrapper, *args, help=help_, **kwargs)
+        return task(wrapper, *args, help=help_, klass=CommandTask, **kwargs)
 
     return decorate
 
