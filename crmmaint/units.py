@@ -3,20 +3,26 @@
 Pure functions, no I/O. The parsers take what configuration files hold (a number, or a string
 with a unit) and raise ``ValueError`` with an example of the right spelling for anything else;
 callers that know the file and line (``crmmaint.playbook.loader``, ``crmmaint.tasks.api``,
-``crmmaint.repository.retention``) wrap that message.
+``crmmaint.repository.retention``) wrap that message. The printers give text the parsers read
+back: ``parse_duration(format_duration(s)) == s`` for every finite ``s >= 0``.
 """
 
 from __future__ import annotations
 
+import math
 import re
+from decimal import Decimal
 
 __all__ = [
     "format_countdown",
     "format_duration",
+    "format_mib",
     "parse_duration",
     "parse_percent",
     "parse_size",
 ]
+
+MIB = 1 << 20
 
 # --- durations -------------------------------------------------------------------------------
 
@@ -57,12 +63,14 @@ def parse_duration(value: str | int | float) -> float:
 
 
 def format_duration(seconds: float) -> str:
-    """Seconds as the largest unit that divides them: ``172800`` -> ``"2d"``, ``300`` ->
-    ``"5m"``, ``90`` -> ``"90s"``; other values stay in seconds (``7.5`` -> ``"7.5s"``)."""
+    """Seconds (finite, ``>= 0``) as the largest unit that divides them: ``172800`` -> ``"2d"``,
+    ``300`` -> ``"5m"``, ``90`` -> ``"90s"``; other values stay in seconds, exactly, without an
+    exponent (``7.5`` -> ``"7.5s"``, ``1e-05`` -> ``"0.00001s"``), so ``parse_duration`` reads
+    back the same number."""
     for unit, size in _PRINTED_UNITS:
         if seconds >= size and seconds % size == 0:
             return f"{int(seconds // size)}{unit}"
-    return f"{seconds:g}s"
+    return f"{_plain_number(seconds)}s"
 
 
 def format_countdown(seconds: float) -> str:
@@ -76,6 +84,15 @@ def format_countdown(seconds: float) -> str:
     if minutes:
         return f"{minutes}m {secs:02d}s"
     return f"{secs}s"
+
+
+def _plain_number(value: float) -> str:
+    """The shortest decimal that reads back as ``value``, never in exponent notation."""
+    if not math.isfinite(value):
+        return f"{value:g}"
+    if value == int(value):
+        return str(int(value))
+    return f"{Decimal(repr(float(value))):f}"
 
 
 # --- sizes -----------------------------------------------------------------------------------
@@ -92,8 +109,8 @@ def parse_size(value: str | int) -> int:
     each with or without a trailing ``b``: ``"512"`` -> 512, ``"512k"`` -> 512000, ``"64MiB"`` ->
     67108864, ``"1.5GB"`` -> 1500000000.
 
-    Raises ``ValueError`` for any string it does not accept (``"big"``, ``"1 XB"``, ``"-1k"``),
-    for a negative int and for a bool.
+    Raises ``ValueError`` for any string it does not accept (``"big"``, ``"1 XB"``, ``"-1k"``, a
+    number too large to count in bytes), for a negative int and for a bool.
     """
     if isinstance(value, bool):
         raise ValueError(f"not a size: {value!r}")
@@ -107,8 +124,24 @@ def parse_size(value: str | int) -> int:
     number, unit = float(m.group(1)), m.group(2).lower()
     binary = "i" in unit
     prefix = unit.rstrip("b").rstrip("i")
+    # Case-insensitive matching lets a few non-ASCII letters through (dotless i, dotted I):
+    # they name no unit.
+    if prefix not in _SIZE_UNITS:
+        raise ValueError(f"not a size: {value!r} (use e.g. 512k, 64MiB, 2GB)")
     factor = 1024 ** ("kmgtp".index(prefix) + 1) if binary and prefix else _SIZE_UNITS[prefix]
-    return int(number * factor)
+    try:
+        return int(number * factor)
+    except OverflowError:
+        raise ValueError(f"size too large: {value!r:.40}") from None
+
+
+def format_mib(n: float | None) -> str:
+    """Bytes as mebibytes with one decimal, ``"12.3 MiB"``; ``None`` (unknown) -> ``"? MiB"``.
+
+    ``parse_size`` reads the text back to within 0.05 MiB of ``n``."""
+    if n is None:
+        return "? MiB"
+    return f"{n / MIB:.1f} MiB"
 
 
 # --- percentages -----------------------------------------------------------------------------

@@ -8,8 +8,10 @@ from hypothesis import strategies as st
 
 from crmmaint import yamlsource
 from crmmaint.units import (
+    MIB,
     format_countdown,
     format_duration,
+    format_mib,
     parse_duration,
     parse_percent,
     parse_size,
@@ -128,3 +130,53 @@ def test_format_duration(seconds, text):
 )
 def test_format_countdown(seconds, text):
     assert format_countdown(seconds) == text
+
+
+def test_format_mib():
+    assert format_mib(None) == "? MiB"
+    assert format_mib(64 << 20) == "64.0 MiB"
+    assert format_mib(1_500_000) == "1.4 MiB"
+
+
+@pytest.mark.parametrize(("seconds", "text"), [(1e-05, "0.00001s"), (1000001, "1000001s")])
+def test_format_duration_never_uses_an_exponent(seconds, text):
+    assert format_duration(seconds) == text
+
+
+@pytest.mark.parametrize("bad", ["1\u0131", "1\u0130b", "1" * 400, "1" * 400 + "PiB"])
+def test_parse_size_odd_text_is_a_value_error(bad):
+    with pytest.raises(ValueError, match="size"):
+        parse_size(bad)
+
+
+# --- properties ------------------------------------------------------------------------------
+
+
+@given(st.floats(min_value=0, allow_nan=False, allow_infinity=False))
+def test_format_duration_round_trips(seconds):
+    assert parse_duration(format_duration(seconds)) == seconds
+
+
+@given(st.integers(min_value=0, max_value=10**15))
+def test_format_mib_round_trips_within_rounding(n):
+    assert abs(parse_size(format_mib(n)) - n) <= 0.05 * MIB + 1
+
+
+# A number, maybe a space, then up to three unit-ish letters, among them the odd ones that
+# case-insensitive matching lets through (dotted I, dotless i, the Kelvin sign): near-misses.
+_UNIT_TEXT = st.builds(
+    "{}{}{}".format,
+    st.one_of(st.from_regex(r"\d{1,4}(\.\d{1,3})?", fullmatch=True), st.just("9" * 400)),
+    st.sampled_from(["", " ", "\t"]),
+    st.text(alphabet=st.sampled_from("%kmgtpibKMGTPIBsmhdw.\u0130\u0131\u212a"), max_size=3),
+)
+
+
+@pytest.mark.parametrize("parse", [parse_duration, parse_size, parse_percent])
+@given(text=st.one_of(st.text(max_size=30), _UNIT_TEXT))
+def test_parsers_raise_only_value_error_on_any_text(parse, text):
+    try:
+        value = parse(text)
+    except ValueError:
+        return
+    assert value >= 0
