@@ -204,23 +204,14 @@ def default_transport_factory(pool: SSHPool | None = None) -> TransportFactory:
     """Local hosts get a ``LocalTransport``; others an ``SSHTransport`` from ``pool`` (or a new one)."""
     from crmmaint.transport.local import LocalTransport
     from crmmaint.transport.ssh import SSHPool
+    from crmmaint.transport.ssh_client import SSHTarget
 
     ssh_pool = pool if pool is not None else SSHPool()
 
     def factory(host: Host) -> Transport:
         if host.is_local:
             return LocalTransport(host.name)
-        return ssh_pool.get(
-            host.name,
-            host.address,
-            host.port,
-            host.user,
-            identity_file=host.identity_file,
-            known_hosts=host.known_hosts,
-            connect_timeout=host.connect_timeout,
-            become=host.become,
-            allow_unknown_host_key=host.allow_unknown_host_key,
-        )
+        return ssh_pool.transport(SSHTarget.from_host(host))
 
     return factory
 
