@@ -1,20 +1,81 @@
-"""Durations as people read them: one home for printing them (parsing lives in yamlsource)."""
+"""Durations, sizes and percentages as people write and read them: parsing and printing.
+
+Pure functions, no I/O. The parsers take what configuration files hold (a number, or a string
+with a unit) and raise ``ValueError`` with an example of the right spelling for anything else;
+callers that know the file and line (``crmmaint.playbook.loader``, ``crmmaint.tasks.api``,
+``crmmaint.repository.retention``) wrap that message. The printers give text the parsers read
+back: ``parse_duration(format_duration(s)) == s`` for every finite ``s >= 0``.
+"""
 
 from __future__ import annotations
 
+import math
+import re
+from decimal import Decimal
+
+__all__ = [
+    "format_countdown",
+    "format_duration",
+    "format_mib",
+    "parse_duration",
+    "parse_percent",
+    "parse_size",
+]
+
+MIB = 1 << 20
+
+# --- durations -------------------------------------------------------------------------------
+
+_DURATION_TERM = re.compile(r"\d+(?:\.\d+)?\s*(?:ms|s|m|h|d|w)?")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
+#: Units ``format_duration`` prints, largest first (ms is read, never printed).
+_PRINTED_UNITS = (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60))
+
+
+def parse_duration(value: str | int | float) -> float:
+    """A duration in seconds (a float, ``>= 0``; a string of huge digits may give ``inf``).
+
+    Accepts a non-negative number of seconds, or a string of one or more terms, each a decimal
+    number with an optional unit ``ms``, ``s``, ``m``, ``h``, ``d`` or ``w`` (no unit: seconds),
+    summed: ``"90s"`` -> 90.0, ``"5m"`` -> 300.0, ``"1.5d"`` -> 129600.0, ``"1h30m"`` -> 5400.0,
+    ``"250ms"`` -> 0.25, ``"10"`` -> 10.0. Spaces between terms are ignored.
+
+    Raises ``ValueError`` for any string it does not accept (``"5 minutes"``, ``"-5s"``, ``""``),
+    for a negative number and for a bool; ``OverflowError`` for an int too large for a float.
+    """
+    if isinstance(value, bool):
+        raise ValueError(f"not a duration: {value!r}")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError(f"duration must not be negative: {value!r}")
+        return float(value)
+    total = 0.0
+    parts = _DURATION_TERM.findall(value)
+    if not parts or "".join(parts).replace(" ", "") != value.replace(" ", ""):
+        raise ValueError(f"not a duration: {value!r} (use e.g. 30s, 5m, 2h, 1d)")
+    for part in parts:
+        m = _DURATION.match(part)
+        if m is None:
+            raise ValueError(f"not a duration: {value!r} (use e.g. 30s, 5m, 2h, 1d)")
+        total += float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+    return total
+
 
 def format_duration(seconds: float) -> str:
-    """Seconds as the largest whole unit: ``172800`` -> ``2d``, ``300`` -> ``5m``, ``90`` ->
-    ``90s``; a value no unit divides stays in seconds (``7.5`` -> ``7.5s``)."""
-    for unit, size in (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60)):
+    """Seconds (finite, ``>= 0``) as the largest unit that divides them: ``172800`` -> ``"2d"``,
+    ``300`` -> ``"5m"``, ``90`` -> ``"90s"``; other values stay in seconds, exactly, without an
+    exponent (``7.5`` -> ``"7.5s"``, ``1e-05`` -> ``"0.00001s"``), so ``parse_duration`` reads
+    back the same number."""
+    for unit, size in _PRINTED_UNITS:
         if seconds >= size and seconds % size == 0:
             return f"{int(seconds // size)}{unit}"
-    return f"{seconds:g}s"
+    return f"{_plain_number(seconds)}s"
 
 
 def format_countdown(seconds: float) -> str:
-    """Time left, to the second, for a live countdown: ``272`` -> ``4m 32s``, ``3700`` ->
-    ``1h 01m 40s``, anything at or below zero -> ``0s``."""
+    """Time left, to the second, for a live countdown: ``272`` -> ``"4m 32s"``, ``3700`` ->
+    ``"1h 01m 40s"``, anything at or below zero -> ``"0s"`` (a display format, not parsed)."""
     left = max(0, int(seconds + 0.999))
     hours, rest = divmod(left, 3600)
     minutes, secs = divmod(rest, 60)
@@ -23,3 +84,83 @@ def format_countdown(seconds: float) -> str:
     if minutes:
         return f"{minutes}m {secs:02d}s"
     return f"{secs}s"
+
+
+def _plain_number(value: float) -> str:
+    """The shortest decimal that reads back as ``value``, never in exponent notation."""
+    if not math.isfinite(value):
+        return f"{value:g}"
+    if value == int(value):
+        return str(int(value))
+    return f"{Decimal(repr(float(value))):f}"
+
+
+# --- sizes -----------------------------------------------------------------------------------
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?i?b?)\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12, "p": 10**15}
+
+
+def parse_size(value: str | int) -> int:
+    """A size in bytes (an int, ``>= 0``; fractions of a byte are dropped).
+
+    Accepts a non-negative int of bytes, or a string: a decimal number and an optional unit,
+    case-insensitive, ``k m g t p`` as powers of 1000 and ``ki mi gi ti pi`` as powers of 1024,
+    each with or without a trailing ``b``: ``"512"`` -> 512, ``"512k"`` -> 512000, ``"64MiB"`` ->
+    67108864, ``"1.5GB"`` -> 1500000000.
+
+    Raises ``ValueError`` for any string it does not accept (``"big"``, ``"1 XB"``, ``"-1k"``, a
+    number too large to count in bytes), for a negative int and for a bool.
+    """
+    if isinstance(value, bool):
+        raise ValueError(f"not a size: {value!r}")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(f"size must not be negative: {value!r}")
+        return value
+    m = _SIZE.match(value)
+    if m is None:
+        raise ValueError(f"not a size: {value!r} (use e.g. 512k, 64MiB, 2GB)")
+    number, unit = float(m.group(1)), m.group(2).lower()
+    binary = "i" in unit
+    prefix = unit.rstrip("b").rstrip("i")
+    # Case-insensitive matching lets a few non-ASCII letters through (dotless i, dotted I):
+    # they name no unit.
+    if prefix not in _SIZE_UNITS:
+        raise ValueError(f"not a size: {value!r} (use e.g. 512k, 64MiB, 2GB)")
+    factor = 1024 ** ("kmgtp".index(prefix) + 1) if binary and prefix else _SIZE_UNITS[prefix]
+    try:
+        return int(number * factor)
+    except OverflowError:
+        raise ValueError(f"size too large: {value!r:.40}") from None
+
+
+def format_mib(n: float | None) -> str:
+    """Bytes as mebibytes with one decimal, ``"12.3 MiB"``; ``None`` (unknown) -> ``"? MiB"``.
+
+    ``parse_size`` reads the text back to within 0.05 MiB of ``n``."""
+    if n is None:
+        return "? MiB"
+    return f"{n / MIB:.1f} MiB"
+
+
+# --- percentages -----------------------------------------------------------------------------
+
+
+def parse_percent(value: str | int | float) -> float:
+    """A percentage from 0 to 100 as a float: ``"10%"``, ``"10"`` and ``10`` all give 10.0
+    (a fraction is not read as one: ``0.1`` is 0.1%).
+
+    Raises ``ValueError`` for text that is not a number with an optional ``%``, for a value
+    outside 0-100 (NaN included) and for a bool.
+    """
+    if isinstance(value, bool):
+        raise ValueError(f"not a percentage: {value!r}")
+    text = str(value).strip().removesuffix("%")
+    try:
+        number = float(text)
+    except ValueError as exc:
+        raise ValueError(f"not a percentage: {value!r} (use e.g. 10%)") from exc
+    if not 0 <= number <= 100:
+        raise ValueError(f"percentage out of range 0-100: {value!r}")
+    return number

@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import errno
 import os
-import re
 import stat
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
+
+# Durations, sizes and percentages are parsed in crmmaint.units; the names stay importable from
+# here for the modules that still take them from this one.
+from crmmaint.units import parse_duration as parse_duration
+from crmmaint.units import parse_percent as parse_percent
+from crmmaint.units import parse_size as parse_size
 
 T = TypeVar("T")
 
@@ -217,65 +222,3 @@ def _closest(word: str, choices: set[str] | frozenset[str]) -> str | None:
 
     found = difflib.get_close_matches(word, sorted(choices), n=1, cutoff=0.6)
     return found[0] if found else None
-
-
-# --- small parse helpers (durations, sizes), each with its own tests ----------------------
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
-_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
-
-
-def parse_duration(value: str | int | float) -> float:
-    """``"90s"``, ``"5m"``, ``"2h"``, ``"1.5d"`` or a number of seconds -> seconds."""
-    if isinstance(value, bool):
-        raise ValueError(f"not a duration: {value!r}")
-    if isinstance(value, int | float):
-        if value < 0:
-            raise ValueError(f"duration must not be negative: {value!r}")
-        return float(value)
-    total = 0.0
-    parts = re.findall(r"\d+(?:\.\d+)?\s*(?:ms|s|m|h|d|w)?", value)
-    if not parts or "".join(parts).replace(" ", "") != value.replace(" ", ""):
-        raise ValueError(f"not a duration: {value!r} (use e.g. 30s, 5m, 2h, 1d)")
-    for part in parts:
-        m = _DURATION.match(part)
-        if m is None:
-            raise ValueError(f"not a duration: {value!r} (use e.g. 30s, 5m, 2h, 1d)")
-        total += float(m.group(1)) * _DURATION_UNITS[m.group(2)]
-    return total
-
-
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?i?b?)\s*$", re.IGNORECASE)
-_SIZE_UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12, "p": 10**15}
-
-
-def parse_size(value: str | int) -> int:
-    """``"64MiB"``, ``"1.5GB"``, ``"512k"`` or a number of bytes -> bytes."""
-    if isinstance(value, bool):
-        raise ValueError(f"not a size: {value!r}")
-    if isinstance(value, int):
-        if value < 0:
-            raise ValueError(f"size must not be negative: {value!r}")
-        return value
-    m = _SIZE.match(value)
-    if m is None:
-        raise ValueError(f"not a size: {value!r} (use e.g. 512k, 64MiB, 2GB)")
-    number, unit = float(m.group(1)), m.group(2).lower()
-    binary = "i" in unit
-    prefix = unit.rstrip("b").rstrip("i")
-    factor = 1024 ** ("kmgtp".index(prefix) + 1) if binary and prefix else _SIZE_UNITS[prefix]
-    return int(number * factor)
-
-
-def parse_percent(value: str | int | float) -> float:
-    """``"10%"``, ``"10"`` or ``0.1``-style fractions are not mixed: 10% -> 10.0."""
-    if isinstance(value, bool):
-        raise ValueError(f"not a percentage: {value!r}")
-    text = str(value).strip().removesuffix("%")
-    try:
-        number = float(text)
-    except ValueError as exc:
-        raise ValueError(f"not a percentage: {value!r} (use e.g. 10%)") from exc
-    if not 0 <= number <= 100:
-        raise ValueError(f"percentage out of range 0-100: {value!r}")
-    return number

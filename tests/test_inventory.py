@@ -1,4 +1,4 @@
-"""Inventory loading and validation, and the small parse helpers (durations, sizes, percents)."""
+"""Inventory loading and validation, and YAML loading with line numbers."""
 
 from __future__ import annotations
 
@@ -13,13 +13,7 @@ from hypothesis import strategies as st
 
 from crmmaint.errors import InventoryError
 from crmmaint.inventory import SecretSource, describe, load_inventory
-from crmmaint.yamlsource import (
-    SourceError,
-    load_yaml_text,
-    parse_duration,
-    parse_percent,
-    parse_size,
-)
+from crmmaint.yamlsource import SourceError, load_yaml_text
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -174,68 +168,6 @@ def test_random_documents_only_ever_raise_inventory_errors(tmp_path_factory, doc
     path.write_text(yaml.safe_dump(doc))
     with contextlib.suppress(InventoryError):
         load_inventory(path)
-
-
-# --- parse helpers ---------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("text", "seconds"),
-    [
-        ("90s", 90),
-        ("5m", 300),
-        ("2h", 7200),
-        ("1.5d", 129600),
-        ("1w", 604800),
-        ("1h30m", 5400),
-        ("250ms", 0.25),
-        (45, 45),
-        ("10", 10),
-    ],
-)
-def test_parse_duration(text, seconds):
-    assert parse_duration(text) == pytest.approx(seconds)
-
-
-@pytest.mark.parametrize("bad", ["", "soon", "5 minutes", "-5s", "1x", True, -1])
-def test_parse_duration_rejects(bad):
-    with pytest.raises(ValueError):
-        parse_duration(bad)
-
-
-@given(st.integers(0, 10**6), st.sampled_from(["s", "m", "h", "d", "w"]))
-def test_parse_duration_units(n, unit):
-    factor = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[unit]
-    assert parse_duration(f"{n}{unit}") == n * factor
-
-
-@pytest.mark.parametrize(
-    ("text", "size"),
-    [
-        ("512", 512),
-        ("512k", 512_000),
-        ("64MiB", 64 << 20),
-        ("1.5GB", 1_500_000_000),
-        ("2TiB", 2 << 40),
-        ("1gib", 1 << 30),
-        (7, 7),
-    ],
-)
-def test_parse_size(text, size):
-    assert parse_size(text) == size
-
-
-@pytest.mark.parametrize("bad", ["", "big", "1 XB", "-1k", False])
-def test_parse_size_rejects(bad):
-    with pytest.raises(ValueError):
-        parse_size(bad)
-
-
-def test_parse_percent():
-    assert parse_percent("10%") == 10.0 and parse_percent(80) == 80.0
-    for bad in ("110%", "-1", "ten", True):
-        with pytest.raises(ValueError):
-            parse_percent(bad)
 
 
 def test_yaml_lines_are_remembered():

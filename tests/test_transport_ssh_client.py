@@ -1,4 +1,4 @@
-"""connect_client against real sshd: host-key rules and connection errors."""
+"""SSHTarget, and connect()/connect_client against real sshd: host-key rules and connection errors."""
 
 from __future__ import annotations
 
@@ -7,7 +7,10 @@ import time
 import pytest
 
 from crmmaint.errors import ConnectError, HostKeyError
-from crmmaint.transport.ssh_client import connect_client
+from crmmaint.inventory import Host
+from crmmaint.repository.backends import open_backend
+from crmmaint.transport.ssh import SSHPool, SSHTransport
+from crmmaint.transport.ssh_client import SSHTarget, connect, connect_client
 
 
 def test_connects_with_known_key(sshd_host):
@@ -68,3 +71,64 @@ def test_wrong_identity_is_connect_error(sshd_host, tmp_path):
     options = sshd_host.ssh_options() | {"identity_file": str(other)}
     with pytest.raises(ConnectError, match="authentication as root failed"):
         connect_client(sshd_host.address, label=sshd_host.name, **options)
+
+
+# --- SSHTarget: the connection arguments, written once ---------------------------------------
+
+
+def test_target_from_inventory_host():
+    host = Host(
+        "db1",
+        address="10.0.0.5",
+        port=2222,
+        user="crm",
+        identity_file="~/.ssh/crm",
+        known_hosts="/etc/crm/known_hosts",
+        become="sudo",
+        allow_unknown_host_key=True,
+        connect_timeout=3.0,
+    )
+    assert SSHTarget.from_host(host) == SSHTarget(
+        "db1", "10.0.0.5", 2222, "crm", "~/.ssh/crm", "/etc/crm/known_hosts", 3.0, "sudo", True
+    )
+    assert SSHTarget.from_host(host).where == "db1 (10.0.0.5:2222)"
+
+
+def test_target_refuses_unknown_become():
+    with pytest.raises(ValueError, match="become must be 'sudo'"):
+        SSHTarget("db1", "10.0.0.5", become="su")
+    with pytest.raises(ValueError, match="become must be 'sudo'"):
+        SSHTransport("db1", "10.0.0.5", become="doas")
+
+
+def test_transport_pool_and_sftp_backend_share_the_target():
+    target = SSHTarget("app1", "10.0.0.11", 22, "crm", connect_timeout=4.0)
+    assert SSHTransport.from_target(target).target == target
+    assert SSHTransport("app1", "10.0.0.11", user="crm", connect_timeout=4.0).target == target
+    with SSHPool() as pool:
+        assert pool.transport(target) is pool.get(
+            "app1", "10.0.0.11", 22, "crm", connect_timeout=4.0
+        )
+        with pytest.raises(ValueError, match="already pooled"):
+            pool.transport(SSHTarget("app1", "10.0.0.12"))
+    backend = open_backend(
+        "sftp://backup@10.0.0.5:2200/srv/repo", known_hosts="/k", connect_timeout=7
+    )
+    assert backend.target == SSHTarget(  # type: ignore[attr-defined]
+        "repository sftp://backup@10.0.0.5:2200/srv/repo",
+        "10.0.0.5",
+        2200,
+        "backup",
+        known_hosts="/k",
+        connect_timeout=7,
+    )
+
+
+def test_connect_takes_a_target(sshd_host):
+    target = SSHTarget(sshd_host.name, sshd_host.address, **sshd_host.ssh_options())
+    client = connect(target)
+    try:
+        _, out, _ = client.exec_command("echo target")
+        assert out.read() == b"target\n"
+    finally:
+        client.close()

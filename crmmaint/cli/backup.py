@@ -25,6 +25,7 @@ from crmmaint.errors import ConfigError, RestoreError
 from crmmaint.playbook.run import AdhocStep
 from crmmaint.reporting.console import print_table, write_json
 from crmmaint.repository.configured import open_repository
+from crmmaint.units import format_mib
 
 
 @command(
@@ -163,8 +164,8 @@ def backups_list(
             "source": b.source,
             "host": b.host,
             "time": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(b.time)),
-            "size": _mib(b.size),
-            "new": _mib(b.stored_bytes),
+            "size": format_mib(b.size),
+            "new": format_mib(b.stored_bytes),
             "dedup": f"{b.dedup_ratio:.0%}",
             "duration": f"{b.duration:.1f}s",
             "drilled": "yes" if b.drilled else "",
@@ -268,7 +269,7 @@ def _restore_source(cfg: Any, ref: str) -> tuple[str, str]:
 
 
 def _duration_flag(flag: str, value: str | None) -> float | None:
-    from crmmaint.yamlsource import parse_duration
+    from crmmaint.units import parse_duration
 
     if value is None:
         return None
@@ -276,10 +277,6 @@ def _duration_flag(flag: str, value: str | None) -> float | None:
         return parse_duration(value)
     except ValueError as exc:
         raise ConfigError(f"{flag} {value!r}: {exc}", hint="e.g. 90s, 45m, 2h") from None
-
-
-def _mib(n: float) -> str:
-    return f"{n / (1 << 20):.1f} MiB"
 
 
 def register(ns: Collection) -> None:

@@ -30,6 +30,7 @@ from crmmaint.playbook.model import (
     task_runs_once,
 )
 from crmmaint.tasks.api import TaskSpec, load_task_modules
+from crmmaint.units import parse_duration
 from crmmaint.yamlsource import (
     SourceError,
     get_field,
@@ -37,7 +38,6 @@ from crmmaint.yamlsource import (
     line_of,
     load_yaml_file,
     load_yaml_text,
-    parse_duration,
     type_name,
 )
 

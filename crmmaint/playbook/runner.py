@@ -2,8 +2,9 @@
 
 Orchestration lives here once: a bounded thread pool per step (``forks``), a timeout and retries
 with exponential backoff per target, ``on_failure`` between steps, one pooled transport per host
-for the whole run, and every result to the journal and the ``Reporter``. Tasks only return a
-``TaskResult``; an exception becomes a FAILED result, never a crashed run.
+for the whole run (a ``crmmaint.transport.pool.TransportPool``), and every result to the journal
+and the ``Reporter``. Tasks only return a ``TaskResult``; an exception becomes a FAILED result,
+never a crashed run.
 """
 
 from __future__ import annotations
@@ -25,14 +26,16 @@ from crmmaint.results import Status, TaskResult, worst
 from crmmaint.tasks.api import TaskContext
 from crmmaint.transport.base import DeadlineTransport, Transport
 
+# Transport selection and per-run pooling live in crmmaint.transport.pool; the names stay
+# importable from here.
+from crmmaint.transport.pool import TransportFactory as TransportFactory
+from crmmaint.transport.pool import TransportPool
+from crmmaint.transport.pool import default_transport_factory as default_transport_factory
+
 if TYPE_CHECKING:
     from crmmaint.journal import Journal
-    from crmmaint.transport.ssh import SSHPool
 
 log = logging.getLogger(__name__)
-
-#: Builds the transport of one host; the runner calls it once per host per run.
-TransportFactory = Callable[[Host], "Transport"]
 
 #: Exit code of a failure that is a bug in crmmaint (as the CLI's; BSD's EX_SOFTWARE).
 INTERNAL_ERROR_EXIT = 70
@@ -200,63 +203,6 @@ class RunSummary:
         return 0
 
 
-# --- transports ------------------------------------------------------------------------------
-
-
-def default_transport_factory(pool: SSHPool | None = None) -> TransportFactory:
-    """Local hosts get a ``LocalTransport``; others an ``SSHTransport`` from ``pool`` (or a new one)."""
-    from crmmaint.transport.local import LocalTransport
-    from crmmaint.transport.ssh import SSHPool
-
-    ssh_pool = pool if pool is not None else SSHPool()
-
-    def factory(host: Host) -> Transport:
-        if host.is_local:
-            return LocalTransport(host.name)
-        return ssh_pool.get(
-            host.name,
-            host.address,
-            host.port,
-            host.user,
-            identity_file=host.identity_file,
-            known_hosts=host.known_hosts,
-            connect_timeout=host.connect_timeout,
-            become=host.become,
-            allow_unknown_host_key=host.allow_unknown_host_key,
-        )
-
-    return factory
-
-
-class _RunTransports:
-    """One transport per host for one run, created on first use, all closed at the end."""
-
-    def __init__(self, factory: TransportFactory) -> None:
-        self._factory = factory
-        self._lock = threading.Lock()
-        self._host_locks: dict[str, threading.Lock] = {}
-        self._transports: dict[str, Transport] = {}
-
-    def get(self, host: Host) -> Transport:
-        with self._lock:
-            host_lock = self._host_locks.setdefault(host.name, threading.Lock())
-        with host_lock:  # connecting to one host does not hold up the others
-            transport = self._transports.get(host.name)
-            if transport is None:
-                transport = self._factory(host)
-                self._transports[host.name] = transport
-            return transport
-
-    def close_all(self) -> None:
-        with self._lock:
-            transports, self._transports = list(self._transports.items()), {}
-        for name, transport in transports:
-            try:
-                transport.close()
-            except Exception:
-                log.warning("closing the transport of %s failed", name, exc_info=True)
-
-
 # --- the runner ------------------------------------------------------------------------------
 
 
@@ -288,14 +234,13 @@ class Runner:
         self._attempts: set[_AttemptTransports] = set()
         self._attempts_lock = threading.Lock()
         self._run_id: int | None = None
-        self._transports: _RunTransports | None = None
+        self._transports: TransportPool | None = None
 
     def run(self, playbook: Playbook, planned: Sequence[PlannedStep]) -> RunSummary:
         """Execute ``planned`` (from ``plan``); returns the summary, raises only on interrupt."""
         started = time.monotonic()
         self._abort.clear()
-        factory = self.transport_factory or default_transport_factory()
-        self._transports = _RunTransports(factory)
+        self._transports = TransportPool(self.transport_factory)
         self._run_id = (
             self.journal.start_run(
                 playbook.name,

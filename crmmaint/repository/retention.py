@@ -19,8 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from crmmaint.errors import ConfigError
-from crmmaint.units import format_duration
-from crmmaint.yamlsource import parse_duration
+from crmmaint.units import format_duration, parse_duration
 
 #: Count rules in the order they are evaluated and reported.
 COUNT_RULES = (

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from crmmaint.yamlsource import parse_duration, parse_percent, parse_size
+from crmmaint.units import parse_duration, parse_percent, parse_size
 
 if TYPE_CHECKING:
     from crmmaint.inventory import Inventory, Target

@@ -25,6 +25,7 @@ from crmmaint.repository.format import source_name
 from crmmaint.results import TaskResult
 from crmmaint.tasks.api import REPOSITORY_PARAM, Param, TaskContext, task
 from crmmaint.transport.base import Transport
+from crmmaint.units import format_mib
 
 
 class IterReader:
@@ -204,7 +205,7 @@ def _restore(ctx: TaskContext, kind: str, name: str, host: str) -> TaskResult:
             files = int(manifest.facts.get("files", 0))
             what = f"{tables} tables" if kind == "database" else f"{files} files"
             return TaskResult.ok(
-                f"would restore backup {backup.id} of {backup.source} ({_mib(backup.size)}, "
+                f"would restore backup {backup.id} of {backup.source} ({format_mib(backup.size)}, "
                 f"{what}) into {to} on {host}"
                 + (", replacing what is there" if params["force"] else ""),
                 details={**details, "check": True},
@@ -238,10 +239,6 @@ def _restore(ctx: TaskContext, kind: str, name: str, host: str) -> TaskResult:
         metrics=metrics,
         details=details,
     )
-
-
-def _mib(n: float) -> str:
-    return f"{n / (1 << 20):.1f} MiB"
 
 
 def scratch_name(db: Any, now: float) -> str:

@@ -18,13 +18,14 @@ import shlex
 import tempfile
 import threading
 from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
+from typing import Any
 
 import paramiko
 
 from crmmaint.errors import TransportError
 from crmmaint.transport.base import Command, ProcessPipes, Transport, command_text, short
-from crmmaint.transport.ssh_client import connect_client
+from crmmaint.transport.ssh_client import SSHTarget, connect
 
 log = logging.getLogger(__name__)
 
@@ -114,36 +115,48 @@ class _ChannelPipes(ProcessPipes):
 
 
 class SSHTransport(Transport):
-    """Commands on one SSH host over a single lazily opened, thread-safe connection."""
+    """Commands on one SSH host over a single lazily opened, thread-safe connection.
+
+    ``SSHTransport(host, address, port, user, **options)`` takes ``SSHTarget``'s fields (and
+    raises its ``ValueError`` for a bad ``become``); ``SSHTransport.from_target(target)`` takes
+    the target itself. Nothing connects until the first command.
+    """
 
     def __init__(
-        self,
-        host: str,
-        address: str,
-        port: int = 22,
-        user: str | None = None,
-        *,
-        identity_file: str | None = None,
-        known_hosts: str | None = None,
-        connect_timeout: float = 10.0,
-        become: str | None = None,
-        allow_unknown_host_key: bool = False,
+        self, host: str, address: str, port: int = 22, user: str | None = None, **options: Any
     ) -> None:
-        if become not in (None, "sudo"):
-            raise ValueError(f"host {host}: become must be 'sudo' or unset, not {become!r}")
+        #: How to reach the host; the connection arguments live only there.
+        self.target = SSHTarget(host, address, port, user, **options)
         self.host = host
-        self.address = address
-        self.port = port
-        self.user = user
-        self.identity_file = identity_file
-        self.known_hosts = known_hosts
-        self.connect_timeout = connect_timeout
-        self.become = become
-        self.allow_unknown_host_key = allow_unknown_host_key
         #: How many SSH connections this transport opened (1 for a healthy run).
         self.connect_count = 0
         self._client: paramiko.SSHClient | None = None
         self._lock = threading.Lock()
+
+    @classmethod
+    def from_target(cls, target: SSHTarget) -> SSHTransport:
+        """The transport of ``target`` (not connected yet)."""
+        return cls(**asdict(target))
+
+    @property
+    def address(self) -> str:
+        return self.target.address
+
+    @property
+    def port(self) -> int:
+        return self.target.port
+
+    @property
+    def user(self) -> str | None:
+        return self.target.user
+
+    @property
+    def become(self) -> str | None:
+        return self.target.become
+
+    @property
+    def connect_timeout(self) -> float:
+        return self.target.connect_timeout
 
     def __repr__(self) -> str:
         return f"SSHTransport({self.host!r}, {self.address}:{self.port})"
@@ -157,16 +170,7 @@ class SSHTransport(Transport):
                 log.info("%s: SSH connection lost, reconnecting", self.host)
                 self._client.close()
                 self._client = None
-            self._client = connect_client(
-                self.address,
-                self.port,
-                self.user,
-                identity_file=self.identity_file,
-                known_hosts=self.known_hosts,
-                connect_timeout=self.connect_timeout,
-                label=self.host,
-                allow_unknown_host_key=self.allow_unknown_host_key,
-            )
+            self._client = connect(self.target)
             self.connect_count += 1
             return self._client
 
@@ -278,21 +282,6 @@ class SSHTransport(Transport):
                 self._client = None
 
 
-@dataclass(frozen=True)
-class SSHTarget:
-    """Everything ``SSHTransport`` needs for one host; the pool compares these."""
-
-    host: str
-    address: str
-    port: int = 22
-    user: str | None = None
-    identity_file: str | None = None
-    known_hosts: str | None = None
-    connect_timeout: float = 10.0
-    become: str | None = None
-    allow_unknown_host_key: bool = False
-
-
 class SSHPool:
     """One ``SSHTransport`` per host name, so a run opens one connection per host.
 
@@ -303,23 +292,28 @@ class SSHPool:
         self._lock = threading.Lock()
         self._entries: dict[str, tuple[SSHTarget, SSHTransport]] = {}
 
-    def get(
-        self, host: str, address: str, port: int = 22, user: str | None = None, **options
-    ) -> SSHTransport:
-        """The pooled transport for ``host`` (same arguments as ``SSHTransport``)."""
-        target = SSHTarget(host, address, port, user, **options)
+    def transport(self, target: SSHTarget) -> SSHTransport:
+        """The pooled transport for ``target.host``, made (not connected) on first request.
+
+        Raises ``ValueError`` when that host name is already pooled with other settings.
+        """
         with self._lock:
-            entry = self._entries.get(host)
+            entry = self._entries.get(target.host)
             if entry is not None:
                 if entry[0] != target:
                     raise ValueError(
-                        f"host {host!r} is already pooled with other settings: {entry[0]}"
+                        f"host {target.host!r} is already pooled with other settings: {entry[0]}"
                     )
                 return entry[1]
-            fields = asdict(target)
-            transport = SSHTransport(fields.pop("host"), fields.pop("address"), **fields)
-            self._entries[host] = (target, transport)
+            transport = SSHTransport.from_target(target)
+            self._entries[target.host] = (target, transport)
             return transport
+
+    def get(
+        self, host: str, address: str, port: int = 22, user: str | None = None, **options: Any
+    ) -> SSHTransport:
+        """``transport()`` for loose arguments (``SSHTarget``'s fields, as ``SSHTransport``)."""
+        return self.transport(SSHTarget(host, address, port, user, **options))
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -1,9 +1,14 @@
-"""Open a paramiko ``SSHClient`` with strict host-key checking and errors that say what to do.
+"""How to reach and trust an SSH server (``SSHTarget``), and the one ``connect()`` that opens it.
 
-Shared by ``SSHTransport`` and the SFTP storage backend. Host keys come from one known_hosts
-file (given, else ``~/.ssh/known_hosts``; ``[host]:port`` entries and hashed names work). An
-unknown key is refused unless the inventory opts in for that host; a changed key is always
-refused. No SSH agent is used; default key files are tried only when no identity file is given.
+Shared by ``SSHTransport`` (commands on inventory hosts) and the SFTP storage backend: both
+describe the server as an ``SSHTarget`` (``SSHTarget.from_host(inventory_host)`` or
+``SSHTarget(label, address, port, user, **sftp_options)``) and open it with ``connect(target)``,
+so the connection arguments are spelled out here only.
+
+Host keys come from one known_hosts file (given, else ``~/.ssh/known_hosts``; ``[host]:port``
+entries and hashed names work). An unknown key is refused unless the inventory opts in for that
+host; a changed key is always refused. No SSH agent is used; default key files are tried only
+when no identity file is given.
 """
 
 from __future__ import annotations
@@ -12,10 +17,15 @@ import contextlib
 import logging
 import os
 import socket
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import paramiko
 
 from crmmaint.errors import ConnectError, HostKeyError
+
+if TYPE_CHECKING:
+    from crmmaint.inventory import Host
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +62,60 @@ class _AcceptUnknown(paramiko.MissingHostKeyPolicy):
         )
 
 
+@dataclass(frozen=True)
+class SSHTarget:
+    """Everything needed to reach, trust and use one SSH server; equal targets are one server.
+
+    ``host``: the name every message and log line uses (an inventory host name, or
+    ``"repository sftp://…"``); ``address``/``port``: where sshd listens; ``user``: the login
+    (``None``: the local user name); ``identity_file``: the only private key offered (``None``:
+    the default ``~/.ssh/id_*`` files); ``known_hosts``: the file the host key must be in
+    (``None``: ``~/.ssh/known_hosts``); ``connect_timeout``: seconds for each of TCP connect,
+    banner, key exchange and authentication, and for opening a channel;
+    ``allow_unknown_host_key``: accept a key missing from known_hosts for this connection (a
+    changed key is always refused); ``become``: ``"sudo"`` to run commands through ``sudo -n``
+    (commands only, not SFTP), or ``None``.
+
+    Raises ``ValueError`` when ``become`` is neither ``"sudo"`` nor ``None``.
+    """
+
+    host: str
+    address: str
+    port: int = 22
+    user: str | None = None
+    identity_file: str | None = None
+    known_hosts: str | None = None
+    connect_timeout: float = 10.0
+    become: str | None = None
+    allow_unknown_host_key: bool = False
+
+    def __post_init__(self) -> None:
+        if self.become not in (None, "sudo"):
+            raise ValueError(
+                f"host {self.host}: become must be 'sudo' or unset, not {self.become!r}"
+            )
+
+    @classmethod
+    def from_host(cls, host: Host) -> SSHTarget:
+        """The target of an inventory host (``connection: ssh``), with its SSH settings."""
+        return cls(
+            host=host.name,
+            address=host.address,
+            port=host.port,
+            user=host.user,
+            identity_file=host.identity_file,
+            known_hosts=host.known_hosts,
+            connect_timeout=host.connect_timeout,
+            become=host.become,
+            allow_unknown_host_key=host.allow_unknown_host_key,
+        )
+
+    @property
+    def where(self) -> str:
+        """``name (address:port)``, as messages name the server."""
+        return f"{self.host} ({self.address}:{self.port})"
+
+
 def _key_file_type(key: paramiko.PKey) -> str:
     name = key.get_name()
     return "ecdsa" if name.startswith("ecdsa") else name.removeprefix("ssh-")
@@ -67,16 +131,28 @@ def connect_client(
     port: int = 22,
     user: str | None = None,
     *,
-    identity_file: str | None = None,
-    known_hosts: str | None = None,
-    connect_timeout: float = 10.0,
     label: str | None = None,
-    allow_unknown_host_key: bool = False,
+    **options: Any,
 ) -> paramiko.SSHClient:
-    """Connect and authenticate; raises ``HostKeyError`` or ``ConnectError`` with a remedy."""
-    label = label or address
-    where = f"{label} ({address}:{port})"
-    known_hosts = os.path.expanduser(known_hosts or "~/.ssh/known_hosts")
+    """``connect()`` for callers that hold loose arguments: ``options`` are ``SSHTarget``'s
+    keyword fields, ``label`` its ``host`` (default: the address)."""
+    return connect(SSHTarget(label or address, address, port, user, **options))
+
+
+def connect(target: SSHTarget) -> paramiko.SSHClient:
+    """Connect to ``target`` and authenticate; the client is the caller's to close.
+
+    The host key must be in the target's known_hosts file (unless ``allow_unknown_host_key``;
+    a changed key is always refused). The connection sends keepalives every
+    ``KEEPALIVE_INTERVAL`` seconds. Raises ``HostKeyError`` (unknown or changed key, unreadable
+    known_hosts) or ``ConnectError`` (unreadable identity file, refused, timed out, failed
+    handshake or authentication), each naming the server and saying what to check.
+    """
+    address, port, user = target.address, target.port, target.user
+    connect_timeout = target.connect_timeout
+    where = target.where
+    known_hosts = os.path.expanduser(target.known_hosts or "~/.ssh/known_hosts")
+    identity_file = target.identity_file
     if identity_file is not None:
         identity_file = os.path.expanduser(identity_file)
         if not os.access(identity_file, os.R_OK):
@@ -95,7 +171,7 @@ def connect_client(
                 hint="fix or remove the malformed line",
             ) from exc
     client.set_missing_host_key_policy(
-        _AcceptUnknown() if allow_unknown_host_key else _RejectUnknown()
+        _AcceptUnknown() if target.allow_unknown_host_key else _RejectUnknown()
     )
 
     try:

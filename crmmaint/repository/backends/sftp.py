@@ -1,7 +1,7 @@
 """SFTP backend (paramiko): objects as files below a remote directory.
 
-The SSH connection comes from ``crmmaint.transport.ssh_client.connect_client``, so host keys are
-checked against known_hosts exactly as for commands (unknown or changed keys are refused unless
+The SSH connection is an ``SSHTarget`` opened by ``crmmaint.transport.ssh_client.connect``, so host
+keys are checked against known_hosts exactly as for commands (unknown or changed keys are refused unless
 allowed). A store writes ``<path>/.tmp/<random>.tmp`` and renames it into place with
 ``posix-rename@openssh.com``, so readers never see a partial object. Every operation checks an
 SFTP channel out of a small pool over the one SSH connection: a channel is never used by two
@@ -10,6 +10,7 @@ threads at once, nor re-entered while a pipelined write on it awaits its acknowl
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import logging
 import posixpath
@@ -33,6 +34,7 @@ from crmmaint.repository.backends.base import (
     check_prefix,
     read_source,
 )
+from crmmaint.transport.ssh_client import SSHTarget, connect
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +45,8 @@ _NETWORK_ERRORS = (paramiko.SSHException, EOFError, ConnectionError, TimeoutErro
 
 @dataclass
 class SFTPOptions:
-    """How to reach and trust the server; unknown host keys are refused by default."""
+    """The repository's ``options`` for an SFTP URL: how to reach and trust the server (the
+    ``SSHTarget`` fields a URL does not carry); unknown host keys are refused by default."""
 
     identity_file: str | None = None
     known_hosts: str | None = None
@@ -67,6 +70,10 @@ class SFTPBackend(Backend):
         self.options = options or SFTPOptions()
         who = f"{user}@" if user else ""
         self.url = f"sftp://{who}{host}:{port}{self.root}"
+        #: The server, as messages name it ("repository sftp://…").
+        self.target = SSHTarget(
+            f"repository {self.url}", host, port, user, **dataclasses.asdict(self.options)
+        )
         self._lock = threading.Lock()
         self._client: Any = None
         self._idle: list[paramiko.SFTPClient] = []
@@ -78,20 +85,8 @@ class SFTPBackend(Backend):
     # -- connection --------------------------------------------------------------------------
 
     def _connect(self) -> Any:
-        from crmmaint.transport.ssh_client import connect_client
-
-        opts = self.options
         try:
-            return connect_client(
-                self.host,
-                self.port,
-                self.user,
-                identity_file=opts.identity_file,
-                known_hosts=opts.known_hosts,
-                connect_timeout=opts.connect_timeout,
-                label=f"repository {self.url}",
-                allow_unknown_host_key=opts.allow_unknown_host_key,
-            )
+            return connect(self.target)
         except TransportError as exc:
             raise BackendError(f"cannot connect to repository {self.url}: {exc}") from exc
 
