@@ -16,7 +16,8 @@ from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Se
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from crmmaint.errors import CommandTimeout, EngineError, RestoreError, TransportError
+from crmmaint.errors import CommandTimeout, EngineError, TransportError
+from crmmaint.errors import RestoreTargetExists as RestoreTargetExists  # its path before errors.py
 from crmmaint.inventory import Database
 from crmmaint.transport.base import Command, CommandResult, Process, StdoutMode, Transport
 
@@ -28,10 +29,6 @@ QUERY_TIMEOUT = 120.0
 Facts = dict[str, Any]
 
 _TARGET_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
-
-
-class RestoreTargetExists(RestoreError, EngineError):
-    """The restore target exists and ``force`` was not given (both a restore and engine error)."""
 
 
 class Reader(Protocol):

@@ -16,8 +16,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from crmmaint.engines.base import DumpStream, Facts, Reader, RestoreTargetExists, closing_dump, feed
-from crmmaint.errors import CommandTimeout, EngineError, RestoreError, TransportError
+from crmmaint.engines.base import DumpStream, Facts, Reader, closing_dump, feed
+from crmmaint.errors import (
+    CommandTimeout,
+    EngineError,
+    RestoreError,
+    RestoreTargetExists,
+    TransportError,
+)
 from crmmaint.inventory import FileSet
 from crmmaint.transport.base import CommandResult, Transport
 

@@ -23,14 +23,13 @@ from crmmaint.engines.base import (
     DumpStream,
     Facts,
     Reader,
-    RestoreTargetExists,
     check_target_name,
     closing_dump,
     cut_message_line,
     schema_digest,
 )
 from crmmaint.engines.myscript import MAX_HEAD, MyScriptLexer, RestoreScript, quoted_pattern
-from crmmaint.errors import EngineError
+from crmmaint.errors import EngineError, RestoreTargetExists
 
 log = logging.getLogger(__name__)
 

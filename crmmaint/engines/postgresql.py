@@ -33,7 +33,6 @@ from crmmaint.engines.base import (
     DumpStream,
     Facts,
     Reader,
-    RestoreTargetExists,
     check_target_name,
     closing_dump,
     cut_message_line,
@@ -49,7 +48,7 @@ from crmmaint.engines.pgload import (
 )
 from crmmaint.engines.pgscript import PgScriptLexer, RestoreScript
 from crmmaint.engines.pgsections import IDENT, PostDataSplit, post_data_phases
-from crmmaint.errors import CommandTimeout, EngineError, TransportError
+from crmmaint.errors import CommandTimeout, EngineError, RestoreTargetExists, TransportError
 from crmmaint.transport.base import Process
 
 log = logging.getLogger(__name__)

@@ -23,11 +23,10 @@ from crmmaint.engines.base import (
     DumpStream,
     Facts,
     Reader,
-    RestoreTargetExists,
     closing_dump,
     schema_digest,
 )
-from crmmaint.errors import EngineError
+from crmmaint.errors import EngineError, RestoreTargetExists
 
 log = logging.getLogger(__name__)
 
