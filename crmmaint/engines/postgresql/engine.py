@@ -38,7 +38,7 @@ from crmmaint.engines.base import (
     cut_message_line,
     schema_digest,
 )
-from crmmaint.engines.pgload import (
+from crmmaint.engines.postgresql.load import (
     ChainReader,
     CopyPiece,
     PostDataQueue,
@@ -46,8 +46,8 @@ from crmmaint.engines.pgload import (
     plan_pieces,
     run_together,
 )
-from crmmaint.engines.pgscript import PgScriptLexer, RestoreScript
-from crmmaint.engines.pgsections import IDENT, PostDataSplit, post_data_phases
+from crmmaint.engines.postgresql.script import PgScriptLexer, RestoreScript
+from crmmaint.engines.postgresql.sections import IDENT, PostDataSplit, post_data_phases
 from crmmaint.errors import CommandTimeout, EngineError, RestoreTargetExists, TransportError
 from crmmaint.transport.base import Process
 

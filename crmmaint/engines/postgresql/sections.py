@@ -16,7 +16,7 @@ rows, and keeps the post-data DDL (small: statements, no data) aside. ``post_dat
 groups that DDL into phases: runs of independent single-table items (indexes, primary keys,
 unique and check constraints) that may run in parallel, and everything else in dump order;
 ``item_table`` names the table such an item is built on. Loading on several connections is
-``pgload``'s part.
+``load.py``'s part.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import re
 from dataclasses import dataclass
 
 from crmmaint.engines.base import Reader
-from crmmaint.engines.pgscript import PgScriptLexer
+from crmmaint.engines.postgresql.script import PgScriptLexer
 from crmmaint.engines.scriptlex import QueueReader
 
 #: The session settings at the top of a plain dump kept for the other connections (pg_dump
