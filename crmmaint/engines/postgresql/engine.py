@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from crmmaint.engines.base import (
     QUERY_TIMEOUT,
@@ -27,7 +27,9 @@ from crmmaint.engines.base import (
     DumpLayout,
     DumpStream,
     Facts,
+    NewTarget,
     Reader,
+    RestoreRequest,
     check_target_name,
     closing_dump,
     cut_message_line,
@@ -56,7 +58,7 @@ from crmmaint.engines.postgresql.load import (
 from crmmaint.engines.postgresql.roles import LOAD_ROLE_HINT, LOAD_ROLE_PREFIX, LoadRole
 from crmmaint.engines.postgresql.script import RestoreScript
 from crmmaint.engines.postgresql.sections import CopyRowCounter, PostDataSplit, post_data_phases
-from crmmaint.errors import CommandTimeout, EngineError, RestoreTargetExists, TransportError
+from crmmaint.errors import CommandTimeout, EngineError, TransportError
 from crmmaint.transport.base import Process
 
 log = logging.getLogger(__name__)
@@ -135,7 +137,17 @@ class _PsqlSession:
             raise self.engine.error(f"snapshot session failed: {result.stderr_tail()}")
 
 
-class PostgreSQLEngine(DatabaseEngine):
+@dataclass(kw_only=True)
+class PgRestoreTarget(NewTarget):
+    """A database a restore created: reached as the restoring user (``copy``) and as whom
+    loads it (``loader``: as ``role`` in a least-privilege restore, else ``copy``)."""
+
+    copy: PostgreSQLEngine
+    loader: PostgreSQLEngine
+    role: LoadRole | None
+
+
+class PostgreSQLEngine(DatabaseEngine[PgRestoreTarget]):
     """A PostgreSQL database, reached with psql/pg_dump on its host."""
 
     engine = "postgresql"
@@ -316,58 +328,93 @@ class PostgreSQLEngine(DatabaseEngine):
 
         With a ``layout`` (the backup recorded where its COPY blocks are) and ``jobs`` > 1 the
         tables load on ``jobs`` connections at once (``_restore_parallel``); otherwise the
-        stream loads in one transaction. Either way a failed restore drops the new database.
+        stream loads in one transaction (``single_transaction``). Either way a failed restore
+        drops the new database. The rest is ``DatabaseEngine.restore``.
         """
-        check_target_name(self, target_name)
-        if target_name == (self.db.dbname or self.db.name):
-            raise self.error(f"refusing to restore over the source database {target_name!r}")
-        if self.exists(target_name):
-            if not force:
-                raise RestoreTargetExists(
-                    f"{self.where}: restore target database {target_name!r} exists",
-                    hint="choose another name, drop it, or pass force to replace it",
-                )
-            log.warning("dropping existing database %s for restore (force)", target_name)
-            self.drop(target_name)
+        request = RestoreRequest(
+            stream,
+            target_name,
+            force=force,
+            timeout=timeout,
+            layout=layout,
+            jobs=jobs,
+            single_transaction=single_transaction,
+        )
+        return self.run_restore(request)
+
+    def target_exists(self, target: str) -> bool:
+        return self.exists(target)
+
+    def create_target(
+        self, target: str, request: RestoreRequest, *, replacing: bool
+    ) -> PgRestoreTarget:
+        """``CREATE DATABASE`` from ``template0``; in a least-privilege restore, first the
+        ``LoadRole`` that will own it (removed again if the database cannot be made)."""
         role = LoadRole() if self.db.restore_privilege == "least" else None
-        target = self.for_database(target_name)
         try:
             owner = ""
             if role is not None:
-                self._maintenance(role.create_sql(time.time(), timeout), timeout=QUERY_TIMEOUT,
-                                  what="CREATE ROLE (least-privilege restore)", hint=LOAD_ROLE_HINT)  # fmt: skip
+                self._maintenance(
+                    role.create_sql(time.time(), request.timeout),
+                    timeout=QUERY_TIMEOUT,
+                    what="CREATE ROLE (least-privilege restore)",
+                    hint=LOAD_ROLE_HINT,
+                )
                 owner = f" OWNER {quote_ident(role.name)}"
             self._maintenance(
-                f"CREATE DATABASE {quote_ident(target_name)}{owner} TEMPLATE template0",
+                f"CREATE DATABASE {quote_ident(target)}{owner} TEMPLATE template0",
                 timeout=QUERY_TIMEOUT,
                 what="CREATE DATABASE",
             )
-            loader = target if role is None else target.as_load_role(role)
-            log.info("restoring into %s on %s", target_name, self.transport.host)
-            if layout is not None and jobs > 1:
-                size, frozen = loader._restore_parallel(layout, jobs=jobs, timeout=timeout)
-            else:
-                size, frozen = loader._restore_stream(
-                    stream, single_transaction=single_transaction, timeout=timeout, jobs=jobs
-                )
-            if role is not None:
-                # The objects stay the load role's (a superuser owning a forged dump's views
-                # and SECURITY DEFINER functions would hand them its rights); it logs in no more.
-                self._disarm(role.name)
         except BaseException:
-            if role is not None:  # first: the dump may have set a password of its choosing
-                with contextlib.suppress(EngineError):
-                    self._rollback_prepared(target_name, timeout=QUERY_TIMEOUT)
-                    self._disarm(role.name)
-            self.drop_quietly(target_name)
             if role is not None:
                 self._drop_load_role(role.name, quietly=True)
             raise
-        log.info("restored %d bytes into %s (%d tables loaded frozen)", size, target_name, frozen)
-        facts = target.snapshot_facts()
-        if role is not None:
-            log.info("%s and its objects are owned by role %s (no login)", target_name, role.name)
-            facts["owner"] = f"role {role.name} (no login)"
+        copy = self.for_database(target)
+        loader = copy if role is None else copy.as_load_role(role)
+        return PgRestoreTarget(target, copy=copy, loader=loader, role=role)
+
+    def load_target(self, made: PgRestoreTarget, request: RestoreRequest) -> int:
+        """The parallel path when the backup recorded a layout and ``jobs`` > 1, else the
+        stream; a load role then logs in no more."""
+        if request.layout is not None and request.jobs > 1:
+            size, frozen = made.loader._restore_parallel(
+                request.layout, jobs=request.jobs, timeout=request.timeout
+            )
+        else:
+            size, frozen = made.loader._restore_stream(
+                request.stream,
+                single_transaction=request.single_transaction,
+                timeout=request.timeout,
+                jobs=request.jobs,
+            )
+        log.info("%s: %d tables loaded frozen", made.name, frozen)
+        if made.role is not None:
+            # The objects stay the load role's (a superuser owning a forged dump's views
+            # and SECURITY DEFINER functions would hand them its rights); it logs in no more.
+            self._disarm(made.role.name)
+        return size
+
+    def discard_target(self, made: PgRestoreTarget) -> None:
+        """Drop the half-loaded database and its load role; the role's login goes first (the
+        dump may have set a password of its choosing), after the prepared transactions that
+        could hold its row."""
+        if made.role is not None:
+            with contextlib.suppress(EngineError):
+                self._rollback_prepared(made.name, timeout=QUERY_TIMEOUT)
+                self._disarm(made.role.name)
+        self.drop_quietly(made.name)
+        if made.role is not None:
+            self._drop_load_role(made.role.name, quietly=True)
+
+    def restored_facts(self, made: PgRestoreTarget, request: RestoreRequest) -> Facts:
+        """``snapshot_facts`` of the new database, and who owns it when a load role does."""
+        facts = made.copy.snapshot_facts()
+        if made.role is not None:
+            log.info(
+                "%s and its objects are owned by role %s (no login)", made.name, made.role.name
+            )
+            facts["owner"] = f"role {made.role.name} (no login)"
         return facts
 
     def as_load_role(self, role: LoadRole) -> PostgreSQLEngine:
