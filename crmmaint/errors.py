@@ -21,10 +21,11 @@ carries the process exit code the CLI uses when it reaches the top-level handler
     │   ├── WrongKeyError                       no identity given can decrypt this backup
     │   └── IntegrityError             exit 9   authentication failed: tampered or truncated
     │       └── UnauthenticatedConfig           a config without its MAC (`repo upgrade`)
-    ├── RestoreError                   exit 6   restore target unusable (exists, no --force)
-    └── TaskError                      exit 2   a task failed in a way the runner reports
+    └── RestoreError                   exit 6   restore target unusable (no directory, not absolute)
+        └── RestoreTargetExists        exit 6   target exists and no --force (also an EngineError)
 
-"Finished with warnings" is a result (exit 1), not an exception.
+"Finished with warnings" is a result (exit 1), and a task that fails is a result too
+(``TaskResult.failed``, exit 2 for the run), not an exception.
 
 ``retryable`` says whether trying the same thing again a few minutes later can succeed: a
 configuration, key, integrity or repository-state error cannot, so the runner does not retry
@@ -150,5 +151,9 @@ class RestoreError(CrmMaintError):
     retryable = False
 
 
-class TaskError(CrmMaintError):
-    exit_code = 2
+class RestoreTargetExists(RestoreError, EngineError):
+    """The restore target exists and ``force`` was not given. Also an ``EngineError`` (the
+    engine found it), so code that catches either sees it; its exit code is the restore's."""
+
+    exit_code = 6
+    retryable = False

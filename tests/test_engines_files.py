@@ -252,3 +252,14 @@ def test_a_forced_restore_replaces_the_target_and_writes_through_no_symlink(tree
     assert list(outside.iterdir()) == []  # nothing written through the link
     assert not (target / first).is_symlink() and not (target / "old-file").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["app", "outside", "restore"])
+
+
+@pytest.mark.parametrize("where", ["root", "parent", "dotted"])
+def test_a_restore_into_the_file_sets_own_paths_is_refused_even_with_force(tree, where):
+    """With force, the file set's own directory, or one holding it, would be replaced."""
+    src = source(tree)
+    data, _ = dump_all(src)
+    target = {"root": str(tree), "parent": str(tree.parent), "dotted": f"{tree}/../app/."}[where]
+    with pytest.raises(EngineError, match="refusing to restore over the source"):
+        src.restore(io.BytesIO(data), target, force=True)
+    assert (tree / "conf" / "app.conf").read_text() == "key = value\n"

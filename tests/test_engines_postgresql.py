@@ -11,9 +11,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from crmmaint.engines import RestoreTargetExists, compare_facts, engine_for, pgload
+from crmmaint.engines import RestoreTargetExists, compare_facts, engine_for
 from crmmaint.engines.base import DumpLayout
 from crmmaint.engines.postgresql import CopyRowCounter, PostgreSQLEngine
+from crmmaint.engines.postgresql import load as pgload
 from crmmaint.errors import EngineError, IntegrityError, RestoreError
 from crmmaint.inventory import Database, SecretSource
 from crmmaint.transport.local import LocalTransport

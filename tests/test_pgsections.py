@@ -1,5 +1,5 @@
 """Splitting a plain pg_dump at its post-data section, and the parts of a parallel load
-(pgsections, pgload: pure logic, no server needed)."""
+(postgresql/sections.py and load.py: pure logic, no server needed)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import threading
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from crmmaint.engines.pgload import (
+from crmmaint.engines.postgresql.load import (
     ChainReader,
     CopyPiece,
     Piece,
@@ -18,7 +18,7 @@ from crmmaint.engines.pgload import (
     balance,
     plan_pieces,
 )
-from crmmaint.engines.pgsections import (
+from crmmaint.engines.postgresql.sections import (
     PostDataSplit,
     item_table,
     post_data_items,

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from crmmaint.engines.myscript import MyScriptLexer
 from crmmaint.engines.myscript import RestoreScript as MyRestoreScript
-from crmmaint.engines.pgscript import PgScriptLexer, RestoreScript, is_ownership_statement
+from crmmaint.engines.postgresql.script import PgScriptLexer, RestoreScript, is_ownership_statement
 
 
 class Trickle:

@@ -6,15 +6,8 @@
 
 from __future__ import annotations
 
-from crmmaint.engines.base import (
-    DatabaseEngine,
-    DumpStream,
-    Facts,
-    RestoreTargetExists,
-    compare_facts,
-    schema_digest,
-)
-from crmmaint.errors import EngineError
+from crmmaint.engines.base import DatabaseEngine, DumpStream, Facts, compare_facts, schema_digest
+from crmmaint.errors import EngineError, RestoreTargetExists
 from crmmaint.inventory import Database
 from crmmaint.transport.base import Transport
 

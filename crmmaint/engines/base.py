@@ -2,6 +2,11 @@
 
 Every engine runs its client tools (psql, mariadb, sqlite3 …) on the host that owns the data.
 SQL and dump bytes travel over stdin/stdout; passwords go through the environment only.
+
+Every restore, of a database or a file set, follows one routine (``RestoreRoutine.run_restore``):
+check the target's name, refuse the source, refuse an existing target (or, with ``force``,
+replace it), create the target, load it, take its facts; a failed load removes what it made and
+its own error is the one raised. Engines fill in small hooks.
 """
 
 from __future__ import annotations
@@ -14,9 +19,9 @@ import re
 import time
 from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
-from crmmaint.errors import CommandTimeout, EngineError, RestoreError, TransportError
+from crmmaint.errors import CommandTimeout, EngineError, RestoreTargetExists, TransportError
 from crmmaint.inventory import Database
 from crmmaint.transport.base import Command, CommandResult, Process, StdoutMode, Transport
 
@@ -28,10 +33,6 @@ QUERY_TIMEOUT = 120.0
 Facts = dict[str, Any]
 
 _TARGET_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
-
-
-class RestoreTargetExists(RestoreError, EngineError):
-    """The restore target exists and ``force`` was not given (both a restore and engine error)."""
 
 
 class Reader(Protocol):
@@ -85,9 +86,12 @@ def compare_facts(expected: Mapping[str, Any], actual: Mapping[str, Any]) -> lis
     """Differences a drill reports between recorded facts and those of a restored copy.
 
     Tables, row counts and schema fingerprint must be equal; a sequence may only be ahead
-    (sequences are not transactional, see docs/engines.md). An empty list means they match.
+    (sequences are not transactional, see docs/engines.md); a file set's ``checksums`` must be
+    equal (``compare_checksums``). An empty list means they match.
     """
     problems: list[str] = []
+    if "checksums" in expected or "checksums" in actual:
+        problems += compare_checksums(expected.get("checksums", {}), actual.get("checksums", {}))
     exp_tables, act_tables = set(expected.get("tables", [])), set(actual.get("tables", []))
     if missing := sorted(exp_tables - act_tables):
         problems.append(f"tables missing: {', '.join(missing)}")
@@ -105,6 +109,22 @@ def compare_facts(expected: Mapping[str, Any], actual: Mapping[str, Any]) -> lis
             problems.append(f"sequence missing: {seq}")
         elif value is not None and (act_seqs[seq] is None or act_seqs[seq] < value):
             problems.append(f"sequence {seq} at {act_seqs[seq]}, expected at least {value}")
+    return problems
+
+
+def compare_checksums(
+    expected: Mapping[str, Mapping[str, Any]], actual: Mapping[str, Mapping[str, Any]]
+) -> list[str]:
+    """Differences between the per-file checksums a file-set dump recorded and those of a
+    restore (``{path: {"sha256", "size"}}``): files missing, unexpected, or with other content.
+    An empty list means they match."""
+    problems = [f"missing: {p}" for p in sorted(set(expected) - set(actual))]
+    problems += [f"unexpected: {p}" for p in sorted(set(actual) - set(expected))]
+    problems += [
+        f"content differs: {p}"
+        for p in sorted(set(expected) & set(actual))
+        if expected[p]["sha256"] != actual[p]["sha256"] or expected[p]["size"] != actual[p]["size"]
+    ]
     return problems
 
 
@@ -194,7 +214,141 @@ class DumpStream:
         self._process.kill()
 
 
-class DatabaseEngine(abc.ABC):
+@dataclass(frozen=True)
+class RestoreRequest:
+    """One restore as it was asked for.
+
+    ``target`` is the name as given (a database name, a file or a directory path); ``timeout``
+    bounds the load in seconds (None: no limit); ``layout`` and ``jobs`` let an engine that can
+    load tables on several connections do so; ``single_transaction`` asks an engine that loads
+    one stream to do it in one transaction (PostgreSQL; the others load as they always do).
+    """
+
+    stream: Reader
+    target: str
+    force: bool = False
+    timeout: float | None = None
+    layout: DumpLayout | None = None
+    jobs: int = 2
+    single_transaction: bool = True
+
+
+@dataclass
+class NewTarget:
+    """A restore target ``create_target`` made, by its checked name. Engines subclass it to
+    carry what their load and cleanup need (a load role, a staging directory …)."""
+
+    name: str
+
+
+TargetT = TypeVar("TargetT", bound=NewTarget)
+
+
+class RestoreRoutine(abc.ABC, Generic[TargetT]):
+    """The one restore routine of every engine, file sets included (``run_restore``), and the
+    hooks an engine fills in. An engine supplies ``where``, ``error`` and ``transport``."""
+
+    transport: Transport
+    #: What a restore target is, in messages ("database", "database file", "directory").
+    target_noun: str = "database"
+    #: What to do about a restore target that exists.
+    target_exists_hint: str = "choose another name, drop it, or pass force to replace it"
+
+    @property
+    @abc.abstractmethod
+    def where(self) -> str:
+        """The source, its engine and host, for messages."""
+
+    @abc.abstractmethod
+    def error(
+        self, what: str, *, hint: str | None = None, retryable: bool | None = None
+    ) -> EngineError:
+        """An ``EngineError`` whose message starts with ``where``."""
+
+    def run_restore(self, request: RestoreRequest) -> Facts:
+        """Restore ``request.stream`` into a new target; returns the restored copy's facts.
+
+        The steps, each a hook: ``restore_target`` checks and normalises the name (an invalid
+        one raises); ``is_source`` refuses the source itself (``EngineError``);
+        ``target_exists`` looks, and an existing target raises ``RestoreTargetExists`` unless
+        ``request.force``, when ``clear_existing`` makes room; ``create_target`` makes the
+        empty target (removing what it made if it fails); ``load_target`` loads it;
+        ``restored_facts`` describes it. If the load fails, ``discard_target`` removes what
+        the restore made and the load's own error is raised, never a cleanup's.
+        """
+        target = self.restore_target(request.target)
+        if self.is_source(target):
+            raise self.error(
+                f"refusing to restore over the source {self.target_noun} {self.shown(target)}",
+                hint=f"restore into another {self.target_noun}",
+            )
+        replacing = self.target_exists(target)
+        if replacing:
+            if not request.force:
+                raise RestoreTargetExists(
+                    f"{self.where}: restore target {self.target_noun} {self.shown(target)} exists",
+                    hint=self.target_exists_hint,
+                )
+            log.warning("replacing %s %s with a restore (force)", self.target_noun, target)
+            self.clear_existing(target)
+        log.info("restoring into %s on %s", target, self.transport.host)
+        made = self.create_target(target, request, replacing=replacing)
+        try:
+            size = self.load_target(made, request)
+        except BaseException:
+            try:
+                self.discard_target(made)
+            except Exception as exc:  # the load's error is the one to report
+                log.warning("could not remove the failed restore target %s: %s", target, exc)
+            raise
+        log.info("restored %d bytes into %s on %s", size, target, self.transport.host)
+        return self.restored_facts(made, request)
+
+    # --- the hooks ----------------------------------------------------------------------------
+
+    def shown(self, target: str) -> str:
+        """``target`` as messages show it (a name quoted, a path as it is)."""
+        return repr(target)
+
+    @abc.abstractmethod
+    def restore_target(self, name: str) -> str:
+        """The target ``name`` checked and normalised (a path made absolute …); raises
+        ``EngineError`` or ``RestoreError`` for a name no restore may use."""
+
+    @abc.abstractmethod
+    def is_source(self, target: str) -> bool:
+        """Whether restoring into ``target`` would overwrite the source itself."""
+
+    @abc.abstractmethod
+    def target_exists(self, target: str) -> bool:
+        """Whether ``target`` exists (holds something a restore without force must keep)."""
+
+    def clear_existing(self, target: str) -> None:
+        """Make room for a forced restore: by default nothing, for engines that build the new
+        copy beside the old one and swap it in once complete."""
+
+    @abc.abstractmethod
+    def create_target(self, target: str, request: RestoreRequest, *, replacing: bool) -> TargetT:
+        """Make the new, empty target (and what the load needs: a load role …). If this fails
+        it removes what it made itself and raises."""
+
+    @abc.abstractmethod
+    def load_target(self, made: TargetT, request: RestoreRequest) -> int:
+        """Load ``request.stream`` into ``made`` and check it is whole; returns the bytes
+        loaded. Raises ``EngineError`` (or the stream's own error) when it cannot."""
+
+    @abc.abstractmethod
+    def discard_target(self, made: TargetT) -> None:
+        """Remove what a failed restore made, logging rather than raising where it can. An old
+        target a forced restore was to replace stays as it was unless ``clear_existing``
+        already removed it."""
+
+    @abc.abstractmethod
+    def restored_facts(self, made: TargetT, request: RestoreRequest) -> Facts:
+        """The facts of the restored copy (what ``compare_facts`` compares)."""
+
+
+class DatabaseEngine(RestoreRoutine[TargetT]):
     """One database reached through the transport of the host that owns it."""
 
     engine: str = ""
@@ -374,7 +528,6 @@ class DatabaseEngine(abc.ABC):
     ) -> contextlib.AbstractContextManager[DumpStream]:
         """Stream a consistent dump; a context manager yielding a ``DumpStream``."""
 
-    @abc.abstractmethod
     def restore(
         self,
         stream: Reader,
@@ -385,11 +538,34 @@ class DatabaseEngine(abc.ABC):
         layout: DumpLayout | None = None,
         jobs: int = 2,
     ) -> Facts:
-        """Load a dump into a NEW database ``target_name``; returns its facts.
+        """Load a dump into a NEW database ``target_name``; returns its facts (tables,
+        row_counts, schema_fingerprint …, for ``compare_facts``).
 
         ``layout`` (random access to the stored dump) lets an engine load tables on ``jobs``
         connections at once; engines without a parallel path read ``stream`` alone.
+        ``timeout`` bounds the load (seconds). An invalid name or the source's own raises
+        ``EngineError``; an existing target ``RestoreTargetExists`` unless ``force``, which
+        replaces it; a failed load removes the target and raises its error
+        (``RestoreRoutine.run_restore``).
         """
+        request = RestoreRequest(
+            stream, target_name, force=force, timeout=timeout, layout=layout, jobs=jobs
+        )
+        return self.run_restore(request)
+
+    # --- restore hooks shared by the server engines -------------------------------------------
+
+    def restore_target(self, name: str) -> str:
+        """A plain identifier (``check_target_name``)."""
+        check_target_name(self, name)
+        return name
+
+    def is_source(self, target: str) -> bool:
+        return target == (self.db.dbname or self.db.name)
+
+    def clear_existing(self, target: str) -> None:
+        """Drop the existing database (``drop``): a server database is replaced by dropping it."""
+        self.drop(target)
 
     @abc.abstractmethod
     def drop(self, target_name: str, *, timeout: float = QUERY_TIMEOUT) -> None:

@@ -16,8 +16,23 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from crmmaint.engines.base import DumpStream, Facts, Reader, RestoreTargetExists, closing_dump, feed
-from crmmaint.errors import CommandTimeout, EngineError, RestoreError, TransportError
+from crmmaint.engines.base import (
+    DumpStream,
+    Facts,
+    NewTarget,
+    Reader,
+    RestoreRequest,
+    RestoreRoutine,
+    closing_dump,
+    feed,
+)
+from crmmaint.engines.base import compare_checksums as compare_checksums  # its former home
+from crmmaint.errors import (
+    CommandTimeout,
+    EngineError,
+    RestoreError,
+    TransportError,
+)
 from crmmaint.inventory import FileSet
 from crmmaint.transport.base import CommandResult, Transport
 
@@ -103,6 +118,11 @@ _SWAP = (
 _TARGET_STATE = (
     'if [ ! -e "$1" ] && [ ! -L "$1" ]; then echo new; elif [ -d "$1" ] && [ ! -L "$1" ]; then '
     'if [ -n "$(ls -A -- "$1")" ]; then echo busy; else echo empty; fi; else echo other; fi'
+)
+# $1 = directory to restore into, its parent made: makes it and prints new, or prints empty when
+# an (empty) directory is already there.
+_MAKE_TARGET = (
+    'if [ -d "$1" ] && [ ! -L "$1" ]; then echo empty; else mkdir -- "$1" && echo new; fi'
 )
 # $1 = directory: every regular file below it as "size<TAB>./path<NUL>", then their sha256sums
 # (NUL-terminated with -z, GNU coreutils 8.27+) after a lone NUL separator.
@@ -234,7 +254,17 @@ class _DigestingReader:
         return data
 
 
-class FileSetSource:
+@dataclass(kw_only=True)
+class FilesRestoreTarget(NewTarget):
+    """A directory a restore extracts into: ``work`` is where tar writes (the target, or with
+    force a staging directory beside it), ``state`` whether the restore made it (``new``) or
+    found it ``empty``."""
+
+    work: str
+    state: str
+
+
+class FileSetSource(RestoreRoutine[FilesRestoreTarget]):
     """A file set from the inventory, read and restored with tar on its host."""
 
     def __init__(self, fileset: FileSet, transport: Transport) -> None:
@@ -365,52 +395,91 @@ class FileSetSource:
         With ``force`` a directory that holds something is replaced: the archive is extracted
         into a new directory beside it, which then takes its place (extracting over it would
         write through symlinks already there, to anywhere they point). A restore that fails
-        leaves the target as it was: what was extracted is removed.
-        Raises ``RestoreError`` for an unusable target, ``EngineError`` when extraction fails.
+        leaves the target as it was: what was extracted is removed. ``timeout`` bounds the
+        extraction (seconds). Raises ``RestoreError`` for an unusable target (not absolute,
+        ``/``, not a directory), ``RestoreTargetExists`` for one that holds something without
+        ``force``, ``EngineError`` for a target that is or holds one of the file set's own
+        paths, or when extraction fails (``RestoreRoutine.run_restore``).
         """
-        given = target_dir
-        if target_dir.startswith("/"):
-            target_dir = posixpath.normpath(target_dir).replace("//", "/", 1)
-        if not target_dir.startswith("/") or target_dir == "/":
+        return self.run_restore(RestoreRequest(stream, target_dir, force=force, timeout=timeout))
+
+    # --- restore hooks: a new directory, or a staged one swapped in (force) -------------------
+
+    target_noun = "directory"
+    target_exists_hint = "it holds files: choose a new directory, or pass force to replace it"
+
+    def shown(self, target: str) -> str:
+        return target
+
+    def restore_target(self, name: str) -> str:
+        """An absolute path other than ``/``, normalised (``/.`` and ``/tmp/..`` are ``/``)."""
+        target = name
+        if target.startswith("/"):
+            target = posixpath.normpath(target).replace("//", "/", 1)
+        if not target.startswith("/") or target == "/":
             raise RestoreError(
-                f"{self.where}: restore target {given!r} must be an absolute path other than /",
+                f"{self.where}: restore target {name!r} must be an absolute path other than /",
                 hint="name a new directory, e.g. --to /srv/restore/attachments",
             )
-        state = self.transport.run(["sh", "-c", _TARGET_STATE, "sh", target_dir], timeout=60)
+        return target
+
+    def is_source(self, target: str) -> bool:
+        """The target is one of the file set's paths, or holds one (a forced restore would
+        replace it)."""
+        for path in self.fileset.paths:
+            root = posixpath.normpath(path).replace("//", "/", 1)
+            if root == target or root.startswith(target.rstrip("/") + "/"):
+                return True
+        return False
+
+    def target_exists(self, target: str) -> bool:
+        """Whether the directory holds something (an empty one is used as it is); anything
+        but a directory raises ``RestoreError``."""
+        state = self.transport.run(["sh", "-c", _TARGET_STATE, "sh", target], timeout=60)
         found = state.text.strip()
-        if found == "busy" and not force:
-            raise RestoreTargetExists(
-                f"{self.where}: restore target {target_dir} exists and is not empty",
-                hint="choose a new directory, or pass force to extract over it",
-            )
         if found not in ("new", "empty", "busy"):
             raise RestoreError(
-                f"{self.where}: restore target {target_dir} is not a directory",
+                f"{self.where}: restore target {target} is not a directory",
                 hint="name a new directory",
             )
-        self._run(["mkdir", "-p", "--", posixpath.dirname(target_dir)], what="mkdir")
-        if found == "busy":  # force: a fresh directory beside it, swapped in when complete
-            staged = self.transport.run(["sh", "-c", _STAGE, "sh", target_dir], timeout=60)
-            work, state = staged.text.strip(), "new"
-            if not staged.ok or not work.startswith(posixpath.dirname(target_dir) + "/"):
-                raise self.error(f"cannot make a staging directory beside {target_dir}")
-        else:
-            self._run(["mkdir", "-p", "--", target_dir], what="mkdir")
-            work, state = target_dir, found
-        try:
-            size = self._extract(stream, work, timeout=timeout)
-            if work != target_dir:
-                self._run(["sh", "-c", _SWAP, "sh", work, target_dir], what="replacing the target")
-        except BaseException:
-            self._discard(work, state)
-            raise
-        log.info("restored %d bytes into %s on %s", size, target_dir, self.transport.host)
-        checksums = self.checksums(target_dir, timeout=timeout)
+        return found == "busy"
+
+    def create_target(
+        self, target: str, request: RestoreRequest, *, replacing: bool
+    ) -> FilesRestoreTarget:
+        """The directory (and its parents), or with force a new private directory beside the
+        old one, which takes its place once the extraction is complete."""
+        self._run(["mkdir", "-p", "--", posixpath.dirname(target)], what="mkdir")
+        if replacing:
+            staged = self.transport.run(["sh", "-c", _STAGE, "sh", target], timeout=60)
+            work = staged.text.strip()
+            if not staged.ok or not work.startswith(posixpath.dirname(target) + "/"):
+                raise self.error(f"cannot make a staging directory beside {target}")
+            return FilesRestoreTarget(target, work=work, state="new")
+        made = self.transport.run(["sh", "-c", _MAKE_TARGET, "sh", target], timeout=60)
+        state = made.text.strip()
+        if not made.ok or state not in ("new", "empty"):
+            raise self.error(f"mkdir {target} failed: {made.stderr_tail()}")
+        return FilesRestoreTarget(target, work=target, state=state)
+
+    def load_target(self, made: FilesRestoreTarget, request: RestoreRequest) -> int:
+        """Extract the whole stream (``_extract``), then swap a staged directory in."""
+        size = self._extract(request.stream, made.work, timeout=request.timeout)
+        if made.work != made.name:
+            self._run(["sh", "-c", _SWAP, "sh", made.work, made.name], what="replacing the target")
+        return size
+
+    def discard_target(self, made: FilesRestoreTarget) -> None:
+        self._discard(made.work, made.state)
+
+    def restored_facts(self, made: FilesRestoreTarget, request: RestoreRequest) -> Facts:
+        """Checksums of the restored files, computed on the host."""
+        checksums = self.checksums(made.name, timeout=request.timeout)
         return {
             "checksums": checksums,
             "files": len(checksums),
             "file_bytes": sum(f["size"] for f in checksums.values()),
-            "path": target_dir,
+            "path": made.name,
         }
 
     def _discard(self, target_dir: str, state: str) -> None:
@@ -491,15 +560,3 @@ class FileSetSource:
             raise self.error(f"{what}: {exc}") from exc
         if not result.ok:
             raise self.error(f"{what} failed: {result.stderr_tail()}")
-
-
-def compare_checksums(expected: dict[str, dict], actual: dict[str, dict]) -> list[str]:
-    """Differences between the checksums a dump recorded and those of a restore."""
-    problems = [f"missing: {p}" for p in sorted(set(expected) - set(actual))]
-    problems += [f"unexpected: {p}" for p in sorted(set(actual) - set(expected))]
-    problems += [
-        f"content differs: {p}"
-        for p in sorted(set(expected) & set(actual))
-        if expected[p]["sha256"] != actual[p]["sha256"] or expected[p]["size"] != actual[p]["size"]
-    ]
-    return problems

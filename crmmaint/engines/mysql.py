@@ -14,16 +14,16 @@ import logging
 import re
 import secrets
 from collections.abc import Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from crmmaint.engines.base import (
     QUERY_TIMEOUT,
     DatabaseEngine,
-    DumpLayout,
     DumpStream,
     Facts,
+    NewTarget,
     Reader,
-    RestoreTargetExists,
+    RestoreRequest,
     check_target_name,
     closing_dump,
     cut_message_line,
@@ -266,7 +266,16 @@ class InsertRowCounter:
             self.counts.setdefault(match.group(1).replace(b"``", b"`").decode("utf-8"), 0)
 
 
-class MySQLEngine(DatabaseEngine):
+@dataclass(kw_only=True)
+class MyRestoreTarget(NewTarget):
+    """A database a restore created: reached as the restoring user (``copy``) and as whom
+    loads it (``loader``: as a ``LoadUser`` in a least-privilege restore, else ``copy``)."""
+
+    copy: MySQLEngine
+    loader: MySQLEngine
+
+
+class MySQLEngine(DatabaseEngine[MyRestoreTarget]):
     """A MariaDB or MySQL database, reached with the mariadb/mysql clients on its host."""
 
     engine = "mysql"
@@ -438,61 +447,58 @@ class MySQLEngine(DatabaseEngine):
         sql = f"SELECT 1 FROM information_schema.schemata WHERE schema_name = {quote_literal(name)}"
         return bool(self._query(sql, timeout=timeout, database=""))
 
-    def restore(
-        self,
-        stream: Reader,
-        *,
-        target_name: str,
-        force: bool = False,
-        timeout: float | None = None,
-        layout: DumpLayout | None = None,
-        jobs: int = 2,
-    ) -> Facts:
-        """Create ``target_name`` and feed the dump to the client; returns its facts."""
-        check_target_name(self, target_name)
-        if target_name == (self.db.dbname or self.db.name):
-            raise self.error(f"refusing to restore over the source database {target_name!r}")
-        if self.exists(target_name):
-            if not force:
-                raise RestoreTargetExists(
-                    f"{self.where}: restore target database {target_name!r} exists",
-                    hint="choose another name, drop it, or pass force to replace it",
-                )
-            log.warning("dropping existing database %s for restore (force)", target_name)
-            self.drop(target_name)
-        self._query(f"CREATE DATABASE {quote_ident(target_name)}", database="")
-        target = self.for_database(target_name)
-        loader = target
-        log.info("restoring into %s on %s", target_name, self.transport.host)
+    def target_exists(self, target: str) -> bool:
+        return self.exists(target)
+
+    def create_target(
+        self, target: str, request: RestoreRequest, *, replacing: bool
+    ) -> MyRestoreTarget:
+        """``CREATE DATABASE``; in a least-privilege restore, then the ``LoadUser`` that may
+        use only it (the database is dropped again if that user cannot be made)."""
+        self._query(f"CREATE DATABASE {quote_ident(target)}", database="")
+        copy = self.for_database(target)
         try:
-            if self.db.restore_privilege == "least":
-                loader = target.as_load_user(self._create_load_user(target_name))
-            # A backup is untrusted input (a write-key holder can forge one): the sandbox
-            # refuses the client commands that reach the file system or a shell (`\\!`,
-            # `system`, `source`, `tee`), and a client without it fails instead of loading;
-            # --local-infile=0 keeps LOAD DATA LOCAL from reading this host's files; the guard
-            # refuses the client commands the sandbox lets through (`\\e` runs an editor on
-            # the rest of the dump, `connect` reaches another server, `use` another database);
-            # the load user may touch no other database, whatever SQL the dump holds.
-            size = loader.load(
-                loader.client("--sandbox", "--local-infile=0"),
-                stream,
-                into=target_name,
-                what="mariadb restore",
-                timeout=timeout,
-            )
-            if loader.load_user is not None:
-                # It stays as the definer of what the dump created; it logs in no more, with
-                # whatever password the dump may have set.
-                self._query(loader.load_user.retire_sql(), database="")
+            user = self._create_load_user(target) if self.db.restore_privilege == "least" else None
         except BaseException:
-            self.drop_quietly(target_name)
+            self.drop_quietly(target)
             raise
-        log.info("restored %d bytes into %s", size, target_name)
-        facts = target.snapshot_facts()
+        loader = copy if user is None else copy.as_load_user(user)
+        return MyRestoreTarget(target, copy=copy, loader=loader)
+
+    def load_target(self, made: MyRestoreTarget, request: RestoreRequest) -> int:
+        """Feed the dump to the client, sandboxed; a load user then logs in no more."""
+        # A backup is untrusted input (a write-key holder can forge one): the sandbox
+        # refuses the client commands that reach the file system or a shell (`\\!`,
+        # `system`, `source`, `tee`), and a client without it fails instead of loading;
+        # --local-infile=0 keeps LOAD DATA LOCAL from reading this host's files; the guard
+        # refuses the client commands the sandbox lets through (`\\e` runs an editor on
+        # the rest of the dump, `connect` reaches another server, `use` another database);
+        # the load user may touch no other database, whatever SQL the dump holds.
+        loader = made.loader
+        size = loader.load(
+            loader.client("--sandbox", "--local-infile=0"),
+            request.stream,
+            into=made.name,
+            what="mariadb restore",
+            timeout=request.timeout,
+        )
         if loader.load_user is not None:
-            account = loader.load_user.account
-            log.info("the definer of %s's views and routines is %s (locked)", target_name, account)
+            # It stays as the definer of what the dump created; it logs in no more, with
+            # whatever password the dump may have set.
+            self._query(loader.load_user.retire_sql(), database="")
+        return size
+
+    def discard_target(self, made: MyRestoreTarget) -> None:
+        """Drop the half-loaded database and its load user (``drop``)."""
+        self.drop_quietly(made.name)
+
+    def restored_facts(self, made: MyRestoreTarget, request: RestoreRequest) -> Facts:
+        """``snapshot_facts`` of the new database, and the definer account when a load user
+        loaded it."""
+        facts = made.copy.snapshot_facts()
+        if made.loader.load_user is not None:
+            account = made.loader.load_user.account
+            log.info("the definer of %s's views and routines is %s (locked)", made.name, account)
             facts["owner"] = f"account {account} (locked)"
         return facts
 

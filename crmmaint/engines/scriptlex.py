@@ -1,6 +1,6 @@
-"""What the dump lexers (``pgscript``, ``myscript``) share: the pieces they yield and the
-streaming frame that feeds them whole lines, in pull mode (from a reader) or push mode (chunks
-handed to ``feed`` as a dump streams past)."""
+"""What the dump lexers (``postgresql/script.py``, ``myscript.py``) share: the pieces they
+yield and the streaming frame that feeds them whole lines, in pull mode (from a reader) or push
+mode (chunks handed to ``feed`` as a dump streams past)."""
 
 from __future__ import annotations
 

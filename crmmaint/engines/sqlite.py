@@ -12,18 +12,18 @@ import csv
 import io
 import logging
 import posixpath
+import secrets
 from collections.abc import Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from urllib.parse import quote
 
 from crmmaint.engines.base import (
     QUERY_TIMEOUT,
     DatabaseEngine,
-    DumpLayout,
     DumpStream,
     Facts,
-    Reader,
-    RestoreTargetExists,
+    NewTarget,
+    RestoreRequest,
     closing_dump,
     schema_digest,
 )
@@ -51,18 +51,23 @@ fi
 echo "$dir"
 """
 
-# $1 = destination. Streams stdin into a temp file next to it, then renames it into place.
+# $1 = destination, $2 = this restore's token. Streams stdin into a temp file next to it, then
+# renames it into place.
 _WRITE_SCRIPT = r"""
 set -eu
 umask 077
 dest=$1
-tmp=$(mktemp "$dest.crmmaint-partial.XXXXXXXX")
+tmp=$(mktemp "$dest.crmmaint-partial.$2.XXXXXXXX")
 trap 'rm -f "$tmp"' EXIT
 cat > "$tmp"
 rm -f "$dest-wal" "$dest-shm" "$dest-journal"
 mv -f "$tmp" "$dest"
 trap - EXIT
 """
+
+# $1 = destination, $2 = a restore's token: removes the temp file the restore left when it was
+# killed mid-write (its own trap did not run). The token is hex: the glob matches only it.
+_DISCARD_PARTIAL = 'rm -f -- "$1".crmmaint-partial."$2".*'
 
 SCHEMA_SQL = """
 SELECT type, name, tbl_name, coalesce(sql, '') FROM sqlite_master
@@ -89,7 +94,16 @@ def quote_literal(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-class SQLiteEngine(DatabaseEngine):
+@dataclass(kw_only=True)
+class SQLiteRestoreTarget(NewTarget):
+    """A file a restore writes: ``token`` names its temporary file, ``written`` says it was
+    renamed into place."""
+
+    token: str
+    written: bool = False
+
+
+class SQLiteEngine(DatabaseEngine[SQLiteRestoreTarget]):
     """An SQLite database file on its host."""
 
     engine = "sqlite"
@@ -183,54 +197,70 @@ class SQLiteEngine(DatabaseEngine):
     # --- restore and drop ------------------------------------------------------------------
 
     def target_path(self, target_name: str) -> str:
-        """``target_name`` as a path: absolute as given, else next to the source file."""
+        """``target_name`` as a path: absolute as given, else next to the source file; raises
+        ``EngineError`` for an empty name, a directory or a NUL byte."""
         if not target_name or target_name.endswith("/") or "\0" in target_name:
             raise self.error(f"invalid restore target {target_name!r}")
-        path = posixpath.normpath(
+        return posixpath.normpath(
             target_name
             if target_name.startswith("/")
             else posixpath.join(posixpath.dirname(self.path), target_name)
         )
-        if path == posixpath.normpath(self.path):
-            raise self.error(f"refusing to use the source database file {path} as a target")
-        return path
 
-    def restore(
-        self,
-        stream: Reader,
-        *,
-        target_name: str,
-        force: bool = False,
-        timeout: float | None = None,
-        layout: DumpLayout | None = None,
-        jobs: int = 2,
-    ) -> Facts:
-        """Write the stream to a new file (atomically), integrity_check it; returns its facts."""
-        dest = self.target_path(target_name)
-        exists = self.transport.run(["test", "-e", dest], timeout=QUERY_TIMEOUT)
-        if exists.ok and not force:
-            raise RestoreTargetExists(
-                f"{self.where}: restore target file {dest} exists",
-                hint="choose another name, remove it, or pass force to replace it",
-            )
+    # --- restore hooks: a new file, written beside the target and renamed into place ---------
+
+    target_noun = "database file"
+    target_exists_hint = "choose another name, remove it, or pass force to replace it"
+
+    def shown(self, target: str) -> str:
+        return target
+
+    def restore_target(self, name: str) -> str:
+        return self.target_path(name)
+
+    def is_source(self, target: str) -> bool:
+        return target == posixpath.normpath(self.path)
+
+    def target_exists(self, target: str) -> bool:
+        return self.transport.run(["test", "-e", target], timeout=QUERY_TIMEOUT).ok
+
+    def create_target(
+        self, target: str, request: RestoreRequest, *, replacing: bool
+    ) -> SQLiteRestoreTarget:
+        """Nothing yet: the load writes a temporary file and renames it into place (over the
+        old file, with force), so a load that fails leaves any old file as it was."""
+        return SQLiteRestoreTarget(target, token=secrets.token_hex(8))
+
+    def load_target(self, made: SQLiteRestoreTarget, request: RestoreRequest) -> int:
+        """Write the stream to the file atomically, then ``integrity_check`` it."""
         size = self.load(
-            ["sh", "-c", _WRITE_SCRIPT, "sh", dest],
-            stream,
-            into=dest,
+            ["sh", "-c", _WRITE_SCRIPT, "sh", made.name, made.token],
+            request.stream,
+            into=made.name,
             what="writing",
-            timeout=timeout,
+            timeout=request.timeout,
         )
-        log.info("restored %d bytes into %s", size, dest)
-        target = self.for_path(dest)
-        try:
-            target.integrity_check(timeout=timeout)
-        except EngineError:
-            self.drop(dest)
-            raise
-        return target.snapshot_facts() | {"path": dest}
+        made.written = True
+        self.for_path(made.name).integrity_check(timeout=request.timeout)
+        return size
+
+    def discard_target(self, made: SQLiteRestoreTarget) -> None:
+        """Remove the file once written (it failed its check), else the temporary file a
+        killed write left; an old file a forced restore was to replace stays until then."""
+        if made.written:
+            self.drop(made.name)
+        else:
+            partial = ["sh", "-c", _DISCARD_PARTIAL, "sh", made.name, made.token]
+            self.run(partial, what="removing the partial restore")
+
+    def restored_facts(self, made: SQLiteRestoreTarget, request: RestoreRequest) -> Facts:
+        return self.for_path(made.name).snapshot_facts() | {"path": made.name}
 
     def drop(self, target_name: str, *, timeout: float = QUERY_TIMEOUT) -> None:
+        """Remove a restored file and its -wal, -shm and -journal files; never the source."""
         dest = self.target_path(target_name)
+        if self.is_source(dest):
+            raise self.error(f"refusing to remove the source database file {dest}")
         self.run(
             ["rm", "-f", "--", dest, f"{dest}-wal", f"{dest}-shm", f"{dest}-journal"],
             timeout=timeout,

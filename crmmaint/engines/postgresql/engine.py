@@ -8,14 +8,9 @@ in the stream itself, so a dump that does not hold what its facts say never beco
 
 from __future__ import annotations
 
-import base64
 import collections
 import contextlib
-import csv
 import functools
-import hashlib
-import hmac
-import io
 import itertools
 import logging
 import re
@@ -24,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from crmmaint.engines.base import (
     QUERY_TIMEOUT,
@@ -32,14 +27,27 @@ from crmmaint.engines.base import (
     DumpLayout,
     DumpStream,
     Facts,
+    NewTarget,
     Reader,
-    RestoreTargetExists,
+    RestoreRequest,
     check_target_name,
     closing_dump,
     cut_message_line,
     schema_digest,
 )
-from crmmaint.engines.pgload import (
+from crmmaint.engines.postgresql.catalog import (
+    COUNT_BATCH,
+    FACTS_SQL,
+    SCHEMA_SQL,
+    SEQUENCES_SQL,
+    TABLES_SQL,
+    count_sql,
+    parse_csv,
+    quote_ident,
+    quote_literal,
+    table_key,
+)
+from crmmaint.engines.postgresql.load import (
     ChainReader,
     CopyPiece,
     PostDataQueue,
@@ -47,8 +55,9 @@ from crmmaint.engines.pgload import (
     plan_pieces,
     run_together,
 )
-from crmmaint.engines.pgscript import PgScriptLexer, RestoreScript
-from crmmaint.engines.pgsections import IDENT, PostDataSplit, post_data_phases
+from crmmaint.engines.postgresql.roles import LOAD_ROLE_HINT, LOAD_ROLE_PREFIX, LoadRole
+from crmmaint.engines.postgresql.script import RestoreScript
+from crmmaint.engines.postgresql.sections import CopyRowCounter, PostDataSplit, post_data_phases
 from crmmaint.errors import CommandTimeout, EngineError, TransportError
 from crmmaint.transport.base import Process
 
@@ -68,98 +77,6 @@ _PG_VALUE = re.compile(
 #: Where CREATE/DROP DATABASE run during a restore.
 MAINTENANCE_DB = "postgres"
 
-#: Roles a least-privilege restore creates to load with (one per restore, see ``LoadRole``);
-#: dropping a database one of them owns drops the role too.
-LOAD_ROLE_PREFIX = "crmmaint_load_"
-#: A load role cannot log in after this long (or its restore's timeout), should a restore die
-#: before removing it.
-LOAD_ROLE_VALID = 86400
-_LOAD_HINT = (
-    "restores load as a temporary role that owns only the new database: the restoring user "
-    "needs CREATEROLE and CREATEDB (or superuser), and pg_hba.conf must let that role log in "
-    "with a password from the client host; for a dump that needs more (untrusted extensions, "
-    "event triggers), set 'restore_privilege: full' on the database (docs/engines.md)"
-)
-
-_USER_SCHEMAS = (
-    "n.nspname NOT IN ('pg_catalog', 'information_schema') "
-    "AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp\\_%'"
-)
-
-TABLES_SQL = f"""
-SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE c.relkind IN ('r', 'p') AND {_USER_SCHEMAS} ORDER BY 1, 2
-"""
-
-# One row per schema object: kind, qualified name, canonical definition. search_path is set to
-# pg_catalog first so every expression is printed fully qualified, whatever the session's path.
-SCHEMA_SQL = f"""
-SET search_path = pg_catalog;
-SELECT 'relation', n.nspname || '.' || c.relname, c.relkind::text || ' ' || c.relpersistence::text
-  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-  WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f') AND {_USER_SCHEMAS}
-UNION ALL
-SELECT 'column', n.nspname || '.' || c.relname || '.' || a.attname,
-       concat_ws(' ', format_type(a.atttypid, a.atttypmod),
-                 CASE WHEN a.attnotnull THEN 'NOT NULL' END,
-                 'DEFAULT ' || pg_get_expr(d.adbin, d.adrelid),
-                 NULLIF(a.attidentity, '')::text, NULLIF(a.attgenerated, '')::text,
-                 'COLLATE ' || NULLIF(co.collname, 'default'),
-                 '#' || rank() OVER (PARTITION BY c.oid ORDER BY a.attnum))
-  FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
-  JOIN pg_namespace n ON n.oid = c.relnamespace
-  LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
-  LEFT JOIN pg_collation co ON co.oid = a.attcollation
-  WHERE a.attnum > 0 AND NOT a.attisdropped AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
-    AND {_USER_SCHEMAS}
-UNION ALL
-SELECT 'constraint', n.nspname || '.' || c.relname || '.' || k.conname, pg_get_constraintdef(k.oid)
-  FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid
-  JOIN pg_namespace n ON n.oid = c.relnamespace WHERE {_USER_SCHEMAS}
-UNION ALL
-SELECT 'index', n.nspname || '.' || c.relname, pg_get_indexdef(i.indexrelid)
-  FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
-  JOIN pg_namespace n ON n.oid = c.relnamespace WHERE {_USER_SCHEMAS}
-UNION ALL
-SELECT 'view', n.nspname || '.' || c.relname, md5(pg_get_viewdef(c.oid))
-  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-  WHERE c.relkind IN ('v', 'm') AND {_USER_SCHEMAS}
-UNION ALL
-SELECT 'trigger', n.nspname || '.' || c.relname || '.' || t.tgname, pg_get_triggerdef(t.oid)
-  FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
-  JOIN pg_namespace n ON n.oid = c.relnamespace WHERE NOT t.tgisinternal AND {_USER_SCHEMAS}
-UNION ALL
-SELECT 'sequence', n.nspname || '.' || c.relname,
-       concat_ws(' ', format_type(s.seqtypid, NULL), s.seqincrement, s.seqmin, s.seqmax)
-  FROM pg_sequence s JOIN pg_class c ON c.oid = s.seqrelid
-  JOIN pg_namespace n ON n.oid = c.relnamespace WHERE {_USER_SCHEMAS};
-RESET search_path;
-"""
-
-SEQUENCES_SQL = """
-SELECT schemaname || '.' || sequencename, coalesce(last_value::text, '') FROM pg_sequences
-WHERE schemaname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1
-"""
-
-FACTS_SQL = """
-SELECT current_setting('server_version'), pg_database_size(current_database()),
-       (SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()),
-       (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'),
-       current_setting('max_connections'),
-       extract(epoch FROM now() - pg_postmaster_start_time())::bigint,
-       pg_encoding_to_char(d.encoding), d.datcollate, d.datctype
-FROM pg_database d WHERE d.datname = current_database()
-"""
-
-#: How many tables one ``count(*)`` statement covers.
-_COUNT_BATCH = 200
-
-
-def quote_ident(name: str) -> str:
-    """An SQL identifier, double-quoted."""
-    return '"' + name.replace('"', '""') + '"'
-
-
 #: Settings every session crmmaint opens starts with (libpq ``options``, which win over the
 #: database's and role's own ``ALTER … SET``): a database owner must not be able to make a
 #: superuser session call its functions (an unqualified ``pg_database_size`` found first in
@@ -175,141 +92,6 @@ def conninfo_value(value: str) -> str:
     """A libpq connection-string value: single-quoted, backslash and quote escaped with a
     backslash (libpq's rule, not SQL's doubling), so any database name stays one value."""
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
-def quote_literal(value: str) -> str:
-    """An SQL string literal (standard_conforming_strings on, the default since 9.1)."""
-    return "'" + value.replace("'", "''") + "'"
-
-
-def table_key(schema: str, table: str) -> str:
-    """A table's name in the facts: ``schema.table``, a part double-quoted (quotes doubled)
-    when it holds a ``.``, so ``a."b.c"`` and ``"a.b".c`` stay two tables; any other name is
-    written as before (facts recorded by older backups keep matching)."""
-
-    def part(name: str) -> str:
-        return '"' + name.replace('"', '""') + '"' if "." in name else name
-
-    return f"{part(schema)}.{part(table)}"
-
-
-def count_sql(tables: list[tuple[str, str]]) -> str:
-    """One statement counting every row of ``tables`` (schema, name), each ``ONLY`` itself."""
-    parts = [
-        f"SELECT {quote_literal(table_key(s, t))}, count(*) "
-        f"FROM ONLY {quote_ident(s)}.{quote_ident(t)}"
-        for s, t in tables
-    ]
-    return "\nUNION ALL ".join(parts)
-
-
-def scram_verifier(password: str, *, iterations: int = 4096) -> str:
-    """The SCRAM-SHA-256 verifier PostgreSQL stores for ``password`` (RFC 5802 / RFC 7677,
-    PostgreSQL's ``scram_build_secret``): a role is created with it, so the password itself
-    never reaches the server, its logs or ``pg_stat_activity``. ``password`` must be ASCII
-    (SASLprep leaves ASCII unchanged)."""
-    salt = secrets.token_bytes(16)
-    salted = hashlib.pbkdf2_hmac("sha256", password.encode("ascii"), salt, iterations)
-    client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
-    server_key = hmac.new(salted, b"Server Key", hashlib.sha256).digest()
-    stored_key = hashlib.sha256(client_key).digest()
-
-    def b64(data: bytes) -> str:
-        return base64.b64encode(data).decode("ascii")
-
-    return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(stored_key)}:{b64(server_key)}"
-
-
-class LoadRole:
-    """A role made for one least-privilege restore: it logs in with a random password (only
-    its SCRAM verifier goes to the server), owns the new database and what the dump creates
-    in it, and is no superuser, cannot create roles or databases, replicate or bypass row
-    security. A forged dump then cannot run ``COPY … TO PROGRAM``, an untrusted language or
-    anything else a superuser may, nor act for the dump's real roles."""
-
-    def __init__(self) -> None:
-        self.name = LOAD_ROLE_PREFIX + secrets.token_hex(6)
-        self.password = secrets.token_urlsafe(24)
-
-    def create_sql(self, now: float, timeout: float | None = None) -> str:
-        """The role, valid until the restore's ``timeout`` (seconds; else ``LOAD_ROLE_VALID``)
-        has passed, plus a margin: a restore cut off before it could clean up (a step timeout,
-        SIGTERM) leaves a role whose login lapses with it."""
-        lease = LOAD_ROLE_VALID if timeout is None else min(LOAD_ROLE_VALID, timeout + 600)
-        until = time.strftime("%Y-%m-%d %H:%M:%S+00", time.gmtime(now + lease))
-        return (
-            f"CREATE ROLE {quote_ident(self.name)} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE "
-            f"NOREPLICATION NOBYPASSRLS CONNECTION LIMIT 64 "
-            f"PASSWORD {quote_literal(scram_verifier(self.password))} "
-            f"VALID UNTIL {quote_literal(until)};\n"
-            # CREATE DATABASE … OWNER needs the creator to be able to act as the owner.
-            f"GRANT {quote_ident(self.name)} TO CURRENT_USER;"
-        )
-
-
-def parse_csv(text: str) -> list[tuple[str, ...]]:
-    return [tuple(row) for row in csv.reader(io.StringIO(text))]
-
-
-#: The table a ``COPY`` statement names, schema-qualified as pg_dump writes it (a quoted name
-#: may hold any character, newlines included).
-_COPY_TABLE = re.compile(rb"COPY (" + IDENT + rb")\.(" + IDENT + rb")[ (]", re.DOTALL)
-
-
-def _unquote(ident: bytes) -> str:
-    text = ident.decode("utf-8")
-    if text.startswith('"'):
-        return text[1:-1].replace('""', '"')
-    return text
-
-
-class CopyRowCounter:
-    """Counts the data rows of every ``COPY … FROM stdin`` block in a plain pg_dump stream.
-
-    Works chunk by chunk without holding the stream, on ``PgScriptLexer``: a block is one only
-    where psql would take it for one (never a function body or string that looks like one), and
-    inside it the rows are counted as newlines in C (``bytes.count``) up to the ``\\.`` line.
-    ``sections`` records where each block lies in the stream, ``[start, end)`` from its ``COPY``
-    statement to just after its terminator, so a restore can later read the tables' data on
-    several connections at once.
-    """
-
-    def __init__(self) -> None:
-        self.counts: dict[str, int] = {}
-        self.sections: list[tuple[int, int]] = []
-        self._lexer = PgScriptLexer()
-        self._statement: list[bytes] = []  # the COPY statement under way
-        self._start = 0
-        self._table: str | None = None
-
-    def feed(self, chunk: bytes) -> None:
-        """Count what ``chunk`` completes; an empty chunk ends the stream."""
-        for piece in self._lexer.feed(chunk):
-            if piece.kind == "statement":
-                tokens = self._lexer.statement.tokens
-                if tokens and tokens[0] == b"COPY":
-                    if not self._statement:
-                        self._start = piece.offset
-                    self._statement.append(piece.data)
-                    if piece.last:
-                        self._begin_block()
-            elif piece.kind == "data" and self._table is not None:
-                rows = piece.data.count(b"\n")
-                if piece.last:
-                    rows -= 1 if piece.data.endswith(b"\\.\n") else 0
-                    self.counts[self._table] += rows
-                    self.sections.append((self._start, piece.offset + len(piece.data)))
-                    self._table = None
-                else:
-                    self.counts[self._table] += rows
-
-    def _begin_block(self) -> None:
-        text, self._statement = b"".join(self._statement), []
-        match = _COPY_TABLE.match(text) if self._lexer.statement.copy_from_stdin else None
-        if match is None:
-            return
-        self._table = table_key(_unquote(match.group(1)), _unquote(match.group(2)))
-        self.counts.setdefault(self._table, 0)
 
 
 class _PsqlSession:
@@ -355,7 +137,17 @@ class _PsqlSession:
             raise self.engine.error(f"snapshot session failed: {result.stderr_tail()}")
 
 
-class PostgreSQLEngine(DatabaseEngine):
+@dataclass(kw_only=True)
+class PgRestoreTarget(NewTarget):
+    """A database a restore created: reached as the restoring user (``copy``) and as whom
+    loads it (``loader``: as ``role`` in a least-privilege restore, else ``copy``)."""
+
+    copy: PostgreSQLEngine
+    loader: PostgreSQLEngine
+    role: LoadRole | None
+
+
+class PostgreSQLEngine(DatabaseEngine[PgRestoreTarget]):
     """A PostgreSQL database, reached with psql/pg_dump on its host."""
 
     engine = "postgresql"
@@ -438,8 +230,8 @@ class PostgreSQLEngine(DatabaseEngine):
     def _counts(self, ask) -> dict[str, int]:
         pairs = self._table_pairs(ask)
         counts: dict[str, int] = {}
-        for i in range(0, len(pairs), _COUNT_BATCH):
-            for name, n in ask(count_sql(pairs[i : i + _COUNT_BATCH])):
+        for i in range(0, len(pairs), COUNT_BATCH):
+            for name, n in ask(count_sql(pairs[i : i + COUNT_BATCH])):
                 counts[name] = int(n)
         return counts
 
@@ -536,58 +328,93 @@ class PostgreSQLEngine(DatabaseEngine):
 
         With a ``layout`` (the backup recorded where its COPY blocks are) and ``jobs`` > 1 the
         tables load on ``jobs`` connections at once (``_restore_parallel``); otherwise the
-        stream loads in one transaction. Either way a failed restore drops the new database.
+        stream loads in one transaction (``single_transaction``). Either way a failed restore
+        drops the new database. The rest is ``DatabaseEngine.restore``.
         """
-        check_target_name(self, target_name)
-        if target_name == (self.db.dbname or self.db.name):
-            raise self.error(f"refusing to restore over the source database {target_name!r}")
-        if self.exists(target_name):
-            if not force:
-                raise RestoreTargetExists(
-                    f"{self.where}: restore target database {target_name!r} exists",
-                    hint="choose another name, drop it, or pass force to replace it",
-                )
-            log.warning("dropping existing database %s for restore (force)", target_name)
-            self.drop(target_name)
+        request = RestoreRequest(
+            stream,
+            target_name,
+            force=force,
+            timeout=timeout,
+            layout=layout,
+            jobs=jobs,
+            single_transaction=single_transaction,
+        )
+        return self.run_restore(request)
+
+    def target_exists(self, target: str) -> bool:
+        return self.exists(target)
+
+    def create_target(
+        self, target: str, request: RestoreRequest, *, replacing: bool
+    ) -> PgRestoreTarget:
+        """``CREATE DATABASE`` from ``template0``; in a least-privilege restore, first the
+        ``LoadRole`` that will own it (removed again if the database cannot be made)."""
         role = LoadRole() if self.db.restore_privilege == "least" else None
-        target = self.for_database(target_name)
         try:
             owner = ""
             if role is not None:
-                self._maintenance(role.create_sql(time.time(), timeout), timeout=QUERY_TIMEOUT,
-                                  what="CREATE ROLE (least-privilege restore)", hint=_LOAD_HINT)  # fmt: skip
+                self._maintenance(
+                    role.create_sql(time.time(), request.timeout),
+                    timeout=QUERY_TIMEOUT,
+                    what="CREATE ROLE (least-privilege restore)",
+                    hint=LOAD_ROLE_HINT,
+                )
                 owner = f" OWNER {quote_ident(role.name)}"
             self._maintenance(
-                f"CREATE DATABASE {quote_ident(target_name)}{owner} TEMPLATE template0",
+                f"CREATE DATABASE {quote_ident(target)}{owner} TEMPLATE template0",
                 timeout=QUERY_TIMEOUT,
                 what="CREATE DATABASE",
             )
-            loader = target if role is None else target.as_load_role(role)
-            log.info("restoring into %s on %s", target_name, self.transport.host)
-            if layout is not None and jobs > 1:
-                size, frozen = loader._restore_parallel(layout, jobs=jobs, timeout=timeout)
-            else:
-                size, frozen = loader._restore_stream(
-                    stream, single_transaction=single_transaction, timeout=timeout, jobs=jobs
-                )
-            if role is not None:
-                # The objects stay the load role's (a superuser owning a forged dump's views
-                # and SECURITY DEFINER functions would hand them its rights); it logs in no more.
-                self._disarm(role.name)
         except BaseException:
-            if role is not None:  # first: the dump may have set a password of its choosing
-                with contextlib.suppress(EngineError):
-                    self._rollback_prepared(target_name, timeout=QUERY_TIMEOUT)
-                    self._disarm(role.name)
-            self.drop_quietly(target_name)
             if role is not None:
                 self._drop_load_role(role.name, quietly=True)
             raise
-        log.info("restored %d bytes into %s (%d tables loaded frozen)", size, target_name, frozen)
-        facts = target.snapshot_facts()
-        if role is not None:
-            log.info("%s and its objects are owned by role %s (no login)", target_name, role.name)
-            facts["owner"] = f"role {role.name} (no login)"
+        copy = self.for_database(target)
+        loader = copy if role is None else copy.as_load_role(role)
+        return PgRestoreTarget(target, copy=copy, loader=loader, role=role)
+
+    def load_target(self, made: PgRestoreTarget, request: RestoreRequest) -> int:
+        """The parallel path when the backup recorded a layout and ``jobs`` > 1, else the
+        stream; a load role then logs in no more."""
+        if request.layout is not None and request.jobs > 1:
+            size, frozen = made.loader._restore_parallel(
+                request.layout, jobs=request.jobs, timeout=request.timeout
+            )
+        else:
+            size, frozen = made.loader._restore_stream(
+                request.stream,
+                single_transaction=request.single_transaction,
+                timeout=request.timeout,
+                jobs=request.jobs,
+            )
+        log.info("%s: %d tables loaded frozen", made.name, frozen)
+        if made.role is not None:
+            # The objects stay the load role's (a superuser owning a forged dump's views
+            # and SECURITY DEFINER functions would hand them its rights); it logs in no more.
+            self._disarm(made.role.name)
+        return size
+
+    def discard_target(self, made: PgRestoreTarget) -> None:
+        """Drop the half-loaded database and its load role; the role's login goes first (the
+        dump may have set a password of its choosing), after the prepared transactions that
+        could hold its row."""
+        if made.role is not None:
+            with contextlib.suppress(EngineError):
+                self._rollback_prepared(made.name, timeout=QUERY_TIMEOUT)
+                self._disarm(made.role.name)
+        self.drop_quietly(made.name)
+        if made.role is not None:
+            self._drop_load_role(made.role.name, quietly=True)
+
+    def restored_facts(self, made: PgRestoreTarget, request: RestoreRequest) -> Facts:
+        """``snapshot_facts`` of the new database, and who owns it when a load role does."""
+        facts = made.copy.snapshot_facts()
+        if made.role is not None:
+            log.info(
+                "%s and its objects are owned by role %s (no login)", made.name, made.role.name
+            )
+            facts["owner"] = f"role {made.role.name} (no login)"
         return facts
 
     def as_load_role(self, role: LoadRole) -> PostgreSQLEngine:

@@ -6,7 +6,7 @@ boundaries, into a script for its own transaction; ``ChainReader`` feeds a conne
 one after another, opening each when reached; ``PostDataQueue`` hands post-data items to the
 connections as their tables finish loading; ``run_together`` runs one task per connection and
 turns the first failure into cancelling the others. Pure logic and threads: the engine
-(``postgresql.py``) supplies the psql processes.
+(``engine.py``) supplies the psql processes.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from crmmaint.engines.base import Reader
-from crmmaint.engines.pgscript import PgScriptLexer
-from crmmaint.engines.pgsections import COPY_LINE, item_table, with_freeze
+from crmmaint.engines.postgresql.script import PgScriptLexer
+from crmmaint.engines.postgresql.sections import COPY_LINE, item_table, with_freeze
 from crmmaint.errors import RestoreError
 
 _READ = 1 << 20

@@ -1,5 +1,12 @@
-"""Split a plain pg_dump stream at its post-data section, so a restore can build indexes and
-constraints on several connections (as ``pg_restore -j`` does) while the data still streams.
+"""Where things lie in a plain pg_dump stream: its table data and its post-data section.
+
+At backup time ``CopyRowCounter`` counts the rows of every ``COPY`` block as the dump streams
+past and records where each block lies (a backup's ``copy_sections``), so a restore can later
+read each table's data on its own connection.
+
+At restore time ``PostDataSplit`` splits the stream at its post-data section, so a restore can
+build indexes and constraints on several connections (as ``pg_restore -j`` does) while the data
+still streams.
 
 With ``freeze=True`` (a restore that loads in one transaction) every ``COPY … FROM stdin;`` of a
 table the stream itself created becomes ``COPY … FROM stdin WITH (FREEZE);``: the rows are
@@ -16,7 +23,7 @@ rows, and keeps the post-data DDL (small: statements, no data) aside. ``post_dat
 groups that DDL into phases: runs of independent single-table items (indexes, primary keys,
 unique and check constraints) that may run in parallel, and everything else in dump order;
 ``item_table`` names the table such an item is built on. Loading on several connections is
-``pgload``'s part.
+``load.py``'s part.
 """
 
 from __future__ import annotations
@@ -27,7 +34,8 @@ import re
 from dataclasses import dataclass
 
 from crmmaint.engines.base import Reader
-from crmmaint.engines.pgscript import PgScriptLexer
+from crmmaint.engines.postgresql.catalog import table_key
+from crmmaint.engines.postgresql.script import PgScriptLexer
 from crmmaint.engines.scriptlex import QueueReader
 
 #: The session settings at the top of a plain dump kept for the other connections (pg_dump
@@ -218,3 +226,64 @@ def item_table(sql: bytes) -> bytes | None:
     (``public.customers``), or None when the statement is not one of those."""
     match = _ITEM_TABLE.search(sql)
     return None if match is None else (match.group(1) or match.group(2))
+
+
+#: The table a ``COPY`` statement names, schema-qualified as pg_dump writes it (a quoted name
+#: may hold any character, newlines included).
+_COPY_TABLE = re.compile(rb"COPY (" + IDENT + rb")\.(" + IDENT + rb")[ (]", re.DOTALL)
+
+
+def _unquote(ident: bytes) -> str:
+    text = ident.decode("utf-8")
+    if text.startswith('"'):
+        return text[1:-1].replace('""', '"')
+    return text
+
+
+class CopyRowCounter:
+    """Counts the data rows of every ``COPY … FROM stdin`` block in a plain pg_dump stream.
+
+    Works chunk by chunk without holding the stream, on ``PgScriptLexer``: a block is one only
+    where psql would take it for one (never a function body or string that looks like one), and
+    inside it the rows are counted as newlines in C (``bytes.count``) up to the ``\\.`` line.
+    ``sections`` records where each block lies in the stream, ``[start, end)`` from its ``COPY``
+    statement to just after its terminator, so a restore can later read the tables' data on
+    several connections at once.
+    """
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+        self.sections: list[tuple[int, int]] = []
+        self._lexer = PgScriptLexer()
+        self._statement: list[bytes] = []  # the COPY statement under way
+        self._start = 0
+        self._table: str | None = None
+
+    def feed(self, chunk: bytes) -> None:
+        """Count what ``chunk`` completes; an empty chunk ends the stream."""
+        for piece in self._lexer.feed(chunk):
+            if piece.kind == "statement":
+                tokens = self._lexer.statement.tokens
+                if tokens and tokens[0] == b"COPY":
+                    if not self._statement:
+                        self._start = piece.offset
+                    self._statement.append(piece.data)
+                    if piece.last:
+                        self._begin_block()
+            elif piece.kind == "data" and self._table is not None:
+                rows = piece.data.count(b"\n")
+                if piece.last:
+                    rows -= 1 if piece.data.endswith(b"\\.\n") else 0
+                    self.counts[self._table] += rows
+                    self.sections.append((self._start, piece.offset + len(piece.data)))
+                    self._table = None
+                else:
+                    self.counts[self._table] += rows
+
+    def _begin_block(self) -> None:
+        text, self._statement = b"".join(self._statement), []
+        match = _COPY_TABLE.match(text) if self._lexer.statement.copy_from_stdin else None
+        if match is None:
+            return
+        self._table = table_key(_unquote(match.group(1)), _unquote(match.group(2)))
+        self.counts.setdefault(self._table, 0)
