@@ -35,6 +35,8 @@ it; a host, database, storage or lock problem may pass. A raise site that knows 
 
 from __future__ import annotations
 
+import copy
+
 
 class CrmMaintError(Exception):
     """Root of every error crmmaint raises on purpose."""
@@ -50,6 +52,15 @@ class CrmMaintError(Exception):
         if retryable is not None:
             self.retryable = retryable
         super().__init__(message if hint is None else f"{message} ({hint})")
+
+    def within(self, context: str) -> CrmMaintError:
+        """The same error (class, hint, exit code, retryability) with ``context`` before its
+        message: an engine saying where a transport failure happened keeps it a transport
+        failure (exit 4), never turns it into a database one."""
+        other = copy.copy(self)
+        other.message = f"{context}: {self.message}"
+        other.args = (other.message if other.hint is None else f"{other.message} ({other.hint})",)
+        return other
 
 
 class ConfigError(CrmMaintError):

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from crmmaint.errors import InventoryError
+from crmmaint.units import parse_duration
 from crmmaint.yamlsource import (
     SourceError,
     check_keys,
@@ -104,6 +105,12 @@ class FileSet:
     groups: list[str] = field(default_factory=list)
 
 
+#: Seconds a command waits for a conflicting repository lock (``lock_wait``), by default and
+#: at most (a week: beyond it, a wait is a hang).
+DEFAULT_LOCK_WAIT = 60.0
+MAX_LOCK_WAIT = 7 * 86400.0
+
+
 @dataclass
 class RepositorySettings:
     """A repository as the inventory configures it (``repositories:``): where it is, which key
@@ -119,6 +126,8 @@ class RepositorySettings:
     options: dict[str, Any] = field(default_factory=dict)
     default: bool = False
     compression: int | None = None
+    #: Seconds a command waits for a conflicting repository lock before giving up (exit 7).
+    lock_wait: float = DEFAULT_LOCK_WAIT
 
 
 @dataclass
@@ -283,7 +292,7 @@ _FILESET_KEYS = {"host", "paths", "exclude", "groups"}
 _REPO_KEYS = {
     "url", "write_key", "recipients", "identity", "passphrase", "endpoint_url", "region",
     "identity_file", "known_hosts", "connect_timeout", "allow_unknown_host_key", "default",
-    "compression",
+    "compression", "lock_wait",
 }  # fmt: skip
 _REPO_OPTION_KEYS = _REPO_KEYS - {
     "url",
@@ -293,6 +302,7 @@ _REPO_OPTION_KEYS = _REPO_KEYS - {
     "passphrase",
     "default",
     "compression",
+    "lock_wait",
 }
 
 
@@ -577,6 +587,20 @@ def _repository(name: str, spec: dict, base: Path) -> RepositorySettings:
                 line_of(spec, "compression"),
                 "compression",
             )
+    lock_wait = DEFAULT_LOCK_WAIT
+    if spec.get("lock_wait") is not None:
+        try:
+            lock_wait = parse_duration(spec["lock_wait"])
+        except ValueError as exc:
+            raise SourceError(
+                f"{what}: lock_wait: {exc}", line_of(spec, "lock_wait"), "lock_wait"
+            ) from None
+        if lock_wait > MAX_LOCK_WAIT:
+            raise SourceError(
+                f"{what}: lock_wait is at most {MAX_LOCK_WAIT / 86400:g} days",
+                line_of(spec, "lock_wait"),
+                "lock_wait",
+            )
     return RepositorySettings(
         name=name,
         url=url,
@@ -587,6 +611,7 @@ def _repository(name: str, spec: dict, base: Path) -> RepositorySettings:
         options=options,
         default=get_field(spec, "default", bool, default=False),
         compression=compression,
+        lock_wait=lock_wait,
     )
 
 

@@ -74,6 +74,10 @@ def default_journal_path() -> Path:
     return Path(user_data_dir("crmmaint")) / "journal.sqlite"
 
 
+#: The status of a run that Ctrl-C or SIGTERM ended (its steps under way are recorded failed).
+INTERRUPTED = "interrupted"
+
+
 class Journal:
     """A SQLite journal, safe to use from the runner's worker threads."""
 
@@ -181,7 +185,9 @@ class Journal:
             )
             return rid
 
-    def finish_run(self, run_id: int, status: Status) -> None:
+    def finish_run(self, run_id: int, status: Status | str) -> None:
+        """Record the end of a run: its worst ``Status``, or ``INTERRUPTED`` when Ctrl-C or
+        SIGTERM ended it."""
         with self._tx() as cur:
             cur.execute(
                 "UPDATE runs SET finished = ?, status = ? WHERE id = ?",

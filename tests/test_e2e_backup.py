@@ -226,7 +226,7 @@ def test_write_key_only_machine_backs_up_lists_prunes_but_cannot_restore(
     assert json.loads(out)["results"][0]["metrics"]["removed"] == 1
 
     code, _, err = cli("restore", "database:crm@latest", "--to", f"{crm_db}_nope", "-i", writer)
-    assert code == 3 and "no identity" in err
+    assert code == 8 and "no identity" in err
     code, _, err = cli(
         "restore",
         "database:crm@latest",

@@ -17,6 +17,7 @@ import signal
 import sys
 
 from invoke import Collection, Exit, Program
+from invoke.exceptions import ParseError
 
 from crmmaint import __version__
 from crmmaint.cli import backup, demo, keys, playbooks, repo, runs
@@ -100,9 +101,53 @@ def _has_positional(rest: list[str]) -> bool:
     return False
 
 
+def usage_error(exc: ParseError) -> str:
+    """invoke's parser message as crmmaint's one line: what is wrong, and where to look."""
+    text = str(exc)
+    found = re.match(r"'([\w.]+)' did not receive required positional arguments: (.*)$", text)
+    if found:
+        command, names = found.group(1), re.findall(r"'(\w+)'", found.group(2))
+        wanted = ", ".join(name.upper() for name in names)
+        command = command.replace(".", " ")
+        return f"crmmaint {command} needs {wanted} (see `crmmaint {command} --help`)"
+    found = re.match(r"No idea what '(.*)' is!$", text)
+    if found:
+        word = found.group(1)
+        if word in ns.collections:
+            verbs = " or ".join(f"`crmmaint {word} {verb}`" for verb in ns.collections[word].tasks)
+            return f"{word} is a group of commands: {verbs}"
+        what = "flag" if word.startswith("-") else "command"
+        return f"unknown {what} {word!r} (see `crmmaint --help` and `crmmaint COMMAND --help`)"
+    found = re.match(r"Flag <Argument: (\w+).*> needed value and was not given one!$", text)
+    if found:
+        flag = "--" + found.group(1).replace("_", "-")
+        return f"{flag} needs a value (see `crmmaint COMMAND --help`)"
+    return f"{text} (see `crmmaint --help`)"
+
+
 class CrmProgram(Program):  # type: ignore[misc]
     """invoke's ``Program`` whose help is crmmaint's: its commands and the few options that
-    apply to all of them, not invoke's core options for running shell commands."""
+    apply to all of them, not invoke's core options for running shell commands; and whose
+    parser errors (a missing argument, an unknown flag) are configuration errors (exit 3)
+    with one line that says what to do."""
+
+    def parse_core(self, argv: list[str] | None) -> None:
+        try:
+            super().parse_core(argv)
+        except ParseError as exc:
+            raise Exit(f"crmmaint: error: {usage_error(exc)}", code=ConfigError.exit_code) from None
+
+    def parse_tasks(self) -> None:
+        try:
+            super().parse_tasks()
+        except ParseError as exc:
+            raise Exit(f"crmmaint: error: {usage_error(exc)}", code=ConfigError.exit_code) from None
+
+    def parse_cleanup(self) -> None:
+        try:
+            super().parse_cleanup()
+        except ParseError as exc:
+            raise Exit(f"crmmaint: error: {usage_error(exc)}", code=ConfigError.exit_code) from None
 
     def print_help(self) -> None:
         print(

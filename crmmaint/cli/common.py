@@ -223,8 +223,10 @@ def execute(
     forks: int = 0,
     json: bool = False,
     verbose: bool = False,
+    one_target: bool = False,
 ) -> None:
-    """Plan and run a playbook, journal it, report it; exit with the run's code when not 0."""
+    """Plan and run a playbook, journal it, report it; exit with the run's code when not 0
+    (``one_target``: the code of the one target's failure, ``RunSummary.exit_code``)."""
     summary = _run_reported(
         c,
         inv,
@@ -236,6 +238,7 @@ def execute(
         steps=steps,
         forks=forks,
         footer=not json,
+        one_target=one_target,
     )
     if summary.exit_code:
         raise Exit(code=summary.exit_code)
@@ -250,10 +253,12 @@ def execute_adhoc(
     check: bool = False,
     json: bool = False,
 ) -> None:
-    """Run a command's one-step playbook (``steps``: ``AdhocStep`` s) like ``execute``."""
+    """Run a command's one-step playbook (``steps``: ``AdhocStep`` s) like ``execute``; a
+    failure of its only target exits with that failure's code."""
     from crmmaint.playbook.run import adhoc_playbook
 
-    execute(c, inv, adhoc_playbook(name, steps, inv), check=check, json=json)
+    book = adhoc_playbook(name, steps, inv)
+    execute(c, inv, book, check=check, json=json, one_target=True)
 
 
 def execute_one(
@@ -269,13 +274,13 @@ def execute_one(
 
     book = adhoc_playbook(name, [step], inv)
     summary = _run_reported(
-        c, inv, book, JsonReporter() if json else None, check=check, footer=False
+        c, inv, book, JsonReporter() if json else None, check=check, footer=False, one_target=True
     )
     row = summary.results[0]
     if row.status == "failed":
         if not json:
             print(f"crmmaint: error: {row.result.message}", file=sys.stderr)
-        raise Exit(code=int(row.result.details.get("exit_code") or summary.exit_code))
+        raise Exit(code=summary.exit_code)
     return row
 
 
@@ -286,6 +291,7 @@ def _run_reported(
     reporter: Any,
     *,
     footer: bool,
+    one_target: bool = False,
     check: bool = False,
     limit: list[str] | None = None,
     tags: list[str] | None = None,
@@ -306,6 +312,7 @@ def _run_reported(
             forks=forks or int(_config_get(c, "forks") or 10),
             reporter=reporter,
             argv=sys.argv,
+            one_target=one_target,
         )
         if footer:
             again = f" -i {inv.path}" if inv.path else ""

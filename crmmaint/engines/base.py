@@ -21,7 +21,13 @@ from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Se
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
-from crmmaint.errors import CommandTimeout, EngineError, RestoreTargetExists, TransportError
+from crmmaint.errors import (
+    CommandTimeout,
+    EngineError,
+    RestoreError,
+    RestoreTargetExists,
+    TransportError,
+)
 from crmmaint.inventory import Database
 from crmmaint.transport.base import Command, CommandResult, Process, StdoutMode, Transport
 
@@ -170,7 +176,7 @@ class DumpStream:
             chunk = self._process.read(size)
         except TransportError as exc:
             self._process.kill()
-            raise self.error(f"reading the dump failed: {exc}") from exc
+            raise exc.within(f"{self.where}: reading the dump failed") from exc
         if not chunk:
             self.eof = True
             if self._observe is not None:
@@ -278,7 +284,8 @@ class RestoreRoutine(abc.ABC, Generic[TargetT]):
         """
         target = self.restore_target(request.target)
         if self.is_source(target):
-            raise self.error(
+            raise RestoreError(
+                f"{self.where}: "
                 f"refusing to restore over the source {self.target_noun} {self.shown(target)}",
                 hint=f"restore into another {self.target_noun}",
             )
@@ -398,7 +405,7 @@ class DatabaseEngine(RestoreRoutine[TargetT]):
         except CommandTimeout as exc:
             raise self.error(f"{what} timed out after {timeout}s") from exc
         except TransportError as exc:
-            raise self.error(f"{what} could not run: {exc}") from exc
+            raise exc.within(f"{self.where}: {what} could not run") from exc
         if not result.ok:
             raise self.error(
                 f"{what} failed (exit {result.exit_status}): {result.stderr_tail()}",
@@ -416,7 +423,7 @@ class DatabaseEngine(RestoreRoutine[TargetT]):
         except EngineError:
             raise
         except TransportError as exc:
-            raise self.error(f"{what}: {exc}") from exc
+            raise exc.within(f"{self.where}: {what}") from exc
 
     def load(
         self,

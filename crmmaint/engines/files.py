@@ -294,7 +294,7 @@ class FileSetSource(RestoreRoutine[FilesRestoreTarget]):
         try:
             result = self.transport.run(command, timeout=timeout)
         except TransportError as exc:
-            raise self.error(f"checking the paths: {exc}") from exc
+            raise exc.within(f"{self.where}: checking the paths") from exc
         if not result.ok:
             raise self.error(f"checking the paths failed: {result.stderr_tail()}")
         fields = result.stdout.decode("utf-8", "surrogateescape").split("\0")
@@ -379,7 +379,7 @@ class FileSetSource(RestoreRoutine[FilesRestoreTarget]):
                 with closing_dump(stream):
                     yield stream
         except TransportError as exc:
-            raise self.error(f"tar: {exc}") from exc
+            raise exc.within(f"{self.where}: tar") from exc
 
     def restore(
         self,
@@ -505,7 +505,7 @@ class FileSetSource(RestoreRoutine[FilesRestoreTarget]):
         except CommandTimeout as exc:
             raise self.error(f"restore timed out after {timeout}s") from exc
         except TransportError as exc:
-            raise self.error(f"tar -x: {exc}") from exc
+            raise exc.within(f"{self.where}: tar -x") from exc
         if not result.ok or problem:
             raise self.error(
                 f"extracting into {target_dir} failed: {problem or ''} {result.stderr_tail()}".strip()
@@ -548,7 +548,7 @@ class FileSetSource(RestoreRoutine[FilesRestoreTarget]):
                             )
                 result = proc.wait()
         except TransportError as exc:
-            raise self.error(f"checksums of {directory}: {exc}") from exc
+            raise exc.within(f"{self.where}: checksums of {directory}") from exc
         if not result.ok:
             raise self.error(f"checksums of {directory} failed: {result.stderr_tail()}")
         return {path: {"sha256": sums.get(path, ""), "size": sizes[path]} for path in sorted(sizes)}
@@ -557,6 +557,6 @@ class FileSetSource(RestoreRoutine[FilesRestoreTarget]):
         try:
             result = self.transport.run(command, timeout=60)
         except TransportError as exc:
-            raise self.error(f"{what}: {exc}") from exc
+            raise exc.within(f"{self.where}: {what}") from exc
         if not result.ok:
             raise self.error(f"{what} failed: {result.stderr_tail()}")

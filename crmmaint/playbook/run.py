@@ -67,12 +67,14 @@ def run_playbook(
     argv: list[str] | None = None,
     now: datetime | None = None,
     transport_factory: TransportFactory | None = None,
+    one_target: bool = False,
 ) -> RunSummary:
     """Plan ``book`` for ``inventory`` (``limit``/``tags``/``steps`` select; ``now``: when
     calendar conditions are judged, default the machine's local time) and run it: one journal
     run row (when ``journal`` is given) with every target's result, each told to ``reporter``.
 
-    Returns the run's summary (``exit_code`` 0, 1 or 2). Raises ``PlaybookError`` for a
+    Returns the run's summary (``exit_code`` 0, 1 or 2; with ``one_target``, for a command
+    acting on one target, the code of that target's failure). Raises ``PlaybookError`` for a
     selection that names nothing, ``ConfigError`` for ``forks`` < 1, and ``KeyboardInterrupt``
     when interrupted (the journal then records the run as failed).
     """
@@ -92,5 +94,6 @@ def run_playbook(
         reporter=reporter,
         argv=argv,
         transport_factory=transport_factory,
+        one_target=one_target,
     )
     return runner.run(book, planned)

@@ -184,6 +184,9 @@ class RunSummary:
     duration: float
     check: bool = False
     stopped_after: str | None = None
+    #: The run is a command acting on one target (``crmmaint restore``, ``verify`` …): its
+    #: failure's own code is the exit code (``exit_code``).
+    one_target: bool = False
 
     @property
     def counts(self) -> dict[Status, int]:
@@ -195,8 +198,14 @@ class RunSummary:
 
     @property
     def exit_code(self) -> int:
-        """0: ok, changed or skipped; 1: warnings; 2: failures."""
+        """0: ok, changed or skipped; 1: warnings; 2: failures. A ``one_target`` run whose
+        one target failed: the documented code of that failure (``exit_code`` in the failed
+        result's details: 4 transport, 5 database, 6 repository, 7 lock, 8 keys, 9
+        integrity), else 2; several targets keep 2, as ``run`` does."""
         if self.status == Status.FAILED:
+            targets = [row for row in self.results if row.kind != "step"]
+            if self.one_target and len(targets) == 1:
+                return int(targets[0].result.details.get("exit_code") or 2)
             return 2
         if self.status == Status.WARNING:
             return 1
@@ -219,6 +228,7 @@ class Runner:
         transport_factory: TransportFactory | None = None,
         reporter: Reporter | Any | None = None,
         argv: list[str] | None = None,
+        one_target: bool = False,
     ) -> None:
         if forks < 1:
             raise ConfigError(f"forks must be at least 1, not {forks}")
@@ -228,6 +238,7 @@ class Runner:
         self.check = check
         self.transport_factory = transport_factory
         self.argv = argv
+        self.one_target = one_target
         self._report = _SerialReporter(reporter if reporter is not None else Reporter())
         self._abort = threading.Event()
         #: transports of the attempts under way: an interrupt kills what they started
@@ -276,10 +287,13 @@ class Runner:
                     if failed and item.step.on_failure == "stop":
                         log.info("step %s failed; stopping (on_failure: stop)", item.name)
                         stopped_after = item.name
-        except BaseException:
+        except BaseException as exc:
             self._abort.set()
             if self.journal is not None and self._run_id is not None:
-                self.journal.finish_run(self._run_id, Status.FAILED)
+                from crmmaint.journal import INTERRUPTED
+
+                ended = INTERRUPTED if isinstance(exc, KeyboardInterrupt) else Status.FAILED
+                self.journal.finish_run(self._run_id, ended)
             raise
         finally:
             self._transports.close_all()
@@ -291,6 +305,7 @@ class Runner:
             duration=time.monotonic() - started,
             check=self.check,
             stopped_after=stopped_after,
+            one_target=self.one_target,
         )
         if self.journal is not None and self._run_id is not None:
             self.journal.finish_run(self._run_id, summary.status)
@@ -347,6 +362,9 @@ class Runner:
             if killed:
                 log.warning("interrupted: killed %d command(s) the step had started", killed)
             executor.shutdown(wait=False, cancel_futures=True)
+            for index, target in enumerate(targets):
+                if index not in done:  # the journal says which targets the interrupt cut short
+                    self._record(_interrupted(step, target))
             raise
         executor.shutdown(wait=True)
         return [done[i] for i in range(len(targets))]
@@ -503,6 +521,25 @@ class _AttemptTransports:
         with self._lock:
             views = list(self._views.values())
         return sum(view.kill_all() for view in views)
+
+
+def _interrupted(step: Step, target: Target) -> TargetResult:
+    """The journal row of a target an interrupt (Ctrl-C, SIGTERM) cut short."""
+    return TargetResult(
+        step=step.name,
+        task=step.task,
+        target=target.label,
+        kind=target.kind,
+        host=target.host.name,
+        result=TaskResult.failed(
+            "interrupted before it finished (Ctrl-C or SIGTERM); what it started was killed",
+            details={"error": "KeyboardInterrupt", "exit_code": 130},
+            retryable=False,
+        ),
+        started=time.time(),
+        duration=0.0,
+        attempts=1,
+    )
 
 
 def retry_delay(step: Step, failed_attempts: int) -> float:

@@ -108,7 +108,7 @@ def identities_for(cfg: RepositorySettings, identity_file: str | None = None) ->
     if cfg.passphrase is not None:
         out.append(PassphraseIdentity(cfg.passphrase.resolve()))
     if not out:
-        raise ConfigError(
+        raise KeyFileError(
             f"repository {cfg.name!r}: no identity to decrypt with",
             hint="pass --identity FILE, set CRMMAINT_IDENTITY, or add 'identity:' to the repository",
         )
@@ -144,6 +144,7 @@ def open_repository(cfg: RepositorySettings, *, reading: str | None = None) -> I
         repo = Repository.open(backend, key)
         if cfg.compression is not None:  # this inventory's choice for what it writes
             repo.compression_level = cfg.compression
+        repo.lock_wait = cfg.lock_wait
         if reading is None:
             yield repo
         else:

@@ -113,6 +113,8 @@ class Repository:
 
         self.chunker = ChunkerParams(**config["chunker"])
         self.compression_level: int = int(config["compression"]["level"])
+        #: Seconds ``lock`` waits for a conflicting holder before ``LockError`` (exit 7).
+        self.lock_wait: float = 60.0
         self.aead: str = config["aead"]
         self.pack_size: int = int(config["pack_size"])
         self.index = ChunkIndex()
@@ -249,7 +251,9 @@ class Repository:
     def lock(self, *, exclusive: bool, purpose: str) -> RepositoryLock:
         """Shared lock for backups, exclusive for prune; stale locks of dead holders are taken over."""
         owner = f"{socket.gethostname()}:{os.getpid()} {purpose}"
-        return RepositoryLock(self.backend, exclusive=exclusive, owner=owner)
+        return RepositoryLock(
+            self.backend, exclusive=exclusive, owner=owner, timeout=self.lock_wait
+        )
 
     def refresh_index(self) -> ChunkIndex:
         self.index.refresh(self.backend, self.keys.metadata_key)

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from crmmaint.errors import IntegrityError
 from crmmaint.repository.configured import open_repository, recipients_for
 from crmmaint.repository.format import source_name
 from crmmaint.results import TaskResult
@@ -69,7 +70,8 @@ def backup_files(ctx: TaskContext) -> TaskResult:
 
 def _would(ctx: TaskContext, what: str) -> TaskResult:
     repo = ctx.inventory.repository(ctx.params["repository"]).name
-    return TaskResult.ok(
+    # In check mode, "changed" means "would change" (docs/playbooks.md).
+    return TaskResult.changed(
         f"would back up {what} to {repo}", details={"check": True, "repository": repo}
     )
 
@@ -150,7 +152,11 @@ def backup_verify(ctx: TaskContext) -> TaskResult:
     return TaskResult.failed(
         f"repository {cfg.name}: {len(problems)} problem(s), first: {problems[0]}",
         metrics=metrics,
-        details={"problems": problems[:50]},
+        details={
+            "problems": problems[:50],
+            "error": IntegrityError.__name__,
+            "exit_code": IntegrityError.exit_code,
+        },
     )
 
 
@@ -188,7 +194,7 @@ def backup_prune(ctx: TaskContext) -> TaskResult:
         "freed_bytes": float(report.bytes_freed),
         "leftovers_removed": float(report.leftovers_removed),
     }
-    if not removed or ctx.check:
+    if not removed:
         return TaskResult.ok(message, metrics=metrics, details={"removed": removed})
     return TaskResult.changed(message, metrics=metrics, details={"removed": removed})
 

@@ -204,7 +204,7 @@ def _restore(ctx: TaskContext, kind: str, name: str, host: str) -> TaskResult:
             tables = len(manifest.facts.get("tables", []))
             files = int(manifest.facts.get("files", 0))
             what = f"{tables} tables" if kind == "database" else f"{files} files"
-            return TaskResult.ok(
+            return TaskResult.changed(  # in check mode: would change
                 f"would restore backup {backup.id} of {backup.source} ({format_mib(backup.size)}, "
                 f"{what}) into {to} on {host}"
                 + (", replacing what is there" if params["force"] else ""),
@@ -280,7 +280,7 @@ def drill_restore(ctx: TaskContext) -> TaskResult:
         manifest = repo.manifest(backup.id, identities)
         expected = manifest.facts
         if ctx.check:
-            return TaskResult.ok(
+            return TaskResult.changed(  # in check mode: would change
                 f"would restore backup {backup.id} of {db.name} into a scratch database and compare "
                 f"{len(expected.get('tables', []))} tables",
                 details={"check": True, "backup": backup.id},
@@ -290,16 +290,16 @@ def drill_restore(ctx: TaskContext) -> TaskResult:
         engine = engine_for(drill_db, transport)
         target = scratch_name(db, time.time())
         started = time.monotonic()
+        # A failed restore removed what it made itself (the engines' restore routine); a
+        # target it found existing is never dropped here: it is not this drill's.
+        actual = restore_database(
+            repo, backup, identities, db=drill_db, transport=transport, to=target,
+            timeout=ctx.time_left(),
+        )  # fmt: skip
         try:
-            actual = restore_database(
-                repo, backup, identities, db=drill_db, transport=transport, to=target,
-                timeout=ctx.time_left(),
-            )  # fmt: skip
             problems = compare_facts(expected, actual)
         except BaseException:
-            # The restore's own failure is what the drill reports (it removed its target;
-            # a failure to remove it again is only logged).
-            engine.drop_quietly(target)
+            engine.drop_quietly(target)  # the comparison's failure is what the drill reports
             raise
         if not ctx.params["keep"]:
             engine.drop(target)

@@ -115,7 +115,7 @@ class _PsqlSession:
             try:
                 chunk = self.proc.read(1 << 16)
             except TransportError as exc:
-                raise self.engine.error(f"snapshot session failed: {exc}") from exc
+                raise exc.within(f"{self.engine.where}: snapshot session failed") from exc
             if not chunk:
                 raise self.engine.error(f"snapshot session ended: {self._stderr()}")
             self._buffer += chunk
@@ -132,7 +132,7 @@ class _PsqlSession:
             self.proc.close_stdin()
             result = self.proc.wait(timeout=QUERY_TIMEOUT)
         except TransportError as exc:
-            raise self.engine.error(f"snapshot session failed: {exc}") from exc
+            raise exc.within(f"{self.engine.where}: snapshot session failed") from exc
         if not result.ok:
             raise self.engine.error(f"snapshot session failed: {result.stderr_tail()}")
 
