@@ -162,6 +162,14 @@ class RestoreError(CrmMaintError):
     retryable = False
 
 
+class RestoreSourceRefused(RestoreError, EngineError):
+    """The restore target is the backup's source itself (its database, file or paths), refused
+    even with ``force``. Also an ``EngineError`` (the engine found it); exit code 6."""
+
+    exit_code = 6
+    retryable = False
+
+
 class RestoreTargetExists(RestoreError, EngineError):
     """The restore target exists and ``force`` was not given. Also an ``EngineError`` (the
     engine found it), so code that catches either sees it; its exit code is the restore's."""

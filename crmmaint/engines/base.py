@@ -23,8 +23,9 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from crmmaint.errors import (
     CommandTimeout,
+    CrmMaintError,
     EngineError,
-    RestoreError,
+    RestoreSourceRefused,
     RestoreTargetExists,
     TransportError,
 )
@@ -176,7 +177,8 @@ class DumpStream:
             chunk = self._process.read(size)
         except TransportError as exc:
             self._process.kill()
-            raise exc.within(f"{self.where}: reading the dump failed") from exc
+            context = self.error("reading the dump failed").message  # names engine and host
+            raise transport_failure(exc, context) from exc
         if not chunk:
             self.eof = True
             if self._observe is not None:
@@ -284,7 +286,7 @@ class RestoreRoutine(abc.ABC, Generic[TargetT]):
         """
         target = self.restore_target(request.target)
         if self.is_source(target):
-            raise RestoreError(
+            raise RestoreSourceRefused(
                 f"{self.where}: "
                 f"refusing to restore over the source {self.target_noun} {self.shown(target)}",
                 hint=f"restore into another {self.target_noun}",
@@ -405,7 +407,7 @@ class DatabaseEngine(RestoreRoutine[TargetT]):
         except CommandTimeout as exc:
             raise self.error(f"{what} timed out after {timeout}s") from exc
         except TransportError as exc:
-            raise exc.within(f"{self.where}: {what} could not run") from exc
+            raise transport_failure(exc, f"{self.where}: {what} could not run") from exc
         if not result.ok:
             raise self.error(
                 f"{what} failed (exit {result.exit_status}): {result.stderr_tail()}",
@@ -423,7 +425,7 @@ class DatabaseEngine(RestoreRoutine[TargetT]):
         except EngineError:
             raise
         except TransportError as exc:
-            raise exc.within(f"{self.where}: {what}") from exc
+            raise transport_failure(exc, f"{self.where}: {what}") from exc
 
     def load(
         self,
@@ -582,6 +584,16 @@ class DatabaseEngine(RestoreRoutine[TargetT]):
 #: A quoted part of a client message longer than this is data, not a name (names are at most
 #: 64 characters in MariaDB and 63 bytes in PostgreSQL).
 _LONG_QUOTED = re.compile("'[^'\n]{65,}'|\"[^\"\n]{65,}\"")
+
+
+def transport_failure(exc: TransportError, context: str) -> CrmMaintError:
+    """What an engine raises when a command's transport failed: the same transport error with
+    ``context`` (an unreachable host or an unknown host key stays exit 4), except a command
+    that ran out of time, which is the database's failure (``EngineError``, exit 5: a lock
+    wait, a slow dump)."""
+    if isinstance(exc, CommandTimeout):
+        return EngineError(f"{context}: {exc}", retryable=exc.retryable)
+    return exc.within(context)
 
 
 def cut_message_line(line: str, limit: int = 300) -> str:

@@ -25,6 +25,7 @@ from crmmaint.engines.base import (
     RestoreRoutine,
     closing_dump,
     feed,
+    transport_failure,
 )
 from crmmaint.engines.base import compare_checksums as compare_checksums  # its former home
 from crmmaint.errors import (
@@ -294,7 +295,7 @@ class FileSetSource(RestoreRoutine[FilesRestoreTarget]):
         try:
             result = self.transport.run(command, timeout=timeout)
         except TransportError as exc:
-            raise exc.within(f"{self.where}: checking the paths") from exc
+            raise transport_failure(exc, f"{self.where}: checking the paths") from exc
         if not result.ok:
             raise self.error(f"checking the paths failed: {result.stderr_tail()}")
         fields = result.stdout.decode("utf-8", "surrogateescape").split("\0")
@@ -379,7 +380,7 @@ class FileSetSource(RestoreRoutine[FilesRestoreTarget]):
                 with closing_dump(stream):
                     yield stream
         except TransportError as exc:
-            raise exc.within(f"{self.where}: tar") from exc
+            raise transport_failure(exc, f"{self.where}: tar") from exc
 
     def restore(
         self,
@@ -505,7 +506,7 @@ class FileSetSource(RestoreRoutine[FilesRestoreTarget]):
         except CommandTimeout as exc:
             raise self.error(f"restore timed out after {timeout}s") from exc
         except TransportError as exc:
-            raise exc.within(f"{self.where}: tar -x") from exc
+            raise transport_failure(exc, f"{self.where}: tar -x") from exc
         if not result.ok or problem:
             raise self.error(
                 f"extracting into {target_dir} failed: {problem or ''} {result.stderr_tail()}".strip()
@@ -548,7 +549,7 @@ class FileSetSource(RestoreRoutine[FilesRestoreTarget]):
                             )
                 result = proc.wait()
         except TransportError as exc:
-            raise exc.within(f"{self.where}: checksums of {directory}") from exc
+            raise transport_failure(exc, f"{self.where}: checksums of {directory}") from exc
         if not result.ok:
             raise self.error(f"checksums of {directory} failed: {result.stderr_tail()}")
         return {path: {"sha256": sums.get(path, ""), "size": sizes[path]} for path in sorted(sizes)}
@@ -557,6 +558,6 @@ class FileSetSource(RestoreRoutine[FilesRestoreTarget]):
         try:
             result = self.transport.run(command, timeout=60)
         except TransportError as exc:
-            raise exc.within(f"{self.where}: {what}") from exc
+            raise transport_failure(exc, f"{self.where}: {what}") from exc
         if not result.ok:
             raise self.error(f"{what} failed: {result.stderr_tail()}")

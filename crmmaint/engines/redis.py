@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from crmmaint.engines.base import transport_failure
 from crmmaint.errors import CommandTimeout, EngineError, TransportError
 from crmmaint.inventory import Cache
 from crmmaint.transport.base import CommandResult, Process, Transport
@@ -115,7 +116,7 @@ class RedisCache:
                 self._cli(), stdin=commands.encode(), timeout=timeout, env=self._env()
             )
         except TransportError as exc:
-            raise exc.within(f"{self.where}: {what}") from exc
+            raise transport_failure(exc, f"{self.where}: {what}") from exc
         if not result.ok or result.text.startswith(("ERR", "NOAUTH", "WRONGPASS", "Could not")):
             detail = result.stderr_tail() or result.text.strip()[:300]
             raise self.error(f"{what} failed: {detail}")
@@ -218,7 +219,7 @@ class RedisCache:
         except CommandTimeout as exc:
             raise self.error(f"clearing {pattern!r} timed out after {timeout}s") from exc
         except TransportError as exc:
-            raise exc.within(f"{self.where}: clearing {pattern!r}") from exc
+            raise transport_failure(exc, f"{self.where}: clearing {pattern!r}") from exc
         verb = "would unlink" if check else "unlinked"
         log.info(
             "%s: %s %d keys matching %r", self.where, verb, found if check else removed, pattern
@@ -269,7 +270,7 @@ class RedisCache:
                     ["sh", "-c", _FIND_IN_DIR, "sh", *expr], timeout=timeout
                 )
             except TransportError as exc:
-                raise exc.within(f"{self.where}: clearing directory {path}") from exc
+                raise transport_failure(exc, f"{self.where}: clearing directory {path}") from exc
             sizes = [int(line) for line in result.text.split()]
             files += len(sizes)
             size += sum(sizes)

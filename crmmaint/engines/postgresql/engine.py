@@ -34,6 +34,7 @@ from crmmaint.engines.base import (
     closing_dump,
     cut_message_line,
     schema_digest,
+    transport_failure,
 )
 from crmmaint.engines.postgresql.catalog import (
     COUNT_BATCH,
@@ -115,7 +116,9 @@ class _PsqlSession:
             try:
                 chunk = self.proc.read(1 << 16)
             except TransportError as exc:
-                raise exc.within(f"{self.engine.where}: snapshot session failed") from exc
+                raise transport_failure(
+                    exc, f"{self.engine.where}: snapshot session failed"
+                ) from exc
             if not chunk:
                 raise self.engine.error(f"snapshot session ended: {self._stderr()}")
             self._buffer += chunk
@@ -132,7 +135,7 @@ class _PsqlSession:
             self.proc.close_stdin()
             result = self.proc.wait(timeout=QUERY_TIMEOUT)
         except TransportError as exc:
-            raise exc.within(f"{self.engine.where}: snapshot session failed") from exc
+            raise transport_failure(exc, f"{self.engine.where}: snapshot session failed") from exc
         if not result.ok:
             raise self.engine.error(f"snapshot session failed: {result.stderr_tail()}")
 
