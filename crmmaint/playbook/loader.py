@@ -51,12 +51,13 @@ STEP_KEYS = frozenset(
 )
 MAX_RETRIES = 100
 #: Longest step ``timeout`` and ``retry_delay`` accepted (a week, a day): a longer one is a typo,
-#: and a huge one would overflow the runner's clock arithmetic.
-MAX_TIMEOUT = 7 * 86400.0
-MAX_RETRY_DELAY = 86400.0
+#: and a huge one would overflow the runner's clock arithmetic. (The runner waits at most 10
+#: minutes between attempts whatever ``retry_delay`` says; a day keeps older files valid.)
+LONGEST_TIMEOUT = 7 * 86400.0
+LONGEST_RETRY_DELAY = 86400.0
 #: Longest duration a task parameter may be (a century): below what Python can wait for
 #: (``threading.TIMEOUT_MAX``, 292 years) or subtract from today's date.
-MAX_PARAM_DURATION = 100 * 365 * 86400.0
+LONGEST_PARAM_DURATION = 100 * 365 * 86400.0
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.:/-]*$")
 
 
@@ -310,7 +311,7 @@ class _Builder:
             timeout=_duration(raw, "timeout", base.timeout, "defaults.", positive=True),
             retries=_retries(raw, base.retries, "defaults."),
             retry_delay=_duration(
-                raw, "retry_delay", base.retry_delay, "defaults.", maximum=MAX_RETRY_DELAY
+                raw, "retry_delay", base.retry_delay, "defaults.", maximum=LONGEST_RETRY_DELAY
             )
             or 0.0,
             on_failure=_on_failure(raw, base.on_failure, "defaults."),
@@ -383,7 +384,8 @@ class _Builder:
             retries = _retries(raw, defaults.retries)
         with self.checking(label):
             delay = (
-                _duration(raw, "retry_delay", defaults.retry_delay, maximum=MAX_RETRY_DELAY) or 0.0
+                _duration(raw, "retry_delay", defaults.retry_delay, maximum=LONGEST_RETRY_DELAY)
+                or 0.0
             )
         with self.checking(label):
             on_failure = _on_failure(raw, defaults.on_failure)
@@ -508,12 +510,12 @@ class _Builder:
                         spec.params[key].help or None,
                     ) from exc
                 if spec.params[key].type == "duration" and not (
-                    converted <= MAX_PARAM_DURATION  # False for NaN too
+                    converted <= LONGEST_PARAM_DURATION  # False for NaN too
                 ):
                     ok = False
                     raise _Invalid(
                         f"parameter {key!r}: {value!r:.40} is longer than"
-                        f" {format_duration(MAX_PARAM_DURATION)} (100 years)",
+                        f" {format_duration(LONGEST_PARAM_DURATION)} (100 years)",
                         line_of(given, key),
                         f"with.{key}",
                         spec.params[key].help or None,
@@ -587,7 +589,7 @@ def _duration(
     prefix: str = "",
     *,
     positive: bool = False,
-    maximum: float = MAX_TIMEOUT,
+    maximum: float = LONGEST_TIMEOUT,
 ) -> float | None:
     """A duration in seconds, at least 0 (more when ``positive``) and at most ``maximum``."""
     value = mapping.get(key)
