@@ -417,11 +417,7 @@ def _host(name: str, spec: dict, base: Path) -> Host:
     )
     if name in ("local", "localhost") and "connection" not in spec:
         connection = "local"
-    port = get_field(spec, "port", int, default=22)
-    if not 0 < port < 65536:
-        raise SourceError(
-            f"port {port} out of range 1-65535 in {what}", line_of(spec, "port"), "port"
-        )
+    port = _port(spec, what, default=22)
     become = get_field(spec, "become", str)
     if become is not None:
         one_of(become, ("sudo",), "become", spec)
@@ -437,7 +433,7 @@ def _host(name: str, spec: dict, base: Path) -> Host:
         connection=connection,
         become=become,
         allow_unknown_host_key=get_field(spec, "allow_unknown_host_key", bool, default=False),
-        connect_timeout=float(get_field(spec, "connect_timeout", (int, float), default=10.0)),
+        connect_timeout=_connect_timeout(spec, what, default=10.0),
         groups=get_str_list(spec, "groups"),
         vars=dict(get_field(spec, "vars", dict, default={})),
     )
@@ -471,7 +467,7 @@ def _database(name: str, spec: dict, base: Path, inv: Inventory) -> Database:
         raise SourceError(
             f"{what}: 'path' is only for sqlite; use 'name'", line_of(spec, "path"), "path"
         )
-    port = get_field(spec, "port", int)
+    port = _port(spec, what)
     main = get_field(spec, "main", bool, default=False)
     groups = get_str_list(spec, "groups")
     if main and "main" not in groups:
@@ -572,6 +568,11 @@ def _repository(name: str, spec: dict, base: Path) -> RepositorySettings:
     ):
         raise SourceError(f"{what}: put no password in the URL", line_of(spec, "url"), "url")
     options = {k: spec[k] for k in _REPO_OPTION_KEYS if spec.get(k) is not None}
+    for key in ("endpoint_url", "region", "identity_file", "known_hosts"):
+        get_field(spec, key, str)
+    get_field(spec, "allow_unknown_host_key", bool)
+    if "connect_timeout" in options:
+        options["connect_timeout"] = _connect_timeout(spec, what)
     for key in ("identity_file", "known_hosts"):
         if key in options:
             options[key] = _path(str(options[key]), base)
@@ -629,11 +630,39 @@ def _drill(name: str, spec: dict, base: Path, inv: Inventory) -> DrillTarget:
         database=name,
         host=host,
         address=get_field(spec, "address", str),
-        port=get_field(spec, "port", int),
+        port=_port(spec, what),
         user=get_field(spec, "user", str),
         password=_secret(spec, "password", what),
         directory=directory,
     )
+
+
+#: The longest ``connect_timeout`` accepted, in seconds: a connection not made within an hour
+#: will not be made, and a larger number is more likely a typo than a wish.
+MAX_CONNECT_TIMEOUT = 3600.0
+
+
+def _port(spec: dict, what: str, default: int | None = None) -> int | None:
+    port = get_field(spec, "port", int, default=default)
+    if port is not None and not 0 < port < 65536:
+        raise SourceError(
+            f"port {port} out of range 1-65535 in {what}", line_of(spec, "port"), "port"
+        )
+    return port
+
+
+def _connect_timeout(spec: dict, what: str, default: float | None = None) -> float | None:
+    """Seconds, more than 0 and at most ``MAX_CONNECT_TIMEOUT`` (YAML has already refused
+    ``.inf``, ``.nan`` and integers too long to read)."""
+    value = get_field(spec, "connect_timeout", (int, float), default=default)
+    if value is not None and not 0 < value <= MAX_CONNECT_TIMEOUT:
+        raise SourceError(
+            f"connect_timeout {value:g} out of range in {what}: more than 0 and at most"
+            f" {MAX_CONNECT_TIMEOUT:g} seconds",
+            line_of(spec, "connect_timeout"),
+            "connect_timeout",
+        )
+    return None if value is None else float(value)
 
 
 def _recipient_ref(ref: str, base: Path) -> str:

@@ -219,3 +219,28 @@ def test_configuration_files_that_are_fifos_or_endless_are_refused_at_once(tmp_p
         cfg = RepositorySettings(name="main", url=str(tmp_path), recipients=[f"file:{path}"])
         with pytest.raises(ConfigError, match="not a regular file"):
             recipients_for(cfg)
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "message"),
+    [
+        # the document's mapping is the first level
+        ("a: 1\nb: " + "[" * 64 + "]" * 64 + "\n", 2, "nested deeper than 64 levels"),
+        ("a: 1\nb: " + "[" * 63 + "]" * 63 + "\n", None, None),
+        ("a: 1\nb: 1234567890123456789\n", 2, "field 'b': integer '1234567890123456789' is out"),
+        ("a: 1\nb: -999999999999999999\n", None, None),
+        ("a: 1\nb: [0x" + "f" * 90 + "]\n", 2, "is out of range (at most 18 digits)"),
+        ("a: 1\nb: .inf\n", 2, "field 'b': '.inf' is not a finite number"),
+        ("a: 1\nb: 1.0e+999\n", 2, "not a finite number"),
+        ("a: &x [1]\nb: [2, *x]\n", None, None),
+        ("a: &x [1, *x]\n", 1, "alias *x refers to a node that contains it"),
+        ("a: 1\nb: 2024-13-01\n", 2, "field 'b': cannot read '2024-13-01'"),
+    ],
+)
+def test_yaml_limits_are_source_errors_with_the_line(text, line, message):
+    if message is None:
+        load_yaml_text(text)
+        return
+    with pytest.raises(SourceError) as info:
+        load_yaml_text(text)
+    assert (info.value.line, message in info.value.message) == (line, True), info.value.message

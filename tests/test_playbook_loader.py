@@ -535,6 +535,51 @@ ERRORS = [
     ),
     ("name: t\nsteps:\n  - name: a\n    task: [x\n", 5, None, None, "YAML syntax"),
     ("name: t\nname: u\nsteps: []\n", 2, None, None, "duplicate key 'name'"),
+    (
+        step_doc("- name: a\n  task: test.pb.summary\n  timeout: 8d\n"),
+        5,
+        "a",
+        "timeout",
+        "'timeout' must be at most 1w, not '8d'",
+    ),
+    (
+        step_doc("- name: a\n  task: test.pb.summary\n  timeout: 1.0e+23\n"),
+        5,
+        "a",
+        "timeout",
+        "must be at most 1w",
+    ),
+    (
+        step_doc("- name: a\n  task: test.pb.summary\n  retry_delay: 25h\n"),
+        5,
+        "a",
+        "retry_delay",
+        "'retry_delay' must be at most 1d",
+    ),
+    (
+        "name: t\ndefaults: {retry_delay: -5}\nsteps: [{name: a, task: test.pb.summary}]\n",
+        2,
+        None,
+        "defaults.retry_delay",
+        "must not be negative",
+    ),
+    (
+        step_doc(
+            "- name: a\n  task: test.pb.backup\n  database: crm\n  with:\n"
+            "    repository: main\n    max_age: 36501d\n"
+        ),
+        8,
+        "a",
+        "with.max_age",
+        "longer than 36500d (100 years)",
+    ),
+    (
+        step_doc("- name: a\n  task: test.pb.summary\n  retries: 99999999999999999999\n"),
+        5,
+        None,
+        None,
+        "field 'retries': integer '99999999999999999999' is out of range (at most 18 digits)",
+    ),
 ]
 
 

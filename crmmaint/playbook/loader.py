@@ -30,7 +30,7 @@ from crmmaint.playbook.model import (
     task_runs_once,
 )
 from crmmaint.tasks.api import TaskSpec, load_task_modules
-from crmmaint.units import parse_duration
+from crmmaint.units import format_duration, parse_duration
 from crmmaint.yamlsource import (
     SourceError,
     get_field,
@@ -50,6 +50,14 @@ STEP_KEYS = frozenset(
     | set(SELECTOR_KEYS)
 )
 MAX_RETRIES = 100
+#: Longest step ``timeout`` and ``retry_delay`` accepted (a week, a day): a longer one is a typo,
+#: and a huge one would overflow the runner's clock arithmetic. (The runner waits at most 10
+#: minutes between attempts whatever ``retry_delay`` says; a day keeps older files valid.)
+LONGEST_TIMEOUT = 7 * 86400.0
+LONGEST_RETRY_DELAY = 86400.0
+#: Longest duration a task parameter may be (a century): below what Python can wait for
+#: (``threading.TIMEOUT_MAX``, 292 years) or subtract from today's date.
+LONGEST_PARAM_DURATION = 100 * 365 * 86400.0
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.:/-]*$")
 
 
@@ -302,7 +310,10 @@ class _Builder:
         return StepDefaults(
             timeout=_duration(raw, "timeout", base.timeout, "defaults.", positive=True),
             retries=_retries(raw, base.retries, "defaults."),
-            retry_delay=_duration(raw, "retry_delay", base.retry_delay, "defaults.") or 0.0,
+            retry_delay=_duration(
+                raw, "retry_delay", base.retry_delay, "defaults.", maximum=LONGEST_RETRY_DELAY
+            )
+            or 0.0,
             on_failure=_on_failure(raw, base.on_failure, "defaults."),
         )
 
@@ -372,7 +383,10 @@ class _Builder:
         with self.checking(label):
             retries = _retries(raw, defaults.retries)
         with self.checking(label):
-            delay = _duration(raw, "retry_delay", defaults.retry_delay) or 0.0
+            delay = (
+                _duration(raw, "retry_delay", defaults.retry_delay, maximum=LONGEST_RETRY_DELAY)
+                or 0.0
+            )
         with self.checking(label):
             on_failure = _on_failure(raw, defaults.on_failure)
         with self.checking(label):
@@ -486,7 +500,7 @@ class _Builder:
                 if value is None:
                     continue
                 try:
-                    spec.params[key].convert(value)
+                    converted = spec.params[key].convert(value)
                 except (ValueError, TypeError, OverflowError) as exc:
                     ok = False
                     raise _Invalid(
@@ -495,6 +509,17 @@ class _Builder:
                         f"with.{key}",
                         spec.params[key].help or None,
                     ) from exc
+                if spec.params[key].type == "duration" and not (
+                    converted <= LONGEST_PARAM_DURATION  # False for NaN too
+                ):
+                    ok = False
+                    raise _Invalid(
+                        f"parameter {key!r}: {value!r:.40} is longer than"
+                        f" {format_duration(LONGEST_PARAM_DURATION)} (100 years)",
+                        line_of(given, key),
+                        f"with.{key}",
+                        spec.params[key].help or None,
+                    )
         for key, param in spec.params.items():
             if param.required and given.get(key) is None:
                 ok = False
@@ -558,8 +583,15 @@ def _either(keys: list[str]) -> str:
 
 
 def _duration(
-    mapping: dict, key: str, default: float | None, prefix: str = "", *, positive: bool = False
+    mapping: dict,
+    key: str,
+    default: float | None,
+    prefix: str = "",
+    *,
+    positive: bool = False,
+    maximum: float = LONGEST_TIMEOUT,
 ) -> float | None:
+    """A duration in seconds, at least 0 (more when ``positive``) and at most ``maximum``."""
     value = mapping.get(key)
     if value is None:
         return default
@@ -574,8 +606,12 @@ def _duration(
         seconds = parse_duration(value)
     except (ValueError, TypeError, OverflowError) as exc:
         raise _Invalid(f"{key!r}: {exc}", line_of(mapping, key), field) from exc
-    if not math.isfinite(seconds):
-        raise _Invalid(f"{key!r} is too large: {value!r:.40}", line_of(mapping, key), field)
+    if not math.isfinite(seconds) or seconds > maximum:
+        raise _Invalid(
+            f"{key!r} must be at most {format_duration(maximum)}, not {value!r:.40}",
+            line_of(mapping, key),
+            field,
+        )
     if positive and seconds <= 0:
         raise _Invalid(f"{key!r} must be greater than 0", line_of(mapping, key), field)
     return seconds
