@@ -28,6 +28,7 @@ from crmmaint.repository.backends.base import Backend
 from crmmaint.repository.backends.local import LocalBackend
 from crmmaint.repository.lock import (
     LOCKS_PREFIX,
+    REMOVED_SUFFIX,
     RepositoryLock,
     _pid_namespace,
     break_locks,
@@ -89,7 +90,8 @@ def foreign_lock(backend, **fields) -> str:
 
 
 def lock_names(backend) -> list[str]:
-    return [o.name for o in backend.list(LOCKS_PREFIX)]
+    """Names of the lock objects (not the removal marks ``locks/<id>.removed``)."""
+    return [o.name for o in backend.list(LOCKS_PREFIX) if not o.name.endswith(REMOVED_SUFFIX)]
 
 
 def dead_pid() -> int:

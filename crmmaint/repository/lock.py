@@ -36,6 +36,12 @@ from crmmaint.repository.backends.base import Backend
 logger = logging.getLogger(__name__)
 
 LOCKS_PREFIX = "locks/"
+#: Suffix of the removal mark ``locks/<id>.removed`` written before a lock object is deleted
+#: by someone other than its holder (``repo unlock``, a stale takeover): a holder whose
+#: heartbeat wrote its object back in the moment of the deletion sees the mark and lets go,
+#: and readers ignore a lock object that has one. Marks older than ``REMOVED_MARK_AGE`` go.
+REMOVED_SUFFIX = ".removed"
+REMOVED_MARK_AGE = 86400.0
 #: A lock is stale when its heartbeat is older than this many heartbeat intervals.
 STALE_HEARTBEATS = 5
 _FIRST_BACKOFF = 0.02
@@ -247,7 +253,7 @@ class RepositoryLock:
                 return False
             why = f"no heartbeat for {now - other.heartbeat:.0f}s (limit {limit:.0f}s)"
         try:
-            self.backend.delete(other.name)
+            remove_lock(self.backend, other.name)
         except ObjectNotFound:
             return True  # released, or another waiter took it over first
         logger.warning(
@@ -289,18 +295,33 @@ class RepositoryLock:
                 if self._stop.is_set():
                     return
                 try:
-                    if not self.backend.exists(self.name):
-                        self._lost = True
-                        logger.error(
-                            "repository lock %s in %s was removed by someone else (unlock or a "
-                            "stale takeover); this process no longer holds the lock",
-                            self.name,
-                            self.backend.url,
-                        )
+                    if self._removed():
+                        self._let_go()
                         return
                     self._write()
+                    if self.backend.exists(self.name + REMOVED_SUFFIX):
+                        self._let_go()  # removed while we wrote: our write must not stand
+                        return
                 except BackendError as exc:
                     logger.warning("cannot refresh repository lock %s: %s", self.name, exc)
+
+    def _removed(self) -> bool:
+        """Whether someone else removed our lock object (it is gone, or marked removed)."""
+        return not self.backend.exists(self.name) or self.backend.exists(self.name + REMOVED_SUFFIX)
+
+    def _let_go(self) -> None:
+        """Our lock was removed by someone else: stop holding it, and delete what our
+        heartbeat may have written back, and the removal mark."""
+        self._lost = True
+        for name in (self.name, self.name + REMOVED_SUFFIX):
+            with contextlib.suppress(ObjectNotFound, BackendError):
+                self.backend.delete(name)
+        logger.error(
+            "repository lock %s in %s was removed by someone else (unlock or a stale "
+            "takeover); this process no longer holds the lock",
+            self.name,
+            self.backend.url,
+        )
 
     def check(self) -> None:
         """Raise ``LockError`` unless the lock is still held; call right before committing work.
@@ -321,10 +342,10 @@ class RepositoryLock:
                         f"cannot confirm repository lock {self.name} in {self.backend.url}: {exc}",
                         hint="nothing was committed; rerun the operation",
                     ) from exc
-                if present:
+                if present and not self.backend.exists(self.name + REMOVED_SUFFIX):
                     self._write()
                 else:
-                    self._lost = True
+                    self._let_go()
         if self._lost:
             raise LockError(
                 f"repository lock {self.name} in {self.backend.url} was removed while held "
@@ -360,23 +381,48 @@ class RepositoryLock:
 def read_locks(backend: Backend) -> list[LockInfo]:
     """Every lock object in the repository, oldest first; vanished ones are skipped."""
     found = []
-    for obj in backend.list(LOCKS_PREFIX):
+    names = [obj.name for obj in backend.list(LOCKS_PREFIX)]
+    removed = {name[: -len(REMOVED_SUFFIX)] for name in names if name.endswith(REMOVED_SUFFIX)}
+    for name in names:
+        if name.endswith(REMOVED_SUFFIX) or name in removed:
+            continue  # a mark, or a lock removed whose holder has yet to notice
         try:
-            data = backend.load(obj.name)
+            data = backend.load(name)
         except ObjectNotFound:
             continue
-        found.append(_parse(obj.name, data))
+        found.append(_parse(name, data))
     return sorted(found, key=lambda lock: lock.key)
+
+
+def remove_lock(backend: Backend, name: str) -> None:
+    """Delete another process's lock object ``name``: first its removal mark (so a holder
+    whose heartbeat writes it back lets go at once), then the object; ``ObjectNotFound``
+    when it was gone already."""
+    backend.store(name + REMOVED_SUFFIX, json.dumps({"removed": time.time()}).encode())
+    backend.delete(name)
+
+
+def _forget_old_marks(backend: Backend, now: float) -> None:
+    """Delete removal marks older than ``REMOVED_MARK_AGE`` (their holders are long gone)."""
+    for obj in backend.list(LOCKS_PREFIX):
+        if not obj.name.endswith(REMOVED_SUFFIX):
+            continue
+        try:
+            when = float(json.loads(backend.load(obj.name)).get("removed", 0))
+        except (ObjectNotFound, ValueError, TypeError, AttributeError):
+            when = 0.0
+        if now - when > REMOVED_MARK_AGE:
+            with contextlib.suppress(ObjectNotFound):
+                backend.delete(obj.name)
 
 
 def break_locks(backend: Backend) -> list[dict[str, Any]]:
     """Remove every lock object (``crmmaint repo unlock``); returns what was removed."""
     removed = []
+    _forget_old_marks(backend, time.time())
     for lock in read_locks(backend):
-        try:
-            backend.delete(lock.name)
-        except ObjectNotFound:
-            continue
+        with contextlib.suppress(ObjectNotFound):  # its holder saw the mark and let go first
+            remove_lock(backend, lock.name)
         logger.warning("removed repository lock %s: %s", lock.name, lock.describe())
         removed.append(lock.raw if lock.raw is not None else {"id": lock.id, "unreadable": True})
     return removed
