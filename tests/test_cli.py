@@ -763,3 +763,44 @@ def test_a_closed_pipe_is_exit_141_without_a_word(tmp_path, monkeypatch, capsys)
                 main(["crmmaint", *args])
             assert done.value.code == 141, args
     assert capsys.readouterr().err == ""
+
+
+def test_a_restore_never_replaces_crmmaints_own_files_or_part_of_its_source(estate):
+    """Found by a hostile tester: `--force` replaced the repository, the journal or a folder
+    inside the file set; a SQLite target in a missing folder gave a raw shell error; `--check`
+    said "would restore" where the restore then failed. Each is refused before anything is
+    written, with `--check` too, exit 6, and nothing is touched."""
+    inv = str(estate / "inventory.yml")
+    assert cli("keys", "generate", "--output", str(estate / "keys" / "ops.key"))[0] == 0
+    assert cli("repo", "init", "-i", inv)[0] == 0
+    assert cli("backup", "-i", inv)[0] == 0
+    (estate / "files" / "sub").mkdir()
+    (estate / "files" / "sub" / "keep.txt").write_text("source data\n")
+    before = {p: p.read_bytes() for p in estate.rglob("*") if p.is_file() and "repo" not in p.parts}
+    cases = [
+        ("database:crm@latest", estate / "journal.sqlite", "journal"),
+        ("database:crm@latest", estate / "inventory.yml", "inventory"),
+        ("database:crm@latest", estate / "keys" / "write.key", "write key"),
+        ("fileset:files@latest", estate / "repo", "repository main"),
+        ("fileset:files@latest", estate, "source"),  # holds the file set's path too
+        ("fileset:files@latest", estate / "files" / "sub", "source"),
+        ("database:crm@latest", estate / "missing" / "x.sqlite", "does not exist"),
+        ("database:crm@latest", estate / "crm.sqlite", "source"),
+    ]
+    for ref, target, says in cases:
+        for check in ([], ["--check"]):
+            code, out, err = cli("restore", ref, "--to", str(target), "--force", "-i", inv, *check)
+            assert code == 6 and says in err, (ref, target, check, out, err)
+    code, out, err = cli(
+        "restore", "database:crm@latest", "--to", str(estate / "r.sqlite"), "-i", inv
+    )
+    assert code == 0, err
+    code, out, err = cli(
+        "restore", "database:crm@latest", "--to", str(estate / "r.sqlite"), "-i", inv, "--check"
+    )
+    assert code == 6 and "exists" in err, out + err
+    assert cli("backups", "list", "-i", inv)[0] == 0  # the repository is intact
+    after = {p: p.read_bytes() for p in before if p.exists()}
+    assert {p: after.get(p) for p in before if p.name != "journal.sqlite"} == {
+        p: v for p, v in before.items() if p.name != "journal.sqlite"
+    }

@@ -97,6 +97,8 @@ class Case:
     #: The source's facts now, to show it is untouched.
     source_facts: Callable[[], Facts]
     made: list[str] = field(default_factory=list)
+    #: The server's own databases: refused even with force, and left as they are.
+    reserved_targets: list[str] = field(default_factory=list)
 
     def restore(
         self, stream, target: str, *, force: bool = False, layout: DumpLayout | None = None
@@ -147,6 +149,7 @@ def postgresql_case(tmp: Path) -> Iterator[Case]:
         restorer=engine,
         source_target=name,
         invalid_targets=["bad name; drop", "", "1digit", "x" * 64, "dash-name", "new\nline"],
+        reserved_targets=["postgres", "template0", "template1", "Template1"],
         new_target=lambda: unique("crmcontract_t"),
         leftovers=leftovers,
         occupy=occupy,
@@ -186,6 +189,7 @@ def mysql_case(tmp: Path) -> Iterator[Case]:
         restorer=engine,
         source_target=name,
         invalid_targets=["bad name; drop", "", "1digit", "x" * 64, "dash-name", "back`tick"],
+        reserved_targets=["mysql", "sys", "performance_schema", "information_schema"],
         new_target=lambda: unique("crmcontract_t"),
         leftovers=leftovers,
         occupy=occupy,
@@ -402,6 +406,23 @@ def test_the_source_is_refused_as_a_target_even_with_force(case, dumped):
         case.restore(stream, case.source_target, force=True)
     assert stream.read_bytes == 0
     assert compare_facts(facts, case.source_facts()) == []
+
+
+def test_system_databases_are_refused_even_with_force_and_in_check_mode(case, dumped):
+    """A forced restore into `template1`, `mysql` or `sys` would drop the server's own
+    database: refused before anything is read, also by the preflight `--check` runs."""
+    data, _ = dumped
+    for name in case.reserved_targets:
+        stream = Counted(data)
+        with pytest.raises(RestoreError, match="system database"):
+            case.restore(stream, name, force=True)
+        assert stream.read_bytes == 0, name
+        with pytest.raises(RestoreError, match="system database"):
+            case.restorer.preflight(name, force=True)
+    if case.kind == "postgresql":
+        assert psql("template1", "SELECT 1").strip() == "1"
+    if case.kind == "mysql":
+        assert mariadb("SELECT count(*) > 0 FROM mysql.user").strip() == "1"
 
 
 def test_invalid_target_names_are_refused_before_anything_is_read(case, dumped):

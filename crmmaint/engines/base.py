@@ -25,6 +25,7 @@ from crmmaint.errors import (
     CommandTimeout,
     CrmMaintError,
     EngineError,
+    RestoreError,
     RestoreSourceRefused,
     RestoreTargetExists,
     TransportError,
@@ -260,7 +261,9 @@ class RestoreRoutine(abc.ABC, Generic[TargetT]):
     #: What a restore target is, in messages ("database", "database file", "directory").
     target_noun: str = "database"
     #: What to do about a restore target that exists.
-    target_exists_hint: str = "choose another name, drop it, or pass force to replace it"
+    target_exists_hint: str = "choose another name, drop it, or pass --force to replace it"
+    #: Names of the server's own databases, never a restore target (even with force).
+    system_databases: frozenset[str] = frozenset()
 
     @property
     @abc.abstractmethod
@@ -284,20 +287,8 @@ class RestoreRoutine(abc.ABC, Generic[TargetT]):
         ``restored_facts`` describes it. If the load fails, ``discard_target`` removes what
         the restore made and the load's own error is raised, never a cleanup's.
         """
-        target = self.restore_target(request.target)
-        if self.is_source(target):
-            raise RestoreSourceRefused(
-                f"{self.where}: "
-                f"refusing to restore over the source {self.target_noun} {self.shown(target)}",
-                hint=f"restore into another {self.target_noun}",
-            )
-        replacing = self.target_exists(target)
+        target, replacing = self.preflight(request.target, force=request.force)
         if replacing:
-            if not request.force:
-                raise RestoreTargetExists(
-                    f"{self.where}: restore target {self.target_noun} {self.shown(target)} exists",
-                    hint=self.target_exists_hint,
-                )
             log.warning("replacing %s %s with a restore (force)", self.target_noun, target)
             self.clear_existing(target)
         log.info("restoring into %s on %s", target, self.transport.host)
@@ -312,6 +303,27 @@ class RestoreRoutine(abc.ABC, Generic[TargetT]):
             raise
         log.info("restored %d bytes into %s on %s", size, target, self.transport.host)
         return self.restored_facts(made, request)
+
+    def preflight(self, name: str, *, force: bool) -> tuple[str, bool]:
+        """The checks a restore into ``name`` makes before it changes anything, also what
+        ``--check`` runs: ``(target, replacing)``, the normalised target and whether a forced
+        restore would replace something there. Raises what the restore would: an invalid or
+        reserved name (``restore_target``), ``RestoreSourceRefused`` for the source itself,
+        ``RestoreTargetExists`` for an existing target without ``force``."""
+        target = self.restore_target(name)
+        if self.is_source(target):
+            raise RestoreSourceRefused(
+                f"{self.where}: "
+                f"refusing to restore over the source {self.target_noun} {self.shown(target)}",
+                hint=f"restore into another {self.target_noun}",
+            )
+        replacing = self.target_exists(target)
+        if replacing and not force:
+            raise RestoreTargetExists(
+                f"{self.where}: restore target {self.target_noun} {self.shown(target)} exists",
+                hint=self.target_exists_hint,
+            )
+        return target, replacing
 
     # --- the hooks ----------------------------------------------------------------------------
 
@@ -565,8 +577,15 @@ class DatabaseEngine(RestoreRoutine[TargetT]):
     # --- restore hooks shared by the server engines -------------------------------------------
 
     def restore_target(self, name: str) -> str:
-        """A plain identifier (``check_target_name``)."""
+        """A plain identifier (``check_target_name``), not one of the server's own databases
+        (``system_databases``: a forced restore would drop it)."""
         check_target_name(self, name)
+        if name.lower() in self.system_databases:
+            raise RestoreError(
+                f"{self.where}: {name!r} is a system database of the server, never a restore "
+                "target",
+                hint="name a new database",
+            )
         return name
 
     def is_source(self, target: str) -> bool:

@@ -407,7 +407,7 @@ class FileSetSource(RestoreRoutine[FilesRestoreTarget]):
     # --- restore hooks: a new directory, or a staged one swapped in (force) -------------------
 
     target_noun = "directory"
-    target_exists_hint = "it holds files: choose a new directory, or pass force to replace it"
+    target_exists_hint = "it holds files: choose a new directory, or pass --force to replace it"
 
     def shown(self, target: str) -> str:
         return target
@@ -425,11 +425,14 @@ class FileSetSource(RestoreRoutine[FilesRestoreTarget]):
         return target
 
     def is_source(self, target: str) -> bool:
-        """The target is one of the file set's paths, or holds one (a forced restore would
-        replace it)."""
+        """The target is one of the file set's paths, or holds one, or is a directory inside
+        one that holds files (a forced restore would replace part of the source). A new or
+        empty directory inside a path may be used: a file set of ``/`` restores somewhere."""
         for path in self.fileset.paths:
             root = posixpath.normpath(path).replace("//", "/", 1)
             if root == target or root.startswith(target.rstrip("/") + "/"):
+                return True
+            if target.startswith(root.rstrip("/") + "/") and self.target_exists(target):
                 return True
         return False
 

@@ -30,7 +30,7 @@ from crmmaint.engines.base import (
     schema_digest,
 )
 from crmmaint.engines.myscript import MAX_HEAD, MyScriptLexer, RestoreScript, quoted_pattern
-from crmmaint.errors import EngineError
+from crmmaint.errors import EngineError, RestoreTargetExists
 
 log = logging.getLogger(__name__)
 
@@ -278,6 +278,8 @@ class MyRestoreTarget(NewTarget):
 class MySQLEngine(DatabaseEngine[MyRestoreTarget]):
     """A MariaDB or MySQL database, reached with the mariadb/mysql clients on its host."""
 
+    system_databases = frozenset({"mysql", "sys", "performance_schema", "information_schema"})
+
     engine = "mysql"
     #: Set on the engine a least-privilege restore loads with (``as_load_user``).
     load_user: LoadUser | None = None
@@ -455,7 +457,16 @@ class MySQLEngine(DatabaseEngine[MyRestoreTarget]):
     ) -> MyRestoreTarget:
         """``CREATE DATABASE``; in a least-privilege restore, then the ``LoadUser`` that may
         use only it (the database is dropped again if that user cannot be made)."""
-        self._query(f"CREATE DATABASE {quote_ident(target)}", database="")
+        try:
+            self._query(f"CREATE DATABASE {quote_ident(target)}", database="")
+        except EngineError as exc:
+            if self.exists(target):  # made meanwhile by someone else: not ours to touch
+                raise RestoreTargetExists(
+                    f"{self.where}: restore target database {target!r} was created by another "
+                    "session while this restore started",
+                    hint=self.target_exists_hint,
+                ) from exc
+            raise
         copy = self.for_database(target)
         try:
             user = self._create_load_user(target) if self.db.restore_privilege == "least" else None

@@ -27,7 +27,7 @@ from crmmaint.engines.base import (
     closing_dump,
     schema_digest,
 )
-from crmmaint.errors import EngineError
+from crmmaint.errors import EngineError, RestoreError
 
 log = logging.getLogger(__name__)
 
@@ -210,13 +210,21 @@ class SQLiteEngine(DatabaseEngine[SQLiteRestoreTarget]):
     # --- restore hooks: a new file, written beside the target and renamed into place ---------
 
     target_noun = "database file"
-    target_exists_hint = "choose another name, remove it, or pass force to replace it"
+    target_exists_hint = "choose another name, remove it, or pass --force to replace it"
 
     def shown(self, target: str) -> str:
         return target
 
     def restore_target(self, name: str) -> str:
-        return self.target_path(name)
+        """The target file's absolute path (``target_path``), in a directory that exists."""
+        target = self.target_path(name)
+        parent = posixpath.dirname(target) or "/"
+        if not self.transport.run(["test", "-d", parent], timeout=QUERY_TIMEOUT).ok:
+            raise RestoreError(
+                f"{self.where}: the directory {parent} of restore target {target} does not exist",
+                hint="create it first, or name a file in an existing directory",
+            )
+        return target
 
     def is_source(self, target: str) -> bool:
         return target == posixpath.normpath(self.path)

@@ -12,13 +12,14 @@ the backup is marked as drilled, which ``backups list`` shows and prune protects
 
 from __future__ import annotations
 
+import os
 import secrets
 import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 from crmmaint.engines.base import DumpLayout, Facts
-from crmmaint.errors import ConfigError, IntegrityError
+from crmmaint.errors import ConfigError, IntegrityError, RestoreError
 from crmmaint.inventory import Database, FileSet
 from crmmaint.repository.configured import identities_for, open_repository
 from crmmaint.repository.format import source_name
@@ -196,18 +197,22 @@ def _restore(ctx: TaskContext, kind: str, name: str, host: str) -> TaskResult:
     repo_cfg = ctx.inventory.repository(params["repository"])
     to = params["to"]
     identities = identities_for(repo_cfg, params["identity"])
+    # What the restore would refuse, refused before anything is read or written (and in
+    # check mode): a bad, reserved or source name, an existing target without --force, and
+    # crmmaint's own files (repository, journal, keys, inventory) on this machine.
+    target, replacing = _preflight(ctx, kind, to, params["force"])
     with open_repository(repo_cfg, reading=f"restore {kind}:{name}") as repo:
         backup = find_backup(repo, params["backup"], source=source_name(kind, name))
         manifest = repo.manifest(backup.id, identities)  # key custody, before anything else
-        details = {"backup": backup.id, "source": backup.source, "to": to, "on": host}
+        details = {"backup": backup.id, "source": backup.source, "to": target, "on": host}
         if ctx.check:
             tables = len(manifest.facts.get("tables", []))
             files = int(manifest.facts.get("files", 0))
             what = f"{tables} tables" if kind == "database" else f"{files} files"
             return TaskResult.changed(  # in check mode: would change
                 f"would restore backup {backup.id} of {backup.source} ({format_mib(backup.size)}, "
-                f"{what}) into {to} on {host}"
-                + (", replacing what is there" if params["force"] else ""),
+                f"{what}) into {target} on {host}"
+                + (", replacing what is there" if replacing else ""),
                 details={**details, "check": True},
             )
         started = time.monotonic()
@@ -239,6 +244,52 @@ def _restore(ctx: TaskContext, kind: str, name: str, host: str) -> TaskResult:
         metrics=metrics,
         details=details,
     )
+
+
+def _preflight(ctx: TaskContext, kind: str, to: str, force: bool) -> tuple[str, bool]:
+    """The restore's own checks of ``to`` (``RestoreRoutine.preflight``), and on this machine
+    none of crmmaint's own files: ``(target, replacing)``; raises ``RestoreError``."""
+    from crmmaint.engines import engine_for
+    from crmmaint.engines.files import FileSetSource
+
+    engine: Any = (
+        engine_for(ctx.target.obj, ctx.transport)
+        if kind == "database"
+        else FileSetSource(ctx.target.obj, ctx.transport)
+    )
+    target, replacing = engine.preflight(to, force=force)
+    if ctx.target.host.is_local and target.startswith("/"):
+        for path, what in _crmmaint_files(ctx).items():
+            if target == path or path.startswith(target.rstrip("/") + "/"):
+                raise RestoreError(
+                    f"refusing to restore into {target}: it is or holds {what} ({path})",
+                    hint="restore somewhere crmmaint keeps nothing",
+                )
+    return target, replacing
+
+
+def _crmmaint_files(ctx: TaskContext) -> dict[str, str]:
+    """crmmaint's own files on this machine, by real path: repositories on disk, key files,
+    the journal and the inventory (a forced restore must never replace them)."""
+    found: dict[str, str] = {}
+
+    def add(path: str | None, what: str) -> None:
+        if path:
+            found[os.path.realpath(os.path.expanduser(path))] = what
+
+    for repo in ctx.inventory.repositories.values():
+        if repo.url.startswith("file://"):
+            add(repo.url[len("file://") :], f"repository {repo.name}")
+        add(repo.write_key, f"the write key of repository {repo.name}")
+        add(repo.identity, f"the identity of repository {repo.name}")
+        for ref in repo.recipients:
+            if ref.startswith("file:"):
+                add(ref[len("file:") :], f"a recipients file of repository {repo.name}")
+    if ctx.journal is not None:
+        add(str(ctx.journal.path), "crmmaint's journal")
+    if ctx.inventory.path:
+        add(str(ctx.inventory.path), "the inventory")
+    return found
 
 
 def scratch_name(db: Any, now: float) -> str:

@@ -59,7 +59,7 @@ from crmmaint.engines.postgresql.load import (
 from crmmaint.engines.postgresql.roles import LOAD_ROLE_HINT, LOAD_ROLE_PREFIX, LoadRole
 from crmmaint.engines.postgresql.script import RestoreScript
 from crmmaint.engines.postgresql.sections import CopyRowCounter, PostDataSplit, post_data_phases
-from crmmaint.errors import CommandTimeout, EngineError, TransportError
+from crmmaint.errors import CommandTimeout, EngineError, RestoreTargetExists, TransportError
 from crmmaint.transport.base import Process
 
 log = logging.getLogger(__name__)
@@ -152,6 +152,8 @@ class PgRestoreTarget(NewTarget):
 
 class PostgreSQLEngine(DatabaseEngine[PgRestoreTarget]):
     """A PostgreSQL database, reached with psql/pg_dump on its host."""
+
+    system_databases = frozenset({"postgres", "template0", "template1"})
 
     engine = "postgresql"
     #: Set on the engine a least-privilege restore loads with (``as_load_role``).
@@ -364,11 +366,20 @@ class PostgreSQLEngine(DatabaseEngine[PgRestoreTarget]):
                     hint=LOAD_ROLE_HINT,
                 )
                 owner = f" OWNER {quote_ident(role.name)}"
-            self._maintenance(
-                f"CREATE DATABASE {quote_ident(target)}{owner} TEMPLATE template0",
-                timeout=QUERY_TIMEOUT,
-                what="CREATE DATABASE",
-            )
+            try:
+                self._maintenance(
+                    f"CREATE DATABASE {quote_ident(target)}{owner} TEMPLATE template0",
+                    timeout=QUERY_TIMEOUT,
+                    what="CREATE DATABASE",
+                )
+            except EngineError as exc:
+                if self.exists(target):  # made meanwhile by someone else: not ours to touch
+                    raise RestoreTargetExists(
+                        f"{self.where}: restore target database {target!r} was created by "
+                        "another session while this restore started",
+                        hint=self.target_exists_hint,
+                    ) from exc
+                raise
         except BaseException:
             if role is not None:
                 self._drop_load_role(role.name, quietly=True)
