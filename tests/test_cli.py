@@ -804,3 +804,35 @@ def test_a_restore_never_replaces_crmmaints_own_files_or_part_of_its_source(esta
     assert {p: after.get(p) for p in before if p.name != "journal.sqlite"} == {
         p: v for p, v in before.items() if p.name != "journal.sqlite"
     }
+
+
+def test_a_run_whose_reader_goes_away_finishes_and_is_journaled(estate, monkeypatch, capsys):
+    """`crmmaint run daily | head -1`: the report's reader is gone after one line; the run
+    still does every step and ends in the journal (it stopped halfway, or stayed `running`)."""
+    from crmmaint.journal import Journal
+
+    inv = estate / "inventory.yml"
+    book = estate / "book.yml"
+    book.write_text(
+        yaml.safe_dump(
+            {
+                "name": "two",
+                "steps": [
+                    {"name": f"s{i}", "task": "shell.command", "hosts": "local",
+                     "with": {"commands": ["true"]}}
+                    for i in range(2)
+                ],
+            }
+        )
+    )  # fmt: skip
+    with open(os.devnull, "w") as sink:
+        monkeypatch.setattr(sys, "stdout", _ClosedPipe(os.dup(sink.fileno())))
+        code = 0
+        try:
+            main(["crmmaint", "run", str(book), "-i", str(inv)])
+        except SystemExit as exc:
+            code = exc.code or 0
+    assert code == 0, capsys.readouterr().err
+    with Journal(estate / "journal.sqlite") as journal:
+        run = journal.run(journal.last_run_id())
+    assert run["status"] == "ok" and [r["step"] for r in run["results"]] == ["s0", "s1"]

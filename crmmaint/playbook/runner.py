@@ -132,19 +132,28 @@ class MultiReporter(Reporter):
 
 
 class _SerialReporter:
-    """Calls the real reporter under a lock; a failing reporter is logged, not fatal."""
+    """Calls the real reporter under a lock; a failing reporter is logged, not fatal. When the
+    reader of its output goes away (``crmmaint run daily | head -1``) it is told nothing more,
+    and the run goes on to its end and its journal row (a maintenance run is not abandoned
+    halfway because nobody reads its report)."""
 
     def __init__(self, reporter: Any) -> None:
         self._reporter = reporter
         self._lock = threading.Lock()
+        self._closed = False
 
     def __call__(self, name: str, *args: Any) -> None:
         method = getattr(self._reporter, name, None)
         if method is None:
             return
         with self._lock:
+            if self._closed:
+                return
             try:
                 method(*args)
+            except (BrokenPipeError, SystemExit):  # rich ends with SystemExit on a closed pipe
+                self._closed = True
+                log.info("the output's reader went away; the run goes on without a report")
             except Exception:
                 log.warning(
                     "reporter %s.%s failed", type(self._reporter).__name__, name, exc_info=True
