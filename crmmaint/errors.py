@@ -114,6 +114,17 @@ class CommandTimeout(TransportError):
     pass
 
 
+class HostError(CrmMaintError):
+    """A command on a host failed, or its output could not be read (``engines.host``); the
+    message says which. A check's failure: exit 2, as a failed target."""
+
+    exit_code = 2
+
+
+class ToolMissing(HostError):
+    """A program a check needs is not installed on the host (its command exited 127)."""
+
+
 class EngineError(CrmMaintError):
     exit_code = 5
 

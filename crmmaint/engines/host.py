@@ -28,7 +28,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from crmmaint.errors import CrmMaintError
+from crmmaint.errors import HostError, ToolMissing
 from crmmaint.transport.base import Command, CommandResult, Process, Transport
 
 log = logging.getLogger(__name__)
@@ -38,14 +38,6 @@ PROBE_TIMEOUT = 30.0
 
 #: The exit status of a shell whose command is not installed.
 NOT_INSTALLED = 127
-
-
-class HostError(CrmMaintError):
-    """A command on the host failed, or its output could not be read; the message says which."""
-
-
-class ToolMissing(HostError):
-    """A program a check needs is not installed on the host (its command exited 127)."""
 
 
 # --- resources: filesystems, memory, load ---------------------------------------------------
