@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import copy
 import hashlib
 import logging
 import re
 import time
 from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, Self, TypeVar
 
 from crmmaint.errors import (
     CommandTimeout,
@@ -31,7 +32,14 @@ from crmmaint.errors import (
     TransportError,
 )
 from crmmaint.inventory import Database
-from crmmaint.transport.base import Command, CommandResult, Process, StdoutMode, Transport
+from crmmaint.transport.base import (
+    CLEANUP_GRACE,
+    Command,
+    CommandResult,
+    Process,
+    StdoutMode,
+    Transport,
+)
 
 log = logging.getLogger(__name__)
 
@@ -284,8 +292,10 @@ class RestoreRoutine(abc.ABC, Generic[TargetT]):
         ``target_exists`` looks, and an existing target raises ``RestoreTargetExists`` unless
         ``request.force``, when ``clear_existing`` makes room; ``create_target`` makes the
         empty target (removing what it made if it fails); ``load_target`` loads it;
-        ``restored_facts`` describes it. If the load fails, ``discard_target`` removes what
-        the restore made and the load's own error is raised, never a cleanup's.
+        ``restored_facts`` describes it. If the load fails, is stopped (the step timed out)
+        or interrupted, ``discard_target`` removes what the restore made, on ``cleaning_up``'s
+        transport (the load's deadline may have passed), and the load's own error is raised,
+        never a cleanup's.
         """
         target, replacing = self.preflight(request.target, force=request.force)
         if replacing:
@@ -297,7 +307,7 @@ class RestoreRoutine(abc.ABC, Generic[TargetT]):
             size = self.load_target(made, request)
         except BaseException:
             try:
-                self.discard_target(made)
+                self.cleaning_up().discard_target(made)
             except Exception as exc:  # the load's error is the one to report
                 log.warning("could not remove the failed restore target %s: %s", target, exc)
             raise
@@ -324,6 +334,17 @@ class RestoreRoutine(abc.ABC, Generic[TargetT]):
                 hint=self.target_exists_hint,
             )
         return target, replacing
+
+    def cleaning_up(self) -> Self:
+        """This engine with its commands run through ``transport.for_cleanup``: removing what a
+        failed restore made gets ``CLEANUP_GRACE`` seconds of its own, even when the step's
+        deadline passed or the runner killed the load's commands."""
+        transport = self.transport.for_cleanup(CLEANUP_GRACE)
+        if transport is self.transport:
+            return self
+        clone = copy.copy(self)
+        clone.transport = transport
+        return clone
 
     # --- the hooks ----------------------------------------------------------------------------
 
@@ -362,7 +383,8 @@ class RestoreRoutine(abc.ABC, Generic[TargetT]):
     def discard_target(self, made: TargetT) -> None:
         """Remove what a failed restore made, logging rather than raising where it can. An old
         target a forced restore was to replace stays as it was unless ``clear_existing``
-        already removed it."""
+        already removed it. It is called on ``cleaning_up()``: run its commands through
+        ``self``, not through the engines ``made`` carries (those may be stopped)."""
 
     @abc.abstractmethod
     def restored_facts(self, made: TargetT, request: RestoreRequest) -> Facts:
@@ -416,8 +438,8 @@ class DatabaseEngine(RestoreRoutine[TargetT]):
             result = self.transport.run(
                 command, stdin=stdin, timeout=timeout, env=self.client_env(), check=False
             )
-        except CommandTimeout as exc:
-            raise self.error(f"{what} timed out after {timeout}s") from exc
+        except CommandTimeout as exc:  # it says how long it had, or why it was not started
+            raise self.error(f"{what}: {exc.message}") from exc
         except TransportError as exc:
             raise transport_failure(exc, f"{self.where}: {what} could not run") from exc
         if not result.ok:

@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed, wait
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +24,7 @@ from crmmaint.playbook.model import Playbook, Step
 from crmmaint.playbook.planner import PlannedStep
 from crmmaint.results import Status, TaskResult, worst
 from crmmaint.tasks.api import TaskContext
-from crmmaint.transport.base import DeadlineTransport, Transport
+from crmmaint.transport.base import CLEANUP_GRACE, DeadlineTransport, Transport
 
 # Transport selection and per-run pooling live in crmmaint.transport.pool; the names stay
 # importable from here.
@@ -42,6 +42,14 @@ INTERNAL_ERROR_EXIT = 70
 
 #: Longest wait between two attempts, however many retries a step has.
 MAX_RETRY_DELAY = 600.0
+
+#: How long a task whose commands were killed may take to begin removing what it made (its
+#: cleanup then has ``CLEANUP_GRACE``); one that has not by then is not waited for.
+NOTICE_GRACE = 2.0
+
+#: Why an attempt's commands are killed, in log lines and refusals.
+TIMED_OUT = "its step timed out"
+INTERRUPTED_RUN = "the run was interrupted"
 
 
 # --- reporting -------------------------------------------------------------------------------
@@ -350,11 +358,10 @@ class Runner:
         done: dict[int, TargetResult] = {}
         workers = min(self.forks, len(targets)) or 1
         executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="crmmaint-fork")
+        futures: dict[Future[TargetResult], int] = {}
         try:
-            futures: dict[Future[TargetResult], int] = {
-                executor.submit(self._run_target, step, target): index
-                for index, target in enumerate(targets)
-            }
+            for index, target in enumerate(targets):
+                futures[executor.submit(self._run_target, step, target)] = index
             for future in as_completed(futures):
                 index = futures[future]
                 row = future.result()  # _run_target never raises
@@ -365,18 +372,47 @@ class Runner:
                 )
         except BaseException:
             self._abort.set()
-            with self._attempts_lock:
-                attempts = list(self._attempts)
-            killed = sum(views.kill_all() for views in attempts)
+            killed = self._kill_attempts(INTERRUPTED_RUN)
             if killed:
                 log.warning("interrupted: killed %d command(s) the step had started", killed)
             executor.shutdown(wait=False, cancel_futures=True)
+            self._await_cleanup([f for f in futures if not f.done()])
             for index, target in enumerate(targets):
                 if index not in done:  # the journal says which targets the interrupt cut short
                     self._record(_interrupted(step, target))
             raise
         executor.shutdown(wait=True)
         return [done[i] for i in range(len(targets))]
+
+    def _kill_attempts(self, reason: str, *, cleanup: bool = False) -> int:
+        """Kill the commands of every attempt under way (``cleanup``: their cleanups' too)."""
+        with self._attempts_lock:
+            attempts = list(self._attempts)
+        return sum(views.kill_all(reason, cleanup=cleanup) for views in attempts)
+
+    def _await_cleanup(self, pending: list[Future[TargetResult]]) -> None:
+        """After an interrupt killed their commands, give the attempts still under way up to
+        ``CLEANUP_GRACE`` to remove what they made (a half-loaded restore target) before the
+        run ends (``_await``); a second interrupt stops their cleanup at once."""
+        if not pending:
+            return
+        log.warning(
+            "interrupted: waiting up to %s for %d task(s) to remove what they made "
+            "(interrupt again to stop now)",
+            _seconds(CLEANUP_GRACE),
+            len(pending),
+        )
+
+        def cleaning() -> bool:
+            with self._attempts_lock:
+                return any(views.cleaning for views in self._attempts)
+
+        try:
+            _await(lambda: not wait(pending, timeout=_POLL).not_done, cleaning)
+        except KeyboardInterrupt:
+            log.warning("interrupted again: stopping the cleanup")
+        if any(not f.done() for f in pending):
+            self._kill_attempts("the run was interrupted and its cleanup stopped", cleanup=True)
 
     def _record(self, row: TargetResult) -> None:
         if self.journal is None or self._run_id is None:
@@ -478,33 +514,70 @@ class Runner:
         if step.timeout is None:
             return _call(step, ctx), False
         outcome: list[TaskResult] = []
+        finished = threading.Event()
+
+        def work() -> None:
+            try:
+                outcome.append(_call(step, ctx))
+            finally:
+                finished.set()
+
         worker = threading.Thread(
-            target=lambda: outcome.append(_call(step, ctx)),
+            target=work,
             name=f"crmmaint-task-{step.name}-{target.label}",
             daemon=True,  # a hung task must not keep the process alive after the run
         )
         worker.start()
-        worker.join(step.timeout)
-        if worker.is_alive():
-            killed = views.kill_all()
-            log.warning(
-                "%s on %s timed out after %s; %d command(s) it started killed, its thread "
-                "abandoned",
-                step.name,
-                target.label,
-                _seconds(step.timeout),
-                killed,
-            )
-            return (
-                TaskResult.failed(
-                    f"timed out after {_seconds(step.timeout)}",
-                    details={"timeout": step.timeout},
-                ),
-                True,
-            )
-        if not outcome:
-            return TaskResult.failed("internal error: the task ended without a result"), False
-        return outcome[0], False
+        # Watch the deadline and the run: an interrupt ends the wait (the step's thread kills
+        # the attempt's commands, this one waits for the task's cleanup like a timeout's).
+        while not finished.wait(_POLL) and not self._abort.is_set():
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+        if finished.is_set():
+            return (outcome[0], False) if outcome else (_no_result(), False)
+        reason = INTERRUPTED_RUN if self._abort.is_set() else TIMED_OUT
+        killed = views.kill_all(reason)
+        # What the task made (a half-loaded restore target, its load role) is removed by its
+        # own cleanup once its commands fail: give that its time (``for_cleanup``).
+        cleaned = _await(lambda: finished.wait(_POLL), lambda: views.cleaning)
+        if not cleaned:
+            views.kill_all(f"{reason} and its cleanup ran out of time", cleanup=True)
+        said = (
+            "interrupted"
+            if reason == INTERRUPTED_RUN
+            else f"timed out after {_seconds(step.timeout)}"
+        )
+        log.warning(
+            "%s on %s %s; %d command(s) it started killed, %s",
+            step.name,
+            target.label,
+            said,
+            killed,
+            "it has ended" if cleaned else "its thread abandoned",
+        )
+        if reason == INTERRUPTED_RUN:
+            return _interrupted(step, target).result, True
+        return TaskResult.failed(said, details={"timeout": step.timeout}), True
+
+
+#: How often a step's thread looks at an attempt's deadline and the run's interrupt.
+_POLL = 0.1
+
+
+def _await(done: Callable[[], bool], cleaning: Callable[[], bool]) -> bool:
+    """Wait until ``done()`` (which may block up to ``_POLL``) after an attempt's commands
+    were killed: ``NOTICE_GRACE`` for the task to notice, up to ``CLEANUP_GRACE`` once it is
+    ``cleaning()`` (removing what it made). Whether it was done in time."""
+    started = time.monotonic()
+    while not done():
+        waited = time.monotonic() - started
+        if waited >= CLEANUP_GRACE or (waited >= NOTICE_GRACE and not cleaning()):
+            return False
+    return True
+
+
+def _no_result() -> TaskResult:
+    return TaskResult.failed("internal error: the task ended without a result")
 
 
 class _AttemptTransports:
@@ -526,10 +599,18 @@ class _AttemptTransports:
                 )
             return view
 
-    def kill_all(self) -> int:
+    @property
+    def cleaning(self) -> bool:
+        """Whether the attempt is removing what it made (``Transport.for_cleanup``)."""
         with self._lock:
             views = list(self._views.values())
-        return sum(view.kill_all() for view in views)
+        return any(view.cleaning for view in views)
+
+    def kill_all(self, reason: str, *, cleanup: bool = False) -> int:
+        """Kill the attempt's commands (``cleanup``: its cleanups' too), saying ``reason``."""
+        with self._lock:
+            views = list(self._views.values())
+        return sum(view.kill_all(reason, cleanup=cleanup) for view in views)
 
 
 def _interrupted(step: Step, target: Target) -> TargetResult:

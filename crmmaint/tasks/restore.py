@@ -350,7 +350,9 @@ def drill_restore(ctx: TaskContext) -> TaskResult:
         try:
             problems = compare_facts(expected, actual)
         except BaseException:
-            engine.drop_quietly(target)  # the comparison's failure is what the drill reports
+            # The comparison's failure (or an interrupt) is what the drill reports; the scratch
+            # copy goes on the cleanup's own time.
+            engine.cleaning_up().drop_quietly(target)
             raise
         if not ctx.params["keep"]:
             engine.drop(target)

@@ -46,6 +46,10 @@ RUN_STDOUT_LIMIT = 64 << 20
 STDOUT_HIGH_WATER = 2 << 20
 #: How long a killed command may take to go away before we stop waiting for it.
 KILL_GRACE = 5.0
+#: How long a task may still spend removing what it made (a half-loaded restore target, its
+#: load role) once its step timed out or the run was interrupted: its cleanup commands run
+#: through ``Transport.for_cleanup`` with this long, and the runner waits this long for them.
+CLEANUP_GRACE = 60.0
 CHUNK = 1 << 20
 
 
@@ -553,6 +557,13 @@ class Transport(abc.ABC):
         """Start ``command`` and return its raw pipes: the one hook implementations write."""
         raise NotImplementedError
 
+    def for_cleanup(self, seconds: float) -> Transport:
+        """Where to run the commands that remove what a task made when it failed (a half-made
+        restore target): a transport bound by a deadline answers a view whose commands may run
+        until ``seconds`` from now, even after its own deadline passed or its commands were
+        killed; a plain transport has no deadline and answers itself."""
+        return self
+
     @abc.abstractmethod
     def put(self, local_path: str, remote_path: str, *, mode: int | None = None) -> None:
         """Copy a local file to the host (atomically: temp name, then rename)."""
@@ -576,7 +587,8 @@ class DeadlineTransport(Transport):
     """One task attempt's view of a pooled transport: every command started through it is
     killed at ``deadline`` (a ``time.monotonic()`` instant) at the latest, and ``kill_all``
     stops the ones still running, on the host (over SSH: the remote process group), when the
-    runner gives up on the attempt. Closing the view leaves the pooled transport open."""
+    runner gives up on the attempt. ``for_cleanup`` gives the attempt's cleanup a view of its
+    own, with its own time. Closing a view leaves the pooled transport open."""
 
     def __init__(self, inner: Transport, deadline: float | None) -> None:
         self.inner = inner
@@ -584,12 +596,17 @@ class DeadlineTransport(Transport):
         self.deadline = deadline
         self._live: set[PipeProcess] = set()
         self._lock = threading.Lock()
-        self._cancelled = False
+        #: Why commands are killed and refused (``kill_all``), None while they may run.
+        self._stopped: str | None = None
+        self._cleanups: list[DeadlineTransport] = []
+        #: Why cleanup views are killed and refused too (``kill_all(cleanup=True)``).
+        self._cleanup_stopped: str | None = None
 
     def _spawn(self, command: Command, env: Mapping[str, str] | None) -> ProcessPipes:
-        if self._cancelled:
+        stopped = self._stopped
+        if stopped is not None:
             raise CommandTimeout(
-                f"{self.host}: not starting {short(command_text(command))!r}: the step timed out"
+                f"{self.host}: not starting {short(command_text(command))!r}: {stopped}"
             )
         return self.inner._spawn(command, env)
 
@@ -606,9 +623,11 @@ class DeadlineTransport(Transport):
             if self.deadline is not None:
                 proc.set_timeout(max(0.001, self.deadline - time.monotonic()))
             with self._lock:
-                self._live.add(proc)
-                cancelled = self._cancelled
-            if cancelled:  # kill_all ran between the spawn and now
+                stopped = self._stopped
+                if stopped is None:
+                    self._live.add(proc)
+            if stopped is not None:  # kill_all ran between the spawn and now
+                log.warning("%s: killing %r: %s", self.host, short(proc.command), stopped)
                 proc.kill()
             try:
                 yield proc
@@ -616,15 +635,39 @@ class DeadlineTransport(Transport):
                 with self._lock:
                     self._live.discard(proc)
 
-    def kill_all(self) -> int:
-        """Kill every command still running and refuse new ones; returns how many were killed."""
+    def for_cleanup(self, seconds: float) -> Transport:
+        """A view of the same pooled transport whose commands may run until ``seconds`` from
+        now, whether or not this view's deadline passed or ``kill_all`` stopped it; only
+        ``kill_all(cleanup=True)`` stops it (the runner giving up on the cleanup too)."""
+        view = DeadlineTransport(self.inner, time.monotonic() + seconds)
         with self._lock:
-            self._cancelled = True
+            if self._cleanup_stopped is not None:
+                view._stopped = self._cleanup_stopped
+            self._cleanups.append(view)
+        return view
+
+    @property
+    def cleaning(self) -> bool:
+        """Whether the attempt has asked for a cleanup view (it is removing what it made)."""
+        with self._lock:
+            return bool(self._cleanups)
+
+    def kill_all(self, reason: str = "its step timed out", *, cleanup: bool = False) -> int:
+        """Kill every command still running and refuse new ones, saying ``reason`` ("its step
+        timed out", "the run was interrupted"); with ``cleanup`` the commands of the
+        ``for_cleanup`` views as well. Returns how many commands were killed."""
+        with self._lock:
+            if self._stopped is None:
+                self._stopped = reason
             live = list(self._live)
+            self._live.clear()  # each is killed once, however often kill_all is called
+            cleanups = list(self._cleanups) if cleanup else []
+            if cleanup and self._cleanup_stopped is None:
+                self._cleanup_stopped = reason
         for proc in live:
-            log.warning("%s: killing %r: its step timed out", self.host, short(proc.command))
+            log.warning("%s: killing %r: %s", self.host, short(proc.command), reason)
             proc.kill()
-        return len(live)
+        return len(live) + sum(view.kill_all(reason) for view in cleanups)
 
     def put(self, local_path: str, remote_path: str, *, mode: int | None = None) -> None:
         self.inner.put(local_path, remote_path, mode=mode)

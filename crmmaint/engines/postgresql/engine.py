@@ -381,8 +381,8 @@ class PostgreSQLEngine(DatabaseEngine[PgRestoreTarget]):
                     ) from exc
                 raise
         except BaseException:
-            if role is not None:
-                self._drop_load_role(role.name, quietly=True)
+            if role is not None:  # on the cleanup's own time: the step may be over already
+                self.cleaning_up()._drop_load_role(role.name, quietly=True)
             raise
         copy = self.for_database(target)
         loader = copy if role is None else copy.as_load_role(role)
