@@ -458,8 +458,10 @@ def test_one_damaged_manifest_leaves_the_others_listable_and_restorable(estate):
     assert cli("verify", "--read-data", "-i", inv)[0] == 0
 
 
-def test_a_database_that_fails_the_restore_exits_5(estate):
-    """An engine failure is exit code 5 (README), one line, no traceback."""
+def test_a_restore_target_in_no_directory_exits_6(estate):
+    """A target the restore cannot use (its folder is a file) is exit code 6 (README: restore
+    target unusable), found before anything is written: one line, no traceback. (A database
+    that fails is 5: tests/test_exit_codes.py.)"""
     inv = str(estate / "inventory.yml")
     assert cli("keys", "generate", "--output", str(estate / "keys" / "ops.key"))[0] == 0
     assert cli("repo", "init", "-i", inv)[0] == 0
@@ -469,8 +471,8 @@ def test_a_database_that_fails_the_restore_exits_5(estate):
     code, out, err = cli(
         "restore", "database:crm@latest", "--to", str(blocker / "crm.sqlite"), "-i", inv
     )
-    assert code == 5, out + err
-    assert "sqlite database" in err and "Traceback" not in err
+    assert code == 6, out + err
+    assert "sqlite database" in err and "does not exist" in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
 
 
