@@ -37,6 +37,10 @@ from __future__ import annotations
 
 import copy
 
+#: Exit code of a failure that is a bug in crmmaint rather than bad input (BSD's EX_SOFTWARE);
+#: the CLI exits with it and the runner records it for a task that crashed.
+INTERNAL_ERROR_EXIT = 70
+
 
 class CrmMaintError(Exception):
     """Root of every error crmmaint raises on purpose."""

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from invoke import Config, Exit, Task, task
 
-from crmmaint.errors import ConfigError, CrmMaintError
+from crmmaint.errors import INTERNAL_ERROR_EXIT, ConfigError, CrmMaintError
 from crmmaint.inventory import Inventory, load_inventory
 from crmmaint.journal import Journal, default_journal_path
 from crmmaint.reporting.console import ConsoleReporter, JsonReporter, make_console
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("crmmaint")
 
 #: Exit code for a failure that is a bug in crmmaint rather than bad input.
-INTERNAL_ERROR = 70
+INTERNAL_ERROR = INTERNAL_ERROR_EXIT
 INTERRUPTED = 130
 
 

@@ -18,7 +18,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, as_completed, wait
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from crmmaint.errors import ConfigError, CrmMaintError
+from crmmaint.errors import INTERNAL_ERROR_EXIT, ConfigError, CrmMaintError
 from crmmaint.inventory import Host, Inventory, Target
 from crmmaint.playbook.model import Playbook, Step
 from crmmaint.playbook.planner import PlannedStep
@@ -36,9 +36,6 @@ if TYPE_CHECKING:
     from crmmaint.journal import Journal
 
 log = logging.getLogger(__name__)
-
-#: Exit code of a failure that is a bug in crmmaint (as the CLI's; BSD's EX_SOFTWARE).
-INTERNAL_ERROR_EXIT = 70
 
 #: Longest wait between two attempts, however many retries a step has.
 MAX_RETRY_DELAY = 600.0
