@@ -101,6 +101,44 @@ def test_argv_normaliser():
     ]
     assert normalize_argv(["crmmaint", "show", "7"]) == ["crmmaint", "show", "7"]
     assert normalize_argv(["crmmaint", "keys", "generate", "--output", "k"])[1] == "keys.generate"
+    # ``-i`` is every command's flag: before the command it moves behind it.
+    assert normalize_argv(["crmmaint", "-i", "x.yml", "history"]) == [
+        "crmmaint",
+        "history",
+        "-i",
+        "x.yml",
+    ]
+    assert normalize_argv(["crmmaint", "--inventory=x.yml", "backups", "list", "--json"]) == [
+        "crmmaint",
+        "backups.list",
+        "--inventory=x.yml",
+        "--json",
+    ]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["history", "--limit", "1", "--limit", "2"],
+        ["history", "--limit=1", "--limit", "2"],
+        ["backup", "--database", "a", "--database=b"],
+        ["restore", "x", "--to", "a", "--to", "b"],
+        ["history", "-i", "a.yml", "--inventory", "b.yml"],
+        ["-i", "a.yml", "history", "-i", "b.yml"],
+    ],
+)
+def test_a_flag_given_twice_is_refused(argv, tmp_path):
+    """Which of two values was meant cannot be guessed (invoke read the second value as a
+    command): exit 3, one line naming the flag, nothing run."""
+    code, out, err = cli(*argv, cwd=tmp_path)
+    assert code == 3 and out == "" and err.count("\n") == 1, (argv, out, err)
+    assert "given twice" in err and "--" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_one_command_at_a_time(tmp_path):
+    code, out, err = cli("history", "playbook.list", cwd=tmp_path)
+    assert code == 3 and out == "" and "one command at a time" in err, err
 
 
 @pytest.mark.parametrize(
@@ -687,7 +725,10 @@ def test_help_anywhere_prints_help_and_does_nothing_else(name, tmp_path):
     for argv in ([*words, "--help"], [*words, "--output", "--help"], [*words, "-h", "x"]):
         code, out, err = cli(*argv, cwd=tmp_path)
         assert code == 0 and "Usage:" in out and not err, (argv, out, err)
-        assert f"crmmaint [--core-opts] {name} " in out
+        assert out.startswith(f"Usage: crmmaint {name.replace('.', ' ')} ")
+        # crmmaint's own help: no invoke internals, flags with the kind of value they take.
+        assert "--core-opts" not in out and "Docstring:" not in out and "``" not in out
+        assert "=STRING" not in out and "=INT" not in out
         assert list(tmp_path.iterdir()) == [], argv
 
 
@@ -707,8 +748,30 @@ def test_short_flags_mean_one_thing_everywhere():
 
 def test_top_level_help_lists_crmmaints_commands_not_invokes_options():
     code, out, _ = cli("--help")
-    assert code == 0 and "restore" in out and "backups.list" in out
+    assert code == 0 and "restore" in out and "backups list" in out and "keys generate" in out
     assert "--prompt-for-sudo-password" not in out and "--echo" not in out
+    assert "Subcommands" not in out and "backups.list" not in out
+
+
+def test_help_of_a_group_lists_its_commands():
+    code, out, err = cli("backups", "--help")
+    assert code == 0 and "backups list" in out and not err
+    code, out, err = cli("keys", "-h")
+    assert code == 0 and "keys generate" in out and "keys show" in out and not err
+
+
+def test_restore_help_names_arguments_and_values():
+    code, out, _ = cli("restore", "--help")
+    assert code == 0 and out.startswith("Usage: crmmaint restore BACKUP_ID [options]")
+    for shown in ("--to NAME", "--timeout DURATION", "--jobs N", "-i, --inventory FILE"):
+        assert shown in out, shown
+
+
+def test_inventory_before_the_command(estate):
+    inv = str(estate / "inventory.yml")
+    assert cli("run", "daily", "-i", inv)[0] in (0, 1)
+    code, out, err = cli("-i", inv, "history", "--json")
+    assert code == 0 and json.loads(out)[0]["playbook"] == "daily", err
 
 
 def test_a_closed_pipe_ends_quietly(tmp_path):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import sqlite3
 import subprocess
 import time
@@ -249,6 +250,7 @@ def test_9_damaged_data(estate):
 
 def test_130_interrupted_run_is_journaled(estate):
     inv = str(estate / "inventory.yml")
+    token = f"{30 + secrets.randbelow(30)}.{secrets.randbelow(10**6):06d}"
     book = estate / "slow.yml"
     book.write_text(
         yaml.safe_dump(
@@ -259,7 +261,7 @@ def test_130_interrupted_run_is_journaled(estate):
                         "name": "wait",
                         "task": "shell.command",
                         "hosts": "local",
-                        "with": {"commands": ["sleep 30"]},
+                        "with": {"commands": [f"sleep {token}"]},
                     }
                 ],
             }
@@ -271,7 +273,10 @@ def test_130_interrupted_run_is_journaled(estate):
         stderr=subprocess.PIPE,
         text=True,
     )
-    time.sleep(3)
+    deadline = time.monotonic() + 60  # under load, starting can take more than a few seconds
+    while not subprocess.run(["pgrep", "-f", f"sleep {token}"], capture_output=True).stdout:
+        assert time.monotonic() < deadline and proc.poll() is None, "the step never started"
+        time.sleep(0.1)
     proc.terminate()
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, out + err

@@ -5,6 +5,7 @@ CLI as a subprocess, backups big enough that their restore takes several seconds
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -264,6 +265,36 @@ def test_an_interrupted_drill_leaves_nothing(estate: Estate) -> None:
     finally:
         for name in pg_databases(scratch):
             estate.drop(name)
+
+
+@pytest.mark.parametrize("estate", ["postgresql"], indirect=True)
+def test_an_interrupted_backup_says_what_it_cut_short_and_leaves_the_repository_whole(
+    estate: Estate,
+) -> None:
+    """Ctrl-C during a backup: exit 130, one line naming the step and target cut short and the
+    run journaled as interrupted with its step; no lock left, no backup half-written, and the
+    repository verifies."""
+    inv = str(estate.inventory)
+    before = run_cli("backups", "list", "--json", "-i", inv).stdout
+
+    def dumping() -> bool:
+        found = subprocess.run(["pgrep", "-f", f"pg_dump.*{estate.name}"], capture_output=True)
+        return bool(found.stdout)
+
+    command = [str(BIN / "crmmaint"), "backup", "-i", inv]
+    code, err = interrupted(command, signal.SIGINT, dumping)
+    assert code == 130, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("crmmaint: interrupted: step 'backup databases' cut short on "), err
+    assert estate.name in last and "journaled as interrupted" in last, err
+    run = json.loads(run_cli("show", "--json", "-i", inv).stdout)
+    assert run["status"] == "interrupted" and run["playbook"] == "backup", run
+    (row,) = run["results"]
+    assert row["status"] == "failed" and row["duration"] > 0, row
+    assert list((estate.root / "repo" / "locks").glob("*")) == []
+    assert run_cli("backups", "list", "--json", "-i", inv).stdout == before
+    done = run_cli("verify", "-i", inv)
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
 def test_a_cleanup_view_runs_after_its_attempt_was_stopped() -> None:

@@ -11,17 +11,20 @@ One module per command group (``runs``, ``playbooks``, ``backup``, ``keys``, ``r
 
 from __future__ import annotations
 
+import inspect
 import os
 import re
 import signal
 import sys
+from typing import Any
 
 from invoke import Collection, Exit, Program
 from invoke.exceptions import ParseError
+from invoke.parser import Argument
 
 from crmmaint import __version__
 from crmmaint.cli import backup, demo, keys, playbooks, repo, runs
-from crmmaint.cli.common import CrmConfig, end_on_closed_pipe
+from crmmaint.cli.common import CrmConfig, end_on_closed_pipe, format_error
 from crmmaint.errors import ConfigError
 
 # --- the collection ----------------------------------------------------------------------
@@ -48,9 +51,13 @@ _CORE_VALUE_FLAGS = {"-f", "--config", "-T", "--command-timeout", "--hide", "-r"
 
 
 def normalize_argv(argv: list[str]) -> list[str]:
-    """Accept ``GROUP VERB`` for invoke's ``GROUP.VERB``, ``--debug`` anywhere, and several files
-    after ``playbook check``."""
-    args = list(argv)
+    """Accept ``GROUP VERB`` for invoke's ``GROUP.VERB``, ``--debug`` anywhere, ``-i FILE``
+    before the command as well as after it, and several files after ``playbook check``.
+
+    Raises ``ConfigError`` for a flag given twice (which of two values was meant cannot be
+    guessed; invoke would take the second as a command).
+    """
+    args = _inventory_after_command(list(argv))
     i = 1
     while i < len(args) and args[i].startswith("-"):
         i += 2 if args[i] in _CORE_VALUE_FLAGS else 1
@@ -68,6 +75,8 @@ def normalize_argv(argv: list[str]) -> list[str]:
         # ``COMMAND --help`` anywhere after the command: its help, and nothing runs (before,
         # ``keys generate --help`` wrote an identity file named ``--help``).
         return [*args[:i], "--help", args[i]]
+    if i < len(args) and args[i] in ns.task_names:
+        _refuse_repeated_flags(args[i], args[i + 1 :])
     if i < len(args) and args[i] in _VARIADIC:
         flag = _VARIADIC[args[i]]
         rest, out, j = args[i + 1 :], [], 0
@@ -89,6 +98,46 @@ def normalize_argv(argv: list[str]) -> list[str]:
     if i < len(args) and args[i] in _OPTIONAL_POSITIONAL and not _has_positional(args[i + 1 :]):
         args.append(_OPTIONAL_POSITIONAL[args[i]])
     return args
+
+
+def _inventory_after_command(args: list[str]) -> list[str]:
+    """``crmmaint -i FILE history`` as ``crmmaint history -i FILE``: ``-i`` is every command's
+    flag, not one of invoke's core options, so it moves behind the command."""
+    moved: list[str] = []
+    i = 1
+    while i < len(args) and args[i].startswith("-"):
+        flag = args[i]
+        if flag in ("-i", "--inventory") and i + 1 < len(args):
+            moved += args[i : i + 2]
+            del args[i : i + 2]
+        elif flag.startswith("--inventory="):
+            moved.append(args.pop(i))
+        else:
+            i += 2 if flag in _CORE_VALUE_FLAGS else 1
+    if not moved or i >= len(args):
+        return args
+    end = i + 2 if i + 1 < len(args) and f"{args[i]}.{args[i + 1]}" in ns.task_names else i + 1
+    return [*args[:end], *moved, *args[end:]]
+
+
+def _refuse_repeated_flags(name: str, rest: list[str]) -> None:
+    """A flag of command ``name`` given twice in ``rest`` is a configuration error."""
+    names: dict[str, str] = {}
+    for arg in ns[name].get_arguments():
+        if arg.kind is not list:
+            for flag in arg.names:
+                names[("-" if len(flag) == 1 else "--") + flag] = "--" + arg.names[0]
+    seen: set[str] = set()
+    for word in rest:
+        canonical = names.get(word.split("=", 1)[0]) if word.startswith("-") else None
+        if canonical is None:
+            continue
+        if canonical in seen:
+            raise ConfigError(
+                f"{canonical} is given twice to `crmmaint {name.replace('.', ' ')}`",
+                hint="give it once; a flag that takes several values takes them comma-separated",
+            )
+        seen.add(canonical)
 
 
 def _has_positional(rest: list[str]) -> bool:
@@ -144,10 +193,49 @@ class CrmProgram(Program):  # type: ignore[misc]
             raise Exit(f"crmmaint: error: {usage_error(exc)}", code=ConfigError.exit_code) from None
 
     def parse_cleanup(self) -> None:
+        group = self.args.help.value
+        if isinstance(group, str) and group in self.collection.collections:
+            self.print_group_help(group)
+            raise Exit
         try:
             super().parse_cleanup()
         except ParseError as exc:
             raise Exit(f"crmmaint: error: {usage_error(exc)}", code=ConfigError.exit_code) from None
+        if len(self.tasks) > 1:
+            names = " and ".join(f"`{ctx.name.replace('.', ' ')}`" for ctx in self.tasks)
+            raise Exit(
+                f"crmmaint: error: one command at a time, got {names}"
+                " (see `crmmaint --help`; a word after a command that takes none is read as"
+                " another command)",
+                code=ConfigError.exit_code,
+            )
+
+    def print_task_help(self, name: str) -> None:
+        """One command's help: usage with its arguments, what it does, and its flags with the
+        kind of value each takes (``--to NAME``, not invoke's ``--to=STRING``)."""
+        command = name.replace(".", " ")
+        arguments = list(dict.fromkeys(self.parser.contexts[name].flags.values()))
+        arguments = [*self.parser.contexts[name].positional_args, *arguments]
+        arguments = list(dict.fromkeys(arguments))
+        positional = [_metavar(arg) for arg in arguments if arg.positional]
+        print(f"Usage: {self.binary} {' '.join([command, *positional])} [options]")
+        print("")
+        for line in _doc(self.collection[name]).splitlines():
+            print(f"{self.leading_indent}{line}" if line.strip() else "")
+        print("")
+        print("Arguments and options:" if positional else "Options:")
+        print("")
+        self.print_columns(
+            [(_flag_usage(arg), arg.help or "") for arg in sorted(arguments, key=_help_order)]
+        )
+
+    def print_group_help(self, group: str) -> None:
+        """``crmmaint backups --help``: the commands of one group."""
+        print(f"Usage: {self.binary} {group} COMMAND [options]")
+        print("")
+        print("Commands:")
+        print("")
+        self.print_columns(_command_pairs(self.collection.collections[group], f"{group} "))
 
     def print_help(self) -> None:
         print(
@@ -162,9 +250,66 @@ class CrmProgram(Program):  # type: ignore[misc]
                 ("--version", "show the version"),
                 ("--debug", "show tracebacks of errors"),
                 ("-f FILE, --config=FILE", "a configuration file (inventory, journal, forks)"),
+                ("-i FILE, --inventory=FILE", "the inventory (every command takes it)"),
             ]
         )
-        self.list_tasks()
+        print("Commands:")
+        print("")
+        pairs = _command_pairs(self.collection, "")
+        for group, sub in sorted(self.collection.collections.items()):
+            pairs += _command_pairs(sub, f"{group} ")
+        self.print_columns(pairs)
+
+
+#: What a flag's value is, where its name does not say it well enough.
+_METAVARS = {
+    "inventory": "FILE",
+    "identity": "FILE",
+    "output": "FILE",
+    "file": "FILE...",
+    "timeout": "DURATION",
+    "keep_within": "DURATION",
+    "to": "NAME",
+    "repository": "NAME",
+    "database": "NAMES",
+    "fileset": "NAMES",
+    "limit": "HOSTS",
+    "step": "NAMES",
+    "playbook": "PLAYBOOK",
+    "playbooks": "NAMES",
+}
+
+
+def _metavar(arg: Argument) -> str:
+    if arg.name in _METAVARS:
+        return _METAVARS[arg.name]
+    return "N" if arg.kind is int else arg.names[0].upper().replace("-", "_")
+
+
+def _flag_usage(arg: Argument) -> str:
+    if arg.positional:
+        return _metavar(arg)
+    flags = ", ".join(("-" if len(f) == 1 else "--") + f for f in sorted(arg.names, key=len))
+    return f"{flags} {_metavar(arg)}" if arg.takes_value else flags
+
+
+def _help_order(arg: Argument) -> tuple[int, str]:
+    common = ("inventory", "json", "debug")
+    rank = 0 if arg.positional else 2 if arg.name in common else 1
+    return rank, arg.name
+
+
+def _doc(obj: Any) -> str:
+    """A command's docstring as a user reads it: reST's ``literal`` marks as `literal`."""
+    return re.sub(r"``(.+?)``", r"`\1`", inspect.getdoc(obj) or "")
+
+
+def _command_pairs(coll: Collection, prefix: str) -> list[tuple[str, str]]:
+    """(``backups list``, first paragraph of its docstring) for each command of ``coll``."""
+    return [
+        (prefix + name, " ".join(_doc(task).split("\n\n")[0].split()))
+        for name, task in sorted(coll.tasks.items())
+    ]
 
 
 program = CrmProgram(
@@ -190,7 +335,12 @@ def main(argv: list[str] | None = None) -> None:
     # journal records the run as ended and the commands it started are killed.
     signal.signal(signal.SIGTERM, _terminate)
     try:
-        program.run(normalize_argv(list(argv) if argv is not None else sys.argv))
+        args = normalize_argv(list(argv) if argv is not None else sys.argv)
+    except ConfigError as exc:
+        print(format_error(exc), file=sys.stderr)
+        sys.exit(ConfigError.exit_code)
+    try:
+        program.run(args)
     except BrokenPipeError:  # help or a listing piped into ``head``
         try:
             end_on_closed_pipe()

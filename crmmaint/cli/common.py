@@ -128,8 +128,10 @@ def command(*args: Any, **kwargs: Any) -> Any:
                 if debug:
                     traceback.print_exc()
                 raise Exit(format_error(exc), code=exc.exit_code) from None
-            except KeyboardInterrupt:
-                raise Exit("crmmaint: interrupted", code=INTERRUPTED) from None
+            except KeyboardInterrupt as exc:
+                describe = getattr(exc, "describe", None)
+                what = f": {describe()}" if describe else ""
+                raise Exit(f"crmmaint: interrupted{what}", code=INTERRUPTED) from None
             except BrokenPipeError:
                 end_on_closed_pipe()
             except Exception as exc:

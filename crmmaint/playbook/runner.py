@@ -49,6 +49,26 @@ TIMED_OUT = "its step timed out"
 INTERRUPTED_RUN = "the run was interrupted"
 
 
+class RunInterrupted(KeyboardInterrupt):
+    """A run ended by Ctrl-C or SIGTERM, saying what it cut short.
+
+    ``step``: the step under way; ``targets``: labels of its targets that had not finished;
+    ``run_id``: the journal's run (recorded as interrupted), ``None`` without a journal.
+    """
+
+    def __init__(self, step: str, targets: list[str]) -> None:
+        super().__init__(step)
+        self.step = step
+        self.targets = targets
+        self.run_id: int | None = None
+
+    def describe(self) -> str:
+        """One line for the operator, e.g. ``step 'backup databases' cut short on crm@db1``."""
+        where = f" on {', '.join(self.targets)}" if self.targets else ""
+        journaled = f"; run {self.run_id} is journaled as interrupted" if self.run_id else ""
+        return f"step {self.step!r} cut short{where}{journaled}"
+
+
 # --- reporting -------------------------------------------------------------------------------
 
 
@@ -303,6 +323,8 @@ class Runner:
                         stopped_after = item.name
         except BaseException as exc:
             self._abort.set()
+            if isinstance(exc, RunInterrupted):
+                exc.run_id = self._run_id
             if self.journal is not None and self._run_id is not None:
                 from crmmaint.journal import INTERRUPTED
 
@@ -356,6 +378,7 @@ class Runner:
         workers = min(self.forks, len(targets)) or 1
         executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="crmmaint-fork")
         futures: dict[Future[TargetResult], int] = {}
+        began = time.time()
         try:
             for index, target in enumerate(targets):
                 futures[executor.submit(self._run_target, step, target)] = index
@@ -367,16 +390,18 @@ class Runner:
                 self._report(
                     "on_result", step, targets[index], row.result, row.duration, row.attempts
                 )
-        except BaseException:
+        except BaseException as exc:
             self._abort.set()
             killed = self._kill_attempts(INTERRUPTED_RUN)
             if killed:
                 log.warning("interrupted: killed %d command(s) the step had started", killed)
             executor.shutdown(wait=False, cancel_futures=True)
             self._await_cleanup([f for f in futures if not f.done()])
-            for index, target in enumerate(targets):
-                if index not in done:  # the journal says which targets the interrupt cut short
-                    self._record(_interrupted(step, target))
+            cut_short = [t for i, t in enumerate(targets) if i not in done]
+            for target in cut_short:  # the journal says which targets the interrupt cut short
+                self._record(_interrupted(step, target, began))
+            if isinstance(exc, KeyboardInterrupt) and not isinstance(exc, RunInterrupted):
+                raise RunInterrupted(step.name, [t.label for t in cut_short]) from exc
             raise
         executor.shutdown(wait=True)
         return [done[i] for i in range(len(targets))]
@@ -553,7 +578,7 @@ class Runner:
             "it has ended" if cleaned else "its thread abandoned",
         )
         if reason == INTERRUPTED_RUN:
-            return _interrupted(step, target).result, True
+            return _interrupted(step, target, time.time()).result, True
         return TaskResult.failed(said, details={"timeout": step.timeout}), True
 
 
@@ -610,8 +635,9 @@ class _AttemptTransports:
         return sum(view.kill_all(reason, cleanup=cleanup) for view in views)
 
 
-def _interrupted(step: Step, target: Target) -> TargetResult:
-    """The journal row of a target an interrupt (Ctrl-C, SIGTERM) cut short."""
+def _interrupted(step: Step, target: Target, began: float) -> TargetResult:
+    """The journal row of a target an interrupt (Ctrl-C, SIGTERM) cut short; ``began``: when
+    its step started (unix time), so the row says how long it had run."""
     return TargetResult(
         step=step.name,
         task=step.task,
@@ -623,8 +649,8 @@ def _interrupted(step: Step, target: Target) -> TargetResult:
             details={"error": "KeyboardInterrupt", "exit_code": 130},
             retryable=False,
         ),
-        started=time.time(),
-        duration=0.0,
+        started=began,
+        duration=time.time() - began,
         attempts=1,
     )
 
