@@ -9,7 +9,7 @@ import pytest
 
 from crmmaint.crypto.keys import SCRYPT_LOG_N_MIN
 
-pytest_plugins = ["sshd_fixture", "s3_fixture"]
+pytest_plugins = ["sshd_fixture", "s3_fixture", "net_fixture"]
 
 
 @pytest.fixture(autouse=True)

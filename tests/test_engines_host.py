@@ -3,16 +3,12 @@ real LocalTransport and a real SSHTransport (sshd on 127.0.0.x, same machine, sa
 
 from __future__ import annotations
 
-import http.server
 import os
 import shutil
-import socket
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -216,54 +212,11 @@ def test_unit_states(host_os: HostOS) -> None:
     assert len(states) == 2 and "active" not in states
 
 
-@pytest.fixture
-def listening_port() -> Iterator[int]:
-    with socket.socket() as srv:
-        srv.bind(("127.0.0.1", 0))
-        srv.listen(8)
-        yield srv.getsockname()[1]
-
-
-@pytest.fixture
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_tcp_probe_open_and_refused(host_os: HostOS, listening_port: int, closed_port: int) -> None:
     up = host_os.tcp_probe("127.0.0.1", listening_port, connect_timeout=3)
     assert up.open and not up.timed_out and 0 < up.seconds < 10
     down = host_os.tcp_probe("127.0.0.1", closed_port, connect_timeout=3)
     assert not down.open and not down.timed_out
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        if self.path == "/slow":
-            time.sleep(2)
-        code = int(self.path.strip("/") or 200) if self.path != "/slow" else 200
-        self.send_response(code)
-        if code == 302:
-            self.send_header("Location", "/204")
-        self.send_header("Content-Length", "2")
-        self.end_headers()
-        self.wfile.write(b"ok")
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
-@pytest.fixture(scope="module")
-def http_url() -> Iterator[str]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl not installed")

@@ -6,12 +6,9 @@ logs, capacity and demo task tests.
 
 from __future__ import annotations
 
-import http.server
 import os
 import shutil
-import socket
 import subprocess
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -136,21 +133,6 @@ def test_host_runs_in_check_mode() -> None:
 
 
 @pytest.fixture
-def listening_port() -> Iterator[int]:
-    with socket.socket() as srv:
-        srv.bind(("127.0.0.1", 0))
-        srv.listen(8)
-        yield srv.getsockname()[1]
-
-
-@pytest.fixture
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
 def sleeper(tmp_path: Path) -> Iterator[str]:
     """A running process with a distinctive name (a copy of sleep) for pgrep -x."""
     exe = shutil.which("sleep")
@@ -215,30 +197,6 @@ def test_service_takes_checks_from_host_vars(listening_port: int) -> None:
 
 
 # --- health.http -----------------------------------------------------------------------------
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        code = int(self.path.strip("/") or 200)
-        self.send_response(code)
-        self.send_header("Content-Length", "2")
-        self.end_headers()
-        self.wfile.write(b"ok")
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
-@pytest.fixture(scope="module")
-def http_url() -> Iterator[str]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 needs_curl = pytest.mark.skipif(shutil.which("curl") is None, reason="curl not installed")
