@@ -8,7 +8,6 @@ import io
 import json
 import os
 import shutil
-import sqlite3
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from estates import sqlite_estate
 
 from crmmaint.cli import main, normalize_argv
 from crmmaint.transport.base import COLLECT_STDOUT_LIMIT
@@ -50,36 +50,7 @@ def in_process(capsys, *args: str) -> tuple[int, str, str]:
 @pytest.fixture
 def estate(tmp_path: Path) -> Path:
     """A local estate: a small SQLite CRM, a file set, a repository with a generated key."""
-    db = sqlite3.connect(tmp_path / "crm.sqlite")
-    db.executescript(
-        "CREATE TABLE customers(id INTEGER PRIMARY KEY, name TEXT);"
-        "CREATE TABLE deals(id INTEGER PRIMARY KEY, customer INTEGER REFERENCES customers(id), amount INT);"
-    )
-    db.executemany("INSERT INTO customers(name) VALUES (?)", [(f"c{i}",) for i in range(2000)])
-    db.executemany(
-        "INSERT INTO deals(customer, amount) VALUES (?, ?)",
-        [(i % 2000 + 1, i) for i in range(5000)],
-    )
-    db.commit()
-    db.close()
-    (tmp_path / "files").mkdir()
-    (tmp_path / "files" / "a.txt").write_text("attachment\n" * 100)
-    inv = {
-        "settings": {"journal": "journal.sqlite"},
-        "hosts": {"local": {"connection": "local"}},
-        "databases": {"crm": {"engine": "sqlite", "path": "crm.sqlite", "main": True}},
-        "filesets": {"files": {"paths": ["files"]}},
-        "repositories": {
-            "main": {
-                "url": "repo",
-                "write_key": "keys/write.key",
-                "recipients": ["file:keys/ops.pub"],
-                "identity": "keys/ops.key",
-            }
-        },
-    }
-    (tmp_path / "inventory.yml").write_text(yaml.safe_dump(inv))
-    return tmp_path
+    return sqlite_estate(tmp_path, customers=2000, deals=5000)
 
 
 def test_argv_normaliser():
@@ -450,15 +421,21 @@ def test_readers_wait_for_a_prune_holding_the_repository(estate):
             ("restore", "database:crm@latest", "--to", str(estate / "again.sqlite")),
         )
     ]
+    said = []
     try:
-        time.sleep(4.5)  # start-up, then the 2 s after which a wait is announced
+        # Each announces its wait (after 2 s) and keeps waiting; a reader that gave up would
+        # end its stderr (after the repository's lock_wait), so this loop ends either way.
+        for reader in readers:
+            assert reader.stderr is not None
+            lines = iter(reader.stderr.readline, "")
+            said.append(next((line for line in lines if "waiting for" in line), ""))
         assert [r.poll() for r in readers] == [None, None]  # both wait for the prune
     finally:
         prune.release()
-    for reader in readers:
+    for reader, line in zip(readers, said, strict=True):
         out, err = reader.communicate(timeout=60)
         assert reader.returncode == 0, out + err
-        assert "waiting for the shared lock" in err and "prune elsewhere" in err
+        assert "waiting for the shared lock" in line and "prune elsewhere" in line, line + err
     assert (estate / "again.sqlite").exists()
 
 
@@ -717,13 +694,23 @@ def _commands() -> list[str]:
     return sorted(ns.task_names)
 
 
+def test_help_as_a_subprocess_writes_nothing(tmp_path):
+    """The installed program, as the issue found it: `keys generate --help` wrote an identity
+    file named `--help`. (Every command is checked in-process below.)"""
+    for argv in (["keys", "generate", "--help"], ["keys", "generate", "--output", "--help"]):
+        code, out, err = cli(*argv, cwd=tmp_path)
+        assert code == 0 and out.startswith("Usage: crmmaint keys generate") and not err, err
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("name", _commands())
-def test_help_anywhere_prints_help_and_does_nothing_else(name, tmp_path):
+def test_help_anywhere_prints_help_and_does_nothing_else(name, tmp_path, capsys, monkeypatch):
     """`COMMAND --help` (and `-h`), wherever it stands, prints the command's help, exits 0
     and touches nothing: no identity file named `--help`, no inventory looked for."""
+    monkeypatch.chdir(tmp_path)
     words = name.split(".")
     for argv in ([*words, "--help"], [*words, "--output", "--help"], [*words, "-h", "x"]):
-        code, out, err = cli(*argv, cwd=tmp_path)
+        code, out, err = in_process(capsys, *argv)
         assert code == 0 and "Usage:" in out and not err, (argv, out, err)
         assert out.startswith(f"Usage: crmmaint {name.replace('.', ' ')} ")
         # crmmaint's own help: no invoke internals, flags with the kind of value they take.

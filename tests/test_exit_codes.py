@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import sqlite3
 import subprocess
 import time
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 from clirun import BIN, run_cli
+from estates import sqlite_estate
 
 from crmmaint.repository.backends.local import LocalBackend
 from crmmaint.repository.lock import RepositoryLock
@@ -38,28 +38,7 @@ def one_line(err: str) -> str:
 @pytest.fixture
 def estate(tmp_path: Path) -> Path:
     """A local SQLite CRM and a file set, a repository and its keys: backed up once."""
-    db = sqlite3.connect(tmp_path / "crm.sqlite")
-    db.executescript("CREATE TABLE customers(id INTEGER PRIMARY KEY, name TEXT);")
-    db.executemany("INSERT INTO customers(name) VALUES (?)", [(f"c{i}",) for i in range(500)])
-    db.commit()
-    db.close()
-    (tmp_path / "files").mkdir()
-    (tmp_path / "files" / "a.txt").write_text("attachment\n" * 100)
-    inv = {
-        "settings": {"journal": "journal.sqlite"},
-        "hosts": {"local": {"connection": "local"}},
-        "databases": {"crm": {"engine": "sqlite", "path": "crm.sqlite", "main": True}},
-        "filesets": {"files": {"paths": ["files"]}},
-        "repositories": {
-            "main": {
-                "url": "repo",
-                "write_key": "keys/write.key",
-                "recipients": ["file:keys/ops.pub"],
-                "identity": "keys/ops.key",
-            }
-        },
-    }
-    (tmp_path / "inventory.yml").write_text(yaml.safe_dump(inv))
+    sqlite_estate(tmp_path, customers=500)
     assert cli("keys", "generate", "--output", str(tmp_path / "keys" / "ops.key"))[0] == 0
     assert cli("repo", "init", "-i", str(tmp_path / "inventory.yml"))[0] == 0
     assert cli("backup", "-i", str(tmp_path / "inventory.yml"))[0] == 0
