@@ -98,7 +98,8 @@ class RetentionPolicy:
         try:
             return cls(**values)
         except ConfigError as exc:
-            raise ConfigError(f"{where}: {exc.message}", hint=exc.hint) from None
+            message = exc.message.removeprefix("retention policy ")
+            raise ConfigError(f"{where}: {message}", hint=exc.hint) from None
 
     @property
     def is_empty(self) -> bool:
