@@ -12,9 +12,9 @@ import posixpath
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from crmmaint.errors import InventoryError
+from crmmaint.errors import ConfigError, InventoryError
 from crmmaint.units import parse_duration
 from crmmaint.yamlsource import (
     SourceError,
@@ -26,6 +26,9 @@ from crmmaint.yamlsource import (
     one_of,
     require_mapping,
 )
+
+if TYPE_CHECKING:
+    from crmmaint.repository.retention import RetentionPolicy
 
 ENGINES = ("postgresql", "mysql", "sqlite")
 CONNECTIONS = ("ssh", "local")
@@ -128,6 +131,8 @@ class RepositorySettings:
     compression: int | None = None
     #: Seconds a command waits for a conflicting repository lock before giving up (exit 7).
     lock_wait: float = DEFAULT_LOCK_WAIT
+    #: What ``prune`` keeps when neither its flags nor its playbook step set a policy.
+    retention: RetentionPolicy | None = None
 
 
 @dataclass
@@ -292,7 +297,7 @@ _FILESET_KEYS = {"host", "paths", "exclude", "groups"}
 _REPO_KEYS = {
     "url", "write_key", "recipients", "identity", "passphrase", "endpoint_url", "region",
     "identity_file", "known_hosts", "connect_timeout", "allow_unknown_host_key", "default",
-    "compression", "lock_wait",
+    "compression", "lock_wait", "retention",
 }  # fmt: skip
 _REPO_OPTION_KEYS = _REPO_KEYS - {
     "url",
@@ -303,6 +308,7 @@ _REPO_OPTION_KEYS = _REPO_KEYS - {
     "default",
     "compression",
     "lock_wait",
+    "retention",
 }
 
 
@@ -613,7 +619,42 @@ def _repository(name: str, spec: dict, base: Path) -> RepositorySettings:
         default=get_field(spec, "default", bool, default=False),
         compression=compression,
         lock_wait=lock_wait,
+        retention=_retention(spec, what),
     )
+
+
+def _retention(spec: dict, what: str) -> RetentionPolicy | None:
+    """A repository's ``retention:`` as a policy (None when absent), checked key by key so an
+    error names the line of the key at fault: unknown keys, negative or non-whole counts,
+    durations ``parse_duration`` refuses. An empty mapping is refused (it keeps nothing)."""
+    from crmmaint.repository.retention import RetentionPolicy
+
+    raw = spec.get("retention")
+    if raw is None:
+        return None
+    where = f"{what} retention"
+    require_mapping(raw, where, line_of(spec, "retention"))
+    for key, value in raw.items():
+        try:
+            RetentionPolicy.from_mapping({key: value}, where=where)
+        except ConfigError as exc:
+            raise SourceError(_with_hint(exc), line_of(raw, key), str(key)) from None
+    try:
+        policy = RetentionPolicy.from_mapping(raw, where=where)
+    except ConfigError as exc:  # the same rule spelt with - and _
+        raise SourceError(_with_hint(exc), line_of(spec, "retention"), "retention") from None
+    if policy.is_empty:
+        raise SourceError(
+            f"{where} sets no keep-* rule above 0, and prune refuses an empty policy; "
+            "set e.g. keep-daily: 7, or leave retention out",
+            line_of(spec, "retention"),
+            "retention",
+        )
+    return policy
+
+
+def _with_hint(exc: ConfigError) -> str:
+    return exc.message if exc.hint is None else f"{exc.message}; {exc.hint}"
 
 
 def _drill(name: str, spec: dict, base: Path, inv: Inventory) -> DrillTarget:
@@ -728,6 +769,11 @@ def describe(inv: Inventory) -> dict[str, Any]:
         },
         "filesets": {n: {"host": f.host, "paths": f.paths} for n, f in inv.filesets.items()},
         "repositories": {
-            n: {"url": r.url, "recipients": len(r.recipients)} for n, r in inv.repositories.items()
+            n: {
+                "url": r.url,
+                "recipients": len(r.recipients),
+                "retention": r.retention.describe() if r.retention else None,
+            }
+            for n, r in inv.repositories.items()
         },
     }

@@ -230,7 +230,7 @@ def test_backup_restore_cycle_as_subprocess(estate):
 
     code, out, err = cli("verify", "-i", inv, "--read-data")
     assert code == 0, out + err
-    code, out, err = cli("prune", "-i", inv, "--check", "--json")
+    code, out, err = cli("prune", "-i", inv, "--check", "--keep-daily", "7", "--json")
     assert code == 0 and json.loads(out)["results"][0]["status"] == "ok"
 
 

@@ -176,7 +176,11 @@ def test_6_repository_missing_and_restore_target(estate):
 
     moved = estate / "elsewhere"
     (estate / "repo").rename(moved)
-    for args in (["backup", "--database", "crm"], ["verify"], ["prune", "--check"]):
+    for args in (
+        ["backup", "--database", "crm"],
+        ["verify"],
+        ["prune", "--check", "--keep-last", "1"],
+    ):
         code, out, err = cli(*args, "-i", inv)
         assert code == 6, (args, out, err)
 

@@ -11,8 +11,10 @@ from hypothesis import strategies as st
 from crmmaint.errors import ConfigError
 from crmmaint.repository.retention import (
     COUNT_RULES,
+    PERIOD_RULES,
     BackupRef,
     RetentionPolicy,
+    Verdict,
     format_duration,
     plan_prune,
 )
@@ -127,6 +129,38 @@ def test_keep_last():
     assert decision.remove == [b.id for b in history[3:]]
     assert decision.reasons[history[0].id] == ["last 1/3", "newest of source crm"]
     assert decision.reasons[history[2].id] == ["last 3/3"]
+
+
+def test_keep_hourly_takes_newest_of_each_utc_hour():
+    backups = [
+        BackupRef("h11-b", "crm", at(2026, 11, 20, 11) + 1800),
+        BackupRef("h11-a", "crm", at(2026, 11, 20, 11) + 60),
+        BackupRef("h09", "crm", at(2026, 11, 20, 9)),
+        BackupRef("h08", "crm", at(2026, 11, 20, 8)),
+    ]
+    decision = plan_prune(backups, RetentionPolicy(keep_hourly=2), NOW)
+    assert decision.keep == ["h11-b", "h09"]
+    assert decision.reasons["h09"] == ["hourly 2026-11-20T09"]
+    assert RetentionPolicy.from_mapping({"keep-hourly": 24}).describe() == "keep-hourly=24"
+
+
+def test_verdicts_list_every_backup_in_output_order():
+    history = daily_history(4)
+    history[2] = BackupRef(history[2].id, "crm", history[2].time, drilled=True)
+    decision = plan_prune(history, RetentionPolicy(keep_within=2 * DAY), NOW)
+    assert decision.verdicts == [
+        Verdict(history[0], True, ("within 2d", "newest of source crm")),
+        Verdict(history[1], True, ("within 2d",)),
+        Verdict(history[2], True, ("newest drilled",)),
+        Verdict(history[3], False, ()),
+    ]
+
+
+def test_keep_within_longer_than_a_century_is_refused():
+    with pytest.raises(ConfigError, match="from 0 to 100 years"):
+        RetentionPolicy.from_mapping({"keep-within": "99999w"})
+    with pytest.raises(ConfigError, match="from 0 to 100 years"):
+        RetentionPolicy(keep_within=float("inf"))
 
 
 def test_keep_daily_takes_newest_of_each_day_and_skips_empty_days():
@@ -270,6 +304,7 @@ withins = st.one_of(st.none(), st.floats(min_value=0, max_value=90 * DAY))
 policies = st.builds(
     RetentionPolicy,
     keep_last=counts,
+    keep_hourly=counts,
     keep_daily=counts,
     keep_weekly=counts,
     keep_monthly=counts,
@@ -323,6 +358,52 @@ def test_partition_and_always_kept(backups, policy):
     assert set(newest(backups).values()) <= keep
     assert set(newest(backups, lambda b: b.drilled).values()) <= keep
     assert {b.id for b in backups if b.time > NOW} <= keep
+
+
+@settings(max_examples=200, deadline=None)
+@given(histories, policies)
+def test_every_kept_backup_has_a_reason_and_no_removed_one_has(backups, policy):
+    decision = plan_prune(backups, policy, NOW)
+    assert sorted(v.backup.id for v in decision.verdicts) == sorted(b.id for b in backups)
+    assert [v.backup.id for v in decision.verdicts if v.kept] == decision.keep
+    assert [v.backup.id for v in decision.verdicts if not v.kept] == decision.remove
+    for verdict in decision.verdicts:
+        assert bool(verdict.reasons) == verdict.kept
+        if verdict.kept:
+            assert list(verdict.reasons) == decision.reasons[verdict.backup.id]
+    for source, backup_id in newest(backups).items():
+        assert f"newest of source {source}" in decision.reasons[backup_id]
+    for backup_id in newest(backups, lambda b: b.drilled).values():
+        assert "newest drilled" in decision.reasons[backup_id]
+
+
+@settings(max_examples=200, deadline=None)
+@given(histories, policies)
+def test_each_reason_is_true_of_its_backup(backups, policy):
+    """A reason names a rule the policy sets (or an always-kept case) and holds for the
+    backup it keeps: its age for ``within``, its UTC period for a period rule, its rank for
+    ``last``."""
+    by_id = {b.id: b for b in backups}
+    words = {word: (name, period_of) for name, (word, period_of) in PERIOD_RULES.items()}
+    decision = plan_prune(backups, policy, NOW)
+    for backup_id, reasons in decision.reasons.items():
+        backup = by_id[backup_id]
+        when = datetime.fromtimestamp(backup.time, tz=UTC)
+        for reason in reasons:
+            word, _, rest = reason.partition(" ")
+            if word == "within":
+                assert policy.keep_within and NOW - backup.time <= policy.keep_within
+                assert rest == format_duration(policy.keep_within)
+            elif word == "last":
+                rank, _, total = rest.partition("/")
+                assert int(total) == policy.keep_last and 1 <= int(rank) <= policy.keep_last
+            elif word in words:
+                name, period_of = words[word]
+                assert getattr(policy, name) > 0 and rest == period_of(when)
+            elif word == "newest":
+                assert rest in (f"of source {backup.source}", "drilled")
+            else:
+                assert reason == "in the future (clock skew?)" and backup.time > NOW
 
 
 @settings(max_examples=200, deadline=None)

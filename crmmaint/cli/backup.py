@@ -25,7 +25,7 @@ from crmmaint.errors import ConfigError, RestoreError
 from crmmaint.playbook.run import AdhocStep
 from crmmaint.reporting.console import print_table, write_json
 from crmmaint.repository.configured import open_repository
-from crmmaint.units import format_mib
+from crmmaint.units import format_mib, parse_duration
 
 
 @command(
@@ -101,13 +101,15 @@ def verify(
 @command(
     help=helps(
         repository=REPO_HELP,
-        check="show what would be removed; remove nothing",
+        check="show what would be removed and why each backup stays; remove nothing",
         keep_last="keep the N newest",
+        keep_hourly="keep the newest of each of the last N hours",
         keep_daily="keep the newest of each of the last N days",
         keep_weekly="… of the last N weeks",
         keep_monthly="… of the last N months",
         keep_quarterly="… of the last N quarters",
         keep_yearly="… of the last N years",
+        keep_within="keep every backup at most this old (e.g. 36h, 2d, 1w)",
     )
 )
 def prune(
@@ -115,28 +117,73 @@ def prune(
     inventory: str | None = None,
     repository: str | None = None,
     check: bool = False,
-    keep_last: int = 0,
-    keep_daily: int = 7,
-    keep_weekly: int = 4,
-    keep_monthly: int = 12,
-    keep_quarterly: int = 0,
-    keep_yearly: int = 3,
+    keep_last: str | None = None,
+    keep_hourly: str | None = None,
+    keep_daily: str | None = None,
+    keep_weekly: str | None = None,
+    keep_monthly: str | None = None,
+    keep_quarterly: str | None = None,
+    keep_yearly: str | None = None,
+    keep_within: str | None = None,
     json: bool = False,
     debug: bool = False,
 ) -> None:
-    """Remove backups outside the retention policy (never the newest, nor the newest drilled)."""
-    inv = open_inventory(c, inventory)
-    repo = inv.repository(repository).name
-    params = {
+    """Remove backups outside the retention policy (never the newest, nor the newest drilled).
+
+    The policy is the ``--keep-*`` flags when any is given, else the repository's
+    ``retention:`` in the inventory; with neither, prune refuses. Prints one row per backup:
+    kept or removed, and the rules that keep it.
+    """
+    counts = {
         "keep_last": keep_last,
+        "keep_hourly": keep_hourly,
         "keep_daily": keep_daily,
         "keep_weekly": keep_weekly,
         "keep_monthly": keep_monthly,
         "keep_quarterly": keep_quarterly,
         "keep_yearly": keep_yearly,
     }
+    params: dict[str, Any] = {
+        key: _whole_number(value, key) for key, value in counts.items() if value is not None
+    }
+    if keep_within is not None:
+        try:
+            params["keep_within"] = parse_duration(keep_within)
+        except ValueError as exc:
+            raise ConfigError(f"--keep-within: {exc}") from None
+    inv = open_inventory(c, inventory)
+    repo = inv.repository(repository).name
     step = AdhocStep("prune", "backup.prune", {"repository": [repo]}, params)
-    execute_adhoc(c, inv, "prune", [step], check=check, json=json)
+    summary = execute_adhoc(c, inv, "prune", [step], check=check, json=json)
+    if json:
+        return
+    for row in summary.results:
+        verdicts = (row.result.details or {}).get("backups")
+        if verdicts:
+            print_table(
+                [
+                    {
+                        **v,
+                        "drilled": "yes" if v["drilled"] else "",
+                        "reasons": ", ".join(v["reasons"]) or "-",
+                    }
+                    for v in verdicts
+                ],
+                ["id", "source", "time", "drilled", "decision", "reasons"],
+                title="would keep / remove" if check else "kept / removed",
+                status_column=None,
+            )
+
+
+def _whole_number(text: str, key: str) -> int:
+    """A ``--keep-*`` count as an int (a negative one is left to the policy to refuse)."""
+    try:
+        return int(text)
+    except ValueError:
+        flag = "--" + key.replace("_", "-")
+        raise ConfigError(
+            f"{flag}: a whole number was expected, got {text!r}", hint=f"e.g. {flag} 7"
+        ) from None
 
 
 # --- listing and restore ---------------------------------------------------------------------

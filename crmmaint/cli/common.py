@@ -226,9 +226,10 @@ def execute(
     json: bool = False,
     verbose: bool = False,
     one_target: bool = False,
-) -> None:
+) -> RunSummary:
     """Plan and run a playbook, journal it, report it; exit with the run's code when not 0
-    (``one_target``: the code of the one target's failure, ``RunSummary.exit_code``)."""
+    (``one_target``: the code of the one target's failure, ``RunSummary.exit_code``), else
+    return the run's summary."""
     summary = _run_reported(
         c,
         inv,
@@ -244,6 +245,7 @@ def execute(
     )
     if summary.exit_code:
         raise Exit(code=summary.exit_code)
+    return summary
 
 
 def execute_adhoc(
@@ -254,13 +256,13 @@ def execute_adhoc(
     *,
     check: bool = False,
     json: bool = False,
-) -> None:
+) -> RunSummary:
     """Run a command's one-step playbook (``steps``: ``AdhocStep`` s) like ``execute``; a
     failure of its only target exits with that failure's code."""
     from crmmaint.playbook.run import adhoc_playbook
 
     book = adhoc_playbook(name, steps, inv)
-    execute(c, inv, book, check=check, json=json, one_target=True)
+    return execute(c, inv, book, check=check, json=json, one_target=True)
 
 
 def execute_one(

@@ -40,7 +40,7 @@ from crmmaint.repository.format import (
     seal_json,
 )
 from crmmaint.repository.index import ChunkIndex, write_segment
-from crmmaint.repository.retention import BackupRef, plan_prune
+from crmmaint.repository.retention import BackupRef, Verdict, plan_prune
 from crmmaint.repository.session import store_pack
 
 if TYPE_CHECKING:
@@ -64,6 +64,8 @@ class PruneReport:
     keep: list[str] = field(default_factory=list)
     remove: list[str] = field(default_factory=list)
     reasons: dict[str, list[str]] = field(default_factory=dict)
+    #: every backup, kept or removed, with the reasons that keep it (``plan_prune``'s order)
+    verdicts: list[Verdict] = field(default_factory=list)
     packs_deleted: int = 0
     packs_repacked: int = 0
     packs_written: int = 0
@@ -118,9 +120,16 @@ def prune(repo: Repository, policy: RetentionPolicy, *, now: float, dry_run: boo
         remove = [i for i in decision.remove if i not in protected]
         report = PruneReport(dry_run, keep=list(decision.keep), remove=remove)
         report.reasons = dict(decision.reasons)
-        for backup_id in set(decision.remove) & protected:
+        rescued = set(decision.remove) & protected
+        for backup_id in rescued:
             report.keep.append(backup_id)
             report.reasons[backup_id] = ["newest or newest drilled of its source"]
+        report.verdicts = [
+            Verdict(v.backup, True, tuple(report.reasons[v.backup.id]))
+            if v.backup.id in rescued
+            else v
+            for v in decision.verdicts
+        ]
         kept = [b for b in backups if b.id not in set(remove)]
         plan = _plan(repo, kept)
         report.packs_deleted = len(plan.delete_packs) + len(plan.repack)

@@ -2,11 +2,15 @@
 
 ``plan_prune(backups, policy, now)`` decides per source, in the manner of borg's and restic's
 ``prune``: each grandfather-father-son rule keeps the newest backup in each of the N most recent
-UTC periods (day, ISO week, month, quarter, year) that hold a backup; ``keep_last`` keeps the N
+UTC periods (hour, day, ISO week, month, quarter, year) that hold a backup; ``keep_last`` keeps the N
 newest; ``keep_within`` keeps everything younger than a duration. Rules overlap (a backup kept by
 ``daily`` also fills its ``weekly`` period), which keeps the result monotonic and idempotent.
 Whatever the policy, the newest backup and the newest drilled backup of every source are kept,
 and so is any backup dated in the future (clock skew). Nothing here touches a repository.
+
+The decision carries, for every backup, the reasons that keep it (``daily 2026-11-29``,
+``within 2d``, ``newest of source crm``, ``newest drilled``...): they are what the rules
+found, so ``prune --check`` shows why without computing anything again.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from crmmaint.units import format_duration, parse_duration
 #: Count rules in the order they are evaluated and reported.
 COUNT_RULES = (
     "keep_last",
+    "keep_hourly",
     "keep_daily",
     "keep_weekly",
     "keep_monthly",
@@ -31,6 +36,8 @@ COUNT_RULES = (
     "keep_yearly",
 )
 POLICY_KEYS = (*COUNT_RULES, "keep_within")
+#: Longest ``keep_within`` (seconds): a century, as for any duration a playbook step takes.
+MAX_KEEP_WITHIN = 100 * 365 * 86400.0
 
 
 @dataclass(frozen=True)
@@ -38,6 +45,7 @@ class RetentionPolicy:
     """How many backups to keep per rule; ``keep_within`` is in seconds (None: rule unset)."""
 
     keep_last: int = 0
+    keep_hourly: int = 0
     keep_daily: int = 0
     keep_weekly: int = 0
     keep_monthly: int = 0
@@ -57,11 +65,11 @@ class RetentionPolicy:
         if within is not None and (
             isinstance(within, bool)
             or not isinstance(within, int | float)
-            or not math.isfinite(within)
-            or within < 0
+            or not 0 <= within <= MAX_KEEP_WITHIN
         ):
             raise ConfigError(
-                f"retention policy keep-within must be a duration >= 0, got {within!r}",
+                f"retention policy keep-within must be a duration from 0 to 100 years, "
+                f"got {within!r}",
                 hint="set e.g. keep-within: 2d (units s, m, h, d, w), or leave it out",
             )
 
@@ -90,7 +98,8 @@ class RetentionPolicy:
         try:
             return cls(**values)
         except ConfigError as exc:
-            raise ConfigError(f"{where}: {exc.message}", hint=exc.hint) from None
+            message = exc.message.removeprefix("retention policy ")
+            raise ConfigError(f"{where}: {message}", hint=exc.hint) from None
 
     @property
     def is_empty(self) -> bool:
@@ -119,13 +128,29 @@ class BackupRef:
             raise ValueError(f"backup {self.id}: time must be a finite epoch, got {self.time!r}")
 
 
+@dataclass(frozen=True)
+class Verdict:
+    """One backup's fate: kept, with the reasons the rules gave (never empty), or removed
+    (no reasons)."""
+
+    backup: BackupRef
+    kept: bool
+    reasons: tuple[str, ...] = ()
+
+
 @dataclass
 class PruneDecision:
-    """Ids to keep and to remove (newest first within each source) and why each is kept."""
+    """Ids to keep and to remove (newest first within each source), why each is kept, and
+    ``verdicts``: every backup in that same order (sources by name), kept or not."""
 
     keep: list[str] = field(default_factory=list)
     remove: list[str] = field(default_factory=list)
     reasons: dict[str, list[str]] = field(default_factory=dict)
+    verdicts: list[Verdict] = field(default_factory=list)
+
+
+def _hour(t: datetime) -> str:
+    return t.strftime("%Y-%m-%dT%H")
 
 
 def _day(t: datetime) -> str:
@@ -151,6 +176,7 @@ def _year(t: datetime) -> str:
 
 #: Period rules: policy field -> (reason word, UTC period label of a timestamp).
 PERIOD_RULES: dict[str, tuple[str, Callable[[datetime], str]]] = {
+    "keep_hourly": ("hourly", _hour),
     "keep_daily": ("daily", _day),
     "keep_weekly": ("weekly", _week),
     "keep_monthly": ("monthly", _month),
@@ -185,8 +211,10 @@ def plan_prune(backups: Sequence[BackupRef], policy: RetentionPolicy, now: float
             if backup.id in reasons:
                 decision.keep.append(backup.id)
                 decision.reasons[backup.id] = reasons[backup.id]
+                decision.verdicts.append(Verdict(backup, True, tuple(reasons[backup.id])))
             else:
                 decision.remove.append(backup.id)
+                decision.verdicts.append(Verdict(backup, False))
     return decision
 
 
@@ -252,8 +280,7 @@ def _parse_value(key: str, raw_key: object, value: Any, where: str) -> Any:
             return parse_duration(value)
         except (ValueError, TypeError) as exc:
             raise ConfigError(
-                f"{where}: {raw_key}: {exc}",
-                hint="use a duration such as 36h, 2d or 1w (units s, m, h, d, w)",
+                f"{where}: {raw_key}: {exc}", hint="units s, m, h, d, w: e.g. keep-within: 36h"
             ) from None
     if isinstance(value, str) and value.strip().lstrip("-").isdigit():
         value = int(value.strip())
@@ -274,6 +301,7 @@ __all__ = [
     "BackupRef",
     "PruneDecision",
     "RetentionPolicy",
+    "Verdict",
     "format_duration",
     "plan_prune",
 ]

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
-from crmmaint.errors import IntegrityError
+from crmmaint.errors import ConfigError, IntegrityError
 from crmmaint.repository.configured import open_repository, recipients_for
 from crmmaint.repository.format import source_name
+from crmmaint.repository.retention import POLICY_KEYS, RetentionPolicy
 from crmmaint.results import TaskResult
 from crmmaint.tasks.api import REPOSITORY_PARAM as REPOSITORY
 from crmmaint.tasks.api import Param, TaskContext, task
@@ -160,25 +162,43 @@ def backup_verify(ctx: TaskContext) -> TaskResult:
     )
 
 
+#: What each rule of a prune step keeps; none is set by default, so a step that sets none
+#: prunes by its repository's ``retention:`` in the inventory (docs/retention.md).
+_RULE_HELP = {
+    "keep_last": "keep the N newest backups of each source",
+    "keep_hourly": "keep the newest backup of each of the last N hours (UTC) that have one",
+    "keep_daily": "keep the newest backup of each of the last N days (UTC) that have one",
+    "keep_weekly": "the same for the last N ISO weeks",
+    "keep_monthly": "the same for the last N months",
+    "keep_quarterly": "the same for the last N quarters",
+    "keep_yearly": "the same for the last N years",
+    "keep_within": "keep every backup at most this old (e.g. 36h, 2d)",
+}
+#: Where a prune's policy came from -> how its message says so ({} is the repository).
+POLICY_ORIGINS = {
+    "step": "from flags or the playbook step",
+    "inventory": "from the inventory's retention of repository {}",
+}
+NO_POLICY_HINT = (
+    "give one as flags, e.g. `crmmaint prune --keep-daily 7 --keep-within 2d`; as with: "
+    "keep_daily: 7 in the playbook step; or as retention: on the repository in the inventory; "
+    "see docs/retention.md"
+)
+
+
 @task(
     "backup.prune",
     targets="repository",
     params={
-        "keep_last": Param(int, default=0),
-        "keep_daily": Param(int, default=7),
-        "keep_weekly": Param(int, default=4),
-        "keep_monthly": Param(int, default=12),
-        "keep_quarterly": Param(int, default=0),
-        "keep_yearly": Param(int, default=3),
-        "keep_within": Param("duration"),
+        key: Param("duration" if key == "keep_within" else int, help=_RULE_HELP[key])
+        for key in POLICY_KEYS
     },
 )
 def backup_prune(ctx: TaskContext) -> TaskResult:
-    """Remove backups outside the retention policy (a dry run in check mode)."""
-    from crmmaint.repository.retention import RetentionPolicy
-
+    """Remove backups outside the retention policy (a dry run in check mode); the details list
+    every backup with its decision and the reasons that keep it."""
     cfg = ctx.target.obj
-    policy = RetentionPolicy(**{k: v for k, v in ctx.params.items() if k.startswith("keep_")})
+    policy, origin = prune_policy(ctx.params, cfg)
     with open_repository(cfg) as repo:
         report = repo.prune(policy, now=time.time(), dry_run=ctx.check)
     removed = list(report.remove)
@@ -188,15 +208,48 @@ def backup_prune(ctx: TaskContext) -> TaskResult:
         message += f", freed {format_mib(report.bytes_freed)}"
         if report.leftovers_removed:
             message += f", removed {report.leftovers_removed} leftover(s) of killed writers"
+    message += f"; policy {policy.describe()} ({POLICY_ORIGINS[origin].format(cfg.name)})"
     metrics = {
         "removed": float(len(removed)),
         "kept": float(len(report.keep)),
         "freed_bytes": float(report.bytes_freed),
         "leftovers_removed": float(report.leftovers_removed),
     }
+    details = {
+        "removed": removed,
+        "policy": policy.describe(),
+        "policy_from": origin,
+        "backups": [
+            {
+                "id": v.backup.id,
+                "source": v.backup.source,
+                "time": datetime.fromtimestamp(v.backup.time, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "drilled": v.backup.drilled,
+                "decision": "keep" if v.kept else "remove",
+                "reasons": list(v.reasons),
+            }
+            for v in report.verdicts
+        ],
+    }
     if not removed:
-        return TaskResult.ok(message, metrics=metrics, details={"removed": removed})
-    return TaskResult.changed(message, metrics=metrics, details={"removed": removed})
+        return TaskResult.ok(message, metrics=metrics, details=details)
+    return TaskResult.changed(message, metrics=metrics, details=details)
+
+
+def prune_policy(params: dict[str, Any], cfg: Any) -> tuple[RetentionPolicy, str]:
+    """The policy a prune applies and where it comes from (a key of ``POLICY_ORIGINS``): the
+    step's ``keep_*`` parameters (a command's flags, a playbook's ``with:``) when any is set,
+    as a whole, else the repository's ``retention:`` in the inventory (``cfg``, its
+    ``RepositorySettings``). Raises ``ConfigError`` (exit 3) when neither sets one, or when the
+    step's rules are invalid (a negative count)."""
+    given = {k: v for k, v in params.items() if k in POLICY_KEYS and v is not None}
+    if given:
+        return RetentionPolicy(**given), "step"
+    if cfg.retention is not None:
+        return cfg.retention, "inventory"
+    raise ConfigError(
+        f"no retention policy for repository {cfg.name!r}: refusing to prune", hint=NO_POLICY_HINT
+    )
 
 
 # --- helpers ---------------------------------------------------------------------------------
