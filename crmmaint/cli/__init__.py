@@ -283,7 +283,9 @@ _METAVARS = {
 def _metavar(arg: Argument) -> str:
     if arg.name in _METAVARS:
         return _METAVARS[arg.name]
-    return "N" if arg.kind is int else arg.names[0].upper().replace("-", "_")
+    if arg.kind is int or arg.name.startswith("keep_"):  # counts (keep-within is above)
+        return "N"
+    return arg.names[0].upper().replace("-", "_")
 
 
 def _flag_usage(arg: Argument) -> str:
