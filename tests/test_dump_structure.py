@@ -174,47 +174,60 @@ def contents(engine: str, db: str) -> dict[str, str]:
     return out
 
 
-def inventory(tmp_path: Path, engine: str, name: str) -> Path:
-    keys = tmp_path / "keys"
-    keys.mkdir(exist_ok=True)
-    if not (keys / "ops.key").exists():
-        made = run_cli("keys", "generate", "--output", str(keys / "ops.key"))
-        (keys / "ops.pub").write_text(made.stdout.strip() + "\n")
-    path = tmp_path / f"inventory-{name}.yml"
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> Path:
+    """One identity, journal and repository per engine for the whole module (each case backs up
+    its own database as its own source): the cases test dumps and loads, not repository setup."""
+    root = tmp_path_factory.mktemp("shapes")
+    keys = root / "keys"
+    keys.mkdir()
+    made = run_cli("keys", "generate", "--output", str(keys / "ops.key"))
+    assert made.returncode == 0, made.stderr
+    (keys / "ops.pub").write_text(made.stdout.strip() + "\n")
+    return root
+
+
+def inventory(root: Path, engine: str, name: str) -> Path:
+    """An inventory with database ``name`` as its main database and the engine's repository
+    (initialised by the first case that uses it)."""
+    keys = root / "keys"
+    path = root / f"inventory-{name}.yml"
     path.write_text(yaml.safe_dump({
-        "settings": {"journal": str(tmp_path / "journal.sqlite")},
+        "settings": {"journal": str(root / "journal.sqlite")},
         "hosts": {"local": {"connection": "local"}},
-        "databases": {"crm": {"engine": engine, "host": "local", "name": name,
-                              "address": "127.0.0.1", "main": True,
-                              "user": "postgres" if engine == "postgresql" else "root"}},
-        "repositories": {"main": {"url": str(tmp_path / f"repo-{name}"),
-                                  "write_key": str(keys / f"write-{name}.key"),
+        "databases": {name: {"engine": engine, "host": "local", "name": name,
+                             "address": "127.0.0.1", "main": True,
+                             "user": "postgres" if engine == "postgresql" else "root"}},
+        "repositories": {"main": {"url": str(root / f"repo-{engine}"),
+                                  "write_key": str(keys / f"write-{engine}.key"),
                                   "recipients": [f"file:{keys / 'ops.pub'}"],
                                   "identity": str(keys / "ops.key")}},
     }))  # fmt: skip
+    if not (root / f"repo-{engine}").exists():
+        done = run_cli("repo", "init", "-i", str(path))
+        assert done.returncode == 0, done.stderr
     return path
 
 
-def round_trip(tmp_path: Path, engine: str, schema: str, *, jobs: tuple[int, ...]) -> None:
+def round_trip(root: Path, engine: str, schema: str, *, jobs: tuple[int, ...]) -> None:
     """Backup, restore with each of ``jobs`` (PostgreSQL; MariaDB loads one stream), compare,
     drill."""
     name = f"crmshape_{uuid.uuid4().hex[:8]}"
     build(engine, name, schema)
     copies = []
     try:
-        inv = inventory(tmp_path, engine, name)
-        assert run_cli("repo", "init", "-i", str(inv)).returncode == 0
+        inv = inventory(root, engine, name)
         done = run_cli("backup", "-i", str(inv))
         assert done.returncode == 0, done.stdout + done.stderr
         expected = contents(engine, name)
         for n in jobs if engine == "postgresql" else (2,):
             copy = f"{name}_j{n}"
             copies.append(copy)
-            done = run_cli("restore", "database:crm@latest", "--to", copy, "--jobs", str(n),
+            done = run_cli("restore", f"database:{name}@latest", "--to", copy, "--jobs", str(n),
                            "-i", str(inv))  # fmt: skip
             assert done.returncode == 0, done.stdout + done.stderr
             assert contents(engine, copy) == expected, f"--jobs {n}"
-        book = tmp_path / "drill.yml"
+        book = root / "drill.yml"
         book.write_text(yaml.safe_dump({"name": "drill", "steps": [
             {"name": "drill", "task": "drill.restore", "database": "main"}]}))  # fmt: skip
         drilled = run_cli("run", str(book), "-i", str(inv))
@@ -225,13 +238,13 @@ def round_trip(tmp_path: Path, engine: str, schema: str, *, jobs: tuple[int, ...
 
 
 @pytest.mark.parametrize("case", sorted(PG_CASES))
-def test_postgresql_dump_structure_round_trips(tmp_path, case):
-    round_trip(tmp_path, "postgresql", PG_CASES[case], jobs=(1, 2, 4))
+def test_postgresql_dump_structure_round_trips(workspace, case):
+    round_trip(workspace, "postgresql", PG_CASES[case], jobs=(1, 2, 4))
 
 
 @pytest.mark.parametrize("case", sorted(MY_CASES))
-def test_mariadb_dump_structure_round_trips(tmp_path, case):
-    round_trip(tmp_path, "mysql", my_script(MY_CASES[case]), jobs=(1,))
+def test_mariadb_dump_structure_round_trips(workspace, case):
+    round_trip(workspace, "mysql", my_script(MY_CASES[case]), jobs=(1,))
 
 
 # --- the kind: schemas built from hostile pieces ---------------------------------------------
@@ -320,11 +333,11 @@ _SLOW = settings(
 
 @_SLOW
 @given(schema=pg_schemas())
-def test_postgresql_hostile_schemas_round_trip(tmp_path_factory, schema):
-    round_trip(tmp_path_factory.mktemp("pg"), "postgresql", schema, jobs=(1, 4))
+def test_postgresql_hostile_schemas_round_trip(workspace, schema):
+    round_trip(workspace, "postgresql", schema, jobs=(1, 4))
 
 
 @_SLOW
 @given(schema=my_schemas())
-def test_mariadb_hostile_schemas_round_trip(tmp_path_factory, schema):
-    round_trip(tmp_path_factory.mktemp("my"), "mysql", my_script(schema), jobs=(1,))
+def test_mariadb_hostile_schemas_round_trip(workspace, schema):
+    round_trip(workspace, "mysql", my_script(schema), jobs=(1,))
