@@ -16,7 +16,8 @@ from crmmaint.reporting.console import print_table, write_json
 
 @command(
     name="check",
-    help=helps(file="playbook files to validate (repeatable)"),
+    help=helps(file="playbook file to validate (more: --file FILE, repeatable)"),
+    positional=["file"],
     iterable=["file"],
 )
 def playbook_check(
