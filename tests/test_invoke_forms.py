@@ -54,8 +54,9 @@ def test_invoke_list_shows_every_command():
 
 def test_invoke_run_daily_from_the_estates_folder(estate):
     proc = invoke("run", "daily", cwd=estate)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "databases answering" in proc.stdout
+    # 1: a warning, such as the load of a busy test machine; nothing failed
+    assert proc.returncode in (0, 1), proc.stdout + proc.stderr
+    assert "ok       databases answering crm@local" in proc.stdout
     assert (estate / "journal.sqlite").exists()
 
 
@@ -99,7 +100,7 @@ def test_invoke_inventory_check_and_show(estate):
     proc = invoke("inventory.check", cwd=estate)
     assert proc.returncode == 0, proc.stderr
     assert "valid" in proc.stdout
-    assert invoke("run", "daily", cwd=estate).returncode == 0
+    assert invoke("run", "daily", cwd=estate).returncode in (0, 1)  # 1: warnings only
     proc = invoke("show", "last", cwd=estate)
     assert proc.returncode == 0, proc.stderr
     assert "health.database" in proc.stdout
