@@ -297,72 +297,92 @@ def reach_all(
     time, and return one ``Reach`` each in listing order. Never raises for an item: its error
     becomes its line (an unexpected one too, with exit code 70). ``factory`` makes the hosts'
     transports (default: local or SSH as the inventory says)."""
-    items = plan(inv)
-    results: list[Reach | None] = [None] * len(items)
-    slots = threading.BoundedSemaphore(max(1, workers))
-    with TransportPool(factory) as pool:
-        threads: list[tuple[int, threading.Thread, float]] = []
-        for index, item in enumerate(items):
-            thread = threading.Thread(
-                target=_run_one,
-                args=(item, pool, results, index, slots),
-                name=f"reach {item.kind} {item.name}",
-                daemon=True,  # one that hangs past its guard must not hold up the exit
-            )
-            slots.acquire()
-            thread.start()
-            threads.append((index, thread, time.monotonic() + guard_seconds(item.timeout)))
-        for index, thread, deadline in threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
-            if results[index] is None:
-                item = items[index]
-                results[index] = Reach(
-                    item.kind,
-                    item.name,
-                    False,
-                    f"no answer within {guard_seconds(item.timeout):g}s",
-                    hint="check the network path and the load of the host or service",
-                    exit_code=TransportError.exit_code,
-                    seconds=guard_seconds(item.timeout),
+    return _Checks(plan(inv), workers).run(factory)
+
+
+class _Checks:
+    """The items of one check, each in its own daemon thread once one of ``workers`` slots is
+    free. An item past its guard is reported failed and gives up its slot, so one that hangs
+    holds up neither the items waiting nor the exit."""
+
+    #: Seconds between looks at the items under way.
+    POLL = 0.05
+
+    def __init__(self, items: list[_Item], workers: int) -> None:
+        self.items = items
+        self.slots = threading.Semaphore(max(1, workers))
+        self.lock = threading.Lock()
+        self.started: list[float | None] = [None] * len(items)
+        self.results: list[Reach | None] = [None] * len(items)
+
+    def run(self, factory: TransportFactory | None) -> list[Reach]:
+        with TransportPool(factory) as pool:
+            for index, item in enumerate(self.items):
+                threading.Thread(
+                    target=self._run_one,
+                    args=(index, pool),
+                    name=f"reach {item.kind} {item.name}",
+                    daemon=True,
+                ).start()
+            while not all(self.results):
+                time.sleep(self.POLL)
+                self._expire()
+        return [r for r in self.results if r is not None]
+
+    def _finish(self, index: int, found: Reach) -> None:
+        """Record ``found`` unless the item was already reported, and free its slot once."""
+        with self.lock:
+            if self.results[index] is None:
+                self.results[index] = found
+                self.slots.release()
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        for index, item in enumerate(self.items):
+            began = self.started[index]
+            guard = guard_seconds(item.timeout)
+            if self.results[index] is None and began is not None and now - began > guard:
+                self._finish(
+                    index,
+                    Reach(
+                        item.kind,
+                        item.name,
+                        False,
+                        f"no answer within {guard:g}s",
+                        hint="check the network path and the load of the host or service",
+                        exit_code=TransportError.exit_code,
+                        seconds=now - began,
+                    ),
                 )
-    return [r for r in results if r is not None]
 
-
-def _run_one(
-    item: _Item,
-    pool: TransportPool,
-    results: list[Reach | None],
-    index: int,
-    slots: threading.BoundedSemaphore,
-) -> None:
-    started = time.monotonic()
-    try:
-        detail = item.probe(pool)
-        found = Reach(item.kind, item.name, True, detail, seconds=time.monotonic() - started)
-    except CrmMaintError as exc:
-        found = Reach(
-            item.kind,
-            item.name,
-            False,
-            _one_line(exc.message),
-            hint=exc.hint,
-            exit_code=exc.exit_code,
-            seconds=time.monotonic() - started,
-        )
-    except Exception as exc:  # a bug: this item's line says so, the others go on
-        log.debug("checking %s %s failed", item.kind, item.name, exc_info=True)
-        found = Reach(
-            item.kind,
-            item.name,
-            False,
-            f"internal error: {exc!r} (run again with --debug and report it)",
-            exit_code=INTERNAL_ERROR_EXIT,
-            seconds=time.monotonic() - started,
-        )
-    finally:
-        slots.release()
-    if results[index] is None:
-        results[index] = found
+    def _run_one(self, index: int, pool: TransportPool) -> None:
+        item = self.items[index]
+        self.slots.acquire()
+        started = self.started[index] = time.monotonic()
+        try:
+            detail = item.probe(pool)
+            found = Reach(item.kind, item.name, True, detail, seconds=time.monotonic() - started)
+        except CrmMaintError as exc:
+            found = Reach(
+                item.kind,
+                item.name,
+                False,
+                _one_line(exc.message),
+                hint=exc.hint,
+                exit_code=exc.exit_code,
+                seconds=time.monotonic() - started,
+            )
+        except Exception as exc:  # a bug: this item's line says so, the others go on
+            log.debug("checking %s %s failed", item.kind, item.name, exc_info=True)
+            found = Reach(
+                item.kind,
+                item.name,
+                False,
+                f"internal error: {exc!r} (run again with --debug and report it)",
+                exit_code=INTERNAL_ERROR_EXIT,
+                seconds=time.monotonic() - started,
+            )
+        self._finish(index, found)
 
 
 def _one_line(text: str) -> str:

@@ -373,3 +373,43 @@ def test_a_password_source_is_named_never_read():
     assert source_phrase(SecretSource("file:/etc/crm/db.pass")) == "file /etc/crm/db.pass"
     assert source_phrase(SecretSource("cmd:pass show crm/db")) == "a command (cmd:…)"
     assert source_phrase(None) == "no password"
+
+
+def test_an_item_past_its_guard_is_reported_and_the_others_finish(monkeypatch):
+    """The orchestration alone (probes are plain functions here): a probe that hangs is
+    reported failed after its guard and frees its slot (one worker: the others run after it),
+    one that raises says why, the rest are ok."""
+    import threading
+
+    from crmmaint import reachability
+    from crmmaint.errors import EngineError
+    from crmmaint.inventory import Inventory
+
+    release = threading.Event()
+
+    def hangs(pool):
+        release.wait(30)
+        return "too late"
+
+    def refuses(pool):
+        raise EngineError("refused", hint="do something")
+
+    items = [
+        reachability._Item("host", "slow", 1.0, hangs),
+        reachability._Item("database", "db", 1.0, refuses),
+        reachability._Item("cache", "c", 1.0, lambda pool: "PONG"),
+    ]
+    monkeypatch.setattr(reachability, "plan", lambda inv: items)
+    monkeypatch.setattr(reachability, "guard_seconds", lambda timeout: 0.5)
+    try:
+        found = reachability.reach_all(Inventory(path="x"), workers=1)
+    finally:
+        release.set()
+    assert [(r.name, r.ok, r.exit_code) for r in found] == [
+        ("slow", False, 4),
+        ("db", False, 5),
+        ("c", True, 0),
+    ]
+    assert found[0].detail == "no answer within 0.5s"
+    assert found[1].hint == "do something"
+    assert reachability.exit_code(found) == MIXED_FAILURES_EXIT
