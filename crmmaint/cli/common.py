@@ -61,8 +61,9 @@ def setup_logging(debug: bool) -> None:
         handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
         root.addHandler(handler)
     root.setLevel(level)
-    if debug:
-        logging.getLogger("paramiko").setLevel(logging.INFO)
+    # paramiko logs a failed handshake (a port that never sends a banner) with a traceback
+    # from its own thread; the error crmmaint raises for it says what and where in one line.
+    logging.getLogger("paramiko").setLevel(logging.INFO if debug else logging.CRITICAL)
 
 
 def program_name() -> str:
