@@ -1,4 +1,5 @@
-"""invoke entry point for sysadmins: `invoke --list`, `invoke run daily`, `invoke history`.
+"""invoke entry point for sysadmins: `invoke --list`, `invoke run daily`, `invoke playbook.check
+playbooks/daily.yml`, `invoke inventory.check --connect`, `invoke history`.
 
 The same collection is installed as the `crmmaint` program (see crmmaint/cli/).
 """

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from invoke import Config, Exit, Task, task
+from invoke import Argument, Config, Exit, Task, task
 
 from crmmaint.errors import INTERNAL_ERROR_EXIT, ConfigError, CrmMaintError
 from crmmaint.inventory import Inventory, load_inventory
@@ -61,8 +61,9 @@ def setup_logging(debug: bool) -> None:
         handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
         root.addHandler(handler)
     root.setLevel(level)
-    if debug:
-        logging.getLogger("paramiko").setLevel(logging.INFO)
+    # paramiko logs a failed handshake (a port that never sends a banner) with a traceback
+    # from its own thread; the error crmmaint raises for it says what and where in one line.
+    logging.getLogger("paramiko").setLevel(logging.INFO if debug else logging.CRITICAL)
 
 
 def program_name() -> str:
@@ -99,6 +100,41 @@ class CommandTask(Task):  # type: ignore[misc]
         if short is not None and short not in taken_names:
             opts["names"] = [*opts["names"], short]
         return opts
+
+    def get_arguments(self, ignore_unknown_help: bool | None = None) -> list[Argument]:
+        """invoke's arguments, with each parameter that is both positional and iterable made a
+        ``PositionalList``: ``invoke playbook.check FILE`` works as ``--file FILE`` does."""
+        args: list[Argument] = super().get_arguments(ignore_unknown_help=ignore_unknown_help)
+        return [
+            PositionalList.like(arg) if arg.positional and arg.kind is list else arg for arg in args
+        ]
+
+
+class PositionalList(Argument):  # type: ignore[misc]
+    """A repeatable flag (``--file A --file B``) whose first value may also come positionally
+    (``playbook.check A``), as plain ``invoke`` parses it. invoke's parser fills a positional
+    only while its value is ``None`` and never fills a list one (it starts as ``[]``), so the
+    value reads ``None`` until something is given; one given neither way is a usage error."""
+
+    @classmethod
+    def like(cls, arg: Argument) -> PositionalList:
+        """The same argument (names, help, default) as a ``PositionalList``."""
+        return cls(
+            names=arg.names, kind=list, default=arg.default, help=arg.help, positional=True,
+            attr_name=arg.attr_name,
+        )  # fmt: skip
+
+    @property
+    def value(self) -> list[str] | None:
+        return self._value or None
+
+    @value.setter
+    def value(self, arg: str) -> None:
+        self.set_value(arg)
+
+    def set_value(self, value: Any, cast: bool = True) -> None:
+        self.raw_value = value
+        self._value = [*(self._value or []), value]
 
 
 def end_on_closed_pipe() -> None:

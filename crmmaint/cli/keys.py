@@ -14,7 +14,7 @@ from crmmaint.cli.common import REPO_HELP, command, helps, open_inventory
 from crmmaint.crypto import X25519Identity, load_identity_file, write_identity_file
 from crmmaint.errors import ConfigError
 from crmmaint.reporting.console import write_json
-from crmmaint.repository.configured import identities_for, load_write_key, recipients_for
+from crmmaint.repository.configured import check_keys
 
 
 @command(
@@ -65,22 +65,7 @@ def keys_check(
 ) -> None:
     """Check the repository's write key, recipients and (if given) identity without decrypting data."""
     inv = open_inventory(c, inventory)
-    cfg = inv.repository(repository)
-    checks: list[dict[str, str]] = []
-    load_write_key(cfg.write_key or "")
-    checks.append({"check": "write key", "result": f"{cfg.write_key}: ok (0600)"})
-    recipients = recipients_for(cfg)
-    checks.append({"check": "recipients", "result": f"{len(recipients)} valid"})
-    if identity or cfg.identity:
-        ids = identities_for(cfg, identity)
-        publics = {r.to_string() for r in recipients}
-        matching = [i for i in ids if i.recipient().to_string() in publics]
-        if not matching:
-            raise ConfigError(
-                f"repository {cfg.name!r}: the identity is not one of its recipients",
-                hint="backups are not encrypted to it; use the identity whose public key is listed",
-            )
-        checks.append({"check": "identity", "result": "matches a recipient"})
+    checks = check_keys(inv.repository(repository), identity)
     if json:
         write_json(checks)
     else:

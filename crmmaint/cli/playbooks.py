@@ -10,13 +10,14 @@ from invoke import Collection, Exit
 
 from crmmaint.cli.common import _config_get, command, helps, open_inventory
 from crmmaint.errors import ConfigError
-from crmmaint.inventory import describe
+from crmmaint.inventory import Inventory, describe
 from crmmaint.reporting.console import print_table, write_json
 
 
 @command(
     name="check",
-    help=helps(file="playbook files to validate (repeatable)"),
+    help=helps(file="playbook file to validate (more: --file FILE, repeatable)"),
+    positional=["file"],
     iterable=["file"],
 )
 def playbook_check(
@@ -63,12 +64,25 @@ def playbook_list(c: Any, json: bool = False, debug: bool = False) -> None:
         print_table(rows, ["name", "window", "steps", "path"], title="shipped playbooks")
 
 
-@command(name="check", help=helps())
+@command(
+    name="check",
+    help=helps(
+        connect="also reach every host, database, cache and repository, changing nothing, and"
+        " say which fail and why (exit 0 when all are ok)"
+    ),
+)
 def inventory_check(
-    c: Any, inventory: str | None = None, json: bool = False, debug: bool = False
+    c: Any,
+    inventory: str | None = None,
+    connect: bool = False,
+    json: bool = False,
+    debug: bool = False,
 ) -> None:
-    """Validate the inventory and print what it describes (no secrets)."""
+    """Validate the inventory and print what it describes (no secrets); ``--connect``: reach it."""
     inv = open_inventory(c, inventory)
+    if connect:
+        _inventory_connect(c, inv, json=json)
+        return
     summary = describe(inv)
     if json:
         write_json(summary)
@@ -77,6 +91,33 @@ def inventory_check(
     for section in ("hosts", "databases", "caches", "filesets", "repositories"):
         names = ", ".join(summary[section]) or "none"
         print(f"  {section}: {names}")
+
+
+def _inventory_connect(c: Any, inv: Inventory, *, json: bool) -> None:
+    """``inventory check --connect``: one line per item; exit with ``reachability.exit_code``."""
+    from crmmaint.reachability import exit_code, reach_all
+
+    results = reach_all(inv, workers=int(_config_get(c, "forks") or 10))
+    if json:
+        write_json([r.as_dict() for r in results])
+    else:
+        print_table(
+            [r.as_dict() for r in results],
+            ["kind", "name", "status", "detail"],
+            title=f"{inv.path}: every item reached",
+        )
+    failed = [r for r in results if not r.ok]
+    code = exit_code(results)
+    if failed and not json:
+        for r in failed:
+            if r.hint:
+                print(f"crmmaint: {r.kind} {r.name}: {r.hint}", file=sys.stderr)
+        print(
+            f"crmmaint: error: {len(failed)} of {len(results)} items failed (exit {code})",
+            file=sys.stderr,
+        )
+    if code:
+        raise Exit(code=code)
 
 
 def register(ns: Collection) -> None:

@@ -395,6 +395,9 @@ class DatabaseEngine(RestoreRoutine[TargetT]):
     """One database reached through the transport of the host that owns it."""
 
     engine: str = ""
+    #: What the client says when the server refuses the configured login (user or password):
+    #: ``inventory check --connect`` then names the password's source.
+    login_refusals: tuple[str, ...] = ()
 
     def __init__(self, db: Database, transport: Transport) -> None:
         self.db = db

@@ -281,6 +281,7 @@ class MySQLEngine(DatabaseEngine[MyRestoreTarget]):
     system_databases = frozenset({"mysql", "sys", "performance_schema", "information_schema"})
 
     engine = "mysql"
+    login_refusals = ("ERROR 1045",)  # Access denied for user … (using password: …)
     #: Set on the engine a least-privilege restore loads with (``as_load_user``).
     load_user: LoadUser | None = None
 

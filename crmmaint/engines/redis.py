@@ -82,8 +82,16 @@ def parse_info(text: str) -> dict[str, str]:
     return info
 
 
+#: How redis-cli's answer begins when a command failed.
+_FAILED_REPLIES = ("ERR", "NOAUTH", "WRONGPASS", "Could not")
+
+
 class RedisCache:
     """A cache from the inventory: a Redis database and/or cache directories on its host."""
+
+    #: What redis-cli says when the server refuses the configured password (``inventory check
+    #: --connect`` then names the password's source).
+    login_refusals: tuple[str, ...] = ("AUTH failed", "WRONGPASS", "NOAUTH")
 
     def __init__(self, cache: Cache, transport: Transport) -> None:
         self.cache = cache
@@ -110,14 +118,16 @@ class RedisCache:
     def _run(
         self, commands: str, *, timeout: float = QUERY_TIMEOUT, what: str = "redis-cli"
     ) -> CommandResult:
-        """Feed redis-cli commands over stdin; errors (also ``ERR`` replies) raise."""
+        """Feed redis-cli commands over stdin; errors (also ``ERR`` replies, and a server it
+        could not connect to, which redis-cli reports on stderr with exit status 0) raise."""
         try:
             result = self.transport.run(
                 self._cli(), stdin=commands.encode(), timeout=timeout, env=self._env()
             )
         except TransportError as exc:
             raise transport_failure(exc, f"{self.where}: {what}") from exc
-        if not result.ok or result.text.startswith(("ERR", "NOAUTH", "WRONGPASS", "Could not")):
+        unreachable = result.stderr.startswith(b"Could not connect")
+        if unreachable or not result.ok or result.text.startswith(_FAILED_REPLIES):
             detail = result.stderr_tail() or result.text.strip()[:300]
             raise self.error(f"{what} failed: {detail}")
         return result
@@ -125,9 +135,15 @@ class RedisCache:
     # --- health ---------------------------------------------------------------------------
 
     def ping(self, *, timeout: float = 30.0) -> float:
-        """``PING``; returns the round trip in seconds."""
+        """``PING``; returns the round trip in seconds. A configured password the server did
+        not accept fails it too: redis-cli says ``AUTH failed`` and goes on without one, which
+        a server that needs no password answers."""
         start = time.monotonic()
-        answer = self._run("PING\n", timeout=timeout, what="PING").text.strip()
+        result = self._run("PING\n", timeout=timeout, what="PING")
+        refused = result.stderr_tail()
+        if self.cache.password is not None and "AUTH failed" in refused:
+            raise self.error(f"PING: login refused: {refused}")
+        answer = result.text.strip()
         if answer != "PONG":
             raise self.error(f"PING answered {answer[:100]!r}")
         return time.monotonic() - start

@@ -23,7 +23,7 @@ from crmmaint.crypto import (
     parse_recipient,
     read_private_file,
 )
-from crmmaint.errors import ConfigError, KeyFileError
+from crmmaint.errors import ConfigError, KeyFileError, WrongKeyError
 from crmmaint.inventory import RepositorySettings
 from crmmaint.yamlsource import read_regular_file
 
@@ -113,6 +113,39 @@ def identities_for(cfg: RepositorySettings, identity_file: str | None = None) ->
             hint="pass --identity FILE, set CRMMAINT_IDENTITY, or add 'identity:' to the repository",
         )
     return out
+
+
+def check_keys(cfg: RepositorySettings, identity_file: str | None = None) -> list[dict[str, str]]:
+    """Check a repository's keys without touching the repository or decrypting anything: the
+    write key file (present, 0600, well formed), the recipients (each one parses), and, when an
+    identity is given or configured, that it is one of the recipients.
+
+    Returns one ``{"check": ..., "result": ...}`` row per check passed. Raises the first
+    failure: ``KeyFileError`` (write key or identity file), ``WrongKeyError`` (an identity
+    that is not a recipient), ``ConfigError`` (no write key configured, recipients) or
+    ``CryptoError`` (a passphrase source); none carries a secret. Shared by ``keys check`` and ``inventory check --connect``.
+    """
+    checks: list[dict[str, str]] = []
+    if not cfg.write_key:
+        raise ConfigError(
+            f"repository {cfg.name!r} has no write_key",
+            hint="add 'write_key: PATH' (created by `crmmaint repo init`)",
+        )
+    load_write_key(cfg.write_key)
+    checks.append({"check": "write key", "result": f"{cfg.write_key}: ok (0600)"})
+    recipients = recipients_for(cfg)
+    checks.append({"check": "recipients", "result": f"{len(recipients)} valid"})
+    if identity_file or cfg.identity:
+        ids = identities_for(cfg, identity_file)
+        publics = {r.to_string() for r in recipients}
+        if not any(i.recipient().to_string() in publics for i in ids):
+            raise WrongKeyError(
+                f"repository {cfg.name!r}: identity {identity_file or cfg.identity} is not one "
+                "of its recipients",
+                hint="backups are not encrypted to it; use the identity whose public key is listed",
+            )
+        checks.append({"check": "identity", "result": "matches a recipient"})
+    return checks
 
 
 def backend_for(cfg: RepositorySettings):

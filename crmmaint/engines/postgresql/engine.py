@@ -156,6 +156,7 @@ class PostgreSQLEngine(DatabaseEngine[PgRestoreTarget]):
     system_databases = frozenset({"postgres", "template0", "template1"})
 
     engine = "postgresql"
+    login_refusals = ("authentication failed", "no password supplied", "pg_hba.conf rejects")
     #: Set on the engine a least-privilege restore loads with (``as_load_role``).
     load_role: LoadRole | None = None
 
