@@ -20,7 +20,12 @@ from invoke import Config, Exit, Task, task
 from crmmaint.errors import INTERNAL_ERROR_EXIT, ConfigError, CrmMaintError
 from crmmaint.inventory import Inventory, load_inventory
 from crmmaint.journal import Journal, default_journal_path
-from crmmaint.reporting.console import ConsoleReporter, JsonReporter, make_console
+from crmmaint.reporting.console import (
+    ConsoleReporter,
+    JsonReporter,
+    TransferProgressReporter,
+    make_console,
+)
 
 if TYPE_CHECKING:
     from crmmaint.playbook.runner import RunSummary, TargetResult
@@ -266,15 +271,24 @@ def execute_one(
 ) -> TargetResult:
     """Run a command that acts on one target (``restore``) as a journaled one-step playbook.
 
-    Quiet on success (the caller prints the result); a failure is the one line
-    ``crmmaint: error: MESSAGE`` and exits with the code of the error the task raised (the
-    README's table), so a wrapper can tell a wrong key (8) from a damaged backup (9).
+    Quiet on success (the caller prints the result) but for a progress bar of a long
+    transfer on stderr when it is a TTY, gone before anything else is printed; a failure is
+    the one line ``crmmaint: error: MESSAGE`` and exits with the code of the error the task
+    raised (the README's table), so a wrapper can tell a wrong key (8) from a damaged backup (9).
     """
     from crmmaint.playbook.run import adhoc_playbook
+    from crmmaint.playbook.runner import MultiReporter
 
     book = adhoc_playbook(name, [step], inv)
+    bars = TransferProgressReporter()
     summary = _run_reported(
-        c, inv, book, JsonReporter() if json else None, check=check, footer=False, one_target=True
+        c,
+        inv,
+        book,
+        MultiReporter(JsonReporter(), bars) if json else bars,
+        check=check,
+        footer=False,
+        one_target=True,
     )
     row = summary.results[0]
     if row.status == "failed":
@@ -301,19 +315,24 @@ def _run_reported(
     from crmmaint.playbook.run import run_playbook
 
     with open_journal(c, inv) as journal:
-        summary = run_playbook(
-            book,
-            inv,
-            journal,
-            check=check,
-            limit=limit,
-            tags=tags,
-            steps=steps,
-            forks=forks or int(_config_get(c, "forks") or 10),
-            reporter=reporter,
-            argv=sys.argv,
-            one_target=one_target,
-        )
+        try:
+            summary = run_playbook(
+                book,
+                inv,
+                journal,
+                check=check,
+                limit=limit,
+                tags=tags,
+                steps=steps,
+                forks=forks or int(_config_get(c, "forks") or 10),
+                reporter=reporter,
+                argv=sys.argv,
+                one_target=one_target,
+            )
+        finally:  # an interrupted run ends without on_run_end: its live bars go here
+            for each in getattr(reporter, "reporters", (reporter,)):
+                if (close := getattr(each, "close", None)) is not None:
+                    close()
         if footer:
             again = f" -i {inv.path}" if inv.path else ""
             make_console(sys.stderr).print(
