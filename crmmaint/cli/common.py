@@ -58,11 +58,27 @@ def _debug_enabled(kwargs: dict[str, Any]) -> bool:
     return bool(kwargs.get("debug")) or os.environ.get("CRMMAINT_DEBUG") == "1"
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is when a record comes: while a progress bar is live,
+    that is rich's proxy, which prints the line above the bar instead of through it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
 def setup_logging(debug: bool) -> None:
     level = logging.DEBUG if debug else logging.WARNING
     root = logging.getLogger("crmmaint")
     if not root.handlers:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
         root.addHandler(handler)
     root.setLevel(level)

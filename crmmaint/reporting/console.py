@@ -172,7 +172,9 @@ class ConsoleReporter:
         self.console = make_console(self.stream)
         self.tty = is_tty(self.stream)
         self.verbose = verbose
-        self._lock = threading.Lock()
+        # Reentrant: progress comes from task threads and draws under it, printing a line
+        # (which takes it again); an interrupted run's ``close`` comes from the main thread.
+        self._lock = threading.RLock()
         self._started = time.monotonic()
         self._progress: Progress | None = None
         self._bars: dict[tuple[str, ...], TaskID] = {}
@@ -182,6 +184,7 @@ class ConsoleReporter:
         # Targets whose result is in: a task thread the step's timeout abandoned may still
         # report bytes, which must not bring a bar back.
         self._ended: set[tuple[str, str]] = set()
+        self._closed = False
 
     def _print(self, text: str) -> None:
         with self._lock:
@@ -199,6 +202,10 @@ class ConsoleReporter:
                 _CountdownColumn(),
                 console=self.console,
                 transient=True,
+                # What goes to a terminal meanwhile (log warnings on stderr) is printed above
+                # the bar; a stream that is not a terminal keeps its own output.
+                redirect_stdout=is_tty(sys.stdout),
+                redirect_stderr=is_tty(sys.stderr),
             )
             self._progress.start()
         return self._progress
@@ -209,6 +216,13 @@ class ConsoleReporter:
         """Bytes moved by a long task: on a TTY a live bar with total, throughput and time
         left (an estimated total is marked so and grows when passed, ``grown_total``);
         otherwise a ``progress_line`` every ``PLAIN_PROGRESS_EVERY`` seconds, or nothing."""
+        with self._lock:
+            if not self._closed:
+                self._show_progress(step, target, done, total, estimated)
+
+    def _show_progress(
+        self, step: Any, target: Any, done: int, total: int | None, estimated: bool
+    ) -> None:
         key = (step.name, _label(target))
         if key in self._ended:
             return
@@ -240,8 +254,14 @@ class ConsoleReporter:
         live.update(self._bars[key], completed=done, total=transfer.shown)
 
     def close(self) -> None:
-        """Take any live bar off the terminal (and give the cursor back); idempotent. For an
-        interrupted run, which ends without ``on_run_end``."""
+        """Take any live bar off the terminal (and give the cursor back) for good: progress
+        reported later (by a task thread still winding down) is not shown. Idempotent; for an
+        interrupted run too, which ends without ``on_run_end``."""
+        with self._lock:
+            self._closed = True
+            self._stop_bars()
+
+    def _stop_bars(self) -> None:
         with self._lock:
             if self._progress is not None:
                 self._progress.stop()
@@ -320,7 +340,7 @@ class ConsoleReporter:
         self._print(f"  [dim]skipped  {step.name}: {reason}[/dim]")
 
     def on_run_end(self, summary: Any) -> None:
-        self.close()
+        self._stop_bars()
         if self.tty:
             print_summary(summary, self.console)
         else:
@@ -350,7 +370,7 @@ class TransferProgressReporter(ConsoleReporter):
         self._end_transfer(step, target)
 
     def on_run_end(self, summary: Any) -> None:
-        self.close()
+        self._stop_bars()
 
 
 def print_summary(summary: Any, console: Console) -> None:
