@@ -20,7 +20,12 @@ from invoke import Argument, Config, Exit, Task, task
 from crmmaint.errors import INTERNAL_ERROR_EXIT, ConfigError, CrmMaintError
 from crmmaint.inventory import Inventory, load_inventory
 from crmmaint.journal import Journal, default_journal_path
-from crmmaint.reporting.console import ConsoleReporter, JsonReporter, make_console
+from crmmaint.reporting.console import (
+    ConsoleReporter,
+    JsonReporter,
+    TransferProgressReporter,
+    make_console,
+)
 
 if TYPE_CHECKING:
     from crmmaint.playbook.runner import RunSummary, TargetResult
@@ -53,11 +58,27 @@ def _debug_enabled(kwargs: dict[str, Any]) -> bool:
     return bool(kwargs.get("debug")) or os.environ.get("CRMMAINT_DEBUG") == "1"
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is when a record comes: while a progress bar is live,
+    that is rich's proxy, which prints the line above the bar instead of through it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
 def setup_logging(debug: bool) -> None:
     level = logging.DEBUG if debug else logging.WARNING
     root = logging.getLogger("crmmaint")
     if not root.handlers:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
         root.addHandler(handler)
     root.setLevel(level)
@@ -306,15 +327,24 @@ def execute_one(
 ) -> TargetResult:
     """Run a command that acts on one target (``restore``) as a journaled one-step playbook.
 
-    Quiet on success (the caller prints the result); a failure is the one line
-    ``crmmaint: error: MESSAGE`` and exits with the code of the error the task raised (the
-    README's table), so a wrapper can tell a wrong key (8) from a damaged backup (9).
+    Quiet on success (the caller prints the result) but for a progress bar of a long
+    transfer on stderr when it is a TTY, gone before anything else is printed; a failure is
+    the one line ``crmmaint: error: MESSAGE`` and exits with the code of the error the task
+    raised (the README's table), so a wrapper can tell a wrong key (8) from a damaged backup (9).
     """
     from crmmaint.playbook.run import adhoc_playbook
+    from crmmaint.playbook.runner import MultiReporter
 
     book = adhoc_playbook(name, [step], inv)
+    bars = TransferProgressReporter()
     summary = _run_reported(
-        c, inv, book, JsonReporter() if json else None, check=check, footer=False, one_target=True
+        c,
+        inv,
+        book,
+        MultiReporter(JsonReporter(), bars) if json else bars,
+        check=check,
+        footer=False,
+        one_target=True,
     )
     row = summary.results[0]
     if row.status == "failed":
@@ -341,19 +371,24 @@ def _run_reported(
     from crmmaint.playbook.run import run_playbook
 
     with open_journal(c, inv) as journal:
-        summary = run_playbook(
-            book,
-            inv,
-            journal,
-            check=check,
-            limit=limit,
-            tags=tags,
-            steps=steps,
-            forks=forks or int(_config_get(c, "forks") or 10),
-            reporter=reporter,
-            argv=sys.argv,
-            one_target=one_target,
-        )
+        try:
+            summary = run_playbook(
+                book,
+                inv,
+                journal,
+                check=check,
+                limit=limit,
+                tags=tags,
+                steps=steps,
+                forks=forks or int(_config_get(c, "forks") or 10),
+                reporter=reporter,
+                argv=sys.argv,
+                one_target=one_target,
+            )
+        finally:  # an interrupted run ends without on_run_end: its live bars go here
+            for each in getattr(reporter, "reporters", (reporter,)):
+                if (close := getattr(each, "close", None)) is not None:
+                    close()
         if footer:
             again = f" -i {inv.path}" if inv.path else ""
             make_console(sys.stderr).print(

@@ -107,6 +107,12 @@ class Reporter:
     def on_step_skipped(self, step: Step, reason: str) -> None:
         """A step does not run (``when``, ``--limit``, or an earlier failure)."""
 
+    def on_progress(
+        self, step: Step, target: Target, done: int, total: int | None, estimated: bool
+    ) -> None:
+        """A long task on ``target`` moved ``done`` bytes of ``total`` (``None``: unknown;
+        ``estimated``: a guess that may be exceeded); called a few times a second at most."""
+
     def on_run_end(self, summary: RunSummary) -> None:
         """After the last step, with the journal already updated."""
 
@@ -150,6 +156,13 @@ class MultiReporter(Reporter):
     def on_step_skipped(self, step: Step, reason: str) -> None:
         for reporter in self.reporters:
             reporter.on_step_skipped(step, reason)
+
+    def on_progress(
+        self, step: Step, target: Target, done: int, total: int | None, estimated: bool
+    ) -> None:
+        for reporter in self.reporters:  # optional: a writer that shows no progress lacks it
+            if (method := getattr(reporter, "on_progress", None)) is not None:
+                method(step, target, done, total, estimated)
 
     def on_run_end(self, summary: RunSummary) -> None:
         for reporter in self.reporters:
@@ -531,7 +544,9 @@ class Runner:
             step=step.name,
             transport_for=views.get,
             deadline=deadline,
-            on_progress=lambda done, total: self._report("on_progress", step, target, done, total),
+            on_progress=lambda done, total, estimated=False: self._report(
+                "on_progress", step, target, done, total, estimated
+            ),
         )
         if step.timeout is None:
             return _call(step, ctx), False

@@ -10,17 +10,20 @@ import json
 import sys
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any, TextIO
 
 from rich.console import Console
 from rich.progress import (
+    BarColumn,
     DownloadColumn,
     Progress,
     ProgressColumn,
     TaskID,
     TextColumn,
     TimeElapsedColumn,
+    TimeRemainingColumn,
     TransferSpeedColumn,
 )
 from rich.progress import Task as ProgressTask
@@ -28,7 +31,7 @@ from rich.table import Table
 from rich.text import Text
 
 from crmmaint.results import Status
-from crmmaint.units import format_countdown, format_duration
+from crmmaint.units import format_countdown, format_duration, format_mib
 
 STATUS_STYLE = {
     "ok": "green",
@@ -82,6 +85,71 @@ class _UnlessWaiting(ProgressColumn):
         return Text("") if "until" in task.fields else self.column.render(task)
 
 
+class _EstimateColumn(ProgressColumn):
+    """``estimated`` after the byte counts when the total is a guess (the last backup's size)."""
+
+    def render(self, task: ProgressTask) -> Text:
+        return Text("estimated" if task.fields.get("estimated") else "", style="dim")
+
+
+class _TimeColumn(ProgressColumn):
+    """Time left when the total is known (``0:01:12 left``), time elapsed otherwise."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._left = TimeRemainingColumn()
+        self._elapsed = TimeElapsedColumn()
+
+    def render(self, task: ProgressTask) -> Text:
+        if task.total is None:
+            return self._elapsed.render(task)
+        text = self._left.render(task)
+        text.append(" left", style="dim")
+        return text
+
+
+#: A piped run prints a transfer's progress at most once per this many seconds, and nothing
+#: for a transfer that ends sooner: a cron mail or a log gets a line per half minute of a long
+#: backup, restore or drill (proof that it moves), never a line per chunk.
+PLAIN_PROGRESS_EVERY = 30.0
+
+
+def grown_total(done: int, total: int) -> int:
+    """The total a bar shows for an estimated transfer that has moved ``done`` bytes against
+    an estimate (or earlier grown total) of ``total``: ``total`` until ``done`` passes it,
+    then ``done`` plus a tenth, so a dump bigger than its estimate keeps a moving bar and an
+    ETA instead of a full bar stuck at zero. Never below ``done`` nor ``total``."""
+    if done <= total:
+        return total
+    return done + max(done // 10, 1)
+
+
+def progress_line(label: str, done: int, total: int | None, estimated: bool, seconds: float) -> str:
+    """The plain line a piped run prints for a transfer ``seconds`` into it: bytes moved, of
+    how many (``about`` for an estimate, and no share or ETA once the estimate is passed), the
+    average rate and the time left at that rate."""
+    rate = done / seconds if seconds > 0 else 0.0
+    text = format_mib(done)
+    if total and estimated and done >= total:
+        text += f", past the estimated {format_mib(total)}"
+    elif total:
+        text += f" of {'about ' if estimated else ''}{format_mib(total)} ({done / total:.0%})"
+    text += f", {format_mib(rate)}/s"
+    if total and rate > 0 and done < total:
+        text += f", about {format_countdown((total - done) / rate)} left"
+    return f"  progress {label}: {text}"
+
+
+@dataclass
+class _Transfer:
+    """What a reporter keeps of one target's transfer: when it started, when a piped run
+    prints its next line, and the total its bar shows (an estimate, grown once passed)."""
+
+    started: float
+    next_line: float
+    shown: int | None = None
+
+
 class ConsoleReporter:
     """Live status line per target and a summary table at the end.
 
@@ -89,17 +157,34 @@ class ConsoleReporter:
     """
 
     def __init__(
-        self, stream: TextIO | None = None, *, verbose: bool = False, check: bool = False
+        self,
+        stream: TextIO | None = None,
+        *,
+        verbose: bool = False,
+        check: bool = False,
+        plain_progress: bool = True,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``plain_progress``: when not on a TTY, print a long transfer's progress every
+        ``PLAIN_PROGRESS_EVERY`` seconds (else nothing); ``clock``: seconds, for those lines."""
         self.stream = stream or sys.stdout
         self.check = check
         self.console = make_console(self.stream)
         self.tty = is_tty(self.stream)
         self.verbose = verbose
-        self._lock = threading.Lock()
+        # Reentrant: progress comes from task threads and draws under it, printing a line
+        # (which takes it again); an interrupted run's ``close`` comes from the main thread.
+        self._lock = threading.RLock()
         self._started = time.monotonic()
         self._progress: Progress | None = None
         self._bars: dict[tuple[str, ...], TaskID] = {}
+        self.plain_progress = plain_progress
+        self._clock = clock
+        self._transfers: dict[tuple[str, str], _Transfer] = {}
+        # Targets whose result is in: a task thread the step's timeout abandoned may still
+        # report bytes, which must not bring a bar back.
+        self._ended: set[tuple[str, str]] = set()
+        self._closed = False
 
     def _print(self, text: str) -> None:
         with self._lock:
@@ -109,26 +194,85 @@ class ConsoleReporter:
         if self._progress is None:
             self._progress = Progress(
                 TextColumn("  {task.description}"),
+                _UnlessWaiting(BarColumn(bar_width=24)),
                 _UnlessWaiting(DownloadColumn()),
+                _EstimateColumn(),
                 _UnlessWaiting(TransferSpeedColumn()),
-                _UnlessWaiting(TimeElapsedColumn()),
+                _UnlessWaiting(_TimeColumn()),
                 _CountdownColumn(),
                 console=self.console,
                 transient=True,
+                # What goes to a terminal meanwhile (log warnings on stderr) is printed above
+                # the bar; a stream that is not a terminal keeps its own output.
+                redirect_stdout=is_tty(sys.stdout),
+                redirect_stderr=is_tty(sys.stderr),
             )
             self._progress.start()
         return self._progress
 
-    def on_progress(self, step: Any, target: Any, done: int, total: int | None) -> None:
-        """Bytes moved by a long task: a live bar with throughput on a TTY, nothing otherwise."""
+    def on_progress(
+        self, step: Any, target: Any, done: int, total: int | None, estimated: bool = False
+    ) -> None:
+        """Bytes moved by a long task: on a TTY a live bar with total, throughput and time
+        left (an estimated total is marked so and grows when passed, ``grown_total``);
+        otherwise a ``progress_line`` every ``PLAIN_PROGRESS_EVERY`` seconds, or nothing."""
+        with self._lock:
+            if not self._closed:
+                self._show_progress(step, target, done, total, estimated)
+
+    def _show_progress(
+        self, step: Any, target: Any, done: int, total: int | None, estimated: bool
+    ) -> None:
+        key = (step.name, _label(target))
+        if key in self._ended:
+            return
+        now = self._clock()
+        transfer = self._transfers.get(key)
+        if transfer is None:
+            transfer = _Transfer(started=now, next_line=now + PLAIN_PROGRESS_EVERY)
+            self._transfers[key] = transfer
+        if total is not None and estimated:
+            transfer.shown = grown_total(done, max(total, transfer.shown or 0))
+        else:
+            transfer.shown = total
         if not self.tty:
+            if self.plain_progress and now >= transfer.next_line:
+                transfer.next_line = now + PLAIN_PROGRESS_EVERY
+                label = f"{step.name} {_label(target)}"
+                self._print(progress_line(label, done, total, estimated, now - transfer.started))
             return
         self._finish_bar(step, target, "retry")
         live = self._live()
-        key = (step.name, _label(target))
         if key not in self._bars:
-            self._bars[key] = live.add_task(f"{step.name} {_label(target)}", total=total)
-        live.update(self._bars[key], completed=done, total=total)
+            self._bars[key] = live.add_task(
+                f"{step.name} {_label(target)}",
+                total=transfer.shown,
+                completed=done,
+                estimated=estimated,
+            )
+            live.refresh()  # drawn now, even if the transfer ends before the next redraw
+        live.update(self._bars[key], completed=done, total=transfer.shown)
+
+    def close(self) -> None:
+        """Take any live bar off the terminal (and give the cursor back) for good: progress
+        reported later (by a task thread still winding down) is not shown. Idempotent; for an
+        interrupted run too, which ends without ``on_run_end``."""
+        with self._lock:
+            self._closed = True
+            self._stop_bars()
+
+    def _stop_bars(self) -> None:
+        with self._lock:
+            if self._progress is not None:
+                self._progress.stop()
+                self._progress = None
+            self._bars.clear()
+            self._transfers.clear()
+
+    def _end_transfer(self, step: Any, target: Any) -> None:
+        """The attempt that moved bytes for ``target`` is over: its bar goes."""
+        self._transfers.pop((step.name, _label(target)), None)
+        self._finish_bar(step, target)
 
     def on_retry(
         self,
@@ -142,6 +286,7 @@ class ConsoleReporter:
         """A failed attempt and the wait before the next: one line, and a countdown on a TTY."""
         message = getattr(result, "message", "")
         when = f"retrying in {format_duration(delay)}, attempt {attempt} of {attempts}"
+        self._end_transfer(step, target)  # the next attempt starts its own
         if self.tty:
             self._print(f"  [yellow]retry[/yellow]    {_label(target)}: {message}; {when}")
             live = self._live()
@@ -171,13 +316,15 @@ class ConsoleReporter:
         self._print(f"[bold]step[/bold] {step.name} ({step.task}) on {len(targets)} target(s)")
 
     def on_target_start(self, step: Any, target: Any) -> None:
+        self._ended.discard((step.name, _label(target)))
         if self.verbose:
             self._print(f"  … {_label(target)}")
 
     def on_result(
         self, step: Any, target: Any, result: Any, duration: float, attempts: int
     ) -> None:
-        self._finish_bar(step, target)
+        self._ended.add((step.name, _label(target)))
+        self._end_transfer(step, target)
         self._finish_bar(step, target, "retry")
         status = _status(result)
         style = STATUS_STYLE.get(status, "")
@@ -193,10 +340,37 @@ class ConsoleReporter:
         self._print(f"  [dim]skipped  {step.name}: {reason}[/dim]")
 
     def on_run_end(self, summary: Any) -> None:
+        self._stop_bars()
         if self.tty:
             print_summary(summary, self.console)
         else:
             self._print(_totals(summary))
+
+
+class TransferProgressReporter(ConsoleReporter):
+    """Only the live bars of long transfers, on a TTY (stderr by default), nothing else and
+    nothing when not a TTY: what ``crmmaint restore`` shows while it works. Its stdout stays
+    the result line or the one JSON document, and its error the one ``crmmaint: error:``
+    line, printed after the bar is gone."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        super().__init__(stream or sys.stderr, plain_progress=False)
+
+    def on_run_start(self, playbook: Any, planned: Sequence[Any]) -> None: ...
+    def on_step_start(self, step: Any, targets: Sequence[Any]) -> None: ...
+    def on_step_skipped(self, step: Any, reason: str) -> None: ...
+
+    def on_retry(self, step: Any, target: Any, *args: Any) -> None:
+        self._end_transfer(step, target)
+
+    def on_result(
+        self, step: Any, target: Any, result: Any, duration: float, attempts: int
+    ) -> None:
+        self._ended.add((step.name, _label(target)))
+        self._end_transfer(step, target)
+
+    def on_run_end(self, summary: Any) -> None:
+        self._stop_bars()
 
 
 def print_summary(summary: Any, console: Console) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import logging
 import pkgutil
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -93,13 +94,19 @@ class TaskContext:
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("crmmaint.tasks"))
     #: ``time.monotonic()`` at which the step's ``timeout`` expires; ``None``: no timeout.
     deadline: float | None = None
-    #: Called with (bytes done, bytes expected or None) by long tasks; the reporter shows it.
-    on_progress: Callable[[int, int | None], None] | None = None
+    #: Called with (bytes done, bytes expected or None, whether that total is an estimate)
+    #: by long tasks, through a ``ByteMeter``; the reporter shows it.
+    on_progress: Callable[[int, int | None, bool], None] | None = None
 
-    def progress(self, done: int, total: int | None = None) -> None:
-        """Report how far a long task is (bytes); cheap enough to call per chunk."""
+    def progress(self, done: int, total: int | None = None, *, estimated: bool = False) -> None:
+        """Report how far a long task is (bytes), unthrottled: prefer ``meter``."""
         if self.on_progress is not None:
-            self.on_progress(done, total)
+            self.on_progress(done, total, estimated)
+
+    def meter(self, total: int | None = None, *, estimated: bool = False) -> ByteMeter:
+        """A ``ByteMeter`` for one long transfer of this task: ``total`` bytes expected (``None``
+        or 0: unknown), ``estimated`` when that total is a guess (the previous backup's size)."""
+        return ByteMeter(self.on_progress, total, estimated=estimated)
 
     def time_left(self, cap: float | None = None) -> float | None:
         """Seconds until the step timeout, at most ``cap``: the ``timeout=`` to give transports.
@@ -133,6 +140,79 @@ class TaskContext:
 
     def _state_key(self, key: str) -> str:
         return f"{self.target.kind}:{self.target.name}:{key}"
+
+
+class ByteMeter:
+    """Counts the bytes of one long transfer and passes them on to ``report`` (``(done,
+    total, estimated)``) at most once per ``interval`` seconds, so a task may count every chunk:
+    a call costs a lock and a clock read, memory stays a few integers. Thread-safe (a parallel
+    restore reads its byte ranges on several threads).
+
+    An exact ``total`` caps what is reported (ranges read twice at their seams do not push a
+    restore past 100%); an estimated one is reported as given and the reporter grows it.
+    """
+
+    def __init__(
+        self,
+        report: Callable[[int, int | None, bool], None] | None,
+        total: int | None = None,
+        *,
+        estimated: bool = False,
+        interval: float = 0.25,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.report = report
+        self.total = total or None  # an empty previous backup is no estimate
+        self.estimated = estimated and self.total is not None
+        self.interval = interval
+        self.done = 0
+        self._clock = clock
+        self._next = float("-inf")
+        self._sent: int | None = None
+        self._lock = threading.Lock()
+
+    def add(self, n: int) -> None:
+        """``n`` more bytes moved."""
+        with self._lock:
+            due = self._moved(self.done + n)
+        if due is not None:
+            self._send(due)
+
+    def set(self, done: int) -> None:
+        """``done`` bytes moved so far (for callers that count themselves)."""
+        with self._lock:
+            due = self._moved(done)
+        if due is not None:
+            self._send(due)
+
+    def flush(self) -> None:
+        """Report the count now, whatever the time (the transfer is over: the bar shows all
+        of it while the task finishes)."""
+        with self._lock:
+            self._next = float("-inf")
+            due = self._moved(self.done)
+        if due is not None:
+            self._send(due)
+
+    def _moved(self, done: int) -> int | None:
+        """Record ``done``; the count to report now, or ``None`` when it is not yet time (an
+        exact total, once reached, is reported at once)."""
+        self.done = done
+        if self.report is None:
+            return None
+        now = self._clock()
+        shown = done if self.total is None or self.estimated else min(done, self.total)
+        reached = shown == self.total and self._sent != shown
+        if now < self._next and not reached:
+            return None
+        self._next = now + self.interval
+        self._sent = shown
+        return shown
+
+    def _send(self, done: int) -> None:
+        # Outside the lock: the other reading threads do not wait for the reporter.
+        if self.report is not None:
+            self.report(done, self.total, self.estimated)
 
 
 TaskFunc = Callable[[TaskContext], "TaskResult"]

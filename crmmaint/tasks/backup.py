@@ -93,18 +93,23 @@ def _store_dump(
     started = time.monotonic()
     with open_repository(repo_cfg) as repo:
         repository_id = repo.id
+        # The previous backup's size is the best guess of this one's: the bar gets a total
+        # and an ETA, marked as estimated (the reporter grows it when the dump is bigger).
+        # Listed once, before the dump: it is also what the data-loss checks compare with.
+        previous = _newest(repo, source)
+        meter = ctx.meter(previous.size if previous is not None else None, estimated=True)
         with (
             dump_cm as dump,
             repo.session(
                 source=source, kind=kind, host=ctx.target.host.name, recipients=recipients
             ) as session,
         ):
-            info = session.add_stream(stream, dump, progress=ctx.progress)
+            info = session.add_stream(stream, dump, progress=meter.set)
+            meter.flush()
             facts = dump.finish()
             session.set_facts(facts)
             session.meta.update(public(facts))
             backup = session.commit()
-        previous = _previous(repo, backup)
     result = _backup_result(
         backup,
         info,
@@ -261,11 +266,10 @@ def _row_totals(facts: dict[str, Any]) -> dict[str, Any]:
     return {"tables": len(facts.get("tables", [])), "rows": int(sum(counts.values()))}
 
 
-def _previous(repo: Any, backup: Any) -> Any:
-    older = [
-        b for b in repo.backups(source=backup.source) if b.id != backup.id and b.time < backup.time
-    ]
-    return max(older, key=lambda b: b.time) if older else None
+def _newest(repo: Any, source: str) -> Any:
+    """The newest committed backup of ``source``, or ``None``."""
+    backups = repo.backups(source=source)
+    return max(backups, key=lambda b: b.time) if backups else None
 
 
 def _backup_result(

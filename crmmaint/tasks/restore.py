@@ -24,41 +24,57 @@ from crmmaint.inventory import Database, FileSet
 from crmmaint.repository.configured import identities_for, open_repository
 from crmmaint.repository.format import source_name
 from crmmaint.results import TaskResult
-from crmmaint.tasks.api import REPOSITORY_PARAM, Param, TaskContext, task
+from crmmaint.tasks.api import REPOSITORY_PARAM, ByteMeter, Param, TaskContext, task
 from crmmaint.transport.base import Transport
 from crmmaint.units import format_mib
 
 
 class IterReader:
-    """``read(n)`` over an iterator of byte strings (repository stream -> engine restore)."""
+    """``read(n)`` over an iterator of byte strings (repository stream -> engine restore);
+    ``progress`` counts each piece as the engine takes it, and is flushed at the end (the last
+    count shows while the engine finishes: a parallel load's seams leave the count a few bytes
+    short of the total, which would otherwise never be reported)."""
 
-    def __init__(self, chunks: Iterator[bytes]) -> None:
+    def __init__(self, chunks: Iterator[bytes], progress: ByteMeter | None = None) -> None:
         self._chunks = chunks
         self._buf = memoryview(b"")
+        self._progress = progress
 
     def read(self, size: int = 1 << 20) -> bytes:
         while not self._buf:
             try:
                 self._buf = memoryview(next(self._chunks))
             except StopIteration:
+                if self._progress is not None:
+                    self._progress.flush()
+                    self._progress = None
                 return b""
         out, self._buf = self._buf[:size], self._buf[size:]
+        if self._progress is not None:
+            self._progress.add(len(out))
         return bytes(out)
 
 
 def restore_source(
-    repo: Any, backup_id: str, stream: str, identities: Any, facts: Mapping[str, Any]
+    repo: Any,
+    backup_id: str,
+    stream: str,
+    identities: Any,
+    facts: Mapping[str, Any],
+    progress: ByteMeter | None = None,
 ) -> tuple[IterReader, DumpLayout | None]:
     """The stored stream to restore from, and random access to it when the backup recorded
-    where its COPY blocks are (parallel table loads); keys and index are checked here."""
+    where its COPY blocks are (parallel table loads); keys and index are checked here. Every
+    reader made tells ``progress`` what it reads (the ranges of a parallel load add up to
+    the stream, give or take the rows at their seams)."""
     ranges = repo.stream_ranges(backup_id, stream, identities)
     what = f"{backup_id}/{stream}"
 
     def open_range(start: int, end: int) -> IterReader:
-        return IterReader(ranges.read(start, end, what=what, prefetch=2))
+        return IterReader(ranges.read(start, end, what=what, prefetch=2), progress)
 
     layout = DumpLayout.from_facts(facts, ranges.size, open_range)
-    return IterReader(ranges.read(what=what)), layout
+    return IterReader(ranges.read(what=what), progress), layout
 
 
 def find_backup(repo: Any, ref: str, *, source: str | None = None) -> Any:
@@ -100,17 +116,19 @@ def restore_database(
     force: bool = False,
     jobs: int | None = None,
     timeout: float | None = None,
+    progress: ByteMeter | None = None,
 ) -> Facts:
     """Restore a database backup into a new database ``to`` on ``db``'s server (reached through
     ``transport``): its keys and index are checked first, the load streams (within
-    ``timeout`` seconds when given), and a failed load leaves no target
-    (``DatabaseEngine.restore``). Returns the restored copy's facts."""
+    ``timeout`` seconds when given, telling ``progress`` the bytes read from the backup), and
+    a failed load leaves no target (``DatabaseEngine.restore``). Returns the restored copy's
+    facts."""
     from crmmaint.engines import engine_for
 
     manifest = repo.manifest(backup.id, identities)  # WrongKeyError before anything is written
     engine = engine_for(db, transport)
     stream = backup.streams[0] if backup.streams else "dump"
-    reader, layout = restore_source(repo, backup.id, stream, identities, manifest.facts)
+    reader, layout = restore_source(repo, backup.id, stream, identities, manifest.facts, progress)
     extra = {} if jobs is None else {"jobs": jobs}
     return engine.restore(
         reader, target_name=to, force=force, layout=layout, timeout=timeout, **extra
@@ -126,14 +144,16 @@ def restore_fileset(
     transport: Transport,
     to: str,
     force: bool = False,
+    progress: ByteMeter | None = None,
 ) -> Facts:
-    """Restore a file-set backup into the directory ``to`` on the file set's host."""
+    """Restore a file-set backup into the directory ``to`` on the file set's host, telling
+    ``progress`` the bytes read from the backup."""
     from crmmaint.engines.files import FileSetSource
 
     repo.manifest(backup.id, identities)  # WrongKeyError before anything is written
     source = FileSetSource(fileset, transport)
     return source.restore(
-        IterReader(repo.read_stream(backup.id, "tar", identities)), to, force=force
+        IterReader(repo.read_stream(backup.id, "tar", identities), progress), to, force=force
     )
 
 
@@ -216,15 +236,17 @@ def _restore(ctx: TaskContext, kind: str, name: str, host: str) -> TaskResult:
                 details={**details, "check": True},
             )
         started = time.monotonic()
+        progress = ctx.meter(backup.size)  # the manifest's size: the bar's total
         if kind == "database":
             facts = restore_database(
                 repo, backup, identities, db=ctx.target.obj, transport=ctx.transport, to=to,
                 force=params["force"], jobs=params["jobs"], timeout=ctx.time_left(),
+                progress=progress,
             )  # fmt: skip
         else:
             facts = restore_fileset(
                 repo, backup, identities, fileset=ctx.target.obj, transport=ctx.transport,
-                to=to, force=params["force"],
+                to=to, force=params["force"], progress=progress,
             )  # fmt: skip
     seconds = time.monotonic() - started
     if kind == "database":
@@ -345,7 +367,7 @@ def drill_restore(ctx: TaskContext) -> TaskResult:
         # target it found existing is never dropped here: it is not this drill's.
         actual = restore_database(
             repo, backup, identities, db=drill_db, transport=transport, to=target,
-            timeout=ctx.time_left(),
+            timeout=ctx.time_left(), progress=ctx.meter(backup.size),
         )  # fmt: skip
         try:
             problems = compare_facts(expected, actual)
