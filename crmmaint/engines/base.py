@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, Protocol, Self, TypeVar
 
 from crmmaint.errors import (
+    FORCE,
     CommandTimeout,
     CrmMaintError,
     EngineError,
@@ -269,7 +270,7 @@ class RestoreRoutine(abc.ABC, Generic[TargetT]):
     #: What a restore target is, in messages ("database", "database file", "directory").
     target_noun: str = "database"
     #: What to do about a restore target that exists.
-    target_exists_hint: str = "choose another name, drop it, or pass --force to replace it"
+    target_exists_hint: str = f"choose another name, drop it, or replace it with {FORCE}"
     #: Names of the server's own databases, never a restore target (even with force).
     system_databases: frozenset[str] = frozenset()
 
