@@ -12,6 +12,7 @@ carries the process exit code the CLI uses when it reaches the top-level handler
     │   ├── HostKeyError                        unknown or changed SSH host key
     │   └── CommandTimeout                      a command exceeded its timeout
     ├── EngineError                    exit 5   a database or cache refused or failed
+    │   └── AccessRefused                       login or privilege refused (never retried)
     ├── RepositoryError                exit 6   backup repository missing, corrupt, inconsistent
     │   ├── BackendError                        storage backend (file, S3, SFTP) failed (retried)
     │   ├── ObjectNotFound                      an object the repository needs is absent
@@ -31,31 +32,77 @@ carries the process exit code the CLI uses when it reaches the top-level handler
 configuration, key, integrity or repository-state error cannot, so the runner does not retry
 it; a host, database, storage or lock problem may pass. A raise site that knows better
 (a configured source file that does not exist) passes ``retryable=False``.
+
+A message that tells the user to set a task parameter names it with a ``Setting`` (passed in
+``settings=``): ``str(exc)`` spells it as a playbook step does (`` `force: true` ``), and
+``exc.text(flags)`` as the command line does (``--force``) for a one-step command such as
+``crmmaint restore``, whose runner knows which flag gave which parameter.
 """
 
 from __future__ import annotations
 
 import copy
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 #: Exit code of a failure that is a bug in crmmaint rather than bad input (BSD's EX_SOFTWARE);
 #: the CLI exits with it and the runner records it for a task that crashed.
 INTERNAL_ERROR_EXIT = 70
 
 
+@dataclass(frozen=True)
+class Setting:
+    """A task parameter set to ``value``, as a message tells the user to set it: ``str()`` is
+    the playbook spelling (`` `force: true` ``, `` `keep_daily: 7` ``), ``as_flag`` the
+    command-line one (``--force``, ``--keep-daily 7``)."""
+
+    param: str
+    value: Any = True
+
+    def __str__(self) -> str:
+        shown = json.dumps(self.value) if isinstance(self.value, bool) else self.value
+        return f"`{self.param}: {shown}`"
+
+    def as_flag(self, flag: str) -> str:
+        """``flag`` with the value: the flag alone for ``True`` (a switch)."""
+        return flag if self.value is True else f"{flag} {self.value}"
+
+
 class CrmMaintError(Exception):
-    """Root of every error crmmaint raises on purpose."""
+    """Root of every error crmmaint raises on purpose.
+
+    ``settings``: the ``Setting`` s that ``message`` and ``hint`` name (in their playbook
+    spelling, ``str(setting)``), so that ``text(flags)`` can name them as flags instead."""
 
     exit_code = 10
     retryable = True
 
     def __init__(
-        self, message: str, *, hint: str | None = None, retryable: bool | None = None
+        self,
+        message: str,
+        *,
+        hint: str | None = None,
+        retryable: bool | None = None,
+        settings: Iterable[Setting] = (),
     ) -> None:
         self.message = message
         self.hint = hint
+        self.settings = tuple(settings)
         if retryable is not None:
             self.retryable = retryable
         super().__init__(message if hint is None else f"{message} ({hint})")
+
+    def text(self, flags: Mapping[str, str] | None = None) -> str:
+        """The message and hint, each parameter in ``settings`` named by its flag in ``flags``
+        (parameter name -> ``--flag``; a parameter without one keeps its playbook spelling)."""
+        out = str(self)
+        for setting in self.settings:
+            flag = (flags or {}).get(setting.param)
+            if flag is not None:
+                out = out.replace(str(setting), setting.as_flag(flag))
+        return out
 
     def within(self, context: str) -> CrmMaintError:
         """The same error (class, hint, exit code, retryability) with ``context`` before its
@@ -88,8 +135,15 @@ class PlaybookError(ConfigError):
         step: str | None = None,
         field: str | None = None,
         hint: str | None = None,
+        more: int = 0,
     ) -> None:
+        """``message`` is the problem alone (kept as ``reason``); the error's text puts the
+        file, line, step and field before it, and ``more`` (problems found after this one in
+        the same playbook) after the hint."""
         self.file, self.line, self.step, self.field = file, line, step, field
+        self.reason, self.reason_hint, self.more = message, hint, more
+        if more:
+            hint = "; ".join(h for h in (hint, f"{more} more problem(s) in this file") if h)
         where = ""
         if file is not None:
             where = f"{file}:{line}" if line is not None else file
@@ -131,6 +185,13 @@ class ToolMissing(HostError):
 
 class EngineError(CrmMaintError):
     exit_code = 5
+
+
+class AccessRefused(EngineError):
+    """The server refused the login (wrong password, unknown or locked user) or a privilege
+    the work needs (SELECT on a table): the same again is refused again, so never retried."""
+
+    retryable = False
 
 
 class RepositoryError(CrmMaintError):
@@ -185,9 +246,17 @@ class RestoreSourceRefused(RestoreError, EngineError):
     retryable = False
 
 
+#: The restore parameter that replaces an existing target: ``--force`` on the command line.
+FORCE = Setting("force")
+
+
 class RestoreTargetExists(RestoreError, EngineError):
     """The restore target exists and ``force`` was not given. Also an ``EngineError`` (the
-    engine found it), so code that catches either sees it; its exit code is the restore's."""
+    engine found it), so code that catches either sees it; its exit code is the restore's.
+    Its hint names ``FORCE`` (a setting of every such error)."""
 
     exit_code = 6
     retryable = False
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint, settings=(FORCE,))

@@ -51,6 +51,16 @@ class SecretSource:
         kind, _, ref = self.spec.partition(":")
         return f"SecretSource({kind}:{ref if kind != 'cmd' else '…'})"
 
+    def describe(self) -> str:
+        """Where the secret comes from, for messages: the variable or file it is read from;
+        a command's text is not shown (it may hold a secret of its own)."""
+        kind, _, ref = self.spec.partition(":")
+        if kind == "env":
+            return f"environment variable {ref} (env:{ref})"
+        if kind == "file":
+            return f"file {ref} (file:{ref})"
+        return "the output of the inventory's cmd: command"
+
 
 @dataclass
 class Host:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from crmmaint.errors import CrmMaintError
 
 
 class Status(enum.StrEnum):
@@ -64,6 +67,16 @@ class TaskResult:
     @classmethod
     def skipped(cls, message: str = "", **kw: Any) -> TaskResult:
         return cls(Status.SKIPPED, message, **kw)
+
+    @classmethod
+    def from_error(cls, exc: CrmMaintError, context: str | None = None, **kw: Any) -> TaskResult:
+        """The failure of a task that caught ``exc``: its message with its hint (what to do,
+        e.g. the ``ssh-keyscan`` line of an unknown host key) after ``context``, its class and
+        exit code in ``details`` (merged with ``details=``), retried only if it may pass."""
+        details = {**kw.pop("details", {}), "error": type(exc).__name__}
+        details["exit_code"] = exc.exit_code
+        message = str(exc) if context is None else f"{context}: {exc}"
+        return cls(Status.FAILED, message, details=details, retryable=exc.retryable, **kw)
 
 
 def worst(statuses: list[Status]) -> Status:

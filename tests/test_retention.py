@@ -83,7 +83,9 @@ def test_from_mapping_rejects_bad_values(mapping, fragment):
 
 
 def test_constructor_validates_too():
-    with pytest.raises(ConfigError, match="keep-last must be a whole number >= 0"):
+    with pytest.raises(
+        ConfigError, match="retention rule `keep_last: -1` must be a whole number >= 0"
+    ):
         RetentionPolicy(keep_last=-1)
     with pytest.raises(ConfigError, match="keep-within must be a duration"):
         RetentionPolicy(keep_within=float("nan"))
@@ -112,7 +114,7 @@ def test_format_duration(seconds, text):
 def test_empty_policy_is_refused_even_with_no_backups():
     with pytest.raises(ConfigError, match="empty retention policy") as err:
         plan_prune(daily_history(3), RetentionPolicy(), NOW)
-    assert "keep-daily" in err.value.hint
+    assert "`keep_daily: 7`" in err.value.hint
     with pytest.raises(ConfigError):
         plan_prune([], RetentionPolicy(), NOW)
 

@@ -53,7 +53,7 @@ def backup(
                 f"{flag} names nothing", hint=f"give a name from the inventory, or leave {flag} out"
             )
     inv = open_inventory(c, inventory)
-    params = {"repository": repository} if repository else {}
+    params = {"repository": inv.repository(repository).name} if repository else {}
     steps: list[AdhocStep] = []
     if (database or not fileset) and inv.databases:
         sel = database.split(",") if database else ["all"]

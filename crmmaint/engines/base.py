@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from typing import Any, Generic, Protocol, Self, TypeVar
 
 from crmmaint.errors import (
+    FORCE,
+    AccessRefused,
     CommandTimeout,
     CrmMaintError,
     EngineError,
@@ -269,7 +271,7 @@ class RestoreRoutine(abc.ABC, Generic[TargetT]):
     #: What a restore target is, in messages ("database", "database file", "directory").
     target_noun: str = "database"
     #: What to do about a restore target that exists.
-    target_exists_hint: str = "choose another name, drop it, or pass --force to replace it"
+    target_exists_hint: str = f"choose another name, drop it, or replace it with {FORCE}"
     #: Names of the server's own databases, never a restore target (even with force).
     system_databases: frozenset[str] = frozenset()
 
@@ -410,11 +412,50 @@ class DatabaseEngine(RestoreRoutine[TargetT]):
         target = self.db.dbname or self.db.path or self.db.name
         return f"{self.engine} database {self.db.name!r} ({target}) on host {self.transport.host}"
 
+    #: What the engine's clients print when the server refuses the login (wrong password,
+    #: unknown user), and when it refuses a privilege the work needs (SELECT on a table).
+    login_refused: re.Pattern[str] | None = None
+    privilege_refused: re.Pattern[str] | None = None
+
     def error(
         self, what: str, *, hint: str | None = None, retryable: bool | None = None
     ) -> EngineError:
-        """An ``EngineError`` naming engine, database and host."""
-        return EngineError(f"{self.where}: {what}", hint=hint, retryable=retryable)
+        """An ``EngineError`` naming engine, database and host; ``AccessRefused`` (never
+        retried) when ``what`` holds the server's refusal of the login (its hint names where
+        the password came from, never the password) or of a privilege."""
+        message = f"{self.where}: {what}"
+        if self.login_refused is not None and self.login_refused.search(what):
+            return AccessRefused(message, hint=self.login_hint())
+        if (
+            self.privilege_refused is not None
+            and not self.loads_untrusted  # a denial there is the least privilege at work
+            and self.privilege_refused.search(what)
+        ):
+            user = self.db.user or "the connecting user"
+            return AccessRefused(
+                message,
+                hint=f"grant {user} read access to the whole database (a dump reads it all)",
+            )
+        return EngineError(message, hint=hint, retryable=retryable)
+
+    @property
+    def loads_untrusted(self) -> bool:
+        """Whether this engine connects as a least-privilege load account a restore made."""
+        return False
+
+    def login_hint(self) -> str:
+        """What to check when the server refused the login: user and password source."""
+        user = f"user {self.db.user!r}" if self.db.user else "the connecting user"
+        if self.db.password is None:
+            return (
+                f"no password is configured for {user}: add 'password: env:NAME' (or file:, "
+                f"cmd:) to database {self.db.name!r} in the inventory, or check the server's "
+                "authentication rules"
+            )
+        return (
+            f"check the password of {user} read from {self.db.password.describe()}; "
+            "a refused login is not retried"
+        )
 
     def password_env(self, variable: str) -> dict[str, str]:
         """The environment carrying the password for the client tool (never argv)."""

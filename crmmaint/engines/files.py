@@ -29,6 +29,7 @@ from crmmaint.engines.base import (
 )
 from crmmaint.engines.base import compare_checksums as compare_checksums  # its former home
 from crmmaint.errors import (
+    FORCE,
     CommandTimeout,
     EngineError,
     RestoreError,
@@ -407,7 +408,7 @@ class FileSetSource(RestoreRoutine[FilesRestoreTarget]):
     # --- restore hooks: a new directory, or a staged one swapped in (force) -------------------
 
     target_noun = "directory"
-    target_exists_hint = "it holds files: choose a new directory, or pass --force to replace it"
+    target_exists_hint = f"it holds files: choose a new directory, or replace it with {FORCE}"
 
     def shown(self, target: str) -> str:
         return target

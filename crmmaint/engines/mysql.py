@@ -284,6 +284,15 @@ class MySQLEngine(DatabaseEngine[MyRestoreTarget]):
     login_refusals = ("ERROR 1045",)  # Access denied for user … (using password: …)
     #: Set on the engine a least-privilege restore loads with (``as_load_user``).
     load_user: LoadUser | None = None
+    #: ERROR 1045: the login; 1044 (database), 1142/1143 (table, column): a privilege.
+    login_refused = re.compile(r"\b1045\b|Access denied for user '[^']*'@'[^']*' \(using")
+    privilege_refused = re.compile(
+        r"\b(?:1044|1142|1143)\b|command denied to user|Access denied for user \S+ to database"
+    )
+
+    @property
+    def loads_untrusted(self) -> bool:
+        return self.load_user is not None
 
     def conn_args(self) -> list[str]:
         args = ["--default-character-set=utf8mb4"]

@@ -27,7 +27,7 @@ from crmmaint.engines.base import (
     closing_dump,
     schema_digest,
 )
-from crmmaint.errors import EngineError, RestoreError
+from crmmaint.errors import FORCE, EngineError, RestoreError
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +210,7 @@ class SQLiteEngine(DatabaseEngine[SQLiteRestoreTarget]):
     # --- restore hooks: a new file, written beside the target and renamed into place ---------
 
     target_noun = "database file"
-    target_exists_hint = "choose another name, remove it, or pass --force to replace it"
+    target_exists_hint = f"choose another name, remove it, or replace it with {FORCE}"
 
     def shown(self, target: str) -> str:
         return target

@@ -194,12 +194,15 @@ class _Builder:
     def errors(self) -> list[PlaybookError]:
         return [self.error(exc, step) for exc, step in self.problems]
 
-    def error(
-        self, exc: SourceError, step: str | None = None, more: str | None = None
-    ) -> PlaybookError:
-        hint = "; ".join(h for h in (getattr(exc, "hint", None), more) if h) or None
+    def error(self, exc: SourceError, step: str | None = None, more: int = 0) -> PlaybookError:
         return PlaybookError(
-            exc.message, file=self.source, line=exc.line, step=step, field=exc.field, hint=hint
+            exc.message,
+            file=self.source,
+            line=exc.line,
+            step=step,
+            field=exc.field,
+            hint=getattr(exc, "hint", None) or None,
+            more=more,
         )
 
     def add(self, exc: SourceError, step: str | None = None) -> None:
@@ -217,8 +220,7 @@ class _Builder:
         playbook = self.build(data, default_name)
         if self.problems or playbook is None:
             exc, step = self.problems[0]
-            count = len(self.problems) - 1
-            raise self.error(exc, step, f"{count} more problem(s) in this file" if count else None)
+            raise self.error(exc, step, len(self.problems) - 1)
         return playbook
 
     def build(self, data: Any, default_name: str) -> Playbook | None:

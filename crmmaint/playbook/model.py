@@ -48,6 +48,9 @@ class Step:
     on_failure: str = DEFAULT_ON_FAILURE
     tags: tuple[str, ...] = ()
     line: int | None = None
+    #: For a step a one-step command built (``adhoc_playbook``): the command-line flag of each
+    #: parameter (``{"force": "--force"}``), so that its errors name what the user typed.
+    flags: dict[str, str] = field(default_factory=dict)
 
     @property
     def runs_once(self) -> bool:

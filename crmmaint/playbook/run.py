@@ -2,7 +2,8 @@
 
 ``run_playbook`` is what ``crmmaint run``, the one-step commands (``backup``, ``restore``,
 ``verify``, ``prune``) and the demo call; a scheduler calls it too. ``adhoc_playbook`` builds
-the one-step playbooks of those commands as data, validated like a playbook file.
+the one-step playbooks of those commands as data, validated like a playbook file; their
+errors name the command's flags (``--timeout``, ``--force``), never a line of that playbook.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from crmmaint.errors import ConfigError, PlaybookError
 from crmmaint.playbook.loader import build_playbook
 from crmmaint.playbook.model import Playbook
 from crmmaint.playbook.planner import plan
@@ -26,7 +28,10 @@ if TYPE_CHECKING:
 class AdhocStep:
     """One step of a command's one-step playbook: ``task`` on the targets ``selectors`` names
     (``{"database": ["crm"]}``; empty: the task runs once), with ``params`` (the step's
-    ``with:``), validated against the task's schema like a playbook file's step."""
+    ``with:``), validated against the task's schema like a playbook file's step.
+
+    ``flags`` names the command-line flag that gave a selector, parameter or ``timeout`` when
+    it is not ``--`` and the name with ``-`` for ``_`` (``keep_daily``: ``--keep-daily``)."""
 
     name: str
     task: str
@@ -34,6 +39,12 @@ class AdhocStep:
     params: Mapping[str, Any] = field(default_factory=dict)
     on_failure: str = "stop"
     timeout: float | None = None
+    flags: Mapping[str, str] = field(default_factory=dict)
+
+    def flag_names(self) -> dict[str, str]:
+        """The flag of every selector, parameter and ``timeout`` of the step."""
+        names = [*self.selectors, *self.params, "timeout"]
+        return {name: self.flags.get(name, "--" + name.replace("_", "-")) for name in names}
 
     def as_data(self) -> dict[str, Any]:
         """The step as a playbook's ``steps:`` item holds it."""
@@ -47,10 +58,34 @@ class AdhocStep:
 
 
 def adhoc_playbook(name: str, steps: Sequence[AdhocStep], inventory: Inventory) -> Playbook:
-    """A validated playbook ``name`` (window ``adhoc``) of ``steps``; raises ``PlaybookError``
-    as a playbook file would (an unknown target, a parameter of the wrong type)."""
+    """A validated playbook ``name`` (window ``adhoc``) of ``steps``, whose steps know their
+    flags (``Step.flags``: the errors of their tasks name them). Raises ``ConfigError`` naming
+    the flag for what a playbook file would be refused for (an unknown target, a parameter of
+    the wrong type), never a location in the playbook the command built."""
     data = {"name": name, "window": "adhoc", "steps": [step.as_data() for step in steps]}
-    return build_playbook(data, inventory, source=f"<{name}>")
+    try:
+        book = build_playbook(data, inventory, source=f"<{name}>")
+    except PlaybookError as exc:
+        raise _flag_error(name, steps, exc) from None
+    flags = {step.name: step.flag_names() for step in steps}
+    for built in book.steps:
+        built.flags = flags.get(built.name, {})
+    return book
+
+
+def _flag_error(command: str, steps: Sequence[AdhocStep], exc: PlaybookError) -> ConfigError:
+    """``exc``, found in the playbook of ``command``, said of the flag that gave the value."""
+    key = (exc.field or "").removeprefix("with.")
+    flags = next((step.flag_names() for step in steps if step.name == exc.step), {})
+    reason = exc.reason
+    for named in (f"parameter {key!r}: ", f"{key!r}: ", f"{key!r} "):
+        if key and reason.startswith(named):  # the flag says which value it is
+            reason = reason[len(named) :]
+            break
+    more = f"{exc.more} more problem(s) in the flags" if exc.more else None
+    hint = "; ".join(h for h in (exc.reason_hint, more) if h) or None
+    flag = flags.get(key)
+    return ConfigError(f"{flag}: {reason}" if flag else f"crmmaint {command}: {reason}", hint=hint)
 
 
 def run_playbook(

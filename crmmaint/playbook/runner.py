@@ -683,7 +683,7 @@ def _call(step: Step, ctx: TaskContext) -> TaskResult:
     except CrmMaintError as exc:
         log.debug("%s on %s raised %r", step.name, ctx.target.label, exc, exc_info=True)
         return TaskResult.failed(
-            str(exc),
+            exc.text(step.flags),  # a one-step command's error names its flags
             details={"error": type(exc).__name__, "exit_code": exc.exit_code},
             retryable=exc.retryable,
         )

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from crmmaint.errors import ConfigError
+from crmmaint.errors import ConfigError, Setting
 from crmmaint.units import format_duration, parse_duration
 
 #: Count rules in the order they are evaluated and reported.
@@ -57,9 +57,11 @@ class RetentionPolicy:
         for name in COUNT_RULES:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                given, example = Setting(name, value), Setting(name, 7)
                 raise ConfigError(
-                    f"retention policy {_dashed(name)} must be a whole number >= 0, got {value!r}",
-                    hint=f"set e.g. {_dashed(name)}: 7, or leave it out to disable the rule",
+                    f"retention rule {given} must be a whole number >= 0",
+                    hint=f"use e.g. {example}, or 0 to turn the rule off",
+                    settings=(given, example),
                 )
         within = self.keep_within
         if within is not None and (
@@ -99,7 +101,7 @@ class RetentionPolicy:
             return cls(**values)
         except ConfigError as exc:
             message = exc.message.removeprefix("retention policy ")
-            raise ConfigError(f"{where}: {message}", hint=exc.hint) from None
+            raise ConfigError(f"{where}: {message}", hint=exc.hint, settings=exc.settings) from None
 
     @property
     def is_empty(self) -> bool:
@@ -191,9 +193,11 @@ def plan_prune(backups: Sequence[BackupRef], policy: RetentionPolicy, now: float
     Output order is deterministic: sources sorted by name, newest first within each source.
     """
     if policy.is_empty:
+        daily, weekly = Setting("keep_daily", 7), Setting("keep_weekly", 4)
         raise ConfigError(
             "refusing to prune with an empty retention policy: it sets no keep-* rule",
-            hint="set at least one rule, e.g. keep-daily: 7 and keep-weekly: 4",
+            hint=f"set at least one rule, e.g. {daily} and {weekly}",
+            settings=(daily, weekly),
         )
     seen: set[str] = set()
     by_source: dict[str, list[BackupRef]] = {}

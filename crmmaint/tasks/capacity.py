@@ -84,9 +84,7 @@ def disk(ctx: TaskContext) -> TaskResult:
     try:
         disks = HostOS(ctx.transport).disks(p["mounts"], timeout=ctx.time_left(PROBE_TIMEOUT))
     except CrmMaintError as exc:
-        return TaskResult.failed(
-            f"{ctx.target.name}: {exc.message}", details=ctx.read_only_details()
-        )
+        return TaskResult.from_error(exc, ctx.target.name, details=ctx.read_only_details())
 
     now = time.time()
     since = now - p["history_days"] * DAY

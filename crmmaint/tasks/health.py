@@ -50,9 +50,7 @@ def host(ctx: TaskContext) -> TaskResult:
         mem = host_os.memory(timeout=ctx.time_left(PROBE_TIMEOUT))
         disks = host_os.disks(p["mounts"], timeout=ctx.time_left(PROBE_TIMEOUT))
     except CrmMaintError as exc:
-        return TaskResult.failed(
-            f"{ctx.target.name}: {exc.message}", details=ctx.read_only_details()
-        )
+        return TaskResult.from_error(exc, ctx.target.name, details=ctx.read_only_details())
 
     metrics: dict[str, float] = {
         "load1": load[0],
@@ -153,9 +151,7 @@ def service(ctx: TaskContext) -> TaskResult:
         for spec in ports:
             checks.append(_check_tcp(ctx, host_os, spec, float(p["tcp_timeout"])))
     except CrmMaintError as exc:
-        return TaskResult.failed(
-            f"{ctx.target.name}: {exc.message}", details=ctx.read_only_details()
-        )
+        return TaskResult.from_error(exc, ctx.target.name, details=ctx.read_only_details())
 
     down = [c for c in checks if c["status"] == "down"]
     metrics = {"checks": len(checks), "down": len(down)}
@@ -267,7 +263,7 @@ def http(ctx: TaskContext) -> TaskResult:
         else:
             status, latency = _http_from_host(ctx, url, timeout, p["follow_redirects"])
     except (HostError, ProbeError) as exc:
-        return TaskResult.failed(f"{url}: {exc.message}", details=ctx.read_only_details(url=url))
+        return TaskResult.from_error(exc, url, details=ctx.read_only_details(url=url))
 
     latency_ms = round(latency * 1000, 1)
     metrics = {"status": status, "latency_ms": latency_ms}
@@ -347,7 +343,7 @@ def database(ctx: TaskContext) -> TaskResult:
         latency = engine.ping(timeout=ctx.time_left(PROBE_TIMEOUT) or PROBE_TIMEOUT)
         facts = engine.facts(timeout=ctx.time_left(PROBE_TIMEOUT) or PROBE_TIMEOUT)
     except CrmMaintError as exc:
-        return TaskResult.failed(exc.message, details=ctx.read_only_details())
+        return TaskResult.from_error(exc, details=ctx.read_only_details())
 
     metrics: dict[str, float] = {"latency_ms": round(latency * 1000, 1)}
     problems: list[str] = []

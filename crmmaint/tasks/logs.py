@@ -209,7 +209,7 @@ def scan(ctx: TaskContext) -> TaskResult:
                 _scan_file(ctx, current, rotated, counts, p["max_bytes"], p["timeout"], follow)
             )
     except CrmMaintError as exc:
-        return TaskResult.failed(f"{ctx.target.name}: {exc.message}")
+        return TaskResult.from_error(exc, ctx.target.name)
 
     top = [{"message": m, "count": n} for m, n in counts.messages.most_common(TOP_MESSAGES)]
     metrics = {

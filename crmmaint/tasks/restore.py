@@ -19,7 +19,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from crmmaint.engines.base import DumpLayout, Facts
-from crmmaint.errors import ConfigError, IntegrityError, RestoreError
+from crmmaint.errors import ConfigError, IntegrityError, RestoreError, Setting
 from crmmaint.inventory import Database, FileSet
 from crmmaint.repository.configured import identities_for, open_repository
 from crmmaint.repository.format import source_name
@@ -190,7 +190,10 @@ def restore_database_task(ctx: TaskContext) -> TaskResult:
     db = ctx.target.obj
     jobs = ctx.params["jobs"]
     if not 1 <= jobs <= 64:
-        raise ConfigError(f"--jobs {jobs} is out of range", hint="use 1 to 64 connections")
+        given = Setting("jobs", jobs)
+        raise ConfigError(
+            f"{given} is out of range", hint="use 1 to 64 connections", settings=[given]
+        )
     return _restore(ctx, "database", db.name, ctx.target.host.name)
 
 

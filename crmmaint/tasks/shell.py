@@ -63,8 +63,8 @@ def command(ctx: TaskContext) -> TaskResult:
             res, stdout = _run(ctx, line)
         except CrmMaintError as exc:
             ran.append({"command": line, "error": exc.message})
-            return TaskResult.failed(
-                f"{ctx.target.name}: {short(line)!r}: {exc.message}", details={"commands": ran}
+            return TaskResult.from_error(
+                exc, f"{ctx.target.name}: {short(line)!r}", details={"commands": ran}
             )
         duration += res.duration
         ran.append(

@@ -126,6 +126,12 @@ def known_hosts_name(address: str, port: int) -> str:
     return address if port == 22 else f"[{address}]:{port}"
 
 
+def keyscan(address: str, port: int) -> str:
+    """The ``ssh-keyscan`` command that prints the host keys of ``address:port`` as known_hosts
+    lines (``-p`` only for a port other than 22, as docs/transports.md shows it)."""
+    return f"ssh-keyscan {address}" if port == 22 else f"ssh-keyscan -p {port} {address}"
+
+
 def connect_client(
     address: str,
     port: int = 22,
@@ -194,10 +200,10 @@ def connect(target: SSHTarget) -> paramiko.SSHClient:
             f"unknown SSH host key for {where}: the host offered {key.get_name()} "
             f"{key.fingerprint}, which is not in {known_hosts}",
             hint=(
-                f"verify it before trusting it: run 'ssh-keyscan -p {port} {address}', compare the "
-                f"fingerprint with the one shown on the host itself out of band "
-                f"('ssh-keygen -lf /etc/ssh/ssh_host_{_key_file_type(key)}_key.pub'), "
-                f"then append the ssh-keyscan line to {known_hosts}"
+                "verify it before trusting it: compare that fingerprint with the output of "
+                f"`ssh-keygen -lf /etc/ssh/ssh_host_{_key_file_type(key)}_key.pub` on the host's "
+                "console (or another channel you trust); if they match, add the key: "
+                f"`{keyscan(address, port)} >> {known_hosts}`"
             ),
         ) from None
     except paramiko.BadHostKeyException as exc:
@@ -210,7 +216,7 @@ def connect(target: SSHTarget) -> paramiko.SSHClient:
                 "if the change is expected (host reinstalled, key rotated), verify the new "
                 "fingerprint out of band, remove the old entry with "
                 f"'ssh-keygen -f {known_hosts} -R \"{known_hosts_name(address, port)}\"' "
-                f"and add the new one ('ssh-keyscan -p {port} {address}')"
+                f"and add the new one (`{keyscan(address, port)} >> {known_hosts}`)"
             ),
         ) from exc
     except paramiko.AuthenticationException as exc:

@@ -159,6 +159,19 @@ class PostgreSQLEngine(DatabaseEngine[PgRestoreTarget]):
     login_refusals = ("authentication failed", "no password supplied", "pg_hba.conf rejects")
     #: Set on the engine a least-privilege restore loads with (``as_load_role``).
     load_role: LoadRole | None = None
+    login_refused = re.compile(
+        r"FATAL:\s+(?:password authentication failed|no pg_hba\.conf entry"
+        r"|role \"[^\"]*\" (?:does not exist|is not permitted to log in))"
+        r"|no password supplied"
+    )
+    privilege_refused = re.compile(
+        r"permission denied for (?:table|relation|view|materialized view|sequence|schema"
+        r"|database|function)"
+    )
+
+    @property
+    def loads_untrusted(self) -> bool:
+        return self.load_role is not None
 
     # --- command lines ----------------------------------------------------------------------
 
@@ -271,6 +284,12 @@ class PostgreSQLEngine(DatabaseEngine[PgRestoreTarget]):
             with ThreadPoolExecutor(1, thread_name_prefix="crmmaint-facts") as pool:
                 counted = pool.submit(self._session_facts, session)
 
+                def describe(what: str) -> EngineError:
+                    # A failed count ends the snapshot's transaction: pg_dump then fails with
+                    # "invalid snapshot identifier". The count's error is the cause: say it.
+                    cause = counted.exception()
+                    return cause if isinstance(cause, EngineError) else self.error(what)
+
                 def complete(final: Facts) -> None:
                     final.update(counted.result())
                     for table, expected in final["row_counts"].items():
@@ -285,7 +304,7 @@ class PostgreSQLEngine(DatabaseEngine[PgRestoreTarget]):
                 with self.started(command, what="pg_dump", stdout="stream") as proc:
                     stream = DumpStream(
                         proc,
-                        describe=self.error,
+                        describe=describe,
                         facts={"format": "pg_dump-plain"},
                         observe=counter.feed,
                         complete=complete,
