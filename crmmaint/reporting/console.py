@@ -28,7 +28,7 @@ from rich.table import Table
 from rich.text import Text
 
 from crmmaint.results import Status
-from crmmaint.units import format_countdown, format_duration
+from crmmaint.units import format_countdown, format_duration, metric_value
 
 STATUS_STYLE = {
     "ok": "green",
@@ -40,15 +40,25 @@ STATUS_STYLE = {
 
 
 def is_tty(stream: TextIO | None = None) -> bool:
+    """Whether ``stream`` (default: stdout) is a terminal."""
     stream = stream or sys.stdout
     return bool(getattr(stream, "isatty", lambda: False)())
 
 
 def make_console(stream: TextIO | None = None) -> Console:
+    """The rich console every writer prints through: styled on a terminal, plain text
+    otherwise (no escape codes in a pipe, a file or a cron mail). On a terminal, colour
+    follows rich's reading of the environment: ``NO_COLOR`` set and not empty turns colour
+    off (https://no-color.org); bold and italic stay, as that convention allows."""
     stream = stream or sys.stdout
     tty = is_tty(stream)
     return Console(
-        file=stream, force_terminal=tty, no_color=not tty, highlight=False, soft_wrap=not tty
+        file=stream,
+        force_terminal=tty,
+        # None: rich reads NO_COLOR; a False here would override it.
+        no_color=None if tty else True,
+        highlight=False,
+        soft_wrap=not tty,
     )
 
 
@@ -254,7 +264,7 @@ class JsonReporter:
                     "target": r.target,
                     "status": _status(r.result),
                     "message": r.result.message,
-                    "metrics": r.result.metrics,
+                    "metrics": {k: metric_value(v) for k, v in r.result.metrics.items()},
                     "details": r.result.details,
                     "duration": round(r.duration, 3),
                     "attempts": r.attempts,
