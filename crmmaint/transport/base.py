@@ -503,10 +503,11 @@ class Transport(abc.ABC):
         if failures:
             raise failures[0]
         if result.stdout_dropped:
+            # "by": the total, rounded, could read the same as the limit
+            over = len(result.stdout) + result.stdout_dropped - RUN_STDOUT_LIMIT
             raise TransportError(
                 f"{self.host}: output of {short(result.command)!r} exceeded "
-                f"{format_size(RUN_STDOUT_LIMIT)} "
-                f"({format_size(len(result.stdout) + result.stdout_dropped)}) and was not kept",
+                f"{format_size(RUN_STDOUT_LIMIT)} by {format_size(max(over, 1))} and was not kept",
                 hint="this command's output is too large to collect; it must be streamed",
             )
         if check and not result.ok:
