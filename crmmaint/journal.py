@@ -21,6 +21,7 @@ from typing import Any
 
 from crmmaint.errors import ConfigError
 from crmmaint.results import Status, TaskResult
+from crmmaint.units import metric_value
 
 log = logging.getLogger(__name__)
 
@@ -210,6 +211,8 @@ class Journal:
     # --- reading ----------------------------------------------------------------------------
 
     def runs(self, limit: int = 20, playbook: str | None = None) -> list[dict[str, Any]]:
+        """The newest ``limit`` runs (of ``playbook``), newest first: one dict per run with
+        the columns of ``runs``; ``argv`` is the command line as a list of strings."""
         sql = "SELECT * FROM runs"
         args: list[Any] = []
         if playbook:
@@ -217,13 +220,15 @@ class Journal:
             args.append(playbook)
         sql += " ORDER BY id DESC LIMIT ?"
         args.append(limit)
-        return self._rows(sql, args)
+        return [_run_row(r) for r in self._rows(sql, args)]
 
     def run(self, run_id: int) -> dict[str, Any] | None:
+        """One run as ``runs`` gives it, plus ``results``: its rows with ``details`` decoded
+        and ``metrics`` (whole numbers as ints: byte counts stay exact); ``None`` if unknown."""
         rows = self._rows("SELECT * FROM runs WHERE id = ?", [run_id])
         if not rows:
             return None
-        run = rows[0]
+        run = _run_row(rows[0])
         results = self._rows("SELECT * FROM results WHERE run_id = ? ORDER BY id", [run_id])
         metrics = self._rows(
             "SELECT m.result_id, m.name, m.value FROM metrics m JOIN results r ON r.id = m.result_id"
@@ -232,12 +237,11 @@ class Journal:
         )
         by_result: dict[int, dict[str, float]] = {}
         for m in metrics:
-            by_result.setdefault(m["result_id"], {})[m["name"]] = m["value"]
+            by_result.setdefault(m["result_id"], {})[m["name"]] = metric_value(m["value"])
         for r in results:
             r["details"] = json.loads(r["details"] or "{}")
             r["metrics"] = by_result.get(r["id"], {})
         run["results"] = results
-        run["argv"] = json.loads(run["argv"] or "[]")
         return run
 
     def last_run_id(self) -> int | None:
@@ -303,6 +307,22 @@ class Journal:
             cur = self._db.execute(sql, args)
             cols = [c[0] for c in cur.description]
             return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
+
+
+def _run_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A ``runs`` row for readers: ``argv``, stored as JSON text, decoded to a list of strings.
+
+    Rows of any journal read the same; a value that is not a JSON list (NULL, or text some
+    other writer left) becomes ``[]`` or a one-item list rather than an error."""
+    text = row.get("argv")
+    try:
+        argv = json.loads(text) if text else []
+    except (TypeError, ValueError):
+        argv = [str(text)]
+    if not isinstance(argv, list):
+        argv = [str(argv)]
+    row["argv"] = [str(a) for a in argv]
+    return row
 
 
 def _user() -> str:

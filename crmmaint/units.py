@@ -16,13 +16,12 @@ from decimal import Decimal
 __all__ = [
     "format_countdown",
     "format_duration",
-    "format_mib",
+    "format_size",
+    "metric_value",
     "parse_duration",
     "parse_percent",
     "parse_size",
 ]
-
-MIB = 1 << 20
 
 # --- durations -------------------------------------------------------------------------------
 
@@ -135,13 +134,46 @@ def parse_size(value: str | int) -> int:
         raise ValueError(f"size too large: {value!r:.40}") from None
 
 
-def format_mib(n: float | None) -> str:
-    """Bytes as mebibytes with one decimal, ``"12.3 MiB"``; ``None`` (unknown) -> ``"? MiB"``.
+#: The units ``format_size`` prints, powers of 1024 (IEC), smallest first.
+_IEC_UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
 
-    ``parse_size`` reads the text back to within 0.05 MiB of ``n``."""
-    if n is None:
-        return "? MiB"
-    return f"{n / MIB:.1f} MiB"
+
+def format_size(n: float) -> str:
+    """Bytes (``>= 0``) for people to read, in IEC units with three significant digits:
+    ``512`` -> ``"512 B"``, ``1536`` -> ``"1.5 KiB"``, ``153123394`` -> ``"146 MiB"``,
+    ``2480000000`` -> ``"2.31 GiB"``; ``0`` -> ``"0 B"``. Whole bytes print exactly; a size
+    is never shown as zero of a larger unit. Beyond 1024 TiB it counts in PiB.
+
+    ``parse_size`` reads the text back to within 0.5% of ``n`` (exactly below 1 KiB).
+    Metrics keep raw byte counts: this is for messages and tables only.
+
+    Raises ``ValueError`` for a negative or non-finite ``n``.
+    """
+    if not math.isfinite(n) or n < 0:
+        raise ValueError(f"not a size in bytes: {n!r}")
+    if n < 1024:
+        return f"{round(n)} B" if round(n) < 1024 else "1 KiB"
+    value = float(n)
+    for unit in _IEC_UNITS[1:]:
+        value /= 1024
+        text = _three_digits(value)
+        # 1023.9 KiB rounds to "1024": that is 1 MiB
+        if float(text) < 1024 or unit == _IEC_UNITS[-1]:
+            return f"{text} {unit}"
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _three_digits(value: float) -> str:
+    """``value`` (>= 1) with three significant digits, trailing zeros dropped: 1.5, 146, 2.31."""
+    decimals = 0 if value >= 99.95 else 1 if value >= 9.995 else 2
+    text = f"{value:.{decimals}f}"
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
+def metric_value(value: float) -> float | int:
+    """A metric for machines to read (JSON): a whole float as an int, so a byte count shows as
+    ``153123394``, not ``153123394.0``; anything else unchanged. Metrics are never formatted."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
 # --- percentages -----------------------------------------------------------------------------

@@ -24,6 +24,8 @@ from typing import Any, TypeVar
 
 import yaml
 
+from crmmaint.units import format_size
+
 # Durations, sizes and percentages are parsed in crmmaint.units; the names stay importable from
 # here for the modules that still take them from this one.
 from crmmaint.units import parse_duration as parse_duration
@@ -245,7 +247,7 @@ def read_regular_file(path: str | Path, *, limit: int = MAX_CONFIG_FILE) -> byte
             raise OSError(errno.EINVAL, "not a regular file")
         data = fh.read(limit + 1)
     if len(data) > limit:
-        raise OSError(errno.EFBIG, f"larger than {limit} bytes")
+        raise OSError(errno.EFBIG, f"larger than {format_size(limit)}")
     return data
 
 

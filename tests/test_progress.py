@@ -38,6 +38,7 @@ from crmmaint.reporting.console import (
 )
 from crmmaint.tasks.api import ByteMeter
 from crmmaint.tasks.restore import IterReader
+from crmmaint.units import parse_size
 
 BIN = Path(sys.executable).parent
 MIB = 1 << 20
@@ -145,13 +146,13 @@ def test_grown_total_never_shrinks_and_keeps_room_past_the_estimate(estimate, st
 def test_progress_line_says_how_far_how_fast_and_how_long():
     line = progress_line("restore crm@local", 30 * MIB, 120 * MIB, False, 10.0)
     assert line == (
-        "  progress restore crm@local: 30.0 MiB of 120.0 MiB (25%), 3.0 MiB/s, about 30s left"
+        "  progress restore crm@local: 30 MiB of 120 MiB (25%), 3 MiB/s, about 30s left"
     )
     line = progress_line("backup crm@local", 30 * MIB, 120 * MIB, True, 10.0)
-    assert "30.0 MiB of about 120.0 MiB (25%)" in line
+    assert "30 MiB of about 120 MiB (25%)" in line
     line = progress_line("backup crm@local", 130 * MIB, 120 * MIB, True, 10.0)
-    assert "130.0 MiB, past the estimated 120.0 MiB, 13.0 MiB/s" in line and "left" not in line
-    assert progress_line("backup x", MIB, None, False, 0.0).endswith(": 1.0 MiB, 0.0 MiB/s")
+    assert "130 MiB, past the estimated 120 MiB, 13 MiB/s" in line and "left" not in line
+    assert progress_line("backup x", MIB, None, False, 0.0).endswith(": 1 MiB, 0 B/s")
 
 
 def test_piped_console_prints_a_line_per_half_minute_and_nothing_for_short_transfers():
@@ -169,7 +170,7 @@ def test_piped_console_prints_a_line_per_half_minute_and_nothing_for_short_trans
     lines = out.getvalue().splitlines()
     assert len(lines) == 3  # at 30, 60 and 90 s of 120: never a flood
     assert lines[0] == (
-        "  progress restore crm@local: 30.0 MiB of 200.0 MiB (15%), 1.0 MiB/s, about 2m 50s left"
+        "  progress restore crm@local: 30 MiB of 200 MiB (15%), 1 MiB/s, about 2m 50s left"
     )
     assert all(line.startswith("  progress restore crm@local: ") for line in lines)
     reporter.on_result(STEP, TARGET, RESULT, 120.0, 1)
@@ -192,7 +193,7 @@ def test_tty_bar_has_total_speed_and_time_left_and_grows_a_passed_estimate():
     reporter.on_progress(step, TARGET, 52 * MIB, 40 * MIB, True)
     assert task.total == 55 * MIB  # grown once, then kept until passed again
     drawn = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out.getvalue())
-    assert "backup crm@local" in drawn and "estimated" in drawn and "/41.9 MB" in drawn
+    assert "backup crm@local" in drawn and "estimated" in drawn and "/ 40 MiB" in drawn
     reporter.on_result(step, TARGET, RESULT, 3.0, 1)
     assert reporter._progress is None  # the bar is gone before the result line
     assert drawn.count("changed") == 0 and "changed" in out.getvalue()
@@ -211,7 +212,7 @@ def test_transfer_reporter_shows_only_bars_on_a_tty_and_nothing_when_piped():
     reporter = TransferProgressReporter(tty)
     both = MultiReporter(reporter)  # as `restore --json` combines it with the JSON writer
     both.on_progress(STEP, TARGET, MIB, 2 * MIB, False)
-    assert "1.0/2.1 MB" in re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", tty.getvalue())
+    assert "1 MiB / 2 MiB" in re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", tty.getvalue())
     both.on_result(STEP, TARGET, RESULT, 1.0, 1)
     assert reporter._progress is None and "restored" not in tty.getvalue()
     reporter.close()
@@ -284,7 +285,14 @@ def frames(raw: bytes) -> list[str]:
     return [f.strip() for f in re.split(r"[\r\n]+", text) if f.strip()]
 
 
-BAR = re.compile(r"(\d+\.\d)/(\d+\.\d) MB")
+BAR = re.compile(r"(\d[\d.]* [KMGT]?i?B) / (\d[\d.]* [KMGT]?i?B)")
+
+
+def bar_sizes(frame: str) -> tuple[int, int]:
+    """(done, total) bytes of a bar's ``146 MiB / 1.2 GiB``, as read back by ``parse_size``."""
+    found = BAR.search(frame)
+    assert found, frame
+    return parse_size(found.group(1)), parse_size(found.group(2))
 
 
 @pytest.fixture(scope="module")
@@ -335,9 +343,9 @@ def test_backup_on_a_tty_shows_a_bar_with_the_estimated_total(big_estate):
     shown = frames(out)
     bars = [f for f in shown if f.startswith("backup databases crm@local") and BAR.search(f)]
     assert bars, shown
-    size_mb = (big_estate / "crm.sqlite").stat().st_size / 1e6
-    _, total = map(float, BAR.search(bars[-1]).groups())
-    assert abs(total - size_mb) < 0.2  # the previous backup's size, as the total
+    size = (big_estate / "crm.sqlite").stat().st_size
+    _, total = bar_sizes(bars[-1])
+    assert abs(total - size) < 0.01 * size  # the previous backup's size, as the total
     assert all("estimated" in f for f in bars)
     assert any(f.startswith("changed  crm@local: backup ") for f in shown)  # after the bar
 
@@ -351,10 +359,10 @@ def test_restore_on_a_tty_shows_a_bar_with_total_on_stderr_and_stdout_stays_the_
     assert code == 0, out + err
     bars = [f for f in frames(err) if f.startswith("restore crm@local") and BAR.search(f)]
     assert bars, err
-    done, total = map(float, BAR.search(bars[-1]).groups())
-    assert done == total and abs(total - target.stat().st_size / 1e6) < 0.2
+    done, total = bar_sizes(bars[-1])
+    assert done == total and abs(total - target.stat().st_size) < 0.01 * total
     assert "estimated" not in err.decode()  # the manifest's size is exact
-    assert re.search(r"MB/s", bars[-1]) and "left" in bars[-1]
+    assert re.search(r"[KMG]iB/s", bars[-1]) and "left" in bars[-1]
     assert frames(out) == [f for f in frames(out) if f.startswith("restored ")] and frames(out)
     assert b"\x1b[?25h" in err  # the cursor is given back
 
@@ -425,9 +433,11 @@ def test_an_interrupted_restore_takes_its_bar_away_and_gives_the_cursor_back(big
     assert code == 130, out + err
     # The bar is cleared and the cursor shown, then the one line; warnings logged meanwhile
     # are printed above the bar, each at the start of a line of its own.
-    assert re.search(rb"\x1b\[\?25h.*(\x1b\[2K|\n)crmmaint: interrupted\r\n$", err, re.S), err[
-        -300:
-    ]
+    assert re.search(
+        rb"\x1b\[\?25h.*(\x1b\[2K|\n)crmmaint: interrupted: step .restore. cut short on crm@local; run \d+ is journaled as interrupted\r\n$",
+        err,
+        re.S,
+    ), err[-300:]
     for warning in re.finditer(rb"WARNING ", err):
         assert err[: warning.start()].endswith((b"\x1b[2K", b"\n")), err
     assert not (big_estate / "i.sqlite").exists()
@@ -442,5 +452,5 @@ def test_drill_on_a_tty_shows_the_restore_bar(big_estate, tmp_path):
     assert code == 0, out + err
     bars = [f for f in frames(out) if f.startswith("drill crm crm@local") and BAR.search(f)]
     assert bars, frames(out)
-    _, total = map(float, BAR.search(bars[-1]).groups())
-    assert total > 30
+    _, total = bar_sizes(bars[-1])
+    assert total > 30 * 2**20

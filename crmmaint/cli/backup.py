@@ -25,7 +25,7 @@ from crmmaint.errors import ConfigError, RestoreError
 from crmmaint.playbook.run import AdhocStep
 from crmmaint.reporting.console import print_table, write_json
 from crmmaint.repository.configured import open_repository
-from crmmaint.units import format_mib, parse_duration
+from crmmaint.units import format_size, parse_duration
 
 
 @command(
@@ -211,8 +211,8 @@ def backups_list(
             "source": b.source,
             "host": b.host,
             "time": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(b.time)),
-            "size": format_mib(b.size),
-            "new": format_mib(b.stored_bytes),
+            "size": format_size(b.size),
+            "new": format_size(b.stored_bytes),
             "dedup": f"{b.dedup_ratio:.0%}",
             "duration": f"{b.duration:.1f}s",
             "drilled": "yes" if b.drilled else "",

@@ -493,7 +493,7 @@ class FileSetSource(RestoreRoutine[FilesRestoreTarget]):
         script = 'rm -rf -- "$1"' if state == "new" else 'find "$1" -mindepth 1 -delete'
         try:
             self._run(["sh", "-c", script, "sh", target_dir], what="removing the partial restore")
-            log.warning("removed the partial restore in %s", target_dir)
+            log.info("removed the partial restore in %s", target_dir)
         except EngineError as exc:
             log.warning("could not remove the partial restore in %s: %s", target_dir, exc)
 

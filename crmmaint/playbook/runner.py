@@ -584,7 +584,7 @@ class Runner:
             if reason == INTERRUPTED_RUN
             else f"timed out after {_seconds(step.timeout)}"
         )
-        log.warning(
+        log.debug(  # the failed result below is what the user reads
             "%s on %s %s; %d command(s) it started killed, %s",
             step.name,
             target.label,

@@ -17,21 +17,19 @@ from typing import Any, TextIO
 from rich.console import Console
 from rich.progress import (
     BarColumn,
-    DownloadColumn,
     Progress,
     ProgressColumn,
     TaskID,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
-    TransferSpeedColumn,
 )
 from rich.progress import Task as ProgressTask
-from rich.table import Table
+from rich.table import Column, Table
 from rich.text import Text
 
 from crmmaint.results import Status
-from crmmaint.units import format_countdown, format_duration, format_mib
+from crmmaint.units import format_countdown, format_duration, format_size, metric_value
 
 STATUS_STYLE = {
     "ok": "green",
@@ -43,15 +41,25 @@ STATUS_STYLE = {
 
 
 def is_tty(stream: TextIO | None = None) -> bool:
+    """Whether ``stream`` (default: stdout) is a terminal."""
     stream = stream or sys.stdout
     return bool(getattr(stream, "isatty", lambda: False)())
 
 
 def make_console(stream: TextIO | None = None) -> Console:
+    """The rich console every writer prints through: styled on a terminal, plain text
+    otherwise (no escape codes in a pipe, a file or a cron mail). On a terminal, colour
+    follows rich's reading of the environment: ``NO_COLOR`` set and not empty turns colour
+    off (https://no-color.org); bold and italic stay, as that convention allows."""
     stream = stream or sys.stdout
     tty = is_tty(stream)
     return Console(
-        file=stream, force_terminal=tty, no_color=not tty, highlight=False, soft_wrap=not tty
+        file=stream,
+        force_terminal=tty,
+        # None: rich reads NO_COLOR; a False here would override it.
+        no_color=None if tty else True,
+        highlight=False,
+        soft_wrap=not tty,
     )
 
 
@@ -78,11 +86,34 @@ class _UnlessWaiting(ProgressColumn):
     """A byte-progress column that stays blank on a countdown row."""
 
     def __init__(self, column: ProgressColumn) -> None:
-        super().__init__()
+        super().__init__(table_column=column.get_table_column())
         self.column = column
 
     def render(self, task: ProgressTask) -> Any:
         return Text("") if "until" in task.fields else self.column.render(task)
+
+
+class _BytesColumn(ProgressColumn):
+    """``146 MiB / 1.2 GiB`` (or just the bytes done without a total), in the IEC units every
+    other size crmmaint prints uses (rich's own columns count in decimal MB)."""
+
+    def __init__(self) -> None:
+        super().__init__(table_column=Column(no_wrap=True))
+
+    def render(self, task: ProgressTask) -> Text:
+        done = format_size(max(task.completed, 0))
+        return Text(done if task.total is None else f"{done} / {format_size(task.total)}")
+
+
+class _SpeedColumn(ProgressColumn):
+    """Throughput in IEC units per second (``48.2 MiB/s``): rich's recent rate, else (a transfer
+    too short for two samples) the average since the start; blank before any time has passed."""
+
+    def render(self, task: ProgressTask) -> Text:
+        speed = task.finished_speed or task.speed
+        if speed is None and task.elapsed:
+            speed = task.completed / task.elapsed
+        return Text("" if speed is None else f"{format_size(speed)}/s", style="progress.data.speed")
 
 
 class _EstimateColumn(ProgressColumn):
@@ -129,12 +160,12 @@ def progress_line(label: str, done: int, total: int | None, estimated: bool, sec
     how many (``about`` for an estimate, and no share or ETA once the estimate is passed), the
     average rate and the time left at that rate."""
     rate = done / seconds if seconds > 0 else 0.0
-    text = format_mib(done)
+    text = format_size(done)
     if total and estimated and done >= total:
-        text += f", past the estimated {format_mib(total)}"
+        text += f", past the estimated {format_size(total)}"
     elif total:
-        text += f" of {'about ' if estimated else ''}{format_mib(total)} ({done / total:.0%})"
-    text += f", {format_mib(rate)}/s"
+        text += f" of {'about ' if estimated else ''}{format_size(total)} ({done / total:.0%})"
+    text += f", {format_size(rate)}/s"
     if total and rate > 0 and done < total:
         text += f", about {format_countdown((total - done) / rate)} left"
     return f"  progress {label}: {text}"
@@ -195,9 +226,9 @@ class ConsoleReporter:
             self._progress = Progress(
                 TextColumn("  {task.description}"),
                 _UnlessWaiting(BarColumn(bar_width=24)),
-                _UnlessWaiting(DownloadColumn()),
+                _UnlessWaiting(_BytesColumn()),
                 _EstimateColumn(),
-                _UnlessWaiting(TransferSpeedColumn()),
+                _UnlessWaiting(_SpeedColumn()),
                 _UnlessWaiting(_TimeColumn()),
                 _CountdownColumn(),
                 console=self.console,
@@ -428,7 +459,7 @@ class JsonReporter:
                     "target": r.target,
                     "status": _status(r.result),
                     "message": r.result.message,
-                    "metrics": r.result.metrics,
+                    "metrics": {k: metric_value(v) for k, v in r.result.metrics.items()},
                     "details": r.result.details,
                     "duration": round(r.duration, 3),
                     "attempts": r.attempts,

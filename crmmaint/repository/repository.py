@@ -326,7 +326,8 @@ class Repository:
             except (IntegrityError, KeyError, TypeError, ValueError) as exc:
                 why = exc.message if isinstance(exc, IntegrityError) else f"malformed ({exc!r})"
                 if backup_id not in self.damaged_manifests:
-                    logger.warning(
+                    # Said by whoever reads damaged_manifests (backups list, prune, restore).
+                    logger.debug(
                         "backup %s is damaged and left out (%s); `crmmaint repo repair` moves it aside",
                         backup_id,
                         why,

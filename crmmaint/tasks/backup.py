@@ -19,7 +19,7 @@ from crmmaint.repository.retention import POLICY_KEYS, RetentionPolicy
 from crmmaint.results import TaskResult
 from crmmaint.tasks.api import REPOSITORY_PARAM as REPOSITORY
 from crmmaint.tasks.api import Param, TaskContext, task
-from crmmaint.units import format_mib
+from crmmaint.units import format_size
 
 MIN_SIZE_RATIO = Param(
     float,
@@ -41,7 +41,8 @@ def backup_database(ctx: TaskContext) -> TaskResult:
     engine = engine_for(db, ctx.transport)
     if ctx.check:
         size = engine.facts().get("size_bytes")
-        return _would(ctx, f"{db.engine} database {db.name} (~{format_mib(size)})")
+        about = "size unknown" if size is None else f"~{format_size(size)}"
+        return _would(ctx, f"{db.engine} database {db.name} ({about})")
     return _store_dump(
         ctx, engine.dump(), source_name("database", db.name), db.engine, "dump", _row_totals
     )
@@ -210,7 +211,7 @@ def backup_prune(ctx: TaskContext) -> TaskResult:
     verb = "would remove" if ctx.check else "removed"
     message = f"{verb} {len(removed)} backup(s), kept {len(report.keep)}"
     if not ctx.check:
-        message += f", freed {format_mib(report.bytes_freed)}"
+        message += f", freed {format_size(report.bytes_freed)}"
         if report.leftovers_removed:
             message += f", removed {report.leftovers_removed} leftover(s) of killed writers"
     message += f"; policy {policy.describe()} ({POLICY_ORIGINS[origin].format(cfg.name)})"
@@ -295,7 +296,7 @@ def _backup_result(
         metrics["rows"] = float(rows)
     details = {"backup": backup.id, "source": backup.source, "stream": info.name}
     message = (
-        f"backup {backup.id}: {format_mib(backup.size)}, {format_mib(backup.stored_bytes)} new "
+        f"backup {backup.id}: {format_size(backup.size)}, {format_size(backup.stored_bytes)} new "
         f"({backup.dedup_ratio:.0%} already stored) in {seconds:.1f}s"
     )
     warnings: list[str] = []
@@ -309,7 +310,7 @@ def _backup_result(
     if previous is not None and previous.size > 0 and backup.size < previous.size * min_ratio:
         warnings.append(
             f"only {backup.size / previous.size:.0%} of the previous backup "
-            f"{previous.id} ({format_mib(previous.size)}): check for data loss"
+            f"{previous.id} ({format_size(previous.size)}): check for data loss"
         )
     prev_meta = previous.meta if previous is not None and isinstance(previous.meta, dict) else {}
     prev_rows = prev_meta.get("rows")
@@ -347,7 +348,7 @@ def _shrunk_roots(
             )
         elif before.get("bytes") and now.get("bytes", 0) < before["bytes"] * min_ratio:
             notes.append(
-                f"{path} holds {format_mib(now.get('bytes', 0))} against {format_mib(before['bytes'])} in "
+                f"{path} holds {format_size(now.get('bytes', 0))} against {format_size(before['bytes'])} in "
                 "the previous backup: check for data loss"
             )
     return notes
@@ -358,4 +359,13 @@ def _counts(report: Any) -> dict[str, int]:
 
 
 def _summary(report: Any) -> str:
-    return ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in _counts(report).items()) or "ok"
+    """The counts of a verify report as words; ``bytes_read`` -> ``"146 MiB read"``."""
+    return (
+        ", ".join(
+            f"{format_size(v)} {k.removeprefix('bytes_').replace('_', ' ')}"
+            if k.startswith("bytes_")
+            else f"{v} {k.replace('_', ' ')}"
+            for k, v in _counts(report).items()
+        )
+        or "ok"
+    )

@@ -22,6 +22,7 @@ from crmmaint.engines.host import PROBE_TIMEOUT, FileListing, FileStat, HostOS
 from crmmaint.errors import CrmMaintError
 from crmmaint.results import TaskResult
 from crmmaint.tasks.api import Param, TaskContext, task
+from crmmaint.units import format_size
 
 log = logging.getLogger(__name__)
 
@@ -271,9 +272,9 @@ def _scan_file(
     ctx.state_set(key, {"inode": current.inode, "offset": offset})
     if skipped:
         log.warning(
-            "%s: skipped %d bytes of %s (more than max_bytes new)",
+            "%s: skipped %s of %s (more than max_bytes new)",
             ctx.target.name,
-            skipped,
+            format_size(skipped),
             current.path,
         )
     return {

@@ -26,7 +26,7 @@ from crmmaint.repository.format import source_name
 from crmmaint.results import TaskResult
 from crmmaint.tasks.api import REPOSITORY_PARAM, ByteMeter, Param, TaskContext, task
 from crmmaint.transport.base import Transport
-from crmmaint.units import format_mib
+from crmmaint.units import format_size
 
 
 class IterReader:
@@ -233,7 +233,7 @@ def _restore(ctx: TaskContext, kind: str, name: str, host: str) -> TaskResult:
             files = int(manifest.facts.get("files", 0))
             what = f"{tables} tables" if kind == "database" else f"{files} files"
             return TaskResult.changed(  # in check mode: would change
-                f"would restore backup {backup.id} of {backup.source} ({format_mib(backup.size)}, "
+                f"would restore backup {backup.id} of {backup.source} ({format_size(backup.size)}, "
                 f"{what}) into {target} on {host}"
                 + (", replacing what is there" if replacing else ""),
                 details={**details, "check": True},

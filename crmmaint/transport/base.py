@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import BinaryIO, Literal
 
 from crmmaint.errors import CommandTimeout, TransportError
+from crmmaint.units import format_size
 
 log = logging.getLogger(__name__)
 
@@ -324,7 +325,8 @@ class PipeProcess(Process):
                 return
             self._timed_out.set()
             self._killed_at = time.monotonic()
-        log.warning(
+        # The CommandTimeout this ends in is the one place the failure is said.
+        log.debug(
             "%s: command %r exceeded its %gs timeout, killing it",
             self.host,
             short(self.command),
@@ -501,10 +503,11 @@ class Transport(abc.ABC):
         if failures:
             raise failures[0]
         if result.stdout_dropped:
+            # "by": the total, rounded, could read the same as the limit
+            over = len(result.stdout) + result.stdout_dropped - RUN_STDOUT_LIMIT
             raise TransportError(
                 f"{self.host}: output of {short(result.command)!r} exceeded "
-                f"{RUN_STDOUT_LIMIT >> 20} MiB ({len(result.stdout) + result.stdout_dropped} "
-                "bytes) and was not kept",
+                f"{format_size(RUN_STDOUT_LIMIT)} by {format_size(max(over, 1))} and was not kept",
                 hint="this command's output is too large to collect; it must be streamed",
             )
         if check and not result.ok:
@@ -627,7 +630,7 @@ class DeadlineTransport(Transport):
                 if stopped is None:
                     self._live.add(proc)
             if stopped is not None:  # kill_all ran between the spawn and now
-                log.warning("%s: killing %r: %s", self.host, short(proc.command), stopped)
+                log.debug("%s: killing %r: %s", self.host, short(proc.command), stopped)
                 proc.kill()
             try:
                 yield proc
@@ -664,8 +667,8 @@ class DeadlineTransport(Transport):
             cleanups = list(self._cleanups) if cleanup else []
             if cleanup and self._cleanup_stopped is None:
                 self._cleanup_stopped = reason
-        for proc in live:
-            log.warning("%s: killing %r: %s", self.host, short(proc.command), reason)
+        for proc in live:  # the caller's result says why (a timeout, an interrupt)
+            log.debug("%s: killing %r: %s", self.host, short(proc.command), reason)
             proc.kill()
         return len(live) + sum(view.kill_all(reason) for view in cleanups)
 
