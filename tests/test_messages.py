@@ -4,7 +4,8 @@ command's bad flag said of the flag (never of the playbook it built), a refused 
 where the password came from (never the password, never retried), an unknown SSH host key with
 the documented ``ssh-keyscan`` remedy, and a dump refused a table saying so (not a secondary
 error). MariaDB does not refuse a dump a table or column: it hides what the account may not
-read, so that family has no message to test here."""
+read, so crmmaint probes for the whole database's SELECT before it dumps (and refuses a dump
+that would silently leave tables out)."""
 
 from __future__ import annotations
 
@@ -373,6 +374,41 @@ def test_a_postgresql_dump_refused_a_table_says_so(tmp_path, pg_database):
     sql(PSQL, f"REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {role};"
         f"REVOKE ALL ON SCHEMA public FROM {role}; REVOKE ALL ON DATABASE {name} FROM {role};",
         "-d", name)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("grant", "refused"),
+    [
+        ("GRANT SELECT ON {db}.customers TO {user}", True),  # one table of two
+        ("GRANT SELECT (id) ON {db}.notes TO {user}; GRANT SELECT ON {db}.customers TO {user}",
+         True),  # columns
+        ("GRANT SELECT, SHOW VIEW, TRIGGER, EVENT ON {db}.* TO {user}", False),  # the database
+        ("GRANT SELECT, SHOW VIEW, TRIGGER, EVENT ON *.* TO {user}", False),  # global
+        ("CREATE ROLE IF NOT EXISTS {user}_r; GRANT SELECT, EVENT ON {db}.* TO {user}_r;"
+         "GRANT {user}_r TO {user}; SET DEFAULT ROLE {user}_r FOR {user}", False),  # a role
+    ],
+)  # fmt: skip
+def test_a_mariadb_account_that_cannot_read_every_table_is_refused_a_dump(
+    tmp_path, monkeypatch, mariadb_account, grant, refused
+):
+    db, user, password = mariadb_account
+    account = f"'{user}'@'%'"
+    sql(MARIADB, grant.format(db=db, user=account).replace(f"'{user}'@'%'_r", f"{user}_r") + ";")
+    monkeypatch.setenv("CRMMSG_DB_PASSWORD", password)
+    inv = setup_backup(tmp_path, {"crm": mariadb_db(db, user, "env:CRMMSG_DB_PASSWORD")})
+    try:
+        done = run_cli("backup", "--database", "crm", "-i", str(inv))
+    finally:
+        sql(MARIADB, f"DROP ROLE IF EXISTS {user}_r;")
+    if refused:
+        assert done.returncode == 5, done.stdout + done.stderr
+        (line,) = error_lines(done.stderr) or [done.stdout]
+        assert f"cannot read all of database '{db}'" in done.stdout + done.stderr, line
+        assert f"GRANT SELECT, SHOW VIEW, TRIGGER, EVENT ON `{db}`.*" in done.stdout + done.stderr
+        listed = run_cli("backups", "list", "-i", str(inv))
+        assert "crm" not in listed.stdout.replace("crmmsg", "")
+    else:
+        assert done.returncode == 0, done.stdout + done.stderr
 
 
 # --- an unknown SSH host key ---------------------------------------------------------------------

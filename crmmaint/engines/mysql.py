@@ -30,7 +30,7 @@ from crmmaint.engines.base import (
     schema_digest,
 )
 from crmmaint.engines.myscript import MAX_HEAD, MyScriptLexer, RestoreScript, quoted_pattern
-from crmmaint.errors import EngineError, RestoreTargetExists
+from crmmaint.errors import AccessRefused, EngineError, RestoreTargetExists
 
 log = logging.getLogger(__name__)
 
@@ -411,12 +411,42 @@ class MySQLEngine(DatabaseEngine[MyRestoreTarget]):
 
     # --- dump -------------------------------------------------------------------------------
 
+    def require_whole_database_select(self, dbname: str) -> None:
+        """Refuse a dump by an account that may not read every table of ``dbname``.
+
+        MariaDB hides what an account may not read: ``SHOW TABLES`` and mariadb-dump skip a
+        table the account has no privilege on, and a dump without it "succeeds". The probe
+        reads a table name that cannot exist: with ``SELECT`` on the whole database (or
+        globally) the server answers ERROR 1146 (no such table); with grants on some tables
+        only, ERROR 1142 (SELECT command denied). Raises ``AccessRefused`` (exit 5) naming the
+        grant to add; a login refusal passes through as ``AccessRefused`` too."""
+        probe = f"crmmaint_privilege_probe_{secrets.token_hex(8)}"
+        sql = f"SELECT 1 FROM {quote_ident(dbname)}.{quote_ident(probe)} LIMIT 0"
+        command = self.client("--batch", "--skip-column-names", database="")
+        try:
+            self.run(command, stdin=sql.encode("utf-8"), what="privilege check")
+        except AccessRefused as exc:
+            if "ERROR 1142" not in exc.message:
+                raise  # the login itself
+            user = self.db.user or "the connecting user"
+            raise AccessRefused(
+                f"{self.where}: {user} cannot read all of database {dbname!r}: the account "
+                "has privileges on some of its tables only, and a dump would silently leave "
+                "out the rest",
+                hint=f"GRANT SELECT, SHOW VIEW, TRIGGER, EVENT ON {quote_ident(dbname)}.* "
+                f"TO {user} (docs/engines.md, MariaDB privileges)",
+            ) from exc
+        except EngineError as exc:
+            if "ERROR 1146" not in exc.message:
+                raise
+
     @contextlib.contextmanager
     def dump(self, *, timeout: float | None = None) -> Iterator[DumpStream]:
         """A ``--single-transaction`` dump; row counts are counted in the stream itself."""
+        dbname = self.db.dbname or self.db.name
+        self.require_whole_database_select(dbname)
         before = self.schema_fingerprint()
         tables = self.tables()
-        dbname = self.db.dbname or self.db.name
         command = [
             "sh", "-c", _FIRST_OF, "mariadb-dump", "mysqldump",
             *self.conn_args(), *DUMP_OPTIONS, "--", dbname,
