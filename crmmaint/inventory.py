@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import stat
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -329,6 +330,11 @@ def _check_trusted(path: Path) -> None:
         st = path.stat()
     except OSError:
         return  # reported, with its place, when the file is read
+    if not stat.S_ISREG(st.st_mode):
+        raise InventoryError(
+            f"{path}: not a regular file: an inventory is a YAML file",
+            hint="pass -i FILE with the inventory's path; see docs/inventory.md",
+        )
     owners = {os.geteuid(), 0}
     if st.st_uid not in owners or st.st_mode & 0o022:
         why = (

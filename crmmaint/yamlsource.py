@@ -258,8 +258,12 @@ def load_yaml_file(path: str | Path) -> Any:
         text = read_regular_file(p).decode("utf-8")
     except FileNotFoundError as exc:
         raise SourceError("file not found") from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SourceError(f"cannot read: {exc}") from exc
+    except OSError as exc:
+        raise SourceError(f"cannot read: {(exc.strerror or str(exc)).lower()}") from exc
+    except UnicodeDecodeError as exc:
+        raise SourceError(
+            f"cannot read: not UTF-8 text ({exc.reason} at byte {exc.start})"
+        ) from exc
     return load_yaml_text(text, str(p))
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -16,8 +17,11 @@ from pathlib import Path
 import pytest
 import yaml
 from estates import sqlite_estate
+from hypothesis import given
+from hypothesis import strategies as st
 
-from crmmaint.cli import main, normalize_argv
+from crmmaint.cli import MAX_COUNT, main, normalize_argv
+from crmmaint.errors import ConfigError
 from crmmaint.transport.base import COLLECT_STDOUT_LIMIT
 
 REPO = Path(__file__).resolve().parent.parent
@@ -105,6 +109,56 @@ def test_a_flag_given_twice_is_refused(argv, tmp_path):
     assert code == 3 and out == "" and err.count("\n") == 1, (argv, out, err)
     assert "given twice" in err and "--" in err
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "argv, says",
+    [
+        (["history", "--limit", "9" * 20], "--limit takes a whole number from 1 to 1000000000"),
+        (["history", "--limit", "-5"], "--limit takes a whole number"),
+        (["history", "--limit=0"], "--limit takes a whole number"),
+        (["show", "9" * 20], "run id must be a whole number from 1"),
+        (["show", "0"], "run id must be a whole number from 1"),
+        (["show", "-1"], "'-1' is not a flag of `crmmaint show`"),
+        (["run", "daily", "--forks", "0"], "--forks takes a whole number"),
+        (["restore", "x", "--to", "y", "--jobs", "9" * 12], "--jobs takes a whole number"),
+        (["demo", "--rows", "1e6"], "--rows takes a whole number"),
+        (["prune", "--keep-daily", "-1"], "--keep-daily takes a whole number from 0"),
+        (["prune", "--keep-last=" + "9" * 30], "--keep-last takes a whole number from 0"),
+        (["backup", "--repository", ""], "--repository is given an empty value"),
+        (["backup", "--database=", "--check"], "--database is given an empty value"),
+        (["run", "daily", "--tags", " "], "--tags is given an empty value"),
+        (["keys", "generate", "a.key", "b.key"], "unexpected argument 'b.key'"),
+        (["keys", "generate", "--output", "a.key", "b.key"], "unexpected argument 'b.key'"),
+        (["history", "extra"], "unexpected argument 'extra'"),
+        (["history", "show"], "one command at a time"),
+        (["-i"], "-i needs a FILE"),
+        (["history", "-i", str(Path("/"))], "not a regular file"),
+    ],
+)
+def test_bad_arguments_are_refused_before_anything_runs(argv, says, capsys, tmp_path, monkeypatch):
+    """The family of words a command cannot mean: exit 3, one line naming the flag or word,
+    no traceback, nothing written (no journal row: exit 3 means nothing ran)."""
+    monkeypatch.chdir(tmp_path)
+    code, out, err = in_process(capsys, *argv)
+    assert code == 3 and out == "", (argv, out, err)
+    (line,) = err.splitlines()
+    assert line.startswith("crmmaint: error: ") and says in line, (argv, err)
+    assert list(tmp_path.iterdir()) == [], argv
+
+
+@given(
+    st.sampled_from([("history", "--limit"), ("run", "--forks"), ("prune", "--keep-weekly")]),
+    st.one_of(
+        st.integers(max_value=-1),
+        st.integers(min_value=MAX_COUNT + 1),
+        st.text(min_size=1, max_size=8).filter(lambda t: not t.strip().lstrip("+").isdigit()),
+    ),
+)
+def test_a_count_outside_its_range_is_refused(command_flag, value):
+    command, flag = command_flag
+    with pytest.raises(ConfigError, match=re.escape(flag)):
+        normalize_argv(["crmmaint", command, f"{flag}={value}"])
 
 
 def test_one_command_at_a_time(tmp_path):
@@ -709,7 +763,12 @@ def test_help_anywhere_prints_help_and_does_nothing_else(name, tmp_path, capsys,
     and touches nothing: no identity file named `--help`, no inventory looked for."""
     monkeypatch.chdir(tmp_path)
     words = name.split(".")
-    for argv in ([*words, "--help"], [*words, "--output", "--help"], [*words, "-h", "x"]):
+    for argv in (
+        [*words, "--help"],
+        [*words, "--output", "--help"],
+        [*words, "-h", "x"],
+        ["--help", *words, "--output", "x"],
+    ):
         code, out, err = in_process(capsys, *argv)
         assert code == 0 and "Usage:" in out and not err, (argv, out, err)
         assert out.startswith(f"Usage: crmmaint {name.replace('.', ' ')} ")

@@ -96,9 +96,18 @@ def test_3_configuration_and_arguments(estate, tmp_path):
         code, out, err = cli(*args, cwd=tmp_path)
         assert code == 3, (args, out, err)
         assert says in one_line(err), (args, err)
-    # A policy the task refuses: the failure is in the command's report, said once.
-    code, out, err = cli("prune", "--keep-daily", "-3", "-i", inv)
-    assert code == 3 and "keep-daily" in out and "keep-daily" not in err, out + err
+    # A policy prune refuses is refused before anything runs: no journaled run (exit 3
+    # means nothing ran), one line naming the flag.
+    for args, says in (
+        (["--keep-daily", "-3"], "--keep-daily takes a whole number from 0"),
+        (["--keep-daily", "0"], "set no rule above 0"),
+        (["--keep-within", "40000d"], "up to 100 years"),
+        ([], "no retention policy for repository 'main'"),
+    ):
+        code, out, err = cli("prune", *args, "-i", inv)
+        assert code == 3 and out == "" and says in one_line(err), (args, out, err)
+    code, out, _ = cli("history", "--json", "-i", inv)
+    assert [r["playbook"] for r in json.loads(out)] == ["backup"], out
 
 
 def test_4_unknown_host_key_and_refused_connection(estate, sshd_host):
@@ -173,6 +182,11 @@ def test_6_repository_missing_and_restore_target(estate):
         "restore", "database:crm@latest", "--to", str(estate / "x.sqlite"), "-i", inv
     )
     assert code == 6 and "exists" in one_line(err)
+    # A directory that cannot be made: under /proc, under a regular file.
+    (estate / "plain").write_text("x")
+    for target in ("/proc/crmmaint-restore-test", str(estate / "plain" / "sub" / "dir")):
+        code, out, err = cli("restore", "fileset:files@latest", "--to", target, "-i", inv)
+        assert code == 6 and "cannot be made" in one_line(err), (target, out, err)
 
     moved = estate / "elsewhere"
     (estate / "repo").rename(moved)

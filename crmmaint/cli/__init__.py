@@ -71,12 +71,18 @@ def normalize_argv(argv: list[str]) -> list[str]:
         and args[i + 1] in ns.collections[args[i]].tasks
     ):
         args[i : i + 2] = [f"{args[i]}.{args[i + 1]}"]
-    if i < len(args) and _HELP_FLAGS & set(args[i + 1 :]):
-        # ``COMMAND --help`` anywhere after the command: its help, and nothing runs (before,
+    if i < len(args) and _HELP_FLAGS & set(args[1:i] + args[i + 1 :]):
+        # ``--help`` anywhere with a command: its help, and nothing runs (before,
         # ``keys generate --help`` wrote an identity file named ``--help``).
-        return [*args[:i], "--help", args[i]]
+        return [args[0], *(a for a in args[1:i] if a not in _HELP_FLAGS), "--help", args[i]]
+    if i < len(args):
+        # ``--debug`` before a command is crmmaint's (set above), not invoke's own debug
+        # logging of its parser.
+        before = [a for a in args[1:i] if a not in ("--debug", "-d")]
+        args[1:i] = before
+        i = 1 + len(before)
     if i < len(args) and args[i] in ns.task_names:
-        _refuse_repeated_flags(args[i], args[i + 1 :])
+        _check_arguments(args[i], args[i + 1 :])
     if i < len(args) and args[i] in _VARIADIC:
         flag = _VARIADIC[args[i]]
         rest, out, j = args[i + 1 :], [], 0
@@ -107,7 +113,9 @@ def _inventory_after_command(args: list[str]) -> list[str]:
     i = 1
     while i < len(args) and args[i].startswith("-"):
         flag = args[i]
-        if flag in ("-i", "--inventory") and i + 1 < len(args):
+        if flag in ("-i", "--inventory") and i + 1 >= len(args):
+            raise ConfigError(f"{flag} needs a FILE: the inventory", hint="see `crmmaint --help`")
+        if flag in ("-i", "--inventory"):
             moved += args[i : i + 2]
             del args[i : i + 2]
         elif flag.startswith("--inventory="):
@@ -120,24 +128,97 @@ def _inventory_after_command(args: list[str]) -> list[str]:
     return [*args[:end], *moved, *args[end:]]
 
 
-def _refuse_repeated_flags(name: str, rest: list[str]) -> None:
-    """A flag of command ``name`` given twice in ``rest`` is a configuration error."""
-    names: dict[str, str] = {}
-    for arg in ns[name].get_arguments():
-        if arg.kind is not list:
-            for flag in arg.names:
-                names[("-" if len(flag) == 1 else "--") + flag] = "--" + arg.names[0]
+#: The largest count a flag takes (``--limit``, ``--forks``, ``--keep-daily``): a billion is
+#: beyond any real estate, and far inside what SQLite and the journal store.
+MAX_COUNT = 1_000_000_000
+#: ``-1``, ``-0.5``: a negative number, never a flag.
+_NEGATIVE = re.compile(r"-\d+(\.\d*)?")
+
+
+def _check_arguments(name: str, rest: list[str]) -> None:
+    """The words after command ``name``, checked before anything runs (exit 3, one line):
+    no flag twice (which of two values was meant cannot be guessed), no empty value (``--tags
+    ''`` would mean every tag), counts whole numbers in range (``--limit 99…9`` would overflow
+    the journal's integers), no negative number where a flag is read, and no more positional
+    words than the command takes (invoke would run a second word as another command)."""
+    command = f"crmmaint {name.replace('.', ' ')}"
+    see = f"see `{command} --help`"
+    arguments = ns[name].get_arguments()
+    flags: dict[str, Argument] = {}
+    for arg in arguments:
+        for flag in arg.names:
+            flags[("-" if len(flag) == 1 else "--") + flag] = arg
     seen: set[str] = set()
-    for word in rest:
-        canonical = names.get(word.split("=", 1)[0]) if word.startswith("-") else None
-        if canonical is None:
+    words: list[str] = []
+    j = 0
+    while j < len(rest):
+        word = rest[j]
+        j += 1
+        if word == "--":
+            break
+        if not word.startswith("-") or word == "-":
+            words.append(word)
             continue
-        if canonical in seen:
+        if _NEGATIVE.fullmatch(word):
             raise ConfigError(
-                f"{canonical} is given twice to `crmmaint {name.replace('.', ' ')}`",
-                hint="give it once; a flag that takes several values takes them comma-separated",
+                f"{word!r} is not a flag of `{command}`",
+                hint=f"counts and run ids are whole numbers from 1; {see}",
             )
-        seen.add(canonical)
+        flag, eq, value = word.partition("=")
+        arg = flags.get(flag)
+        if arg is None:
+            continue  # invoke's parser names an unknown flag
+        canonical = "--" + arg.names[0]
+        if arg.kind is not list:
+            if canonical in seen:
+                raise ConfigError(
+                    f"{canonical} is given twice to `{command}`",
+                    hint="give it once; a flag that takes several values takes them "
+                    "comma-separated",
+                )
+            seen.add(canonical)
+        if not arg.takes_value:
+            continue
+        if not eq:
+            if j >= len(rest):
+                continue  # invoke's parser says it needs a value
+            value = rest[j]
+            j += 1
+        if arg.positional:
+            arguments = [a for a in arguments if a is not arg]
+        if not value.strip():
+            raise ConfigError(f"{canonical} is given an empty value", hint=see)
+        _check_count(arg, canonical, value, see)
+    takes = [a for a in arguments if a.positional]
+    if name in _VARIADIC or len(words) <= len(takes):
+        return
+    extra = words[len(takes)]
+    if extra in ns.task_names or extra in ns.collections:
+        raise ConfigError(
+            f"one command at a time: {extra!r} after `{command}` is another command",
+            hint="run them one after the other",
+        )
+    wanted = " ".join(_metavar(a) for a in takes)
+    raise ConfigError(
+        f"unexpected argument {extra!r}: `{command}` takes "
+        + (f"one {wanted}" if wanted else "no positional argument"),
+        hint=see,
+    )
+
+
+def _check_count(arg: Argument, flag: str, value: str, see: str) -> None:
+    """A count flag's value: a whole number from 1 (from 0 for a ``--keep-*`` rule, where 0
+    turns the rule off) to ``MAX_COUNT``."""
+    if arg.kind is int:
+        low = 1
+    elif arg.names[0].startswith("keep-") and arg.names[0] != "keep-within":
+        low = 0
+    else:
+        return
+    if not re.fullmatch(r"\+?\d+", value.strip()) or not low <= int(value) <= MAX_COUNT:
+        raise ConfigError(
+            f"{flag} takes a whole number from {low} to {MAX_COUNT}, not {value!r}", hint=see
+        )
 
 
 def _has_positional(rest: list[str]) -> bool:

@@ -25,6 +25,7 @@ from crmmaint.errors import ConfigError, RestoreError
 from crmmaint.playbook.run import AdhocStep
 from crmmaint.reporting.console import print_table, write_json
 from crmmaint.repository.configured import open_repository
+from crmmaint.repository.retention import MAX_KEEP_WITHIN, RetentionPolicy
 from crmmaint.units import format_size, parse_duration
 
 
@@ -152,8 +153,9 @@ def prune(
         except ValueError as exc:
             raise ConfigError(f"--keep-within: {exc}") from None
     inv = open_inventory(c, inventory)
-    repo = inv.repository(repository).name
-    step = AdhocStep("prune", "backup.prune", {"repository": [repo]}, params)
+    cfg = inv.repository(repository)
+    _check_policy_flags(params, cfg.name, has_retention=cfg.retention is not None)
+    step = AdhocStep("prune", "backup.prune", {"repository": [cfg.name]}, params)
     summary = execute_adhoc(c, inv, "prune", [step], check=check, json=json)
     if json:
         return
@@ -173,6 +175,29 @@ def prune(
                 title="would keep / remove" if check else "kept / removed",
                 status_column=None,
             )
+
+
+def _check_policy_flags(params: dict[str, Any], repository: str, *, has_retention: bool) -> None:
+    """Refuse, before anything runs or is journaled (exit 3), a prune whose flags set no
+    usable policy: none given and no ``retention:`` in the inventory, rules that are all 0,
+    or a ``--keep-within`` beyond 100 years (counts are checked with the other arguments)."""
+    example = "e.g. `--keep-daily 7 --keep-weekly 4` or `--keep-within 30d`"
+    if not params:
+        if has_retention:
+            return
+        raise ConfigError(
+            f"no retention policy for repository {repository!r}: refusing to prune",
+            hint=f"give --keep-* flags, {example}, or set retention: on the repository in "
+            "the inventory (docs/retention.md)",
+        )
+    within = params.get("keep_within")
+    if within is not None and not within <= MAX_KEEP_WITHIN:
+        raise ConfigError("--keep-within takes a duration up to 100 years (36500d)", hint=example)
+    if RetentionPolicy(**params).is_empty:
+        raise ConfigError(
+            "the --keep-* flags given set no rule above 0, and prune refuses an empty policy",
+            hint=example,
+        )
 
 
 def _whole_number(text: str, key: str) -> int:

@@ -407,12 +407,20 @@ def maybe_inventory(c: Any, given: str | None) -> Inventory | None:
         return None
 
 
-def parse_int(text: str, what: str) -> int:
-    """``text`` as a whole number; a ``ConfigError`` naming ``what`` otherwise."""
+#: The largest whole number the journal (SQLite INTEGER) stores.
+MAX_INTEGER = 2**63 - 1
+
+
+def parse_int(text: str, what: str, *, low: int = 1, high: int = MAX_INTEGER) -> int:
+    """``text`` as a whole number from ``low`` to ``high``; a ``ConfigError`` (exit 3)
+    naming ``what`` otherwise."""
     try:
-        return int(text)
+        value = int(text)
     except ValueError:
         raise ConfigError(f"{what} must be a number, not {text!r}") from None
+    if not low <= value <= high:
+        raise ConfigError(f"{what} must be a whole number from {low} to {high}, not {text!r}")
+    return value
 
 
 def local_time(ts: float | None) -> str:

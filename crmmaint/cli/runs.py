@@ -109,9 +109,10 @@ def show(
     debug: bool = False,
 ) -> None:
     """Show one run from the journal: every step and target with its result."""
+    wanted = None if run_id == "last" else parse_int(run_id, "run id")
     inv = maybe_inventory(c, inventory)
     with open_journal(c, inv) as journal:
-        rid = journal.last_run_id() if run_id == "last" else parse_int(run_id, "run id")
+        rid = journal.last_run_id() if wanted is None else wanted
         run_doc = journal.run(rid) if rid is not None else None
     if run_doc is None:
         raise ConfigError(f"no run {run_id} in the journal", hint="see `crmmaint history`")

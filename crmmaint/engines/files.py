@@ -454,18 +454,28 @@ class FileSetSource(RestoreRoutine[FilesRestoreTarget]):
     ) -> FilesRestoreTarget:
         """The directory (and its parents), or with force a new private directory beside the
         old one, which takes its place once the extraction is complete."""
-        self._run(["mkdir", "-p", "--", posixpath.dirname(target)], what="mkdir")
+        parent = self.transport.run(["mkdir", "-p", "--", posixpath.dirname(target)], timeout=60)
+        if not parent.ok:
+            raise self._unusable(target, f"mkdir -p {posixpath.dirname(target)}", parent)
         if replacing:
             staged = self.transport.run(["sh", "-c", _STAGE, "sh", target], timeout=60)
             work = staged.text.strip()
             if not staged.ok or not work.startswith(posixpath.dirname(target) + "/"):
-                raise self.error(f"cannot make a staging directory beside {target}")
+                raise self._unusable(target, "a staging directory beside it", staged)
             return FilesRestoreTarget(target, work=work, state="new")
         made = self.transport.run(["sh", "-c", _MAKE_TARGET, "sh", target], timeout=60)
         state = made.text.strip()
         if not made.ok or state not in ("new", "empty"):
-            raise self.error(f"mkdir {target} failed: {made.stderr_tail()}")
+            raise self._unusable(target, f"mkdir {target}", made)
         return FilesRestoreTarget(target, work=target, state=state)
+
+    def _unusable(self, target: str, what: str, result: CommandResult) -> RestoreError:
+        """A restore target directory that cannot be made (exit 6, as a target in use)."""
+        return RestoreError(
+            f"{self.where}: restore target {target} cannot be made: {what} failed: "
+            f"{result.stderr_tail() or f'exit {result.exit_status}'}",
+            hint="name a directory on a writable filesystem that crmmaint's user may create",
+        )
 
     def load_target(self, made: FilesRestoreTarget, request: RestoreRequest) -> int:
         """Extract the whole stream (``_extract``), then swap a staged directory in."""

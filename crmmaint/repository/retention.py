@@ -69,9 +69,17 @@ class RetentionPolicy:
             or not isinstance(within, int | float)
             or not 0 <= within <= MAX_KEEP_WITHIN
         ):
+            shown = (
+                format_duration(within)
+                if isinstance(within, int | float)
+                and not isinstance(within, bool)
+                and math.isfinite(within)
+                and within >= 0
+                else repr(within)
+            )
             raise ConfigError(
-                f"retention policy keep-within must be a duration from 0 to 100 years, "
-                f"got {within!r}",
+                f"retention policy keep-within must be a duration from 0 to 100 years "
+                f"(36500d), got {shown}",
                 hint="set e.g. keep-within: 2d (units s, m, h, d, w), or leave it out",
             )
 
