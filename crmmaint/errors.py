@@ -203,6 +203,13 @@ class BackendError(RepositoryError):
     retryable = True
 
 
+class RepositoryMissing(BackendError):
+    """The repository's location (a directory, an SFTP path, an S3 bucket) does not exist:
+    looking again finds it missing again, so it is never retried (exit 6)."""
+
+    retryable = False
+
+
 class ObjectNotFound(RepositoryError):
     pass
 

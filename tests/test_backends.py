@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from crmmaint.errors import BackendError, ObjectNotFound
+from crmmaint.errors import BackendError, ObjectNotFound, RepositoryMissing
 from crmmaint.repository.backends import Backend, ObjectInfo, open_backend
 from crmmaint.repository.backends.base import TEMP_DIR
 from crmmaint.repository.backends.local import LocalBackend
@@ -325,10 +325,13 @@ def test_create_is_idempotent(backend: Backend) -> None:
 
 
 def test_open_of_missing_location_fails(pair: tuple[Backend, Backend]) -> None:
+    """For every backend: the missing location is named, with the remedy, and it is a
+    ``RepositoryMissing`` (exit 6) that no retry is spent on."""
     _, missing = pair
-    with pytest.raises(BackendError) as info:
+    with pytest.raises(RepositoryMissing) as info:
         missing.open()
     assert "repo init" in str(info.value)
+    assert info.value.exit_code == 6 and not info.value.retryable
 
 
 # -- factory -------------------------------------------------------------------------------------

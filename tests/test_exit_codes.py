@@ -197,6 +197,16 @@ def test_6_repository_missing_and_restore_target(estate):
     ):
         code, out, err = cli(*args, "-i", inv)
         assert code == 6, (args, out, err)
+    # A playbook step that allows retries makes one attempt: a missing repository is found
+    # missing again (it was retried for the step's whole retry budget).
+    book = estate / "book.yml"
+    step = {"name": "b", "task": "backup.database", "database": "crm", "retries": 3,
+            "retry_delay": "10m"}  # fmt: skip
+    book.write_text(yaml.safe_dump({"name": "b", "steps": [step]}))
+    code, out, err = cli("run", str(book), "-i", inv)
+    assert code == 2 and "retrying" not in out + err, out + err
+    failed = last_failure(inv)
+    assert failed["exit_code"] == 6, failed
 
 
 def test_7_lock_held(estate):

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from crmmaint.errors import BackendError, ObjectNotFound
+from crmmaint.errors import BackendError, ObjectNotFound, RepositoryMissing
 from crmmaint.repository.backends.base import (
     TEMP_DIR,
     Backend,
@@ -46,7 +46,7 @@ class LocalBackend(Backend):
 
     def open(self) -> None:
         if not self.root.is_dir():
-            raise BackendError(
+            raise RepositoryMissing(
                 f"repository location {self.url} does not exist or is not a directory",
                 hint="run `crmmaint repo init` to create it, or check the path",
             )

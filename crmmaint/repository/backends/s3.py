@@ -31,7 +31,7 @@ from botocore.exceptions import (
     ConnectionError as BotoConnectionError,
 )
 
-from crmmaint.errors import BackendError, ObjectNotFound
+from crmmaint.errors import BackendError, ObjectNotFound, RepositoryMissing
 from crmmaint.repository.backends.base import Backend, ObjectInfo, check_name, check_prefix
 
 logger = logging.getLogger(__name__)
@@ -380,7 +380,7 @@ class S3Backend(Backend):
         return self._error(exc, action, name)
 
     def _no_bucket(self, exc: Exception) -> BackendError:
-        return BackendError(
+        return RepositoryMissing(
             f"S3 bucket {self.bucket!r} does not exist at {self._endpoint}",
             hint="check the bucket name and region, or run `crmmaint repo init` to create it",
         )

@@ -24,7 +24,7 @@ from typing import Any, BinaryIO
 
 import paramiko
 
-from crmmaint.errors import BackendError, ObjectNotFound, TransportError
+from crmmaint.errors import BackendError, ObjectNotFound, RepositoryMissing, TransportError
 from crmmaint.repository.backends.base import (
     TEMP_DIR,
     Backend,
@@ -125,7 +125,7 @@ class SFTPBackend(Backend):
             with self._channel() as sftp:
                 st = sftp.stat(self.root)
         except FileNotFoundError as exc:
-            raise BackendError(
+            raise RepositoryMissing(
                 f"repository location {self.url} does not exist",
                 hint="run `crmmaint repo init` to create it, or check the path",
             ) from exc
