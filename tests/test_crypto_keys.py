@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import base64
 import os
+import secrets
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -24,6 +26,7 @@ from crmmaint.crypto import (
     read_secret,
     write_identity_file,
 )
+from crmmaint.crypto import keys as keys_module
 from crmmaint.crypto.keys import _scrypt_wrap, _x25519_shared, _x25519_wrap
 from crmmaint.errors import CryptoError, KeyFileError
 
@@ -337,6 +340,44 @@ def test_read_secret_cmd_failure_does_not_echo() -> None:
     message = str(info.value)
     assert "exit status 3" in message
     assert "leaked" not in message
+
+
+def _running(token: str) -> list[str]:
+    found = subprocess.run(["pgrep", "-f", token], capture_output=True, text=True)
+    return found.stdout.split()
+
+
+def _wait_gone(token: str, seconds: float = 5.0) -> list[str]:
+    deadline = time.monotonic() + seconds
+    while (left := _running(token)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return left
+
+
+@pytest.mark.parametrize(
+    "command",
+    ["sleep {t}", "sh -c 'sleep {t}; echo x'", "sleep {t} | cat", "(sleep {t} &) ; sleep {t}"],
+)
+def test_a_secret_command_past_its_timeout_leaves_nothing_running(command, monkeypatch) -> None:
+    """The shell and all it started are killed (a process group), however it nests them."""
+    token = f"{secrets.randbelow(10**6) + 10**6}.{secrets.randbelow(999) + 1}"
+    monkeypatch.setattr(keys_module, "SECRET_COMMAND_TIMEOUT", 0.5)
+    with pytest.raises(CryptoError, match="timed out"):
+        read_secret("cmd:" + command.format(t=token))
+    assert _wait_gone(token) == []
+
+
+def test_a_secret_command_still_running_when_crmmaint_exits_is_killed(tmp_path) -> None:
+    """A caller that gave up waiting (inventory check --connect's time guard) and exited."""
+    token = f"{secrets.randbelow(10**6) + 10**6}.{secrets.randbelow(999) + 1}"
+    script = (
+        "import threading, time\n"
+        "from crmmaint.crypto.keys import read_secret\n"
+        f"threading.Thread(target=read_secret, args=('cmd:sleep {token}',), daemon=True).start()\n"
+        "time.sleep(0.5)\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=30)
+    assert _wait_gone(token) == []
 
 
 @pytest.mark.parametrize("spec", ["hunter22", "pass:hunter22", "env:", "hunter:22"])

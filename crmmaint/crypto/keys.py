@@ -7,15 +7,19 @@ passphrase recipient wraps under an scrypt-derived key. Byte formats are in docs
 from __future__ import annotations
 
 import abc
+import atexit
 import base64
 import binascii
+import contextlib
 import errno
 import hashlib
 import logging
 import os
 import re
+import signal
 import stat
 import subprocess
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -440,6 +444,49 @@ def read_private_file(path: str | Path, what: str, *, missing_hint: str | None =
         return fh.read(MAX_SECRET_FILE)
 
 
+#: ``cmd:`` secret commands still running, each its own process group (killed as a whole).
+_SECRET_COMMANDS: set[subprocess.Popen[bytes]] = set()
+_SECRET_COMMANDS_LOCK = threading.Lock()
+
+
+def _run_secret_command(command: str) -> subprocess.CompletedProcess[bytes]:
+    """Run a ``cmd:`` secret's shell command, in a process group of its own, so that what it
+    starts (``sh -c 'sleep 100'``, a pipeline) is killed with it: after
+    ``SECRET_COMMAND_TIMEOUT`` seconds (raising ``subprocess.TimeoutExpired``), and when
+    crmmaint exits while it runs (a caller that gave up waiting, e.g. ``inventory check
+    --connect``'s time guard). The session and terminal stay crmmaint's (a pinentry prompt
+    still reaches the user)."""
+    proc = subprocess.Popen(
+        command, shell=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, process_group=0
+    )
+    with _SECRET_COMMANDS_LOCK:
+        _SECRET_COMMANDS.add(proc)
+    try:
+        out, err = proc.communicate(timeout=SECRET_COMMAND_TIMEOUT)
+    except BaseException:
+        _kill_group(proc)
+        proc.communicate()
+        raise
+    finally:
+        with _SECRET_COMMANDS_LOCK:
+            _SECRET_COMMANDS.discard(proc)
+    return subprocess.CompletedProcess(command, proc.returncode, out, err)
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+@atexit.register
+def _kill_running_secret_commands() -> None:
+    """At exit, no ``cmd:`` secret command is left running behind crmmaint."""
+    with _SECRET_COMMANDS_LOCK:
+        running = list(_SECRET_COMMANDS)
+    for proc in running:
+        _kill_group(proc)
+
+
 def read_secret(spec: str) -> bytes:
     """Read a secret from `env:NAME`, `file:/path` or `cmd:command`; literals are refused."""
     kind, sep, arg = spec.partition(":")
@@ -461,9 +508,7 @@ def read_secret(spec: str) -> bytes:
             raise CryptoError(f"secret source file:{arg}: the file is empty")
         return value
     try:
-        result = subprocess.run(
-            arg, shell=True, capture_output=True, timeout=SECRET_COMMAND_TIMEOUT, check=False
-        )
+        result = _run_secret_command(arg)
     except subprocess.TimeoutExpired:
         raise CryptoError(
             f"secret source cmd: timed out after {SECRET_COMMAND_TIMEOUT:.0f}s"
