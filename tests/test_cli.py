@@ -876,6 +876,34 @@ def test_a_closed_pipe_is_exit_141_without_a_word(tmp_path, monkeypatch, capsys)
     assert capsys.readouterr().err == ""
 
 
+@pytest.mark.parametrize(
+    "args",
+    [["history", "--limit", "300"], ["history", "--json", "--limit", "300"], ["--help"],
+     ["history", "--help"]],
+)  # fmt: skip
+def test_output_that_cannot_be_written_is_exit_74_in_one_line(tmp_path, args):
+    """`crmmaint history > /dev/full`: no space for the output is said on stderr, exit 74
+    (EX_IOERR), not an internal error (70) or a traceback."""
+    from crmmaint.journal import Journal
+    from crmmaint.results import Status
+
+    path = tmp_path / "journal.sqlite"
+    with Journal(path) as journal:
+        for _ in range(300):
+            journal.finish_run(journal.start_run("daily", window="daily"), Status.OK)
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(
+            [str(BIN / "crmmaint"), *args],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "CRMMAINT_JOURNAL": str(path)},
+        )
+    assert done.returncode == 74, done.stderr
+    (line,) = done.stderr.splitlines()
+    assert line.startswith("crmmaint: error: cannot write the output: no space left"), line
+
+
 def test_a_restore_never_replaces_crmmaints_own_files_or_part_of_its_source(estate):
     """Found by a hostile tester: `--force` replaced the repository, the journal or a folder
     inside the file set; a SQLite target in a missing folder gave a raw shell error; `--check`

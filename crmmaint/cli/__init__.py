@@ -11,6 +11,7 @@ One module per command group (``runs``, ``playbooks``, ``backup``, ``keys``, ``r
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
 import re
@@ -24,7 +25,7 @@ from invoke.parser import Argument
 
 from crmmaint import __version__
 from crmmaint.cli import backup, demo, keys, playbooks, repo, runs
-from crmmaint.cli.common import CrmConfig, end_on_closed_pipe, format_error
+from crmmaint.cli.common import OUTPUT_ERROR, CrmConfig, end_on_closed_pipe, format_error
 from crmmaint.errors import ConfigError
 
 # --- the collection ----------------------------------------------------------------------
@@ -429,6 +430,12 @@ def main(argv: list[str] | None = None) -> None:
             end_on_closed_pipe()
         except Exit as done:
             sys.exit(done.code)
+    except OSError as exc:  # help or a parser message that cannot be written
+        reason = (exc.strerror or str(exc)).lower()
+        print(f"crmmaint: error: cannot write the output: {reason}", file=sys.stderr)
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(OUTPUT_ERROR)
     except ValueError as exc:
         found = re.search(r"invalid literal for (\w+)\(\) with base 10: (.*)$", str(exc))
         what = f"a whole number was expected, got {found.group(2)}" if found else str(exc)

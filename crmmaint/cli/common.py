@@ -13,7 +13,7 @@ import sys
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from invoke import Argument, Config, Exit, Task, task
 
@@ -101,6 +101,9 @@ def format_error(exc: CrmMaintError) -> str:
 #: Exit code when the reader of our output went away (``crmmaint history | head``): the
 #: shell's code for a process ended by SIGPIPE (128 + 13), as git and coreutils give.
 CLOSED_PIPE = 141
+#: Exit code when the output cannot be written (``crmmaint history > /dev/full``: no space,
+#: an I/O error): sysexits.h's EX_IOERR, beside its EX_SOFTWARE (70) for a bug.
+OUTPUT_ERROR = 74
 
 #: The only short flags: one meaning in every command. Every other flag is long only.
 SHORT_FLAGS = {"inventory": "i"}
@@ -167,6 +170,68 @@ def end_on_closed_pipe() -> None:
     raise Exit(code=CLOSED_PIPE)
 
 
+def _internal_error(exc: BaseException, debug: bool) -> NoReturn:
+    """A bug: one line naming it and exit 70 (the traceback with ``--debug``)."""
+    if debug:
+        traceback.print_exception(exc)
+        raise Exit(f"crmmaint: internal error: {exc!r}", code=INTERNAL_ERROR) from None
+    raise Exit(
+        f"crmmaint: internal error: {exc!r} (run again with --debug for the traceback"
+        " and report it)",
+        code=INTERNAL_ERROR,
+    ) from None
+
+
+class OutputWriteError(Exception):
+    """Writing stdout failed (no space, an I/O error): ``errno_error`` is the ``OSError``."""
+
+    def __init__(self, errno_error: OSError) -> None:
+        super().__init__(str(errno_error))
+        self.errno_error = errno_error
+
+
+class _GuardedStdout:
+    """sys.stdout while a command runs: a failed write or flush raises ``OutputWriteError``,
+    so the command's error handling tells the output's failure from a bug (both are an
+    ``OSError`` to Python). A closed pipe stays ``BrokenPipeError``."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return int(self._stream.write(text))
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise OutputWriteError(exc) from exc
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise OutputWriteError(exc) from exc
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def end_on_output_error(failed: OutputWriteError) -> NoReturn:
+    """stdout cannot be written (no space, an I/O error): say so on stderr in one line and end
+    with ``OUTPUT_ERROR``; stdout goes to /dev/null so Python's own flush at exit is quiet."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    exc = failed.errno_error
+    reason = (exc.strerror or str(exc)).lower()
+    raise Exit(
+        f"crmmaint: error: cannot write the output: {reason} (check where stdout goes)",
+        code=OUTPUT_ERROR,
+    )
+
+
 def command(*args: Any, **kwargs: Any) -> Any:
     """``invoke.task`` plus the top-level error handling every command shares."""
 
@@ -175,6 +240,8 @@ def command(*args: Any, **kwargs: Any) -> Any:
         def wrapper(c: Any, *a: Any, **k: Any) -> Any:
             debug = _debug_enabled(k)
             setup_logging(debug)
+            stdout = sys.stdout
+            sys.stdout = _GuardedStdout(stdout)  # type: ignore[assignment]
             try:
                 done = func(c, *a, **k)
                 sys.stdout.flush()  # a closed pipe shows here, not in Python's exit
@@ -191,15 +258,13 @@ def command(*args: Any, **kwargs: Any) -> Any:
                 raise Exit(f"crmmaint: interrupted{what}", code=INTERRUPTED) from None
             except BrokenPipeError:
                 end_on_closed_pipe()
+            except OutputWriteError as exc:
+                end_on_output_error(exc)
             except Exception as exc:
-                if debug:
-                    traceback.print_exc()
-                    raise Exit(f"crmmaint: internal error: {exc!r}", code=INTERNAL_ERROR) from None
-                raise Exit(
-                    f"crmmaint: internal error: {exc!r} (run again with --debug for the traceback"
-                    " and report it)",
-                    code=INTERNAL_ERROR,
-                ) from None
+                _internal_error(exc, debug)
+            finally:
+                if isinstance(sys.stdout, _GuardedStdout):
+                    sys.stdout = stdout
 
         params = inspect.signature(func).parameters
         help_ = {k: v for k, v in {**COMMON_HELP, **kwargs.pop("help", {})}.items() if k in params}
