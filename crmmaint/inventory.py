@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import posixpath
 import stat
+import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -415,7 +416,43 @@ def _section_raw(data: dict, key: str) -> dict:
     value = data.get(key)
     if value is None:
         return {}
-    return require_mapping(value, f"section {key!r}", line_of(data, key))
+    section = require_mapping(value, f"section {key!r}", line_of(data, key))
+    for name in section:
+        _check_name(name, key, line_of(section, name))
+    return section
+
+
+#: Unicode categories no inventory name may hold: control characters (a newline splits a
+#: TSV row or a log line), format characters (U+202E turns the rest of a line around),
+#: line and paragraph separators, surrogates, private-use and unassigned code points.
+_NAME_FORBIDDEN = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn"})
+
+
+def _check_name(name: Any, section: str, line: int | None) -> None:
+    """A name in ``section`` (a host, group, database, cache, file set, repository or
+    drill) is printed in listings, journal rows and messages and typed in flags: it must be
+    text without control or format characters, commas (flags take names comma-separated) or
+    surrounding spaces. Raises ``SourceError`` at ``line``."""
+    what = f"a name in section {section!r}"
+    if not isinstance(name, str):
+        raise SourceError(f"{what} must be text, not {name!r}", line, str(name))
+    bad = next((ch for ch in name if unicodedata.category(ch) in _NAME_FORBIDDEN), None)
+    if bad is not None:
+        raise SourceError(
+            f"{what}, {name!r}, holds the character U+{ord(bad):04X}: names are printed in "
+            "listings and messages, so they may not hold control or format characters",
+            line,
+            name,
+        )
+    if not name.strip():
+        raise SourceError(f"{what} must not be empty, got {name!r}", line, name)
+    if "," in name or name != name.strip():
+        raise SourceError(
+            f"{what}, {name!r}, may not hold a comma (flags take names comma-separated) or "
+            "begin or end with a space",
+            line,
+            name,
+        )
 
 
 def _section(data: dict, key: str) -> list[tuple[str, dict]]:

@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from crmmaint.errors import InventoryError
-from crmmaint.inventory import SecretSource, describe, load_inventory
+from crmmaint.inventory import SecretSource, _check_name, describe, load_inventory
 from crmmaint.yamlsource import SourceError, load_yaml_text
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -244,3 +244,40 @@ def test_yaml_limits_are_source_errors_with_the_line(text, line, message):
     with pytest.raises(SourceError) as info:
         load_yaml_text(text)
     assert (info.value.line, message in info.value.message) == (line, True), info.value.message
+
+
+# --- names: printed in listings and messages, typed in flags ------------------------------------
+
+_BAD_NAME_CHARS = st.characters(categories=["Cc", "Cf", "Zl", "Zp", "Co"]) | st.sampled_from(
+    ["\n", "\t", "\r", "\x1b", "\u202e", "\u200b", "\x85", "\u2028"]
+)
+
+
+@given(
+    st.sampled_from(["hosts", "databases", "filesets", "repositories", "caches", "groups"]),
+    st.text(st.characters(categories=["L", "N"]), max_size=4),
+    _BAD_NAME_CHARS,
+    st.text(st.characters(categories=["L", "N"]), max_size=4),
+)
+def test_a_name_with_a_control_or_format_character_is_refused(section, before, bad, after):
+    """A newline split a TSV row; U+202E turned a line around: every section refuses them,
+    at the name's line."""
+    name = before + bad + after
+    with pytest.raises(SourceError, match=f"U\\+{ord(bad):04X}") as info:
+        _check_name(name, section, 7)
+    assert info.value.line == 7
+
+
+@given(st.text(st.characters(categories=["L", "N", "P", "S", "Zs"]), min_size=1))
+def test_printable_names_are_accepted_unless_comma_or_spaces_around(name):
+    if "," in name or name != name.strip() or not name.strip():
+        with pytest.raises(SourceError):
+            _check_name(name, "databases", 1)
+    else:
+        _check_name(name, "databases", 1)
+
+
+def test_a_bad_name_is_refused_with_its_file_and_line(tmp_path):
+    text = 'hosts:\n  local: {connection: local}\ndatabases:\n  "crm\\nx": {engine: sqlite, path: a.db}\n'
+    with pytest.raises(InventoryError, match=r"inventory.yml:4: .*U\+000A"):
+        load(tmp_path, text)

@@ -18,6 +18,10 @@ from pathlib import Path
 import pytest
 import yaml
 from clirun import BIN, run_cli
+from hypothesis import given
+from hypothesis import strategies as st
+
+from crmmaint.reporting.console import tsv_cell
 
 #: SGR parameters that set a colour (foreground, background, bright, 256/true colour); bold
 #: (1) and italic (3) are not colour, and NO_COLOR lets them stay.
@@ -364,3 +368,12 @@ def test_a_failing_run_says_each_failure_once(tmp_path: Path, demo: Path) -> Non
     )
     out, _ = _said_once(["run", str(playbook), "-i", str(inventory)])
     assert out.count("failed ") >= 4, out
+
+
+@given(st.text())
+def test_a_tsv_cell_is_one_printable_field(text: str) -> None:
+    """Whatever a name or message holds, its TSV cell has no tab, newline or other control
+    or format character, and distinct texts stay distinct."""
+    cell = tsv_cell(text)
+    assert cell.isprintable() and "\t" not in cell and "\n" not in cell
+    assert tsv_cell(text + "\t") != tsv_cell(text + "\\t")

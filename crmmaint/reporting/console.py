@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     Progress,
@@ -488,7 +489,7 @@ def print_table(
     if not is_tty(stream):
         stream.write("\t".join(columns) + "\n")
         for row in rows:
-            stream.write("\t".join(_cell(row.get(c)) for c in columns) + "\n")
+            stream.write("\t".join(tsv_cell(_cell(row.get(c))) for c in columns) + "\n")
         return
     console = make_console(stream)
     table = Table(title=title)
@@ -497,12 +498,39 @@ def print_table(
     for row in rows:
         cells = []
         for col in columns:
-            text = _cell(row.get(col))
+            text = escape(visible(_cell(row.get(col)), newlines=True))
             if col == status_column and text in STATUS_STYLE:
                 text = f"[{STATUS_STYLE[text]}]{text}[/{STATUS_STYLE[text]}]"
             cells.append(text)
         table.add_row(*cells)
     console.print(table)
+
+
+#: TSV's own characters, escaped as in PostgreSQL's COPY text format, so one row stays
+#: one line and one cell one field whatever a name or message holds.
+_TSV_ESCAPES = {ord("\\"): "\\\\", ord("\t"): "\\t", ord("\n"): "\\n", ord("\r"): "\\r"}
+
+
+def visible(text: str, *, newlines: bool = False) -> str:
+    """``text`` with control and format characters (a newline unless ``newlines``, an escape
+    sequence, U+202E that turns a line around) shown as ``\\xNN`` / ``\\uNNNN``, for a
+    terminal or a log."""
+    if text.isprintable():
+        return text
+    return "".join(
+        ch
+        if ch.isprintable() or ch == " " or (newlines and ch == "\n")
+        else f"\\x{ord(ch):02x}"
+        if ord(ch) < 0x100
+        else f"\\u{ord(ch):04x}"
+        for ch in text
+    )
+
+
+def tsv_cell(text: str) -> str:
+    """One TSV field: backslash, tab, newline and carriage return escaped (``\\t`` …), any
+    other control or format character shown by ``visible``."""
+    return visible(text.translate(_TSV_ESCAPES))
 
 
 def _cell(value: Any) -> str:
