@@ -9,6 +9,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -975,3 +976,30 @@ def test_a_run_whose_reader_goes_away_finishes_and_is_journaled(estate, monkeypa
     with Journal(estate / "journal.sqlite") as journal:
         run = journal.run(journal.last_run_id())
     assert run["status"] == "ok" and [r["step"] for r in run["results"]] == ["s0", "s1"]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupt_while_crmmaint_starts_is_exit_130_in_one_line(signum, tmp_path):
+    """Ctrl-C or a service manager's SIGTERM while the CLI is still being imported (the first
+    part of a second): exit 130, one line, no traceback of the import (nor 143). Python's
+    import-time log says when the import is under way: the signal is sent as soon as invoke
+    (one of the CLI's first imports) has loaded."""
+    proc = subprocess.Popen(
+        [str(BIN / "crmmaint"), "history"],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPROFILEIMPORTTIME": "1"},
+    )
+    assert proc.stderr is not None
+    lines = []
+    for line in proc.stderr:
+        lines.append(line)
+        if re.search(r"\|\s+invoke$", line.rstrip()):
+            proc.send_signal(signum)
+            break
+    lines += proc.stderr.readlines()
+    assert proc.wait(timeout=60) == 130, "".join(lines[-20:])
+    said = [line for line in lines if not line.startswith("import time:")]
+    assert said == ["crmmaint: interrupted\n"], said

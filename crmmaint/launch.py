@@ -1,0 +1,34 @@
+"""The ``crmmaint`` program's entry point: signals are handled before anything heavy loads.
+
+Importing the CLI (invoke, paramiko, boto3, rich, the engines) takes a noticeable part of a
+second; a Ctrl-C or a service manager's SIGTERM in that window printed a traceback of the
+import (or ended with 143). Here both are an interrupt before the first import: exit 130 with
+one line, as an interrupt anywhere else (README, exit codes). Only the standard library is
+imported at module level.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+
+#: The exit code of an interrupt (128 + SIGINT), as ``crmmaint.cli.common.INTERRUPTED``.
+INTERRUPTED = 130
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main() -> None:
+    """Run the CLI (``crmmaint.cli.main``) with SIGTERM and SIGINT ending it as an interrupt
+    from the first instruction on; exits with the CLI's code, or 130 when interrupted before
+    a command took over its own interrupt handling."""
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        from crmmaint.cli import main as cli_main
+
+        cli_main()
+    except KeyboardInterrupt:
+        print("crmmaint: interrupted", file=sys.stderr)
+        sys.exit(INTERRUPTED)
