@@ -132,6 +132,8 @@ def test_a_flag_given_twice_is_refused(argv, tmp_path):
         (["keys", "generate", "a.key", "b.key"], "unexpected argument 'b.key'"),
         (["keys", "generate", "--output", "a.key", "b.key"], "unexpected argument 'b.key'"),
         (["history", "extra"], "unexpected argument 'extra'"),
+        (["verify", "--read-data", "--read-data-subset", "10%"], "give one"),
+        (["restore", "x", "--to", "y", "--timeout", "1ms"], "--timeout '1ms' is out of range"),
         (["history", "show"], "one command at a time"),
         (["-i"], "-i needs a FILE"),
         (["history", "-i", str(Path("/"))], "not a regular file"),

@@ -238,7 +238,7 @@ def usage_error(exc: ParseError) -> str:
     found = re.match(r"'([\w.]+)' did not receive required positional arguments: (.*)$", text)
     if found:
         command, names = found.group(1), re.findall(r"'(\w+)'", found.group(2))
-        wanted = ", ".join(name.upper() for name in names)
+        wanted = ", ".join(_METAVARS.get(name, name.upper()) for name in names)
         command = command.replace(".", " ")
         return f"crmmaint {command} needs {wanted} (see `crmmaint {command} --help`)"
     found = re.match(r"No idea what '(.*)' is!$", text)
@@ -371,8 +371,8 @@ def _metavar(arg: Argument) -> str:
 
 
 def _flag_usage(arg: Argument) -> str:
-    if arg.positional:
-        return _metavar(arg)
+    if arg.positional:  # also given as a flag: ``keys generate --output FILE``
+        return f"{_metavar(arg)}, --{arg.names[0]} {_metavar(arg)}"
     flags = ", ".join(("-" if len(f) == 1 else "--") + f for f in sorted(arg.names, key=len))
     return f"{flags} {_metavar(arg)}" if arg.takes_value else flags
 

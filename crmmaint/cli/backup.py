@@ -90,6 +90,12 @@ def verify(
     debug: bool = False,
 ) -> None:
     """Check that the repository is intact."""
+    if read_data and read_data_subset is not None:
+        raise ConfigError(
+            "--read-data reads every object and --read-data-subset a share of them: give one",
+            hint="e.g. `crmmaint verify --read-data-subset 10%` each night and "
+            "`--read-data` monthly",
+        )
     inv = open_inventory(c, inventory)
     repo = inv.repository(repository).name
     params: dict[str, Any] = {"read_data": read_data, "decrypt": decrypt}
@@ -346,9 +352,21 @@ def _duration_flag(flag: str, value: str | None) -> float | None:
     if value is None:
         return None
     try:
-        return parse_duration(value)
+        seconds = parse_duration(value)
     except ValueError as exc:
         raise ConfigError(f"{flag} {value!r}: {exc}", hint="e.g. 90s, 45m, 2h") from None
+    if not MIN_TIMEOUT <= seconds <= MAX_TIMEOUT:
+        raise ConfigError(
+            f"{flag} {value!r} is out of range: give from 1s to 100 years",
+            hint="e.g. 90s, 45m, 2h",
+        )
+    return seconds
+
+
+#: The shortest and longest ``--timeout`` (seconds): below a second nothing can even start
+#: (a restore's first command is cut short), beyond a century is no limit at all.
+MIN_TIMEOUT = 1.0
+MAX_TIMEOUT = 100 * 365 * 86400.0
 
 
 def register(ns: Collection) -> None:

@@ -78,7 +78,7 @@ def inventory_check(
     json: bool = False,
     debug: bool = False,
 ) -> None:
-    """Validate the inventory and print what it describes (no secrets); ``--connect``: reach it."""
+    """Validate the inventory and print what it describes (no secrets); with --connect, reach it."""
     inv = open_inventory(c, inventory)
     if connect:
         _inventory_connect(c, inv, json=json)
