@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 from clirun import run_cli
+from estates import estate_inventory, sqlite_crm
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -51,11 +51,7 @@ def estate(tmp_path_factory) -> Path:
     """A folder with a SQLite CRM, a cache directory, an identity, and a local repository
     (made by ``repo init``) holding one backup of the SQLite database."""
     root = tmp_path_factory.mktemp("estate")
-    db = sqlite3.connect(root / "crm.sqlite")
-    db.execute("CREATE TABLE customers(id INTEGER PRIMARY KEY, name TEXT)")
-    db.executemany("INSERT INTO customers(name) VALUES (?)", [(f"c{i}",) for i in range(50)])
-    db.commit()
-    db.close()
+    sqlite_crm(root / "crm.sqlite", customers=50)
     (root / "cache").mkdir()
     env = {**os.environ, "HOME": str(root)}
     for name in ("ops", "other"):
@@ -76,26 +72,16 @@ def estate(tmp_path_factory) -> Path:
 def write_inventory(root: Path, name: str, **changes: dict) -> str:
     """An inventory of the estate (every item reachable), with ``changes`` per section
     merged in; returns its path."""
-    inv: dict = {
-        "settings": {"journal": "journal.sqlite"},
-        "hosts": {"local": {"connection": "local"}},
-        "databases": {
+    inv = estate_inventory(
+        {
             "crm": {"engine": "sqlite", "path": "crm.sqlite", "main": True},
             "pg": dict(POSTGRES),
             "maria": dict(MARIADB),
         },
-        "caches": {
+        caches={
             "sessions": {"redis": "redis://127.0.0.1:6379/0", "directories": [str(root / "cache")]}
         },
-        "repositories": {
-            "main": {
-                "url": "repo",
-                "write_key": "keys/write.key",
-                "recipients": ["file:keys/ops.pub"],
-                "identity": "keys/ops.key",
-            }
-        },
-    }
+    )
     for section, entries in changes.items():
         for key, value in entries.items():
             if value is None:

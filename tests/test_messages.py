@@ -12,13 +12,13 @@ from __future__ import annotations
 import json
 import re
 import secrets
-import sqlite3
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 from clirun import run_cli
+from estates import estate_inventory, sqlite_crm
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -87,11 +87,7 @@ def estate(tmp_path_factory) -> Path:
     """Shared by the tests of this module that only read it (a backup that fails, a restore
     refused before it writes)."""
     tmp_path = tmp_path_factory.mktemp("estate")
-    db = sqlite3.connect(tmp_path / "crm.sqlite")
-    db.executescript("CREATE TABLE customers(id INTEGER PRIMARY KEY, name TEXT);")
-    db.executemany("INSERT INTO customers(name) VALUES (?)", [(f"c{i}",) for i in range(50)])
-    db.commit()
-    db.close()
+    sqlite_crm(tmp_path / "crm.sqlite", customers=50)
     (tmp_path / "files").mkdir()
     (tmp_path / "files" / "a.txt").write_text("attachment\n")
     write_inventory(tmp_path, {"crm": {"engine": "sqlite", "path": "crm.sqlite", "main": True}})
@@ -106,21 +102,7 @@ def estate(tmp_path_factory) -> Path:
 
 
 def write_inventory(folder: Path, databases: dict, **extra) -> Path:
-    doc = {
-        "settings": {"journal": "journal.sqlite"},
-        "hosts": {"local": {"connection": "local"}},
-        "databases": databases,
-        "filesets": {"files": {"paths": ["files"]}},
-        "repositories": {
-            "main": {
-                "url": "repo",
-                "write_key": "keys/write.key",
-                "recipients": ["file:keys/ops.pub"],
-                "identity": "keys/ops.key",
-            }
-        },
-        **extra,
-    }
+    doc = estate_inventory(databases, filesets={"files": {"paths": ["files"]}}, **extra)
     path = folder / "inventory.yml"
     path.write_text(yaml.safe_dump(doc))
     return path
@@ -196,7 +178,7 @@ BAD_FLAGS = [
     (["verify", "--repository", "nosuch"], "nosuch"),
     (["prune", "--repository", "nosuch"], "nosuch"),
     *[
-        (["prune", f"--keep-{rule}", "-1"], f"--keep-{rule} -1")
+        (["prune", f"--keep-{rule}", "-1"], f"--keep-{rule} takes a whole number")
         for rule in ("last", "daily", "weekly", "monthly", "quarterly", "yearly")
     ],
     (

@@ -25,6 +25,7 @@ from types import SimpleNamespace
 
 import pytest
 import yaml
+from estates import estate_inventory
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -308,19 +309,7 @@ def big_estate(tmp_path_factory) -> Path:
     db.commit()
     db.close()
     (home / "keys").mkdir()
-    inv = {
-        "settings": {"journal": "journal.sqlite"},
-        "hosts": {"local": {"connection": "local"}},
-        "databases": {"crm": {"engine": "sqlite", "path": "crm.sqlite", "main": True}},
-        "repositories": {
-            "main": {
-                "url": "repo",
-                "write_key": "keys/write.key",
-                "recipients": ["file:keys/ops.pub"],
-                "identity": "keys/ops.key",
-            }
-        },
-    }
+    inv = estate_inventory()
     (home / "inventory.yml").write_text(yaml.safe_dump(inv))
     inv_path = str(home / "inventory.yml")
     for args in (
