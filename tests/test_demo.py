@@ -217,8 +217,9 @@ def _crmmaint(*args: str, cwd: Path | None = None):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--rows", "abc"], "a whole number was expected, got 'abc'"),
-        (["--rows", "-5"], "the demo needs 100 to 20,000,000 rows, not -5"),
+        (["--rows", "abc"], "--rows takes a whole number from 1 to 1000000000, not 'abc'"),
+        (["--rows", "-5"], "--rows takes a whole number from 1 to 1000000000, not '-5'"),
+        (["--rows", "5"], "the demo needs 100 to 20,000,000 rows, not 5"),
         (["--dir", "/proc/no-such-demo"], "cannot lay out the demo estate in /proc/no-such-demo"),
     ],
 )

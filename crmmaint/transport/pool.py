@@ -19,11 +19,10 @@ from typing import TYPE_CHECKING
 
 from crmmaint.transport.base import Transport
 from crmmaint.transport.local import LocalTransport
-from crmmaint.transport.ssh import SSHPool
-from crmmaint.transport.ssh_client import SSHTarget
 
 if TYPE_CHECKING:
     from crmmaint.inventory import Host
+    from crmmaint.transport.ssh import SSHPool
 
 __all__ = ["TransportFactory", "TransportPool", "default_transport_factory"]
 
@@ -36,13 +35,21 @@ TransportFactory = Callable[["Host"], Transport]
 def default_transport_factory(pool: SSHPool | None = None) -> TransportFactory:
     """The usual factory: a host with ``connection: local`` gets a ``LocalTransport``, any other
     an ``SSHTransport`` for ``SSHTarget.from_host(host)`` from ``pool`` (default: a new
-    ``SSHPool``). Making a transport does not connect; the first command does."""
-    ssh_pool = pool if pool is not None else SSHPool()
+    ``SSHPool``, made with the first SSH host: the SSH modules load only then). Making a
+    transport does not connect; the first command does."""
+    pools: list[SSHPool] = [pool] if pool is not None else []
+    lock = threading.Lock()
 
     def factory(host: Host) -> Transport:
         if host.is_local:
             return LocalTransport(host.name)
-        return ssh_pool.transport(SSHTarget.from_host(host))
+        from crmmaint.transport.ssh import SSHPool
+        from crmmaint.transport.ssh_client import SSHTarget
+
+        with lock:
+            if not pools:
+                pools.append(SSHPool())
+        return pools[0].transport(SSHTarget.from_host(host))
 
     return factory
 
