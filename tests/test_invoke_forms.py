@@ -125,3 +125,17 @@ def test_the_crmmaint_program_keeps_its_forms(argv):
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count(": valid") == sum(a.endswith(".yml") for a in argv)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["keys.generate", "--help"], ["keys.generate", "-h"], ["keys.show", "--help"],
+     ["run", "--help"], ["restore", "--help", "--to", "x"]],
+)  # fmt: skip
+def test_help_taken_as_a_value_by_plain_invoke_runs_nothing(args, tmp_path):
+    """Plain invoke's parser gives `--help` after a command to its positional: crmmaint refuses
+    the value (exit 3, one line) instead of writing an identity file named `--help`."""
+    done = invoke(*args, cwd=tmp_path)
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert "--help was taken as an argument's value" in done.stderr
+    assert list(tmp_path.iterdir()) == []

@@ -61,6 +61,7 @@ def normalize_argv(argv: list[str]) -> list[str]:
     args = _inventory_after_command(list(argv))
     i = 1
     while i < len(args) and args[i].startswith("-"):
+        _check_option(args[i])
         i += 2 if args[i] in _CORE_VALUE_FLAGS else 1
     # ``-d`` is invoke's core debug flag only before the command: after it, it is the command's
     # own short flag (``backup -d NAME`` is ``--database``).
@@ -107,6 +108,23 @@ def normalize_argv(argv: list[str]) -> list[str]:
     return args
 
 
+#: The options crmmaint takes before a command (``print_help`` lists them); invoke's other core
+#: options (``--echo``, ``--dry``, ``--prompt-for-sudo-password`` …) are about running shell
+#: commands through invoke, which crmmaint's commands do not do.
+_OPTIONS = {"--help", "-h", "--version", "-V", "--debug", "-d", "-f", "--config"}
+
+
+def _check_option(word: str) -> None:
+    """A word before the command: one of ``_OPTIONS`` (or ``--config=FILE``), else exit 3."""
+    if word in _OPTIONS or word.startswith("--config="):
+        return
+    if word == "--":
+        raise ConfigError("'--' before a command: crmmaint takes no words after '--'")
+    raise ConfigError(
+        f"unknown option {word!r} (see `crmmaint --help`; a command's flags go after it)"
+    )
+
+
 def _inventory_after_command(args: list[str]) -> list[str]:
     """``crmmaint -i FILE history`` as ``crmmaint history -i FILE``: ``-i`` is every command's
     flag, not one of invoke's core options, so it moves behind the command."""
@@ -151,12 +169,17 @@ def _check_arguments(name: str, rest: list[str]) -> None:
             flags[("-" if len(flag) == 1 else "--") + flag] = arg
     seen: set[str] = set()
     words: list[str] = []
+    flagged: list[Argument] = []  # positionals given as flags (``--output FILE``)
     j = 0
     while j < len(rest):
         word = rest[j]
         j += 1
         if word == "--":
-            break
+            raise ConfigError(
+                f"'--' after `{command}`: crmmaint takes no words after '--' (they would be "
+                "dropped, and the command run without them)",
+                hint=see,
+            )
         if not word.startswith("-") or word == "-":
             words.append(word)
             continue
@@ -167,8 +190,8 @@ def _check_arguments(name: str, rest: list[str]) -> None:
             )
         flag, eq, value = word.partition("=")
         arg = flags.get(flag)
-        if arg is None:
-            continue  # invoke's parser names an unknown flag
+        if arg is None:  # invoke would take its own core options here (`-d`, `--list` …)
+            raise ConfigError(f"unknown flag {flag!r} for `{command}`", hint=see)
         canonical = "--" + arg.names[0]
         if arg.kind is not list:
             if canonical in seen:
@@ -179,6 +202,8 @@ def _check_arguments(name: str, rest: list[str]) -> None:
                 )
             seen.add(canonical)
         if not arg.takes_value:
+            if eq:
+                raise ConfigError(f"{canonical} takes no value, got {word!r}", hint=see)
             continue
         if not eq:
             if j >= len(rest):
@@ -187,6 +212,7 @@ def _check_arguments(name: str, rest: list[str]) -> None:
             j += 1
         if arg.positional:
             arguments = [a for a in arguments if a is not arg]
+            flagged.append(arg)
         if not value.strip():
             raise ConfigError(f"{canonical} is given an empty value", hint=see)
         _check_count(arg, canonical, value, see)
@@ -194,6 +220,12 @@ def _check_arguments(name: str, rest: list[str]) -> None:
     if name in _VARIADIC or len(words) <= len(takes):
         return
     extra = words[len(takes)]
+    if flagged:
+        arg = flagged[0]
+        raise ConfigError(
+            f"{_metavar(arg)} is given twice to `{command}`: as {extra!r} and as --{arg.names[0]}",
+            hint="give it once",
+        )
     if extra in ns.task_names or extra in ns.collections:
         raise ConfigError(
             f"one command at a time: {extra!r} after `{command}` is another command",
@@ -359,13 +391,16 @@ _METAVARS = {
     "step": "NAMES",
     "playbook": "PLAYBOOK",
     "playbooks": "NAMES",
+    "read_data_subset": "PERCENT",
 }
 
 
 def _metavar(arg: Argument) -> str:
+    if arg.kind is int:  # counts (`history --limit N`; `run --limit HOSTS` is below)
+        return "N"
     if arg.name in _METAVARS:
         return _METAVARS[arg.name]
-    if arg.kind is int or arg.name.startswith("keep_"):  # counts (keep-within is above)
+    if arg.name.startswith("keep_"):  # counts (keep-within is above)
         return "N"
     return arg.names[0].upper().replace("-", "_")
 

@@ -354,7 +354,7 @@ def _duration_flag(flag: str, value: str | None) -> float | None:
     try:
         seconds = parse_duration(value)
     except ValueError as exc:
-        raise ConfigError(f"{flag} {value!r}: {exc}", hint="e.g. 90s, 45m, 2h") from None
+        raise ConfigError(f"{flag} {value!r}: {exc}") from None
     if not MIN_TIMEOUT <= seconds <= MAX_TIMEOUT:
         raise ConfigError(
             f"{flag} {value!r} is out of range: give from 1s to 100 years",

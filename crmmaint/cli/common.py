@@ -170,6 +170,20 @@ def end_on_closed_pipe() -> None:
     raise Exit(code=CLOSED_PIPE)
 
 
+def _refuse_help_as_a_value(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    """``--help`` (or ``-h``) taken as an argument's value, as plain invoke's parser does
+    (``invoke keys.generate --help`` gave FILE the value ``--help``, and an identity file of
+    that name was written): a configuration error before the command does anything. The
+    ``crmmaint`` program prints the command's help instead (``normalize_argv``)."""
+    values = [*args, *kwargs.values()]
+    if any(isinstance(v, str) and v in ("--help", "-h") for v in values):
+        raise ConfigError(
+            "--help was taken as an argument's value, so nothing was run",
+            hint=f"for the command's help run `crmmaint {name.replace('_', ' ')} --help` or "
+            "`invoke --help COMMAND`",
+        )
+
+
 def _internal_error(exc: BaseException, debug: bool) -> NoReturn:
     """A bug: one line naming it and exit 70 (the traceback with ``--debug``)."""
     if debug:
@@ -243,6 +257,7 @@ def command(*args: Any, **kwargs: Any) -> Any:
             stdout = sys.stdout
             sys.stdout = _GuardedStdout(stdout)  # type: ignore[assignment]
             try:
+                _refuse_help_as_a_value(func.__name__, a, k)
                 done = func(c, *a, **k)
                 sys.stdout.flush()  # a closed pipe shows here, not in Python's exit
                 return done
