@@ -1012,3 +1012,20 @@ def test_an_interrupt_while_crmmaint_starts_is_exit_130_in_one_line(signum, tmp_
     assert proc.wait(timeout=60) == 130, "".join(lines[-20:])
     said = [line for line in lines if not line.startswith("import time:")]
     assert said == ["crmmaint: interrupted\n"], said
+
+
+def test_a_run_whose_reader_is_gone_still_does_its_work(estate):
+    """`crmmaint backup 2>&1 | true` (no -i: the "using inventory" notice is the first write):
+    the reader of stdout and stderr is gone before crmmaint says anything; the backup is
+    still made and journaled, with its own exit code."""
+    assert cli("keys", "generate", "--output", str(estate / "keys" / "ops.key"))[0] == 0
+    assert cli("repo", "init", cwd=estate)[0] == 0
+    proc = subprocess.Popen(
+        [str(BIN / "crmmaint"), "backup"], cwd=estate, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    proc.stdout.close()
+    assert proc.wait(timeout=300) == 0
+    code, out, _ = cli("history", "--json", cwd=estate)
+    assert code == 0 and [r["playbook"] for r in json.loads(out)] == ["backup"], out

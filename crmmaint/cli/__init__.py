@@ -25,7 +25,13 @@ from invoke.parser import Argument
 
 from crmmaint import __version__
 from crmmaint.cli import backup, demo, keys, playbooks, repo, runs
-from crmmaint.cli.common import OUTPUT_ERROR, CrmConfig, end_on_closed_pipe, format_error
+from crmmaint.cli.common import (
+    OUTPUT_ERROR,
+    CrmConfig,
+    StderrWithoutReader,
+    end_on_closed_pipe,
+    format_error,
+)
 from crmmaint.errors import ConfigError
 
 # --- the collection ----------------------------------------------------------------------
@@ -453,6 +459,8 @@ def main(argv: list[str] | None = None) -> None:
     # A service manager stops crmmaint with SIGTERM: end like an interrupt (exit 130), so the
     # journal records the run as ended and the commands it started are killed.
     signal.signal(signal.SIGTERM, _terminate)
+    if not isinstance(sys.stderr, StderrWithoutReader):
+        sys.stderr = StderrWithoutReader(sys.stderr)  # type: ignore[assignment]
     try:
         args = normalize_argv(list(argv) if argv is not None else sys.argv)
     except ConfigError as exc:

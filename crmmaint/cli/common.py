@@ -5,6 +5,7 @@ module of the package builds on it; none imports another command module."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import logging
@@ -168,6 +169,42 @@ def end_on_closed_pipe() -> None:
     os.dup2(devnull, sys.stdout.fileno())
     os.close(devnull)
     raise Exit(code=CLOSED_PIPE)
+
+
+class StderrWithoutReader:
+    """sys.stderr for the whole program: when its reader has gone (``crmmaint run daily 2>&1
+    | true``), what crmmaint says there is dropped and the work goes on (a run still does all
+    its work and exits with its own code); before, the first notice on stderr ended the run
+    with nothing done."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+        self._gone = False
+
+    def write(self, text: str) -> int:
+        if not self._gone:
+            try:
+                return int(self._stream.write(text))
+            except BrokenPipeError:
+                self._drop()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self._gone:
+            try:
+                self._stream.flush()
+            except BrokenPipeError:
+                self._drop()
+
+    def _drop(self) -> None:
+        self._gone = True
+        with contextlib.suppress(OSError, ValueError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self._stream.fileno())
+            os.close(devnull)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
 
 
 def _refuse_help_as_a_value(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
