@@ -1029,3 +1029,36 @@ def test_a_run_whose_reader_is_gone_still_does_its_work(estate):
     assert proc.wait(timeout=300) == 0
     code, out, _ = cli("history", "--json", cwd=estate)
     assert code == 0 and [r["playbook"] for r in json.loads(out)] == ["backup"], out
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("inventory: [\n", "crmmaint.yaml:2: YAML syntax"),
+        ("forks: abc\n", "crmmaint.yaml:1: forks must be a whole number"),
+        ("forks: 0\n", "crmmaint.yaml:1: forks must be from 1"),
+        ("inventoryy: x.yml\n", "crmmaint.yaml:1: unknown key 'inventoryy'"),
+        ("- a\n", "a configuration file is a mapping"),
+        ("journal: 5\n", "journal must be a path"),
+    ],
+)
+def test_a_bad_configuration_file_is_exit_3_with_its_line(
+    text, says, tmp_path, capsys, monkeypatch
+):
+    """-f FILE and ./crmmaint.yaml alike: checked before any command runs (invoke printed a
+    YAML traceback, took `forks: abc` to an internal error, or ignored a misspelt key)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "crmmaint.yaml").write_text(text)
+    for argv in (["history"], ["-f", "crmmaint.yaml", "history"]):
+        code, out, err = in_process(capsys, *argv)
+        assert code == 3 and out == "" and says in err and "Traceback" not in err, (argv, err)
+
+
+def test_configuration_files_are_read_and_a_missing_f_file_is_an_error(estate, capsys, monkeypatch):
+    monkeypatch.chdir(estate)
+    (estate / "inventory.yml").rename(estate / "estate.yml")
+    code, _, err = in_process(capsys, "-f", "nowhere.yaml", "history")
+    assert code == 3 and "nowhere.yaml: file not found" in err, err
+    (estate / "crmmaint.yaml").write_text("inventory: estate.yml\n")  # ./crmmaint.yaml
+    code, out, err = in_process(capsys, "inventory", "check")
+    assert code == 0 and "estate.yml: valid" in out, err

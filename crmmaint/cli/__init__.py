@@ -17,6 +17,7 @@ import os
 import re
 import signal
 import sys
+from pathlib import Path
 from typing import Any
 
 from invoke import Collection, Exit, Program
@@ -300,6 +301,27 @@ class CrmProgram(Program):  # type: ignore[misc]
     parser errors (a missing argument, an unknown flag) are configuration errors (exit 3)
     with one line that says what to do."""
 
+    def update_config(self, merge: bool = True) -> None:
+        """invoke's layers, with ``./crmmaint.yaml`` as the project file (invoke would look
+        beside the task collection, inside the installed package), and each file crmmaint
+        would read checked first: ``-f FILE`` must exist, and every file must be a YAML
+        mapping of ``inventory``, ``journal`` and ``forks`` (exit 3 with file:line; invoke
+        printed a parser traceback, or ignored a missing file or a misspelt key)."""
+        try:
+            runtime = self.args.config.value
+            if runtime:
+                check_config_file(Path(runtime), required=True)
+            for path in (Path("/etc/crmmaint.yaml"), Path("~/.crmmaint.yaml").expanduser(),
+                         Path("crmmaint.yaml")):  # fmt: skip
+                check_config_file(path, required=False)
+        except ConfigError as exc:
+            raise Exit(format_error(exc), code=ConfigError.exit_code) from None
+        super().update_config(merge=False)
+        self.config.set_project_location(os.getcwd())
+        self.config.load_project(merge=False)
+        if merge:
+            self.config.merge()
+
     def parse_core(self, argv: list[str] | None) -> None:
         try:
             super().parse_core(argv)
@@ -444,6 +466,46 @@ program = CrmProgram(
     version=__version__,
     config_class=CrmConfig,
 )
+
+
+#: What a configuration file (``-f FILE``, ``./crmmaint.yaml`` …) may set, and how to check it.
+CONFIG_KEYS = ("inventory", "journal", "forks")
+
+
+def check_config_file(path: Path, *, required: bool) -> None:
+    """A configuration file crmmaint reads: a YAML mapping whose keys are ``CONFIG_KEYS``
+    (``inventory`` and ``journal`` paths, ``forks`` a count from 1 to ``MAX_COUNT``). Raises
+    ``ConfigError`` naming the file and line; a missing file is one only when ``required``."""
+    from crmmaint.yamlsource import SourceError, line_of, load_yaml_file
+
+    if not required and not path.exists():
+        return
+    try:
+        doc = load_yaml_file(path)
+        if doc is None:
+            return
+        if not isinstance(doc, dict):
+            raise SourceError(f"a configuration file is a mapping of {', '.join(CONFIG_KEYS)}")
+        for key, value in doc.items():
+            line = line_of(doc, key)
+            if key not in CONFIG_KEYS:
+                raise SourceError(
+                    f"unknown key {key!r}; a configuration file sets "
+                    + ", ".join(CONFIG_KEYS),
+                    line,
+                )
+            if key == "forks":
+                if isinstance(value, bool) or not isinstance(value, int):
+                    raise SourceError(f"forks must be a whole number, not {value!r}", line)
+                if not 1 <= value <= MAX_COUNT:
+                    raise SourceError(f"forks must be from 1 to {MAX_COUNT}, not {value}", line)
+            elif not isinstance(value, str) or not value.strip():
+                raise SourceError(f"{key} must be a path, not {value!r}", line)
+    except SourceError as exc:
+        where = f"{path}:{exc.line}" if exc.line else str(path)
+        raise ConfigError(
+            f"{where}: {exc.message}", hint="see docs/inventory.md, \"Configuration files\""
+        ) from None
 
 
 def _terminate(signum: int, frame: object) -> None:

@@ -104,7 +104,7 @@ def _inventory_connect(c: Any, inv: Inventory, *, json: bool) -> None:
         print_table(
             [r.as_dict() for r in results],
             ["kind", "name", "status", "detail"],
-            title=f"{inv.path}: every item reached",
+            title=f"{inv.path}: {sum(r.ok for r in results)} of {len(results)} items answered",
         )
     failed = [r for r in results if not r.ok]
     code = exit_code(results)
