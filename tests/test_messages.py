@@ -337,6 +337,37 @@ def test_a_role_that_may_not_log_in_is_refused_once(tmp_path, pg_database):
     assert "no password is configured" in row["message"], row["message"]
 
 
+@pytest.mark.parametrize(
+    "db",
+    [
+        {"engine": "postgresql", "address": "127.0.0.1", "port": 5432, "user": "postgres"},
+        {"engine": "mysql", "address": "127.0.0.1", "port": 3306, "user": "root"},
+    ],
+    ids=["postgresql", "mysql"],
+)
+def test_a_database_that_does_not_exist_is_not_retried(tmp_path, db):
+    missing = f"crmmsg_missing_{secrets.token_hex(4)}"
+    setup_backup(tmp_path, {"crm": {**db, "name": missing}})
+    steps = [{"name": "b", "task": "backup.database", "database": "crm", "retries": 3,
+              "retry_delay": "5m"}]  # fmt: skip
+    ran, record = run_playbook(tmp_path, steps)
+    (row,) = record["results"]
+    assert row["status"] == "failed" and row["attempts"] == 1, row
+    assert "retrying" not in ran.stdout + ran.stderr
+    assert "check 'name:'" in row["message"], row["message"]
+
+
+def test_a_role_that_does_not_exist_says_so(tmp_path, pg_database):
+    name, _ = pg_database
+    setup_backup(tmp_path, {"crm": pg_db(name, f"{name}_nobody")})
+    _, record = run_playbook(
+        tmp_path, [{"name": "b", "task": "backup.database", "database": "crm"}]
+    )
+    (row,) = record["results"]
+    assert row["details"]["exit_code"] == 5, row
+    assert "the server has no user" in row["message"] and "check the password" not in row["message"]
+
+
 # --- a dump refused a table ----------------------------------------------------------------------
 
 

@@ -416,6 +416,9 @@ class DatabaseEngine(RestoreRoutine[TargetT]):
     #: unknown user), and when it refuses a privilege the work needs (SELECT on a table).
     login_refused: re.Pattern[str] | None = None
     privilege_refused: re.Pattern[str] | None = None
+    #: What they print when the server has no database of the configured name: the same
+    #: again finds none again, so it is never retried.
+    missing_database: re.Pattern[str] | None = None
 
     def error(
         self, what: str, *, hint: str | None = None, retryable: bool | None = None
@@ -425,7 +428,21 @@ class DatabaseEngine(RestoreRoutine[TargetT]):
         the password came from, never the password) or of a privilege."""
         message = f"{self.where}: {what}"
         if self.login_refused is not None and self.login_refused.search(what):
+            if "does not exist" in what:  # PostgreSQL: no such role
+                user = f"user {self.db.user!r}" if self.db.user else "the connecting user"
+                return AccessRefused(
+                    message,
+                    hint=f"the server has no {user}: check 'user:' of database "
+                    f"{self.db.name!r} in the inventory, or create the role",
+                )
             return AccessRefused(message, hint=self.login_hint())
+        if self.missing_database is not None and self.missing_database.search(what):
+            return EngineError(
+                message,
+                hint=f"check 'name:' (the name on the server) of database {self.db.name!r} in "
+                "the inventory; a missing database is not retried",
+                retryable=False,
+            )
         if (
             self.privilege_refused is not None
             and not self.loads_untrusted  # a denial there is the least privilege at work

@@ -289,6 +289,7 @@ class MySQLEngine(DatabaseEngine[MyRestoreTarget]):
     privilege_refused = re.compile(
         r"\b(?:1044|1142|1143)\b|command denied to user|Access denied for user \S+ to database"
     )
+    missing_database = re.compile(r"\bERROR 1049\b|Unknown database '")
 
     @property
     def loads_untrusted(self) -> bool:

@@ -168,6 +168,7 @@ class PostgreSQLEngine(DatabaseEngine[PgRestoreTarget]):
         r"permission denied for (?:table|relation|view|materialized view|sequence|schema"
         r"|database|function)"
     )
+    missing_database = re.compile(r"FATAL:\s+database \"[^\"]*\" does not exist")
 
     @property
     def loads_untrusted(self) -> bool:
