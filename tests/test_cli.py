@@ -138,6 +138,7 @@ def test_a_flag_given_twice_is_refused(argv, tmp_path):
         (["history", "-l"], "unknown flag '-l'"),
         (["prune", "-d"], "unknown flag '-d'"),
         (["history", "--json=yes"], "--json takes no value"),
+        (["keys", "show", "ops.pub"], "is a public key file"),
         (["history", "extra"], "unexpected argument 'extra'"),
         (["verify", "--read-data", "--read-data-subset", "10%"], "give one"),
         (["restore", "x", "--to", "y", "--timeout", "1ms"], "--timeout '1ms' is out of range"),
@@ -1062,3 +1063,9 @@ def test_configuration_files_are_read_and_a_missing_f_file_is_an_error(estate, c
     (estate / "crmmaint.yaml").write_text("inventory: estate.yml\n")  # ./crmmaint.yaml
     code, out, err = in_process(capsys, "inventory", "check")
     assert code == 0 and "estate.yml: valid" in out, err
+
+
+def test_keys_generate_into_a_directory_names_the_file_to_give(tmp_path, capsys):
+    code, out, err = in_process(capsys, "keys", "generate", "--output", str(tmp_path))
+    assert code == 8 and "is a directory" in err and str(tmp_path / "ops.key") in err, err
+    assert list(tmp_path.iterdir()) == []

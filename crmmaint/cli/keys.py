@@ -51,6 +51,13 @@ def keys_generate(c: Any, output: str, force: bool = False, debug: bool = False)
 @command(name="show", help=helps(identity="identity file"), positional=["identity"])
 def keys_show(c: Any, identity: str, debug: bool = False) -> None:
     """Print the public recipient string of an identity file."""
+    if identity.endswith(".pub"):
+        raise ConfigError(
+            f"{identity} is a public key file: `keys show` reads the identity (private key) "
+            "file and prints its public key",
+            hint=f"run `crmmaint keys show {identity.removesuffix('.pub')}`, or read "
+            f"{identity} itself",
+        )
     print(load_identity_file(identity).recipient().to_string())
 
 

@@ -349,6 +349,11 @@ def write_identity_file(
         f"# public key: {identity.recipient().to_string()}\n"
         f"{identity.to_string()}\n"
     ).encode("ascii")
+    if path.is_dir():
+        raise KeyFileError(
+            f"{path} is a directory: an identity is written to a file",
+            hint=f"name the file, e.g. {path / 'ops.key'}",
+        )
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     target = path.with_name(f".{path.name}.tmp{os.getpid()}") if overwrite else path
     try:
@@ -356,7 +361,7 @@ def write_identity_file(
     except FileExistsError:
         raise KeyFileError(
             f"identity file {path} already exists: refusing to overwrite it",
-            hint="move it away first, or pass overwrite if replacing it is really meant",
+            hint="move it away first, or give --force if replacing it is really meant",
         ) from None
     except OSError as exc:
         raise KeyFileError(f"cannot create identity file {path}: {exc.strerror}") from exc
