@@ -32,6 +32,11 @@ _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604
 _PRINTED_UNITS = (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60))
 
 
+#: The largest count a flag or setting takes (``--limit``, ``--forks``, ``keep-daily``): a
+#: billion is beyond any real estate, and far inside what SQLite and the journal store.
+MAX_COUNT = 1_000_000_000
+
+
 def parse_duration(value: str | int | float) -> float:
     """A duration in seconds (a float, ``>= 0``; a string of huge digits may give ``inf``).
 

@@ -139,6 +139,7 @@ def test_a_flag_given_twice_is_refused(argv, tmp_path):
         (["prune", "-d"], "unknown flag '-d'"),
         (["history", "--json=yes"], "--json takes no value"),
         (["keys", "show", "ops.pub"], "is a public key file"),
+        (["prune", "--keep-within", "3"], "--keep-within '3' has no unit"),
         (["history", "extra"], "unexpected argument 'extra'"),
         (["verify", "--read-data", "--read-data-subset", "10%"], "give one"),
         (["restore", "x", "--to", "y", "--timeout", "1ms"], "--timeout '1ms' is out of range"),

@@ -73,6 +73,9 @@ def test_from_mapping_rejects_unknown_key_with_suggestion():
         ({"keep-within": "2 fortnights"}, "keep-within: not a duration"),
         ({"keep-within": -5}, "keep-within: duration must not be negative"),
         ({"keep-daily": 1, "keep_daily": 2}, "keep-daily is given twice"),
+        ({"keep-within": 3}, "keep-within: 3 has no unit"),
+        ({"keep-within": "2.5"}, "keep-within: '2.5' has no unit"),
+        ({"keep-daily": 99999999999}, "keep-daily must be at most 1000000000"),
     ],
 )
 def test_from_mapping_rejects_bad_values(mapping, fragment):

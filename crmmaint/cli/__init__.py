@@ -34,6 +34,7 @@ from crmmaint.cli.common import (
     format_error,
 )
 from crmmaint.errors import ConfigError
+from crmmaint.units import MAX_COUNT
 
 # --- the collection ----------------------------------------------------------------------
 
@@ -154,9 +155,6 @@ def _inventory_after_command(args: list[str]) -> list[str]:
     return [*args[:end], *moved, *args[end:]]
 
 
-#: The largest count a flag takes (``--limit``, ``--forks``, ``--keep-daily``): a billion is
-#: beyond any real estate, and far inside what SQLite and the journal store.
-MAX_COUNT = 1_000_000_000
 #: ``-1``, ``-0.5``: a negative number, never a flag.
 _NEGATIVE = re.compile(r"-\d+(\.\d*)?")
 
@@ -490,8 +488,7 @@ def check_config_file(path: Path, *, required: bool) -> None:
             line = line_of(doc, key)
             if key not in CONFIG_KEYS:
                 raise SourceError(
-                    f"unknown key {key!r}; a configuration file sets "
-                    + ", ".join(CONFIG_KEYS),
+                    f"unknown key {key!r}; a configuration file sets " + ", ".join(CONFIG_KEYS),
                     line,
                 )
             if key == "forks":
@@ -504,7 +501,7 @@ def check_config_file(path: Path, *, required: bool) -> None:
     except SourceError as exc:
         where = f"{path}:{exc.line}" if exc.line else str(path)
         raise ConfigError(
-            f"{where}: {exc.message}", hint="see docs/inventory.md, \"Configuration files\""
+            f"{where}: {exc.message}", hint='see docs/inventory.md, "Configuration files"'
         ) from None
 
 

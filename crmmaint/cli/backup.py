@@ -25,7 +25,7 @@ from crmmaint.errors import ConfigError, RestoreError
 from crmmaint.playbook.run import AdhocStep
 from crmmaint.reporting.console import print_table, write_json
 from crmmaint.repository.configured import open_repository
-from crmmaint.repository.retention import MAX_KEEP_WITHIN, RetentionPolicy
+from crmmaint.repository.retention import MAX_KEEP_WITHIN, RetentionPolicy, bare_number
 from crmmaint.units import format_size, parse_duration
 
 
@@ -154,6 +154,11 @@ def prune(
         key: _whole_number(value, key) for key, value in counts.items() if value is not None
     }
     if keep_within is not None:
+        if bare_number(keep_within):
+            raise ConfigError(
+                f"--keep-within {keep_within!r} has no unit (it would be seconds)",
+                hint="units s, m, h, d, w: e.g. --keep-within 36h",
+            )
         try:
             params["keep_within"] = parse_duration(keep_within)
         except ValueError as exc:

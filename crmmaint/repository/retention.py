@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from crmmaint.errors import ConfigError, Setting
-from crmmaint.units import format_duration, parse_duration
+from crmmaint.units import MAX_COUNT, format_duration, parse_duration
 
 #: Count rules in the order they are evaluated and reported.
 COUNT_RULES = (
@@ -288,6 +288,11 @@ def _parse_value(key: str, raw_key: object, value: Any, where: str) -> Any:
     if key == "keep_within":
         if value is None:
             return None
+        if bare_number(value):
+            raise ConfigError(
+                f"{where}: {raw_key}: {value!r} has no unit (it would be {value} seconds)",
+                hint="units s, m, h, d, w: e.g. keep-within: 36h",
+            )
         try:
             return parse_duration(value)
         except (ValueError, TypeError) as exc:
@@ -306,7 +311,26 @@ def _parse_value(key: str, raw_key: object, value: Any, where: str) -> Any:
             f"{where}: {raw_key} must not be negative, got {value}",
             hint=f"use 0 or leave {_dashed(key)} out to disable the rule, or a count like 7",
         )
+    if value > MAX_COUNT:
+        raise ConfigError(
+            f"{where}: {raw_key} must be at most {MAX_COUNT}, got {value}",
+            hint=f"set e.g. {_dashed(key)}: 7",
+        )
     return value
+
+
+def bare_number(value: Any) -> bool:
+    """Whether a ``keep-within`` value is a positive number without a unit (``3``, ``"3"``,
+    ``2.5``): ``parse_duration`` would read seconds, where a retention window is days or
+    weeks, so a unit is required (0 and negative numbers are refused as durations)."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int | float):
+        return value > 0
+    try:
+        return float(str(value).strip()) > 0
+    except ValueError:
+        return False
 
 
 __all__ = [
