@@ -1067,6 +1067,6 @@ def test_configuration_files_are_read_and_a_missing_f_file_is_an_error(estate, c
 
 
 def test_keys_generate_into_a_directory_names_the_file_to_give(tmp_path, capsys):
-    code, out, err = in_process(capsys, "keys", "generate", "--output", str(tmp_path))
+    code, _, err = in_process(capsys, "keys", "generate", "--output", str(tmp_path))
     assert code == 8 and "is a directory" in err and str(tmp_path / "ops.key") in err, err
     assert list(tmp_path.iterdir()) == []

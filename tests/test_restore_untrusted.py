@@ -6,6 +6,7 @@ through the CLI against real PostgreSQL and MariaDB, must refuse it and run noth
 from __future__ import annotations
 
 import io
+import shutil
 import subprocess
 import uuid
 from pathlib import Path
@@ -51,16 +52,25 @@ def sql(engine: str, statement: str, db: str | None = None) -> str:
     return done.stdout
 
 
-@pytest.fixture(params=["postgresql", "mysql"])
-def estate(request, tmp_path):
-    engine = request.param
+def make_source(engine: str) -> str:
+    """A new source database with the two customers every backup here holds; its name."""
     name = f"crmforge_{uuid.uuid4().hex[:8]}"
     sql(engine, f"CREATE DATABASE {name}")
     sql(engine, "CREATE TABLE customers (id int PRIMARY KEY, name text); "
         "INSERT INTO customers VALUES (1, 'Anna'), (2, 'Ben');", name)  # fmt: skip
-    keys = tmp_path / "keys"
+    return name
+
+
+def drop_databases(engine: str, *names: str) -> None:
+    for name in names:
+        drop = f"DROP DATABASE IF EXISTS {name}"
+        sql(engine, drop + (" WITH (FORCE)" if engine == "postgresql" else ""))
+
+
+def write_estate_inventory(root: Path, engine: str, name: str) -> Path:
+    keys = root / "keys"
     inv = {
-        "settings": {"journal": str(tmp_path / "journal.sqlite")},
+        "settings": {"journal": str(root / "journal.sqlite")},
         "hosts": {"local": {"connection": "local"}},
         "databases": {
             "crm": {
@@ -74,24 +84,47 @@ def estate(request, tmp_path):
         },
         "repositories": {
             "main": {
-                "url": str(tmp_path / "repo"),
+                "url": str(root / "repo"),
                 "write_key": str(keys / "write.key"),
                 "recipients": [f"file:{keys / 'ops.pub'}"],
                 "identity": str(keys / "ops.key"),
             }
         },
     }
-    path = tmp_path / "inventory.yml"
+    path = root / "inventory.yml"
     path.write_text(yaml.safe_dump(inv))
-    keys.mkdir()
-    generated = cli("keys", "generate", "--output", str(keys / "ops.key"))
-    (keys / "ops.pub").write_text(generated.stdout.strip() + "\n")
+    return path
+
+
+@pytest.fixture(scope="module", params=["postgresql", "mysql"])
+def template(request, tmp_path_factory):
+    """Keys, a repository and its journal holding one genuine backup of a two-customer
+    database, made once per engine: each test gets its own copy (``estate``)."""
+    engine = request.param
+    root = tmp_path_factory.mktemp(f"forge-{engine}")
+    name = make_source(engine)
+    path = write_estate_inventory(root, engine, name)
+    (root / "keys").mkdir()
+    generated = cli("keys", "generate", "--output", str(root / "keys" / "ops.key"))
+    (root / "keys" / "ops.pub").write_text(generated.stdout.strip() + "\n")
     assert cli("repo", "init", "-i", str(path)).returncode == 0
     assert cli("backup", "-i", str(path)).returncode == 0
+    drop_databases(engine, name)
+    return engine, root
+
+
+@pytest.fixture
+def estate(template, tmp_path):
+    """A copy of the template's keys, repository and journal in ``tmp_path``, and a source
+    database of its own (the same two customers): ``(engine, name, inventory path)``."""
+    engine, root = template
+    for part in ("keys", "repo"):
+        shutil.copytree(root / part, tmp_path / part, symlinks=True)
+    shutil.copy2(root / "journal.sqlite", tmp_path / "journal.sqlite")
+    name = make_source(engine)
+    path = write_estate_inventory(tmp_path, engine, name)
     yield engine, name, path
-    for suffix in ("", "_forged"):
-        drop = f"DROP DATABASE IF EXISTS {name}{suffix}"
-        sql(engine, drop + (" WITH (FORCE)" if engine == "postgresql" else ""))
+    drop_databases(engine, name, f"{name}_forged")
 
 
 def forge(inventory: Path, engine: str, dump: bytes, facts: dict) -> str:
