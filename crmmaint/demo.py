@@ -520,6 +520,8 @@ def run_demo(
     from crmmaint.reporting.console import ConsoleReporter
 
     out = out or sys.stdout
+    for name in playbooks or ["daily"]:  # a wrong name is refused before anything is built
+        load_playbook(name, None)
     inventory = load_inventory(prepare_demo(demo_dir, rows=rows))
     _ensure_repository(inventory, out)
     journal_path = Path(inventory.path).parent / str(

@@ -220,6 +220,7 @@ def _crmmaint(*args: str, cwd: Path | None = None):
         (["--rows", "abc"], "--rows takes a whole number from 1 to 1000000000, not 'abc'"),
         (["--rows", "-5"], "--rows takes a whole number from 1 to 1000000000, not '-5'"),
         (["--rows", "5"], "the demo needs 100 to 20,000,000 rows, not 5"),
+        (["--playbooks", "daily,nosuch"], "nosuch"),
         (["--dir", "/proc/no-such-demo"], "cannot lay out the demo estate in /proc/no-such-demo"),
     ],
 )
@@ -228,6 +229,7 @@ def test_bad_demo_input_is_one_line_and_exit_3(tmp_path: Path, args: list[str], 
     assert proc.returncode == 3, proc.stdout + proc.stderr
     assert message in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / ".demo").exists()  # exit 3: nothing was built
 
 
 @pytest.mark.parametrize(("lost", "message"), [("ops.key", "identity"), ("write.key", "write key")])
