@@ -192,6 +192,7 @@ def test_6_repository_missing_and_restore_target(estate):
     (estate / "repo").rename(moved)
     for args in (
         ["backup", "--database", "crm"],
+        ["backup", "--database", "crm", "--check"],  # a check that would pass is no check
         ["verify"],
         ["prune", "--check", "--keep-last", "1"],
     ):

@@ -72,7 +72,12 @@ def backup_files(ctx: TaskContext) -> TaskResult:
 
 
 def _would(ctx: TaskContext, what: str) -> TaskResult:
-    repo = ctx.inventory.repository(ctx.params["repository"]).name
+    """A check-mode backup: the repository is opened (it exists, the write key opens its
+    config; no lock, nothing written), so a backup that would fail there fails here too."""
+    cfg = ctx.inventory.repository(ctx.params["repository"])
+    with open_repository(cfg):
+        pass
+    repo = cfg.name
     # In check mode, "changed" means "would change" (docs/playbooks.md).
     return TaskResult.changed(
         f"would back up {what} to {repo}", details={"check": True, "repository": repo}
