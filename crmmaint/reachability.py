@@ -103,6 +103,18 @@ class _Item:
     name: str
     timeout: float
     probe: Callable[[TransportPool], str]
+    #: The item's password source, when it has one.
+    secret: SecretSource | None = None
+
+    def silence_hint(self) -> str:
+        """What to check when the item gave no answer within its guard."""
+        if self.secret is not None and str(self.secret.spec).startswith("cmd:"):
+            return (
+                "its password comes from a cmd: command, which runs first: run that command "
+                "by hand to see whether it is what waits; else check the network path and "
+                "the load of the host or service"
+            )
+        return "check the network path and the load of the host or service"
 
 
 def plan(inv: Inventory) -> list[_Item]:
@@ -112,10 +124,14 @@ def plan(inv: Inventory) -> list[_Item]:
         items.append(_Item("host", name, host.connect_timeout, _host_probe(host)))
     for name, db in inv.databases.items():
         owner = inv.target("database", name).host
-        items.append(_Item("database", name, owner.connect_timeout, _database_probe(db, owner)))
+        items.append(
+            _Item("database", name, owner.connect_timeout, _database_probe(db, owner), db.password)
+        )
     for name, cache in inv.caches.items():
         owner = inv.target("cache", name).host
-        items.append(_Item("cache", name, owner.connect_timeout, _cache_probe(cache, owner)))
+        items.append(
+            _Item("cache", name, owner.connect_timeout, _cache_probe(cache, owner), cache.password)
+        )
     for name, repo in inv.repositories.items():
         timeout = float(repo.options.get("connect_timeout") or REPOSITORY_TIMEOUT)
         items.append(_Item("repository", name, timeout, _repository_probe(repo, timeout)))
@@ -349,11 +365,36 @@ class _Checks:
                         item.name,
                         False,
                         f"no answer within {guard:g}s",
-                        hint="check the network path and the load of the host or service",
+                        hint=item.silence_hint(),
                         exit_code=TransportError.exit_code,
                         seconds=now - began,
                     ),
                 )
+
+    @staticmethod
+    def _failed(item: _Item, exc: CrmMaintError, seconds: float) -> Reach:
+        """The line of an item whose probe raised ``exc``; a probe's command that ran out of
+        time is said as no answer (its message would show the probe's command and a
+        playbook step's remedy)."""
+        if isinstance(exc, CommandTimeout) or isinstance(exc.__cause__, CommandTimeout):
+            return Reach(
+                item.kind,
+                item.name,
+                False,
+                f"no answer within {item.timeout:g}s",
+                hint=item.silence_hint(),
+                exit_code=TransportError.exit_code,
+                seconds=seconds,
+            )
+        return Reach(
+            item.kind,
+            item.name,
+            False,
+            _one_line(exc.message),
+            hint=exc.hint,
+            exit_code=exc.exit_code,
+            seconds=seconds,
+        )
 
     def _run_one(self, index: int, pool: TransportPool) -> None:
         item = self.items[index]
@@ -363,15 +404,7 @@ class _Checks:
             detail = item.probe(pool)
             found = Reach(item.kind, item.name, True, detail, seconds=time.monotonic() - started)
         except CrmMaintError as exc:
-            found = Reach(
-                item.kind,
-                item.name,
-                False,
-                _one_line(exc.message),
-                hint=exc.hint,
-                exit_code=exc.exit_code,
-                seconds=time.monotonic() - started,
-            )
+            found = self._failed(item, exc, time.monotonic() - started)
         except Exception as exc:  # a bug: this item's line says so, the others go on
             log.debug("checking %s %s failed", item.kind, item.name, exc_info=True)
             found = Reach(

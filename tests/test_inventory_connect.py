@@ -399,3 +399,27 @@ def test_an_item_past_its_guard_is_reported_and_the_others_finish(monkeypatch):
     assert found[0].detail == "no answer within 0.5s"
     assert found[1].hint == "do something"
     assert reachability.exit_code(found) == MIXED_FAILURES_EXIT
+
+
+def test_a_probe_that_runs_out_of_time_is_no_answer_and_a_cmd_password_is_suspected():
+    """A probe's command timing out (raised as the engine's error, caused by the transport's
+    timeout) is said as no answer, without the probe's command or a playbook step's remedy;
+    an item whose password comes from a cmd: command names that command as a suspect."""
+    from crmmaint import reachability
+    from crmmaint.errors import CommandTimeout, EngineError
+    from crmmaint.inventory import SecretSource
+
+    def timed_out(pool):
+        try:
+            raise CommandTimeout("command 'sh -c …' did not finish within 5s and was killed")
+        except CommandTimeout as exc:
+            raise EngineError("query: did not finish", hint="raise the step's timeout") from exc
+
+    for secret, suspect in ((SecretSource("cmd:pass show crm"), True), (None, False)):
+        item = reachability._Item("database", "db", 5.0, timed_out, secret)
+        try:
+            timed_out(None)
+        except EngineError as exc:
+            found = reachability._Checks._failed(item, exc, 5.1)
+        assert not found.ok and found.detail == "no answer within 5s" and found.exit_code == 4
+        assert "step" not in found.hint and ("cmd: command" in found.hint) is suspect

@@ -505,10 +505,21 @@ def read_secret(spec: str) -> bytes:
         text = os.environ.get(arg)
         value = os.fsencode(text) if text else b""
         if not value:
-            raise CryptoError(f"secret source env:{arg}: the variable is unset or empty")
+            raise CryptoError(
+                f"secret source env:{arg}: the variable is unset or empty",
+                hint=f"set {arg} in the environment crmmaint runs in (cron and systemd units "
+                "start with almost none), or use file: or cmd:",
+            )
         return value
     if kind == "file":
-        value = _strip_newline(read_private_file(arg, "secret source file"))
+        value = _strip_newline(
+            read_private_file(
+                arg,
+                "secret source file",
+                missing_hint=f"create {arg} holding the secret (mode 0600), or correct the "
+                "file: path in the inventory",
+            )
+        )
         if not value:
             raise CryptoError(f"secret source file:{arg}: the file is empty")
         return value
