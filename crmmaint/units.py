@@ -37,6 +37,12 @@ _PRINTED_UNITS = (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60))
 MAX_COUNT = 1_000_000_000
 
 
+def plural(count: int, noun: str, nouns: str | None = None) -> str:
+    """``count`` and ``noun`` agreeing in number: ``plural(1, "step")`` -> ``"1 step"``,
+    ``plural(3, "filesystem")`` -> ``"3 filesystems"`` (``nouns`` for an irregular plural)."""
+    return f"{count} {noun if count == 1 else nouns or noun + 's'}"
+
+
 def parse_duration(value: str | int | float) -> float:
     """A duration in seconds (a float, ``>= 0``; a string of huge digits may give ``inf``).
 

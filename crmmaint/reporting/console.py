@@ -30,7 +30,7 @@ from rich.table import Column, Table
 from rich.text import Text
 
 from crmmaint.results import Status
-from crmmaint.units import format_countdown, format_duration, format_size, metric_value
+from crmmaint.units import format_countdown, format_duration, format_size, metric_value, plural
 
 STATUS_STYLE = {
     "ok": "green",
@@ -342,7 +342,7 @@ class ConsoleReporter:
     def on_run_start(self, playbook: Any, planned: Sequence[Any]) -> None:
         name = getattr(playbook, "name", "playbook")
         mode = " (check mode: nothing will be changed)" if self.check else ""
-        self._print(f"[bold]run[/bold] {name}: {len(planned)} steps{mode}")
+        self._print(f"[bold]run[/bold] {name}: {plural(len(planned), 'step')}{mode}")
 
     def on_step_start(self, step: Any, targets: Sequence[Any]) -> None:
         self._print(f"[bold]step[/bold] {step.name} ({step.task}) on {len(targets)} target(s)")

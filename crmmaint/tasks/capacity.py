@@ -15,6 +15,7 @@ from crmmaint.engines.host import PROBE_TIMEOUT, HostOS
 from crmmaint.errors import CrmMaintError
 from crmmaint.results import TaskResult
 from crmmaint.tasks.api import Param, TaskContext, task
+from crmmaint.units import plural
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +123,7 @@ def disk(ctx: TaskContext) -> TaskResult:
     if soon:
         return TaskResult.warning("; ".join(soon), metrics=metrics, details=details)
     forecast_count = sum(1 for f in forecasts if f["growth_bytes_per_day"] is not None)
-    message = f"{len(disks)} filesystems, none forecast full within {p['warn_days']} days"
+    message = f"{plural(len(disks), 'filesystem')}, none forecast full within {p['warn_days']} days"
     if forecast_count < len(disks):
         message += f" (too little history to forecast for {len(disks) - forecast_count})"
     return TaskResult.ok(message, metrics=metrics, details=details)

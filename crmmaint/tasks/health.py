@@ -18,6 +18,7 @@ from crmmaint.engines.host import PROBE_TIMEOUT, HostError, HostOS, ToolMissing
 from crmmaint.errors import CrmMaintError
 from crmmaint.results import Status, TaskResult, worst
 from crmmaint.tasks.api import Param, TaskContext, task
+from crmmaint.units import plural
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +93,7 @@ def host(ctx: TaskContext) -> TaskResult:
     if not problems:
         return TaskResult.ok(
             f"load {load[1]:.2f}/{cpus} cores, memory {metrics.get('mem_available_pct', 0):.0f}%"
-            f" available, {len(disks)} filesystems below {p['disk_warn']:.0f}%",
+            f" available, {plural(len(disks), 'filesystem')} below {p['disk_warn']:.0f}%",
             metrics=metrics,
             details=details,
         )
