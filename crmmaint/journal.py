@@ -310,7 +310,8 @@ class Journal:
 
 
 def _run_row(row: dict[str, Any]) -> dict[str, Any]:
-    """A ``runs`` row for readers: ``argv``, stored as JSON text, decoded to a list of strings.
+    """A ``runs`` row for readers: ``argv``, stored as JSON text, decoded to a list of strings;
+    ``check_mode``, stored as 0 or 1, a bool (as ``run --json`` gives it).
 
     Rows of any journal read the same; a value that is not a JSON list (NULL, or text some
     other writer left) becomes ``[]`` or a one-item list rather than an error."""
@@ -322,6 +323,8 @@ def _run_row(row: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(argv, list):
         argv = [str(argv)]
     row["argv"] = [str(a) for a in argv]
+    if "check_mode" in row:
+        row["check_mode"] = bool(row["check_mode"])
     return row
 
 

@@ -454,7 +454,7 @@ def test_check_mode_is_passed_to_tasks(inventory: Inventory, journal: Journal) -
     assert [ctx.check for ctx in CONTEXTS] == [True, True]
     assert summary.check
     assert summary.results[0].result.message == "would change h0"
-    assert journal.run(summary.run_id)["check_mode"] == 1
+    assert journal.run(summary.run_id)["check_mode"] is True
     run("steps: [{name: r, task: test.record, hosts: h0}]", inventory)
     assert CONTEXTS[-1].check is False
 
