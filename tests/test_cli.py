@@ -1070,3 +1070,16 @@ def test_keys_generate_into_a_directory_names_the_file_to_give(tmp_path, capsys)
     code, _, err = in_process(capsys, "keys", "generate", "--output", str(tmp_path))
     assert code == 8 and "is a directory" in err and str(tmp_path / "ops.key") in err, err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_every_commands_first_docstring_line_is_a_whole_sentence_without_rest_marks():
+    """`invoke --list` shows a command's first docstring line and `invoke --help COMMAND` the
+    docstring as written: no sentence cut in half, no reST ``literal`` marks."""
+    import inspect
+
+    from crmmaint.cli import ns
+
+    for name in ns.task_names:
+        doc = inspect.getdoc(ns[name].body) or ""
+        assert doc.split("\n")[0].rstrip().endswith((".", ")")), name
+        assert "``" not in doc, name

@@ -137,8 +137,8 @@ def prune(
 ) -> None:
     """Remove backups outside the retention policy (never the newest, nor the newest drilled).
 
-    The policy is the ``--keep-*`` flags when any is given, else the repository's
-    ``retention:`` in the inventory; with neither, prune refuses. Prints one row per backup:
+    The policy is the `--keep-*` flags when any is given, else the repository's
+    `retention:` in the inventory; with neither, prune refuses. Prints one row per backup:
     kept or removed, and the rules that keep it.
     """
     counts = {
@@ -306,8 +306,8 @@ def restore(
 ) -> None:
     """Restore a backup into a new database or directory (refuses to overwrite without --force).
 
-    Runs as a one-step playbook (task ``restore.database`` or ``restore.files``): journaled,
-    listed by ``history``, and ``--check`` changes nothing."""
+    Runs as a one-step playbook (task `restore.database` or `restore.files`): journaled,
+    listed by `history`, and `--check` changes nothing."""
     if not to:
         raise ConfigError(
             "restore needs --to", hint="name a new database, SQLite file or directory"

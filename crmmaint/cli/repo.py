@@ -56,8 +56,10 @@ def repo_repair(
     json: bool = False,
     debug: bool = False,
 ) -> None:
-    """Move damaged manifests, index segments, key objects and drill records aside (and the
-    backups they leave unrestorable), so every intact backup lists, prunes and restores."""
+    """Move damaged manifests, index segments, key objects and drill records aside.
+
+    The backups they leave unrestorable move with them, so every intact backup lists, prunes
+    and restores."""
     inv = open_inventory(c, inventory)
     with open_repository(inv.repository(repository)) as repo:
         report = repo.repair(apply=apply)
@@ -102,8 +104,9 @@ def repo_repair(
 def repo_upgrade(
     c: Any, inventory: str | None = None, repository: str | None = None, debug: bool = False
 ) -> None:
-    """Authenticate a repository config written before configs carried a MAC (once, and only
-    if you trust its values as they are)."""
+    """Authenticate a repository config written before configs carried a MAC.
+
+    Once, and only if you trust its values as they are."""
     from crmmaint.repository import Repository
     from crmmaint.repository.configured import backend_for, load_write_key
 
