@@ -106,6 +106,18 @@ class _Item:
     #: The item's password source, when it has one.
     secret: SecretSource | None = None
 
+    def no_answer(self, within: float, seconds: float) -> Reach:
+        """The item's line when it gave no answer within ``within`` seconds (exit 4)."""
+        return Reach(
+            self.kind,
+            self.name,
+            False,
+            f"no answer within {within:g}s",
+            hint=self.silence_hint(),
+            exit_code=TransportError.exit_code,
+            seconds=seconds,
+        )
+
     def silence_hint(self) -> str:
         """What to check when the item gave no answer within its guard."""
         if self.secret is not None and str(self.secret.spec).startswith("cmd:"):
@@ -358,18 +370,7 @@ class _Checks:
             began = self.started[index]
             guard = guard_seconds(item.timeout)
             if self.results[index] is None and began is not None and now - began > guard:
-                self._finish(
-                    index,
-                    Reach(
-                        item.kind,
-                        item.name,
-                        False,
-                        f"no answer within {guard:g}s",
-                        hint=item.silence_hint(),
-                        exit_code=TransportError.exit_code,
-                        seconds=now - began,
-                    ),
-                )
+                self._finish(index, item.no_answer(guard, now - began))
 
     @staticmethod
     def _failed(item: _Item, exc: CrmMaintError, seconds: float) -> Reach:
@@ -377,15 +378,7 @@ class _Checks:
         time is said as no answer (its message would show the probe's command and a
         playbook step's remedy)."""
         if isinstance(exc, CommandTimeout) or isinstance(exc.__cause__, CommandTimeout):
-            return Reach(
-                item.kind,
-                item.name,
-                False,
-                f"no answer within {item.timeout:g}s",
-                hint=item.silence_hint(),
-                exit_code=TransportError.exit_code,
-                seconds=seconds,
-            )
+            return item.no_answer(item.timeout, seconds)
         return Reach(
             item.kind,
             item.name,
