@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from invoke import Collection
@@ -78,9 +79,13 @@ def history(
     inv = maybe_inventory(c, inventory)
     with open_journal(c, inv) as journal:
         runs = journal.runs(limit=limit, playbook=playbook)
+        where = journal.path
     if json:
         write_json(runs)
         return
+    if not runs:  # say which journal was read: an empty listing alone looks like a fault
+        what = f"no runs of {playbook}" if playbook else "no runs"
+        print(f"crmmaint: {what} in the journal {where}", file=sys.stderr)
     rows = [
         {
             "run": r["id"],
