@@ -51,7 +51,8 @@ def test_from_mapping_accepts_dashes_underscores_and_durations():
     assert policy == RetentionPolicy(
         keep_daily=7, keep_weekly=4, keep_yearly=1, keep_within=2 * DAY
     )
-    assert RetentionPolicy.from_mapping({"keep-within": 3600}).keep_within == 3600.0
+    assert RetentionPolicy.from_mapping({"keep-within": "3600s"}).keep_within == 3600.0
+    assert RetentionPolicy.from_mapping({"keep-within": 0}).keep_within == 0.0
     assert RetentionPolicy.from_mapping({"keep-within": None}).is_empty
 
 
