@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from clirun import run_here
 from estates import sqlite_estate
 from hypothesis import given
 from hypothesis import strategies as st
@@ -27,6 +28,12 @@ from crmmaint.transport.base import COLLECT_STDOUT_LIMIT
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
+
+
+def setup_cli(*args: str, cwd: Path | None = None) -> tuple[int, str, str]:
+    """A test's setup step (``keys generate``, ``repo init``) in this process (``run_here``)."""
+    done = run_here(*args, cwd=cwd)
+    return done.returncode, done.stdout, done.stderr
 
 
 def cli(*args: str, cwd: Path | None = None) -> tuple[int, str, str]:
@@ -302,9 +309,9 @@ def test_backup_restore_cycle_as_subprocess(estate):
 
 def test_wrong_identity_and_tampering_have_their_exit_codes(estate):
     inv = str(estate / "inventory.yml")
-    assert cli("keys", "generate", "--output", str(estate / "keys" / "ops.key"))[0] == 0
-    assert cli("keys", "generate", "--output", str(estate / "other.key"))[0] == 0
-    assert cli("repo", "init", "-i", inv)[0] == 0
+    assert setup_cli("keys", "generate", "--output", str(estate / "keys" / "ops.key"))[0] == 0
+    assert setup_cli("keys", "generate", "--output", str(estate / "other.key"))[0] == 0
+    assert setup_cli("repo", "init", "-i", inv)[0] == 0
     assert cli("backup", "-i", inv, "--database", "crm")[0] == 0
 
     code, _, err = cli(
@@ -386,7 +393,7 @@ def test_passphrase_repository_round_trip(estate, monkeypatch):
     }
     inv_path.write_text(yaml.safe_dump(inv))
     monkeypatch.setenv("CRM_BACKUP_PASSPHRASE", "correct horse battery staple")
-    assert cli("repo", "init", "-i", str(inv_path))[0] == 0
+    assert setup_cli("repo", "init", "-i", str(inv_path))[0] == 0
     code, out, err = cli("backup", "-i", str(inv_path), "--database", "crm")
     assert code == 0, out + err
     code, out, err = cli(
@@ -405,9 +412,11 @@ def test_passphrase_repository_round_trip(estate, monkeypatch):
     assert code == 8 and "CRM_BACKUP_PASSPHRASE" in err + _
 
 
-def test_twenty_file_set_backups_in_a_row_all_succeed(estate):
+def test_twenty_file_set_backups_in_a_row_all_succeed(estate, capsys):
     """A file set of a few hundred files (more output than a collected command may keep) backs
-    up 20 times in a row; files read in between (new atimes) store nothing new."""
+    up 20 times in a row; files read in between (new atimes) store nothing new. The first
+    backup runs the installed program, the others `main` in this process (the same code,
+    without a program start each)."""
     import random
 
     files = estate / "files"
@@ -417,10 +426,11 @@ def test_twenty_file_set_backups_in_a_row_all_succeed(estate):
         sub.mkdir(exist_ok=True)
         (sub / f"doc{i}.bin").write_bytes(rng.randbytes(rng.randint(20_000, 120_000)))
     inv = str(estate / "inventory.yml")
-    assert cli("keys", "generate", "--output", str(estate / "keys" / "ops.key"))[0] == 0
-    assert cli("repo", "init", "-i", inv)[0] == 0
+    assert setup_cli("keys", "generate", "--output", str(estate / "keys" / "ops.key"))[0] == 0
+    assert setup_cli("repo", "init", "-i", inv)[0] == 0
     for attempt in range(20):
-        code, out, err = cli("backup", "--fileset", "files", "-i", inv)
+        args = ("backup", "--fileset", "files", "-i", inv)
+        code, out, err = cli(*args) if attempt == 0 else in_process(capsys, *args)
         assert code == 0, (attempt, out, err)
         now = time.time_ns() + attempt * 3600 * 10**9
         for path in files.rglob("*.bin"):
@@ -444,8 +454,8 @@ def test_file_set_through_a_linked_root_and_an_emptied_one(estate):
     shutil.rmtree(estate / "files")
     (estate / "files").symlink_to(real)
     inv = str(estate / "inventory.yml")
-    assert cli("keys", "generate", "--output", str(estate / "keys" / "ops.key"))[0] == 0
-    assert cli("repo", "init", "-i", inv)[0] == 0
+    assert setup_cli("keys", "generate", "--output", str(estate / "keys" / "ops.key"))[0] == 0
+    assert setup_cli("repo", "init", "-i", inv)[0] == 0
     code, out, err = cli("backup", "--fileset", "files", "-i", inv)
     assert code == 0, out + err
     target = estate / "restored"
@@ -468,8 +478,8 @@ def test_readers_wait_for_a_prune_holding_the_repository(estate):
     from crmmaint.repository.lock import RepositoryLock
 
     inv = str(estate / "inventory.yml")
-    assert cli("keys", "generate", "--output", str(estate / "keys" / "ops.key"))[0] == 0
-    assert cli("repo", "init", "-i", inv)[0] == 0
+    assert setup_cli("keys", "generate", "--output", str(estate / "keys" / "ops.key"))[0] == 0
+    assert setup_cli("repo", "init", "-i", inv)[0] == 0
     assert cli("backup", "-i", inv)[0] == 0
     prune = RepositoryLock(LocalBackend(estate / "repo"), exclusive=True, owner="prune elsewhere")
     prune.acquire()
@@ -507,8 +517,8 @@ def test_readers_wait_for_a_prune_holding_the_repository(estate):
 
 def test_one_damaged_manifest_leaves_the_others_listable_and_restorable(estate):
     inv = str(estate / "inventory.yml")
-    assert cli("keys", "generate", "--output", str(estate / "keys" / "ops.key"))[0] == 0
-    assert cli("repo", "init", "-i", inv)[0] == 0
+    assert setup_cli("keys", "generate", "--output", str(estate / "keys" / "ops.key"))[0] == 0
+    assert setup_cli("repo", "init", "-i", inv)[0] == 0
     for _ in range(2):
         assert cli("backup", "--database", "crm", "-i", inv)[0] == 0
     first, second = sorted(p.name for p in (estate / "repo" / "backups").iterdir())
@@ -544,8 +554,8 @@ def test_a_restore_target_in_no_directory_exits_6(estate):
     target unusable), found before anything is written: one line, no traceback. (A database
     that fails is 5: tests/test_exit_codes.py.)"""
     inv = str(estate / "inventory.yml")
-    assert cli("keys", "generate", "--output", str(estate / "keys" / "ops.key"))[0] == 0
-    assert cli("repo", "init", "-i", inv)[0] == 0
+    assert setup_cli("keys", "generate", "--output", str(estate / "keys" / "ops.key"))[0] == 0
+    assert setup_cli("repo", "init", "-i", inv)[0] == 0
     assert cli("backup", "-i", inv, "--database", "crm")[0] == 0
     blocker = estate / "not-a-dir"
     blocker.write_text("a file where the restore needs a directory")
@@ -615,7 +625,7 @@ def test_the_journal_is_readable_by_its_owner_only(estate):
 def test_a_relative_inventory_path_and_relative_urls_work_from_its_parent(estate):
     """`-i .demo/inventory.yml` with `url: repo` inside: relative to the inventory's folder."""
     rel = f"{estate.name}/inventory.yml"
-    assert cli("keys", "generate", "--output", str(estate / "keys" / "ops.key"))[0] == 0
+    assert setup_cli("keys", "generate", "--output", str(estate / "keys" / "ops.key"))[0] == 0
     for args in (("repo", "init"), ("backup",), ("backups", "list"), ("verify",)):
         code, out, err = cli(*args, "-i", rel, cwd=estate.parent)
         assert code == 0, (args, out, err)
@@ -625,8 +635,8 @@ def test_verify_names_a_backup_the_storage_rolled_back(estate):
     """The storage drops the newest backup (a rollback): no later manifest names it, but the
     journal saw it committed, so `crmmaint verify` reports it missing."""
     inv = str(estate / "inventory.yml")
-    assert cli("keys", "generate", "--output", str(estate / "keys" / "ops.key"))[0] == 0
-    assert cli("repo", "init", "-i", inv)[0] == 0
+    assert setup_cli("keys", "generate", "--output", str(estate / "keys" / "ops.key"))[0] == 0
+    assert setup_cli("repo", "init", "-i", inv)[0] == 0
     for _ in range(2):
         assert cli("backup", "--database", "crm", "-i", inv)[0] == 0
     assert cli("verify", "-i", inv)[0] == 0
@@ -647,11 +657,11 @@ def test_a_repository_made_again_under_the_same_name_is_not_missing_old_backups(
     """The journal remembers backups of the deleted repository; verify of the new one (same
     name, new id) must not call them missing."""
     inv = str(estate / "inventory.yml")
-    assert cli("keys", "generate", "--output", str(estate / "keys" / "ops.key"))[0] == 0
-    assert cli("repo", "init", "-i", inv)[0] == 0
+    assert setup_cli("keys", "generate", "--output", str(estate / "keys" / "ops.key"))[0] == 0
+    assert setup_cli("repo", "init", "-i", inv)[0] == 0
     assert cli("backup", "--database", "crm", "-i", inv)[0] == 0
     shutil.rmtree(estate / "repo")
-    assert cli("repo", "init", "-i", inv)[0] == 0
+    assert setup_cli("repo", "init", "-i", inv)[0] == 0
     assert cli("backup", "--database", "crm", "-i", inv)[0] == 0
     code, out, err = cli("verify", "--read-data", "-i", inv)
     assert code == 0, out + err
@@ -694,8 +704,8 @@ def test_restores_run_through_the_runner_journaled_and_checkable(estate):
     without writing, every restore (failed ones too) is a run in `history`, and `show` gives
     its step with the task, the target and the error's exit code."""
     inv = str(estate / "inventory.yml")
-    assert cli("keys", "generate", "--output", str(estate / "keys" / "ops.key"))[0] == 0
-    assert cli("repo", "init", "-i", inv)[0] == 0
+    assert setup_cli("keys", "generate", "--output", str(estate / "keys" / "ops.key"))[0] == 0
+    assert setup_cli("repo", "init", "-i", inv)[0] == 0
     assert cli("backup", "-i", inv)[0] == 0
     target = estate / "checked.sqlite"
 
@@ -742,8 +752,8 @@ def test_restores_run_through_the_runner_journaled_and_checkable(estate):
 
 def test_restore_json_reports_the_run(estate):
     inv = str(estate / "inventory.yml")
-    assert cli("keys", "generate", "--output", str(estate / "keys" / "ops.key"))[0] == 0
-    assert cli("repo", "init", "-i", inv)[0] == 0
+    assert setup_cli("keys", "generate", "--output", str(estate / "keys" / "ops.key"))[0] == 0
+    assert setup_cli("repo", "init", "-i", inv)[0] == 0
     assert cli("backup", "-i", inv, "--database", "crm")[0] == 0
     target = estate / "j.sqlite"
     code, out, err = cli("restore", "database:crm@latest", "--to", str(target), "-i", inv, "--json")
@@ -922,8 +932,8 @@ def test_a_restore_never_replaces_crmmaints_own_files_or_part_of_its_source(esta
     said "would restore" where the restore then failed. Each is refused before anything is
     written, with `--check` too, exit 6, and nothing is touched."""
     inv = str(estate / "inventory.yml")
-    assert cli("keys", "generate", "--output", str(estate / "keys" / "ops.key"))[0] == 0
-    assert cli("repo", "init", "-i", inv)[0] == 0
+    assert setup_cli("keys", "generate", "--output", str(estate / "keys" / "ops.key"))[0] == 0
+    assert setup_cli("repo", "init", "-i", inv)[0] == 0
     assert cli("backup", "-i", inv)[0] == 0
     (estate / "files" / "sub").mkdir()
     (estate / "files" / "sub" / "keep.txt").write_text("source data\n")
@@ -1020,8 +1030,8 @@ def test_a_run_whose_reader_is_gone_still_does_its_work(estate):
     """`crmmaint backup 2>&1 | true` (no -i: the "using inventory" notice is the first write):
     the reader of stdout and stderr is gone before crmmaint says anything; the backup is
     still made and journaled, with its own exit code."""
-    assert cli("keys", "generate", "--output", str(estate / "keys" / "ops.key"))[0] == 0
-    assert cli("repo", "init", cwd=estate)[0] == 0
+    assert setup_cli("keys", "generate", "--output", str(estate / "keys" / "ops.key"))[0] == 0
+    assert setup_cli("repo", "init", cwd=estate)[0] == 0
     proc = subprocess.Popen(
         [str(BIN / "crmmaint"), "backup"], cwd=estate, stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from clirun import BIN, run_cli
+from clirun import BIN, run_cli, run_here
 from estates import sqlite_estate
 
 from crmmaint.repository.backends.local import LocalBackend
@@ -39,8 +39,10 @@ def one_line(err: str) -> str:
 def estate(tmp_path: Path) -> Path:
     """A local SQLite CRM and a file set, a repository and its keys: backed up once."""
     sqlite_estate(tmp_path, customers=500)
-    assert cli("keys", "generate", "--output", str(tmp_path / "keys" / "ops.key"))[0] == 0
-    assert cli("repo", "init", "-i", str(tmp_path / "inventory.yml"))[0] == 0
+    assert (
+        run_here("keys", "generate", "--output", str(tmp_path / "keys" / "ops.key")).returncode == 0
+    )
+    assert run_here("repo", "init", "-i", str(tmp_path / "inventory.yml")).returncode == 0
     assert cli("backup", "-i", str(tmp_path / "inventory.yml"))[0] == 0
     return tmp_path
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from clirun import run_cli
+from clirun import run_cli, run_here
 from estates import estate_inventory, sqlite_crm
 from hypothesis import given
 from hypothesis import strategies as st
@@ -92,10 +92,10 @@ def estate(tmp_path_factory) -> Path:
     (tmp_path / "files" / "a.txt").write_text("attachment\n")
     write_inventory(tmp_path, {"crm": {"engine": "sqlite", "path": "crm.sqlite", "main": True}})
     assert (
-        run_cli("keys", "generate", "--output", str(tmp_path / "keys" / "ops.key")).returncode == 0
+        run_here("keys", "generate", "--output", str(tmp_path / "keys" / "ops.key")).returncode == 0
     )
     inv = str(tmp_path / "inventory.yml")
-    assert run_cli("repo", "init", "-i", inv).returncode == 0
+    assert run_here("repo", "init", "-i", inv).returncode == 0
     done = run_cli("backup", "-i", inv)
     assert done.returncode == 0, done.stdout + done.stderr
     return tmp_path
@@ -259,9 +259,9 @@ def test_a_wrong_password_names_its_source_and_is_not_retried(
     (tmp_path / "files").mkdir()
     inv = write_inventory(tmp_path, {"crm": mariadb_db(db, user, spec)})
     assert (
-        run_cli("keys", "generate", "--output", str(tmp_path / "keys" / "ops.key")).returncode == 0
+        run_here("keys", "generate", "--output", str(tmp_path / "keys" / "ops.key")).returncode == 0
     )
-    assert run_cli("repo", "init", "-i", str(inv)).returncode == 0
+    assert run_here("repo", "init", "-i", str(inv)).returncode == 0
 
     done = run_cli("backup", "--database", "crm", "-i", str(inv))
     assert done.returncode == 5, done.stdout + done.stderr
@@ -315,9 +315,9 @@ def setup_backup(tmp_path: Path, databases: dict) -> Path:
     (tmp_path / "files").mkdir(exist_ok=True)
     inv = write_inventory(tmp_path, databases)
     assert (
-        run_cli("keys", "generate", "--output", str(tmp_path / "keys" / "ops.key")).returncode == 0
+        run_here("keys", "generate", "--output", str(tmp_path / "keys" / "ops.key")).returncode == 0
     )
-    assert run_cli("repo", "init", "-i", str(inv)).returncode == 0
+    assert run_here("repo", "init", "-i", str(inv)).returncode == 0
     return inv
 
 
