@@ -494,7 +494,10 @@ def print_table(
     console = make_console(stream)
     table = Table(title=title)
     for col in columns:
-        table.add_column(col, overflow="fold")
+        # A backup id is copied whole into `restore ID`: kept on one line where the terminal
+        # leaves the other columns room (folded on a narrow one rather than squeezing all).
+        keep = col == "id" and console.width >= 100
+        table.add_column(col, overflow="fold", no_wrap=keep)
     for row in rows:
         cells = []
         for col in columns:
