@@ -184,6 +184,18 @@ def test_6_repository_missing_and_restore_target(estate):
         "restore", "database:crm@latest", "--to", str(estate / "x.sqlite"), "-i", inv
     )
     assert code == 6 and "exists" in one_line(err)
+    # --force replaces a SQLite file, never what is not one (a FIFO, a directory, a link):
+    # a device such as /dev/full became a regular file.
+    os.mkfifo(estate / "fifo")
+    (estate / "dir").mkdir()
+    (estate / "link").symlink_to(estate / "x.sqlite")
+    for name in ("fifo", "dir", "link"):
+        target = estate / name
+        code, _, err = cli("restore", "database:crm@latest", "--to", str(target), "--force",
+                           "-i", inv)  # fmt: skip
+        assert code == 6 and "is not a regular file" in one_line(err), (name, err)
+    assert (estate / "fifo").is_fifo() and (estate / "dir").is_dir()
+    assert (estate / "link").is_symlink()
     # A directory that cannot be made: under /proc, under a regular file.
     (estate / "plain").write_text("x")
     for target in ("/proc/crmmaint-restore-test", str(estate / "plain" / "sub" / "dir")):

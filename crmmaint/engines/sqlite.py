@@ -53,6 +53,11 @@ echo "$dir"
 
 # $1 = destination, $2 = this restore's token. Streams stdin into a temp file next to it, then
 # renames it into place.
+#: What a restore target path is: ``none``, a regular ``file``, or ``other``.
+_TARGET_KIND = (
+    'if [ -L "$1" ]; then echo other; elif [ -f "$1" ]; then echo file; '
+    'elif [ -e "$1" ]; then echo other; else echo none; fi'
+)
 _WRITE_SCRIPT = r"""
 set -eu
 umask 077
@@ -230,7 +235,20 @@ class SQLiteEngine(DatabaseEngine[SQLiteRestoreTarget]):
         return target == posixpath.normpath(self.path)
 
     def target_exists(self, target: str) -> bool:
-        return self.transport.run(["test", "-e", target], timeout=QUERY_TIMEOUT).ok
+        """Whether ``target`` exists as a regular file (``force`` may replace it); anything
+        else there (a device such as /dev/full, a FIFO, a directory, a symbolic link) raises
+        ``RestoreError`` (exit 6): a restore renames its file over the target, and must
+        never turn a device or a directory entry into a database file."""
+        found = self.transport.run(
+            ["sh", "-c", _TARGET_KIND, "sh", target], timeout=QUERY_TIMEOUT
+        ).text.strip()
+        if found == "other":
+            raise RestoreError(
+                f"{self.where}: restore target {target} exists and is not a regular file "
+                "(a device, a FIFO, a directory or a link): a SQLite restore writes a file",
+                hint="name a new file, or an existing SQLite file to replace with --force",
+            )
+        return found == "file"
 
     def create_target(
         self, target: str, request: RestoreRequest, *, replacing: bool
