@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import glob
 import io
 import os
 import sqlite3
@@ -71,10 +70,12 @@ def test_missing_file_is_an_error_and_not_created(tmp_path):
     assert not path.exists()
 
 
-def test_backup_restore_round_trip_and_temp_copy_removed(source, tmp_path):
-    before = set(glob.glob("/tmp/crmmaint-sqlite.*"))
+def test_backup_restore_round_trip_and_temp_copy_removed(source, tmp_path, monkeypatch):
+    temp = tmp_path / "tmp"  # a temp directory of its own: other tests' backups use /tmp
+    temp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(temp))
     data, facts = dump_all(source)
-    assert set(glob.glob("/tmp/crmmaint-sqlite.*")) == before
+    assert list(temp.iterdir()) == []
     assert data.startswith(b"SQLite format 3\0")
     assert facts["row_counts"] == source.row_counts()
     assert facts["schema_fingerprint"] == source.schema_fingerprint()

@@ -314,3 +314,19 @@ def test_a_cleanup_view_runs_after_its_attempt_was_stopped() -> None:
         with pytest.raises(CommandTimeout, match="its cleanup was stopped"):
             view.for_cleanup(30).run(["true"])
         assert pooled.for_cleanup(30) is pooled  # no deadline: itself
+
+
+@pytest.mark.parametrize("estate", ["sqlite"], indirect=True)
+def test_an_interrupted_sqlite_backup_leaves_no_plain_copy(
+    estate: Estate, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The online-backup copy of a SQLite database (plain data, in the temp directory) is
+    removed when the backup is interrupted: its removal runs as cleanup, which an interrupt
+    does not refuse (it was left behind, the database whole and unencrypted)."""
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(temp))
+    command = [str(BIN / "crmmaint"), "backup", "-i", str(estate.inventory)]
+    code, err = interrupted(command, signal.SIGINT, lambda: any(temp.glob("crmmaint-sqlite.*")))
+    assert code == 130, err
+    assert list(temp.iterdir()) == [], err

@@ -27,19 +27,24 @@ from crmmaint.engines.base import (
     closing_dump,
     schema_digest,
 )
-from crmmaint.errors import FORCE, EngineError, RestoreError
+from crmmaint.errors import FORCE, CrmMaintError, RestoreError
 
 log = logging.getLogger(__name__)
 
 # $1 = source database. Makes a 0700 temp dir, backs up into it and checks the copy; prints the
 # dir. The copy's name is a fixed literal, so no path is ever spliced into a dot-command.
+#: Removes the backup copy of token $1 (the directory ``_BACKUP_SCRIPT`` made).
+_REMOVE_COPY = 'rm -rf -- "${TMPDIR:-/tmp}"/crmmaint-sqlite."$1".*'
+
+# $1 = the database file, $2 = this backup's token (in the copy's directory name, so the copy
+# is found and removed also when the script was killed before it printed the directory).
 _BACKUP_SCRIPT = r"""
 set -eu
 umask 077
 src=$1
 case $src in /*) ;; *) src=$PWD/$src ;; esac
 test -f "$src" || { echo "no such database file: $src" >&2; exit 2; }
-dir=$(mktemp -d "${TMPDIR:-/tmp}/crmmaint-sqlite.XXXXXXXX")
+dir=$(mktemp -d "${TMPDIR:-/tmp}/crmmaint-sqlite.$2.XXXXXXXX")
 cd "$dir"
 if ! sqlite3 -bail -batch -readonly "$src" ".backup copy.db" >/dev/null; then
   cd /; rm -rf "$dir"; exit 3
@@ -51,13 +56,14 @@ fi
 echo "$dir"
 """
 
-# $1 = destination, $2 = this restore's token. Streams stdin into a temp file next to it, then
-# renames it into place.
 #: What a restore target path is: ``none``, a regular ``file``, or ``other``.
 _TARGET_KIND = (
     'if [ -L "$1" ]; then echo other; elif [ -f "$1" ]; then echo file; '
     'elif [ -e "$1" ]; then echo other; else echo none; fi'
 )
+
+# $1 = destination, $2 = this restore's token. Streams stdin into a temp file next to it, then
+# renames it into place.
 _WRITE_SCRIPT = r"""
 set -eu
 umask 077
@@ -175,17 +181,18 @@ class SQLiteEngine(DatabaseEngine[SQLiteRestoreTarget]):
     @contextlib.contextmanager
     def dump(self, *, timeout: float | None = None) -> Iterator[DumpStream]:
         """Online backup to a temp copy, integrity_check, facts from the copy, then stream it."""
-        result = self.run(
-            ["sh", "-c", _BACKUP_SCRIPT, "sh", self.path],
-            timeout=timeout or QUERY_TIMEOUT * 10,
-            what="online backup",
-            final_exits=(2,),  # the database file does not exist
-        )
-        tmpdir = result.text.strip()
-        if not tmpdir.startswith("/"):
-            raise self.error(f"online backup gave no temp directory: {tmpdir[:200]!r}")
-        copy = posixpath.join(tmpdir, "copy.db")
+        token = secrets.token_hex(8)
         try:
+            result = self.run(
+                ["sh", "-c", _BACKUP_SCRIPT, "sh", self.path, token],
+                timeout=timeout or QUERY_TIMEOUT * 10,
+                what="online backup",
+                final_exits=(2,),  # the database file does not exist
+            )
+            tmpdir = result.text.strip()
+            if not tmpdir.startswith("/"):
+                raise self.error(f"online backup gave no temp directory: {tmpdir[:200]!r}")
+            copy = posixpath.join(tmpdir, "copy.db")
             facts = self.for_path(copy).snapshot_facts() | {"format": "sqlite-file"}
             with self.started(
                 ["cat", "--", copy], what="streaming the backup copy", stdout="stream"
@@ -194,10 +201,14 @@ class SQLiteEngine(DatabaseEngine[SQLiteRestoreTarget]):
                 with closing_dump(stream):
                     yield stream
         finally:
+            # A plain copy of the database: removed also when the run was interrupted (as
+            # cleanup), and when the script was killed before it said where the copy is.
             try:
-                self.run(["rm", "-rf", "--", tmpdir], what="removing the backup copy")
-            except EngineError as exc:
-                log.warning("could not remove temporary backup copy %s: %s", tmpdir, exc)
+                self.cleaning_up().run(
+                    ["sh", "-c", _REMOVE_COPY, "sh", token], what="removing the backup copy"
+                )
+            except CrmMaintError as exc:
+                log.warning("could not remove the temporary backup copy (%s): %s", token, exc)
 
     # --- restore and drop ------------------------------------------------------------------
 
