@@ -1093,3 +1093,15 @@ def test_every_commands_first_docstring_line_is_a_whole_sentence_without_rest_ma
         doc = inspect.getdoc(ns[name].body) or ""
         assert doc.split("\n")[0].rstrip().endswith((".", ")")), name
         assert "``" not in doc, name
+
+
+def test_a_closed_stdout_is_exit_74_before_anything_runs(tmp_path):
+    """`crmmaint run daily >&-`: no output can be written, so nothing runs (exit 74, one line);
+    it was an internal error (70) with a traceback per result."""
+    done = subprocess.run(
+        [str(BIN / "crmmaint"), "history"], stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+        preexec_fn=lambda: os.close(1), timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 74, done.stderr
+    assert done.stderr == "crmmaint: error: cannot write the output: stdout is closed\n"
+    assert list(tmp_path.iterdir()) == []

@@ -294,10 +294,35 @@ def usage_error(exc: ParseError) -> str:
 
 
 class CrmProgram(Program):  # type: ignore[misc]
+    # ``run``: invoke's turns a KeyboardInterrupt while it parses into a silent exit 1;
+    # crmmaint's is 130 with one line, as an interrupt anywhere else.
     """invoke's ``Program`` whose help is crmmaint's: its commands and the few options that
     apply to all of them, not invoke's core options for running shell commands; and whose
     parser errors (a missing argument, an unknown flag) are configuration errors (exit 3)
     with one line that says what to do."""
+
+    def run(self, argv: list[str] | None = None, exit: bool = True) -> None:
+        """invoke's ``run``; an interrupt while it parses or loads configuration (before a
+        command's own handling) ends with 130 and one line, not invoke's silent exit 1."""
+        interrupted: list[bool] = []
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+        def on_interrupt(signum: int, frame: object) -> None:
+            interrupted.append(True)
+            raise KeyboardInterrupt(f"signal {signum}")
+
+        for sig in previous:
+            signal.signal(sig, on_interrupt)
+        try:
+            super().run(argv, exit)
+        except SystemExit as done:
+            if interrupted and done.code == 1:
+                print("crmmaint: interrupted", file=sys.stderr)
+                raise SystemExit(130) from None
+            raise
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
     def update_config(self, merge: bool = True) -> None:
         """invoke's layers, with ``./crmmaint.yaml`` as the project file (invoke would look
@@ -518,6 +543,9 @@ def main(argv: list[str] | None = None) -> None:
     # A service manager stops crmmaint with SIGTERM: end like an interrupt (exit 130), so the
     # journal records the run as ended and the commands it started are killed.
     signal.signal(signal.SIGTERM, _terminate)
+    if sys.stdout is None:  # started with stdout closed (`crmmaint history >&-`)
+        print("crmmaint: error: cannot write the output: stdout is closed", file=sys.stderr)
+        sys.exit(OUTPUT_ERROR)
     if not isinstance(sys.stderr, StderrWithoutReader):
         sys.stderr = StderrWithoutReader(sys.stderr)  # type: ignore[assignment]
     try:
