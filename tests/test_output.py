@@ -377,3 +377,24 @@ def test_a_tsv_cell_is_one_printable_field(text: str) -> None:
     cell = tsv_cell(text)
     assert cell.isprintable() and "\t" not in cell and "\n" not in cell
     assert tsv_cell(text + "\t") != tsv_cell(text + "\\t")
+
+
+@given(st.text(max_size=40), st.text(max_size=20))
+def test_a_result_line_shows_hostile_text_without_obeying_it(message: str, name: str) -> None:
+    """A log line, a server's error or a step name holding ESC sequences, U+202E or rich's
+    markup brackets: printed as escapes and literally, never as control or markup."""
+    import io
+    from types import SimpleNamespace
+
+    from crmmaint.reporting.console import ConsoleReporter
+
+    out = io.StringIO()
+    reporter = ConsoleReporter(out)
+    step = SimpleNamespace(name=name, task="logs.scan")
+    target = SimpleNamespace(label=f"{name}@local")
+    result = SimpleNamespace(status="warning", message=message)
+    reporter.on_step_start(step, [target])
+    reporter.on_result(step, target, result, 0.1, 1)
+    text = out.getvalue()
+    assert all(line.isprintable() for line in text.splitlines()), text
+    assert len(text.splitlines()) == 2

@@ -340,17 +340,19 @@ class ConsoleReporter:
                 self._progress = None
 
     def on_run_start(self, playbook: Any, planned: Sequence[Any]) -> None:
-        name = getattr(playbook, "name", "playbook")
+        name = shown(getattr(playbook, "name", "playbook"))
         mode = " (check mode: nothing will be changed)" if self.check else ""
         self._print(f"[bold]run[/bold] {name}: {plural(len(planned), 'step')}{mode}")
 
     def on_step_start(self, step: Any, targets: Sequence[Any]) -> None:
-        self._print(f"[bold]step[/bold] {step.name} ({step.task}) on {len(targets)} target(s)")
+        self._print(
+            f"[bold]step[/bold] {shown(step.name)} ({shown(step.task)}) on {len(targets)} target(s)"
+        )
 
     def on_target_start(self, step: Any, target: Any) -> None:
         self._ended.discard((step.name, _label(target)))
         if self.verbose:
-            self._print(f"  … {_label(target)}")
+            self._print(f"  … {shown(_label(target))}")
 
     def on_result(
         self, step: Any, target: Any, result: Any, duration: float, attempts: int
@@ -361,15 +363,16 @@ class ConsoleReporter:
         status = _status(result)
         style = STATUS_STYLE.get(status, "")
         retry = f" after {attempts} attempts" if attempts > 1 else ""
-        message = getattr(result, "message", "")
+        message = shown(getattr(result, "message", ""))
+        label, name = shown(_label(target)), shown(step.name)
         self._print(
-            f"  [{style}]{status:<8}[/{style}] {_label(target)}: {message} ({duration:.1f}s{retry})"
+            f"  [{style}]{status:<8}[/{style}] {label}: {message} ({duration:.1f}s{retry})"
             if self.tty
-            else f"  {status:<8} {step.name} {_label(target)}: {message} ({duration:.1f}s{retry})"
+            else f"  {status:<8} {name} {label}: {message} ({duration:.1f}s{retry})"
         )
 
     def on_step_skipped(self, step: Any, reason: str) -> None:
-        self._print(f"  [dim]skipped  {step.name}: {reason}[/dim]")
+        self._print(f"  [dim]skipped  {shown(step.name)}: {shown(reason)}[/dim]")
 
     def on_run_end(self, summary: Any) -> None:
         self._stop_bars()
@@ -416,10 +419,10 @@ def print_summary(summary: Any, console: Console) -> None:
         status = _status(row.result)
         style = STATUS_STYLE.get(status, "")
         table.add_row(
-            row.step,
-            row.target,
+            shown(row.step),
+            shown(row.target),
             f"[{style}]{status}[/{style}]",
-            row.result.message,
+            escape(visible(row.result.message, newlines=True)),
             f"{row.duration:.1f}s",
         )
     console.print(table)
@@ -528,6 +531,13 @@ def visible(text: str, *, newlines: bool = False) -> str:
         else f"\\u{ord(ch):04x}"
         for ch in text
     )
+
+
+def shown(value: Any) -> str:
+    """Text from outside (a name, a log line in a message, a server's error) for a line the
+    console prints: control characters shown as escapes (a log line's ESC[2J must not clear
+    the operator's screen), and rich's markup brackets taken literally."""
+    return escape(visible(str(value)))
 
 
 def tsv_cell(text: str) -> str:
