@@ -269,7 +269,8 @@ class RepositoryLock:
         kind = "exclusive" if self.exclusive else "shared"
         return LockError(
             f"repository {self.backend.url} is locked by {blocker.describe()}; "
-            f"gave up waiting for a {kind} lock after {self.timeout:g}s",
+            f"gave up waiting for {'an' if kind[0] in 'aeiou' else 'a'} {kind} lock "
+            f"after {self.timeout:g}s",
             hint="wait for that process to finish and retry; if it is gone, run "
             "`crmmaint repo unlock` to remove its lock",
         )
