@@ -372,7 +372,7 @@ def test_heartbeat_refreshes_the_lock_object(backend):
 def test_lost_lock_is_noticed(backend, caplog):
     with lock(backend, True, heartbeat=0.05) as held:
         held.check()
-        [removed] = break_locks(backend)
+        [removed] = break_locks(backend, force=True)
         assert removed["id"] == held.id and removed["exclusive"] is True
         assert eventually(lambda: not held.held)
         with pytest.raises(LockError, match="was removed while held"):
@@ -387,13 +387,28 @@ def test_break_locks_removes_everything_and_reports_it(backend):
     foreign_lock(backend, owner="verify crm", exclusive=False)
     shared = lock(backend, False).acquire()
     try:
-        removed = break_locks(backend)
+        removed = break_locks(backend, force=True)
         assert sorted(r["owner"] or "" for r in removed) == ["", "verify crm"]
         assert {r["id"] for r in removed} >= {shared.id}
         assert lock_names(backend) == [] and read_locks(backend) == []
         assert break_locks(backend) == []
     finally:
         shared.release()  # its object is gone already: release stays quiet
+
+
+def test_unlock_keeps_the_lock_of_a_process_running_here(backend):
+    """`repo unlock` without --force: a lock whose process runs on this host stays (exit 7,
+    naming it); the others go. (A stopped backup's lock was removed, and the backup failed.)"""
+    foreign_lock(backend, owner="verify crm", exclusive=False)
+    held = lock(backend, False).acquire()
+    try:
+        with pytest.raises(LockError, match=r"kept 1 lock.*removed 1 other") as err:
+            break_locks(backend)
+        assert "--force" in err.value.hint
+        assert [info.id for info in read_locks(backend)] == [held.id]
+        held.check()
+    finally:
+        held.release()
 
 
 def test_bad_arguments():

@@ -21,11 +21,22 @@ def repo_init(
     print(init_repository(inv.repository(repository)))
 
 
-@command(name="unlock", help=helps(repository=REPO_HELP))
+@command(
+    name="unlock",
+    help=helps(
+        repository=REPO_HELP, force="also remove the locks of processes running on this host"
+    ),
+)
 def repo_unlock(
-    c: Any, inventory: str | None = None, repository: str | None = None, debug: bool = False
+    c: Any,
+    inventory: str | None = None,
+    repository: str | None = None,
+    force: bool = False,
+    debug: bool = False,
 ) -> None:
-    """Remove every lock of the repository (only when their processes are gone)."""
+    """Remove the repository's locks, except those of processes running on this host.
+
+    A lock whose process runs here is kept (exit 7) unless --force is given."""
     from crmmaint.repository.configured import backend_for
     from crmmaint.repository.lock import break_locks
 
@@ -33,7 +44,7 @@ def repo_unlock(
     backend = backend_for(inv.repository(repository))
     backend.open()
     try:
-        removed = break_locks(backend)
+        removed = break_locks(backend, force=force)
     finally:
         backend.close()
     for lock in removed:

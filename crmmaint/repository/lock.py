@@ -417,15 +417,41 @@ def _forget_old_marks(backend: Backend, now: float) -> None:
                 backend.delete(obj.name)
 
 
-def break_locks(backend: Backend) -> list[dict[str, Any]]:
-    """Remove every lock object (``crmmaint repo unlock``); returns what was removed."""
+def running_here(lock: LockInfo) -> bool:
+    """Whether ``lock``'s process runs on this host (same host name and PID namespace), so
+    that removing the lock would let another process in beside a live one."""
+    return (
+        lock.raw is not None
+        and lock.host == socket.gethostname()
+        and lock.pid_namespace == _pid_namespace()
+        and _pid_alive(lock.pid)
+    )
+
+
+def break_locks(backend: Backend, *, force: bool = False) -> list[dict[str, Any]]:
+    """Remove the repository's locks (``crmmaint repo unlock``): each whose process does not
+    run on this host, every one with ``force`` (a holder elsewhere cannot be checked from
+    here). Raises ``LockError`` (exit 7) naming the locks kept because their process runs
+    here, after removing the others; returns what was removed."""
     removed = []
+    kept = []
     _forget_old_marks(backend, time.time())
     for lock in read_locks(backend):
+        if not force and running_here(lock):
+            kept.append(lock)
+            continue
         with contextlib.suppress(ObjectNotFound):  # its holder saw the mark and let go first
             remove_lock(backend, lock.name)
         logger.warning("removed repository lock %s: %s", lock.name, lock.describe())
         removed.append(lock.raw if lock.raw is not None else {"id": lock.id, "unreadable": True})
+    if kept:
+        raise LockError(
+            f"kept {len(kept)} lock(s) whose process runs on this host: "
+            + "; ".join(lock.describe() for lock in kept)
+            + (f" (removed {len(removed)} other(s))" if removed else ""),
+            hint="let that process finish (or stop it); `crmmaint repo unlock --force` removes "
+            "a live process's lock too, which lets another process in beside it",
+        )
     return removed
 
 
