@@ -164,7 +164,9 @@ def test_timeout_retries_and_failure_policy(sshd_hosts, tmp_path):
     assert time.monotonic() - started < 25
     rows = {r.step: r for r in summary.results}
     assert rows["hangs"].result.status is Status.FAILED
-    assert "2" in rows["hangs"].result.message
+    # The command gets what is left of the step's 2 s once the connection is made (1.8 s on
+    # a busy machine): the message says how long it had.
+    assert "did not finish within" in rows["hangs"].result.message
     assert rows["flaky"].attempts == 3
     assert rows["flaky"].result.status is not Status.FAILED
     assert rows["fails"].result.status is Status.FAILED
