@@ -273,3 +273,15 @@ def test_run_keeps_a_bounded_output_and_says_when_it_overflowed(transport):
         transport.run("head -c 200000000 /dev/zero")
     # kept: 64 MiB and its join; all of it would be 200 MB and its join
     assert (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024 < 250
+
+
+def test_stderr_tail_says_a_repeated_line_once() -> None:
+    """redis-cli prints "Could not connect …" twice: a failure's message says it once; lines
+    that differ, or repeat later, stay."""
+    from crmmaint.transport.base import CommandResult
+
+    err = b"Could not connect: refused\nCould not connect: refused\nother\nCould not connect: refused\n"
+    result = CommandResult("h", "redis-cli ping", 1, b"", err, 0.1)
+    assert result.stderr_tail() == (
+        "Could not connect: refused | other | Could not connect: refused"
+    )

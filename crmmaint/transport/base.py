@@ -86,9 +86,12 @@ class CommandResult:
         return self.stdout.decode("utf-8", "replace")
 
     def stderr_tail(self, limit: int = 400) -> str:
-        """The end of stderr, one line, for error messages."""
+        """The end of stderr, one line, for error messages: its lines joined with ``" | "``,
+        a line repeated right after itself said once (redis-cli prints its connection error
+        twice, and a failure is said once)."""
         tail = self.stderr.decode("utf-8", "replace").strip()[-limit:]
-        return " | ".join(line for line in tail.splitlines() if line.strip())
+        lines = [line for line in tail.splitlines() if line.strip()]
+        return " | ".join(line for i, line in enumerate(lines) if i == 0 or line != lines[i - 1])
 
 
 class Process(abc.ABC):
