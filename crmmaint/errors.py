@@ -203,6 +203,16 @@ class BackendError(RepositoryError):
     retryable = True
 
 
+class OutputWriteError(Exception):
+    """Writing crmmaint's own output (stdout) failed: no space, an I/O error. Not a
+    ``CrmMaintError``: the command line ends with exit 74 (``cli.common.OUTPUT_ERROR``), and a
+    run goes on without its report. ``errno_error`` is the ``OSError``."""
+
+    def __init__(self, errno_error: OSError) -> None:
+        super().__init__(str(errno_error))
+        self.errno_error = errno_error
+
+
 class RepositoryMissing(BackendError):
     """The repository's location (a directory, an SFTP path, an S3 bucket) does not exist:
     looking again finds it missing again, so it is never retried (exit 6)."""

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from invoke import Argument, Config, Exit, Task, task
 
-from crmmaint.errors import INTERNAL_ERROR_EXIT, ConfigError, CrmMaintError
+from crmmaint.errors import INTERNAL_ERROR_EXIT, ConfigError, CrmMaintError, OutputWriteError
 from crmmaint.inventory import Inventory, load_inventory
 from crmmaint.journal import Journal, default_journal_path
 from crmmaint.reporting.console import (
@@ -231,14 +231,6 @@ def _internal_error(exc: BaseException, debug: bool) -> NoReturn:
         " and report it)",
         code=INTERNAL_ERROR,
     ) from None
-
-
-class OutputWriteError(Exception):
-    """Writing stdout failed (no space, an I/O error): ``errno_error`` is the ``OSError``."""
-
-    def __init__(self, errno_error: OSError) -> None:
-        super().__init__(str(errno_error))
-        self.errno_error = errno_error
 
 
 class _GuardedStdout:

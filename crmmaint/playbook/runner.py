@@ -18,7 +18,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, as_completed, wait
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from crmmaint.errors import INTERNAL_ERROR_EXIT, ConfigError, CrmMaintError
+from crmmaint.errors import INTERNAL_ERROR_EXIT, ConfigError, CrmMaintError, OutputWriteError
 from crmmaint.inventory import Host, Inventory, Target
 from crmmaint.playbook.model import Playbook, Step
 from crmmaint.playbook.planner import PlannedStep
@@ -192,6 +192,12 @@ class _SerialReporter:
             except (BrokenPipeError, SystemExit):  # rich ends with SystemExit on a closed pipe
                 self._closed = True
                 log.info("the output's reader went away; the run goes on without a report")
+            except OutputWriteError as exc:  # `> /dev/full`: said once, without a traceback
+                self._closed = True
+                reason = (exc.errno_error.strerror or str(exc)).lower()
+                log.warning(
+                    "the output cannot be written (%s); the run goes on without a report", reason
+                )
             except Exception:
                 log.warning(
                     "reporter %s.%s failed", type(self._reporter).__name__, name, exc_info=True
