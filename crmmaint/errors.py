@@ -203,6 +203,12 @@ class BackendError(RepositoryError):
     retryable = True
 
 
+def os_reason(exc: OSError) -> str:
+    """An ``OSError`` as a message says it: ``"no space left on device"``, without Python's
+    ``[Errno 28]`` and the path."""
+    return (exc.strerror or str(exc)).lower()
+
+
 class OutputWriteError(Exception):
     """Writing crmmaint's own output (stdout) failed: no space, an I/O error. Not a
     ``CrmMaintError``: the command line ends with exit 74 (``cli.common.OUTPUT_ERROR``), and a

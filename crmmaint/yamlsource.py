@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 import yaml
 
+from crmmaint.errors import os_reason
 from crmmaint.units import format_size
 
 # Durations, sizes and percentages are parsed in crmmaint.units; the names stay importable from
@@ -259,7 +260,7 @@ def load_yaml_file(path: str | Path) -> Any:
     except FileNotFoundError as exc:
         raise SourceError("file not found") from exc
     except OSError as exc:
-        raise SourceError(f"cannot read: {(exc.strerror or str(exc)).lower()}") from exc
+        raise SourceError(f"cannot read: {os_reason(exc)}") from exc
     except UnicodeDecodeError as exc:
         raise SourceError(
             f"cannot read: not UTF-8 text ({exc.reason} at byte {exc.start})"

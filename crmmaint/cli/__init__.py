@@ -32,8 +32,9 @@ from crmmaint.cli.common import (
     StderrWithoutReader,
     end_on_closed_pipe,
     format_error,
+    to_devnull,
 )
-from crmmaint.errors import ConfigError
+from crmmaint.errors import ConfigError, os_reason
 from crmmaint.units import MAX_COUNT
 
 # --- the collection ----------------------------------------------------------------------
@@ -561,10 +562,9 @@ def main(argv: list[str] | None = None) -> None:
         except Exit as done:
             sys.exit(done.code)
     except OSError as exc:  # help or a parser message that cannot be written
-        reason = (exc.strerror or str(exc)).lower()
-        print(f"crmmaint: error: cannot write the output: {reason}", file=sys.stderr)
-        with contextlib.suppress(OSError):
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        print(f"crmmaint: error: cannot write the output: {os_reason(exc)}", file=sys.stderr)
+        with contextlib.suppress(OSError, ValueError):
+            to_devnull(sys.stdout.fileno())
         sys.exit(OUTPUT_ERROR)
     except ValueError as exc:
         found = re.search(r"invalid literal for (\w+)\(\) with base 10: (.*)$", str(exc))

@@ -18,7 +18,13 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from invoke import Argument, Config, Exit, Task, task
 
-from crmmaint.errors import INTERNAL_ERROR_EXIT, ConfigError, CrmMaintError, OutputWriteError
+from crmmaint.errors import (
+    INTERNAL_ERROR_EXIT,
+    ConfigError,
+    CrmMaintError,
+    OutputWriteError,
+    os_reason,
+)
 from crmmaint.inventory import Inventory, load_inventory
 from crmmaint.journal import Journal, default_journal_path
 from crmmaint.reporting.console import (
@@ -162,12 +168,19 @@ class PositionalList(Argument):  # type: ignore[misc]
         self._value = [*(self._value or []), value]
 
 
+def to_devnull(fd: int) -> None:
+    """Point ``fd`` (stdout's, stderr's) at /dev/null: what is still written there, Python's
+    own flush at exit included, goes nowhere instead of failing again."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, fd)
+        os.close(devnull)
+
+
 def end_on_closed_pipe() -> None:
-    """The reader of stdout is gone (``| head``): end quietly with ``CLOSED_PIPE``. Python
-    would otherwise report the failed flush of stdout at exit, so stdout goes to /dev/null."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
-    os.close(devnull)
+    """The reader of stdout is gone (``| head``): end quietly with ``CLOSED_PIPE`` (stdout
+    goes to /dev/null, so the flush at exit is quiet too)."""
+    to_devnull(sys.stdout.fileno())
     raise Exit(code=CLOSED_PIPE)
 
 
@@ -199,9 +212,7 @@ class StderrWithoutReader:
     def _drop(self) -> None:
         self._gone = True
         with contextlib.suppress(OSError, ValueError):
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, self._stream.fileno())
-            os.close(devnull)
+            to_devnull(self._stream.fileno())
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)
@@ -264,11 +275,8 @@ class _GuardedStdout:
 def end_on_output_error(failed: OutputWriteError) -> NoReturn:
     """stdout cannot be written (no space, an I/O error): say so on stderr in one line and end
     with ``OUTPUT_ERROR``; stdout goes to /dev/null so Python's own flush at exit is quiet."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
-    os.close(devnull)
-    exc = failed.errno_error
-    reason = (exc.strerror or str(exc)).lower()
+    to_devnull(sys.stdout.fileno())
+    reason = os_reason(failed.errno_error)
     raise Exit(
         f"crmmaint: error: cannot write the output: {reason} (check where stdout goes)",
         code=OUTPUT_ERROR,

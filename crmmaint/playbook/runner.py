@@ -18,7 +18,13 @@ from concurrent.futures import Future, ThreadPoolExecutor, as_completed, wait
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from crmmaint.errors import INTERNAL_ERROR_EXIT, ConfigError, CrmMaintError, OutputWriteError
+from crmmaint.errors import (
+    INTERNAL_ERROR_EXIT,
+    ConfigError,
+    CrmMaintError,
+    OutputWriteError,
+    os_reason,
+)
 from crmmaint.inventory import Host, Inventory, Target
 from crmmaint.playbook.model import Playbook, Step
 from crmmaint.playbook.planner import PlannedStep
@@ -194,9 +200,9 @@ class _SerialReporter:
                 log.info("the output's reader went away; the run goes on without a report")
             except OutputWriteError as exc:  # `> /dev/full`: said once, without a traceback
                 self._closed = True
-                reason = (exc.errno_error.strerror or str(exc)).lower()
                 log.warning(
-                    "the output cannot be written (%s); the run goes on without a report", reason
+                    "the output cannot be written (%s); the run goes on without a report",
+                    os_reason(exc.errno_error),
                 )
             except Exception:
                 log.warning(
