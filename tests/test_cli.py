@@ -926,6 +926,22 @@ def test_output_that_cannot_be_written_is_exit_74_in_one_line(tmp_path, args):
     assert line.startswith("crmmaint: error: cannot write the output: no space left"), line
 
 
+@pytest.mark.parametrize(
+    ("args", "code"), [(["nosuch"], 3), (["history", "--limit", "0"], 3), (["history"], 0)]
+)
+def test_a_full_stderr_keeps_each_exit_code(tmp_path, args, code):
+    """`crmmaint … 2>/dev/full`: what cannot be said on stderr is dropped and the command
+    exits with its own code (a full stderr turned every code into 1)."""
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(
+            [str(BIN / "crmmaint"), *args],
+            stdout=subprocess.DEVNULL,
+            stderr=full,
+            env={**os.environ, "CRMMAINT_JOURNAL": str(tmp_path / "journal.sqlite")},
+        )
+    assert done.returncode == code, args
+
+
 def test_a_restore_never_replaces_crmmaints_own_files_or_part_of_its_source(estate):
     """Found by a hostile tester: `--force` replaced the repository, the journal or a folder
     inside the file set; a SQLite target in a missing folder gave a raw shell error; `--check`

@@ -198,7 +198,7 @@ class StderrWithoutReader:
         if not self._gone:
             try:
                 return int(self._stream.write(text))
-            except BrokenPipeError:
+            except OSError:  # a closed pipe, a full disk (`2>/dev/full`)
                 self._drop()
         return len(text)
 
@@ -206,7 +206,7 @@ class StderrWithoutReader:
         if not self._gone:
             try:
                 self._stream.flush()
-            except BrokenPipeError:
+            except OSError:  # a closed pipe, a full disk (`2>/dev/full`)
                 self._drop()
 
     def _drop(self) -> None:
