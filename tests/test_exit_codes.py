@@ -82,6 +82,10 @@ def test_0_1_2_run_and_one_step_commands(estate):
     code, out, err = cli("run", str(book), "-i", inv)
     assert code == 2, out + err
     assert last_failure(inv)["exit_code"] == 6
+    # a command's failures sharing one code exit with it: every source into a missing repository
+    code, out, err = cli("backup", "--json", "-i", inv)
+    failed = [r for r in json.loads(out)["results"] if r["status"] == "failed"]
+    assert code == 6 and len(failed) > 1, out + err
 
 
 def test_3_configuration_and_arguments(estate, tmp_path):

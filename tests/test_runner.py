@@ -101,17 +101,22 @@ def _hang(ctx: TaskContext) -> TaskResult:
 @task(
     "test.record",
     targets=("hosts", "database"),
-    params={"items": Param(list, default=["a"]), "status": Param(str, default="ok")},
+    params={
+        "items": Param(list, default=["a"]),
+        "status": Param(str, default="ok"),
+        "codes": Param(dict, default={}),
+    },
 )
 def _record(ctx: TaskContext) -> TaskResult:
     with _lock:
         CONTEXTS.append(ctx)
     ctx.params["items"].append("mutated")
+    code = ctx.params["codes"].get(ctx.target.name)
     return TaskResult(
         Status(ctx.params["status"]),
         f"{'would change' if ctx.check else 'changed'} {ctx.target.label}",
         metrics={"rows": 42, "ratio": 0.5},
-        details={"check": ctx.check},
+        details={"check": ctx.check, **({"exit_code": code} if code else {})},
     )
 
 
@@ -630,6 +635,32 @@ def test_summary_status_and_exit_codes(inventory: Inventory) -> None:
         ).exit_code
 
     assert [code(s) for s in ("ok", "changed", "skipped", "warning", "failed")] == [0, 0, 0, 1, 2]
+
+
+@pytest.mark.parametrize(
+    ("codes", "one_target", "expected"),
+    [
+        ({"h0": 6, "h1": 6}, True, 6),  # `backup` of every source into a missing repository
+        ({"h0": 6}, True, 6),  # one of two failed
+        ({"h0": 6, "h1": 5}, True, 2),  # failures of different kinds
+        ({"h0": 6, "h1": None}, True, 2),  # one failure says no code
+        ({"h0": 6, "h1": 6}, False, 2),  # `run` keeps 2
+    ],
+)
+def test_a_commands_failures_sharing_a_code_exit_with_it(
+    inventory: Inventory, codes: dict, one_target: bool, expected: int
+) -> None:
+    """The README's rule: `backup`, `verify`, `prune`, `restore` exit with the code their
+    failed targets share, 2 when they differ; `run` exits 2 for any failure."""
+    failing = [name for name in codes]
+    book = (
+        "steps: ["
+        f"{{name: bad, task: test.record, hosts: [{', '.join(failing)}], on_failure: continue,"
+        f" with: {{status: failed, codes: {{{', '.join(f'{k}: {v or 0}' for k, v in codes.items())}}}}}}},"
+        "{name: good, task: test.record, hosts: [h2]}]"
+    )
+    summary = run(book, inventory, one_target=one_target)
+    assert summary.status == Status.FAILED and summary.exit_code == expected
 
 
 def test_no_journal_runs_without_run_id(inventory: Inventory) -> None:

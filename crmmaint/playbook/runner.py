@@ -257,15 +257,21 @@ class RunSummary:
 
     @property
     def exit_code(self) -> int:
-        """0: ok, changed or skipped; 1: warnings; 2: failures. A ``one_target`` run whose
-        one target failed: the documented code of that failure (``exit_code`` in the failed
-        result's details: 4 transport, 5 database, 6 repository, 7 lock, 8 keys, 9
-        integrity), else 2; several targets keep 2, as ``run`` does."""
+        """0: ok, changed or skipped; 1: warnings; 2: failures. A command's run
+        (``one_target``: backup, verify, prune, restore) whose failed targets share one
+        documented code (``exit_code`` in each failed result's details: 4 transport, 5
+        database, 6 repository, 7 lock, 8 keys, 9 integrity) exits with it, as
+        ``inventory check --connect`` does (``reachability.exit_code``); failures of
+        different kinds are 2. ``run`` keeps 2 for any failure."""
         if self.status == Status.FAILED:
-            targets = [row for row in self.results if row.kind != "step"]
-            if self.one_target and len(targets) == 1:
-                return int(targets[0].result.details.get("exit_code") or 2)
-            return 2
+            if not self.one_target:
+                return 2
+            codes = {
+                int(row.result.details.get("exit_code") or 2)
+                for row in self.results
+                if row.kind != "step" and row.status == "failed"
+            }
+            return codes.pop() if len(codes) == 1 else 2  # none: 2 as well
         if self.status == Status.WARNING:
             return 1
         return 0
