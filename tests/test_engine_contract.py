@@ -461,3 +461,21 @@ def test_a_failed_forced_restore_leaves_the_old_target_or_none(case, dumped):
         case.restore(FailsMidway(data), target, force=True)
     left = case.leftovers(target)
     assert left == [] or (left == [target] and case.marked(target)), left
+
+
+def test_an_interrupt_after_the_load_while_its_facts_are_read_leaves_no_target(
+    case, dumped, monkeypatch
+):
+    """Found by a newcomer: Ctrl-C just after the load left a whole target journaled as
+    interrupted, and the next restore refused the name as taken. Whatever ends the restore
+    before it returns (here while it reads the loaded copy's facts) removes the target."""
+    data, facts = dumped
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(type(case.restorer), "restored_facts", interrupted)
+    target = case.target()
+    with pytest.raises(KeyboardInterrupt):
+        case.restore(io.BytesIO(data), target, layout=layout_of(data, facts))
+    assert case.leftovers(target) == []

@@ -120,6 +120,17 @@ def _record(ctx: TaskContext) -> TaskResult:
     )
 
 
+FINISHING = threading.Event()
+
+
+@task("test.finishing", targets=("hosts",))
+def _finishing(ctx: TaskContext) -> TaskResult:
+    """Work that is done just as the run is interrupted (a restore that has loaded its copy)."""
+    FINISHING.set()
+    time.sleep(0.5)
+    return TaskResult.changed(f"restored on {ctx.target.label}")
+
+
 @task("test.local", targets=())
 def _local(ctx: TaskContext) -> TaskResult:
     with _lock:
@@ -666,3 +677,28 @@ def test_a_commands_failures_sharing_a_code_exit_with_it(
 def test_no_journal_runs_without_run_id(inventory: Inventory) -> None:
     summary = run("steps: [{name: s, task: test.sleep, hosts: h0}]", inventory)
     assert summary.run_id is None and summary.playbook == "test"
+
+
+def test_a_target_that_finished_as_the_run_was_interrupted_keeps_its_own_result(
+    inventory: Inventory, journal: Journal
+) -> None:
+    """Found by a newcomer: an interrupt just as a restore finished journaled the whole
+    restore as interrupted. A target whose task returns while the run ends is journaled
+    with its result; only what was really cut short is said to be."""
+    import _thread
+
+    from crmmaint.playbook.runner import RunInterrupted
+
+    FINISHING.clear()
+
+    def interrupt() -> None:
+        assert FINISHING.wait(10)
+        time.sleep(0.1)  # the runner is waiting for its targets
+        _thread.interrupt_main()
+
+    threading.Thread(target=interrupt, daemon=True).start()
+    with pytest.raises(RunInterrupted) as interrupted:
+        run("steps: [{name: r, task: test.finishing, hosts: h0}]", inventory, journal)
+    assert interrupted.value.targets == []
+    (row,) = journal.run(interrupted.value.run_id)["results"]
+    assert row["status"] == "changed", row

@@ -294,10 +294,10 @@ class RestoreRoutine(abc.ABC, Generic[TargetT]):
         ``target_exists`` looks, and an existing target raises ``RestoreTargetExists`` unless
         ``request.force``, when ``clear_existing`` makes room; ``create_target`` makes the
         empty target (removing what it made if it fails); ``load_target`` loads it;
-        ``restored_facts`` describes it. If the load fails, is stopped (the step timed out)
-        or interrupted, ``discard_target`` removes what the restore made, on ``cleaning_up``'s
-        transport (the load's deadline may have passed), and the load's own error is raised,
-        never a cleanup's.
+        ``restored_facts`` describes it. If the load or the facts fail, are stopped (the step
+        timed out) or interrupted, ``discard_target`` removes what the restore made, on
+        ``cleaning_up``'s transport (the load's deadline may have passed), and the load's own
+        error is raised, never a cleanup's.
         """
         target, replacing = self.preflight(request.target, force=request.force)
         if replacing:
@@ -307,14 +307,17 @@ class RestoreRoutine(abc.ABC, Generic[TargetT]):
         made = self.create_target(target, request, replacing=replacing)
         try:
             size = self.load_target(made, request)
+            log.info("restored %d bytes into %s on %s", size, target, self.transport.host)
+            # Inside the try: a restore interrupted while it reads the loaded copy's facts
+            # leaves no target either (it left a whole target journaled as failed, and the
+            # next try refused the name as taken).
+            return self.restored_facts(made, request)
         except BaseException:
             try:
                 self.cleaning_up().discard_target(made)
             except Exception as exc:  # the load's error is the one to report
                 log.warning("could not remove the failed restore target %s: %s", target, exc)
             raise
-        log.info("restored %d bytes into %s on %s", size, target, self.transport.host)
-        return self.restored_facts(made, request)
 
     def preflight(self, name: str, *, force: bool) -> tuple[str, bool]:
         """The checks a restore into ``name`` makes before it changes anything, also what

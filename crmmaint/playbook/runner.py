@@ -428,6 +428,16 @@ class Runner:
                 log.warning("interrupted: killed %d command(s) the step had started", killed)
             executor.shutdown(wait=False, cancel_futures=True)
             self._await_cleanup([f for f in futures if not f.done()])
+            # A target that finished its work while the interrupt came in (a restore that had
+            # loaded its copy) is journaled with its own result, not as cut short; a failure
+            # then is the kill's doing, and the target was cut short.
+            for future, index in futures.items():
+                if index in done or not future.done() or future.cancelled():
+                    continue
+                row = future.result()
+                if row.result.status != Status.FAILED:
+                    done[index] = row
+                    self._record(row)
             cut_short = [t for i, t in enumerate(targets) if i not in done]
             for target in cut_short:  # the journal says which targets the interrupt cut short
                 self._record(_interrupted(step, target, began))
@@ -597,6 +607,8 @@ class Runner:
         cleaned = _await(lambda: finished.wait(_POLL), lambda: views.cleaning)
         if not cleaned:
             views.kill_all(f"{reason} and its cleanup ran out of time", cleanup=True)
+        elif outcome and outcome[0].status != Status.FAILED:
+            return outcome[0], False  # it finished its work before the kill reached it
         said = (
             "interrupted"
             if reason == INTERRUPTED_RUN
