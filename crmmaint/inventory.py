@@ -378,7 +378,7 @@ def _build(data: Any, path: Path) -> Inventory:
     base = path.parent
     inv = Inventory(path=str(path))
     inv.vars = dict(get_field(data, "vars", dict, default={}))
-    inv.settings = dict(get_field(data, "settings", dict, default={}))
+    inv.settings = _settings(data)
 
     for name, spec in _section(data, "hosts"):
         inv.hosts[name] = _host(name, spec, base)
@@ -409,7 +409,24 @@ def _build(data: Any, path: Path) -> Inventory:
             )
         inv.drills[name] = _drill(name, spec, base, inv)
     _check_name_clashes(inv, data)
+    if not (inv.hosts or inv.databases or inv.caches or inv.filesets or inv.repositories):
+        raise SourceError(
+            "the inventory names no hosts, databases, caches, file sets or repositories: "
+            "is this the right file?"
+        )
     return inv
+
+
+def _settings(data: dict) -> dict[str, Any]:
+    """The ``settings:`` section: ``journal``, a path (relative to the inventory's folder)."""
+    settings = get_field(data, "settings", dict, default={})
+    check_keys(settings, {"journal"}, "settings")
+    journal = get_field(settings, "journal", str)
+    if journal is not None and not journal.strip():
+        raise SourceError(
+            "settings: journal must be a path, not empty", line_of(settings, "journal")
+        )
+    return dict(settings)
 
 
 def _section_raw(data: dict, key: str) -> dict:
@@ -482,9 +499,7 @@ def _host(name: str, spec: dict, base: Path) -> Host:
         one_of(become, ("sudo",), "become", spec)
     return Host(
         name=name,
-        address=get_field(
-            spec, "address", str, default="127.0.0.1" if connection == "local" else name
-        ),
+        address=_address(spec, default="127.0.0.1" if connection == "local" else name),
         port=port,
         user=get_field(spec, "user", str),
         identity_file=_path(get_field(spec, "identity_file", str), base),
@@ -496,6 +511,28 @@ def _host(name: str, spec: dict, base: Path) -> Host:
         groups=get_str_list(spec, "groups"),
         vars=dict(get_field(spec, "vars", dict, default={})),
     )
+
+
+def _address(spec: dict, default: str | None = None) -> str | None:
+    """The ``address:`` field, a host name or IP address: text without spaces or control
+    characters that does not begin with ``-`` (it is passed to ssh, psql, mariadb and
+    redis-cli, which would read it as an option); ``default`` when unset. Raises
+    ``SourceError``."""
+    address = get_field(spec, "address", str)
+    if address is None:
+        return default
+    if (
+        not address
+        or address.startswith("-")
+        or any(ch.isspace() or unicodedata.category(ch) in _NAME_FORBIDDEN for ch in address)
+    ):
+        raise SourceError(
+            f"address {address!r} is not a host name or IP address (no spaces, control "
+            "characters or leading '-')",
+            line_of(spec, "address"),
+            "address",
+        )
+    return address
 
 
 def _owner(spec: dict, what: str, inv: Inventory) -> str:
@@ -536,7 +573,7 @@ def _database(name: str, spec: dict, base: Path, inv: Inventory) -> Database:
         engine=engine,
         host=host,
         dbname=get_field(spec, "name", str, default=name if engine != "sqlite" else None),
-        address=get_field(spec, "address", str),
+        address=_address(spec),
         port=port,
         user=get_field(spec, "user", str),
         password=_secret(spec, "password", what),
@@ -723,7 +760,7 @@ def _drill(name: str, spec: dict, base: Path, inv: Inventory) -> DrillTarget:
     return DrillTarget(
         database=name,
         host=host,
-        address=get_field(spec, "address", str),
+        address=_address(spec),
         port=_port(spec, what),
         user=get_field(spec, "user", str),
         password=_secret(spec, "password", what),

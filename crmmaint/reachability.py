@@ -45,6 +45,7 @@ from crmmaint.errors import (
 from crmmaint.inventory import Cache, Database, Host, Inventory, RepositorySettings, SecretSource
 from crmmaint.transport.base import Transport
 from crmmaint.transport.pool import TransportFactory, TransportPool
+from crmmaint.units import plural
 
 log = logging.getLogger(__name__)
 
@@ -304,7 +305,7 @@ def _repository_probe(cfg: RepositorySettings, timeout: float) -> Callable[[Tran
             check_keys(cfg)  # write key 0600 and well formed, recipients, identity among them
             repo = Repository.open(backend, load_write_key(cfg.write_key or ""))
             ids = repo.backup_ids()
-            said = f"{cfg.url}: config authenticated by the write key, {len(ids)} backups"
+            said = f"{cfg.url}: config authenticated by the write key, {plural(len(ids), 'backup')}"
             if ids and (cfg.identity or cfg.passphrase is not None):
                 repo.manifest(ids[-1], identities_for(cfg))  # unwraps that backup's data key
                 said += ", identity opens the newest"

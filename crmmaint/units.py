@@ -20,6 +20,7 @@ __all__ = [
     "metric_value",
     "parse_duration",
     "parse_percent",
+    "parse_share",
     "parse_size",
 ]
 
@@ -206,4 +207,14 @@ def parse_percent(value: str | int | float) -> float:
         raise ValueError(f"not a percentage: {value!r} (use e.g. 10%)") from exc
     if not 0 <= number <= 100:
         raise ValueError(f"percentage out of range 0-100: {value!r}")
+    return number
+
+
+def parse_share(value: str | int | float) -> float:
+    """A share of something to work on (``verify --read-data-subset 10%``): a percentage
+    (``parse_percent``) more than 0, since a share of 0% would still do some work (a subset
+    reads at least one pack). Raises ``ValueError``."""
+    number = parse_percent(value)
+    if number <= 0:
+        raise ValueError(f"a share must be more than 0%, not {value!r} (use e.g. 10%)")
     return number

@@ -181,12 +181,13 @@ class _LineLoader(yaml.SafeLoader):
         result.key_lines = {}
         self.flatten_mapping(node)
         for key_node, value_node in node.value:
-            key = self.construct_object(key_node, deep=True)
-            if not isinstance(key, str | int | float | bool) and key is not None:
+            if not isinstance(key_node, yaml.ScalarNode):
                 raise yaml.constructor.ConstructorError(
                     None, None, "mapping keys must be plain scalars", key_node.start_mark
                 )
-            key = str(key)
+            # A key is a name or a field: the text as written (a host named `yes`, `off`,
+            # `null` or `0x10` is that name, not "True", "False", "None" or "16").
+            key = key_node.value
             if key in result:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"duplicate key {key!r}", key_node.start_mark

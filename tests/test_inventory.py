@@ -119,6 +119,18 @@ def test_secrets_are_sources_never_values(tmp_path, monkeypatch):
         ("hosts:\n  a: {}\n  a: {}\n", 3, "duplicate key"),
         ("hosts: [\n", 2, "YAML syntax"),
         ("- 1\n", None, "must be a mapping"),
+        ("", None, "names no hosts, databases"),
+        ("settings: {journal: x.sqlite}\nvars: {a: 1}\n", None, "names no hosts, databases"),
+        ("hosts:\n  a: {address: ''}\n", 2, "is not a host name or IP address"),
+        ('hosts:\n  a: {address: "x\\ny"}\n', 2, "is not a host name or IP address"),
+        ("hosts:\n  a: {address: 'a b'}\n", 2, "is not a host name or IP address"),
+        ("hosts:\n  a: {address: -oProxyCommand=x}\n", 2, "leading '-'"),
+        ("databases:\n  x: {engine: mysql, address: ''}\n", 2, "not a host name"),
+        ("hosts: {a: {}}\ndrills:\n  x: {}\n", 3, "unknown database"),
+        ("hosts: {a: {}}\nsettings:\n  forks: 5\n", 3, "unknown key 'forks' in settings"),
+        ("hosts: {a: {}}\nsettings:\n  journal: 5\n", 3, "must be a string"),
+        ("hosts: {a: {}}\nsettings:\n  journal: ' '\n", 3, "must be a path"),
+        ("hosts:\n  yes: {}\n  'yes': {}\n", 3, "duplicate key 'yes'"),
     ],
 )
 def test_every_error_names_file_line_and_what(tmp_path, text, line, fragment):
@@ -281,3 +293,11 @@ def test_a_bad_name_is_refused_with_its_file_and_line(tmp_path):
     text = 'hosts:\n  local: {connection: local}\ndatabases:\n  "crm\\nx": {engine: sqlite, path: a.db}\n'
     with pytest.raises(InventoryError, match=r"inventory.yml:4: .*U\+000A"):
         load(tmp_path, text)
+
+
+@pytest.mark.parametrize("written", ["yes", "off", "null", "~", "0x10", "1.0", "2024-01-01"])
+def test_a_name_is_the_text_as_written(tmp_path, written):
+    """YAML reads `yes:` as true and `0x10:` as 16: a host named so was listed as "True" or
+    "16". A key is a name or a field, so it is the text as written."""
+    inv = load(tmp_path, f"hosts:\n  {written}: {{connection: local}}\n")
+    assert list(inv.hosts) == [written]

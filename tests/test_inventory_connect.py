@@ -115,7 +115,7 @@ def test_a_whole_local_estate_is_ok_and_untouched(estate):
         ("repository", "main"): "ok",
     }
     assert items["database", "pg"]["detail"].startswith("postgresql ")
-    assert "1 backups" in items["repository", "main"]["detail"]
+    assert "1 backup," in items["repository", "main"]["detail"]
     assert "identity opens the newest" in items["repository", "main"]["detail"]
     assert snapshot(estate) == before  # no lock, no journal, no -wal, nothing
 

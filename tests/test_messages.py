@@ -175,6 +175,7 @@ BAD_FLAGS = [
     (["restore", "database:nosuch@latest", "--to", "x.sqlite"], "nosuch"),
     (["verify", "--read-data-subset", "200%"], "--read-data-subset"),
     (["verify", "--read-data-subset", "abc"], "--read-data-subset"),
+    (["verify", "--read-data-subset", "0%"], "more than 0%"),
     (["verify", "--repository", "nosuch"], "nosuch"),
     (["prune", "--repository", "nosuch"], "nosuch"),
     *[

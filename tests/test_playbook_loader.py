@@ -218,6 +218,13 @@ ERRORS = [
     ),
     ("name: t\nwindow: hourly\nsteps: []\n", 2, None, "window", "window must be one of daily"),
     ("name: [1]\nsteps: [{name: a, task: test.pb.summary}]\n", 1, None, "name", "must be a string"),
+    (
+        'name: "a\\e[2Jb"\nsteps: [{name: a, task: test.pb.summary}]\n',
+        1,
+        None,
+        "name",
+        "playbook name 'a\\x1b[2Jb' must start with a letter or digit",
+    ),
     ("name: t\n", 1, None, "steps", "missing required field 'steps'"),
     ("name: t\nsteps: []\n", 2, None, "steps", "'steps' is empty"),
     ("name: t\nsteps: {a: 1}\n", 2, None, "steps", "must be a list"),

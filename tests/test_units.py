@@ -15,6 +15,7 @@ from crmmaint.units import (
     format_size,
     parse_duration,
     parse_percent,
+    parse_share,
     parse_size,
 )
 
@@ -78,6 +79,14 @@ def test_parse_percent():
     for bad in ("110%", "-1", "ten", True):
         with pytest.raises(ValueError):
             parse_percent(bad)
+
+
+def test_a_share_is_more_than_nothing():
+    """`--read-data-subset 0%` read a pack all the same: a share must be more than 0%."""
+    assert parse_share("0.5%") == 0.5 and parse_share(100) == 100.0
+    for bad in ("0%", 0, "0.0", "-0", "101%", "nan", True):
+        with pytest.raises(ValueError):
+            parse_share(bad)
 
 
 @pytest.mark.parametrize(

@@ -244,6 +244,13 @@ class _Builder:
         defaults = StepDefaults()
         with self.checking():
             name = get_field(data, "name", str, default=default_name)
+            if "name" in data and not _NAME.match(name):  # printed in output and the journal
+                raise _Invalid(
+                    f"playbook name {name!r:.60} must start with a letter or digit and use only"
+                    " letters, digits, spaces and _ . : / -",
+                    line_of(data, "name"),
+                    "name",
+                )
         with self.checking():
             window = get_field(data, "window", str, default="adhoc")
             if window not in WINDOWS:

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from crmmaint.units import parse_duration, parse_percent, parse_size
+from crmmaint.units import parse_duration, parse_percent, parse_share, parse_size
 
 if TYPE_CHECKING:
     from crmmaint.inventory import Inventory, Target
@@ -30,12 +30,14 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "duration": parse_duration,
     "size": parse_size,
     "percent": parse_percent,
+    "share": parse_share,
 }
 
 
 @dataclass(frozen=True)
 class Param:
-    """One parameter of a task. ``type`` is str/int/float/bool/list/dict or duration/size/percent."""
+    """One parameter of a task. ``type`` is str/int/float/bool/list/dict or duration/size/percent/share
+    (a percentage more than 0)."""
 
     type: type | str
     default: Any = None

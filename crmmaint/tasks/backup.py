@@ -137,7 +137,7 @@ def _store_dump(
     params={
         "read_data": Param(bool, default=False, help="download every object and check its hash"),
         "read_data_subset": Param(
-            "percent", help="check only this share of the data, rotating across runs"
+            "share", help="check only this share of the data, rotating across runs"
         ),
         "decrypt": Param(bool, default=False, help="also decrypt every chunk (needs the identity)"),
     },
@@ -364,13 +364,25 @@ def _counts(report: Any) -> dict[str, int]:
 
 
 def _summary(report: Any) -> str:
-    """The counts of a verify report as words; ``bytes_read`` -> ``"146 MiB read"``."""
+    """The counts of a verify report as words; ``bytes_read`` -> ``"146 MiB read"``,
+    ``packs_read`` -> ``"1 pack read"`` / ``"2 packs read"``."""
     return (
         ", ".join(
             f"{format_size(v)} {k.removeprefix('bytes_').replace('_', ' ')}"
             if k.startswith("bytes_")
-            else f"{v} {k.replace('_', ' ')}"
+            else f"{v} {_counted(k, v)}"
             for k, v in _counts(report).items()
         )
         or "ok"
     )
+
+
+def _counted(key: str, count: int) -> str:
+    """A count's words agreeing with it: the plural noun is the last word ending in ``s``
+    (``packs_read``, ``index_segments``); one of it drops the ``s``."""
+    words = key.split("_")
+    if count == 1:
+        last = max((i for i, w in enumerate(words) if w.endswith("s")), default=None)
+        if last is not None:
+            words[last] = words[last][:-1]
+    return " ".join(words)
