@@ -225,6 +225,20 @@ def test_identity_file_round_trip(tmp_path: Path) -> None:
     assert load_identity_file(path).recipient() == identity.recipient()
 
 
+def test_an_identity_file_makes_one_missing_folder_at_most(tmp_path: Path) -> None:
+    """`keys/ops.key` beside the inventory makes `keys/` (0700); a path whose folders are
+    missing further up (a typo) or whose folder is a file is refused, and nothing is made."""
+    identity = X25519Identity.generate()
+    write_identity_file(tmp_path / "keys" / "ops.key", identity)
+    assert stat.S_IMODE((tmp_path / "keys").stat().st_mode) == 0o700
+    with pytest.raises(KeyFileError, match="does not exist"):
+        write_identity_file(tmp_path / "typo" / "keys" / "ops.key", identity)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(KeyFileError, match="is not a folder"):
+        write_identity_file(tmp_path / "file" / "ops.key", identity)
+    assert sorted(os.listdir(tmp_path)) == ["file", "keys"]
+
+
 def test_identity_file_not_overwritten(tmp_path: Path) -> None:
     path = tmp_path / "identity.txt"
     first, second = X25519Identity.generate(), X25519Identity.generate()

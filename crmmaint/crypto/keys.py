@@ -354,7 +354,21 @@ def write_identity_file(
             f"{path} is a directory: an identity is written to a file",
             hint=f"name the file, e.g. {path / 'ops.key'}",
         )
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    folder = path.parent
+    if not folder.is_dir():
+        # One missing folder (`keys/` beside the inventory) is made, private; a path whose
+        # folders are missing further up is more likely a typo than a place for a key.
+        if folder.exists() or not folder.parent.is_dir():
+            raise KeyFileError(
+                f"cannot create identity file {path}: "
+                + (
+                    f"{folder} is not a folder"
+                    if folder.exists()
+                    else f"{folder.parent} does not exist"
+                ),
+                hint="create the folder first, or give another --output",
+            )
+        folder.mkdir(mode=0o700)
     target = path.with_name(f".{path.name}.tmp{os.getpid()}") if overwrite else path
     try:
         fd = os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
