@@ -143,7 +143,11 @@ class PlaybookError(ConfigError):
         self.file, self.line, self.step, self.field = file, line, step, field
         self.reason, self.reason_hint, self.more = message, hint, more
         if more:
-            hint = "; ".join(h for h in (hint, f"{more} more problem(s) in this file") if h)
+            hint = "; ".join(
+                h
+                for h in (hint, f"{more} more problem{'' if more == 1 else 's'} in this file")
+                if h
+            )
         where = ""
         if file is not None:
             where = f"{file}:{line}" if line is not None else file

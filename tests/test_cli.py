@@ -530,7 +530,7 @@ def test_one_damaged_manifest_leaves_the_others_listable_and_restorable(estate):
     code, out, err = cli("backups", "list", "-i", inv)
     assert code == 0, err
     assert first in out and f"{second}\tDAMAGED: object backups/{second} failed" in out
-    assert "1 damaged backup(s)" in err and "Traceback" not in err
+    assert "1 damaged backup listed" in err and "Traceback" not in err
     code, out, err = cli("restore", first, "--to", str(estate / "first.sqlite"), "-i", inv)
     assert code == 0, err
     code, out, err = cli("restore", second, "--to", str(estate / "second.sqlite"), "-i", inv)
@@ -540,7 +540,7 @@ def test_one_damaged_manifest_leaves_the_others_listable_and_restorable(estate):
 
     code, out, err = cli("repo", "repair", "-i", inv)
     assert code == 0 and f"would move aside backups/{second}: damaged manifest" in out
-    assert "dry run: 1 object(s) to move aside" in out and manifest.exists()
+    assert "dry run: 1 object to move aside" in out and manifest.exists()
     code, out, err = cli("repo", "repair", "--apply", "-i", inv)
     assert code == 0 and f"moved aside backups/{second}" in out, out + err
     assert (estate / "repo" / "damaged" / "backups" / second).exists()

@@ -145,7 +145,7 @@ def test_inventory_retention_is_the_policy_when_no_flag_is_given(backed_up):
     # Really pruned: the one removed backup is gone, the listing says so.
     code, out, err = cli("prune", "-i", inv)
     assert code == 0, out + err
-    assert "removed 1 backup(s), kept 2" in out and rows(out)[backed_up[2]]["decision"] == "remove"
+    assert "removed 1 backup, kept 2" in out and rows(out)[backed_up[2]]["decision"] == "remove"
     code, out, _ = cli("backups", "list", "-i", inv, "--json")
     assert sorted(b["id"] for b in json.loads(out)) == sorted(backed_up[:2])
 
@@ -211,7 +211,7 @@ def test_keep_within_takes_a_duration(backed_up):
     inv = str(backed_up[0] / "inventory.yml")
     code, out, err = cli("prune", "-i", inv, "--check", "--keep-within", "36h")
     assert code == 0, out + err
-    assert "would remove 0 backup(s), kept 3; policy keep-within=36h" in out
+    assert "would remove 0 backups, kept 3; policy keep-within=36h" in out
     assert {r["reasons"].split(", ")[0] for r in rows(out).values()} == {"within 36h"}
     # A zero window is no rule at all: an empty policy, refused rather than keeping only the
     # newest backup.

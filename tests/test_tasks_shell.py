@@ -65,7 +65,7 @@ def test_check_mode_runs_nothing(tmp_path):
     marker = tmp_path / "never"
     res = run_task(tmp_path, check=True, commands=[f"touch {marker}", "df -P -k /"])
     assert res.status is Status.OK
-    assert res.message.startswith("would run 2 command(s)")
+    assert res.message.startswith("would run 2 commands")
     assert res.details["commands"] == [f"touch {marker}", "df -P -k /"]
     assert not marker.exists()
 

@@ -26,7 +26,7 @@ from crmmaint.playbook.run import AdhocStep
 from crmmaint.reporting.console import print_table, write_json
 from crmmaint.repository.configured import open_repository
 from crmmaint.repository.retention import MAX_KEEP_WITHIN, RetentionPolicy, bare_number
-from crmmaint.units import format_size, parse_duration
+from crmmaint.units import format_size, parse_duration, plural
 
 
 @command(
@@ -270,7 +270,7 @@ def backups_list(
         )
     if damaged:
         print(
-            f"{len(damaged)} damaged backup(s) listed last: every other backup is unaffected; "
+            f"{plural(len(damaged), 'damaged backup')} listed last: every other backup is unaffected; "
             "`crmmaint repo repair` shows what it would move aside",
             file=sys.stderr,
         )

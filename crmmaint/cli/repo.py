@@ -10,6 +10,7 @@ from crmmaint.cli.common import REPO_HELP, command, helps, open_inventory
 from crmmaint.errors import ConfigError
 from crmmaint.reporting.console import write_json
 from crmmaint.repository.configured import init_repository, open_repository
+from crmmaint.units import plural
 
 
 @command(name="init", help=helps(repository=REPO_HELP))
@@ -49,7 +50,7 @@ def repo_unlock(
         backend.close()
     for lock in removed:
         print(f"removed lock of {lock.get('host')} pid {lock.get('pid')} ({lock.get('owner', '')})")
-    print(f"{len(removed)} lock(s) removed")
+    print(f"{plural(len(removed), 'lock')} removed")
 
 
 @command(
@@ -80,12 +81,12 @@ def repo_repair(
     verb = "moved aside" if apply else "would move aside"
     if report.chunks_recovered:
         print(
-            f"{'indexed' if apply else 'would index'} {report.chunks_recovered} chunk(s) again "
+            f"{'indexed' if apply else 'would index'} {plural(report.chunks_recovered, 'chunk')} again "
             "from pack trailers"
         )
     if report.chunks_dropped:
         print(
-            f"{'dropped' if apply else 'would drop'} {report.chunks_dropped} chunk(s) under "
+            f"{'dropped' if apply else 'would drop'} {plural(report.chunks_dropped, 'chunk')} under "
             "damaged or missing keys from the index (the next backup stores them again)"
         )
     for name in report.packs_unrecoverable:
@@ -99,16 +100,16 @@ def repo_repair(
         )
     elif not apply:
         print(
-            f"dry run: {len(report.move_aside)} object(s) to move aside; run "
+            f"dry run: {plural(len(report.move_aside), 'object')} to move aside; run "
             "`crmmaint repo repair --apply`"
         )
     else:
         print(
-            f"{len(report.move_aside)} object(s) moved to damaged/ ({len(report.backups_moved)} "
+            f"{plural(len(report.move_aside), 'object')} moved to damaged/ ({len(report.backups_moved)} "
             "backup(s)); the next prune frees the data only they referenced"
         )
     if report.leftovers_removed:
-        print(f"removed {report.leftovers_removed} leftover(s) of killed writers")
+        print(f"removed {plural(report.leftovers_removed, 'leftover')} of killed writers")
 
 
 @command(name="upgrade", help=helps(repository=REPO_HELP))

@@ -18,6 +18,7 @@ from crmmaint.playbook.loader import build_playbook
 from crmmaint.playbook.model import Playbook
 from crmmaint.playbook.planner import plan
 from crmmaint.playbook.runner import Reporter, Runner, RunSummary, TransportFactory
+from crmmaint.units import plural
 
 if TYPE_CHECKING:
     from crmmaint.inventory import Inventory
@@ -82,7 +83,7 @@ def _flag_error(command: str, steps: Sequence[AdhocStep], exc: PlaybookError) ->
         if key and reason.startswith(named):  # the flag says which value it is
             reason = reason[len(named) :]
             break
-    more = f"{exc.more} more problem(s) in the flags" if exc.more else None
+    more = f"{plural(exc.more, 'more problem')} in the flags" if exc.more else None
     hint = "; ".join(h for h in (exc.reason_hint, more) if h) or None
     flag = flags.get(key)
     return ConfigError(f"{flag}: {reason}" if flag else f"crmmaint {command}: {reason}", hint=hint)

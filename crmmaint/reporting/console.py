@@ -346,7 +346,7 @@ class ConsoleReporter:
 
     def on_step_start(self, step: Any, targets: Sequence[Any]) -> None:
         self._print(
-            f"[bold]step[/bold] {shown(step.name)} ({shown(step.task)}) on {len(targets)} target(s)"
+            f"[bold]step[/bold] {shown(step.name)} ({shown(step.task)}) on {plural(len(targets), 'target')}"
         )
 
     def on_target_start(self, step: Any, target: Any) -> None:

@@ -42,6 +42,7 @@ from crmmaint.repository.format import (
 from crmmaint.repository.index import ChunkIndex, write_segment
 from crmmaint.repository.retention import BackupRef, Verdict, plan_prune
 from crmmaint.repository.session import store_pack
+from crmmaint.units import plural
 
 if TYPE_CHECKING:
     from crmmaint.repository.repository import BackupInfo, Repository
@@ -108,7 +109,7 @@ def prune(repo: Repository, policy: RetentionPolicy, *, now: float, dry_run: boo
         if damage := repo.damage():
             name, why = next(iter(sorted(damage.items())))
             raise RepositoryError(
-                f"{len(damage)} damaged object(s) in {repo.backend.url}, first {name}: {why}; "
+                f"{plural(len(damage), 'damaged object')} in {repo.backend.url}, first {name}: {why}; "
                 "refusing to prune (it could delete the data they describe)",
                 hint="run `crmmaint repo repair` to see what it would move aside, then "
                 "`crmmaint repo repair --apply`",

@@ -32,6 +32,7 @@ from typing import Any
 
 from crmmaint.errors import BackendError, LockError, ObjectNotFound
 from crmmaint.repository.backends.base import Backend
+from crmmaint.units import plural
 
 logger = logging.getLogger(__name__)
 
@@ -446,9 +447,9 @@ def break_locks(backend: Backend, *, force: bool = False) -> list[dict[str, Any]
         removed.append(lock.raw if lock.raw is not None else {"id": lock.id, "unreadable": True})
     if kept:
         raise LockError(
-            f"kept {len(kept)} lock(s) whose process runs on this host: "
+            f"kept {plural(len(kept), 'lock')} whose process runs on this host: "
             + "; ".join(lock.describe() for lock in kept)
-            + (f" (removed {len(removed)} other(s))" if removed else ""),
+            + (f" (removed {plural(len(removed), 'other')})" if removed else ""),
             hint="let that process finish (or stop it); `crmmaint repo unlock --force` removes "
             "a live process's lock too, which lets another process in beside it",
         )

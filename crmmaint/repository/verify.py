@@ -43,6 +43,7 @@ from crmmaint.repository.format import (
 )
 from crmmaint.repository.index import ChunkIndex, load_segment
 from crmmaint.repository.reader import ChunkOpener, unwrap_keys
+from crmmaint.units import plural
 
 if TYPE_CHECKING:
     from crmmaint.repository.repository import Repository
@@ -256,7 +257,7 @@ def _check_manifests(
             if missing:
                 report.add(
                     name,
-                    f"stream {stream['name']}: {len(missing)} chunk(s) not in the index, "
+                    f"stream {stream['name']}: {plural(len(missing), 'chunk')} not in the index, "
                     f"first {missing[0]}",
                 )
     return referenced, previous

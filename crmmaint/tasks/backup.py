@@ -19,7 +19,7 @@ from crmmaint.repository.retention import POLICY_KEYS, RetentionPolicy
 from crmmaint.results import TaskResult
 from crmmaint.tasks.api import REPOSITORY_PARAM as REPOSITORY
 from crmmaint.tasks.api import Param, TaskContext, task
-from crmmaint.units import format_size
+from crmmaint.units import format_size, plural
 
 MIN_SIZE_RATIO = Param(
     float,
@@ -163,7 +163,7 @@ def backup_verify(ctx: TaskContext) -> TaskResult:
         return TaskResult.ok(f"repository {cfg.name} intact ({_summary(report)})", metrics=metrics)
     problems = [str(p) for p in report.problems]
     return TaskResult.failed(
-        f"repository {cfg.name}: {len(problems)} problem(s), first: {problems[0]}",
+        f"repository {cfg.name}: {plural(len(problems), 'problem')}, first: {problems[0]}",
         metrics=metrics,
         details={
             "problems": problems[:50],
@@ -187,7 +187,7 @@ _RULE_HELP = {
 }
 #: Where a prune's policy came from -> how its message says so ({} is the repository).
 POLICY_ORIGINS = {
-    "step": "from flags or the playbook step",
+    "step": "as given to this prune",
     "inventory": "from the inventory's retention of repository {}",
 }
 NO_POLICY_HINT = (
@@ -214,11 +214,11 @@ def backup_prune(ctx: TaskContext) -> TaskResult:
         report = repo.prune(policy, now=time.time(), dry_run=ctx.check)
     removed = list(report.remove)
     verb = "would remove" if ctx.check else "removed"
-    message = f"{verb} {len(removed)} backup(s), kept {len(report.keep)}"
+    message = f"{verb} {plural(len(removed), 'backup')}, kept {len(report.keep)}"
     if not ctx.check:
         message += f", freed {format_size(report.bytes_freed)}"
         if report.leftovers_removed:
-            message += f", removed {report.leftovers_removed} leftover(s) of killed writers"
+            message += f", removed {plural(report.leftovers_removed, 'leftover')} of killed writers"
     message += f"; policy {policy.describe()} ({POLICY_ORIGINS[origin].format(cfg.name)})"
     metrics = {
         "removed": float(len(removed)),
@@ -308,7 +308,7 @@ def _backup_result(
     if notes:
         details["dump_warnings"] = notes
         warnings.append(
-            f"kept with {len(notes)} warning(s) from the dump, the backup holds what was read: "
+            f"kept with {plural(len(notes), 'warning')} from the dump, the backup holds what was read: "
             + "; ".join(notes[:5])
             + ("; …" if len(notes) > 5 else "")
         )

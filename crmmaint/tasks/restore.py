@@ -26,7 +26,7 @@ from crmmaint.repository.format import source_name
 from crmmaint.results import TaskResult
 from crmmaint.tasks.api import REPOSITORY_PARAM, ByteMeter, Param, TaskContext, task
 from crmmaint.transport.base import Transport
-from crmmaint.units import format_size
+from crmmaint.units import format_size, plural
 
 
 class IterReader:
@@ -405,7 +405,7 @@ def drill_restore(ctx: TaskContext) -> TaskResult:
     }
     if problems:
         return TaskResult.failed(
-            f"drill of backup {backup.id} found {len(problems)} difference(s): {problems[0]}",
+            f"drill of backup {backup.id} found {plural(len(problems), 'difference')}: {problems[0]}",
             metrics=metrics,
             details={**details, "problems": problems},
         )

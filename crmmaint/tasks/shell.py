@@ -15,6 +15,7 @@ from crmmaint.errors import CrmMaintError
 from crmmaint.results import TaskResult
 from crmmaint.tasks.api import Param, TaskContext, task
 from crmmaint.transport.base import CommandResult, short
+from crmmaint.units import plural
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ def command(ctx: TaskContext) -> TaskResult:
     commands: list[str] = ctx.params["commands"]
     if ctx.check:
         return TaskResult.ok(
-            f"would run {len(commands)} command(s): {short('; '.join(commands))}",
+            f"would run {plural(len(commands), 'command')}: {short('; '.join(commands))}",
             details={"check_mode": True, "commands": commands},
         )
     ran: list[dict[str, Any]] = []
@@ -83,7 +84,7 @@ def command(ctx: TaskContext) -> TaskResult:
                 details={"commands": ran},
             )
     return TaskResult.ok(
-        f"{len(ran)} command(s) ok",
+        f"{plural(len(ran), 'command')} ok",
         metrics={"commands_run": len(ran), "duration_s": round(duration, 3)},
         details={"commands": ran},
     )

@@ -78,7 +78,7 @@ def _options(cls: type, options: dict[str, Any], scheme: str) -> Any:
     unknown = sorted(set(options) - known)
     if unknown:
         raise BackendError(
-            f"unknown {scheme} backend option(s): {', '.join(unknown)}",
+            f"unknown {scheme} backend option{'' if len(unknown) == 1 else 's'}: {', '.join(unknown)}",
             hint=f"known options: {', '.join(sorted(known))}",
         )
     return cls(**{k: v for k, v in options.items() if v is not None})
