@@ -113,10 +113,10 @@ def test_no_color_turns_colour_off_on_a_terminal(demo: Path, name: str) -> None:
     args, coloured = LISTINGS[name]
     code, plain = on_tty(*args, "-i", str(demo), no_color="1")
     assert code in (0, 1), plain
-    assert "┃" in plain, plain  # still a table: NO_COLOR is about colour, not layout
+    assert "───" in plain, plain  # still a table: NO_COLOR is about colour, not layout
     assert colours(plain) == [], plain
     code, styled = on_tty(*args, "-i", str(demo))
-    assert "┃" in styled, styled
+    assert "───" in styled, styled
     if coloured:
         assert colours(styled), styled
 
@@ -158,7 +158,7 @@ def test_listings_are_tab_separated_in_a_pipe(demo: Path, args: list[str], heade
     assert header in lines, out
     rows = lines[lines.index(header) + 1 :]
     assert rows and all(row.count("\t") == header.count("\t") for row in rows), out
-    assert "┃" not in out and "│" not in out
+    assert "───" not in out and "│" not in out
 
 
 @pytest.mark.parametrize(("args", "kind"), [(["verify"], "ok"), (["prune", "--check"], "ok")])
@@ -167,7 +167,7 @@ def test_run_commands_print_one_plain_line_per_result_in_a_pipe(
 ) -> None:
     code, out, _ = cli(*args, "-i", str(demo))
     assert code == 0, out
-    assert "┃" not in out and "│" not in out
+    assert "───" not in out and "│" not in out
     assert any(line.startswith(f"  {kind} ") for line in out.splitlines()), out
 
 
@@ -209,7 +209,7 @@ def test_argv_of_runs_already_in_a_journal_reads_as_a_list(tmp_path: Path) -> No
     db.commit()
     db.close()
     inventory = tmp_path / "inventory.yml"
-    inventory.write_text(yaml.safe_dump({"settings": {"journal": str(path)}, "hosts": {}}))
+    inventory.write_text(yaml.safe_dump({"settings": {"journal": str(path)}, "hosts": {"local": {}}}))
     code, out, err = cli("history", "-i", str(inventory), "--json")
     assert code == 0, err
     by_id = {r["id"]: r["argv"] for r in json.loads(out)}

@@ -140,7 +140,15 @@ def test_inventory_retention_is_the_policy_when_no_flag_is_given(backed_up):
     assert table[backed_up[0]]["reasons"] == f"last 1/2, newest of source {SOURCE}"
     assert table[backed_up[1]]["reasons"] == "last 2/2"
     assert table[backed_up[2]]["reasons"] == "-"
-    assert all(r["source"] == SOURCE and r["time"].endswith("Z") for r in table.values())
+    # times as `backups list` and `history` show them: local, to the second
+    from crmmaint.cli.common import local_time
+
+    listed = {
+        b["id"]: b["time"] for b in json.loads(cli("backups", "list", "-i", inv, "--json")[1])
+    }
+    assert all(
+        r["source"] == SOURCE and r["time"] == local_time(listed[i]) for i, r in table.items()
+    )
 
     # Really pruned: the one removed backup is gone, the listing says so.
     code, out, err = cli("prune", "-i", inv)

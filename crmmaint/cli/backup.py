@@ -8,7 +8,6 @@ playbooks, so they are journaled, honour ``--check`` and report like any playboo
 from __future__ import annotations
 
 import sys
-import time
 from typing import Any
 
 from invoke import Collection
@@ -19,6 +18,7 @@ from crmmaint.cli.common import (
     execute_adhoc,
     execute_one,
     helps,
+    local_time,
     open_inventory,
 )
 from crmmaint.errors import ConfigError, RestoreError
@@ -177,6 +177,7 @@ def prune(
                 [
                     {
                         **v,
+                        "time": _journal_time_shown(v["time"]),
                         "drilled": "yes" if v["drilled"] else "",
                         "reasons": ", ".join(v["reasons"]) or "-",
                     }
@@ -186,6 +187,18 @@ def prune(
                 title="would keep / remove" if check else "kept / removed",
                 status_column=None,
             )
+
+
+def _journal_time_shown(stamp: str) -> str:
+    """A time the journal keeps in UTC (``2026-12-01T03:12:35Z``) in local time, as
+    ``backups list`` and ``history`` show times."""
+    from datetime import UTC, datetime
+
+    try:
+        moment = datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    except ValueError:
+        return stamp
+    return local_time(moment.timestamp())
 
 
 def _check_policy_flags(params: dict[str, Any], repository: str, *, has_retention: bool) -> None:
@@ -246,7 +259,7 @@ def backups_list(
             "id": b.id,
             "source": b.source,
             "host": b.host,
-            "time": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(b.time)),
+            "time": local_time(b.time),
             "size": format_size(b.size),
             "new": format_size(b.stored_bytes),
             "dedup": f"{b.dedup_ratio:.0%}",
@@ -267,6 +280,7 @@ def backups_list(
             ["id", "source", "host", "time", "size", "new", "dedup", "duration", "drilled"],
             title="backups",
             status_column=None,
+            droppable=["host", "new", "dedup", "duration"],
         )
     if damaged:
         print(
@@ -334,9 +348,7 @@ def restore(
         params["jobs"] = jobs
     task = "restore.database" if kind == "database" else "restore.files"
     step = AdhocStep("restore", task, {kind: [name]}, params, timeout=seconds)
-    row = execute_one(c, inv, "restore", step, check=check, json=json)
-    if not json:
-        print(row.result.message)
+    execute_one(c, inv, "restore", step, check=check, json=json)
 
 
 def _restore_source(cfg: Any, ref: str) -> tuple[str, str]:

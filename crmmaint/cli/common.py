@@ -444,10 +444,11 @@ def execute_one(
 ) -> TargetResult:
     """Run a command that acts on one target (``restore``) as a journaled one-step playbook.
 
-    Quiet on success (the caller prints the result) but for a progress bar of a long
-    transfer on stderr when it is a TTY, gone before anything else is printed; a failure is
-    the one line ``crmmaint: error: MESSAGE`` and exits with the code of the error the task
-    raised (the README's table), so a wrapper can tell a wrong key (8) from a damaged backup (9).
+    Prints the result's message on stdout (a failure: the one line ``crmmaint: error:
+    MESSAGE`` on stderr), then the journal line on stderr as every run does; a progress bar
+    of a long transfer on stderr when it is a TTY is gone before anything else is printed.
+    A failure exits with the code of the error the task raised (the README's table), so a
+    wrapper can tell a wrong key (8) from a damaged backup (9). ``json``: the run's JSON only.
     """
     from crmmaint.playbook.run import adhoc_playbook
     from crmmaint.playbook.runner import MultiReporter
@@ -460,15 +461,23 @@ def execute_one(
         book,
         MultiReporter(JsonReporter(), bars) if json else bars,
         check=check,
-        footer=False,
+        footer=not json,
         one_target=True,
+        before_footer=None if json else _say_result,
     )
     row = summary.results[0]
     if row.status == "failed":
-        if not json:
-            print(f"crmmaint: error: {row.result.message}", file=sys.stderr)
         raise Exit(code=summary.exit_code)
     return row
+
+
+def _say_result(summary: RunSummary) -> None:
+    """The one result of a one-target command: its message on stdout, or an error line."""
+    row = summary.results[0]
+    if row.status == "failed":
+        print(f"crmmaint: error: {row.result.message}", file=sys.stderr)
+    else:
+        print(row.result.message)
 
 
 def _run_reported(
@@ -478,6 +487,7 @@ def _run_reported(
     reporter: Any,
     *,
     footer: bool,
+    before_footer: Callable[[RunSummary], None] | None = None,
     one_target: bool = False,
     check: bool = False,
     limit: list[str] | None = None,
@@ -506,6 +516,8 @@ def _run_reported(
             for each in getattr(reporter, "reporters", (reporter,)):
                 if (close := getattr(each, "close", None)) is not None:
                     close()
+        if before_footer is not None:
+            before_footer(summary)
         if footer:
             again = f" -i {inv.path}" if inv.path else ""
             make_console(sys.stderr).print(

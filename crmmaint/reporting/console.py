@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
 
+from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import (
@@ -485,8 +486,13 @@ def print_table(
     title: str | None = None,
     stream: TextIO | None = None,
     status_column: str | None = "status",
+    droppable: Sequence[str] = (),
 ) -> None:
-    """A listing as a table on a TTY or tab-separated plain lines otherwise."""
+    """A listing as a table on a TTY or tab-separated plain lines otherwise (every column).
+
+    On a TTY, the columns in ``droppable`` are left out, in that order, while the table
+    would be wider than the terminal (``backups list`` on 80 columns keeps ids whole and
+    leaves out host, new bytes, dedup and duration); what still does not fit is folded."""
     rows = list(rows)
     stream = stream or sys.stdout
     if not is_tty(stream):
@@ -495,11 +501,20 @@ def print_table(
             stream.write("\t".join(tsv_cell(_cell(row.get(c))) for c in columns) + "\n")
         return
     console = make_console(stream)
-    table = Table(title=title)
+    columns = list(columns)
+
+    def width(col: str) -> int:
+        return max([len(col), *(len(_cell(row.get(col))) for row in rows)]) + 3
+
+    for col in droppable:
+        if sum(width(c) for c in columns) <= console.width:
+            break
+        columns.remove(col)
+    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False)
     for col in columns:
         # A backup id is copied whole into `restore ID`: kept on one line where the terminal
-        # leaves the other columns room (folded on a narrow one rather than squeezing all).
-        keep = col == "id" and console.width >= 100
+        # leaves the other columns some room (folded on a very narrow one).
+        keep = col == "id" and console.width >= width(col) + 8 * (len(columns) - 1)
         table.add_column(col, overflow="fold", no_wrap=keep)
     for row in rows:
         cells = []
