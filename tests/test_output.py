@@ -209,7 +209,9 @@ def test_argv_of_runs_already_in_a_journal_reads_as_a_list(tmp_path: Path) -> No
     db.commit()
     db.close()
     inventory = tmp_path / "inventory.yml"
-    inventory.write_text(yaml.safe_dump({"settings": {"journal": str(path)}, "hosts": {"local": {}}}))
+    inventory.write_text(
+        yaml.safe_dump({"settings": {"journal": str(path)}, "hosts": {"local": {}}})
+    )
     code, out, err = cli("history", "-i", str(inventory), "--json")
     assert code == 0, err
     by_id = {r["id"]: r["argv"] for r in json.loads(out)}
