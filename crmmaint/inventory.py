@@ -149,8 +149,10 @@ class RepositorySettings:
 
 @dataclass
 class DrillTarget:
-    """Where restore drills of one database run: another host and server, or a scratch directory
-    for SQLite. Unset fields fall back to the database's own."""
+    """Where restore drills of one database or file set run: another host and server, or a
+    scratch directory (SQLite, file sets); and the recovery time objective they are held to.
+    Unset fields fall back to the source's own. ``database`` is the source's name (a file
+    set's when ``kind`` is ``fileset``)."""
 
     database: str
     host: str | None = None
@@ -159,6 +161,11 @@ class DrillTarget:
     user: str | None = None
     password: SecretSource | None = None
     directory: str | None = None
+    kind: str = "database"
+    #: The recovery time objective in seconds: a drill's whole time (fetch, load, checks,
+    #: cleanup) above it is a warning, or a failure when ``rto_exceeded`` is ``fail``.
+    rto: float | None = None
+    rto_exceeded: str = "warn"
 
 
 @dataclass
@@ -233,10 +240,22 @@ class Inventory:
         host = obj if kind == "hosts" else self.hosts.get(getattr(obj, "host", ""), _RUNNER_HOST)
         return Target(kind, name, host, obj)
 
+    def drill_settings(self, kind: str, name: str) -> DrillTarget:
+        """The ``drills:`` entry of the database or file set ``name`` (``kind``), or an
+        empty one: where its drills run and the objective they are held to."""
+        return self.drills.get(f"{kind}:{name}") or DrillTarget(database=name, kind=kind)
+
+    def drill_fileset(self, name: str) -> tuple[Host, str | None]:
+        """The host a drill of file set ``name`` restores on, and the directory its scratch
+        copy goes under (``None``: the host's temporary directory)."""
+        drill = self.drill_settings("fileset", name)
+        host_name = drill.host or self.filesets[name].host
+        return self.hosts.get(host_name, _RUNNER_HOST), drill.directory
+
     def drill_database(self, name: str) -> tuple[Database, Host]:
         """The database entry a drill of ``name`` restores with, and the host it runs on."""
         db = self.databases[name]
-        drill = self.drills.get(name)
+        drill = self.drills.get(f"database:{name}")
         if drill is None:
             return db, self.target("database", name).host
         host_name = drill.host or db.host
@@ -292,7 +311,11 @@ _RUNNER_HOST = Host(name="local", connection="local", address="127.0.0.1")
 _TOP = {
     "hosts", "groups", "databases", "caches", "filesets", "repositories", "drills", "vars", "settings",
 }  # fmt: skip
-_DRILL_KEYS = {"host", "address", "port", "user", "password", "directory"}
+_DRILL_KEYS = {
+    "host", "address", "port", "user", "password", "directory", "rto", "rto_exceeded",
+}  # fmt: skip
+#: What a file set's drill entry may set: where its scratch directory goes, and its objective.
+_FILESET_DRILL_KEYS = {"host", "directory", "rto", "rto_exceeded"}
 _HOST_KEYS = {
     "address", "port", "user", "identity_file", "known_hosts", "connection", "become",
     "allow_unknown_host_key", "connect_timeout", "groups", "vars",
@@ -401,13 +424,18 @@ def _build(data: Any, path: Path) -> Inventory:
         inv.repositories[name] = _repository(name, spec, base)
     drills = _section_raw(data, "drills")
     for name, spec in _section(data, "drills"):
-        if name not in inv.databases:
+        kind, _, source = name.rpartition(":")
+        kind = kind or "database"
+        known = inv.filesets if kind == "fileset" else inv.databases
+        if kind not in ("database", "fileset") or source not in known:
             raise SourceError(
-                f"drills names unknown database {name!r} (known: {', '.join(inv.databases) or 'none'})",
+                f"drills names unknown source {name!r}: a database name, database:NAME or "
+                f"fileset:NAME (databases: {', '.join(inv.databases) or 'none'}; file sets: "
+                f"{', '.join(inv.filesets) or 'none'})",
                 line_of(drills, name),
                 name,
             )
-        inv.drills[name] = _drill(name, spec, base, inv)
+        inv.drills[f"{kind}:{source}"] = _drill(kind, source, spec, base, inv)
     _check_name_clashes(inv, data)
     if not (inv.hosts or inv.databases or inv.caches or inv.filesets or inv.repositories):
         raise SourceError(
@@ -747,16 +775,32 @@ def _with_hint(exc: ConfigError) -> str:
     return exc.message if exc.hint is None else f"{exc.message}; {exc.hint}"
 
 
-def _drill(name: str, spec: dict, base: Path, inv: Inventory) -> DrillTarget:
-    what = f"drill target {name!r}"
-    check_keys(spec, _DRILL_KEYS, what)
+def _drill(kind: str, name: str, spec: dict, base: Path, inv: Inventory) -> DrillTarget:
+    what = f"drill target {kind}:{name}"
+    check_keys(spec, _FILESET_DRILL_KEYS if kind == "fileset" else _DRILL_KEYS, what)
     host = _owner(spec, what, inv) if "host" in spec else None
+    owner = inv.filesets[name].host if kind == "fileset" else inv.databases[name].host
     directory = get_field(spec, "directory", str)
-    if (
-        directory is not None
-        and inv.hosts.get(host or inv.databases[name].host, _RUNNER_HOST).is_local
-    ):
+    if directory is not None and inv.hosts.get(host or owner, _RUNNER_HOST).is_local:
         directory = _path(directory, base)
+    if directory is not None and not directory.startswith("/"):
+        raise SourceError(
+            f"{what}: directory must be an absolute path on its host, not {directory!r}",
+            line_of(spec, "directory"),
+            "directory",
+        )
+    rto = get_field(spec, "rto", (str, int, float))
+    if rto is not None:
+        try:
+            rto = parse_duration(rto)
+        except ValueError as exc:
+            raise SourceError(f"{what}: rto: {exc}", line_of(spec, "rto"), "rto") from None
+        if not 0 < rto <= 366 * 86400:
+            raise SourceError(
+                f"{what}: rto must be more than 0 and at most a year", line_of(spec, "rto"), "rto"
+            )
+    exceeded = get_field(spec, "rto_exceeded", str, default="warn")
+    one_of(exceeded, ("warn", "fail"), "rto_exceeded", spec)
     return DrillTarget(
         database=name,
         host=host,
@@ -765,6 +809,9 @@ def _drill(name: str, spec: dict, base: Path, inv: Inventory) -> DrillTarget:
         user=get_field(spec, "user", str),
         password=_secret(spec, "password", what),
         directory=directory,
+        kind=kind,
+        rto=rto,
+        rto_exceeded=exceeded,
     )
 
 

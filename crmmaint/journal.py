@@ -244,6 +244,41 @@ class Journal:
         run["results"] = results
         return run
 
+    def task_results(
+        self, task: str, *, since: float | None = None, limit: int | None = None
+    ) -> list[dict[str, Any]]:
+        """The results of ``task`` (``drill.restore``), newest first: each ``results`` row
+        with ``details`` decoded, its ``metrics``, and its run's ``playbook``, ``user``,
+        ``machine`` and ``check_mode``; only those started at or after ``since`` (unix
+        time), at most ``limit``. Rows of runs in check mode are left out (nothing ran)."""
+        sql = (
+            "SELECT r.*, u.playbook, u.user, u.machine, u.check_mode FROM results r"
+            " JOIN runs u ON u.id = r.run_id WHERE r.task = ? AND u.check_mode = 0"
+        )
+        args: list[Any] = [task]
+        if since is not None:
+            sql += " AND r.started >= ?"
+            args.append(since)
+        sql += " ORDER BY r.id DESC"
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(limit)
+        rows = self._rows(sql, args)
+        if not rows:
+            return rows
+        metrics = self._rows(
+            "SELECT m.result_id, m.name, m.value FROM metrics m JOIN results r"
+            " ON r.id = m.result_id WHERE r.task = ? AND r.id >= ?",
+            [task, min(r["id"] for r in rows)],
+        )
+        by_result: dict[int, dict[str, float]] = {}
+        for m in metrics:
+            by_result.setdefault(m["result_id"], {})[m["name"]] = metric_value(m["value"])
+        for r in rows:
+            r["details"] = json.loads(r["details"] or "{}")
+            r["metrics"] = by_result.get(r["id"], {})
+        return rows
+
     def last_run_id(self) -> int | None:
         row = self._rows("SELECT max(id) AS id FROM runs", [])
         return row[0]["id"] if row else None

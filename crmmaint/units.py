@@ -16,6 +16,7 @@ from decimal import Decimal
 __all__ = [
     "format_countdown",
     "format_duration",
+    "format_elapsed",
     "format_size",
     "metric_value",
     "parse_duration",
@@ -82,6 +83,15 @@ def format_duration(seconds: float) -> str:
         if seconds >= size and seconds % size == 0:
             return f"{int(seconds // size)}{unit}"
     return f"{_plain_number(seconds)}s"
+
+
+def format_elapsed(seconds: float) -> str:
+    """Time taken, as people read it in a report: ``7.25`` -> ``"7.2s"``, ``272.4`` ->
+    ``"4m 32s"``, ``3700`` -> ``"1h 01m 40s"`` (tenths under a minute, then whole seconds;
+    a display format, not parsed)."""
+    if seconds < 60:
+        return f"{max(0.0, seconds):.1f}s"
+    return format_countdown(int(seconds))
 
 
 def format_countdown(seconds: float) -> str:

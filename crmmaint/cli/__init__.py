@@ -25,7 +25,7 @@ from invoke.exceptions import ParseError
 from invoke.parser import Argument
 
 from crmmaint import __version__
-from crmmaint.cli import backup, demo, keys, playbooks, repo, runs
+from crmmaint.cli import backup, demo, drills, keys, playbooks, repo, runs
 from crmmaint.cli.common import (
     OUTPUT_ERROR,
     CrmConfig,
@@ -43,7 +43,7 @@ from crmmaint.units import MAX_COUNT
 def build_collection() -> Collection:
     """The whole CLI: every command module of this package adds its commands."""
     ns = Collection()
-    for module in (runs, demo, playbooks, backup, keys, repo):
+    for module in (runs, demo, playbooks, backup, drills, keys, repo):
         module.register(ns)
     ns.configure({"inventory": None, "journal": None, "forks": 10})
     return ns
@@ -52,10 +52,9 @@ def build_collection() -> Collection:
 ns = build_collection()
 
 #: Commands invoked as ``crmmaint GROUP VERB`` and their variadic positional flag.
-_VARIADIC = {"playbook.check": "--file"}
+_VARIADIC = {"playbook.check": "--file", "drill": "--source"}
 #: Commands whose single positional may be left out, and what it then means.
-_OPTIONAL_POSITIONAL = {"show": "last"}
-_VALUE_FLAGS = {"-i", "--inventory", "--file", "--limit", "--tags", "--step", "--forks", "--dir"}
+_OPTIONAL_POSITIONAL = {"show": "last", "drill": "all"}
 _HELP_FLAGS = {"--help", "-h"}
 _CORE_VALUE_FLAGS = {"-f", "--config", "-T", "--command-timeout", "--hide", "-r", "--search-root"}
 
@@ -96,25 +95,37 @@ def normalize_argv(argv: list[str]) -> list[str]:
         _check_arguments(args[i], args[i + 1 :])
     if i < len(args) and args[i] in _VARIADIC:
         flag = _VARIADIC[args[i]]
+        valued = _valued_flags(args[i])
         rest, out, j = args[i + 1 :], [], 0
         while j < len(rest):
             tok = rest[j]
             if tok.startswith("-"):
                 out.append(tok)
-                if (
-                    j + 1 < len(rest)
-                    and not rest[j + 1].startswith("-")
-                    and tok in ("-i", "--inventory", "--file")
-                ):
+                if j + 1 < len(rest) and tok in valued:  # the flag's value, whatever it is
                     out.append(rest[j + 1])
                     j += 1
             else:
                 out += [flag, tok]
             j += 1
         args[i + 1 :] = out
-    if i < len(args) and args[i] in _OPTIONAL_POSITIONAL and not _has_positional(args[i + 1 :]):
-        args.append(_OPTIONAL_POSITIONAL[args[i]])
+    if i < len(args) and args[i] in _OPTIONAL_POSITIONAL:
+        name = args[i]
+        if name in _VARIADIC:  # its words became flags above
+            if _VARIADIC[name] not in args[i + 1 :]:
+                args += [_VARIADIC[name], _OPTIONAL_POSITIONAL[name]]
+        elif not _has_positional(args[i + 1 :], _valued_flags(name)):
+            args.append(_OPTIONAL_POSITIONAL[name])
     return args
+
+
+def _valued_flags(command: str) -> set[str]:
+    """The flags of ``command`` that take a value (``--backup ID``), as typed."""
+    return {
+        ("-" if len(name) == 1 else "--") + name
+        for arg in ns[command].get_arguments()
+        if arg.takes_value
+        for name in arg.names
+    }
 
 
 #: The options crmmaint takes before a command (``print_help`` lists them); invoke's other core
@@ -260,11 +271,11 @@ def _check_count(arg: Argument, flag: str, value: str, see: str) -> None:
         )
 
 
-def _has_positional(rest: list[str]) -> bool:
+def _has_positional(rest: list[str], valued: set[str]) -> bool:
     j = 0
     while j < len(rest):
         if rest[j].startswith("-"):
-            j += 2 if rest[j] in _VALUE_FLAGS and "=" not in rest[j] else 1
+            j += 2 if rest[j] in valued and "=" not in rest[j] else 1
             continue
         return True
     return False
@@ -444,6 +455,11 @@ _METAVARS = {
     "playbook": "PLAYBOOK",
     "playbooks": "NAMES",
     "read_data_subset": "PERCENT",
+    "source": "SOURCE...",
+    "rto": "DURATION",
+    "since": "DURATION",
+    "backup": "ID",
+    "target": "NAME",
 }
 
 

@@ -497,6 +497,16 @@ class FileSetSource(RestoreRoutine[FilesRestoreTarget]):
             "path": made.name,
         }
 
+    def remove_scratch(self, target_dir: str, *, quietly: bool = False) -> None:
+        """Remove a directory a drill restored into (``rm -rf``, never following links out
+        of it); ``quietly``: a failure is logged, not raised (``EngineError``)."""
+        try:
+            self._run(["rm", "-rf", "--", target_dir], what=f"removing {target_dir}")
+        except EngineError as exc:
+            if not quietly:
+                raise
+            log.warning("could not remove the drill's copy in %s: %s", target_dir, exc)
+
     def _discard(self, target_dir: str, state: str) -> None:
         """Remove what a failed restore extracted: the directory it made, or what it put into
         an empty one."""

@@ -13,6 +13,7 @@ the backup is marked as drilled, which ``backups list`` shows and prune protects
 from __future__ import annotations
 
 import os
+import posixpath
 import secrets
 import time
 from collections.abc import Iterator, Mapping
@@ -26,7 +27,7 @@ from crmmaint.repository.format import source_name
 from crmmaint.results import TaskResult
 from crmmaint.tasks.api import REPOSITORY_PARAM, ByteMeter, Param, TaskContext, task
 from crmmaint.transport.base import Transport
-from crmmaint.units import format_size, plural
+from crmmaint.units import format_duration, format_elapsed, format_size, plural
 
 
 class IterReader:
@@ -317,6 +318,15 @@ def _crmmaint_files(ctx: TaskContext) -> dict[str, str]:
     return found
 
 
+#: The prefix of every scratch copy a drill makes (a database, a SQLite file, a directory):
+#: a drill never removes anything without it.
+SCRATCH_PREFIX = "crmdrill_"
+
+#: Where a file set's drill extracts when its ``drills:`` entry names no directory: on disk
+#: (not a tmpfs ``/tmp``), and kept across reboots only until the system cleans it.
+DEFAULT_DRILL_DIRECTORY = "/var/tmp"
+
+
 def scratch_name(db: Any, now: float) -> str:
     """A scratch database name (or file name for SQLite) that cannot collide with a real one,
     nor with another drill's: ``crmdrill_<name>_<UTC time>_<6 random hex digits>`` (at most
@@ -324,95 +334,215 @@ def scratch_name(db: Any, now: float) -> str:
     databases share a name may run on one server in the same second."""
     stamp = time.strftime("%Y%m%d%H%M%S", time.gmtime(now))
     base = "".join(ch if ch.isalnum() else "_" for ch in db.name)[:30]
-    return f"crmdrill_{base}_{stamp}_{secrets.token_hex(3)}"
+    return f"{SCRATCH_PREFIX}{base}_{stamp}_{secrets.token_hex(3)}"
+
+
+class Phases:
+    """The phases of a drill and how long each took (seconds): ``preflight`` (the backup
+    found, its keys unwrapped, the target checked), ``restore`` (fetch, decrypt and load:
+    one streamed pipeline, so not separable), ``verify`` (the restored copy read back and
+    compared), ``cleanup`` (the scratch copy removed)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._began = time.monotonic()
+        self._mark = self._began
+
+    def end(self, phase: str) -> None:
+        """The phase ``phase`` ends now (it began where the previous one ended)."""
+        now = time.monotonic()
+        self.seconds[phase] = round(self.seconds.get(phase, 0.0) + now - self._mark, 3)
+        self._mark = now
+
+    @property
+    def total(self) -> float:
+        """Seconds since the drill began."""
+        return time.monotonic() - self._began
 
 
 @task(
     "drill.restore",
-    targets="database",
+    targets=("database", "fileset"),
     params={
         "repository": REPOSITORY_PARAM,
         "backup": Param(str, default="latest", help="backup id, or latest"),
-        "keep": Param(bool, default=False, help="keep the scratch database for inspection"),
+        "keep": Param(bool, default=False, help="keep the scratch copy for inspection"),
         "identity": Param(str, help="identity file to decrypt with (default: the repository's)"),
+        "target": Param(
+            str,
+            help="the scratch copy's name (database, SQLite file or directory); default "
+            "crmdrill_<source>_<time>_<random>; an existing one is refused",
+        ),
+        "rto": Param(
+            "duration",
+            help="recovery time objective: a drill taking longer is a warning (default: the "
+            "source's drills: entry in the inventory)",
+        ),
+        "rto_exceeded": Param(
+            str, choices=("warn", "fail"), help="what a drill over its objective is (default warn)"
+        ),
     },
 )
 def drill_restore(ctx: TaskContext) -> TaskResult:
-    """Restore the newest backup of a database into a scratch copy and compare its facts."""
-    from crmmaint.engines import engine_for
+    """Restore a backup of a database or file set into a scratch copy, check it against what
+    the backup recorded, time it against the recovery time objective, remove the copy.
+
+    Databases: tables, exact row counts, schema fingerprint and sequences; file sets: every
+    file's sha256 and size. Metrics: ``drill_seconds`` and one ``<phase>_seconds`` per phase
+    (``Phases``), ``restore_seconds`` (the restore phase), ``rows``/``tables`` or ``files``.
+    The backup is marked drilled only when every check passed. Raises what the restore
+    raises (a wrong key: ``WrongKeyError``; an existing target: ``RestoreTargetExists``).
+    """
     from crmmaint.engines.base import compare_facts
 
-    db = ctx.target.obj
+    phases = Phases()
+    kind = "fileset" if ctx.target.kind == "fileset" else "database"
+    obj = ctx.target.obj
+    settings = ctx.inventory.drill_settings(kind, obj.name)
+    rto = ctx.params["rto"] if ctx.params["rto"] is not None else settings.rto
+    exceeded = ctx.params["rto_exceeded"] or settings.rto_exceeded
     repo_cfg = ctx.inventory.repository(ctx.params["repository"])
-    with open_repository(repo_cfg, reading=f"drill database:{db.name}") as repo:
-        source = source_name("database", db.name)
+    source = source_name(kind, obj.name)
+    with open_repository(repo_cfg, reading=f"drill {source}") as repo:
         if not repo.backups(source=source):
             return TaskResult.failed(
-                f"no backup of database {db.name} in repository {repo_cfg.name} to drill",
-                details={"hint": "run backup.database first"},
+                f"no backup of {source} in repository {repo_cfg.name} to drill",
+                details={
+                    "hint": f"run backup.{'files' if kind == 'fileset' else 'database'} first"
+                },
             )
         backup = find_backup(repo, ctx.params["backup"], source=source)
         identities = identities_for(repo_cfg, ctx.params["identity"])
-        manifest = repo.manifest(backup.id, identities)
-        expected = manifest.facts
+        expected = repo.manifest(backup.id, identities).facts  # key custody, before anything
+        scratch = _Scratch(ctx, kind, ctx.params["target"])
         if ctx.check:
-            return TaskResult.changed(  # in check mode: would change
-                f"would restore backup {backup.id} of {db.name} into a scratch database and compare "
-                f"{len(expected.get('tables', []))} tables",
-                details={"check": True, "backup": backup.id},
+            what = (
+                f"{int(expected.get('files', 0))} files"
+                if kind == "fileset"
+                else f"{len(expected.get('tables', []))} tables"
             )
-        drill_db, drill_host = ctx.inventory.drill_database(db.name)
-        transport = ctx.transport_for(drill_host)
-        engine = engine_for(drill_db, transport)
-        target = scratch_name(db, time.time())
-        started = time.monotonic()
+            return TaskResult.changed(  # in check mode: would change
+                f"would restore backup {backup.id} of {source} into {scratch.name} on "
+                f"{scratch.host.name} and compare {what}",
+                details={"check": True, "backup": backup.id, "scratch": scratch.name},
+            )
+        phases.end("preflight")
         # A failed restore removed what it made itself (the engines' restore routine); a
-        # target it found existing is never dropped here: it is not this drill's.
-        actual = restore_database(
-            repo, backup, identities, db=drill_db, transport=transport, to=target,
-            timeout=ctx.time_left(), progress=ctx.meter(backup.size),
-        )  # fmt: skip
+        # target it found existing is never removed here: it is not this drill's.
+        actual = scratch.restore(repo, backup, identities, ctx)
+        phases.end("restore")
         try:
             problems = compare_facts(expected, actual)
+            phases.end("verify")
         except BaseException:
             # The comparison's failure (or an interrupt) is what the drill reports; the scratch
             # copy goes on the cleanup's own time.
-            engine.cleaning_up().drop_quietly(target)
+            scratch.remove(quietly=True)
             raise
         if not ctx.params["keep"]:
-            engine.drop(target)
-        seconds = time.monotonic() - started
+            scratch.remove()
+        phases.end("cleanup")
+        seconds = phases.total
+        over = rto is not None and seconds > rto
         record = {
             "time": time.time(),
             "ok": not problems,
             "seconds": round(seconds, 3),
+            "phases": phases.seconds,
+            "rto": rto,
             "problems": problems[:20],
             "run_id": ctx.run_id,
         }
         if not problems:
             repo.mark_drilled(backup.id, record)
-    rows = sum((actual.get("row_counts") or {}).values())
-    metrics = {
-        "restore_seconds": seconds,
-        "rows": float(rows),
-        "tables": float(len(actual.get("tables", []))),
+    metrics: dict[str, float] = {
+        "drill_seconds": seconds,
+        "restore_seconds": phases.seconds["restore"],
+        **{f"{phase}_seconds": value for phase, value in phases.seconds.items()},
     }
+    if kind == "fileset":
+        metrics["files"] = float(actual.get("files", 0))
+        what = f"{int(actual.get('files', 0))} files, contents identical"
+    else:
+        rows = sum((actual.get("row_counts") or {}).values())
+        metrics.update(rows=float(rows), tables=float(len(actual.get("tables", []))))
+        what = f"{len(actual.get('tables', []))} tables, {rows} rows, schema identical"
+    if rto is not None:
+        metrics["rto_seconds"] = rto
     details = {
         "backup": backup.id,
-        "scratch": target,
-        "on": drill_host.name,
+        "source": source,
+        "repository": repo_cfg.name,
+        "scratch": scratch.name,
+        "on": scratch.host.name,
         "kept": ctx.params["keep"],
+        "phases": phases.seconds,
+        "rto": rto,
     }
+    timing = f"in {format_elapsed(seconds)}" + (
+        f" (objective {format_duration(rto)})" if rto is not None else ""
+    )
     if problems:
         return TaskResult.failed(
-            f"drill of backup {backup.id} found {plural(len(problems), 'difference')}: {problems[0]}",
+            f"drill of backup {backup.id} found {plural(len(problems), 'difference')}: "
+            f"{problems[0]}",
             metrics=metrics,
             details={**details, "problems": problems},
         )
-    return TaskResult.ok(
-        f"backup {backup.id} restored on {drill_host.name} in {seconds:.1f}s: "
-        f"{len(actual.get('tables', []))} tables, "
-        f"{rows} rows, schema identical",
-        metrics=metrics,
-        details=details,
-    )
+    message = f"backup {backup.id} restored on {scratch.host.name} {timing}: {what}"
+    if over:
+        said = (
+            f"drill took {format_elapsed(seconds)}, over its recovery time objective of "
+            f"{format_duration(rto)}; {message}"
+        )
+        if exceeded == "fail":
+            return TaskResult.failed(said, metrics=metrics, details=details, retryable=False)
+        return TaskResult.warning(said, metrics=metrics, details=details)
+    return TaskResult.ok(message, metrics=metrics, details=details)
+
+
+class _Scratch:
+    """The scratch copy of one drill: where it goes (a database on the drill server, a
+    SQLite file or a directory on the drill host), how it is restored and removed."""
+
+    def __init__(self, ctx: TaskContext, kind: str, name: str | None) -> None:
+        from crmmaint.engines import engine_for
+        from crmmaint.engines.files import FileSetSource
+
+        self.kind = kind
+        obj = ctx.target.obj
+        generated = scratch_name(obj, time.time())
+        if kind == "fileset":
+            self.host, directory = ctx.inventory.drill_fileset(obj.name)
+            self.transport = ctx.transport_for(self.host)
+            self.files = FileSetSource(obj, self.transport)
+            self.name = name or posixpath.join(directory or DEFAULT_DRILL_DIRECTORY, generated)
+            self.files.preflight(self.name, force=False)
+        else:
+            self.db, self.host = ctx.inventory.drill_database(obj.name)
+            self.transport = ctx.transport_for(self.host)
+            self.engine = engine_for(self.db, self.transport)
+            self.name = name or generated
+            self.engine.preflight(self.name, force=False)
+
+    def restore(self, repo: Any, backup: Any, identities: Any, ctx: TaskContext) -> Facts:
+        """Restore ``backup`` into the scratch copy; returns the restored copy's facts."""
+        if self.kind == "fileset":
+            return restore_fileset(
+                repo, backup, identities, fileset=ctx.target.obj, transport=self.transport,
+                to=self.name, progress=ctx.meter(backup.size),
+            )  # fmt: skip
+        return restore_database(
+            repo, backup, identities, db=self.db, transport=self.transport, to=self.name,
+            timeout=ctx.time_left(), progress=ctx.meter(backup.size),
+        )  # fmt: skip
+
+    def remove(self, *, quietly: bool = False) -> None:
+        """Remove the scratch copy (``quietly``: on the cleanup's own time, a failure logged)."""
+        if self.kind == "fileset":
+            files = self.files.cleaning_up() if quietly else self.files
+            files.remove_scratch(self.name, quietly=quietly)
+        elif quietly:
+            self.engine.cleaning_up().drop_quietly(self.name)
+        else:
+            self.engine.drop(self.name)

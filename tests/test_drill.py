@@ -1,0 +1,238 @@
+"""Restore drills on demand (`crmmaint drill`) and their history (`crmmaint drills`): every
+engine and a file set restored into scratch copies, checked, timed against the recovery time
+objective and removed; what a drill must refuse. Real PostgreSQL and MariaDB, the CLI as a
+subprocess."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from clirun import run_cli, run_here
+from estates import MAIN_REPOSITORY, sqlite_crm
+
+PG = ["psql", "-X", "-qAt", "-h", "127.0.0.1", "-U", "postgres", "-v", "ON_ERROR_STOP=1"]
+MARIADB = ["mariadb", "--protocol=TCP", "-h", "127.0.0.1", "-uroot", "-N", "--batch"]
+
+
+def pg(statement: str, db: str = "postgres") -> str:
+    done = subprocess.run([*PG, "-d", db], input=statement, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def maria(statement: str, db: str = "") -> str:
+    done = subprocess.run(
+        [c for c in [*MARIADB, db] if c], input=statement, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def scratch_databases(tag: str) -> list[str]:
+    """Scratch databases of this estate's drills still on either server."""
+    like = f"crmdrill_{tag}%"
+    return (
+        pg(f"SELECT datname FROM pg_database WHERE datname LIKE '{like}'").split()
+        + maria(f"SHOW DATABASES LIKE '{like}'").split()
+    )
+
+
+class Estate:
+    def __init__(self, root: Path, tag: str) -> None:
+        self.root, self.tag = root, tag
+        self.inventory = root / "inventory.yml"
+        self.drills = root / "drills"
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess:
+        return run_cli(*args, "-i", str(self.inventory))
+
+    def write(self, **drills: dict) -> None:
+        """Rewrite the inventory with these ``drills:`` entries besides the scratch folders."""
+        doc = yaml.safe_load(self.inventory.read_text())
+        doc["drills"] = {**self.base_drills, **drills}
+        self.inventory.write_text(yaml.safe_dump(doc))
+
+
+@pytest.fixture(scope="module")
+def estate(tmp_path_factory) -> Iterator[Estate]:
+    """PostgreSQL, MariaDB and SQLite databases and a file set, each backed up once."""
+    root = tmp_path_factory.mktemp("drill")
+    tag = uuid.uuid4().hex[:6]
+    pgname, myname = f"drpg{tag}", f"drmy{tag}"
+    pg(f"CREATE DATABASE {pgname}")
+    pg("CREATE TABLE customers (id serial PRIMARY KEY, name text);"
+       "INSERT INTO customers (name) SELECT 'c' || g FROM generate_series(1, 500) g;", pgname)  # fmt: skip
+    maria(f"CREATE DATABASE {myname}")
+    maria("CREATE TABLE customers (id int AUTO_INCREMENT PRIMARY KEY, name varchar(20));"
+          "INSERT INTO customers (name) SELECT concat('c', seq) FROM seq_1_to_500;", myname)  # fmt: skip
+    sqlite_crm(root / "crm.sqlite", customers=300)
+    (root / "files" / "sub").mkdir(parents=True)
+    (root / "files" / "a.txt").write_text("attachment\n" * 100)
+    (root / "files" / "sub" / "b.bin").write_bytes(bytes(range(256)) * 10)
+    (root / "drills").mkdir()
+    estate = Estate(root, tag)
+    estate.base_drills = {
+        "lite": {"directory": str(root / "drills")},
+        "fileset:files": {"directory": str(root / "drills")},
+    }
+    doc = {
+        "settings": {"journal": "journal.sqlite"},
+        "hosts": {"local": {"connection": "local"}},
+        "databases": {
+            "pg": {"engine": "postgresql", "name": pgname, "address": "127.0.0.1",
+                   "user": "postgres", "main": True},
+            "my": {"engine": "mysql", "name": myname, "address": "127.0.0.1", "user": "root"},
+            "lite": {"engine": "sqlite", "path": "crm.sqlite"},
+        },
+        "filesets": {"files": {"paths": ["files"]}},
+        "repositories": {"main": dict(MAIN_REPOSITORY)},
+        "drills": estate.base_drills,
+    }  # fmt: skip
+    estate.inventory.write_text(yaml.safe_dump(doc))
+    (root / "keys").mkdir()
+    generated = run_here("keys", "generate", "--output", str(root / "keys" / "ops.key"))
+    assert generated.returncode == 0, generated.stderr
+    assert estate.cli("repo", "init").returncode == 0
+    done = estate.cli("backup")
+    assert done.returncode == 0, done.stdout + done.stderr
+    try:
+        yield estate
+    finally:
+        pg(f"DROP DATABASE IF EXISTS {pgname} WITH (FORCE)")
+        maria(f"DROP DATABASE IF EXISTS {myname}")
+        for name in scratch_databases(tag):
+            if name in pg("SELECT datname FROM pg_database").split():
+                pg(f"DROP DATABASE {name} WITH (FORCE)")
+            else:
+                maria(f"DROP DATABASE {name}")
+
+
+def test_every_source_is_drilled_checked_timed_and_cleaned_up(estate: Estate) -> None:
+    before = set(scratch_databases(""))
+    done = estate.cli("drill", "--json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    results = {r["target"]: r for r in json.loads(done.stdout)["results"]}
+    assert set(results) == {"pg@local", "my@local", "lite@local", "files@local"}
+    for target, row in results.items():
+        assert row["status"] == "ok", (target, row["message"])
+        phases = row["details"]["phases"]
+        assert list(phases) == ["preflight", "restore", "verify", "cleanup"], phases
+        assert row["metrics"]["drill_seconds"] >= sum(phases.values()) - 0.01
+    assert "500 rows, schema identical" in results["pg@local"]["message"]
+    assert "2 files, contents identical" in results["files@local"]["message"]
+    # Nothing left behind: no scratch database on either server, no file, no directory.
+    assert set(scratch_databases("")) <= before
+    assert {r["details"]["scratch"] for r in results.values()} & before == set()
+    assert list(estate.drills.iterdir()) == []
+    # The evidence: every backup marked drilled, every drill in `drills`.
+    listed = json.loads(estate.cli("backups", "list", "--json").stdout)
+    assert all(b["drilled"] for b in listed), listed
+    history = json.loads(estate.cli("drills", "--json").stdout)
+    assert {d["source"] for d in history[:4]} == {
+        "database:pg", "database:my", "database:lite", "fileset:files"
+    }  # fmt: skip
+    assert all(d["status"] == "ok" and d["restore_seconds"] > 0 for d in history[:4])
+    table = estate.cli("drills").stdout.splitlines()
+    assert table[0].split("\t") == [
+        "when", "source", "backup", "on", "status", "restore", "total", "rto", "run"
+    ]  # fmt: skip
+
+
+def test_a_drill_over_its_objective_warns_or_fails_as_configured(estate: Estate) -> None:
+    done = estate.cli("drill", "fileset:files", "--rto", "1ms")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "over its recovery time objective of 0.001s" in done.stdout, done.stdout
+    estate.write(**{"fileset:files": {"directory": str(estate.drills), "rto": "1ms",
+                                      "rto_exceeded": "fail"}})  # fmt: skip
+    try:
+        done = estate.cli("drill", "files")
+        assert done.returncode == 2, done.stdout + done.stderr
+        assert "over its recovery time objective" in done.stdout
+        # the command's objective wins over the inventory's
+        assert estate.cli("drill", "files", "--rto", "1h").returncode == 0
+    finally:
+        estate.write()
+    assert list(estate.drills.iterdir()) == []
+
+
+def test_a_target_the_drill_did_not_create_is_refused_and_left_alone(estate: Estate) -> None:
+    taken = f"crmdrill_taken_{estate.tag}"
+    pg(f"CREATE DATABASE {taken}")
+    try:
+        pg("CREATE TABLE precious (id int); INSERT INTO precious VALUES (1);", taken)
+        done = estate.cli("drill", "pg", "--target", taken)
+        assert done.returncode == 6, done.stdout + done.stderr
+        assert "exists" in done.stdout + done.stderr
+        assert pg("SELECT count(*) FROM precious", taken) == "1"
+    finally:
+        pg(f"DROP DATABASE {taken} WITH (FORCE)")
+    kept = estate.drills / "kept"
+    (kept / "mine").mkdir(parents=True)
+    done = estate.cli("drill", "files", "--target", str(kept))
+    assert done.returncode == 6, done.stdout + done.stderr
+    assert (kept / "mine").is_dir()
+    (kept / "mine").rmdir()
+    kept.rmdir()
+
+
+def test_keep_leaves_the_scratch_copy_and_says_where(estate: Estate) -> None:
+    target = estate.drills / "inspect"
+    done = estate.cli("drill", "fileset:files", "--keep", "--target", str(target), "--json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    (row,) = json.loads(done.stdout)["results"]
+    assert row["details"]["scratch"] == str(target) and row["details"]["kept"]
+    assert sorted(p.name for p in target.rglob("*") if p.is_file()) == ["a.txt", "b.bin"]
+    subprocess.run(["rm", "-rf", str(target)], check=True)
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["nosuch"], "no database or file set 'nosuch'"),
+        (["table:pg"], "unknown source 'table:pg'"),
+        (["fileset:pg"], "no database or file set 'fileset:pg'"),
+        (["pg", "my", "--target", "x"], "--target names one backup or copy, but 2 sources"),
+        (["--backup", "20250101T000000.000000Z-abcdef12"], "--backup names one backup"),
+        (["pg", "--rto", "0s"], "--rto '0s' is out of range"),
+        (["pg", "--rto", "soon"], "--rto: "),
+        (["pg", "--timeout", "0"], "--timeout '0' is out of range"),
+    ],
+)
+def test_drill_arguments_are_checked_before_anything_runs(
+    estate: Estate, args: list[str], says: str
+) -> None:
+    before = estate.cli("history", "--json").stdout
+    done = estate.cli("drill", *args)
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert says in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert estate.cli("history", "--json").stdout == before
+
+
+def test_drills_since_and_check_mode(estate: Estate) -> None:
+    done = estate.cli("drill", "pg", "--check")
+    assert done.returncode == 0 and "would restore backup" in done.stdout, done.stdout
+    assert scratch_databases(estate.tag) == []
+    recent = json.loads(estate.cli("drills", "--since", "1h", "--json").stdout)
+    assert recent and all(d["status"] in ("ok", "warning", "failed") for d in recent)
+    assert "check" not in {d["message"][:5] for d in recent}  # check-mode runs are not drills
+    assert estate.cli("drills", "--since", "soon").returncode == 3
+
+
+def test_a_name_that_is_a_database_and_a_file_set_must_say_which(tmp_path: Path) -> None:
+    sqlite_crm(tmp_path / "crm.sqlite", customers=10)
+    (tmp_path / "files").mkdir()
+    doc = {
+        "hosts": {"local": {"connection": "local"}},
+        "databases": {"crm": {"engine": "sqlite", "path": "crm.sqlite"}},
+        "filesets": {"crm": {"paths": ["files"]}},
+        "repositories": {"main": dict(MAIN_REPOSITORY)},
+    }
+    (tmp_path / "inventory.yml").write_text(yaml.safe_dump(doc))
+    done = run_cli("drill", "crm", "-i", str(tmp_path / "inventory.yml"))
+    assert done.returncode == 3 and "write database:crm or fileset:crm" in done.stderr
