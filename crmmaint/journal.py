@@ -208,6 +208,19 @@ class Journal:
                 (key, json.dumps(value), time.time()),
             )
 
+    def state_delete(self, key: str) -> None:
+        """Forget ``key`` (nothing happens when it is not there)."""
+        with self._tx() as cur:
+            cur.execute("DELETE FROM state WHERE key = ?", (key,))
+
+    def state_prefixed(self, prefix: str) -> dict[str, Any]:
+        """Every state entry whose key starts with ``prefix``: key -> value."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT key, value FROM state WHERE substr(key, 1, ?) = ?", (len(prefix), prefix)
+            ).fetchall()
+        return {key: json.loads(value) for key, value in rows}
+
     # --- reading ----------------------------------------------------------------------------
 
     def runs(self, limit: int = 20, playbook: str | None = None) -> list[dict[str, Any]]:

@@ -67,7 +67,11 @@ def estate(tmp_path_factory) -> Iterator[Estate]:
     pgname, myname = f"drpg{tag}", f"drmy{tag}"
     pg(f"CREATE DATABASE {pgname}")
     pg("CREATE TABLE customers (id serial PRIMARY KEY, name text);"
-       "INSERT INTO customers (name) SELECT 'c' || g FROM generate_series(1, 500) g;", pgname)  # fmt: skip
+       "INSERT INTO customers (name) SELECT 'c' || g FROM generate_series(1, 500) g;"
+       # a load that takes a moment, for the drill killed during it
+       "CREATE TABLE activities (id int PRIMARY KEY, note text);"
+       "INSERT INTO activities SELECT g, md5(g::text) FROM generate_series(1, 300000) g;",
+       pgname)  # fmt: skip
     maria(f"CREATE DATABASE {myname}")
     maria("CREATE TABLE customers (id int AUTO_INCREMENT PRIMARY KEY, name varchar(20));"
           "INSERT INTO customers (name) SELECT concat('c', seq) FROM seq_1_to_500;", myname)  # fmt: skip
@@ -124,7 +128,7 @@ def test_every_source_is_drilled_checked_timed_and_cleaned_up(estate: Estate) ->
         phases = row["details"]["phases"]
         assert list(phases) == ["preflight", "restore", "verify", "cleanup"], phases
         assert row["metrics"]["drill_seconds"] >= sum(phases.values()) - 0.01
-    assert "500 rows, schema identical" in results["pg@local"]["message"]
+    assert "300500 rows, schema identical" in results["pg@local"]["message"]
     assert "2 files, contents identical" in results["files@local"]["message"]
     # Nothing left behind: no scratch database on either server, no file, no directory.
     assert set(scratch_databases("")) <= before
@@ -236,3 +240,55 @@ def test_a_name_that_is_a_database_and_a_file_set_must_say_which(tmp_path: Path)
     (tmp_path / "inventory.yml").write_text(yaml.safe_dump(doc))
     done = run_cli("drill", "crm", "-i", str(tmp_path / "inventory.yml"))
     assert done.returncode == 3 and "write database:crm or fileset:crm" in done.stderr
+
+
+def test_a_copy_left_by_a_killed_drill_is_removed_by_the_next(estate: Estate) -> None:
+    """`kill -9` during the load leaves the scratch database (nothing can run after it);
+    the next drill of that database removes it, and says so. A running drill's copy is
+    never taken for a leftover (each drill records itself as running in the journal)."""
+    import os
+    import signal
+    import time
+
+    from clirun import BIN
+
+    before = set(scratch_databases("pg_"))
+    proc = subprocess.Popen(
+        [str(BIN / "crmmaint"), "drill", "pg", "-i", str(estate.inventory)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not (made := set(scratch_databases("pg_")) - before):
+            assert proc.poll() is None, "the drill ended before it could be killed"
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    (left,) = made
+    assert left in scratch_databases("pg_")  # nothing removed it
+    done = estate.cli("drill", "pg", "--json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    (row,) = json.loads(done.stdout)["results"]
+    assert row["details"]["leftovers_removed"] == [left], row
+    assert f"left by a drill that was killed: {left}" in row["message"]
+    assert set(scratch_databases("pg_")) == before
+
+
+def test_a_drill_is_running_while_its_process_is_the_same_one() -> None:
+    """What keeps two drills from removing each other's copies: a recorded drill counts as
+    running while its process lives (and is the same process, not a reused PID), and
+    always when it ran on another machine."""
+    import socket
+
+    from crmmaint.tasks.restore import _running, _this_process
+
+    me = _this_process()
+    assert _running(me)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    assert not _running({**me, "pid": dead.pid, "pid_started": None})
+    assert not _running({**me, "pid_started": me["pid_started"] + 1})  # a reused PID
+    assert _running({**me, "pid": dead.pid, "machine": socket.gethostname() + "-other"})
+    assert not _running({**me, "pid": "x"})

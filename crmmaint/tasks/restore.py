@@ -12,15 +12,17 @@ the backup is marked as drilled, which ``backups list`` shows and prune protects
 
 from __future__ import annotations
 
+import logging
 import os
 import posixpath
 import secrets
+import socket
 import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 from crmmaint.engines.base import DumpLayout, Facts
-from crmmaint.errors import ConfigError, IntegrityError, RestoreError, Setting
+from crmmaint.errors import ConfigError, CrmMaintError, IntegrityError, RestoreError, Setting
 from crmmaint.inventory import Database, FileSet
 from crmmaint.repository.configured import identities_for, open_repository
 from crmmaint.repository.format import source_name
@@ -28,6 +30,8 @@ from crmmaint.results import TaskResult
 from crmmaint.tasks.api import REPOSITORY_PARAM, ByteMeter, Param, TaskContext, task
 from crmmaint.transport.base import Transport
 from crmmaint.units import format_duration, format_elapsed, format_size, plural
+
+log = logging.getLogger(__name__)
 
 
 class IterReader:
@@ -426,22 +430,27 @@ def drill_restore(ctx: TaskContext) -> TaskResult:
                 f"{scratch.host.name} and compare {what}",
                 details={"check": True, "backup": backup.id, "scratch": scratch.name},
             )
+        leftovers = scratch.remove_leftovers(source)
         phases.end("preflight")
-        # A failed restore removed what it made itself (the engines' restore routine); a
-        # target it found existing is never removed here: it is not this drill's.
-        actual = scratch.restore(repo, backup, identities, ctx)
-        phases.end("restore")
+        scratch.register(source)
         try:
-            problems = compare_facts(expected, actual)
-            phases.end("verify")
-        except BaseException:
-            # The comparison's failure (or an interrupt) is what the drill reports; the scratch
-            # copy goes on the cleanup's own time.
-            scratch.remove(quietly=True)
-            raise
-        if not ctx.params["keep"]:
-            scratch.remove()
-        phases.end("cleanup")
+            # A failed restore removed what it made itself (the engines' restore routine); a
+            # target it found existing is never removed here: it is not this drill's.
+            actual = scratch.restore(repo, backup, identities, ctx)
+            phases.end("restore")
+            try:
+                problems = compare_facts(expected, actual)
+                phases.end("verify")
+            except BaseException:
+                # The comparison's failure (or an interrupt) is what the drill reports; the
+                # scratch copy goes on the cleanup's own time.
+                scratch.remove(quietly=True)
+                raise
+            if not ctx.params["keep"]:
+                scratch.remove()
+            phases.end("cleanup")
+        finally:
+            scratch.unregister(source)
         seconds = phases.total
         over = rto is not None and seconds > rto
         record = {
@@ -469,7 +478,7 @@ def drill_restore(ctx: TaskContext) -> TaskResult:
         what = f"{len(actual.get('tables', []))} tables, {rows} rows, schema identical"
     if rto is not None:
         metrics["rto_seconds"] = rto
-    details = {
+    details: dict[str, Any] = {
         "backup": backup.id,
         "source": source,
         "repository": repo_cfg.name,
@@ -490,6 +499,12 @@ def drill_restore(ctx: TaskContext) -> TaskResult:
             details={**details, "problems": problems},
         )
     message = f"backup {backup.id} restored on {scratch.host.name} {timing}: {what}"
+    if leftovers:
+        details["leftovers_removed"] = leftovers
+        message += (
+            f"; removed {plural(len(leftovers), 'copy', 'copies')} left by a drill that was "
+            f"killed: {', '.join(leftovers)}"
+        )
     if over:
         said = (
             f"drill took {format_elapsed(seconds)}, over its recovery time objective of "
@@ -510,6 +525,7 @@ class _Scratch:
         from crmmaint.engines.files import FileSetSource
 
         self.kind = kind
+        self.journal = ctx.journal
         obj = ctx.target.obj
         generated = scratch_name(obj, time.time())
         if kind == "fileset":
@@ -524,6 +540,44 @@ class _Scratch:
             self.engine = engine_for(self.db, self.transport)
             self.name = name or generated
             self.engine.preflight(self.name, force=False)
+
+    # --- the running drills on this machine, in the journal --------------------------------
+
+    def _key(self, source: str) -> str:
+        return f"{_RUNNING}{source}:{self.name}"
+
+    def register(self, source: str) -> None:
+        """Record this drill as running (``drill:<source>:<scratch>`` in the journal's state:
+        this process, its start time, the scratch copy), so that the next drill of
+        ``source`` can tell a copy left by a killed drill from one that is still in use."""
+        if self.journal is not None:
+            self.journal.state_set(self._key(source), {"scratch": self.name, **_this_process()})
+
+    def unregister(self, source: str) -> None:
+        """The drill has ended (its copy removed, or kept on purpose)."""
+        if self.journal is not None:
+            self.journal.state_delete(self._key(source))
+
+    def remove_leftovers(self, source: str) -> list[str]:
+        """Remove the scratch copies of drills of ``source`` that were killed (``kill -9``,
+        a power cut) before they could: those recorded as running by a process of this
+        machine that is gone. A drill still running, or one of another machine, is never
+        touched. Returns the names removed; one that cannot be removed is logged and left."""
+        if self.journal is None:
+            return []
+        removed = []
+        for key, entry in self.journal.state_prefixed(f"{_RUNNING}{source}:").items():
+            if not isinstance(entry, dict) or _running(entry):
+                continue
+            name = str(entry.get("scratch", ""))
+            try:
+                self.remove_named(name)
+            except CrmMaintError as exc:
+                log.warning("could not remove %s, left by a killed drill: %s", name, exc)
+                continue
+            self.journal.state_delete(key)
+            removed.append(name)
+        return removed
 
     def restore(self, repo: Any, backup: Any, identities: Any, ctx: TaskContext) -> Facts:
         """Restore ``backup`` into the scratch copy; returns the restored copy's facts."""
@@ -546,3 +600,58 @@ class _Scratch:
             self.engine.cleaning_up().drop_quietly(self.name)
         else:
             self.engine.drop(self.name)
+
+    def remove_named(self, name: str) -> None:
+        """Remove another drill's scratch copy ``name`` where this drill's would be; only a
+        name with the scratch prefix (``SCRATCH_PREFIX``) is ever removed."""
+        base = posixpath.basename(name) if self.kind == "fileset" else name
+        if not base.startswith(SCRATCH_PREFIX):
+            raise RestoreError(f"{name!r} is not a drill's scratch copy: left alone")
+        if self.kind == "fileset":
+            self.files.remove_scratch(name)
+        else:
+            self.engine.drop(name)
+
+
+#: The journal state keys of running drills: ``drill:<source>:<scratch copy>``.
+_RUNNING = "drill:"
+
+
+def _this_process() -> dict[str, Any]:
+    """What identifies this process on this machine, for ``_running``."""
+    return {
+        "machine": socket.gethostname(),
+        "pid": os.getpid(),
+        "pid_started": _process_start(os.getpid()),
+        "started": time.time(),
+    }
+
+
+def _running(entry: Mapping[str, Any]) -> bool:
+    """Whether the drill ``entry`` (``_this_process``) describes may still be running: it
+    ran on another machine (which this one cannot look at), or its process is alive and
+    the same one (a PID reused by another process since does not count)."""
+    if entry.get("machine") != socket.gethostname():
+        return True
+    pid = entry.get("pid")
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # another user's process: alive
+    started = _process_start(pid)
+    return started is None or started == entry.get("pid_started")
+
+
+def _process_start(pid: int) -> int | None:
+    """When process ``pid`` started, in clock ticks since boot (Linux ``/proc``), or ``None``
+    where that cannot be read."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            fields = stat.read().rsplit(b")", 1)[1].split()
+        return int(fields[19])  # field 22 of the whole line: starttime
+    except (OSError, IndexError, ValueError):
+        return None
