@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from crmmaint.errors import ConfigError, InventoryError
-from crmmaint.units import parse_duration
+from crmmaint.units import parse_duration, parse_size
 from crmmaint.yamlsource import (
     SourceError,
     check_keys,
@@ -166,6 +166,8 @@ class DrillTarget:
     #: cleanup) above it is a warning, or a failure when ``rto_exceeded`` is ``fail``.
     rto: float | None = None
     rto_exceeded: str = "warn"
+    #: Bytes that must stay free where the scratch copy goes, besides the copy itself.
+    min_free: int = 0
 
 
 @dataclass
@@ -313,9 +315,10 @@ _TOP = {
 }  # fmt: skip
 _DRILL_KEYS = {
     "host", "address", "port", "user", "password", "directory", "rto", "rto_exceeded",
+    "min_free",
 }  # fmt: skip
 #: What a file set's drill entry may set: where its scratch directory goes, and its objective.
-_FILESET_DRILL_KEYS = {"host", "directory", "rto", "rto_exceeded"}
+_FILESET_DRILL_KEYS = {"host", "directory", "rto", "rto_exceeded", "min_free"}
 _HOST_KEYS = {
     "address", "port", "user", "identity_file", "known_hosts", "connection", "become",
     "allow_unknown_host_key", "connect_timeout", "groups", "vars",
@@ -799,6 +802,13 @@ def _drill(kind: str, name: str, spec: dict, base: Path, inv: Inventory) -> Dril
             raise SourceError(
                 f"{what}: rto must be more than 0 and at most a year", line_of(spec, "rto"), "rto"
             )
+    min_free = get_field(spec, "min_free", (str, int), default=0)
+    try:
+        min_free = parse_size(min_free)
+    except ValueError as exc:
+        raise SourceError(
+            f"{what}: min_free: {exc}", line_of(spec, "min_free"), "min_free"
+        ) from None
     exceeded = get_field(spec, "rto_exceeded", str, default="warn")
     one_of(exceeded, ("warn", "fail"), "rto_exceeded", spec)
     return DrillTarget(
@@ -812,6 +822,7 @@ def _drill(kind: str, name: str, spec: dict, base: Path, inv: Inventory) -> Dril
         kind=kind,
         rto=rto,
         rto_exceeded=exceeded,
+        min_free=min_free,
     )
 
 

@@ -292,3 +292,48 @@ def test_a_drill_is_running_while_its_process_is_the_same_one() -> None:
     assert not _running({**me, "pid_started": me["pid_started"] + 1})  # a reused PID
     assert _running({**me, "pid": dead.pid, "machine": socket.gethostname() + "-other"})
     assert not _running({**me, "pid": "x"})
+
+
+def test_a_drill_without_room_is_refused_before_anything_moves(estate: Estate) -> None:
+    """Preflight: free space where the copy goes against the backup's size, a quarter more
+    and the `drills:` entry's floor; the server's version against the backup's. A refusal
+    fails the drill with its reason, and nothing is restored."""
+    estate.write(
+        lite={"directory": str(estate.drills), "min_free": "1000 TiB"},
+        **{"fileset:files": {"directory": str(estate.drills), "min_free": "1000 TiB"}},
+    )
+    try:
+        before = set(scratch_databases(""))
+        done = estate.cli("drill", "lite", "files", "pg", "my", "--json")
+        assert done.returncode == 2, done.stdout + done.stderr
+        rows = {r["target"]: r for r in json.loads(done.stdout)["results"]}
+        for target in ("lite@local", "files@local"):
+            assert rows[target]["status"] == "failed"
+            message = rows[target]["message"]
+            assert "refused before anything was restored" in message, message
+            assert "needed" in message and "the floor of 1000 TiB" in message, message
+        assert list(estate.drills.iterdir()) == []
+        for target in ("pg@local", "my@local"):
+            assert rows[target]["status"] == "ok", rows[target]["message"]
+            checked = " ".join(rows[target]["details"]["preflight"])
+            assert "can load a dump of" in checked and "free on" in checked, checked
+        assert set(scratch_databases("")) == before
+    finally:
+        estate.write()
+
+
+@pytest.mark.parametrize(
+    ("engine", "version", "major"),
+    [
+        ("postgresql", "16.4 (Debian 16.4-1.pgdg120+1)", (16,)),
+        ("postgresql", "9.6.24", (9, 6)),
+        ("postgresql", "17beta1", (17,)),
+        ("mysql", "10.11.6-MariaDB-0+deb12u1", (10, 11)),
+        ("mysql", "8.0.36", (8, 0)),
+        ("mysql", "", None),
+    ],
+)
+def test_version_major(engine: str, version: str, major: tuple[int, ...] | None) -> None:
+    from crmmaint.engines.base import version_major
+
+    assert version_major(engine, version) == major

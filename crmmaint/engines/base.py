@@ -130,6 +130,20 @@ def compare_facts(expected: Mapping[str, Any], actual: Mapping[str, Any]) -> lis
     return problems
 
 
+def version_major(engine: str, version: str) -> tuple[int, ...] | None:
+    """The part of a server's version that decides whether it can load another's dump:
+    PostgreSQL's major number (``"16.4 (Debian 16.4-1)"`` -> ``(16,)``; ``"9.6.24"`` ->
+    ``(9, 6)``, majors before 10 had two numbers), MariaDB's and MySQL's first two
+    (``"10.11.6-MariaDB-0+deb12u1"`` -> ``(10, 11)``). ``None`` for text without a version."""
+    found = re.match(r"\s*(\d+)(?:\.(\d+))?", version)
+    if found is None:
+        return None
+    first, second = int(found.group(1)), int(found.group(2) or 0)
+    if engine == "postgresql" and first >= 10:
+        return (first,)
+    return (first, second)
+
+
 def compare_checksums(
     expected: Mapping[str, Mapping[str, Any]], actual: Mapping[str, Mapping[str, Any]]
 ) -> list[str]:

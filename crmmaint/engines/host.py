@@ -327,6 +327,18 @@ class HostOS:
             disks = [d for d in disks if d.mount in mounts]
         return disks
 
+    def free_bytes(self, path: str, *, timeout: float | None = PROBE_TIMEOUT) -> tuple[int, str]:
+        """``(bytes, mount)``: what non-root users can still write on the filesystem that
+        holds ``path`` (or, when it does not exist yet, its nearest existing parent), from
+        ``df -P -k``. Raises ``HostError`` when df fails, ``ValueError`` on output that is
+        not df's."""
+        script = 'p=$1; while [ ! -e "$p" ]; do p=$(dirname -- "$p"); done; exec df -P -k -- "$p"'
+        text = self._run(["sh", "-c", script, "sh", path], what=f"df {path}", timeout=timeout)
+        fields = text.text.strip().splitlines()[-1].split(None, 5)
+        if len(fields) < 6:
+            raise ValueError(f"df printed no filesystem for {path}")
+        return int(fields[3]) * 1024, fields[5]
+
     def load_average(self, *, timeout: float | None = PROBE_TIMEOUT) -> tuple[float, float, float]:
         """(load1, load5, load15) from ``/proc/loadavg``; ``HostError`` when unreadable."""
         text = self._run(["cat", "/proc/loadavg"], what="reading /proc/loadavg", timeout=timeout)

@@ -467,7 +467,13 @@ class MySQLEngine(DatabaseEngine[MyRestoreTarget]):
             final["tables"] = tables
             final["row_counts"] = {t: counter.counts.get(t, 0) for t in tables}
 
-        facts = {"engine": self.engine, "format": "mysqldump", "schema_fingerprint": before}
+        facts = {
+            "engine": self.engine,
+            "format": "mysqldump",
+            "schema_fingerprint": before,
+            # what a restore's server must be at least (a drill's preflight)
+            "server_version": self._query("SELECT @@version", database="")[0][0],
+        }
         log.info("dumping %s", self.where)
         with self.started(command, what="mariadb-dump", stdout="stream") as proc:
             stream = DumpStream(

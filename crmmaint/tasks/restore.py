@@ -419,6 +419,16 @@ def drill_restore(ctx: TaskContext) -> TaskResult:
         identities = identities_for(repo_cfg, ctx.params["identity"])
         expected = repo.manifest(backup.id, identities).facts  # key custody, before anything
         scratch = _Scratch(ctx, kind, ctx.params["target"])
+        leftovers = [] if ctx.check else scratch.remove_leftovers(source)
+        refused, checked = scratch.preflight(expected, backup.size, settings.min_free)
+        if refused:
+            return TaskResult.failed(
+                f"drill of backup {backup.id} refused before anything was restored: "
+                + "; ".join(refused),
+                details={"backup": backup.id, "source": source, "preflight": checked,
+                         "problems": refused},
+                retryable=False,
+            )  # fmt: skip
         if ctx.check:
             what = (
                 f"{int(expected.get('files', 0))} files"
@@ -430,7 +440,6 @@ def drill_restore(ctx: TaskContext) -> TaskResult:
                 f"{scratch.host.name} and compare {what}",
                 details={"check": True, "backup": backup.id, "scratch": scratch.name},
             )
-        leftovers = scratch.remove_leftovers(source)
         phases.end("preflight")
         scratch.register(source)
         try:
@@ -487,6 +496,7 @@ def drill_restore(ctx: TaskContext) -> TaskResult:
         "kept": ctx.params["keep"],
         "phases": phases.seconds,
         "rto": rto,
+        "preflight": checked,
     }
     timing = f"in {format_elapsed(seconds)}" + (
         f" (objective {format_duration(rto)})" if rto is not None else ""
@@ -540,6 +550,82 @@ class _Scratch:
             self.engine = engine_for(self.db, self.transport)
             self.name = name or generated
             self.engine.preflight(self.name, force=False)
+
+    # --- before anything moves -------------------------------------------------------------
+
+    def preflight(
+        self, expected: Mapping[str, Any], size: int, min_free: int
+    ) -> tuple[list[str], list[str]]:
+        """What would make the restore fail, found before it starts: ``(refusals, checked)``,
+        each a sentence. The drill server's version must not be older than the backup's
+        source server's (``version_major``; a backup that did not record it is not checked);
+        where the copy goes must have room for the backup's size plus a quarter (indexes,
+        a database's own overhead) plus ``min_free`` bytes (the ``drills:`` entry's floor).
+        Free space is read with ``df`` on the drill host: of the directory for a file set or
+        a SQLite file, of the server's data directory when the server runs on that host; a
+        server elsewhere, or one that does not say where its data lives, is not checked."""
+        refused: list[str] = []
+        checked: list[str] = []
+        if self.kind == "database" and expected.get("server_version"):
+            self._check_version(str(expected["server_version"]), refused, checked)
+        where = self._data_directory()
+        if where is None:
+            checked.append("free space not checked: the server's data directory is not on "
+                           f"{self.host.name} or not readable")  # fmt: skip
+            return refused, checked
+        from crmmaint.engines.host import HostOS
+
+        need = size + size // 4 + min_free
+        try:
+            free, mount = HostOS(self.transport).free_bytes(where)
+        except (CrmMaintError, ValueError) as exc:
+            checked.append(f"free space not checked: {exc}")
+            return refused, checked
+        said = (
+            f"{format_size(free)} free on {mount} ({where}) on {self.host.name}, "
+            f"{format_size(need)} needed (the backup's {format_size(size)} and a quarter"
+            + (f", and the floor of {format_size(min_free)})" if min_free else ")")
+        )
+        (refused if free < need else checked).append(said)
+        return refused, checked
+
+    def _check_version(self, source: str, refused: list[str], checked: list[str]) -> None:
+        from crmmaint.engines.base import version_major
+
+        engine = self.db.engine
+        if engine not in ("postgresql", "mysql"):
+            return
+        target = str(self.engine.facts(timeout=60).get("version", ""))
+        have, want = version_major(engine, target), version_major(engine, source)
+        if have is None or want is None:
+            checked.append(f"server version not compared ({target!r}, backup {source!r})")
+        elif have < want:
+            refused.append(
+                f"the drill server runs {target.split()[0]}, older than the backup's "
+                f"{source.split()[0]}: it may not load the dump"
+            )
+        else:
+            checked.append(f"server {target.split()[0]} can load a dump of {source.split()[0]}")
+
+    def _data_directory(self) -> str | None:
+        """Where the copy's bytes will be written on the drill host, ``None`` when unknown."""
+        if self.kind == "fileset":
+            return posixpath.dirname(self.name.rstrip("/")) or "/"
+        if self.db.engine == "sqlite":
+            return posixpath.dirname(self.engine.target_path(self.name))
+        if self.db.address not in (None, "127.0.0.1", "localhost", "::1"):
+            return None  # the server runs elsewhere: its disk is not the drill host's
+        sql = (
+            "SELECT setting FROM pg_catalog.pg_settings WHERE name = 'data_directory'"
+            if self.db.engine == "postgresql"
+            else "SELECT @@datadir"
+        )
+        try:
+            rows = self.engine.query(sql, timeout=60)
+        except CrmMaintError:
+            return None
+        found = rows[0][0] if rows and rows[0] else ""
+        return found if found.startswith("/") else None
 
     # --- the running drills on this machine, in the journal --------------------------------
 

@@ -263,6 +263,8 @@ class PostgreSQLEngine(DatabaseEngine[PgRestoreTarget]):
             "row_counts": counts,
             "schema_fingerprint": schema_digest(session.ask(SCHEMA_SQL)),
             "sequences": _sequences(session.ask(SEQUENCES_SQL)),
+            # what a restore's server must be at least (a drill's preflight)
+            "server_version": session.ask("SHOW server_version")[0][0],
         }
 
     # --- dump -------------------------------------------------------------------------------
