@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Start the services the test suite talks to, where they are not already running, and install
-# what the tests need from Debian (openssh-server for the sshd fixture). Idempotent.
+# what the tests need from Debian (openssh-server for the sshd fixture, chromium for HTML).
+# Idempotent.
 set -u
 log() { printf 'services: %s\n' "$*"; }
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo -n "$@"; fi; }
@@ -16,6 +17,7 @@ need_pkg() {  # need_pkg BINARY PACKAGE
 need_pkg sshd openssh-server
 need_pkg sqlite3 sqlite3
 need_pkg sudo sudo
+need_pkg chromium chromium  # the drill report's HTML, rendered headless
 
 if ! pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; then
   log "starting PostgreSQL"

@@ -148,6 +148,53 @@ def test_every_source_is_drilled_checked_timed_and_cleaned_up(estate: Estate) ->
     ]  # fmt: skip
 
 
+def test_the_drill_report_is_one_page_an_auditor_can_read(estate: Estate, tmp_path) -> None:
+    """`drill report` as Markdown and as self-contained HTML: each drill with its backup,
+    where it ran, who ran it, its phase times and each check with expected and found
+    values; the HTML is rendered by headless Chromium with its tables on the page."""
+    import shutil
+
+    assert estate.cli("drill").returncode == 0  # one drill of each source at least
+    md = estate.cli("drill", "report", "--since", "1h")
+    assert md.returncode == 0, md.stderr
+    text = md.stdout
+    assert text.startswith("# Restore drill report"), text[:200]
+    for source in ("database:pg", "database:my", "database:lite", "fileset:files"):
+        assert f"| {source} |" in text.replace("\\", ""), source
+    assert "| rows in public.customers | 500 | 500 | ok |" in text.replace("\\", "")
+    assert "| files with the same sha256 and size | 2 | 2 | ok |" in text
+    assert "| restore |" in text and "run by" in text
+    page = tmp_path / "drills.html"
+    done = estate.cli("drill", "report", "--since", "1h", "--output", str(page))
+    assert done.returncode == 0 and str(page) in done.stdout, done.stdout + done.stderr
+    html = page.read_text()
+    assert "<script" not in html and "http://" not in html and "https://" not in html
+    assert html.count('<table class="checks">') >= 4 and '<table id="latest">' in html
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.fail("Debian's chromium is needed (make test installs it: scripts/services.sh)")
+    shots = {}
+    blank = tmp_path / "blank.html"
+    blank.write_text("<!DOCTYPE html><html><body></body></html>")
+    for name, doc in (("report", page), ("blank", blank)):
+        shot = tmp_path / f"{name}.png"
+        subprocess.run(
+            [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1200,1600",
+             f"--screenshot={shot}", doc.as_uri()],
+            capture_output=True, timeout=120, check=True,
+        )  # fmt: skip
+        shots[name] = shot.read_bytes()
+    assert shots["report"].startswith(b"\x89PNG")
+    assert len(shots["report"]) > 5 * len(shots["blank"])  # tables and text, not an empty page
+    dom = subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", page.as_uri()],
+        capture_output=True, text=True, timeout=120, check=True,
+    ).stdout  # fmt: skip
+    assert dom.count("<table") == html.count("<table") and "rows in public.customers" in dom
+    bad = estate.cli("drill", "report", "--output", str(tmp_path / "r.pdf"))
+    assert bad.returncode == 3 and ".html or .md" in bad.stderr
+
+
 def test_a_drill_over_its_objective_warns_or_fails_as_configured(estate: Estate) -> None:
     done = estate.cli("drill", "fileset:files", "--rto", "1ms")
     assert done.returncode == 1, done.stdout + done.stderr
@@ -337,3 +384,25 @@ def test_version_major(engine: str, version: str, major: tuple[int, ...] | None)
     from crmmaint.engines.base import version_major
 
     assert version_major(engine, version) == major
+
+
+def test_the_report_escapes_what_it_shows() -> None:
+    """A message, a name or a host is untrusted text in the report: HTML is escaped, a
+    Markdown cell cannot be ended or marked up, a control character is shown as an escape."""
+    from crmmaint.reporting.drill_report import render
+
+    hostile = "a|b <script>alert(1)</script> **x** \x1b[2J"
+    drill = {
+        "run": 1, "started": 0.0, "source": "database:crm", "backup": hostile,
+        "repository": "main", "on": hostile, "scratch": "s", "kept": False, "status": "failed",
+        "message": hostile, "restore_seconds": 1.0, "drill_seconds": 2.0,
+        "phases": {"restore": 1.0}, "rto": 60.0, "preflight": [hostile],
+        "checks": [{"check": hostile, "expected": 1, "found": 2, "ok": False}],
+        "problems": [hostile], "user": "ops", "machine": "m",
+    }  # fmt: skip
+    html = render([drill], "html", now=10.0)
+    assert "<script>" not in html and "&lt;script&gt;" in html and "\x1b" not in html
+    md = render([drill], "md", now=10.0)
+    assert "<script>" not in md and "a\\|b" in md and "\\*\\*x" in md and "\x1b" not in md
+    assert "DIFFERS" in md and "FAILED" in md
+    assert render([], "md", now=10.0).count("No drills in this period") == 1

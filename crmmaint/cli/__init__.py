@@ -51,6 +51,18 @@ def build_collection() -> Collection:
 
 ns = build_collection()
 
+#: Commands spoken as two words beside a command of the first word's name (``drill
+#: report`` beside ``drill``): registered with a dash, as invoke cannot have a command and a
+#: group of one name.
+_SUBCOMMANDS = {"drill-report"}
+
+
+def spoken(name: str) -> str:
+    """A command's name as it is typed: ``backups.list`` -> ``backups list``,
+    ``drill-report`` -> ``drill report``."""
+    return name.replace(".", " ") if name not in _SUBCOMMANDS else name.replace("-", " ")
+
+
 #: Commands invoked as ``crmmaint GROUP VERB`` and their variadic positional flag.
 _VARIADIC = {"playbook.check": "--file", "drill": "--source"}
 #: Commands whose single positional may be left out, and what it then means.
@@ -81,6 +93,8 @@ def normalize_argv(argv: list[str]) -> list[str]:
         and args[i + 1] in ns.collections[args[i]].tasks
     ):
         args[i : i + 2] = [f"{args[i]}.{args[i + 1]}"]
+    elif i + 1 < len(args) and f"{args[i]}-{args[i + 1]}" in _SUBCOMMANDS:
+        args[i : i + 2] = [f"{args[i]}-{args[i + 1]}"]  # ``drill report``
     if i < len(args) and _HELP_FLAGS & set(args[1:i] + args[i + 1 :]):
         # ``--help`` anywhere with a command: its help, and nothing runs (before,
         # ``keys generate --help`` wrote an identity file named ``--help``).
@@ -177,7 +191,7 @@ def _check_arguments(name: str, rest: list[str]) -> None:
     ''`` would mean every tag), counts whole numbers in range (``--limit 99…9`` would overflow
     the journal's integers), no negative number where a flag is read, and no more positional
     words than the command takes (invoke would run a second word as another command)."""
-    command = f"crmmaint {name.replace('.', ' ')}"
+    command = f"crmmaint {spoken(name)}"
     see = f"see `{command} --help`"
     arguments = ns[name].get_arguments()
     flags: dict[str, Argument] = {}
@@ -284,11 +298,11 @@ def _has_positional(rest: list[str], valued: set[str]) -> bool:
 def usage_error(exc: ParseError) -> str:
     """invoke's parser message as crmmaint's one line: what is wrong, and where to look."""
     text = str(exc)
-    found = re.match(r"'([\w.]+)' did not receive required positional arguments: (.*)$", text)
+    found = re.match(r"'([\w.-]+)' did not receive required positional arguments: (.*)$", text)
     if found:
         command, names = found.group(1), re.findall(r"'(\w+)'", found.group(2))
         wanted = ", ".join(_METAVARS.get(name, name.upper()) for name in names)
-        command = command.replace(".", " ")
+        command = spoken(command)
         return f"crmmaint {command} needs {wanted} (see `crmmaint {command} --help`)"
     found = re.match(r"No idea what '(.*)' is!$", text)
     if found:
@@ -379,7 +393,7 @@ class CrmProgram(Program):  # type: ignore[misc]
         except ParseError as exc:
             raise Exit(f"crmmaint: error: {usage_error(exc)}", code=ConfigError.exit_code) from None
         if len(self.tasks) > 1:
-            names = " and ".join(f"`{ctx.name.replace('.', ' ')}`" for ctx in self.tasks)
+            names = " and ".join(f"`{spoken(ctx.name)}`" for ctx in self.tasks)
             raise Exit(
                 f"crmmaint: error: one command at a time, got {names}"
                 " (see `crmmaint --help`; a word after a command that takes none is read as"
@@ -390,7 +404,7 @@ class CrmProgram(Program):  # type: ignore[misc]
     def print_task_help(self, name: str) -> None:
         """One command's help: usage with its arguments, what it does, and its flags with the
         kind of value each takes (``--to NAME``, not invoke's ``--to=STRING``)."""
-        command = name.replace(".", " ")
+        command = spoken(name)
         arguments = list(dict.fromkeys(self.parser.contexts[name].flags.values()))
         arguments = [*self.parser.contexts[name].positional_args, *arguments]
         arguments = list(dict.fromkeys(arguments))
@@ -494,7 +508,7 @@ def _doc(obj: Any) -> str:
 def _command_pairs(coll: Collection, prefix: str) -> list[tuple[str, str]]:
     """(``backups list``, first paragraph of its docstring) for each command of ``coll``."""
     return [
-        (prefix + name, " ".join(_doc(task).split("\n\n")[0].split()))
+        (prefix + spoken(name), " ".join(_doc(task).split("\n\n")[0].split()))
         for name, task in sorted(coll.tasks.items())
     ]
 

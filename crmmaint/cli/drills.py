@@ -8,6 +8,7 @@ reads the drills back from the journal (docs/drills.md).
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 from invoke import Collection
@@ -26,6 +27,7 @@ from crmmaint.errors import ConfigError
 from crmmaint.inventory import Inventory
 from crmmaint.playbook.run import AdhocStep
 from crmmaint.reporting.console import print_table, write_json
+from crmmaint.reporting.drill_report import drill_row
 from crmmaint.units import format_duration, format_elapsed, parse_duration
 
 #: What ``drill SOURCE`` may name besides one database or file set.
@@ -197,35 +199,69 @@ def drills(
     )
 
 
-def drill_row(result: dict[str, Any]) -> dict[str, Any]:
-    """One drill as ``drills`` lists it (and ``--json`` gives it), from a journal result row
-    (``Journal.task_results``): times in seconds, the phases, the problems found."""
-    details, metrics = result["details"], result["metrics"]
-    return {
-        "run": result["run_id"],
-        "started": result["started"],
-        "source": details.get("source")
-        or f"{result['target_kind']}:{result['target'].rpartition('@')[0] or result['target']}",
-        "backup": details.get("backup", "-"),
-        "repository": details.get("repository"),
-        "on": details.get("on") or result["host"],
-        "status": result["status"],
-        "message": result["message"],
-        "restore_seconds": metrics.get("restore_seconds"),
-        "drill_seconds": metrics.get("drill_seconds"),
-        "phases": details.get("phases", {}),
-        "rto": details.get("rto"),
-        "problems": details.get("problems", []),
-        "user": result["user"],
-        "machine": result["machine"],
-    }
-
-
 def _shown_seconds(value: float | None) -> str:
     return format_elapsed(value) if value is not None else "-"
 
 
+@command(
+    name="drill-report",
+    help=helps(
+        since="only drills since this long ago, e.g. 90d (default: all)",
+        output="write the report to FILE: .html (one self-contained page) or .md; "
+        "default: Markdown on stdout",
+    ),
+)
+def drill_report(
+    c: Any,
+    inventory: str | None = None,
+    since: str | None = None,
+    output: str | None = None,
+    debug: bool = False,
+) -> None:
+    """Write the restore drill report for a period: every drill, its checks and phase times."""
+    from crmmaint.reporting.drill_report import FORMATS, render
+
+    fmt = "md"
+    if output is not None:
+        fmt = FORMATS.get(Path(output).suffix.lower(), "")
+        if not fmt:
+            raise ConfigError(
+                f"--output {output!r}: the report is written as .html or .md",
+                hint="e.g. --output drills-2026Q4.html",
+            )
+    after = time.time() - _duration("--since", since, most=100 * 366 * 86400) if since else None
+    inv = maybe_inventory(c, inventory)
+    with open_journal(c, inv) as journal:
+        rows = [drill_row(r) for r in journal.task_results("drill.restore", since=after)]
+    text = render(rows, fmt, since=after)
+    if output is None:
+        print(text, end="")
+        return
+    _write_whole(Path(output), text)
+    print(f"drill report: {output} ({len(rows)} drills)")
+
+
+def _write_whole(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` whole or not at all (a temporary file renamed into place)."""
+    import os
+    import tempfile
+
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise ConfigError(f"--output {path}: no folder {folder}", hint="create it first")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=folder)
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(text)
+        os.replace(tmp, path)
+    except OSError as exc:
+        from crmmaint.errors import os_reason
+
+        raise ConfigError(f"--output {path}: cannot write it: {os_reason(exc)}") from None
+
+
 def register(ns: Collection) -> None:
-    """Add these commands to the CLI collection."""
+    """Add these commands to the CLI collection: ``drill``, ``drill report`` and ``drills``."""
     ns.add_task(drill)
+    ns.add_task(drill_report)
     ns.add_task(drills)

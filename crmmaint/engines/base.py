@@ -130,6 +130,53 @@ def compare_facts(expected: Mapping[str, Any], actual: Mapping[str, Any]) -> lis
     return problems
 
 
+def fact_checks(expected: Mapping[str, Any], actual: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Each check a drill makes, with what the backup recorded and what the restored copy
+    has, for its report: ``{"check", "expected", "found", "ok"}``, in the order a reader
+    takes them (counts first, then each table, the schema, each sequence). The same
+    comparisons as ``compare_facts``, which lists only the differences."""
+    checks: list[dict[str, Any]] = []
+
+    def add(check: str, want: Any, found: Any, ok: bool) -> None:
+        checks.append({"check": check, "expected": want, "found": found, "ok": ok})
+
+    if "checksums" in expected or "checksums" in actual:
+        want, have = expected.get("checksums", {}), actual.get("checksums", {})
+        add("files", len(want), len(have), set(want) == set(have))
+        same = sum(
+            1
+            for p in set(want) & set(have)
+            if want[p]["sha256"] == have[p]["sha256"] and want[p]["size"] == have[p]["size"]
+        )
+        add("files with the same sha256 and size", len(want), same, same == len(want))
+        add(
+            "bytes",
+            sum(f["size"] for f in want.values()),
+            sum(f["size"] for f in have.values()),
+            sum(f["size"] for f in want.values()) == sum(f["size"] for f in have.values()),
+        )
+        return checks
+    want_tables, have_tables = expected.get("tables", []), actual.get("tables", [])
+    add("tables", len(want_tables), len(have_tables), set(want_tables) == set(have_tables))
+    want_rows, have_rows = expected.get("row_counts", {}), actual.get("row_counts", {})
+    for table in sorted(set(want_rows) | set(have_rows)):
+        want, have = want_rows.get(table), have_rows.get(table)
+        add(f"rows in {table}", want, have, want == have)
+    want_fp, have_fp = expected.get("schema_fingerprint"), actual.get("schema_fingerprint")
+    add(
+        "schema fingerprint",
+        str(want_fp or "")[:16] or None,
+        str(have_fp or "")[:16] or None,
+        want_fp == have_fp,
+    )
+    have_seqs = actual.get("sequences", {})
+    for seq, value in sorted(expected.get("sequences", {}).items()):
+        have = have_seqs.get(seq)
+        ok = seq in have_seqs and (value is None or (have is not None and have >= value))
+        add(f"sequence {seq}", None if value is None else f">= {value}", have, ok)
+    return checks
+
+
 def version_major(engine: str, version: str) -> tuple[int, ...] | None:
     """The part of a server's version that decides whether it can load another's dump:
     PostgreSQL's major number (``"16.4 (Debian 16.4-1)"`` -> ``(16,)``; ``"9.6.24"`` ->

@@ -397,7 +397,7 @@ def drill_restore(ctx: TaskContext) -> TaskResult:
     The backup is marked drilled only when every check passed. Raises what the restore
     raises (a wrong key: ``WrongKeyError``; an existing target: ``RestoreTargetExists``).
     """
-    from crmmaint.engines.base import compare_facts
+    from crmmaint.engines.base import compare_facts, fact_checks
 
     phases = Phases()
     kind = "fileset" if ctx.target.kind == "fileset" else "database"
@@ -449,6 +449,7 @@ def drill_restore(ctx: TaskContext) -> TaskResult:
             phases.end("restore")
             try:
                 problems = compare_facts(expected, actual)
+                checks = fact_checks(expected, actual)
                 phases.end("verify")
             except BaseException:
                 # The comparison's failure (or an interrupt) is what the drill reports; the
@@ -497,6 +498,7 @@ def drill_restore(ctx: TaskContext) -> TaskResult:
         "phases": phases.seconds,
         "rto": rto,
         "preflight": checked,
+        "checks": checks,
     }
     timing = f"in {format_elapsed(seconds)}" + (
         f" (objective {format_duration(rto)})" if rto is not None else ""
