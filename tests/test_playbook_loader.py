@@ -645,7 +645,7 @@ def test_all_problems_are_collected(tmp_path: Path, inventory: Inventory) -> Non
         (9, "a", "name"),
     ]
     assert all(p.file == str(path) for p in problems)
-    with pytest.raises(PlaybookError, match=r"3 more problem\(s\) in this file"):
+    with pytest.raises(PlaybookError, match=r"3 more problems in this file"):
         load_playbook(path, inventory)
     # Without an inventory the unknown host is not a problem.
     assert len(check_playbook(path)) == 3
