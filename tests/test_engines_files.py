@@ -106,6 +106,33 @@ def test_tar_digest_matches_python_tarfile(tree):
         long_name = "/app/conf/deep/" + "d" * 120 + "/" + "f" * 150
         assert digest.files[long_name]["size"] == len(b"long names need pax")
         assert digest.files["/app/conf/hardlink.conf"] == digest.files["/app/conf/app.conf"]
+        assert digest.links == {"/app/conf/link": "app.conf"}
+        mode = format((tree / "conf" / "app.conf").stat().st_mode & 0o7777, "o")
+        assert digest.files["/app/conf/app.conf"]["mode"] == mode
+
+
+def test_a_restore_keeps_modes_and_links_and_reads_them_back(tree, tmp_path):
+    """What a file-set drill compares beyond content: each file's mode (restored with tar -p,
+    whatever the umask) and each symbolic link's target, as the dump recorded them."""
+    from crmmaint.engines import compare_facts
+
+    (tree / "conf" / "app.conf").chmod(0o600)
+    (tree / "conf" / "empty").chmod(0o751)
+    data, facts = dump_all(source(tree))
+    assert facts["links"] == {f"{tree}/conf/link": "app.conf"}
+    assert facts["checksums"][f"{tree}/conf/empty"]["mode"] == "751"
+    restored = source(tree).restore(io.BytesIO(data), str(tmp_path / "back"))
+    assert compare_facts(facts, restored) == []
+    (tmp_path / "back" / str(tree).lstrip("/") / "conf" / "empty").chmod(0o644)
+    link = tmp_path / "back" / str(tree).lstrip("/") / "conf" / "link"
+    link.unlink()
+    link.symlink_to("elsewhere")
+    files, links = source(tree).tree(str(tmp_path / "back"))
+    problems = compare_facts(facts, {"checksums": files, "links": links})
+    assert problems == [
+        f"mode differs: {tree}/conf/empty is 644, expected 751",
+        f"link {tree}/conf/link points to 'elsewhere', expected 'app.conf'",
+    ], problems
 
 
 def dump_all(src: FileSetSource) -> tuple[bytes, dict]:

@@ -110,6 +110,8 @@ def compare_facts(expected: Mapping[str, Any], actual: Mapping[str, Any]) -> lis
     problems: list[str] = []
     if "checksums" in expected or "checksums" in actual:
         problems += compare_checksums(expected.get("checksums", {}), actual.get("checksums", {}))
+        if "links" in expected:  # recorded since file modes and links are checked
+            problems += compare_links(expected["links"], actual.get("links", {}))
     exp_tables, act_tables = set(expected.get("tables", [])), set(actual.get("tables", []))
     if missing := sorted(exp_tables - act_tables):
         problems.append(f"tables missing: {', '.join(missing)}")
@@ -149,6 +151,20 @@ def fact_checks(expected: Mapping[str, Any], actual: Mapping[str, Any]) -> list[
             if want[p]["sha256"] == have[p]["sha256"] and want[p]["size"] == have[p]["size"]
         )
         add("files with the same sha256 and size", len(want), same, same == len(want))
+        modes = sum(
+            1 for p in set(want) & set(have) if want[p].get("mode", "") == have[p].get("mode", "")
+        )
+        if any("mode" in f for f in want.values()):
+            add("files with the same mode", len(want), modes, modes == len(want))
+        if "links" in expected:
+            links, found = expected["links"], actual.get("links", {})
+            alike = sum(1 for p in links if found.get(p) == links[p])
+            add(
+                "symbolic links to the same target",
+                len(links),
+                alike,
+                alike == len(links) and set(found) == set(links),
+            )
         add(
             "bytes",
             sum(f["size"] for f in want.values()),
@@ -199,10 +215,29 @@ def compare_checksums(
     An empty list means they match."""
     problems = [f"missing: {p}" for p in sorted(set(expected) - set(actual))]
     problems += [f"unexpected: {p}" for p in sorted(set(actual) - set(expected))]
+    both = sorted(set(expected) & set(actual))
     problems += [
         f"content differs: {p}"
-        for p in sorted(set(expected) & set(actual))
+        for p in both
         if expected[p]["sha256"] != actual[p]["sha256"] or expected[p]["size"] != actual[p]["size"]
+    ]
+    problems += [
+        f"mode differs: {p} is {actual[p].get('mode')}, expected {expected[p]['mode']}"
+        for p in both
+        if expected[p].get("mode") and expected[p]["mode"] != actual[p].get("mode")
+    ]
+    return problems
+
+
+def compare_links(expected: Mapping[str, str], actual: Mapping[str, str]) -> list[str]:
+    """Differences between the symbolic links a file-set dump recorded (path -> target) and
+    those of a restore: missing, unexpected, or pointing elsewhere."""
+    problems = [f"link missing: {p}" for p in sorted(set(expected) - set(actual))]
+    problems += [f"unexpected link: {p}" for p in sorted(set(actual) - set(expected))]
+    problems += [
+        f"link {p} points to {actual[p]!r}, expected {expected[p]!r}"
+        for p in sorted(set(expected) & set(actual))
+        if expected[p] != actual[p]
     ]
     return problems
 

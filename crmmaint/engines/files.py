@@ -129,9 +129,19 @@ _MAKE_TARGET = (
 # $1 = directory: every regular file below it as "size<TAB>./path<NUL>", then their sha256sums
 # (NUL-terminated with -z, GNU coreutils 8.27+) after a lone NUL separator.
 _CHECKSUMS = (
-    'cd "$1" && find . -type f -printf "%s\\t%p\\0" && printf "\\0" && '
-    "find . -type f -print0 | xargs -0 -r sha256sum -z"
+    'cd "$1" && find . -type f -printf "%s\\t%m\\t%p\\0" && printf "\\0" && '
+    'find . -type f -print0 | xargs -0 -r sha256sum -z && printf "\\0" && '
+    'find . -type l -printf "%l\\t%p\\0"'
 )
+
+
+def _octal_mode(field: bytes) -> str:
+    """A tar header's mode field as ``find -printf %m`` prints it: the permission bits in
+    octal without leading zeros (``b"0000644\\0"`` -> ``"644"``); ``""`` when unreadable."""
+    try:
+        return format(int(field.strip(b" \0") or b"0", 8) & 0o7777, "o")
+    except ValueError:
+        return ""
 
 
 def _member_path(name: str) -> str:
@@ -145,6 +155,9 @@ class TarDigest:
 
     def __init__(self) -> None:
         self.files: dict[str, dict[str, Any]] = {}
+        #: Symbolic links: path -> target, as the archive holds them.
+        self.links: dict[str, str] = {}
+        self._mode = ""
         self._leftover = b""
         self._state = "header"
         self._remaining = 0
@@ -212,16 +225,23 @@ class TarDigest:
         elif kind in (b"0", b"\0", b"7"):
             self._state, self._member, self._hasher = "data", _member_path(name), hashlib.sha256()
             self._size = size
+            self._mode = _octal_mode(block[100:108])
         else:
             if kind == b"1" and _member_path(linkname) in self.files:  # hard link: same content
                 self.files[_member_path(name)] = dict(self.files[_member_path(linkname)])
+            elif kind == b"2":
+                self.links[_member_path(name)] = linkname
             self._state, self._member = "skip", None
         if not size:
             self._end_member()
 
     def _end_member(self) -> None:
         if self._state == "data":
-            self.files[self._member] = {"sha256": self._hasher.hexdigest(), "size": self._size}
+            self.files[self._member] = {
+                "sha256": self._hasher.hexdigest(),
+                "size": self._size,
+                "mode": self._mode,
+            }
         elif self._state == "pax":
             if self._pax_kind == b"x":
                 self._pax.update(_parse_pax(bytes(self._pax_data)))
@@ -359,6 +379,7 @@ class FileSetSource(RestoreRoutine[FilesRestoreTarget]):
             if not digest.ended:
                 raise self.error("the tar stream ended without its end-of-archive marker")
             facts["checksums"] = dict(sorted(digest.files.items()))
+            facts["links"] = dict(sorted(digest.links.items()))
             facts["files"] = len(digest.files)
             facts["file_bytes"] = sum(f["size"] for f in digest.files.values())
             facts["roots"] = root_totals(list(self.fileset.paths), digest.files)
@@ -488,10 +509,11 @@ class FileSetSource(RestoreRoutine[FilesRestoreTarget]):
         self._discard(made.work, made.state)
 
     def restored_facts(self, made: FilesRestoreTarget, request: RestoreRequest) -> Facts:
-        """Checksums of the restored files, computed on the host."""
-        checksums = self.checksums(made.name, timeout=request.timeout)
+        """Checksums, modes and link targets of the restored files, read on the host."""
+        checksums, links = self.tree(made.name, timeout=request.timeout)
         return {
             "checksums": checksums,
+            "links": links,
             "files": len(checksums),
             "file_bytes": sum(f["size"] for f in checksums.values()),
             "path": made.name,
@@ -519,7 +541,8 @@ class FileSetSource(RestoreRoutine[FilesRestoreTarget]):
 
     def _extract(self, stream: Reader, target_dir: str, *, timeout: float | None) -> int:
         """Extract the whole stream into ``target_dir``; returns the bytes fed to tar."""
-        command = ["tar", "-xf", "-", "-C", target_dir]
+        # -p: modes as the archive has them, whoever restores (not less the umask)
+        command = ["tar", "-xpf", "-", "-C", target_dir]
         checked = _DigestingReader(stream)
         try:
             with self.transport.start(command, stdout="collect") as proc:
@@ -543,12 +566,20 @@ class FileSetSource(RestoreRoutine[FilesRestoreTarget]):
         return size
 
     def checksums(self, directory: str, *, timeout: float | None = None) -> dict[str, dict]:
-        """sha256 and size of every regular file under ``directory``, computed on the host.
+        """sha256, size and mode of every regular file under ``directory`` (``tree``)."""
+        return self.tree(directory, timeout=timeout)[0]
 
-        Keys are paths relative to ``directory``, written as absolute (``/etc/crm/app.conf``).
-        """
+    def tree(
+        self, directory: str, *, timeout: float | None = None
+    ) -> tuple[dict[str, dict], dict[str, str]]:
+        """``(files, links)`` under ``directory``, read on the host: every regular file's
+        sha256, size and mode (permission bits in octal, as ``find -printf %m``), and every
+        symbolic link's target. Keys are paths relative to ``directory``, written as absolute
+        (``/etc/crm/app.conf``). Raises ``EngineError`` (or the transport's error)."""
         sizes: dict[str, int] = {}
+        modes: dict[str, str] = {}
         sums: dict[str, str] = {}
+        links: dict[str, str] = {}
         pending = b""
         section = 0
         try:
@@ -562,21 +593,32 @@ class FileSetSource(RestoreRoutine[FilesRestoreTarget]):
                     pending = records.pop()
                     for record in records:
                         if not record:
-                            section = 1
+                            section += 1
                         elif section == 0:
-                            size, _, name = record.partition(b"\t")
-                            sizes[_member_path(name.decode("utf-8", "surrogateescape"))] = int(size)
-                        else:
+                            size, _, rest = record.partition(b"\t")
+                            mode, _, name = rest.partition(b"\t")
+                            path = _member_path(name.decode("utf-8", "surrogateescape"))
+                            sizes[path], modes[path] = int(size), mode.decode()
+                        elif section == 1:
                             digest, _, name = record.partition(b"  ")
                             sums[_member_path(name.decode("utf-8", "surrogateescape"))] = (
                                 digest.decode()
+                            )
+                        else:  # a link's target may hold a tab: the path is after the last
+                            target, _, name = record.rpartition(b"\t")
+                            links[_member_path(name.decode("utf-8", "surrogateescape"))] = (
+                                target.decode("utf-8", "surrogateescape")
                             )
                 result = proc.wait()
         except TransportError as exc:
             raise transport_failure(exc, f"{self.where}: checksums of {directory}") from exc
         if not result.ok:
             raise self.error(f"checksums of {directory} failed: {result.stderr_tail()}")
-        return {path: {"sha256": sums.get(path, ""), "size": sizes[path]} for path in sorted(sizes)}
+        files = {
+            path: {"sha256": sums.get(path, ""), "size": sizes[path], "mode": modes[path]}
+            for path in sorted(sizes)
+        }
+        return files, dict(sorted(links.items()))
 
     def _run(self, command: list[str], *, what: str) -> None:
         try:
