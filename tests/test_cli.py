@@ -1112,16 +1112,45 @@ def test_every_commands_first_docstring_line_is_a_whole_sentence_without_rest_ma
         assert "``" not in doc, name
 
 
-def test_a_closed_stdout_is_exit_74_before_anything_runs(tmp_path):
-    """`crmmaint run daily >&-`: no output can be written, so nothing runs (exit 74, one line);
-    it was an internal error (70) with a traceback per result."""
+def test_a_closed_stdout_is_a_full_one(tmp_path):
+    """`crmmaint history >&-`: a listing that cannot be written is exit 74 in one line, as
+    with `> /dev/full` (it was an internal error with a traceback per result)."""
     done = subprocess.run(
         [str(BIN / "crmmaint"), "history"], stderr=subprocess.PIPE, text=True, cwd=tmp_path,
         preexec_fn=lambda: os.close(1), timeout=120,
+        env={**os.environ, "CRMMAINT_JOURNAL": str(tmp_path / "journal.sqlite")},
     )  # fmt: skip
     assert done.returncode == 74, done.stderr
-    assert done.stderr == "crmmaint: error: cannot write the output: stdout is closed\n"
-    assert list(tmp_path.iterdir()) == []
+    (line,) = [x for x in done.stderr.splitlines() if x.startswith("crmmaint: error:")]
+    assert line.startswith("crmmaint: error: cannot write the output: stdout is closed"), line
+
+
+def test_a_run_with_stdout_or_stderr_closed_does_its_work_with_its_own_code(estate):
+    """Found by a newcomer: `crmmaint run daily >&-` ran nothing (exit 74), and with `2>&-`
+    every command exited 120. A closed stdout is a full one (the run goes on, says once
+    that its report was lost); a closed stderr is one nobody reads. Neither descriptor is
+    reused for a file crmmaint opens (a command's output would land in the journal)."""
+    inv = str(estate / "inventory.yml")
+    for close in (1, 2):
+        done = subprocess.run(
+            [str(BIN / "crmmaint"), "run", "daily", "--check", "-i", inv],
+            stdout=subprocess.PIPE if close == 2 else None,
+            stderr=subprocess.PIPE if close == 1 else None,
+            text=True, preexec_fn=lambda fd=close: os.close(fd), timeout=300,
+        )  # fmt: skip
+        assert done.returncode in (0, 1), (close, done.stdout, done.stderr)
+        if close == 1:
+            assert done.stderr.count("the output cannot be written (stdout is closed)") == 1
+        else:
+            assert "run daily" in done.stdout
+    _, out, _ = cli("history", "--json", "-i", inv)
+    assert [r["playbook"] for r in json.loads(out)][:2] == ["daily", "daily"], out
+    for args, code in ((["history", "-i", inv], 0), (["nosuch"], 3)):
+        done = subprocess.run(
+            [str(BIN / "crmmaint"), *args], stdout=subprocess.DEVNULL,
+            preexec_fn=lambda: os.close(2), timeout=120,
+        )  # fmt: skip
+        assert done.returncode == code, args
 
 
 def test_a_run_whose_output_cannot_be_written_does_its_work_and_says_so_once(estate):

@@ -330,3 +330,29 @@ def test_an_interrupted_sqlite_backup_leaves_no_plain_copy(
     code, err = interrupted(command, signal.SIGINT, lambda: any(temp.glob("crmmaint-sqlite.*")))
     assert code == 130, err
     assert list(temp.iterdir()) == [], err
+
+
+@pytest.mark.parametrize("estate", ["sqlite"], indirect=True)
+def test_a_backup_interrupted_while_it_waits_for_the_lock_leaves_nothing(
+    estate: Estate, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by a newcomer: Ctrl-C while a backup waited for the repository's lock left the
+    SQLite copy (the whole database, unencrypted) in the temp dir, and a warning after the
+    last line. The lock is taken before the dump starts: nothing is made while it waits."""
+    from crmmaint.repository.backends.local import LocalBackend
+    from crmmaint.repository.lock import RepositoryLock
+
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(temp))
+    held = RepositoryLock(LocalBackend(estate.root / "repo"), exclusive=True, owner="a prune")
+    held.acquire()
+    try:
+        began = time.monotonic()
+        command = [str(BIN / "crmmaint"), "backup", "-i", str(estate.inventory)]
+        code, err = interrupted(command, signal.SIGINT, lambda: time.monotonic() > began + 3)
+    finally:
+        held.release()
+    assert code == 130, err
+    assert list(temp.iterdir()) == [], err
+    assert err.strip().splitlines()[-1].startswith("crmmaint: interrupted"), err

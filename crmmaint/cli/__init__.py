@@ -32,6 +32,7 @@ from crmmaint.cli.common import (
     StderrWithoutReader,
     end_on_closed_pipe,
     format_error,
+    occupy_closed_descriptors,
     to_devnull,
 )
 from crmmaint.errors import ConfigError, os_reason
@@ -574,9 +575,7 @@ def main(argv: list[str] | None = None) -> None:
     # A service manager stops crmmaint with SIGTERM: end like an interrupt (exit 130), so the
     # journal records the run as ended and the commands it started are killed.
     signal.signal(signal.SIGTERM, _terminate)
-    if sys.stdout is None:  # started with stdout closed (`crmmaint history >&-`)
-        print("crmmaint: error: cannot write the output: stdout is closed", file=sys.stderr)
-        sys.exit(OUTPUT_ERROR)
+    occupy_closed_descriptors()  # started with stdout or stderr closed (`>&-`, `2>&-`)
     if not isinstance(sys.stderr, StderrWithoutReader):
         sys.stderr = StderrWithoutReader(sys.stderr)  # type: ignore[assignment]
     try:

@@ -6,8 +6,10 @@ module of the package builds on it; none imports another command module."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import inspect
+import io
 import logging
 import os
 import sys
@@ -270,6 +272,38 @@ class _GuardedStdout:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)
+
+
+class ClosedStdout(io.TextIOBase):
+    """sys.stdout when crmmaint was started with stdout closed (``crmmaint run daily >&-``):
+    every write fails as a write to ``/dev/full`` does, so a listing ends with exit 74 and a
+    run does all its work, saying once that its report was lost. File descriptor 1 itself
+    holds ``/dev/null`` (``occupy_closed_descriptors``)."""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        raise OSError(errno.EBADF, "stdout is closed")
+
+    def fileno(self) -> int:
+        return 1
+
+
+def occupy_closed_descriptors() -> None:
+    """Open ``/dev/null`` on each of file descriptors 0, 1 and 2 that crmmaint was started
+    without (``>&-``, ``2>&-``): else the first file crmmaint opens (the journal) would
+    take the number, and a command it starts would write its output into that file. A
+    closed stdout becomes ``ClosedStdout``, a closed stderr writes to ``/dev/null``."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            os.open(os.devnull, os.O_RDWR)  # the lowest free number: this one
+    if sys.stdout is None:
+        sys.stdout = ClosedStdout()
+    if sys.stderr is None:
+        sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115 (the process's own stderr)
 
 
 def end_on_output_error(failed: OutputWriteError) -> NoReturn:

@@ -104,11 +104,14 @@ def _store_dump(
         # Listed once, before the dump: it is also what the data-loss checks compare with.
         previous = _newest(repo, source)
         meter = ctx.meter(previous.size if previous is not None else None, estimated=True)
+        # The session (and its lock, which may be waited for) before the dump: nothing is
+        # copied or started on the source while this backup waits; an interrupt then leaves
+        # nothing behind (a SQLite backup's plain copy stayed in the temp dir).
         with (
-            dump_cm as dump,
             repo.session(
                 source=source, kind=kind, host=ctx.target.host.name, recipients=recipients
             ) as session,
+            dump_cm as dump,
         ):
             info = session.add_stream(stream, dump, progress=meter.set)
             meter.flush()
