@@ -24,7 +24,8 @@ def main() -> None:
     """Run the CLI (``crmmaint.cli.main``) with SIGTERM and SIGINT ending it as an interrupt
     from the first instruction on; exits with the CLI's code, or 130 when interrupted before
     a command took over its own interrupt handling."""
-    signal.signal(signal.SIGTERM, _terminate)
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_IGN:  # an ignored one stays so
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         from crmmaint.cli import main as cli_main
 

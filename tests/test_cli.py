@@ -1166,3 +1166,27 @@ def test_a_run_whose_output_cannot_be_written_does_its_work_and_says_so_once(est
     assert done.stderr.count("the output cannot be written (no space left on device)") == 1
     _, out, _ = cli("history", "--json", "-i", inv)
     assert [r["playbook"] for r in json.loads(out)] == ["daily"], out
+
+
+def test_an_ignored_interrupt_stays_ignored(estate):
+    """`crmmaint backup &` from a script starts with SIGINT ignored: crmmaint keeps it so for
+    its whole life (it installed its own handler half a second in, so an interrupt then
+    ended the backup and one before it did not)."""
+    import signal
+    import time
+
+    inv = str(estate / "inventory.yml")
+    assert setup_cli("keys", "generate", "--output", str(estate / "keys" / "ops.key"))[0] == 0
+    assert setup_cli("repo", "init", "-i", inv)[0] == 0
+    proc = subprocess.Popen(
+        [str(BIN / "crmmaint"), "backup", "-i", inv],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )  # fmt: skip
+    for _ in range(8):
+        time.sleep(0.15)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out + err
+    assert "interrupted" not in out + err

@@ -702,3 +702,24 @@ def test_a_target_that_finished_as_the_run_was_interrupted_keeps_its_own_result(
     assert interrupted.value.targets == []
     (row,) = journal.run(interrupted.value.run_id)["results"]
     assert row["status"] == "changed", row
+
+
+def test_an_interrupt_as_the_run_is_journaled_ends_it_as_interrupted(
+    inventory: Inventory, tmp_path: Path
+) -> None:
+    """Found by a newcomer: Ctrl-C just after the run's row was written left it "running"
+    for ever. Interrupts wait while the row is written, then end the run as interrupted."""
+    import os
+    import signal
+
+    class Interrupting(Journal):
+        def start_run(self, *args, **kwargs):
+            run_id = super().start_run(*args, **kwargs)
+            os.kill(os.getpid(), signal.SIGINT)  # arrives "during" the write
+            return run_id
+
+    with Interrupting(tmp_path / "j.sqlite") as journal:
+        with pytest.raises(KeyboardInterrupt):
+            run("steps: [{name: r, task: test.record, hosts: h0}]", inventory, journal)
+        (row,) = journal.runs()
+        assert row["status"] == "interrupted" and row["finished"] is not None, row

@@ -338,8 +338,9 @@ class CrmProgram(Program):  # type: ignore[misc]
             interrupted.append(True)
             raise KeyboardInterrupt(f"signal {signum}")
 
-        for sig in previous:
-            signal.signal(sig, on_interrupt)
+        for sig, handler in previous.items():
+            if handler is not signal.SIG_IGN:  # `crmmaint backup &` from a script: ignored
+                signal.signal(sig, on_interrupt)
         try:
             super().run(argv, exit)
         except SystemExit as done:
@@ -574,7 +575,8 @@ def main(argv: list[str] | None = None) -> None:
     """
     # A service manager stops crmmaint with SIGTERM: end like an interrupt (exit 130), so the
     # journal records the run as ended and the commands it started are killed.
-    signal.signal(signal.SIGTERM, _terminate)
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_IGN:
+        signal.signal(signal.SIGTERM, _terminate)
     occupy_closed_descriptors()  # started with stdout or stderr closed (`>&-`, `2>&-`)
     if not isinstance(sys.stderr, StderrWithoutReader):
         sys.stderr = StderrWithoutReader(sys.stderr)  # type: ignore[assignment]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -317,28 +318,24 @@ class Runner:
         started = time.monotonic()
         self._abort.clear()
         self._transports = TransportPool(self.transport_factory)
-        self._run_id = (
-            self.journal.start_run(
-                playbook.name,
-                window=playbook.window,
-                inventory=self.inventory.path,
-                check=self.check,
-                argv=self.argv,
-            )
-            if self.journal is not None
-            else None
-        )
-        log.info(
-            "run %s: playbook %s, %d step(s)%s",
-            self._run_id,
-            playbook.name,
-            len(planned),
-            " in check mode" if self.check else "",
-        )
-        self._report("on_run_start", playbook, planned)
+        self._run_id = None
         results: list[TargetResult] = []
         stopped_after: str | None = None
+        # Ctrl-C and SIGTERM wait while the run is entered in the journal: from the row on,
+        # they end the run inside the try below, which records it as interrupted (an
+        # interrupt just after the row was written left a run "running" for ever).
+        deferred = _defer_interrupts()
         try:
+            self._run_id = self._start(playbook)
+            _resume_interrupts(deferred)  # one that came meanwhile is raised here
+            log.info(
+                "run %s: playbook %s, %d step(s)%s",
+                self._run_id,
+                playbook.name,
+                len(planned),
+                " in check mode" if self.check else "",
+            )
+            self._report("on_run_start", playbook, planned)
             for item in planned:
                 if stopped_after is not None:
                     reason = f"stopped after failure of step {stopped_after!r}"
@@ -352,7 +349,20 @@ class Runner:
                     if failed and item.step.on_failure == "stop":
                         log.info("step %s failed; stopping (on_failure: stop)", item.name)
                         stopped_after = item.name
+            summary = RunSummary(
+                run_id=self._run_id,
+                playbook=playbook.name,
+                status=worst([r.status for r in results]),
+                results=results,
+                duration=time.monotonic() - started,
+                check=self.check,
+                stopped_after=stopped_after,
+                one_target=self.one_target,
+            )
+            if self.journal is not None and self._run_id is not None:
+                self.journal.finish_run(self._run_id, summary.status)
         except BaseException as exc:
+            _resume_interrupts(deferred)
             self._abort.set()
             if isinstance(exc, RunInterrupted):
                 exc.run_id = self._run_id
@@ -364,21 +374,21 @@ class Runner:
             raise
         finally:
             self._transports.close_all()
-        summary = RunSummary(
-            run_id=self._run_id,
-            playbook=playbook.name,
-            status=worst([r.status for r in results]),
-            results=results,
-            duration=time.monotonic() - started,
-            check=self.check,
-            stopped_after=stopped_after,
-            one_target=self.one_target,
-        )
-        if self.journal is not None and self._run_id is not None:
-            self.journal.finish_run(self._run_id, summary.status)
         log.info("run %s finished: %s in %.1fs", self._run_id, summary.status, summary.duration)
         self._report("on_run_end", summary)
         return summary
+
+    def _start(self, playbook: Playbook) -> int | None:
+        """The run's row in the journal (``None`` without one)."""
+        if self.journal is None:
+            return None
+        return self.journal.start_run(
+            playbook.name,
+            window=playbook.window,
+            inventory=self.inventory.path,
+            check=self.check,
+            argv=self.argv,
+        )
 
     # --- steps -----------------------------------------------------------------------------
 
@@ -678,6 +688,24 @@ class _AttemptTransports:
         with self._lock:
             views = list(self._views.values())
         return sum(view.kill_all(reason, cleanup=cleanup) for view in views)
+
+
+#: The signals that end a run as an interrupt.
+_INTERRUPTS = {signal.SIGINT, signal.SIGTERM}
+
+
+def _defer_interrupts() -> set[signal.Signals] | None:
+    """Hold Ctrl-C and SIGTERM back in this thread (they stay pending); returns the mask to
+    give back to ``_resume_interrupts``, ``None`` where signals cannot be held."""
+    if threading.current_thread() is not threading.main_thread():
+        return None  # signals are delivered to the main thread only
+    return signal.pthread_sigmask(signal.SIG_BLOCK, _INTERRUPTS)
+
+
+def _resume_interrupts(mask: set[signal.Signals] | None) -> None:
+    """Let held signals through again (a pending one is handled now); idempotent."""
+    if mask is not None:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
 def _interrupted(step: Step, target: Target, began: float) -> TargetResult:
