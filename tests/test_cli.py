@@ -1190,3 +1190,31 @@ def test_an_ignored_interrupt_stays_ignored(estate):
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, out + err
     assert "interrupted" not in out + err
+
+
+def test_a_restores_result_that_cannot_be_written_keeps_its_code(estate):
+    """Found by a newcomer: a finished restore into a closed pipe exited 141. Its work is
+    done and journaled: it keeps its code, and says once where the result is. A relative
+    `--to` is from the current directory (it was beside the source database)."""
+    inv = str(estate / "inventory.yml")
+    assert setup_cli("keys", "generate", "--output", str(estate / "keys" / "ops.key"))[0] == 0
+    assert setup_cli("repo", "init", "-i", inv)[0] == 0
+    assert cli("backup", "--database", "crm", "-i", inv)[0] == 0
+    here = estate / "elsewhere"
+    here.mkdir()
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(
+            [str(BIN / "crmmaint"), "restore", "database:crm@latest", "--to", "copy.sqlite",
+             "-i", inv], stdout=full, stderr=subprocess.PIPE, text=True, cwd=here,
+            timeout=300,
+        )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("the result could not be written (no space left on device)") == 1
+    assert (here / "copy.sqlite").is_file() and not (estate / "copy.sqlite").exists()
+
+
+def test_crmmaint_alone_is_help_and_exit_3():
+    """A cron line cut short (`crmmaint`) must not look like success."""
+    done = subprocess.run([str(BIN / "crmmaint")], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 3 and "Commands:" in done.stdout
+    assert done.stderr.strip() == "crmmaint: error: no command given (see the commands above)"

@@ -585,6 +585,12 @@ def main(argv: list[str] | None = None) -> None:
     except ConfigError as exc:
         print(format_error(exc), file=sys.stderr)
         sys.exit(ConfigError.exit_code)
+    if not [a for a in args[1:] if a not in ("--debug", "-d")]:
+        # `crmmaint` alone (a cron line cut short): the help, and a failure a wrapper sees
+        with contextlib.suppress(SystemExit):
+            program.run([args[0], "--help"])
+        print("crmmaint: error: no command given (see the commands above)", file=sys.stderr)
+        sys.exit(ConfigError.exit_code)
     try:
         program.run(args)
     except BrokenPipeError:  # help or a listing piped into ``head``

@@ -7,6 +7,7 @@ playbooks, so they are journaled, honour ``--check`` and report like any playboo
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
@@ -280,7 +281,7 @@ def backups_list(
             ["id", "source", "host", "time", "size", "new", "dedup", "duration", "drilled"],
             title="backups",
             status_column=None,
-            droppable=["host", "new", "dedup", "duration"],
+            droppable=["host", "new", "dedup", "duration", "size"],
         )
     if damaged:
         print(
@@ -341,6 +342,9 @@ def restore(
         raise ConfigError(
             f"backup {backup_id} is of {what} {name!r}, which the inventory does not list"
         )
+    is_path = kind == "fileset" or section[name].engine == "sqlite"
+    if is_path and inv.target(kind, name).host.is_local and not to.startswith("/"):
+        to = os.path.abspath(to)  # typed on this machine: from the current directory
     params: dict[str, Any] = {"backup": ref, "to": to, "force": force, "repository": cfg.name}
     if identity:
         params["identity"] = identity

@@ -510,8 +510,17 @@ def _say_result(summary: RunSummary) -> None:
     row = summary.results[0]
     if row.status == "failed":
         print(f"crmmaint: error: {row.result.message}", file=sys.stderr)
-    else:
+        return
+    try:
         print(row.result.message)
+        sys.stdout.flush()
+    except (OSError, OutputWriteError) as exc:
+        # The work is done and journaled: its code stands, as a run's does (README, 74/141).
+        reason = os_reason(exc.errno_error if isinstance(exc, OutputWriteError) else exc)
+        with contextlib.suppress(OSError, ValueError):
+            to_devnull(sys.stdout.fileno())
+        print(f"crmmaint: the result could not be written ({reason}); it is in the journal",
+              file=sys.stderr)  # fmt: skip
 
 
 def _run_reported(

@@ -7,6 +7,7 @@ reads the drills back from the journal (docs/drills.md).
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -84,6 +85,11 @@ def drill(
                 hint="name one source, e.g. `crmmaint drill database:crm " + flag + " …`",
             )
     if target is not None:
+        kind, names = next(iter(selectors.items()))
+        (one,) = inv.resolve(kind, names)
+        is_path = kind == "fileset" or one.obj.engine == "sqlite"
+        if is_path and one.host.is_local and not target.startswith("/"):
+            target = os.path.abspath(target)  # typed on this machine: from the current directory
         params["target"] = target
     if repository:
         params["repository"] = inv.repository(repository).name

@@ -157,7 +157,8 @@ def unwrap_data_key(stanzas: Sequence[dict], identities: Sequence[Identity], *, 
     raise WrongKeyError(
         f"no identity given can decrypt {name}: it is encrypted to {_describe_stanzas(stanzas)}; "
         f"{_describe_identities(identities)}",
-        hint="pass the identity file of one of its recipients, or its passphrase",
+        hint="give the identity file of one of its recipients (--identity FILE, or the "
+        "repository's identity: in the inventory), or its passphrase",
     )
 
 

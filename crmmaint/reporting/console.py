@@ -410,11 +410,15 @@ class TransferProgressReporter(ConsoleReporter):
 
 
 def print_summary(summary: Any, console: Console) -> None:
-    """The end-of-run table: one row per (step, target), then totals and the exit code."""
+    """The end-of-run table on a terminal: one row per (step, target) with its status and
+    time, then totals and the exit code. Messages are not repeated: each was said on its
+    result line (a failure said twice is read as two)."""
     table = Table(
-        title=f"run {summary.run_id}" if getattr(summary, "run_id", None) else "run summary"
+        title=f"run {summary.run_id}" if getattr(summary, "run_id", None) else "run summary",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
     )
-    for col in ("step", "target", "status", "message", "time"):
+    for col in ("step", "target", "status", "time"):
         table.add_column(col, overflow="fold")
     for row in summary.results:
         status = _status(row.result)
@@ -423,7 +427,6 @@ def print_summary(summary: Any, console: Console) -> None:
             shown(row.step),
             shown(row.target),
             f"[{style}]{status}[/{style}]",
-            escape(visible(row.result.message, newlines=True)),
             f"{row.duration:.1f}s",
         )
     console.print(table)
@@ -491,8 +494,9 @@ def print_table(
     """A listing as a table on a TTY or tab-separated plain lines otherwise (every column).
 
     On a TTY, the columns in ``droppable`` are left out, in that order, while the table
-    would be wider than the terminal (``backups list`` on 80 columns keeps ids whole and
-    leaves out host, new bytes, dedup and duration); what still does not fit is folded."""
+    would be wider than the terminal (``backups list`` on 80 columns keeps ids and sources
+    whole and leaves out host, new bytes, dedup and duration); what still does not fit
+    wraps at spaces, or is folded."""
     rows = list(rows)
     stream = stream or sys.stdout
     if not is_tty(stream):
@@ -503,19 +507,33 @@ def print_table(
     console = make_console(stream)
     columns = list(columns)
 
-    def width(col: str) -> int:
-        return max([len(col), *(len(_cell(row.get(col))) for row in rows)]) + 3
+    def width(col: str, *, wrapped: bool = False) -> int:
+        """The column's width on one line, or (``wrapped``) at its longest word."""
+        cells = [_cell(row.get(col)) for row in rows]
+        words = [w for cell in cells for w in cell.split()] if wrapped else cells
+        return max([len(col), *map(len, words)]) + 3
+
+    def fits(cols: list[str]) -> bool:  # ids and sources whole, the others wrapped
+        return sum(width(c, wrapped=c not in ("id", "source")) for c in cols) <= console.width
 
     for col in droppable:
         if sum(width(c) for c in columns) <= console.width:
             break
-        columns.remove(col)
+        if col in columns and not fits(columns):
+            columns.remove(col)
     table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False)
+    # A backup id is copied whole into `restore ID`, a source name read as one word: kept on
+    # one line where the terminal leaves the other columns some room (they wrap at spaces);
+    # folded on a very narrow one.
+    whole = [c for c in columns if c in ("id", "source")]
+    room = fits(columns)
     for col in columns:
-        # A backup id is copied whole into `restore ID`: kept on one line where the terminal
-        # leaves the other columns some room (folded on a very narrow one).
-        keep = col == "id" and console.width >= width(col) + 8 * (len(columns) - 1)
-        table.add_column(col, overflow="fold", no_wrap=keep)
+        table.add_column(
+            col,
+            overflow="fold",
+            no_wrap=room and col in whole,
+            min_width=width(col, wrapped=True) - 3 if room else None,  # wrap at spaces
+        )
     for row in rows:
         cells = []
         for col in columns:
