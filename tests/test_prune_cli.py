@@ -281,3 +281,21 @@ def test_inventory_retention_spellings_and_what_it_loads(tmp_path):
     assert load_inventory(write_inventory(tmp_path)).repositories["main"].retention is None
     with pytest.raises(InventoryError, match="retention must be a mapping"):
         load_inventory(write_inventory(tmp_path, ["keep-daily"]))  # type: ignore[arg-type]
+
+
+def test_a_dry_run_does_not_wait_for_running_backups(backed_up):
+    """`prune --check` writes nothing: it takes the lock a backup shares, so a backup at work
+    does not hold it up (it waited its minute and exited 7)."""
+    from crmmaint.repository.backends.local import LocalBackend
+    from crmmaint.repository.lock import RepositoryLock
+
+    estate, _ = backed_up
+    inv = write_inventory(estate, {"keep-last": 2})
+    backup = RepositoryLock(LocalBackend(estate / "repo"), exclusive=False, owner="a backup")
+    backup.acquire()
+    try:
+        code, out, err = cli("prune", "-i", inv, "--check")
+        assert code == 0, out + err
+        assert "would remove" in out
+    finally:
+        backup.release()

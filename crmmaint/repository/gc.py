@@ -103,7 +103,9 @@ def _protected(backups: list[BackupInfo]) -> set[str]:
 
 def prune(repo: Repository, policy: RetentionPolicy, *, now: float, dry_run: bool) -> PruneReport:
     """Apply ``policy`` at time ``now``; with ``dry_run`` only report. See the module docstring."""
-    with repo.lock(exclusive=True, purpose="prune") as lock:
+    # A dry run writes nothing: a shared lock (backups may go on), as `prune --check` should
+    # not wait behind them; the real prune holds the repository alone.
+    with repo.lock(exclusive=not dry_run, purpose="prune --check" if dry_run else "prune") as lock:
         backups = repo.backups()
         repo.refresh_index()
         if damage := repo.damage():
