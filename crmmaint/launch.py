@@ -3,8 +3,10 @@
 Importing the CLI (invoke, paramiko, boto3, rich, the engines) takes a noticeable part of a
 second; a Ctrl-C or a service manager's SIGTERM in that window printed a traceback of the
 import (or ended with 143). Here both are an interrupt before the first import: exit 130 with
-one line, as an interrupt anywhere else (README, exit codes). Only the standard library is
-imported at module level.
+one line, as an interrupt anywhere else (README, exit codes); once the command has ended they
+are held back, so a finished command keeps its code. Only the standard library is imported at
+module level. A signal in the few milliseconds before Python runs this module still ends the
+process as the signal's default does (143 for SIGTERM).
 """
 
 from __future__ import annotations
@@ -33,3 +35,8 @@ def main() -> None:
     except KeyboardInterrupt:
         print("crmmaint: interrupted", file=sys.stderr)
         sys.exit(INTERRUPTED)
+    finally:
+        # The command has ended and its exit code is set: a signal now (while Python shuts
+        # down, which restores the default handlers) would end a finished restore with 143.
+        # Held back, it is dropped with the process.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
