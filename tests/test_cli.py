@@ -784,8 +784,10 @@ def test_help_as_a_subprocess_writes_nothing(tmp_path):
 def test_help_anywhere_prints_help_and_does_nothing_else(name, tmp_path, capsys, monkeypatch):
     """`COMMAND --help` (and `-h`), wherever it stands, prints the command's help, exits 0
     and touches nothing: no identity file named `--help`, no inventory looked for."""
+    from crmmaint.cli import spoken
+
     monkeypatch.chdir(tmp_path)
-    words = name.split(".")
+    words = spoken(name).split()
     for argv in (
         [*words, "--help"],
         [*words, "--output", "--help"],
@@ -794,7 +796,7 @@ def test_help_anywhere_prints_help_and_does_nothing_else(name, tmp_path, capsys,
     ):
         code, out, err = in_process(capsys, *argv)
         assert code == 0 and "Usage:" in out and not err, (argv, out, err)
-        assert out.startswith(f"Usage: crmmaint {name.replace('.', ' ')} ")
+        assert out.startswith(f"Usage: crmmaint {spoken(name)} ")
         # crmmaint's own help: no invoke internals, flags with the kind of value they take.
         assert "--core-opts" not in out and "Docstring:" not in out and "``" not in out
         assert "=STRING" not in out and "=INT" not in out

@@ -406,8 +406,9 @@ def test_a_restore_failing_mid_stream_ends_with_the_one_error_line(big_estate, t
     )  # fmt: skip
     assert code == 9, out + err
     shown = frames(err)
-    assert shown[-2].startswith("crmmaint: error: ") and "Traceback" not in err.decode()
-    assert shown[-1].startswith("journal: ")
+    errors = [i for i, line in enumerate(shown) if line.startswith("crmmaint: error: ")]
+    assert len(errors) == 1 and "Traceback" not in err.decode(), shown
+    assert shown[errors[0] + 1].startswith("journal: "), shown  # then the journal line
     # On a line of its own: the bar's line is cleared (and the cursor shown) right before it.
     assert re.search(rb"\x1b\[2K(\x1b\[\?25h)?\r?crmmaint: error: ", err), err[-400:]
     assert err.count(b"crmmaint: error: ") == 1

@@ -563,8 +563,11 @@ def _run_reported(
             before_footer(summary)
         if footer:
             again = f" -i {inv.path}" if inv.path else ""
-            make_console(sys.stderr).print(
-                f"journal: {journal.path} ({program_name()} show {summary.run_id}{again})"
+            make_console(sys.stderr).print(  # one line to copy, whatever the width; a path
+                f"journal: {journal.path} ({program_name()} show {summary.run_id}{again})",
+                soft_wrap=True,  # is never read as markup
+                markup=False,
+                highlight=False,
             )
     return summary
 
