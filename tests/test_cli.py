@@ -578,7 +578,7 @@ def test_the_lock_judges_another_users_live_process_alive(tmp_path):
     import sysconfig
 
     nobody = pwd.getpwnam("nobody")
-    code = "import sys; from crmmaint.repository.lock import _pid_alive; print(_pid_alive(1))"
+    code = "import sys; from crmmaint.repository.lock import pid_alive; print(pid_alive(1))"
     # The venv's interpreter lives under /root; the system one of the same version can run the
     # checkout with the venv's packages as another user.
     system_python = Path("/usr/bin/python3")

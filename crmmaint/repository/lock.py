@@ -244,7 +244,7 @@ class RepositoryLock:
         if other.raw is None:
             return False  # unreadable: only `crmmaint repo unlock` may remove it
         same_pids = other.host == self.host and other.pid_namespace == self.pid_namespace
-        if same_pids and not _pid_alive(other.pid):
+        if same_pids and not pid_alive(other.pid):
             why = f"process {other.pid} no longer runs on {self.host}"
         else:
             limit = self.stale_after or STALE_HEARTBEATS * max(
@@ -425,7 +425,7 @@ def running_here(lock: LockInfo) -> bool:
         lock.raw is not None
         and lock.host == socket.gethostname()
         and lock.pid_namespace == _pid_namespace()
-        and _pid_alive(lock.pid)
+        and pid_alive(lock.pid)
     )
 
 
@@ -483,7 +483,8 @@ def _parse(name: str, data: bytes) -> LockInfo:
         )
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists on this machine (another user's counts)."""
     if pid <= 0:
         return False
     try:

@@ -725,15 +725,11 @@ def _running(entry: Mapping[str, Any]) -> bool:
     the same one (a PID reused by another process since does not count)."""
     if entry.get("machine") != socket.gethostname():
         return True
+    from crmmaint.repository.lock import pid_alive
+
     pid = entry.get("pid")
-    if not isinstance(pid, int) or pid <= 0:
+    if not isinstance(pid, int) or not pid_alive(pid):
         return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # another user's process: alive
     started = _process_start(pid)
     return started is None or started == entry.get("pid_started")
 
