@@ -122,7 +122,9 @@ def run_playbook(folder: Path, steps: list[dict]) -> tuple[subprocess.CompletedP
 def test_force_is_a_flag_on_the_command_line_and_a_param_in_a_playbook(estate):
     (estate / "taken.sqlite").write_bytes((estate / "crm.sqlite").read_bytes())
     inv = str(estate / "inventory.yml")
-    done = run_cli("restore", "database:crm@latest", "--to", "taken.sqlite", "-i", inv)
+    done = run_cli(
+        "restore", "database:crm@latest", "--to", str(estate / "taken.sqlite"), "-i", inv
+    )
     (line,) = error_lines(done.stderr)
     assert done.returncode == 6
     assert "replace it with --force" in line and "force:" not in line, line
