@@ -26,6 +26,7 @@ from crmmaint.errors import (
     OutputWriteError,
     os_reason,
 )
+from crmmaint.interrupts import STOPPING
 from crmmaint.inventory import Host, Inventory, Target
 from crmmaint.playbook.model import Playbook, Step
 from crmmaint.playbook.planner import PlannedStep
@@ -317,6 +318,7 @@ class Runner:
         """Execute ``planned`` (from ``plan``); returns the summary, raises only on interrupt."""
         started = time.monotonic()
         self._abort.clear()
+        STOPPING.clear()
         self._transports = TransportPool(self.transport_factory)
         self._run_id = None
         results: list[TargetResult] = []
@@ -364,6 +366,7 @@ class Runner:
         except BaseException as exc:
             _resume_interrupts(deferred)
             self._abort.set()
+            STOPPING.set()  # waits that are not commands (a lock) end too
             if isinstance(exc, RunInterrupted):
                 exc.run_id = self._run_id
             if self.journal is not None and self._run_id is not None:
@@ -433,6 +436,7 @@ class Runner:
                 )
         except BaseException as exc:
             self._abort.set()
+            STOPPING.set()  # waits that are not commands (a lock) end too
             killed = self._kill_attempts(INTERRUPTED_RUN)
             if killed:
                 log.warning("interrupted: killed %d command(s) the step had started", killed)

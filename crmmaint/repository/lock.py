@@ -31,6 +31,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from crmmaint.errors import BackendError, LockError, ObjectNotFound
+from crmmaint.interrupts import STOPPING
 from crmmaint.repository.backends.base import Backend
 from crmmaint.units import plural
 
@@ -202,7 +203,12 @@ class RepositoryLock:
             pause = min(remaining, backoff * random.uniform(0.5, 1.0))
             if not announced:  # wake up in time to announce the wait when it is due
                 pause = min(pause, max(0.01, started + ANNOUNCE_WAIT - time.monotonic()))
-            time.sleep(pause)
+            if STOPPING.wait(pause):  # the run is being interrupted: stop waiting now
+                self._delete_quietly()
+                raise LockError(
+                    f"stopped waiting for the lock of {self.backend.url}: the run was interrupted",
+                    retryable=False,
+                )
             backoff = min(backoff * 2, _MAX_BACKOFF)
         self._held = True
         self._stop.clear()
