@@ -28,6 +28,9 @@ def main() -> None:
     a command took over its own interrupt handling."""
     if signal.getsignal(signal.SIGTERM) is not signal.SIG_IGN:  # an ignored one stays so
         signal.signal(signal.SIGTERM, _terminate)
+    from crmmaint.interrupts import HOLD_AFTER_RUN  # the standard library only
+
+    HOLD_AFTER_RUN.set()  # this process ends with its command
     try:
         from crmmaint.cli import main as cli_main
 

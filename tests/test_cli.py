@@ -1220,3 +1220,27 @@ def test_crmmaint_alone_is_help_and_exit_3():
     done = subprocess.run([str(BIN / "crmmaint")], capture_output=True, text=True, timeout=60)
     assert done.returncode == 3 and "Commands:" in done.stdout
     assert done.stderr.strip() == "crmmaint: error: no command given (see the commands above)"
+
+
+def test_a_signal_after_the_work_is_done_keeps_the_code(estate):
+    """Found by a newcomer: SIGTERM as soon as a restore printed its result turned its 0 into
+    130 (or 143). Once a run is finished and journaled, the program holds signals back."""
+    import signal
+
+    inv = str(estate / "inventory.yml")
+    assert setup_cli("keys", "generate", "--output", str(estate / "keys" / "ops.key"))[0] == 0
+    assert setup_cli("repo", "init", "-i", inv)[0] == 0
+    assert cli("backup", "--database", "crm", "-i", inv)[0] == 0
+    for n in range(4):
+        proc = subprocess.Popen(
+            [str(BIN / "crmmaint"), "restore", "database:crm@latest", "--to",
+             str(estate / f"r{n}.sqlite"), "-i", inv],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )  # fmt: skip
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+        assert line.startswith("restored "), line + err
+        assert proc.returncode == 0, (n, err)

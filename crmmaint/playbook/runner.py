@@ -26,7 +26,7 @@ from crmmaint.errors import (
     OutputWriteError,
     os_reason,
 )
-from crmmaint.interrupts import STOPPING
+from crmmaint.interrupts import HOLD_AFTER_RUN, STOPPING
 from crmmaint.inventory import Host, Inventory, Target
 from crmmaint.playbook.model import Playbook, Step
 from crmmaint.playbook.planner import PlannedStep
@@ -361,6 +361,8 @@ class Runner:
                 stopped_after=stopped_after,
                 one_target=self.one_target,
             )
+            # Finished: from here the run's outcome stands (``HOLD_AFTER_RUN``).
+            finished = _defer_interrupts()
             if self.journal is not None and self._run_id is not None:
                 self.journal.finish_run(self._run_id, summary.status)
         except BaseException as exc:
@@ -377,6 +379,8 @@ class Runner:
             raise
         finally:
             self._transports.close_all()
+        if not HOLD_AFTER_RUN.is_set():
+            _resume_interrupts(finished)
         log.info("run %s finished: %s in %.1fs", self._run_id, summary.status, summary.duration)
         self._report("on_run_end", summary)
         return summary
