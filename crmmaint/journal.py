@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from crmmaint.errors import ConfigError
+from crmmaint.processes import still_running, this_process
 from crmmaint.results import Status, TaskResult
 from crmmaint.units import metric_value
 
@@ -77,6 +78,9 @@ def default_journal_path() -> Path:
 
 #: The status of a run that Ctrl-C or SIGTERM ended (its steps under way are recorded failed).
 INTERRUPTED = "interrupted"
+#: The status of a run whose process ended without finishing it (``kill -9``, a power cut),
+#: found by a later command on the same machine (``Journal.end_killed_runs``).
+KILLED = "killed"
 
 
 class Journal:
@@ -97,6 +101,11 @@ class Journal:
             self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.executescript(SCHEMA)
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(runs)")}
+            added = {"pid": "INTEGER", "pid_started": "INTEGER", "pid_namespace": "TEXT"}
+            for column, kind in added.items():  # journals written before they were kept
+                if column not in columns:
+                    self._db.execute(f"ALTER TABLE runs ADD COLUMN {column} {kind}")
         except (sqlite3.Error, OSError) as exc:
             raise ConfigError(
                 f"cannot open journal {self.path}: {exc}",
@@ -129,10 +138,12 @@ class Journal:
         check: bool = False,
         argv: list[str] | None = None,
     ) -> int:
+        self.end_killed_runs()
+        me = this_process()
         with self._tx() as cur:
             cur.execute(
-                "INSERT INTO runs (playbook, window, inventory, started, check_mode, user, machine, argv)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO runs (playbook, window, inventory, started, check_mode, user, machine,"
+                " argv, pid, pid_started, pid_namespace) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     playbook,
                     window,
@@ -140,11 +151,44 @@ class Journal:
                     time.time(),
                     int(check),
                     _user(),
-                    socket.gethostname(),
+                    me["machine"],
                     json.dumps(argv or []),
+                    me["pid"],
+                    me["pid_started"],
+                    me["pid_namespace"],
                 ),
             )
             return int(cur.lastrowid or 0)
+
+    def end_killed_runs(self) -> list[int]:
+        """Record as ``KILLED`` the unfinished runs of this machine whose process is gone
+        (``kill -9``, a power cut, a dropped session): they would show as running for ever.
+        Returns their ids. Runs of other machines, and of live processes, are left alone."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, machine, pid, pid_started, pid_namespace FROM runs"
+                " WHERE finished IS NULL AND pid IS NOT NULL AND machine = ?",
+                (socket.gethostname(),),
+            ).fetchall()
+        dead = [
+            run_id
+            for run_id, machine, pid, started, space in rows
+            if not still_running(
+                {"machine": machine, "pid": pid, "pid_started": started, "pid_namespace": space}
+            )
+        ]
+        if dead:
+            with self._tx() as cur:
+                cur.executemany(
+                    "UPDATE runs SET finished = ?, status = ? WHERE id = ? AND finished IS NULL",
+                    [(time.time(), KILLED, run_id) for run_id in dead],
+                )
+            log.warning(
+                "run %s ended without finishing (its process is gone): recorded as %s",
+                ", ".join(map(str, dead)),
+                KILLED,
+            )
+        return dead
 
     def record(
         self,
@@ -226,6 +270,7 @@ class Journal:
     def runs(self, limit: int = 20, playbook: str | None = None) -> list[dict[str, Any]]:
         """The newest ``limit`` runs (of ``playbook``), newest first: one dict per run with
         the columns of ``runs``; ``argv`` is the command line as a list of strings."""
+        self.end_killed_runs()
         sql = "SELECT * FROM runs"
         args: list[Any] = []
         if playbook:
@@ -238,6 +283,7 @@ class Journal:
     def run(self, run_id: int) -> dict[str, Any] | None:
         """One run as ``runs`` gives it, plus ``results``: its rows with ``details`` decoded
         and ``metrics`` (whole numbers as ints: byte counts stay exact); ``None`` if unknown."""
+        self.end_killed_runs()
         rows = self._rows("SELECT * FROM runs WHERE id = ?", [run_id])
         if not rows:
             return None
@@ -363,6 +409,8 @@ def _run_row(row: dict[str, Any]) -> dict[str, Any]:
 
     Rows of any journal read the same; a value that is not a JSON list (NULL, or text some
     other writer left) becomes ``[]`` or a one-item list rather than an error."""
+    for private in ("pid", "pid_started", "pid_namespace"):  # for end_killed_runs only
+        row.pop(private, None)
     text = row.get("argv")
     try:
         argv = json.loads(text) if text else []

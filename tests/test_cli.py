@@ -578,7 +578,7 @@ def test_the_lock_judges_another_users_live_process_alive(tmp_path):
     import sysconfig
 
     nobody = pwd.getpwnam("nobody")
-    code = "import sys; from crmmaint.repository.lock import pid_alive; print(pid_alive(1))"
+    code = "import sys; from crmmaint.processes import pid_alive; print(pid_alive(1))"
     # The venv's interpreter lives under /root; the system one of the same version can run the
     # checkout with the venv's packages as another user.
     system_python = Path("/usr/bin/python3")
@@ -1241,6 +1241,34 @@ def test_a_signal_after_the_work_is_done_keeps_the_code(estate):
         assert proc.stdout is not None
         line = proc.stdout.readline()
         proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=120)
+        _, err = proc.communicate(timeout=120)
         assert line.startswith("restored "), line + err
         assert proc.returncode == 0, (n, err)
+
+
+def test_a_run_whose_process_was_killed_is_recorded_as_killed(estate):
+    """Found by a newcomer: after `kill -9` (or a dropped session) the run showed as running
+    for ever. The next command on the machine finds its process gone and records it."""
+    import signal
+    import time
+
+    inv = str(estate / "inventory.yml")
+    book = estate / "slow.yml"
+    book.write_text(yaml.safe_dump({"name": "slow", "steps": [
+        {"name": "wait", "task": "shell.command", "hosts": "local",
+         "with": {"commands": ["sleep 30"]}}]}))  # fmt: skip
+    proc = subprocess.Popen([str(BIN / "crmmaint"), "run", str(book), "-i", inv],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while "running" not in cli("history", "-i", inv)[1]:
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.2)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    code, out, err = cli("history", "--json", "-i", inv)
+    assert code == 0, err
+    (run,) = [r for r in json.loads(out) if r["playbook"] == "slow"]
+    assert run["status"] == "killed" and run["finished"] is not None, run
+    assert "ended without finishing (its process is gone)" in err

@@ -336,9 +336,10 @@ def test_a_drill_is_running_while_its_process_is_the_same_one() -> None:
     always when it ran on another machine."""
     import socket
 
-    from crmmaint.tasks.restore import _running, _this_process
+    from crmmaint.processes import still_running as _running
+    from crmmaint.processes import this_process
 
-    me = _this_process()
+    me = this_process()
     assert _running(me)
     dead = subprocess.Popen(["true"])
     dead.wait()

@@ -24,19 +24,19 @@ import pytest
 from test_backends import MAKERS
 
 from crmmaint.errors import LockError
+from crmmaint.processes import pid_namespace
 from crmmaint.repository.backends.base import Backend
 from crmmaint.repository.backends.local import LocalBackend
 from crmmaint.repository.lock import (
     LOCKS_PREFIX,
     REMOVED_SUFFIX,
     RepositoryLock,
-    _pid_namespace,
     break_locks,
     read_locks,
 )
 
 HOST = socket.gethostname()
-PIDNS = _pid_namespace()
+PIDNS = pid_namespace()
 
 
 @pytest.fixture(params=["local", "s3", "sftp"])

@@ -32,6 +32,7 @@ from typing import Any
 
 from crmmaint.errors import BackendError, LockError, ObjectNotFound
 from crmmaint.interrupts import STOPPING
+from crmmaint.processes import pid_alive, pid_namespace
 from crmmaint.repository.backends.base import Backend
 from crmmaint.units import plural
 
@@ -121,7 +122,7 @@ class RepositoryLock:
         self.stale_after = stale_after
         self.host = socket.gethostname()
         self.pid = os.getpid()
-        self.pid_namespace = _pid_namespace()
+        self.pid_namespace = pid_namespace()
         self.user = _current_user()
         self.id = ""
         self._record: dict[str, Any] = {}
@@ -430,7 +431,7 @@ def running_here(lock: LockInfo) -> bool:
     return (
         lock.raw is not None
         and lock.host == socket.gethostname()
-        and lock.pid_namespace == _pid_namespace()
+        and lock.pid_namespace == pid_namespace()
         and pid_alive(lock.pid)
     )
 
@@ -487,28 +488,6 @@ def _parse(name: str, data: bytes) -> LockInfo:
         return LockInfo(
             name, lock_id, True, "held", "?", 0, None, "?", 0.0, None, 0.0, 0.0, "?", None
         )
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process ``pid`` exists on this machine (another user's counts)."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by someone else
-    return True
-
-
-def _pid_namespace() -> str:
-    """Which pid namespace we run in: containers sharing a hostname must not judge each
-    other's pids. Empty where /proc does not tell (then the hostname alone decides)."""
-    try:
-        return os.readlink("/proc/self/ns/pid")
-    except OSError:
-        return ""
 
 
 def _current_user() -> str:

@@ -16,7 +16,6 @@ import logging
 import os
 import posixpath
 import secrets
-import socket
 import time
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -24,6 +23,7 @@ from typing import Any
 from crmmaint.engines.base import DumpLayout, Facts
 from crmmaint.errors import ConfigError, CrmMaintError, IntegrityError, RestoreError, Setting
 from crmmaint.inventory import Database, FileSet
+from crmmaint.processes import still_running, this_process
 from crmmaint.repository.configured import identities_for, open_repository
 from crmmaint.repository.format import source_name
 from crmmaint.results import TaskResult
@@ -643,7 +643,9 @@ class _Scratch:
         this process, its start time, the scratch copy), so that the next drill of
         ``source`` can tell a copy left by a killed drill from one that is still in use."""
         if self.journal is not None:
-            self.journal.state_set(self._key(source), {"scratch": self.name, **_this_process()})
+            self.journal.state_set(
+                self._key(source), {"scratch": self.name, "started": time.time(), **this_process()}
+            )
 
     def unregister(self, source: str) -> None:
         """The drill has ended (its copy removed, or kept on purpose)."""
@@ -659,7 +661,7 @@ class _Scratch:
             return []
         removed = []
         for key, entry in self.journal.state_prefixed(f"{_RUNNING}{source}:").items():
-            if not isinstance(entry, dict) or _running(entry):
+            if not isinstance(entry, dict) or still_running(entry):
                 continue
             name = str(entry.get("scratch", ""))
             try:
@@ -707,39 +709,3 @@ class _Scratch:
 
 #: The journal state keys of running drills: ``drill:<source>:<scratch copy>``.
 _RUNNING = "drill:"
-
-
-def _this_process() -> dict[str, Any]:
-    """What identifies this process on this machine, for ``_running``."""
-    return {
-        "machine": socket.gethostname(),
-        "pid": os.getpid(),
-        "pid_started": _process_start(os.getpid()),
-        "started": time.time(),
-    }
-
-
-def _running(entry: Mapping[str, Any]) -> bool:
-    """Whether the drill ``entry`` (``_this_process``) describes may still be running: it
-    ran on another machine (which this one cannot look at), or its process is alive and
-    the same one (a PID reused by another process since does not count)."""
-    if entry.get("machine") != socket.gethostname():
-        return True
-    from crmmaint.repository.lock import pid_alive
-
-    pid = entry.get("pid")
-    if not isinstance(pid, int) or not pid_alive(pid):
-        return False
-    started = _process_start(pid)
-    return started is None or started == entry.get("pid_started")
-
-
-def _process_start(pid: int) -> int | None:
-    """When process ``pid`` started, in clock ticks since boot (Linux ``/proc``), or ``None``
-    where that cannot be read."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            fields = stat.read().rsplit(b")", 1)[1].split()
-        return int(fields[19])  # field 22 of the whole line: starttime
-    except (OSError, IndexError, ValueError):
-        return None
