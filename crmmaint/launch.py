@@ -26,8 +26,9 @@ def main() -> None:
     """Run the CLI (``crmmaint.cli.main``) with SIGTERM and SIGINT ending it as an interrupt
     from the first instruction on; exits with the CLI's code, or 130 when interrupted before
     a command took over its own interrupt handling."""
-    if signal.getsignal(signal.SIGTERM) is not signal.SIG_IGN:  # an ignored one stays so
-        signal.signal(signal.SIGTERM, _terminate)
+    for sig in (signal.SIGTERM, signal.SIGHUP):  # a service manager; a dropped session
+        if signal.getsignal(sig) is not signal.SIG_IGN:  # an ignored one (nohup) stays so
+            signal.signal(sig, _terminate)
     from crmmaint.interrupts import HOLD_AFTER_RUN  # the standard library only
 
     HOLD_AFTER_RUN.set()  # this process ends with its command
@@ -42,4 +43,4 @@ def main() -> None:
         # The command has ended and its exit code is set: a signal now (while Python shuts
         # down, which restores the default handlers) would end a finished restore with 143.
         # Held back, it is dropped with the process.
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGHUP})

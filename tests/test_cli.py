@@ -1272,3 +1272,41 @@ def test_a_run_whose_process_was_killed_is_recorded_as_killed(estate):
     (run,) = [r for r in json.loads(out) if r["playbook"] == "slow"]
     assert run["status"] == "killed" and run["finished"] is not None, run
     assert "ended without finishing (its process is gone)" in err
+
+
+def test_backup_copies_left_by_killed_backups_are_removed(estate, tmp_path):
+    """Found by a newcomer: `kill -9` during a SQLite backup left its plain copy (the whole
+    database, unencrypted) in the temp dir for good. The next SQLite backup on the host
+    removes copies of crmmaint processes of this machine that are gone, and any older than
+    six hours; a live process's copy is left alone."""
+    import time
+
+    from crmmaint.processes import this_process
+
+    inv = str(estate / "inventory.yml")
+    assert setup_cli("keys", "generate", "--output", str(estate / "keys" / "ops.key"))[0] == 0
+    assert setup_cli("repo", "init", "-i", inv)[0] == 0
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    me = this_process()
+    made = {
+        "dead": temp / f"crmmaint-sqlite.{gone.pid}x1-00ff.Ab12Cd34",
+        "live": temp / f"crmmaint-sqlite.{me['pid']}x{me['pid_started']}-00ff.Ab12Cd34",
+        "old": temp / "crmmaint-sqlite.r-00ff.Ab12Cd34",
+        "new": temp / "crmmaint-sqlite.r-11ee.Ab12Cd34",
+    }
+    for path in made.values():
+        path.mkdir()
+        (path / "copy.db").write_bytes(b"plain data")
+    old = time.time() - 7 * 3600
+    os.utime(made["old"], (old, old))
+    done = subprocess.run(
+        [str(BIN / "crmmaint"), "backup", "--database", "crm", "-i", inv],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "TMPDIR": str(temp)},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert sorted(p.name for p in temp.iterdir()) == sorted(
+        made[k].name for k in ("live", "new")
+    ), done.stderr

@@ -332,7 +332,9 @@ class CrmProgram(Program):  # type: ignore[misc]
         """invoke's ``run``; an interrupt while it parses or loads configuration (before a
         command's own handling) ends with 130 and one line, not invoke's silent exit 1."""
         interrupted: list[bool] = []
-        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+        previous = {
+            sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+        }
 
         def on_interrupt(signum: int, frame: object) -> None:
             interrupted.append(True)
@@ -575,8 +577,9 @@ def main(argv: list[str] | None = None) -> None:
     """
     # A service manager stops crmmaint with SIGTERM: end like an interrupt (exit 130), so the
     # journal records the run as ended and the commands it started are killed.
-    if signal.getsignal(signal.SIGTERM) is not signal.SIG_IGN:
-        signal.signal(signal.SIGTERM, _terminate)
+    for sig in (signal.SIGTERM, signal.SIGHUP):  # SIGHUP: the ssh session dropped
+        if signal.getsignal(sig) is not signal.SIG_IGN:  # ignored (nohup): stays so
+            signal.signal(sig, _terminate)
     occupy_closed_descriptors()  # started with stdout or stderr closed (`>&-`, `2>&-`)
     if not isinstance(sys.stderr, StderrWithoutReader):
         sys.stderr = StderrWithoutReader(sys.stderr)  # type: ignore[assignment]

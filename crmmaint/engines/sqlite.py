@@ -11,10 +11,13 @@ import contextlib
 import csv
 import io
 import logging
+import os
 import posixpath
+import re
 import secrets
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
+from typing import Any
 from urllib.parse import quote
 
 from crmmaint.engines.base import (
@@ -28,6 +31,7 @@ from crmmaint.engines.base import (
     schema_digest,
 )
 from crmmaint.errors import FORCE, CrmMaintError, RestoreError
+from crmmaint.processes import still_running, this_process
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +39,18 @@ log = logging.getLogger(__name__)
 # dir. The copy's name is a fixed literal, so no path is ever spliced into a dot-command.
 #: Removes the backup copy of token $1 (the directory ``_BACKUP_SCRIPT`` made).
 _REMOVE_COPY = 'rm -rf -- "${TMPDIR:-/tmp}"/crmmaint-sqlite."$1".*'
+
+#: Removes backup copies that a killed crmmaint left (``kill -9``, a power cut: no cleanup
+#: ran): those of processes of this machine that are gone ($@: their tokens' owner parts,
+#: ``<pid>x<start>``), and on any host those older than ``STALE_COPY_MINUTES``.
+_REMOVE_LEFT_COPIES = r"""
+t=${TMPDIR:-/tmp}
+for owner in "$@"; do rm -rf -- "$t"/crmmaint-sqlite."$owner"-*; done
+find "$t" -maxdepth 1 -type d -name 'crmmaint-sqlite.*' -mmin +STALE -exec rm -rf -- {} +
+exit 0
+"""
+#: A backup copy left this long is a killed backup's (a backup streams its copy in minutes).
+STALE_COPY_MINUTES = 360
 
 # $1 = the database file, $2 = this backup's token (in the copy's directory name, so the copy
 # is found and removed also when the script was killed before it printed the directory).
@@ -181,7 +197,8 @@ class SQLiteEngine(DatabaseEngine[SQLiteRestoreTarget]):
     @contextlib.contextmanager
     def dump(self, *, timeout: float | None = None) -> Iterator[DumpStream]:
         """Online backup to a temp copy, integrity_check, facts from the copy, then stream it."""
-        token = secrets.token_hex(8)
+        self._remove_left_copies()
+        token = f"{_owner(this_process()) if self._here() else 'r'}-{secrets.token_hex(8)}"
         try:
             result = self.run(
                 ["sh", "-c", _BACKUP_SCRIPT, "sh", self.path, token],
@@ -209,6 +226,32 @@ class SQLiteEngine(DatabaseEngine[SQLiteRestoreTarget]):
                 )
             except CrmMaintError as exc:
                 log.warning("could not remove the temporary backup copy (%s): %s", token, exc)
+
+    def _here(self) -> bool:
+        """Whether the database is on this machine (its transport runs commands here)."""
+        from crmmaint.transport.local import LocalTransport
+
+        return isinstance(getattr(self.transport, "inner", self.transport), LocalTransport)
+
+    def _remove_left_copies(self) -> None:
+        """Remove the plain backup copies killed backups left in the temp directory: of
+        processes of this machine that are gone (their token names them), and on any host
+        those older than ``STALE_COPY_MINUTES``. A failure is logged: the backup goes on."""
+        dead: list[str] = []
+        if self._here():
+            temp = os.environ.get("TMPDIR") or "/tmp"
+            with contextlib.suppress(OSError):
+                for entry in os.scandir(temp):
+                    owner = _left_owner(entry.name)
+                    if owner is not None and not still_running(owner):
+                        dead.append(_owner(owner))
+        script = _REMOVE_LEFT_COPIES.replace("STALE", str(STALE_COPY_MINUTES))
+        try:
+            self.run(["sh", "-c", script, "sh", *sorted(set(dead))], what="removing left copies")
+        except CrmMaintError as exc:
+            log.warning("could not remove backup copies left by killed backups: %s", exc)
+        if dead:
+            log.warning("removed backup copies left by killed backups (%s)", ", ".join(dead))
 
     # --- restore and drop ------------------------------------------------------------------
 
@@ -303,3 +346,19 @@ class SQLiteEngine(DatabaseEngine[SQLiteRestoreTarget]):
             timeout=timeout,
             what="removing the restored file",
         )
+
+
+def _owner(process: Mapping[str, Any]) -> str:
+    """A process as the owner part of a backup copy's token: ``<pid>x<start ticks>``."""
+    return f"{process['pid']}x{process.get('pid_started') or 0}"
+
+
+def _left_owner(name: str) -> dict[str, Any] | None:
+    """The process (``processes.this_process`` form) a backup copy's directory name says
+    made it, ``None`` for a name that says none (``crmmaint-sqlite.<pid>x<start>-<hex>.X``)."""
+    found = re.fullmatch(r"crmmaint-sqlite\.(\d+)x(\d+)-[0-9a-f]+\.\w+", name)
+    if found is None:
+        return None
+    me = this_process()
+    started = int(found.group(2)) or None
+    return {**me, "pid": int(found.group(1)), "pid_started": started}

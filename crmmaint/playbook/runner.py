@@ -699,7 +699,7 @@ class _AttemptTransports:
 
 
 #: The signals that end a run as an interrupt.
-_INTERRUPTS = {signal.SIGINT, signal.SIGTERM}
+_INTERRUPTS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
 
 
 def _defer_interrupts() -> set[signal.Signals] | None:
