@@ -249,6 +249,9 @@ def test_configuration_files_that_are_fifos_or_endless_are_refused_at_once(tmp_p
         ("a: &x [1]\nb: [2, *x]\n", None, None),
         ("a: &x [1, *x]\n", 1, "alias *x refers to a node that contains it"),
         ("a: 1\nb: 2024-13-01\n", 2, "field 'b': cannot read '2024-13-01'"),
+        # a flat list of 7 million items took minutes and gigabytes: refused at value 20,001
+        ("a: 1\nb:\n" + "- 1\n" * 21000, 19998, "more than 20,000 values in one file"),
+        ("a: 1\nb: [" + "1, " * 19990 + "1]\n", None, None),
     ],
 )
 def test_yaml_limits_are_source_errors_with_the_line(text, line, message):
