@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import copy
 import json
+import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -211,6 +212,11 @@ def os_reason(exc: OSError) -> str:
     """An ``OSError`` as a message says it: ``"no space left on device"``, without Python's
     ``[Errno 28]`` and the path."""
     return (exc.strerror or str(exc)).lower()
+
+
+#: Set once crmmaint has said that its output cannot be written (a run's report lost to
+#: ``> /dev/full`` or ``>&-``): whatever else fails to be written is not said again.
+OUTPUT_LOSS_SAID = threading.Event()
 
 
 class OutputWriteError(Exception):

@@ -299,3 +299,27 @@ def test_a_dry_run_does_not_wait_for_running_backups(backed_up):
         assert "would remove" in out
     finally:
         backup.release()
+
+
+def test_a_prune_whose_table_cannot_be_written_keeps_its_code(backed_up):
+    """Found by a newcomer: `prune > /dev/full` (or `>&-`) exited 74 and said so twice,
+    although the prune was done: it keeps its code and says it once."""
+    import os
+    import subprocess
+
+    from clirun import BIN
+
+    estate, _ = backed_up
+    inv = write_inventory(estate, {"keep-last": 100})
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(
+            [str(BIN / "crmmaint"), "prune", "--check", "-i", inv],
+            stdout=full, stderr=subprocess.PIPE, text=True, timeout=300,
+        )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("no space left on device") == 1, done.stderr
+    closed = subprocess.run(
+        [str(BIN / "crmmaint"), "prune", "--check", "-i", inv],
+        stderr=subprocess.PIPE, text=True, timeout=300, preexec_fn=lambda: os.close(1),
+    )  # fmt: skip
+    assert closed.returncode == 0 and closed.stderr.count("stdout is closed") == 1, closed.stderr

@@ -21,6 +21,7 @@ from crmmaint.cli.common import (
     helps,
     local_time,
     open_inventory,
+    output_after_work,
 )
 from crmmaint.errors import ConfigError, RestoreError
 from crmmaint.playbook.run import AdhocStep
@@ -174,20 +175,26 @@ def prune(
     for row in summary.results:
         verdicts = (row.result.details or {}).get("backups")
         if verdicts:
-            print_table(
-                [
-                    {
-                        **v,
-                        "time": _journal_time_shown(v["time"]),
-                        "drilled": "yes" if v["drilled"] else "",
-                        "reasons": ", ".join(v["reasons"]) or "-",
-                    }
-                    for v in verdicts
-                ],
-                ["id", "source", "time", "drilled", "decision", "reasons"],
-                title="would keep / remove" if check else "kept / removed",
-                status_column=None,
-            )
+            with output_after_work():  # the prune is done: a lost table keeps its code
+                _print_verdicts(verdicts, check)
+
+
+def _print_verdicts(verdicts: list[dict[str, Any]], check: bool) -> None:
+    """prune's table: one row per backup, kept or removed, and the rules that keep it."""
+    print_table(
+        [
+            {
+                **v,
+                "time": _journal_time_shown(v["time"]),
+                "drilled": "yes" if v["drilled"] else "",
+                "reasons": ", ".join(v["reasons"]) or "-",
+            }
+            for v in verdicts
+        ],
+        ["id", "source", "time", "drilled", "decision", "reasons"],
+        title="would keep / remove" if check else "kept / removed",
+        status_column=None,
+    )
 
 
 def _journal_time_shown(stamp: str) -> str:

@@ -14,7 +14,7 @@ import logging
 import os
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -22,6 +22,7 @@ from invoke import Argument, Config, Exit, Task, task
 
 from crmmaint.errors import (
     INTERNAL_ERROR_EXIT,
+    OUTPUT_LOSS_SAID,
     ConfigError,
     CrmMaintError,
     OutputWriteError,
@@ -511,16 +512,27 @@ def _say_result(summary: RunSummary) -> None:
     if row.status == "failed":
         print(f"crmmaint: error: {row.result.message}", file=sys.stderr)
         return
-    try:
+    with output_after_work():
         print(row.result.message)
+
+
+@contextlib.contextmanager
+def output_after_work() -> Iterator[None]:
+    """Around what a command prints once its work is done and journaled (a restore's result
+    line, prune's table): output that cannot be written (a closed pipe, a full disk, a closed
+    stdout) is said once on stderr and the command keeps its exit code, as a run does
+    (README, exit codes 74 and 141)."""
+    try:
+        yield
         sys.stdout.flush()
     except (OSError, OutputWriteError) as exc:
-        # The work is done and journaled: its code stands, as a run's does (README, 74/141).
         reason = os_reason(exc.errno_error if isinstance(exc, OutputWriteError) else exc)
         with contextlib.suppress(OSError, ValueError):
             to_devnull(sys.stdout.fileno())
-        print(f"crmmaint: the result could not be written ({reason}); it is in the journal",
-              file=sys.stderr)  # fmt: skip
+        if not OUTPUT_LOSS_SAID.is_set() and not isinstance(exc, BrokenPipeError):
+            OUTPUT_LOSS_SAID.set()
+            print(f"crmmaint: the result could not be written ({reason}); it is in the journal",
+                  file=sys.stderr)  # fmt: skip
 
 
 def _run_reported(

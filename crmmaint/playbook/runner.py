@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from crmmaint.errors import (
     INTERNAL_ERROR_EXIT,
+    OUTPUT_LOSS_SAID,
     ConfigError,
     CrmMaintError,
     OutputWriteError,
@@ -202,6 +203,7 @@ class _SerialReporter:
                 log.info("the output's reader went away; the run goes on without a report")
             except OutputWriteError as exc:  # `> /dev/full`: said once, without a traceback
                 self._closed = True
+                OUTPUT_LOSS_SAID.set()
                 log.warning(
                     "the output cannot be written (%s); the run goes on without a report",
                     os_reason(exc.errno_error),
