@@ -1310,3 +1310,14 @@ def test_backup_copies_left_by_killed_backups_are_removed(estate, tmp_path):
     assert sorted(p.name for p in temp.iterdir()) == sorted(
         made[k].name for k in ("live", "new")
     ), done.stderr
+
+
+def test_a_named_inventory_that_is_missing_is_an_error_for_readers_too(tmp_path):
+    """Found by a newcomer: `CRMMAINT_INVENTORY=/nonexistent.yml crmmaint history` read the
+    user's own (empty) journal and exited 0; a wrapper took that for success."""
+    for env in ({"CRMMAINT_INVENTORY": str(tmp_path / "nope.yml")},):
+        done = subprocess.run(
+            [str(BIN / "crmmaint"), "history"], capture_output=True, text=True, timeout=60,
+            env={**os.environ, **env, "HOME": str(tmp_path)}, cwd=tmp_path,
+        )  # fmt: skip
+        assert done.returncode == 3 and "nope.yml: file not found" in done.stderr, done.stderr

@@ -224,6 +224,7 @@ def test_a_target_the_drill_did_not_create_is_refused_and_left_alone(estate: Est
         done = estate.cli("drill", "pg", "--target", taken)
         assert done.returncode == 6, done.stdout + done.stderr
         assert "exists" in done.stdout + done.stderr
+        assert "force" not in done.stdout + done.stderr  # a drill has no such thing
         assert pg("SELECT count(*) FROM precious", taken) == "1"
     finally:
         pg(f"DROP DATABASE {taken} WITH (FORCE)")
@@ -242,6 +243,7 @@ def test_keep_leaves_the_scratch_copy_and_says_where(estate: Estate) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     (row,) = json.loads(done.stdout)["results"]
     assert row["details"]["scratch"] == str(target) and row["details"]["kept"]
+    assert f"the copy is kept: {target} on local" in row["message"]
     assert sorted(p.name for p in target.rglob("*") if p.is_file() and not p.is_symlink()) == [
         "a.txt",
         "b.bin",

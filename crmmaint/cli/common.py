@@ -585,11 +585,15 @@ def _run_reported(
 
 
 def maybe_inventory(c: Any, given: str | None) -> Inventory | None:
-    """The inventory when one is given or found, else ``None`` (commands that work without)."""
+    """The inventory when one is given or found, else ``None`` (commands that work without,
+    reading the user's own journal). One named (``-i``, ``$CRMMAINT_INVENTORY``, the config's
+    ``inventory``) that is missing or invalid is an error: quietly reading another, empty
+    journal would look like success to a wrapper."""
+    named = given or _config_get(c, "inventory") or os.environ.get("CRMMAINT_INVENTORY")
     try:
         return open_inventory(c, given)
     except ConfigError:
-        if given:
+        if named:
             raise
         return None
 

@@ -21,7 +21,14 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from crmmaint.engines.base import DumpLayout, Facts
-from crmmaint.errors import ConfigError, CrmMaintError, IntegrityError, RestoreError, Setting
+from crmmaint.errors import (
+    ConfigError,
+    CrmMaintError,
+    IntegrityError,
+    RestoreError,
+    RestoreTargetExists,
+    Setting,
+)
 from crmmaint.inventory import Database, FileSet
 from crmmaint.processes import still_running, this_process
 from crmmaint.repository.configured import identities_for, open_repository
@@ -515,6 +522,10 @@ def drill_restore(ctx: TaskContext) -> TaskResult:
             details={**details, "problems": problems},
         )
     message = f"backup {backup.id} restored on {scratch.host.name} {timing}: {what}"
+    if ctx.params["keep"]:
+        message += (
+            f"; the copy is kept: {scratch.name} on {scratch.host.name} (remove it when done)"
+        )
     if leftovers:
         details["leftovers_removed"] = leftovers
         message += (
@@ -549,13 +560,25 @@ class _Scratch:
             self.transport = ctx.transport_for(self.host)
             self.files = FileSetSource(obj, self.transport)
             self.name = name or posixpath.join(directory or DEFAULT_DRILL_DIRECTORY, generated)
-            self.files.preflight(self.name, force=False)
+            self._checked(self.files.preflight)
         else:
             self.db, self.host = ctx.inventory.drill_database(obj.name)
             self.transport = ctx.transport_for(self.host)
             self.engine = engine_for(self.db, self.transport)
             self.name = name or generated
-            self.engine.preflight(self.name, force=False)
+            self._checked(self.engine.preflight)
+
+    def _checked(self, preflight: Any) -> None:
+        """The restore's own checks of the scratch name; an existing target is refused with
+        what a drill can do about it (a drill never replaces anything: no force)."""
+        try:
+            preflight(self.name, force=False)
+        except RestoreTargetExists as exc:
+            raise RestoreError(
+                exc.message,
+                hint="a drill never replaces anything: give another --target (or `target:`), "
+                "or leave it out for a new scratch name",
+            ) from None
 
     # --- before anything moves -------------------------------------------------------------
 
