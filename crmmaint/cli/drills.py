@@ -201,7 +201,7 @@ def drills(
         ],
         ["when", "source", "backup", "on", "status", "restore", "total", "rto", "run"],
         title="drills",
-        droppable=["on", "rto", "run"],
+        droppable=["on", "rto", "run", "restore"],
     )
 
 

@@ -513,8 +513,8 @@ def print_table(
         words = [w for cell in cells for w in cell.split()] if wrapped else cells
         return max([len(col), *map(len, words)]) + 3
 
-    def fits(cols: list[str]) -> bool:  # ids and sources whole, the others wrapped
-        return sum(width(c, wrapped=c not in ("id", "source")) for c in cols) <= console.width
+    def fits(cols: list[str]) -> bool:  # names whole, the others wrapped
+        return sum(width(c, wrapped=c not in _WHOLE) for c in cols) <= console.width
 
     for col in droppable:
         if sum(width(c) for c in columns) <= console.width:
@@ -525,7 +525,7 @@ def print_table(
     # A backup id is copied whole into `restore ID`, a source name read as one word: kept on
     # one line where the terminal leaves the other columns some room (they wrap at spaces);
     # folded on a very narrow one.
-    whole = [c for c in columns if c in ("id", "source")]
+    whole = [c for c in columns if c in _WHOLE]
     room = fits(columns)
     for col in columns:
         table.add_column(
@@ -544,6 +544,10 @@ def print_table(
         table.add_row(*cells)
     console.print(table)
 
+
+#: Columns of names a reader copies or reads as one word (a backup id into `restore ID`):
+#: kept on one line where the terminal leaves the others room to wrap at spaces.
+_WHOLE = frozenset({"id", "backup", "source", "target", "task"})
 
 #: TSV's own characters, escaped as in PostgreSQL's COPY text format, so one row stays
 #: one line and one cell one field whatever a name or message holds.
