@@ -211,7 +211,8 @@ class BackendError(RepositoryError):
 def os_reason(exc: OSError) -> str:
     """An ``OSError`` as a message says it: ``"no space left on device"``, without Python's
     ``[Errno 28]`` and the path."""
-    return (exc.strerror or str(exc)).lower()
+    reason = exc.strerror or str(exc)
+    return reason[:1].lower() + reason[1:]  # "larger than 16 MiB" keeps its unit
 
 
 #: Set once crmmaint has said that its output cannot be written (a run's report lost to

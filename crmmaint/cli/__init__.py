@@ -239,7 +239,7 @@ def _check_arguments(name: str, rest: list[str]) -> None:
             continue
         if not eq:
             if j >= len(rest):
-                continue  # invoke's parser says it needs a value
+                raise ConfigError(f"{canonical} needs a value", hint=see)
             value = rest[j]
             j += 1
         if arg.positional:

@@ -151,7 +151,7 @@ def _duration(flag: str, value: str, *, most: float) -> float:
     try:
         seconds = parse_duration(value)
     except ValueError as exc:
-        raise ConfigError(f"{flag}: {exc}", hint="e.g. 45m, 2h, 1h30m") from None
+        raise ConfigError(f"{flag}: {exc}") from None  # the message gives examples
     if not 0 < seconds <= most:
         raise ConfigError(
             f"{flag} {value!r} is out of range",
@@ -187,7 +187,8 @@ def drills(
     if not rows:
         import sys
 
-        print(f"crmmaint: no drills in the journal {where}", file=sys.stderr)
+        period = f" in the last {since}" if since else ""
+        print(f"crmmaint: no drills{period} in the journal {where}", file=sys.stderr)
     print_table(
         [
             {
