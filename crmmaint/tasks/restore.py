@@ -448,7 +448,12 @@ def drill_restore(ctx: TaskContext) -> TaskResult:
             return TaskResult.changed(  # in check mode: would change
                 f"would restore backup {backup.id} of {source} into {scratch.name} on "
                 f"{scratch.host.name} and compare {what}",
-                details={"check": True, "backup": backup.id, "scratch": scratch.name},
+                details={
+                    "check": True,
+                    "backup": backup.id,
+                    "scratch": scratch.name,
+                    "preflight": checked,
+                },
             )
         phases.end("preflight")
         scratch.register(source)
