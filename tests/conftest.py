@@ -4,10 +4,17 @@ tmp, CRMMAINT_* variables cleared."""
 from __future__ import annotations
 
 import os
+import signal
 
 import pytest
 
 from crmmaint.crypto.keys import SCRYPT_LOG_N_MIN
+
+# A suite started in the background of a script inherits SIGINT ignored, and crmmaint keeps
+# an ignored SIGINT ignored (as it must for `crmmaint backup &`): the tests that interrupt
+# crmmaint, in this process and in the programs it starts, need SIGINT as a terminal gives it.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 pytest_plugins = ["sshd_fixture", "s3_fixture", "net_fixture"]
 
