@@ -310,23 +310,7 @@ class Scenario:
         return {"crmmaint": "crmmaint-repo", "restic": "restic-repo", "borg": "borg-repo"}[tool]
 
     def source(self, name: str, scale: float) -> None:
-        marker = f"crmgen scale={scale} seed={self.args.seed}"
-        if self.args.reuse:
-            have = crmgen.psql(
-                "postgres",
-                f"SELECT shobj_description(oid, 'pg_database') FROM pg_database "
-                f"WHERE datname = '{name}'",
-                capture=True,
-            ).strip()
-            if have == marker:
-                self.say(f"reusing {name} ({marker})")
-                return
-        started = time.monotonic()
-        counts = crmgen.create(name, scale, seed=self.args.seed)
-        crmgen.psql("postgres", f"COMMENT ON DATABASE \"{name}\" IS '{marker}';")
-        self.say(
-            f"generated {name} at scale {scale}: {counts} in {time.monotonic() - started:.0f}s"
-        )
+        self.say(crmgen.ensure(name, scale, seed=self.args.seed, reuse=self.args.reuse))
 
     def mark_mutated(self, name: str) -> None:
         crmgen.psql("postgres", f"COMMENT ON DATABASE \"{name}\" IS 'mutated';")

@@ -381,6 +381,27 @@ def create(dbname: str, scale: float, *, seed: int = 42, replace: bool = True) -
     return counts
 
 
+def ensure(dbname: str, scale: float, *, seed: int = 42, reuse: bool = False) -> str:
+    """Generate ``dbname`` (``create``) and mark it with its scale and seed; with ``reuse``,
+    keep one already marked so. Returns a line saying which was done and how long it took."""
+    import time
+
+    marker = f"crmgen scale={scale} seed={seed}"
+    if reuse:
+        have = psql(
+            "postgres",
+            f"SELECT shobj_description(oid, 'pg_database') FROM pg_database "
+            f"WHERE datname = '{dbname}'",
+            capture=True,
+        ).strip()
+        if have == marker:
+            return f"reusing {dbname} ({marker})"
+    started = time.monotonic()
+    counts = create(dbname, scale, seed=seed)
+    psql("postgres", f"COMMENT ON DATABASE \"{dbname}\" IS '{marker}';")
+    return f"generated {dbname} at scale {scale}: {counts} in {time.monotonic() - started:.0f}s"
+
+
 def mutate(
     dbname: str, *, round_no: int = 1, update: float = 0.01, append: float = 0.005, seed: int = 42
 ) -> dict[str, int]:

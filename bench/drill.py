@@ -27,7 +27,6 @@ import shlex
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
@@ -64,23 +63,6 @@ def inventory(work: Path, env: dict[str, str]) -> None:
     sh(f"{cm} repo init -i inv.yml", env, work)
 
 
-def source(args: argparse.Namespace, say) -> None:
-    marker = f"crmgen scale={args.scale} seed={args.seed}"
-    if args.reuse:
-        have = crmgen.psql(
-            "postgres",
-            f"SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = '{SRC}'",
-            capture=True,
-        ).strip()
-        if have == marker:
-            say(f"reusing {SRC} ({marker})")
-            return
-    started = time.monotonic()
-    counts = crmgen.create(SRC, args.scale, seed=args.seed)
-    crmgen.psql("postgres", f"COMMENT ON DATABASE \"{SRC}\" IS '{marker}';")
-    say(f"generated {SRC} at scale {args.scale}: {counts} in {time.monotonic() - started:.0f}s")
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--scale", type=float, default=1.0, help="1.0 = about 1 GB of plain dump")
@@ -109,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     env = dict(os.environ, PGHOST="127.0.0.1", PGUSER="postgres", PGPORT="5432")
     bench = Bench(work, env)
     try:
-        source(args, say)
+        say(crmgen.ensure(SRC, args.scale, seed=args.seed, reuse=args.reuse))
         inventory(work, env)
         sh(f"{shlex.quote(CRMMAINT)} backup -i inv.yml", env, work)
         sh(f"pg_dump -Fp {PG} -d {SRC} > dump.sql", env, work)
