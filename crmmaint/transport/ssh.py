@@ -216,7 +216,9 @@ class SSHTransport(Transport):
                 channel.status_event.wait(_KILL_WAIT)
             finally:
                 channel.close()
-        except (TransportError, paramiko.SSHException, OSError) as exc:
+        except (TransportError, paramiko.SSHException, OSError, EOFError) as exc:
+            # EOFError: paramiko's, when the connection closed meanwhile (a timer's kill
+            # after its run ended): the group went with the connection's session.
             log.warning("%s: could not kill remote process group %d: %s", self.host, pgid, exc)
 
     @contextlib.contextmanager
