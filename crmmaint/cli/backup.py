@@ -7,7 +7,6 @@ playbooks, so they are journaled, honour ``--check`` and report like any playboo
 
 from __future__ import annotations
 
-import os
 import sys
 from typing import Any
 
@@ -22,6 +21,7 @@ from crmmaint.cli.common import (
     local_time,
     open_inventory,
     output_after_work,
+    typed_here,
 )
 from crmmaint.errors import ConfigError, RestoreError
 from crmmaint.playbook.run import AdhocStep
@@ -349,9 +349,7 @@ def restore(
         raise ConfigError(
             f"backup {backup_id} is of {what} {name!r}, which the inventory does not list"
         )
-    is_path = kind == "fileset" or section[name].engine == "sqlite"
-    if is_path and inv.target(kind, name).host.is_local and not to.startswith("/"):
-        to = os.path.abspath(to)  # typed on this machine: from the current directory
+    to = typed_here(inv, kind, name, to)
     params: dict[str, Any] = {"backup": ref, "to": to, "force": force, "repository": cfg.name}
     if identity:
         params["identity"] = identity

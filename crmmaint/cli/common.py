@@ -584,6 +584,18 @@ def _run_reported(
     return summary
 
 
+def typed_here(inv: Inventory, kind: str, name: str, value: str) -> str:
+    """A restore or drill target typed on the command line for the ``kind`` (database,
+    fileset) ``name``: a relative path for a SQLite file or a directory on this machine is
+    from the current directory (the engines read one beside the source); anything else
+    (a database name, a remote path) as typed."""
+    target = inv.target(kind, name)
+    is_path = kind == "fileset" or getattr(target.obj, "engine", "") == "sqlite"
+    if is_path and target.host.is_local and not value.startswith("/"):
+        return os.path.abspath(value)
+    return value
+
+
 def maybe_inventory(c: Any, given: str | None) -> Inventory | None:
     """The inventory when one is given or found, else ``None`` (commands that work without,
     reading the user's own journal). One named (``-i``, ``$CRMMAINT_INVENTORY``, the config's

@@ -23,6 +23,7 @@ from crmmaint.cli.common import (
     maybe_inventory,
     open_inventory,
     open_journal,
+    typed_here,
 )
 from crmmaint.errors import ConfigError
 from crmmaint.inventory import Inventory
@@ -87,10 +88,7 @@ def drill(
     if target is not None:
         kind, names = next(iter(selectors.items()))
         (one,) = inv.resolve(kind, names)
-        is_path = kind == "fileset" or one.obj.engine == "sqlite"
-        if is_path and one.host.is_local and not target.startswith("/"):
-            target = os.path.abspath(target)  # typed on this machine: from the current directory
-        params["target"] = target
+        params["target"] = typed_here(inv, kind, one.name, target)
     if repository:
         params["repository"] = inv.repository(repository).name
     if identity:
@@ -250,7 +248,6 @@ def drill_report(
 
 def _write_whole(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` whole or not at all (a temporary file renamed into place)."""
-    import os
     import tempfile
 
     folder = path.parent if str(path.parent) else Path(".")
