@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from crmmaint.assertions import Assertion, parse_assertions
 from crmmaint.errors import ConfigError, InventoryError
 from crmmaint.units import parse_duration, parse_size
 from crmmaint.yamlsource import (
@@ -168,6 +169,8 @@ class DrillTarget:
     rto_exceeded: str = "warn"
     #: Bytes that must stay free where the scratch copy goes, besides the copy itself.
     min_free: int = 0
+    #: A database's own checks of its restored copy (``crmmaint.assertions``).
+    assertions: list[Assertion] = field(default_factory=list)
 
 
 @dataclass
@@ -315,7 +318,7 @@ _TOP = {
 }  # fmt: skip
 _DRILL_KEYS = {
     "host", "address", "port", "user", "password", "directory", "rto", "rto_exceeded",
-    "min_free",
+    "min_free", "assertions",
 }  # fmt: skip
 #: What a file set's drill entry may set: where its scratch directory goes, and its objective.
 _FILESET_DRILL_KEYS = {"host", "directory", "rto", "rto_exceeded", "min_free"}
@@ -811,8 +814,15 @@ def _drill(kind: str, name: str, spec: dict, base: Path, inv: Inventory) -> Dril
         ) from None
     exceeded = get_field(spec, "rto_exceeded", str, default="warn")
     one_of(exceeded, ("warn", "fail"), "rto_exceeded", spec)
+    assertions = []
+    if "assertions" in spec:
+        try:
+            assertions = parse_assertions(spec["assertions"])
+        except ValueError as exc:
+            raise SourceError(f"{what}: {exc}", line_of(spec, "assertions"), "assertions") from None
     return DrillTarget(
         database=name,
+        assertions=assertions,
         host=host,
         address=_address(spec),
         port=_port(spec, what),

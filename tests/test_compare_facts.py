@@ -80,3 +80,30 @@ def test_any_row_count_change_fails(table: str, delta: int) -> None:
     counts[table] += delta
     problems = compare_facts(RECORDED, changed(row_counts=counts))
     assert problems == [f"{table}: {counts[table]} rows, expected {RECORDED['row_counts'][table]}"]
+
+
+SUMS = {"public.customers": "1" * 64, "public.deals": "2" * 64}
+
+
+@given(st.sampled_from(sorted(SUMS)), st.text("0123456789abcdef", min_size=64, max_size=64))
+def test_any_table_whose_content_differs_is_named(table: str, other: str) -> None:
+    recorded = changed(table_checksums=SUMS)
+    restored = changed(table_checksums={**SUMS, table: other})
+    problems = compare_facts(recorded, restored)
+    if other == SUMS[table]:
+        assert problems == []
+    else:
+        assert problems == [
+            f"{table}: content differs from the backup's (checksum {other[:12]}, "
+            f"expected {SUMS[table][:12]})"
+        ]
+
+
+def test_content_is_compared_only_when_both_sides_have_it() -> None:
+    # an older backup recorded none; a drill that could not read back adds none
+    assert compare_facts(RECORDED, changed(table_checksums={"public.deals": "3" * 64})) == []
+    assert compare_facts(changed(table_checksums=SUMS), RECORDED) == []
+    unread = changed(table_checksums={"public.deals": SUMS["public.deals"]})
+    assert compare_facts(changed(table_checksums=SUMS), unread) == [
+        "public.customers: its rows were not read back"
+    ]

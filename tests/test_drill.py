@@ -70,7 +70,9 @@ def estate(tmp_path_factory) -> Iterator[Estate]:
        "INSERT INTO customers (name) SELECT 'c' || g FROM generate_series(1, 500) g;"
        # a load that takes a moment, for the drill killed during it
        "CREATE TABLE activities (id int PRIMARY KEY, note text);"
-       "INSERT INTO activities SELECT g, md5(g::text) FROM generate_series(1, 300000) g;",
+       "INSERT INTO activities SELECT g, md5(g::text) FROM generate_series(1, 300000) g;"
+       # what a hostile backup may hold: a view calling a function only a superuser may run
+       "CREATE VIEW sneaky AS SELECT length(pg_read_file('/etc/hostname')) AS n;",
        pgname)  # fmt: skip
     maria(f"CREATE DATABASE {myname}")
     maria("CREATE TABLE customers (id int AUTO_INCREMENT PRIMARY KEY, name varchar(20));"
@@ -137,6 +139,12 @@ def test_every_source_is_drilled_checked_timed_and_cleaned_up(estate: Estate, dr
         assert list(phases) == ["preflight", "restore", "verify", "cleanup"], phases
         assert row["metrics"]["drill_seconds"] >= sum(phases.values()) - 0.01
     assert "300500 rows, schema identical" in results["pg@local"]["message"]
+    # Each table's content: the restored copy read back the way the backup read the source.
+    for target, tables in {"pg@local": 2, "my@local": 1, "lite@local": 1}.items():
+        content = [
+            c for c in results[target]["details"]["checks"] if c["check"].startswith("content")
+        ]
+        assert len(content) >= tables and all(c["ok"] for c in content), (target, content)
     assert "2 files, contents identical" in results["files@local"]["message"]
     # Nothing left behind: no scratch database on either server, no file, no directory.
     made = {r["details"]["scratch"] for r in results.values()}
@@ -424,3 +432,65 @@ def test_the_report_escapes_what_it_shows() -> None:
     assert "<script>" not in md and "a\\|b" in md and "\\*\\*x" in md and "\x1b" not in md
     assert "DIFFERS" in md and "FAILED" in md
     assert render([], "md", now=10.0).count("No drills in this period") == 1
+
+
+def test_assertions_check_the_copy_as_its_owner_and_name_what_failed(estate: Estate) -> None:
+    null_names = {"query": "select count(*) from customers where name is null", "expect": "== 0"}
+    estate.write(
+        pg={"assertions": [
+            null_names,
+            {"name": "recent activity", "query": "select now() - interval '1 hour'",
+             "expect": ">= backup_time - 1 day"},
+            {"query": "select max(id) from customers", "expect": "> 500"},
+            # run as the copy's owner: a superuser-only function the backup's view calls fails
+            {"query": "select n from sneaky", "expect": "!= null"},
+        ]},
+        my={"assertions": [null_names, {"query": "select name from customers where id = 1",
+                                        "expect": "== 'c1'"}]},
+        lite={"assertions": [{"query": "select count(*) from customers", "expect": ">= 300"}]},
+    )  # fmt: skip
+    try:
+        done = estate.cli("drill", "pg", "my", "lite", "--json")
+    finally:
+        estate.write()
+    assert done.returncode == 2, done.stdout + done.stderr
+    results = {r["target"]: r for r in json.loads(done.stdout)["results"]}
+    assert results["my@local"]["status"] == "ok", results["my@local"]["message"]
+    assert results["lite@local"]["status"] == "ok", results["lite@local"]["message"]
+    pg_row = results["pg@local"]
+    assert pg_row["status"] == "failed"
+    checks = {c["check"]: c for c in pg_row["details"]["checks"] if "assertion" in c["check"]}
+    assert checks["assertion: select count(*) from customers where name is null"]["ok"]
+    assert checks["assertion: recent activity"]["ok"]
+    failed = checks["assertion: select max(id) from customers"]
+    assert (failed["ok"], failed["found"], failed["expected"]) == (False, "500", "> 500")
+    sneaky = checks["assertion: select n from sneaky"]
+    assert not sneaky["ok"] and "permission denied" in sneaky["found"], sneaky
+    problems = pg_row["details"]["problems"]
+    assert "assertion failed: select max(id) from customers gave 500, expected > 500" in problems
+    assert len(problems) == 2, problems
+    # the scratch copy went all the same
+    assert pg_row["details"]["scratch"] not in scratch_databases("")
+
+
+@pytest.mark.parametrize(
+    "assertions",
+    [
+        [{"query": "select 1"}],
+        [{"query": "select 1", "expect": "= 1"}],
+        [{"query": "select 1", "expect": "< null"}],
+        [{"query": "select 1", "expect": ">= backup_time - soon"}],
+        [{"query": "", "expect": "== 1"}],
+        [{"query": "select 1", "expect": "== 1", "other": 1}],
+        "select 1",
+    ],
+)
+def test_a_malformed_assertion_is_refused_with_its_place(estate: Estate, assertions) -> None:
+    estate.write(pg={"assertions": assertions})
+    try:
+        done = estate.cli("drill", "pg", "--check")
+    finally:
+        estate.write()
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert "assertion" in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) <= 3, done.stderr

@@ -500,3 +500,31 @@ def test_a_short_failing_row_is_not_echoed_either(estate):
     done = cli("restore", "database:crm@latest", "--to", f"{name}_forged", "-i", str(inventory))
     assert done.returncode == 5 and "check constraint" in done.stderr, done.stderr
     assert "TOPSECRET" not in done.stdout + done.stderr
+
+
+def test_a_changed_row_fails_the_drill_naming_its_table(estate):
+    """A backup whose data is not what its facts recorded (one value changed, counts and
+    schema the same): the drill reads the restored table back and names it."""
+    from crmmaint.repository.configured import identities_for
+
+    engine, _name, inventory = estate
+    cfg = load_inventory(inventory).repositories["main"]
+    repo = Repository.open(
+        LocalBackend(cfg.url.removeprefix("file://")), load_write_key(cfg.write_key)
+    )
+    identities = identities_for(cfg)
+    (genuine,) = repo.backups(source="database:crm")
+    facts = repo.manifest(genuine.id, identities).facts
+    dump = b"".join(repo.read_stream(genuine.id, "dump", identities))
+    assert dump.count(b"Anna") == 1
+    forge(inventory, engine, dump.replace(b"Anna", b"Anne"), facts)
+
+    drilled = cli("drill", "--json", "-i", str(inventory))
+    assert drilled.returncode == 2, drilled.stdout + drilled.stderr
+    (result,) = yaml.safe_load(drilled.stdout)["results"]
+    assert result["status"] == "failed"
+    assert "customers: content differs from the backup's" in result["message"], result["message"]
+    content = [c for c in result["details"]["checks"] if c["check"].startswith("content of")]
+    assert [c["ok"] for c in content] == [False]
+    rows = [c for c in result["details"]["checks"] if c["check"].startswith("rows in")]
+    assert all(c["ok"] for c in rows), rows  # the counts alone would have passed

@@ -105,7 +105,8 @@ def compare_facts(expected: Mapping[str, Any], actual: Mapping[str, Any]) -> lis
 
     Tables, row counts and schema fingerprint must be equal; a sequence may only be ahead
     (sequences are not transactional, see docs/engines.md); a file set's ``checksums`` must be
-    equal (``compare_checksums``). An empty list means they match.
+    equal (``compare_checksums``); where both sides have ``table_checksums`` (the drill read
+    its copy back), each table's must be equal. An empty list means they match.
     """
     problems: list[str] = []
     if "checksums" in expected or "checksums" in actual:
@@ -123,6 +124,16 @@ def compare_facts(expected: Mapping[str, Any], actual: Mapping[str, Any]) -> lis
             problems.append(f"{table}: {act_counts[table]} rows, expected {exp_counts[table]}")
     if expected.get("schema_fingerprint") != actual.get("schema_fingerprint"):
         problems.append("schema fingerprint differs")
+    if "table_checksums" in expected and "table_checksums" in actual:
+        want, have = expected["table_checksums"], actual["table_checksums"]
+        for table in sorted(set(want) & act_tables):
+            if table not in have:
+                problems.append(f"{table}: its rows were not read back")
+            elif have[table] != want[table]:
+                problems.append(
+                    f"{table}: content differs from the backup's (checksum "
+                    f"{have[table][:12]}, expected {want[table][:12]})"
+                )
     act_seqs = actual.get("sequences", {})
     for seq, value in sorted(expected.get("sequences", {}).items()):
         if seq not in act_seqs:
@@ -185,6 +196,11 @@ def fact_checks(expected: Mapping[str, Any], actual: Mapping[str, Any]) -> list[
         str(have_fp or "")[:16] or None,
         want_fp == have_fp,
     )
+    if "table_checksums" in expected and "table_checksums" in actual:
+        want_sums, have_sums = expected["table_checksums"], actual["table_checksums"]
+        for table in sorted(want_sums):
+            want, have = want_sums[table], have_sums.get(table)
+            add(f"content of {table}", want[:16], have and have[:16], want == have)
     have_seqs = actual.get("sequences", {})
     for seq, value in sorted(expected.get("sequences", {}).items()):
         have = have_seqs.get(seq)
@@ -733,6 +749,33 @@ class DatabaseEngine(RestoreRoutine[TargetT]):
         self, *, timeout: float | None = None
     ) -> contextlib.AbstractContextManager[DumpStream]:
         """Stream a consistent dump; a context manager yielding a ``DumpStream``."""
+
+    @abc.abstractmethod
+    def for_target(self, target_name: str) -> Self:
+        """The same server, reaching the restore target ``target_name`` (a database, or for
+        SQLite a file named as a restore names it)."""
+
+    @abc.abstractmethod
+    def owner_query(self, sql: str, *, timeout: float = QUERY_TIMEOUT) -> list[list[str | None]]:
+        """The rows of ``sql`` (values as text, ``None`` for NULL), run on a restored copy
+        with no more rights than the copy's own owner has (the role or account a
+        least-privilege restore loaded it as; else the configured user), in a read-only
+        transaction, within ``timeout`` seconds: a drill's assertions, whose queries may
+        reach the copy's views and functions, which the backup made. Raises
+        ``EngineError`` with the server's message when the query fails."""
+
+    def content_checksums(self, *, timeout: float | None = None) -> dict[str, str]:
+        """Each table's content checksum as a backup records it (``table_checksums``), taken
+        the same way: the database is dumped as a backup dumps it, and the stream is read to
+        the end and thrown away (no byte is kept). Where the dump writes rows in a stable
+        order (a restored copy's rows in the order they were loaded, or key order), a copy
+        restored from a backup gives the backup's checksums. Seconds: about one dump's time.
+        Raises what ``dump`` raises."""
+        with self.dump(timeout=timeout) as stream:
+            while stream.read(1 << 20):
+                pass
+            facts = stream.finish()
+        return dict(facts.get("table_checksums") or {})
 
     def restore(
         self,

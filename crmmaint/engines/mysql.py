@@ -15,6 +15,7 @@ import re
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from typing import Any
 
 from crmmaint.engines.base import (
     QUERY_TIMEOUT,
@@ -210,10 +211,16 @@ class InsertRowCounter:
     strings opens one row (mariadb-dump writes values as literals); in mariadb-dump 10.11's
     layout, one row per line, every row starts a line with ``(`` (a dump escapes the newlines
     of its strings), which is counted in C without stripping strings first.
+
+    ``checksums`` holds, per table, the sha256 over the sha256 of each of its ``INSERT``
+    statements as the dump wrote them (``--order-by-primary``: rows in key order), which a
+    drill compares with a dump of its restored copy (``DatabaseEngine.content_checksums``).
     """
 
     def __init__(self) -> None:
         self.counts: dict[str, int] = {}
+        self._hashes: dict[str, Any] = {}
+        self._statement_hash = hashlib.sha256()
         self._lexer = MyScriptLexer()
         self._start = -1  # offset of the statement under way (-1: none)
         self._rows = 0  # counted after the statement's head
@@ -230,6 +237,8 @@ class InsertRowCounter:
             if self._start < 0:
                 self._start, self._rows = piece.offset, 0
                 self._per_line = False
+                self._statement_hash = hashlib.sha256()
+            self._statement_hash.update(piece.data)
             head = lexer.head
             if lexer.head_open and len(head) < MAX_HEAD and not piece.last:
                 pass  # all head so far: counted from the head at the end
@@ -245,6 +254,13 @@ class InsertRowCounter:
             if piece.last:
                 self._statement(head)
                 self._start = -1
+
+    @property
+    def checksums(self) -> dict[str, str]:
+        """sha256 (hex) of each table's ``INSERT`` statements, by table; a table with no rows
+        has the digest of nothing."""
+        found = {table: hashlib.sha256().hexdigest() for table in self.counts}
+        return found | {table: h.hexdigest() for table, h in self._hashes.items()}
 
     def _count(self, data: bytes) -> int:
         if self._per_line:
@@ -262,6 +278,8 @@ class InsertRowCounter:
             code = quoted_pattern(*self._lexer.modes).sub(b"", head[match.end() :])
             rows = code.count(b"\n(") if self._per_line else code.count(b"(")
             self.counts[table] = self.counts.get(table, 0) + rows + self._rows
+            digest = self._statement_hash.digest()
+            self._hashes.setdefault(table, hashlib.sha256()).update(digest)
         elif match := _CREATE_HEAD.match(head):
             self.counts.setdefault(match.group(1).replace(b"``", b"`").decode("utf-8"), 0)
 
@@ -357,6 +375,53 @@ class MySQLEngine(DatabaseEngine[MyRestoreTarget]):
         command = self.client("--batch", "--skip-column-names", database=database)
         result = self.run(command, stdin=sql.encode("utf-8"), timeout=timeout, what="query")
         return parse_batch(result.stdout)
+
+    def owner_query(self, sql: str, *, timeout: float = QUERY_TIMEOUT) -> list[list[str | None]]:
+        """``DatabaseEngine.owner_query``: when a least-privilege restore made this database,
+        as its ``LoadUser`` account (every right on this database, none elsewhere), unlocked
+        with a new random password for the query and locked again after; in a ``READ ONLY``
+        transaction, ``max_statement_time`` bounding it. Rows come as XML (``--xml``), the
+        one output that tells NULL from the text ``NULL``."""
+        import xml.etree.ElementTree as ET
+
+        dbname = self.db.dbname or self.db.name
+        (row,) = self._query("SELECT SUBSTRING_INDEX(USER(), '@', -1)", database="")
+        user = LoadUser(dbname, row[0])
+        found = self._query(
+            f"SELECT COUNT(*) FROM mysql.user WHERE user = {quote_literal(user.name)} "
+            f"AND host = {quote_literal(user.host)}",
+            database="",
+        )
+        owner = found and found[0][0] != "0"
+        if owner:
+            self._query(
+                f"ALTER USER {user.account} IDENTIFIED WITH mysql_native_password "
+                f"AS {quote_literal(native_password_hash(user.password))} ACCOUNT UNLOCK",
+                database="",
+            )
+        engine = self.as_load_user(user) if owner else self
+        script = (
+            "SET SESSION TRANSACTION READ ONLY;\n"
+            f"SET SESSION max_statement_time = {max(timeout, 0.001):.3f};\n{sql};\n"
+        )
+        try:
+            result = engine.run(
+                engine.client("--xml"), stdin=script.encode("utf-8"), timeout=timeout + 30,
+                what="assertion query",
+            )  # fmt: skip
+        finally:
+            if owner:
+                self.cleaning_up()._query(user.retire_sql(), database="")
+        nil = "{http://www.w3.org/2001/XMLSchema-instance}nil"
+        rows: list[list[str | None]] = []
+        for resultset in ET.fromstring(
+            f"<all>{result.text}</all>".replace('<?xml version="1.0"?>', "")
+        ):
+            for item in resultset.iter("row"):
+                rows.append(
+                    [None if f.get(nil) == "true" else (f.text or "") for f in item.iter("field")]
+                )
+        return rows
 
     def facts(self, *, timeout: float = QUERY_TIMEOUT) -> Facts:
         (row,) = self.query(FACTS_SQL, timeout=timeout)
@@ -466,6 +531,8 @@ class MySQLEngine(DatabaseEngine[MyRestoreTarget]):
             # Views appear in the stream as placeholder tables: keep to the base tables.
             final["tables"] = tables
             final["row_counts"] = {t: counter.counts.get(t, 0) for t in tables}
+            checksums = counter.checksums
+            final["table_checksums"] = {t: checksums[t] for t in tables if t in checksums}
 
         facts = {
             "engine": self.engine,
@@ -491,6 +558,9 @@ class MySQLEngine(DatabaseEngine[MyRestoreTarget]):
 
     def for_database(self, dbname: str) -> MySQLEngine:
         return MySQLEngine(replace(self.db, dbname=dbname), self.transport)
+
+    def for_target(self, target_name: str) -> MySQLEngine:
+        return self.for_database(target_name)
 
     def exists(self, name: str, *, timeout: float = QUERY_TIMEOUT) -> bool:
         sql = f"SELECT 1 FROM information_schema.schemata WHERE schema_name = {quote_literal(name)}"

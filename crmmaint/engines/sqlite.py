@@ -30,7 +30,7 @@ from crmmaint.engines.base import (
     closing_dump,
     schema_digest,
 )
-from crmmaint.errors import FORCE, CrmMaintError, RestoreError
+from crmmaint.errors import FORCE, CrmMaintError, EngineError, RestoreError
 from crmmaint.processes import still_running, this_process
 
 log = logging.getLogger(__name__)
@@ -194,6 +194,51 @@ class SQLiteEngine(DatabaseEngine[SQLiteRestoreTarget]):
     def for_path(self, path: str) -> SQLiteEngine:
         return SQLiteEngine(replace(self.db, path=path), self.transport)
 
+    def for_target(self, target_name: str) -> SQLiteEngine:
+        return self.for_path(self.target_path(target_name))
+
+    def owner_query(self, sql: str, *, timeout: float = QUERY_TIMEOUT) -> list[list[str | None]]:
+        """``DatabaseEngine.owner_query``: the file opened read-only, in the shell's
+        ``-safe`` mode (no shell function that reaches files or runs programs, whatever
+        the file's views call); a file has no owner to act as."""
+        null = f"<null {secrets.token_hex(8)}>"
+        command = ["sqlite3", "-bail", "-batch", "-safe", "-csv", "-noheader",
+                   "-nullvalue", null, self.uri(readonly=True)]  # fmt: skip
+        result = self.run(
+            command, stdin=f"{sql};\n".encode(), timeout=timeout, what="assertion query"
+        )
+        return [
+            [None if v == null else v for v in row] for row in csv.reader(io.StringIO(result.text))
+        ]
+
+    def content_checksums(self, *, timeout: float | None = None) -> dict[str, str]:
+        """Each table's rows hashed by the sqlite3 shell's ``sha3_query`` (SHA3-256 over
+        the query's text and every value, in the order a full scan returns them: rowid or
+        key order, which a restored file keeps). Read-only, and ``-safe``: no shell function
+        that reaches files runs, whatever the file's views hold. A shell without
+        ``sha3_query`` gives no checksums (``{}``)."""
+        names = self.tables(timeout=timeout or QUERY_TIMEOUT)
+        if not names:
+            return {}
+        sql = "\nUNION ALL ".join(
+            f"SELECT {quote_literal(t)}, "
+            f"hex(sha3_query({quote_literal('SELECT * FROM ' + quote_ident(t))}))"
+            for t in names
+        )
+        command = ["sqlite3", "-bail", "-batch", "-safe", "-csv", "-noheader",
+                   self.uri(readonly=True)]  # fmt: skip
+        try:
+            result = self.run(
+                command, stdin=sql.encode("utf-8"), timeout=timeout or QUERY_TIMEOUT * 10,
+                what="content checksums",
+            )  # fmt: skip
+        except EngineError as exc:
+            if "sha3_query" in exc.message or "-safe" in exc.message:
+                log.warning("%s: no content checksums: %s", self.where, exc.message)
+                return {}
+            raise
+        return {row[0]: row[1].lower() for row in csv.reader(io.StringIO(result.text)) if row}
+
     @contextlib.contextmanager
     def dump(self, *, timeout: float | None = None) -> Iterator[DumpStream]:
         """Online backup to a temp copy, integrity_check, facts from the copy, then stream it."""
@@ -210,7 +255,11 @@ class SQLiteEngine(DatabaseEngine[SQLiteRestoreTarget]):
             if not tmpdir.startswith("/"):
                 raise self.error(f"online backup gave no temp directory: {tmpdir[:200]!r}")
             copy = posixpath.join(tmpdir, "copy.db")
-            facts = self.for_path(copy).snapshot_facts() | {"format": "sqlite-file"}
+            copied = self.for_path(copy)
+            facts = copied.snapshot_facts() | {
+                "format": "sqlite-file",
+                "table_checksums": copied.content_checksums(timeout=timeout),
+            }
             with self.started(
                 ["cat", "--", copy], what="streaming the backup copy", stdout="stream"
             ) as proc:

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from crmmaint.assertions import parse_assertions
 from crmmaint.units import parse_duration, parse_percent, parse_share, parse_size
 
 if TYPE_CHECKING:
@@ -31,13 +32,14 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "size": parse_size,
     "percent": parse_percent,
     "share": parse_share,
+    "assertions": parse_assertions,
 }
 
 
 @dataclass(frozen=True)
 class Param:
     """One parameter of a task. ``type`` is str/int/float/bool/list/dict or duration/size/percent/share
-    (a percentage more than 0)."""
+    (a percentage more than 0)/assertions (``crmmaint.assertions.parse_assertions``)."""
 
     type: type | str
     default: Any = None

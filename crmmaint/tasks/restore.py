@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from crmmaint.assertions import Assertion
 from crmmaint.engines.base import DumpLayout, Facts
 from crmmaint.errors import (
     ConfigError,
@@ -395,6 +396,13 @@ class Phases:
         "rto_exceeded": Param(
             str, choices=("warn", "fail"), help="what a drill over its objective is (default warn)"
         ),
+        "assertions": Param(
+            "assertions",
+            default=[],
+            help="a database's own checks of the copy, after those of its drills: entry: a "
+            "list of {query, expect, name}, e.g. {query: 'select count(*) from customers "
+            "where email is null', expect: '== 0'} (docs/drills.md)",
+        ),
     },
 )
 def drill_restore(ctx: TaskContext) -> TaskResult:
@@ -417,6 +425,12 @@ def drill_restore(ctx: TaskContext) -> TaskResult:
     exceeded = ctx.params["rto_exceeded"] or settings.rto_exceeded
     repo_cfg = ctx.inventory.repository(ctx.params["repository"])
     source = source_name(kind, obj.name)
+    assertions = [*settings.assertions, *ctx.params["assertions"]]
+    if assertions and kind == "fileset":
+        raise ConfigError(
+            f"assertions are SQL queries: file set {obj.name} has none to run",
+            hint="give assertions to database drills only",
+        )
     with open_repository(repo_cfg, reading=f"drill {source}") as repo:
         if not repo.backups(source=source):
             return TaskResult.failed(
@@ -445,6 +459,8 @@ def drill_restore(ctx: TaskContext) -> TaskResult:
                 if kind == "fileset"
                 else f"{len(expected.get('tables', []))} tables"
             )
+            if assertions:
+                what += f" and check {plural(len(assertions), 'assertion')}"
             return TaskResult.changed(  # in check mode: would change
                 f"would restore backup {backup.id} of {source} into {scratch.name} on "
                 f"{scratch.host.name} and compare {what}",
@@ -464,8 +480,17 @@ def drill_restore(ctx: TaskContext) -> TaskResult:
             # the restored copy read back (its counts, schema, checksums) is the check's
             phases.end("restore", moved_on=float(actual.get("read_back_seconds", 0.0)))
             try:
+                sums, said = scratch.content_checksums(expected, ctx.time_left())
+                if sums is not None:
+                    actual["table_checksums"] = sums
+                if said:
+                    checked.append(said)
                 problems = compare_facts(expected, actual)
                 checks = fact_checks(expected, actual)
+                for check in scratch.check_assertions(assertions, backup.time, ctx.time_left()):
+                    checks.append(check)
+                    if not check["ok"]:
+                        problems.append(check.pop("problem"))
                 phases.end("verify")
             except BaseException:
                 # The comparison's failure (or an interrupt) is what the drill reports; the
@@ -558,6 +583,7 @@ class _Scratch:
 
         self.kind = kind
         self.journal = ctx.journal
+        self.other_version: str | None = None  # the drill server's, when not the source's
         obj = ctx.target.obj
         generated = scratch_name(obj, time.time())
         if kind == "fileset":
@@ -631,6 +657,10 @@ class _Scratch:
             return
         target = str(self.engine.facts(timeout=60).get("version", ""))
         have, want = version_major(engine, target), version_major(engine, source)
+        if have != want:
+            self.other_version = f"{target.split()[0] if target else '?'} (the backup's: " + (
+                f"{source.split()[0]})"
+            )
         if have is None or want is None:
             checked.append(f"server version not compared ({target!r}, backup {source!r})")
         elif have < want:
@@ -640,6 +670,57 @@ class _Scratch:
             )
         else:
             checked.append(f"server {target.split()[0]} can load a dump of {source.split()[0]}")
+
+    def content_checksums(
+        self, expected: Mapping[str, Any], timeout: float | None
+    ) -> tuple[dict[str, str] | None, str | None]:
+        """The restored copy's tables read back the way the backup read them
+        (``DatabaseEngine.content_checksums``), to compare with the backup's
+        ``table_checksums``: ``(checksums, None)``, or ``(None, why not)`` when the backup
+        recorded none (taken by an earlier crmmaint) or the drill server's major version is
+        not the source's (a value's text, a float's digits, may differ between versions
+        without the value differing). A file set's files are compared by their own sums."""
+        if self.kind != "database":
+            return None, None
+        if "table_checksums" not in expected:
+            return None, "table contents not compared: the backup recorded no checksums of them"
+        if self.other_version:
+            return None, (
+                "table contents not compared: the drill server runs "
+                f"{self.other_version}, and values may be written otherwise"
+            )
+        return self.engine.for_target(self.name).content_checksums(timeout=timeout), None
+
+    def check_assertions(
+        self, assertions: list[Assertion], backup_time: float, time_left: float | None
+    ) -> list[dict[str, Any]]:
+        """Run each assertion's query on the restored copy (``owner_query``: read only, as
+        the copy's owner) and evaluate its condition: one check each, ``{"check",
+        "expected", "found", "ok"}``, and for one that failed a ``problem`` sentence with its
+        query and value. A query the server refuses fails its assertion, not the drill's
+        other checks. Each query has at most ``ASSERTION_TIMEOUT`` seconds (less when the
+        step's time is running out)."""
+        checks: list[dict[str, Any]] = []
+        if not assertions:
+            return checks
+        copy = self.engine.for_target(self.name)
+        for item in assertions:
+            timeout = ASSERTION_TIMEOUT if time_left is None else min(ASSERTION_TIMEOUT, time_left)
+            try:
+                ok, found = item.evaluate(
+                    copy.owner_query(item.query, timeout=timeout), backup_time
+                )
+            except CrmMaintError as exc:
+                ok, found = False, f"error: {exc.message.splitlines()[0][:300]}"
+            check = {"check": f"assertion: {item.name}", "expected": item.expect,
+                     "found": found, "ok": ok, "query": item.query}  # fmt: skip
+            if not ok:
+                named = "" if item.name == " ".join(item.query.split()) else f"{item.name}: "
+                check["problem"] = (
+                    f"assertion failed: {named}{item.query} gave {found}, expected {item.expect}"
+                )
+            checks.append(check)
+        return checks
 
     def _data_directory(self) -> str | None:
         """Where the copy's bytes will be written on the drill host, ``None`` when unknown."""
@@ -737,3 +818,6 @@ class _Scratch:
 
 #: The journal state keys of running drills: ``drill:<source>:<scratch copy>``.
 _RUNNING = "drill:"
+
+#: Seconds an assertion's query may take at most.
+ASSERTION_TIMEOUT = 300.0

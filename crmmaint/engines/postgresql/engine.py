@@ -83,9 +83,12 @@ MAINTENANCE_DB = "postgres"
 #: superuser session call its functions (an unqualified ``pg_database_size`` found first in
 #: ``public``) or change what a literal means (``standard_conforming_strings = off``), nor end
 #: the snapshot session of a dump. ``pg_temp`` last: no temporary object shadows a catalog one.
+#: How values are written is pinned too (UTC times, hex bytea): a dump of the source and a
+#: drill's dump of its restored copy, perhaps on another server, write equal values alike.
 SESSION_PINS = (
     "-c search_path=pg_catalog,pg_temp -c standard_conforming_strings=on "
-    "-c client_encoding=UTF8 -c idle_in_transaction_session_timeout=0 -c statement_timeout=0"
+    "-c client_encoding=UTF8 -c idle_in_transaction_session_timeout=0 -c statement_timeout=0 "
+    "-c TimeZone=UTC -c bytea_output=hex"
 )
 
 
@@ -206,6 +209,32 @@ class PostgreSQLEngine(DatabaseEngine[PgRestoreTarget]):
         result = self.run(self.psql(), stdin=sql.encode("utf-8"), timeout=timeout, what="query")
         return parse_csv(result.text)
 
+    def owner_query(self, sql: str, *, timeout: float = QUERY_TIMEOUT) -> list[list[str | None]]:
+        """``DatabaseEngine.owner_query``: one psql transaction, ``READ ONLY``, as the
+        database's owner when a least-privilege restore made it (``SET LOCAL ROLE``: its
+        functions never run with the configured user's rights), ``statement_timeout``
+        bounding the query and the usual ``search_path`` (``"$user", public``) so that the
+        copy's tables are found unqualified."""
+        rows = self.query(
+            "SELECT pg_catalog.pg_get_userbyid(datdba) FROM pg_catalog.pg_database "
+            "WHERE datname = pg_catalog.current_database()",
+            timeout=timeout,
+        )
+        owner = rows[0][0] if rows else ""
+        null = f"<null {secrets.token_hex(8)}>"
+        steps = [
+            "SET TRANSACTION READ ONLY",
+            f"SET LOCAL statement_timeout = {max(1, int(timeout * 1000))}",
+            'SET LOCAL search_path = "$user", public',
+        ]
+        if owner.startswith(LOAD_ROLE_PREFIX):
+            steps.append(f"SET LOCAL ROLE {quote_ident(owner)}")
+        command = [*self.psql(), "-1", "-P", f"null={null}"]
+        for step in [*steps, sql]:
+            command += ["-c", step]
+        result = self.run(command, timeout=timeout + 30, what="assertion query")
+        return [[None if v == null else v for v in row] for row in parse_csv(result.text)]
+
     def facts(self, *, timeout: float = QUERY_TIMEOUT) -> Facts:
         (row,) = self.query(FACTS_SQL, timeout=timeout)
         version, size, conns, total, max_conns, uptime, encoding, collate, ctype = row
@@ -303,6 +332,7 @@ class PostgreSQLEngine(DatabaseEngine[PgRestoreTarget]):
                                 f"the snapshot counted {expected}"
                             )
                     final["copy_sections"] = [list(section) for section in counter.sections]
+                    final["table_checksums"] = counter.checksums
 
                 with self.started(command, what="pg_dump", stdout="stream") as proc:
                     stream = DumpStream(
@@ -323,6 +353,9 @@ class PostgreSQLEngine(DatabaseEngine[PgRestoreTarget]):
     def for_database(self, dbname: str) -> PostgreSQLEngine:
         """The same server, another database (a restore target)."""
         return PostgreSQLEngine(replace(self.db, dbname=dbname), self.transport)
+
+    def for_target(self, target_name: str) -> PostgreSQLEngine:
+        return self.for_database(target_name)
 
     def exists(self, name: str, *, timeout: float = QUERY_TIMEOUT) -> bool:
         sql = f"SELECT 1 FROM pg_database WHERE datname = {quote_literal(name)}"

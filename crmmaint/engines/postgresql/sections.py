@@ -28,10 +28,12 @@ unique and check constraints) that may run in parallel, and everything else in d
 
 from __future__ import annotations
 
+import hashlib
 import io
 import itertools
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from crmmaint.engines.base import Reader
 from crmmaint.engines.postgresql.catalog import table_key
@@ -248,11 +250,14 @@ class CopyRowCounter:
     inside it the rows are counted as newlines in C (``bytes.count``) up to the ``\\.`` line.
     ``sections`` records where each block lies in the stream, ``[start, end)`` from its ``COPY``
     statement to just after its terminator, so a restore can later read the tables' data on
-    several connections at once.
+    several connections at once. ``checksums`` holds the sha256 of each table's rows as the
+    dump wrote them (the block's data without its ``\\.`` line): a drill dumps its restored
+    copy again and compares (``DatabaseEngine.content_checksums``).
     """
 
     def __init__(self) -> None:
         self.counts: dict[str, int] = {}
+        self._hashes: dict[str, Any] = {}
         self.sections: list[tuple[int, int]] = []
         self._lexer = PgScriptLexer()
         self._statement: list[bytes] = []  # the COPY statement under way
@@ -273,12 +278,20 @@ class CopyRowCounter:
             elif piece.kind == "data" and self._table is not None:
                 rows = piece.data.count(b"\n")
                 if piece.last:
-                    rows -= 1 if piece.data.endswith(b"\\.\n") else 0
+                    ended = piece.data.endswith(b"\\.\n")
+                    rows -= 1 if ended else 0
+                    self._hashes[self._table].update(piece.data[:-3] if ended else piece.data)
                     self.counts[self._table] += rows
                     self.sections.append((self._start, piece.offset + len(piece.data)))
                     self._table = None
                 else:
+                    self._hashes[self._table].update(piece.data)
                     self.counts[self._table] += rows
+
+    @property
+    def checksums(self) -> dict[str, str]:
+        """sha256 (hex) of each table's rows, by table (``table_key``)."""
+        return {table: h.hexdigest() for table, h in sorted(self._hashes.items())}
 
     def _begin_block(self) -> None:
         text, self._statement = b"".join(self._statement), []
@@ -287,3 +300,4 @@ class CopyRowCounter:
             return
         self._table = table_key(_unquote(match.group(1)), _unquote(match.group(2)))
         self.counts.setdefault(self._table, 0)
+        self._hashes.setdefault(self._table, hashlib.sha256())
