@@ -494,3 +494,28 @@ def test_a_malformed_assertion_is_refused_with_its_place(estate: Estate, asserti
     assert done.returncode == 3, done.stdout + done.stderr
     assert "assertion" in done.stderr and "Traceback" not in done.stderr, done.stderr
     assert len(done.stderr.strip().splitlines()) <= 3, done.stderr
+
+
+def test_a_file_set_drills_on_a_drill_host_over_ssh(estate: Estate, sshd_host, tmp_path) -> None:
+    """The file set lives here; its drill restores and checks it on another host (a real
+    sshd, its own host key), into that host's drill directory, and removes it there."""
+    where = tmp_path / "remote-drills"
+    where.mkdir()
+    doc = yaml.safe_load(estate.inventory.read_text())
+    doc["hosts"]["drillhost"] = {
+        "address": sshd_host.address, "port": sshd_host.port, "user": sshd_host.user,
+        "identity_file": str(sshd_host.identity_file), "known_hosts": str(sshd_host.known_hosts),
+    }  # fmt: skip
+    doc["drills"]["fileset:files"] = {"host": "drillhost", "directory": str(where)}
+    # beside the estate's inventory: its relative paths (journal, keys, files) still hold
+    inventory = estate.root / "inventory-drillhost.yml"
+    inventory.write_text(yaml.safe_dump(doc))
+    done = run_cli("drill", "fileset:files", "--json", "-i", str(inventory))
+    assert done.returncode == 0, done.stdout + done.stderr
+    (row,) = json.loads(done.stdout)["results"]
+    assert row["details"]["on"] == "drillhost", row["details"]
+    assert row["details"]["scratch"].startswith(str(where) + "/crmdrill_files_")
+    checks = {c["check"]: c for c in row["details"]["checks"]}
+    assert all(c["ok"] for c in checks.values()), checks
+    assert checks["symbolic links to the same target"]["found"] == 1
+    assert list(where.iterdir()) == []  # removed on the drill host
