@@ -519,3 +519,70 @@ def test_a_file_set_drills_on_a_drill_host_over_ssh(estate: Estate, sshd_host, t
     assert all(c["ok"] for c in checks.values()), checks
     assert checks["symbolic links to the same target"]["found"] == 1
     assert list(where.iterdir()) == []  # removed on the drill host
+
+
+def test_copies_left_long_ago_on_any_machine_are_removed_by_the_next_drill(
+    estate: Estate,
+) -> None:
+    """A drill killed on another machine (or one whose journal was lost) left copies no
+    journal here knows: those of this source whose name says they are over a day old go;
+    a kept copy, a fresh one and anything not shaped like a scratch name stay."""
+    stamp = "20200101000000"
+    old_pg, old_my = f"crmdrill_pg_{stamp}_abc123", f"crmdrill_my_{stamp}_abc123"
+    spared_pg = [f"crmdrill_pg_{stamp}_abc123_kept", "crmdrill_pg_mine",
+                 f"crmdrill_pg_{time_stamp(0)}_abc123"]  # fmt: skip
+    for name in [old_pg, *spared_pg]:
+        pg(f'CREATE DATABASE "{name}"')
+    maria(f"CREATE DATABASE `{old_my}`")
+    old_file = estate.drills / f"crmdrill_lite_{stamp}_abc123"
+    old_file.write_bytes(b"")
+    old_dir = estate.drills / f"crmdrill_files_{stamp}_abc123"
+    (old_dir / "srv").mkdir(parents=True)
+    kept_dir = estate.drills / f"crmdrill_files_{stamp}_abc123_kept"
+    kept_dir.mkdir()
+    try:
+        done = estate.cli("drill", "--json")
+        assert done.returncode == 0, done.stdout + done.stderr
+        removed = {
+            r["target"]: r["details"].get("leftovers_removed")
+            for r in json.loads(done.stdout)["results"]
+        }
+        assert removed == {"pg@local": [old_pg], "my@local": [old_my],
+                           "lite@local": [str(old_file)], "files@local": [str(old_dir)]}  # fmt: skip
+        left = pg("SELECT datname FROM pg_database WHERE datname LIKE 'crmdrill_pg_%'").split()
+        assert old_pg not in left and set(spared_pg) <= set(left)
+        assert maria(f"SHOW DATABASES LIKE '{old_my}'") == ""
+        assert not old_file.exists() and not old_dir.exists() and kept_dir.exists()
+    finally:
+        for name in [old_pg, *spared_pg]:
+            pg(f'DROP DATABASE IF EXISTS "{name}"')
+        maria(f"DROP DATABASE IF EXISTS `{old_my}`")
+        subprocess.run(["rm", "-rf", str(old_file), str(old_dir), str(kept_dir)], check=True)
+
+
+def time_stamp(ago: float) -> str:
+    import time
+
+    return time.strftime("%Y%m%d%H%M%S", time.gmtime(time.time() - ago))
+
+
+@pytest.mark.parametrize(
+    ("name", "stale"),
+    [
+        ("crmdrill_crm_20200101000000_abcdef", True),
+        ("/var/tmp/crmdrill_crm_20200101000000_abcdef", True),
+        ("crmdrill_crm_20200101000000_abcdef_kept", False),
+        ("crmdrill_crm_x_20200101000000_abcdef", False),  # source crm_x, not crm
+        ("crmdrill_crm_20200101000000_ABCDEF", False),
+        ("crmdrill_crm_20201399000000_abcdef", False),  # no such time
+        ("crm_20200101000000_abcdef", False),
+    ],
+)
+def test_stale_scratch_names(name: str, stale: bool) -> None:
+    import time
+
+    from crmmaint.tasks.restore import stale_scratch
+
+    assert stale_scratch([name], "crm", time.time()) == ([name] if stale else [])
+    fresh = f"crmdrill_crm_{time_stamp(3600)}_abcdef"
+    assert stale_scratch([fresh], "crm", time.time()) == []

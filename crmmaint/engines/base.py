@@ -755,6 +755,12 @@ class DatabaseEngine(RestoreRoutine[TargetT]):
         """The same server, reaching the restore target ``target_name`` (a database, or for
         SQLite a file named as a restore names it)."""
 
+    def target_names(self, prefix: str, *, near: str) -> list[str]:
+        """The restore targets on this server whose names start with ``prefix`` (databases;
+        SQLite: the files beside ``near``'s file), for a drill's sweep of copies that killed
+        drills left. Raises ``EngineError``."""
+        raise NotImplementedError
+
     @abc.abstractmethod
     def owner_query(self, sql: str, *, timeout: float = QUERY_TIMEOUT) -> list[list[str | None]]:
         """The rows of ``sql`` (values as text, ``None`` for NULL), run on a restored copy
@@ -831,6 +837,26 @@ class DatabaseEngine(RestoreRoutine[TargetT]):
 #: A quoted part of a client message longer than this is data, not a name (names are at most
 #: 64 characters in MariaDB and 63 bytes in PostgreSQL).
 _LONG_QUOTED = re.compile("'[^'\n]{65,}'|\"[^\"\n]{65,}\"")
+
+
+#: Lists the entries of directory $1 whose names start with $2 (the prefix taken literally),
+#: NUL-separated.
+_LIST_PREFIXED = 'for f in "$1"/"$2"*; do if [ -e "$f" ] || [ -L "$f" ]; then printf "%s\\0" "${f##*/}"; fi; done'
+
+
+def list_prefixed(transport: Transport, directory: str, prefix: str, *, what: str) -> list[str]:
+    """The names (not paths) in ``directory`` on ``transport``'s host that start with
+    ``prefix``, sorted; raises ``EngineError`` naming ``what`` when they cannot be listed."""
+    try:
+        result = transport.run(
+            ["sh", "-c", _LIST_PREFIXED, "sh", directory, prefix], timeout=QUERY_TIMEOUT,
+            check=False,
+        )  # fmt: skip
+    except TransportError as exc:
+        raise transport_failure(exc, f"{what}: listing {directory} failed") from exc
+    if not result.ok:
+        raise EngineError(f"{what}: listing {directory} failed: {result.stderr_tail()}")
+    return sorted(n for n in result.stdout.decode("utf-8", "surrogateescape").split("\0") if n)
 
 
 def transport_failure(exc: TransportError, context: str) -> CrmMaintError:

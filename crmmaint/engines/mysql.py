@@ -562,6 +562,10 @@ class MySQLEngine(DatabaseEngine[MyRestoreTarget]):
     def for_target(self, target_name: str) -> MySQLEngine:
         return self.for_database(target_name)
 
+    def target_names(self, prefix: str, *, near: str) -> list[str]:
+        rows = self._query("SHOW DATABASES", database="")
+        return sorted(name for (name,) in rows if name.startswith(prefix))
+
     def exists(self, name: str, *, timeout: float = QUERY_TIMEOUT) -> bool:
         sql = f"SELECT 1 FROM information_schema.schemata WHERE schema_name = {quote_literal(name)}"
         return bool(self._query(sql, timeout=timeout, database=""))

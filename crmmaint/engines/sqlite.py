@@ -28,6 +28,7 @@ from crmmaint.engines.base import (
     NewTarget,
     RestoreRequest,
     closing_dump,
+    list_prefixed,
     schema_digest,
 )
 from crmmaint.errors import FORCE, CrmMaintError, EngineError, RestoreError
@@ -193,6 +194,11 @@ class SQLiteEngine(DatabaseEngine[SQLiteRestoreTarget]):
 
     def for_path(self, path: str) -> SQLiteEngine:
         return SQLiteEngine(replace(self.db, path=path), self.transport)
+
+    def target_names(self, prefix: str, *, near: str) -> list[str]:
+        directory = posixpath.dirname(self.target_path(near))
+        return [posixpath.join(directory, name) for name in
+                list_prefixed(self.transport, directory, prefix, what=self.where)]  # fmt: skip
 
     def for_target(self, target_name: str) -> SQLiteEngine:
         return self.for_path(self.target_path(target_name))

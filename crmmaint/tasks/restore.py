@@ -12,16 +12,18 @@ the backup is marked as drilled, which ``backups list`` shows and prune protects
 
 from __future__ import annotations
 
+import calendar
 import logging
 import os
 import posixpath
+import re
 import secrets
 import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 from crmmaint.assertions import Assertion
-from crmmaint.engines.base import DumpLayout, Facts
+from crmmaint.engines.base import DumpLayout, Facts, list_prefixed
 from crmmaint.errors import (
     ConfigError,
     CrmMaintError,
@@ -339,14 +341,48 @@ SCRATCH_PREFIX = "crmdrill_"
 DEFAULT_DRILL_DIRECTORY = "/var/tmp"
 
 
-def scratch_name(db: Any, now: float) -> str:
+def scratch_name(db: Any, now: float, *, kept: bool = False) -> str:
     """A scratch database name (or file name for SQLite) that cannot collide with a real one,
     nor with another drill's: ``crmdrill_<name>_<UTC time>_<6 random hex digits>`` (at most
     60 characters, within PostgreSQL's 63 and MariaDB's 64), since drills of estates whose
-    databases share a name may run on one server in the same second."""
+    databases share a name may run on one server in the same second. A copy to be kept
+    (``--keep``) ends in ``_kept``: no sweep of stale copies (``stale_scratch``) takes it."""
     stamp = time.strftime("%Y%m%d%H%M%S", time.gmtime(now))
-    base = "".join(ch if ch.isalnum() else "_" for ch in db.name)[:30]
-    return f"{SCRATCH_PREFIX}{base}_{stamp}_{secrets.token_hex(3)}"
+    return f"{scratch_prefix(db.name, kept=kept)}{stamp}_{secrets.token_hex(3)}" + (
+        "_kept" if kept else ""
+    )
+
+
+def scratch_prefix(name: str, *, kept: bool = False) -> str:
+    """What every scratch copy of source ``name`` starts with: ``crmdrill_<name>_`` (the
+    name with anything but letters and digits as ``_``, cut to fit the name length)."""
+    base = "".join(ch if ch.isalnum() else "_" for ch in name)[: 25 if kept else 30]
+    return f"{SCRATCH_PREFIX}{base}_"
+
+
+#: A scratch copy this old (its name's UTC time), not recorded as running on this machine,
+#: is taken for one a killed drill left, on another machine too, and removed by the next
+#: drill of its source (``stale_scratch``).
+STALE_SCRATCH_SECONDS = 86400
+
+
+def stale_scratch(names: list[str], source_name: str, now: float) -> list[str]:
+    """Those of ``names`` (database names or paths) that are scratch copies of source
+    ``source_name`` made more than ``STALE_SCRATCH_SECONDS`` before ``now``, judged by the
+    UTC time in their name; kept copies (``_kept``) and names of another shape are never."""
+    pattern = re.compile(re.escape(scratch_prefix(source_name)) + r"(\d{14})_[0-9a-f]{6}\Z")
+    found = []
+    for name in names:
+        match = pattern.match(posixpath.basename(name))
+        if match is None:
+            continue
+        try:
+            made = calendar.timegm(time.strptime(match.group(1), "%Y%m%d%H%M%S"))
+        except ValueError:
+            continue
+        if now - made > STALE_SCRATCH_SECONDS:
+            found.append(name)
+    return found
 
 
 class Phases:
@@ -583,9 +619,10 @@ class _Scratch:
 
         self.kind = kind
         self.journal = ctx.journal
+        self.source_name = ctx.target.obj.name
         self.other_version: str | None = None  # the drill server's, when not the source's
         obj = ctx.target.obj
-        generated = scratch_name(obj, time.time())
+        generated = scratch_name(obj, time.time(), kept=ctx.params["keep"])
         if kind == "fileset":
             self.host, directory = ctx.inventory.drill_fileset(obj.name)
             self.transport = ctx.transport_for(self.host)
@@ -766,21 +803,52 @@ class _Scratch:
         a power cut) before they could: those recorded as running by a process of this
         machine that is gone. A drill still running, or one of another machine, is never
         touched. Returns the names removed; one that cannot be removed is logged and left."""
-        if self.journal is None:
-            return []
-        removed = []
-        for key, entry in self.journal.state_prefixed(f"{_RUNNING}{source}:").items():
-            if not isinstance(entry, dict) or still_running(entry):
+        removed: list[str] = []
+        running: set[str] = set()
+        entries = (
+            {} if self.journal is None else self.journal.state_prefixed(f"{_RUNNING}{source}:")
+        )
+        for key, entry in entries.items():
+            if not isinstance(entry, dict):
                 continue
             name = str(entry.get("scratch", ""))
+            if still_running(entry):
+                running.add(name)
+                continue
             try:
                 self.remove_named(name)
             except CrmMaintError as exc:
                 log.warning("could not remove %s, left by a killed drill: %s", name, exc)
                 continue
-            self.journal.state_delete(key)
+            if self.journal is not None:
+                self.journal.state_delete(key)
+            removed.append(name)
+        for name in self._stale(running | set(removed)):
+            try:
+                self.remove_named(name)
+            except CrmMaintError as exc:
+                log.warning("could not remove %s, left by a drill long ago: %s", name, exc)
+                continue
             removed.append(name)
         return removed
+
+    def _stale(self, spared: set[str]) -> list[str]:
+        """Scratch copies of this drill's source where its copy goes, made more than
+        ``STALE_SCRATCH_SECONDS`` ago (``stale_scratch``) and not in ``spared``: those of
+        drills killed on any machine, or whose journal was lost. A listing that fails is
+        logged: the drill goes on."""
+        prefix = scratch_prefix(self.source_name)
+        try:
+            if self.kind == "fileset":
+                directory = posixpath.dirname(self.name.rstrip("/")) or "/"
+                names = [posixpath.join(directory, n) for n in
+                         list_prefixed(self.transport, directory, prefix, what=self.host.name)]  # fmt: skip
+            else:
+                names = self.engine.target_names(prefix, near=self.name)
+        except CrmMaintError as exc:
+            log.warning("could not look for copies left by earlier drills: %s", exc)
+            return []
+        return [n for n in stale_scratch(names, self.source_name, time.time()) if n not in spared]
 
     def restore(self, repo: Any, backup: Any, identities: Any, ctx: TaskContext) -> Facts:
         """Restore ``backup`` into the scratch copy; returns the restored copy's facts."""
@@ -807,7 +875,8 @@ class _Scratch:
     def remove_named(self, name: str) -> None:
         """Remove another drill's scratch copy ``name`` where this drill's would be; only a
         name with the scratch prefix (``SCRATCH_PREFIX``) is ever removed."""
-        base = posixpath.basename(name) if self.kind == "fileset" else name
+        on_disk = self.kind == "fileset" or self.db.engine == "sqlite"
+        base = posixpath.basename(name) if on_disk else name
         if not base.startswith(SCRATCH_PREFIX):
             raise RestoreError(f"{name!r} is not a drill's scratch copy: left alone")
         if self.kind == "fileset":

@@ -357,6 +357,12 @@ class PostgreSQLEngine(DatabaseEngine[PgRestoreTarget]):
     def for_target(self, target_name: str) -> PostgreSQLEngine:
         return self.for_database(target_name)
 
+    def target_names(self, prefix: str, *, near: str) -> list[str]:
+        rows = self._maintenance(
+            "SELECT datname FROM pg_catalog.pg_database", timeout=QUERY_TIMEOUT, what="listing"
+        )
+        return sorted(name for (name,) in rows if name.startswith(prefix))
+
     def exists(self, name: str, *, timeout: float = QUERY_TIMEOUT) -> bool:
         sql = f"SELECT 1 FROM pg_database WHERE datname = {quote_literal(name)}"
         return bool(self._maintenance(sql, timeout=timeout, what="database lookup"))
