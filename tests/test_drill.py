@@ -138,7 +138,7 @@ def test_every_source_is_drilled_checked_timed_and_cleaned_up(estate: Estate, dr
         phases = row["details"]["phases"]
         assert list(phases) == ["preflight", "restore", "verify", "cleanup"], phases
         assert row["metrics"]["drill_seconds"] >= sum(phases.values()) - 0.01
-    assert "300500 rows, schema identical" in results["pg@local"]["message"]
+    assert "300500 rows, schema and contents identical" in results["pg@local"]["message"]
     # Each table's content: the restored copy read back the way the backup read the source.
     for target, tables in {"pg@local": 2, "my@local": 1, "lite@local": 1}.items():
         content = [

@@ -562,7 +562,10 @@ def drill_restore(ctx: TaskContext) -> TaskResult:
     else:
         rows = sum((actual.get("row_counts") or {}).values())
         metrics.update(rows=float(rows), tables=float(len(actual.get("tables", []))))
-        what = f"{len(actual.get('tables', []))} tables, {rows} rows, schema identical"
+        same = "schema and contents" if "table_checksums" in actual else "schema"
+        what = f"{len(actual.get('tables', []))} tables, {rows} rows, {same} identical"
+        if assertions:
+            what += f", {plural(len(assertions), 'assertion')} held"
     if rto is not None:
         metrics["rto_seconds"] = rto
     details: dict[str, Any] = {
