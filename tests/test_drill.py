@@ -71,8 +71,11 @@ def estate(tmp_path_factory) -> Iterator[Estate]:
        # a load that takes a moment, for the drill killed during it
        "CREATE TABLE activities (id int PRIMARY KEY, note text);"
        "INSERT INTO activities SELECT g, md5(g::text) FROM generate_series(1, 300000) g;"
-       # what a hostile backup may hold: a view calling a function only a superuser may run
-       "CREATE VIEW sneaky AS SELECT length(pg_read_file('/etc/hostname')) AS n;",
+       # what a hostile backup may hold: a view calling a function that takes the session's
+       # own rights back (RESET ROLE) and calls what only a superuser may
+       "CREATE FUNCTION escalate() RETURNS int LANGUAGE plpgsql AS $$BEGIN RESET ROLE; "
+       "RETURN length(pg_read_file('/etc/hostname')); END$$;"
+       "CREATE VIEW sneaky AS SELECT escalate() AS n;",
        pgname)  # fmt: skip
     maria(f"CREATE DATABASE {myname}")
     maria("CREATE TABLE customers (id int AUTO_INCREMENT PRIMARY KEY, name varchar(20));"

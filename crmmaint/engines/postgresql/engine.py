@@ -210,29 +210,42 @@ class PostgreSQLEngine(DatabaseEngine[PgRestoreTarget]):
         return parse_csv(result.text)
 
     def owner_query(self, sql: str, *, timeout: float = QUERY_TIMEOUT) -> list[list[str | None]]:
-        """``DatabaseEngine.owner_query``: one psql transaction, ``READ ONLY``, as the
-        database's owner when a least-privilege restore made it (``SET LOCAL ROLE``: its
-        functions never run with the configured user's rights), ``statement_timeout``
-        bounding the query and the usual ``search_path`` (``"$user", public``) so that the
-        copy's tables are found unqualified."""
+        """``DatabaseEngine.owner_query``: one psql transaction, ``READ ONLY``, with
+        ``statement_timeout`` bounding the query and the usual ``search_path`` (``"$user",
+        public``) so that the copy's tables are found unqualified. When a least-privilege
+        restore made the database, the session logs in as its owning load role, given a
+        login with a new random password for the query and disarmed again after (``SET
+        ROLE`` would not do: a function of the copy could ``RESET ROLE`` back to the
+        configured user); otherwise as the configured user."""
         rows = self.query(
             "SELECT pg_catalog.pg_get_userbyid(datdba) FROM pg_catalog.pg_database "
             "WHERE datname = pg_catalog.current_database()",
             timeout=timeout,
         )
         owner = rows[0][0] if rows else ""
+        engine = self
+        if owner.startswith(LOAD_ROLE_PREFIX):
+            role = LoadRole()
+            role.name = owner
+            self._maintenance(
+                role.login_sql(time.time(), timeout), timeout=QUERY_TIMEOUT,
+                what="ALTER ROLE (assertion query)", hint=LOAD_ROLE_HINT,
+            )  # fmt: skip
+            engine = self.as_load_role(role)
         null = f"<null {secrets.token_hex(8)}>"
-        steps = [
+        command = [*engine.psql(), "-1", "-P", f"null={null}"]
+        for step in [
             "SET TRANSACTION READ ONLY",
             f"SET LOCAL statement_timeout = {max(1, int(timeout * 1000))}",
             'SET LOCAL search_path = "$user", public',
-        ]
-        if owner.startswith(LOAD_ROLE_PREFIX):
-            steps.append(f"SET LOCAL ROLE {quote_ident(owner)}")
-        command = [*self.psql(), "-1", "-P", f"null={null}"]
-        for step in [*steps, sql]:
+            sql,
+        ]:
             command += ["-c", step]
-        result = self.run(command, timeout=timeout + 30, what="assertion query")
+        try:
+            result = engine.run(command, timeout=timeout + 30, what="assertion query")
+        finally:
+            if engine is not self:
+                self.cleaning_up()._disarm(owner)
         return [[None if v == null else v for v in row] for row in parse_csv(result.text)]
 
     def facts(self, *, timeout: float = QUERY_TIMEOUT) -> Facts:

@@ -58,6 +58,16 @@ class LoadRole:
         self.name = LOAD_ROLE_PREFIX + secrets.token_hex(6)
         self.password = secrets.token_urlsafe(24)
 
+    def login_sql(self, now: float, timeout: float) -> str:
+        """Give the (disarmed) role a login again, with this object's password, for
+        ``timeout`` seconds plus a margin: an assertion query on the copy it owns."""
+        until = time.strftime("%Y-%m-%d %H:%M:%S+00", time.gmtime(now + timeout + 600))
+        return (
+            f"SET lock_timeout = '10s'; ALTER ROLE {quote_ident(self.name)} LOGIN "
+            f"PASSWORD {quote_literal(scram_verifier(self.password))} "
+            f"VALID UNTIL {quote_literal(until)}"
+        )
+
     def create_sql(self, now: float, timeout: float | None = None) -> str:
         """The role, valid until the restore's ``timeout`` (seconds; else ``LOAD_ROLE_VALID``)
         has passed, plus a margin: a restore cut off before it could clean up (a step timeout,
