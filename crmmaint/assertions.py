@@ -29,6 +29,8 @@ OPERATORS = ("==", "!=", "<=", ">=", "<", ">")
 #: At most this many assertions per source, and this many characters per query.
 MAX_ASSERTIONS = 50
 MAX_QUERY = 10_000
+#: A value longer than this is cut where a report shows it.
+MAX_SHOWN = 200
 
 _CONDITION = re.compile(r"^\s*(==|!=|<=|>=|<|>)\s*(\S.*?)\s*$", re.DOTALL)
 _TIME = re.compile(r"^backup_time\s*(?:([+-])\s*(\S.*))?$")
@@ -66,6 +68,8 @@ class Assertion:
             return False, f"{shape}, not one value"
         value = rows[0][0]
         shown = "null" if value is None else value
+        if len(shown) > MAX_SHOWN:
+            shown = shown[:MAX_SHOWN] + "…"
         if self.operand is None or value is None:
             same = value is None and self.operand is None
             if self.op in ("==", "!="):

@@ -106,3 +106,8 @@ def test_names_and_queries_as_reports_show_them() -> None:
         "select count(*)\n  from customers",
     )
     assert plain.operand == Decimal(0)
+
+
+def test_a_long_value_is_cut_where_reports_show_it() -> None:
+    ok, found = check("== 'x'", "y" * 5000)
+    assert not ok and found == "y" * 200 + "…"
