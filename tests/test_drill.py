@@ -474,6 +474,14 @@ def test_assertions_check_the_copy_as_its_owner_and_name_what_failed(estate: Est
     assert len(problems) == 2, problems
     # the scratch copy went all the same
     assert pg_row["details"]["scratch"] not in scratch_databases("")
+    # the report shows each assertion with its query, expected and found values
+    report = estate.cli("drill", "report", "--since", "1d").stdout
+    assert "| assertion: recent activity (`select now() - interval '1 hour'`) |" in report
+    assert "| assertion: select max(id) from customers | \\> 500 | 500 | DIFFERS |" in report
+    assert (
+        "| assertion: select n from sneaky | != null | error: permission denied for function"
+        in report
+    )
 
 
 @pytest.mark.parametrize(

@@ -563,7 +563,7 @@ def drill_restore(ctx: TaskContext) -> TaskResult:
         rows = sum((actual.get("row_counts") or {}).values())
         metrics.update(rows=float(rows), tables=float(len(actual.get("tables", []))))
         same = "schema and contents" if "table_checksums" in actual else "schema"
-        what = f"{len(actual.get('tables', []))} tables, {rows} rows, {same} identical"
+        what = f"{plural(len(actual.get('tables', [])), 'table')}, {plural(rows, 'row')}, {same} identical"
         if assertions:
             what += f", {plural(len(assertions), 'assertion')} held"
     if rto is not None:
@@ -751,7 +751,10 @@ class _Scratch:
                     copy.owner_query(item.query, timeout=timeout), backup_time
                 )
             except CrmMaintError as exc:
-                ok, found = False, f"error: {exc.message.splitlines()[0][:300]}"
+                said = exc.message.splitlines()[0]
+                # the server's own words: the engine's "where … failed (exit 1):" adds nothing
+                said = said.split("ERROR:", 1)[-1].strip() if "ERROR" in said else said
+                ok, found = False, f"error: {said[:300]}"
             check = {"check": f"assertion: {item.name}", "expected": item.expect,
                      "found": found, "ok": ok, "query": item.query}  # fmt: skip
             if not ok:
