@@ -5,9 +5,10 @@ journaled and honours ``--check``), and ``drill.restore``, which proves a backup
 records the proof in the repository.
 
 The newest backup of a database is restored into a scratch database next to the original, or
-where the inventory's ``drills:`` section says (another host and server), its tables, exact row counts, schema fingerprint and sequences are
-compared with the facts recorded in the same snapshot as the dump, the scratch copy is dropped, and
-the backup is marked as drilled, which ``backups list`` shows and prune protects.
+where the inventory's ``drills:`` section says (another host and server); its tables, exact row
+counts, schema fingerprint, sequences and table contents are compared with the facts recorded
+in the same snapshot as the dump, the team's assertions are checked, the scratch copy is
+dropped, and the backup is marked as drilled, which ``backups list`` shows and prune protects.
 """
 
 from __future__ import annotations
@@ -445,8 +446,10 @@ def drill_restore(ctx: TaskContext) -> TaskResult:
     """Restore a backup of a database or file set into a scratch copy, check it against what
     the backup recorded, time it against the recovery time objective, remove the copy.
 
-    Databases: tables, exact row counts, schema fingerprint and sequences; file sets: every
-    file's sha256 and size. Metrics: ``drill_seconds`` and one ``<phase>_seconds`` per phase
+    Databases: tables, exact row counts, schema fingerprint, sequences, each table's content
+    (``table_checksums``, the copy read back as the backup read the source) and the
+    ``assertions`` of the source's ``drills:`` entry and the step; file sets: every file's
+    sha256, size and mode, and every link's target. Metrics: ``drill_seconds`` and one ``<phase>_seconds`` per phase
     (``Phases``), ``restore_seconds`` (the restore phase), ``rows``/``tables`` or ``files``.
     The backup is marked drilled only when every check passed. Raises what the restore
     raises (a wrong key: ``WrongKeyError``; an existing target: ``RestoreTargetExists``).
