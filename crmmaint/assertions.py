@@ -6,7 +6,7 @@ Pure parsing and evaluation: the engines run the query (read only, as the copy's
 hand back its rows as text; ``Assertion.evaluate`` says whether they meet the condition.
 
 A condition is ``OP OPERAND``: ``OP`` one of ``== != < <= > >=``; ``OPERAND`` a number, a
-quoted string (``'won'``), ``null`` (with ``==`` and ``!=`` only), or ``backup_time``
+quoted string (``'won'``, ``'it''s'`` or ``"it's"``), ``null`` (with ``==`` and ``!=`` only), or ``backup_time``
 optionally plus or minus a duration (``backup_time - 1 day``, ``backup_time - 36h``: the
 time the backup was taken). A number compares as a decimal, a string as text, a time as an
 ISO 8601 time (one without a zone is taken as UTC) or a number of seconds since the epoch.
@@ -110,7 +110,7 @@ def parse_condition(text: str) -> tuple[str, Any]:
     if _NUMBER.match(raw):
         return op, Decimal(raw)
     if len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "'\"":
-        return op, raw[1:-1]
+        return op, raw[1:-1].replace(raw[0] * 2, raw[0])  # 'it''s', as SQL writes it
     if time := _TIME.match(raw):
         sign, amount = time.groups()
         offset = 0.0
@@ -160,6 +160,8 @@ def parse_assertions(value: Any) -> list[Assertion]:
         if name is not None and (not isinstance(name, str) or not name.strip()):
             raise ValueError(f"{where}: name must be text")
         query = query.strip().rstrip(";").strip()
+        if query.startswith("\\"):
+            raise ValueError(f"{where}: query must be SQL, not a client command ({query[:2]})")
         shown = name.strip() if name else " ".join(query.split())
         found.append(Assertion(shown, query, str(expect).strip(), op, operand))
     return found

@@ -434,10 +434,22 @@ def _build(data: Any, path: Path) -> Inventory:
         kind = kind or "database"
         known = inv.filesets if kind == "fileset" else inv.databases
         if kind not in ("database", "fileset") or source not in known:
+            hint = (
+                f" (did you mean fileset:{source}?)"
+                if kind == "database" and source in inv.filesets
+                else ""
+            )
             raise SourceError(
-                f"drills names unknown source {name!r}: a database name, database:NAME or "
-                f"fileset:NAME (databases: {', '.join(inv.databases) or 'none'}; file sets: "
+                f"drills names unknown source {name!r}{hint}: a database name, database:NAME "
+                f"or fileset:NAME (databases: {', '.join(inv.databases) or 'none'}; file sets: "
                 f"{', '.join(inv.filesets) or 'none'})",
+                line_of(drills, name),
+                name,
+            )
+        if f"{kind}:{source}" in inv.drills:
+            raise SourceError(
+                f"drills has two entries for {kind} {source!r} ({source!r} and "
+                f"'database:{source}' name the same database): keep one",
                 line_of(drills, name),
                 name,
             )

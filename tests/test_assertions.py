@@ -111,3 +111,8 @@ def test_names_and_queries_as_reports_show_them() -> None:
 def test_a_long_value_is_cut_where_reports_show_it() -> None:
     ok, found = check("== 'x'", "y" * 5000)
     assert not ok and found == "y" * 200 + "…"
+
+
+@pytest.mark.parametrize("expect", ["== 'it''s'", '== "it\'s"'])
+def test_quotes_inside_a_string(expect: str) -> None:
+    assert check(expect, "it's") == (True, "it's")

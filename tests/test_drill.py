@@ -263,6 +263,8 @@ def test_keep_leaves_the_scratch_copy_and_says_where(estate: Estate) -> None:
     (row,) = json.loads(done.stdout)["results"]
     assert row["details"]["scratch"] == str(target) and row["details"]["kept"]
     assert f"the copy is kept: {target} on local" in row["message"]
+    # private: the folders above the files, which the archive does not hold, are made 0755
+    assert target.stat().st_mode & 0o777 == 0o700
     assert sorted(p.name for p in target.rglob("*") if p.is_file() and not p.is_symlink()) == [
         "a.txt",
         "b.bin",
@@ -437,7 +439,10 @@ def test_the_report_escapes_what_it_shows() -> None:
     assert render([], "md", now=10.0).count("No drills in this period") == 1
 
 
-def test_assertions_check_the_copy_as_its_owner_and_name_what_failed(estate: Estate) -> None:
+def test_assertions_check_the_copy_as_its_owner_and_name_what_failed(
+    estate: Estate, tmp_path: Path
+) -> None:
+    marker = tmp_path / "pwned"
     null_names = {"query": "select count(*) from customers where name is null", "expect": "== 0"}
     estate.write(
         pg={"assertions": [
@@ -447,10 +452,16 @@ def test_assertions_check_the_copy_as_its_owner_and_name_what_failed(estate: Est
             {"query": "select max(id) from customers", "expect": "> 500"},
             # run as the copy's owner: a superuser-only function the backup's view calls fails
             {"query": "select n from sneaky", "expect": "!= null"},
+            # logged in as that role: there is no superuser to go back to
+            {"query": "reset role; select current_setting('is_superuser')", "expect": "== 'off'"},
+            {"query": "select ''", "expect": "== ''"},
         ]},
         my={"assertions": [null_names, {"query": "select name from customers where id = 1",
-                                        "expect": "== 'c1'"}]},
-        lite={"assertions": [{"query": "select count(*) from customers", "expect": ">= 300"}]},
+                                        "expect": "== 'c1'"},
+                           {"name": "shell", "query": f"select 1;\nsystem touch {marker}",
+                            "expect": "== 1"}]},
+        lite={"assertions": [{"query": "select count(*) from customers", "expect": ">= 300"},
+                             {"query": "select null", "expect": "== null"}]},
     )  # fmt: skip
     try:
         done = estate.cli("drill", "pg", "my", "lite", "--json")
@@ -458,7 +469,11 @@ def test_assertions_check_the_copy_as_its_owner_and_name_what_failed(estate: Est
         estate.write()
     assert done.returncode == 2, done.stdout + done.stderr
     results = {r["target"]: r for r in json.loads(done.stdout)["results"]}
-    assert results["my@local"]["status"] == "ok", results["my@local"]["message"]
+    my_row = results["my@local"]
+    assert my_row["status"] == "failed" and not marker.exists(), my_row["message"]
+    (problem,) = my_row["details"]["problems"]
+    assert problem.startswith("assertion failed: shell: select 1;"), problem
+    assert problem.endswith("the query holds a client command: only SQL runs, expected == 1")
     assert results["lite@local"]["status"] == "ok", results["lite@local"]["message"]
     pg_row = results["pg@local"]
     assert pg_row["status"] == "failed"
@@ -487,6 +502,7 @@ def test_assertions_check_the_copy_as_its_owner_and_name_what_failed(estate: Est
 @pytest.mark.parametrize(
     "assertions",
     [
+        [{"query": "\\! touch /tmp/crmmaint-never", "expect": "== 1"}],
         [{"query": "select 1"}],
         [{"query": "select 1", "expect": "= 1"}],
         [{"query": "select 1", "expect": "< null"}],
@@ -597,3 +613,53 @@ def test_stale_scratch_names(name: str, stale: bool) -> None:
     assert stale_scratch([name], "crm", time.time()) == ([name] if stale else [])
     fresh = f"crmdrill_crm_{time_stamp(3600)}_abcdef"
     assert stale_scratch([fresh], "crm", time.time()) == []
+
+
+def test_a_missing_drill_directory_is_refused_and_not_made(estate: Estate) -> None:
+    missing = estate.root / "no-such-drills" / "deeper"
+    estate.write(**{"fileset:files": {"directory": str(missing)}})
+    try:
+        done = estate.cli("drill", "fileset:files")
+    finally:
+        estate.write()
+    assert done.returncode == 6, done.stdout + done.stderr
+    assert f"the drill directory {missing} does not exist on local" in done.stdout
+    assert not missing.parent.exists()
+
+
+def test_two_drills_entries_for_one_database_are_refused(estate: Estate) -> None:
+    estate.write(lite={"rto": "1h"}, **{"database:lite": {"rto": "2h"}})
+    try:
+        done = estate.cli("drills")
+    finally:
+        estate.write()
+    assert done.returncode == 3 and "drills has two entries for database 'lite'" in done.stderr
+
+
+def test_the_inventory_flag_may_come_before_drill_report(estate: Estate, drilled) -> None:
+    done = run_cli("-i", str(estate.inventory), "drill", "report", "--since", "1d")
+    assert done.returncode == 0 and done.stdout.startswith("# Restore drill report"), done.stderr
+
+
+def test_a_copy_named_with_target_left_by_a_killed_drill_is_said_once(estate: Estate) -> None:
+    """A drill never removes a copy it did not name: one named with --target that a killed
+    drill left is said in the next drill's result, once, and left where it is."""
+    from crmmaint.journal import Journal
+    from crmmaint.processes import this_process
+
+    name = f"nc_target_{estate.tag}"
+    pg(f'CREATE DATABASE "{name}"')
+    gone = {**this_process(), "pid": 999_999_999}  # a process that is not running
+    with Journal(estate.root / "journal.sqlite") as journal:
+        journal.state_set(f"drill:database:pg:{name}", {"scratch": name, **gone})
+    try:
+        first, second = estate.cli("drill", "pg", "--json"), estate.cli("drill", "pg", "--json")
+        assert first.returncode == 0 and second.returncode == 0, first.stdout + second.stdout
+        (row,) = json.loads(first.stdout)["results"]
+        assert row["details"]["leftovers_kept"] == [name]
+        assert f"a drill killed earlier left {name} (named with --target" in row["message"]
+        (again,) = json.loads(second.stdout)["results"]
+        assert "leftovers_kept" not in again["details"] and "WARNING" not in second.stderr
+        assert name in pg("SELECT datname FROM pg_database").split()
+    finally:
+        pg(f'DROP DATABASE IF EXISTS "{name}"')

@@ -178,7 +178,10 @@ def _inventory_after_command(args: list[str]) -> list[str]:
             i += 2 if flag in _CORE_VALUE_FLAGS else 1
     if not moved or i >= len(args):
         return args
-    end = i + 2 if i + 1 < len(args) and f"{args[i]}.{args[i + 1]}" in ns.task_names else i + 1
+    two_words = i + 1 < len(args) and (
+        f"{args[i]}.{args[i + 1]}" in ns.task_names or f"{args[i]}-{args[i + 1]}" in _SUBCOMMANDS
+    )
+    end = i + 2 if two_words else i + 1
     return [*args[:end], *moved, *args[end:]]
 
 

@@ -30,7 +30,7 @@ from crmmaint.inventory import Inventory
 from crmmaint.playbook.run import AdhocStep
 from crmmaint.reporting.console import print_table, write_json
 from crmmaint.reporting.drill_report import drill_row
-from crmmaint.units import format_duration, format_elapsed, parse_duration
+from crmmaint.units import format_duration, format_elapsed, parse_duration, plural
 
 #: What ``drill SOURCE`` may name besides one database or file set.
 _EVERY = "all"
@@ -176,9 +176,17 @@ def drills(
     after = time.time() - _duration("--since", since, most=100 * 366 * 86400) if since else None
     inv = maybe_inventory(c, inventory)
     with open_journal(c, inv) as journal:
-        found = journal.task_results("drill.restore", since=after, limit=limit)
+        found = journal.task_results("drill.restore", since=after, limit=limit + 1)
         where = journal.path
-    rows = [drill_row(r) for r in found]
+    rows = [drill_row(r) for r in found[:limit]]
+    if len(found) > limit:
+        import sys
+
+        print(
+            f"crmmaint: the newest {plural(limit, 'drill')} shown; more are in the journal "
+            "(--limit N shows more)",
+            file=sys.stderr,
+        )
     if json:
         write_json(rows)
         return
@@ -191,6 +199,7 @@ def drills(
         [
             {
                 **row,
+                "backup": row["backup"] or "-",
                 "when": local_time(row["started"]),
                 "restore": _shown_seconds(row["restore_seconds"]),
                 "total": _shown_seconds(row["drill_seconds"]),

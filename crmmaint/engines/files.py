@@ -121,10 +121,12 @@ _TARGET_STATE = (
     'if [ ! -e "$1" ] && [ ! -L "$1" ]; then echo new; elif [ -d "$1" ] && [ ! -L "$1" ]; then '
     'if [ -n "$(ls -A -- "$1")" ]; then echo busy; else echo empty; fi; else echo other; fi'
 )
-# $1 = directory to restore into, its parent made: makes it and prints new, or prints empty when
-# an (empty) directory is already there.
+# $1 = directory to restore into, its parent made: makes it (0700: the archive's paths below it
+# come with their own modes, but the folders above them, which the archive does not hold, are
+# made world-readable, and a private folder's files must not become readable through them) and
+# prints new, or prints empty when an (empty) directory is already there.
 _MAKE_TARGET = (
-    'if [ -d "$1" ] && [ ! -L "$1" ]; then echo empty; else mkdir -- "$1" && echo new; fi'
+    'if [ -d "$1" ] && [ ! -L "$1" ]; then echo empty; else mkdir -m 700 -- "$1" && echo new; fi'
 )
 # $1 = directory: every regular file below it as "size<TAB>./path<NUL>", then their sha256sums
 # (NUL-terminated with -z, GNU coreutils 8.27+) after a lone NUL separator.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import logging
 import re
 import secrets
@@ -404,9 +405,16 @@ class MySQLEngine(DatabaseEngine[MyRestoreTarget]):
             "SET SESSION TRANSACTION READ ONLY;\n"
             f"SET SESSION max_statement_time = {max(timeout, 0.001):.3f};\n{sql};\n"
         )
+        # The client commands of a query (`system`, `\\!`, `connect`, `use` …) are refused
+        # before the client sees them, and the client is sandboxed, as a restore's is.
+        guarded = RestoreScript(
+            io.BytesIO(script.encode("utf-8")),
+            describe=lambda _: self.error("the query holds a client command: only SQL runs"),
+        )
+        stdin = b"".join(iter(lambda: guarded.read(1 << 16), b""))
         try:
             result = engine.run(
-                engine.client("--xml"), stdin=script.encode("utf-8"), timeout=timeout + 30,
+                engine.client("--xml", "--sandbox"), stdin=stdin, timeout=timeout + 30,
                 what="assertion query",
             )  # fmt: skip
         finally:

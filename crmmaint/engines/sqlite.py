@@ -207,7 +207,7 @@ class SQLiteEngine(DatabaseEngine[SQLiteRestoreTarget]):
         """``DatabaseEngine.owner_query``: the file opened read-only, in the shell's
         ``-safe`` mode (no shell function that reaches files or runs programs, whatever
         the file's views call); a file has no owner to act as."""
-        null = f"<null {secrets.token_hex(8)}>"
+        null = f"<n{secrets.token_hex(6)}>"  # the shell keeps at most 19 characters of it
         command = ["sqlite3", "-bail", "-batch", "-safe", "-csv", "-noheader",
                    "-nullvalue", null, self.uri(readonly=True)]  # fmt: skip
         result = self.run(

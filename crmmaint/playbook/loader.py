@@ -478,7 +478,10 @@ class _Builder:
                             f" {self.inventory.path}",
                             line_of(raw, key),
                             key,
-                            _suggest(target, known),
+                            "mark the main database with 'main: true' in the inventory (the "
+                            "shipped playbooks back up and drill 'main')"
+                            if key == "database" and target == "main"
+                            else _suggest(target, known),
                         )
             out[key] = names
         return out

@@ -310,6 +310,9 @@ class Runner:
         self.one_target = one_target
         self._report = _SerialReporter(reporter if reporter is not None else Reporter())
         self._abort = threading.Event()
+        #: What each attempt's task has learned so far (``TaskContext.known``), by (step,
+        #: target): kept in the result of an attempt that an interrupt cut short.
+        self._known: dict[tuple[str, str], dict[str, Any]] = {}
         #: transports of the attempts under way: an interrupt kills what they started
         self._attempts: set[_AttemptTransports] = set()
         self._attempts_lock = threading.Lock()
@@ -460,7 +463,8 @@ class Runner:
                     self._record(row)
             cut_short = [t for i, t in enumerate(targets) if i not in done]
             for target in cut_short:  # the journal says which targets the interrupt cut short
-                self._record(_interrupted(step, target, began))
+                known = self._known.get((step.name, target.label))
+                self._record(_interrupted(step, target, began, known))
             if isinstance(exc, KeyboardInterrupt) and not isinstance(exc, RunInterrupted):
                 raise RunInterrupted(step.name, [t.label for t in cut_short]) from exc
             raise
@@ -596,6 +600,7 @@ class Runner:
                 "on_progress", step, target, done, total, estimated
             ),
         )
+        self._known[(step.name, target.label)] = ctx.known
         if step.timeout is None:
             return _call(step, ctx), False
         outcome: list[TaskResult] = []
@@ -643,8 +648,8 @@ class Runner:
             "it has ended" if cleaned else "its thread abandoned",
         )
         if reason == INTERRUPTED_RUN:
-            return _interrupted(step, target, time.time()).result, True
-        return TaskResult.failed(said, details={"timeout": step.timeout}), True
+            return _interrupted(step, target, time.time(), ctx.known).result, True
+        return TaskResult.failed(said, details={**ctx.known, "timeout": step.timeout}), True
 
 
 #: How often a step's thread looks at an attempt's deadline and the run's interrupt.
@@ -718,9 +723,12 @@ def _resume_interrupts(mask: set[signal.Signals] | None) -> None:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
-def _interrupted(step: Step, target: Target, began: float) -> TargetResult:
+def _interrupted(
+    step: Step, target: Target, began: float, known: dict[str, Any] | None = None
+) -> TargetResult:
     """The journal row of a target an interrupt (Ctrl-C, SIGTERM) cut short; ``began``: when
-    its step started (unix time), so the row says how long it had run."""
+    its step started (unix time), so the row says how long it had run; ``known``: what its
+    task had learned (``TaskContext.known``), kept in the details."""
     return TargetResult(
         step=step.name,
         task=step.task,
@@ -729,7 +737,7 @@ def _interrupted(step: Step, target: Target, began: float) -> TargetResult:
         host=target.host.name,
         result=TaskResult.failed(
             "interrupted before it finished (Ctrl-C or SIGTERM); what it started was killed",
-            details={"error": "KeyboardInterrupt", "exit_code": 130},
+            details={**(known or {}), "error": "KeyboardInterrupt", "exit_code": 130},
             retryable=False,
         ),
         started=began,
@@ -752,14 +760,14 @@ def _call(step: Step, ctx: TaskContext) -> TaskResult:
         log.debug("%s on %s raised %r", step.name, ctx.target.label, exc, exc_info=True)
         return TaskResult.failed(
             exc.text(step.flags),  # a one-step command's error names its flags
-            details={"error": type(exc).__name__, "exit_code": exc.exit_code},
+            details={**ctx.known, "error": type(exc).__name__, "exit_code": exc.exit_code},
             retryable=exc.retryable,
         )
     except Exception as exc:
         log.debug("%s on %s: internal error", step.name, ctx.target.label, exc_info=True)
         return TaskResult.failed(
             f"internal error: {type(exc).__name__}: {exc}",
-            details={"error": type(exc).__name__, "exit_code": INTERNAL_ERROR_EXIT},
+            details={**ctx.known, "error": type(exc).__name__, "exit_code": INTERNAL_ERROR_EXIT},
             retryable=False,  # a bug does the same thing again
         )
     if not isinstance(result, TaskResult):

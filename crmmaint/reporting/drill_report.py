@@ -38,7 +38,7 @@ def drill_row(result: Mapping[str, Any]) -> dict[str, Any]:
         "started": result["started"],
         "source": details.get("source")
         or f"{result['target_kind']}:{target.rpartition('@')[0] or target}",
-        "backup": details.get("backup", "-"),
+        "backup": details.get("backup"),
         "repository": details.get("repository"),
         "on": details.get("on") or result["host"],
         "scratch": details.get("scratch"),

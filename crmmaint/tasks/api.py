@@ -101,6 +101,9 @@ class TaskContext:
     #: Called with (bytes done, bytes expected or None, whether that total is an estimate)
     #: by long tasks, through a ``ByteMeter``; the reporter shows it.
     on_progress: Callable[[int, int | None, bool], None] | None = None
+    #: What the task has learned so far (a drill's backup and scratch copy): the runner keeps
+    #: it in the details of a result that ends in an error, a timeout or an interrupt.
+    known: dict[str, Any] = field(default_factory=dict)
 
     def progress(self, done: int, total: int | None = None, *, estimated: bool = False) -> None:
         """Report how far a long task is (bytes), unthrottled: prefer ``meter``."""

@@ -464,12 +464,8 @@ def drill_restore(ctx: TaskContext) -> TaskResult:
     exceeded = ctx.params["rto_exceeded"] or settings.rto_exceeded
     repo_cfg = ctx.inventory.repository(ctx.params["repository"])
     source = source_name(kind, obj.name)
-    assertions = [*settings.assertions, *ctx.params["assertions"]]
-    if assertions and kind == "fileset":
-        raise ConfigError(
-            f"assertions are SQL queries: file set {obj.name} has none to run",
-            hint="give assertions to database drills only",
-        )
+    # SQL: a step that drills databases and file sets alike checks them on its databases
+    assertions = [*settings.assertions, *ctx.params["assertions"]] if kind == "database" else []
     with open_repository(repo_cfg, reading=f"drill {source}") as repo:
         if not repo.backups(source=source):
             return TaskResult.failed(
@@ -479,9 +475,11 @@ def drill_restore(ctx: TaskContext) -> TaskResult:
                 },
             )
         backup = find_backup(repo, ctx.params["backup"], source=source)
+        ctx.known.update(backup=backup.id, source=source, repository=repo_cfg.name)
         identities = identities_for(repo_cfg, ctx.params["identity"])
         expected = repo.manifest(backup.id, identities).facts  # key custody, before anything
         scratch = _Scratch(ctx, kind, ctx.params["target"])
+        ctx.known.update(scratch=scratch.name, on=scratch.host.name)
         leftovers = [] if ctx.check else scratch.remove_leftovers(source)
         refused, checked = scratch.preflight(expected, backup.size, settings.min_free)
         if refused:
@@ -586,23 +584,30 @@ def drill_restore(ctx: TaskContext) -> TaskResult:
     timing = f"in {format_elapsed(seconds)}" + (
         f" (objective {format_duration(rto)})" if rto is not None else ""
     )
+    kept = (
+        f"; the copy is kept: {scratch.shown} on {scratch.host.name} (remove it when done)"
+        if ctx.params["keep"]
+        else ""
+    )
     if problems:
         return TaskResult.failed(
             f"drill of backup {backup.id} found {plural(len(problems), 'difference')}: "
-            f"{problems[0]}",
+            f"{problems[0]}{kept}",
             metrics=metrics,
             details={**details, "problems": problems},
         )
-    message = f"backup {backup.id} restored on {scratch.host.name} {timing}: {what}"
-    if ctx.params["keep"]:
-        message += (
-            f"; the copy is kept: {scratch.name} on {scratch.host.name} (remove it when done)"
-        )
+    message = f"backup {backup.id} restored on {scratch.host.name} {timing}: {what}{kept}"
     if leftovers:
         details["leftovers_removed"] = leftovers
         message += (
             f"; removed {plural(len(leftovers), 'copy', 'copies')} left by a drill that was "
             f"killed: {', '.join(leftovers)}"
+        )
+    if scratch.named_leftovers:
+        details["leftovers_kept"] = scratch.named_leftovers
+        message += (
+            f"; a drill killed earlier left {', '.join(scratch.named_leftovers)} (named with "
+            "--target, so never removed by a drill): remove it by hand"
         )
     if over:
         said = (
@@ -626,6 +631,8 @@ class _Scratch:
         self.kind = kind
         self.journal = ctx.journal
         self.source_name = ctx.target.obj.name
+        #: Copies named with --target that killed drills left: never removed, only said.
+        self.named_leftovers: list[str] = []
         self.other_version: str | None = None  # the drill server's, when not the source's
         obj = ctx.target.obj
         generated = scratch_name(obj, time.time(), kept=ctx.params["keep"])
@@ -634,6 +641,13 @@ class _Scratch:
             self.transport = ctx.transport_for(self.host)
             self.files = FileSetSource(obj, self.transport)
             self.name = name or posixpath.join(directory or DEFAULT_DRILL_DIRECTORY, generated)
+            parent = posixpath.dirname(self.name.rstrip("/")) or "/"
+            if not self.transport.run(["test", "-d", parent], timeout=60).ok:
+                raise RestoreError(
+                    f"the drill directory {parent} does not exist on {self.host.name}",
+                    hint="create it (a drill makes only its own scratch directory), or set "
+                    "another directory in the file set's drills: entry",
+                )
             self._checked(self.files.preflight)
         else:
             self.db, self.host = ctx.inventory.drill_database(obj.name)
@@ -755,8 +769,10 @@ class _Scratch:
                 )
             except CrmMaintError as exc:
                 said = exc.message.splitlines()[0]
-                # the server's own words: the engine's "where … failed (exit 1):" adds nothing
-                said = said.split("ERROR:", 1)[-1].strip() if "ERROR" in said else said
+                # the server's own words: "where … failed (exit 1):", the client's echo of the
+                # statement and MariaDB's "ERROR 1792 (25006) at line 3:" add nothing
+                if server := _SERVER_ERROR.search(said):
+                    said = server.group(1)
                 ok, found = False, f"error: {said[:300]}"
             check = {"check": f"assertion: {item.name}", "expected": item.expect,
                      "found": found, "ok": ok, "query": item.query}  # fmt: skip
@@ -824,6 +840,12 @@ class _Scratch:
             if still_running(entry):
                 running.add(name)
                 continue
+            if not self._is_scratch(name):
+                # named with --target: never removed by a drill; said once, then forgotten
+                self.named_leftovers.append(name)
+                if self.journal is not None:
+                    self.journal.state_delete(key)
+                continue
             try:
                 self.remove_named(name)
             except CrmMaintError as exc:
@@ -881,12 +903,22 @@ class _Scratch:
         else:
             self.engine.drop(self.name)
 
+    @property
+    def shown(self) -> str:
+        """Where the copy is, as a person looks for it: a SQLite file's whole path."""
+        if self.kind == "database" and self.db.engine == "sqlite":
+            return self.engine.target_path(self.name)
+        return self.name
+
+    def _is_scratch(self, name: str) -> bool:
+        """Whether ``name`` carries the scratch prefix (``SCRATCH_PREFIX``)."""
+        on_disk = self.kind == "fileset" or self.db.engine == "sqlite"
+        return (posixpath.basename(name) if on_disk else name).startswith(SCRATCH_PREFIX)
+
     def remove_named(self, name: str) -> None:
         """Remove another drill's scratch copy ``name`` where this drill's would be; only a
         name with the scratch prefix (``SCRATCH_PREFIX``) is ever removed."""
-        on_disk = self.kind == "fileset" or self.db.engine == "sqlite"
-        base = posixpath.basename(name) if on_disk else name
-        if not base.startswith(SCRATCH_PREFIX):
+        if not self._is_scratch(name):
             raise RestoreError(f"{name!r} is not a drill's scratch copy: left alone")
         if self.kind == "fileset":
             self.files.remove_scratch(name)
@@ -896,6 +928,9 @@ class _Scratch:
 
 #: The journal state keys of running drills: ``drill:<source>:<scratch copy>``.
 _RUNNING = "drill:"
+
+#: Where a client's error message quotes the server's (psql and mariadb).
+_SERVER_ERROR = re.compile(r"ERROR(?: \d+ \(\w+\))?(?: at line \d+)?:\s*(.*)")
 
 #: Seconds an assertion's query may take at most.
 ASSERTION_TIMEOUT = 300.0

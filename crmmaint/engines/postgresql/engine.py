@@ -217,6 +217,8 @@ class PostgreSQLEngine(DatabaseEngine[PgRestoreTarget]):
         login with a new random password for the query and disarmed again after (``SET
         ROLE`` would not do: a function of the copy could ``RESET ROLE`` back to the
         configured user); otherwise as the configured user."""
+        if sql.lstrip().startswith("\\"):  # psql -c runs a backslash command as one
+            raise self.error("an assertion's query must be SQL, not a psql command")
         rows = self.query(
             "SELECT pg_catalog.pg_get_userbyid(datdba) FROM pg_catalog.pg_database "
             "WHERE datname = pg_catalog.current_database()",
@@ -232,8 +234,11 @@ class PostgreSQLEngine(DatabaseEngine[PgRestoreTarget]):
                 what="ALTER ROLE (assertion query)", hint=LOAD_ROLE_HINT,
             )  # fmt: skip
             engine = self.as_load_role(role)
-        null = f"<null {secrets.token_hex(8)}>"
-        command = [*engine.psql(), "-1", "-P", f"null={null}"]
+        # Unaligned output between random separators: CSV cannot tell one empty string
+        # from no column, and psql's CSV writes neither as anything but an empty line.
+        null, fs, rs = (f"<{c}{secrets.token_hex(8)}>" for c in "nfr")
+        command = ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-A", "-t", "-F", fs, "-R", rs,
+                   "-P", f"null={null}", *engine.conn_args(), "-1"]  # fmt: skip
         for step in [
             "SET TRANSACTION READ ONLY",
             f"SET LOCAL statement_timeout = {max(1, int(timeout * 1000))}",
@@ -246,7 +251,10 @@ class PostgreSQLEngine(DatabaseEngine[PgRestoreTarget]):
         finally:
             if engine is not self:
                 self.cleaning_up()._disarm(owner)
-        return [[None if v == null else v for v in row] for row in parse_csv(result.text)]
+        if not result.text:
+            return []
+        text = result.text[:-1] if result.text.endswith("\n") else result.text
+        return [[None if v == null else v for v in row.split(fs)] for row in text.split(rs)]
 
     def facts(self, *, timeout: float = QUERY_TIMEOUT) -> Facts:
         (row,) = self.query(FACTS_SQL, timeout=timeout)
