@@ -7,8 +7,8 @@ On the generated CRM database of the backup benchmark (bench/crmgen.py; ``--scal
   beforehand, not timed), then ``dropdb``: what a sysadmin's hand-made restore test costs
   without any check;
 - ``crmmaint drill database:SRC``: fetch, decrypt, decompress and load the backup into a
-  scratch database, read back and compare its tables, row counts, schema and sequences,
-  drop it: the whole drill, as a subprocess.
+  scratch database, read back and compare its tables, row counts, schema, sequences and
+  each table's content, drop it: the whole drill, as a subprocess.
 
 Printed: wall time, ratio to the floor, CPU and peak RSS (as bench/backup.py measures them),
 and the drill's phase times from its own result. Target (issue): the whole drill within
