@@ -663,3 +663,11 @@ def test_a_copy_named_with_target_left_by_a_killed_drill_is_said_once(estate: Es
         assert name in pg("SELECT datname FROM pg_database").split()
     finally:
         pg(f'DROP DATABASE IF EXISTS "{name}"')
+
+
+def test_a_backup_of_another_source_is_named_as_such(estate: Estate) -> None:
+    listed = json.loads(estate.cli("backups", "list", "--json").stdout)
+    mine = next(b["id"] for b in listed if b["source"] == "database:my")
+    done = estate.cli("drill", "pg", "--backup", mine)
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert f"backup '{mine}' is a backup of database:my, not of database:pg" in done.stdout

@@ -114,7 +114,13 @@ def find_backup(repo: Any, ref: str, *, source: str | None = None) -> Any:
         return max(matching, key=lambda b: b.time)
     matching = [b for b in backups if (b.id == ref or b.id.startswith(ref))]
     if source is not None:
+        others = sorted({b.source for b in matching if b.source != source})
         matching = [b for b in matching if b.source == source]
+        if not matching and others:
+            raise ConfigError(
+                f"backup {ref!r} is a backup of {', '.join(others)}, not of {source}",
+                hint=f"see `crmmaint backups list --source {source}`",
+            )
     if len(matching) != 1:
         what = "no backup" if not matching else f"{len(matching)} backups match"
         raise ConfigError(f"{what} {ref!r}", hint="see `crmmaint backups list`")
