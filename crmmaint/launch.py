@@ -42,5 +42,7 @@ def main() -> None:
     finally:
         # The command has ended and its exit code is set: a signal now (while Python shuts
         # down, which restores the default handlers) would end a finished restore with 143.
-        # Held back, it is dropped with the process.
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
+        # Ignored (process-wide: another thread, an SSH connection's, may be the one a signal
+        # is delivered to; Python's shutdown leaves an ignored signal ignored), it is dropped.
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -27,7 +26,13 @@ from crmmaint.errors import (
     OutputWriteError,
     os_reason,
 )
-from crmmaint.interrupts import HOLD_AFTER_RUN, STOPPING
+from crmmaint.interrupts import (
+    HOLD_AFTER_RUN,
+    STOPPING,
+    HeldInterrupts,
+    hold_interrupts,
+    release_interrupts,
+)
 from crmmaint.inventory import Host, Inventory, Target
 from crmmaint.playbook.model import Playbook, Step
 from crmmaint.playbook.planner import PlannedStep
@@ -705,22 +710,15 @@ class _AttemptTransports:
         return sum(view.kill_all(reason, cleanup=cleanup) for view in views)
 
 
-#: The signals that end a run as an interrupt.
-_INTERRUPTS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+def _defer_interrupts() -> HeldInterrupts | None:
+    """Hold Ctrl-C and SIGTERM back (``hold_interrupts``); returns what to give back to
+    ``_resume_interrupts``, ``None`` where signals cannot be held (not the main thread)."""
+    return hold_interrupts()
 
 
-def _defer_interrupts() -> set[signal.Signals] | None:
-    """Hold Ctrl-C and SIGTERM back in this thread (they stay pending); returns the mask to
-    give back to ``_resume_interrupts``, ``None`` where signals cannot be held."""
-    if threading.current_thread() is not threading.main_thread():
-        return None  # signals are delivered to the main thread only
-    return signal.pthread_sigmask(signal.SIG_BLOCK, _INTERRUPTS)
-
-
-def _resume_interrupts(mask: set[signal.Signals] | None) -> None:
-    """Let held signals through again (a pending one is handled now); idempotent."""
-    if mask is not None:
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+def _resume_interrupts(held: HeldInterrupts | None) -> None:
+    """Let held signals through again (a pending one is acted on now); idempotent."""
+    release_interrupts(held)
 
 
 def _interrupted(
