@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# Test processes: each takes whole test files (their module fixtures, servers' objects named
+# per estate), so the suite's waits on servers and subprocesses overlap.
+TEST_JOBS ?= 2
 
 .PHONY: demo test lint format bench services clean mutation
 
@@ -20,7 +23,7 @@ demo: $(STAMP)
 
 test: $(STAMP) services
 	$(BIN)/ruff check crmmaint tests tasks.py bench
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_JOBS) --dist loadfile
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
