@@ -349,7 +349,7 @@ def test_a_copy_left_by_a_killed_drill_is_removed_by_the_next(estate: Estate) ->
     assert done.returncode == 0, done.stdout + done.stderr
     (row,) = json.loads(done.stdout)["results"]
     assert row["details"]["leftovers_removed"] == [left], row
-    assert f"left by a drill that was killed: {left}" in row["message"]
+    assert f"that earlier drills (killed, or on another machine) left: {left}" in row["message"]
     assert left not in scratch_databases("pg_")
 
 
@@ -455,13 +455,20 @@ def test_assertions_check_the_copy_as_its_owner_and_name_what_failed(
             # logged in as that role: there is no superuser to go back to
             {"query": "reset role; select current_setting('is_superuser')", "expect": "== 'off'"},
             {"query": "select ''", "expect": "== ''"},
+            # a query's own COMMIT does not end the read-only session
+            {"query": "commit; select current_setting('transaction_read_only')",
+             "expect": "== 'on'"},
         ]},
         my={"assertions": [null_names, {"query": "select name from customers where id = 1",
                                         "expect": "== 'c1'"},
                            {"name": "shell", "query": f"select 1;\nsystem touch {marker}",
-                            "expect": "== 1"}]},
+                            "expect": "== 1"},
+                           {"name": "binary", "query": "select x'01'", "expect": "== 1"}]},
         lite={"assertions": [{"query": "select count(*) from customers", "expect": ">= 300"},
-                             {"query": "select null", "expect": "== null"}]},
+                             {"query": "select null", "expect": "== null"},
+                             # on stdin, a line with a dot is a shell command writing any file
+                             {"name": "trace", "query": f"select 1;\n.trace {marker}\nselect 1",
+                              "expect": "== 1"}]},
     )  # fmt: skip
     try:
         done = estate.cli("drill", "pg", "my", "lite", "--json")
@@ -471,10 +478,14 @@ def test_assertions_check_the_copy_as_its_owner_and_name_what_failed(
     results = {r["target"]: r for r in json.loads(done.stdout)["results"]}
     my_row = results["my@local"]
     assert my_row["status"] == "failed" and not marker.exists(), my_row["message"]
-    (problem,) = my_row["details"]["problems"]
+    problem, binary = my_row["details"]["problems"]
     assert problem.startswith("assertion failed: shell: select 1;"), problem
     assert problem.endswith("the query holds a client command: only SQL runs, expected == 1")
-    assert results["lite@local"]["status"] == "ok", results["lite@local"]["message"]
+    assert "the query's value is not text (binary data?)" in binary, binary
+    lite_row = results["lite@local"]
+    (problem,) = lite_row["details"]["problems"]
+    assert problem.startswith("assertion failed: trace: select 1;") and "error:" in problem
+    assert not marker.exists()
     pg_row = results["pg@local"]
     assert pg_row["status"] == "failed"
     checks = {c["check"]: c for c in pg_row["details"]["checks"] if "assertion" in c["check"]}
@@ -671,3 +682,33 @@ def test_a_backup_of_another_source_is_named_as_such(estate: Estate) -> None:
     done = estate.cli("drill", "pg", "--backup", mine)
     assert done.returncode == 3, done.stdout + done.stderr
     assert f"backup '{mine}' is a backup of database:my, not of database:pg" in done.stdout
+
+
+def test_an_assertion_leaves_the_step_time_to_remove_the_copy(estate: Estate, tmp_path) -> None:
+    """A query that would outlast the step is stopped a minute before the step's end, so the
+    copy is removed within the step; the drill fails naming the query."""
+    book = tmp_path / "drill.yml"
+    book.write_text(yaml.safe_dump({"name": "drill", "steps": [{
+        "name": "drill", "task": "drill.restore", "database": "pg", "timeout": "68s",
+        "with": {"assertions": [{"query": "select pg_sleep(120)", "expect": "!= null"}]},
+    }]}))  # fmt: skip
+    before = set(scratch_databases(""))
+    done = estate.cli("run", str(book), "--json")
+    assert done.returncode == 2, done.stdout + done.stderr
+    (row,) = json.loads(done.stdout)["results"]
+    assert "assertion failed: select pg_sleep(120) gave error:" in row["message"], row["message"]
+    assert "statement timeout" in row["message"], row["message"]
+    assert row["details"]["scratch"] not in set(scratch_databases("")) - before
+
+
+def test_scratch_names_are_ascii_whatever_the_source_is_called() -> None:
+    import re
+    import time
+
+    from crmmaint.tasks.restore import scratch_name
+
+    class Source:
+        name = "nc_ünï-x.y"
+
+    made = scratch_name(Source(), time.time())
+    assert re.fullmatch(r"crmdrill_nc__n__x_y_\d{14}_[0-9a-f]{6}", made), made

@@ -402,7 +402,7 @@ class MySQLEngine(DatabaseEngine[MyRestoreTarget]):
             )
         engine = self.as_load_user(user) if owner else self
         script = (
-            "SET SESSION TRANSACTION READ ONLY;\n"
+            "SET SESSION TRANSACTION READ ONLY;\nSET SESSION time_zone = '+00:00';\n"
             f"SET SESSION max_statement_time = {max(timeout, 0.001):.3f};\n{sql};\n"
         )
         # The client commands of a query (`system`, `\\!`, `connect`, `use` …) are refused
@@ -422,9 +422,13 @@ class MySQLEngine(DatabaseEngine[MyRestoreTarget]):
                 self.cleaning_up()._query(user.retire_sql(), database="")
         nil = "{http://www.w3.org/2001/XMLSchema-instance}nil"
         rows: list[list[str | None]] = []
-        for resultset in ET.fromstring(
-            f"<all>{result.text}</all>".replace('<?xml version="1.0"?>', "")
-        ):
+        try:
+            parsed = ET.fromstring(f"<all>{result.text}</all>".replace('<?xml version="1.0"?>', ""))
+        except ET.ParseError:
+            raise self.error(
+                "the query's value is not text (binary data?): select it as HEX(…) or LENGTH(…)"
+            ) from None
+        for resultset in parsed:
             for item in resultset.iter("row"):
                 rows.append(
                     [None if f.get(nil) == "true" else (f.text or "") for f in item.iter("field")]

@@ -207,12 +207,14 @@ class SQLiteEngine(DatabaseEngine[SQLiteRestoreTarget]):
         """``DatabaseEngine.owner_query``: the file opened read-only, in the shell's
         ``-safe`` mode (no shell function that reaches files or runs programs, whatever
         the file's views call); a file has no owner to act as."""
+        if sql.lstrip().startswith("."):
+            raise self.error("an assertion's query must be SQL, not a sqlite3 shell command")
         null = f"<n{secrets.token_hex(6)}>"  # the shell keeps at most 19 characters of it
+        # The query as an argument: the shell runs it as SQL, every line of it (on stdin a
+        # line starting with a dot is a shell command: `.trace FILE` writes any file).
         command = ["sqlite3", "-bail", "-batch", "-safe", "-csv", "-noheader",
-                   "-nullvalue", null, self.uri(readonly=True)]  # fmt: skip
-        result = self.run(
-            command, stdin=f"{sql};\n".encode(), timeout=timeout, what="assertion query"
-        )
+                   "-nullvalue", null, self.uri(readonly=True), sql]  # fmt: skip
+        result = self.run(command, timeout=timeout, what="assertion query")
         return [
             [None if v == null else v for v in row] for row in csv.reader(io.StringIO(result.text))
         ]

@@ -20,7 +20,7 @@ import posixpath
 import re
 import secrets
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from crmmaint.assertions import Assertion
@@ -362,8 +362,10 @@ def scratch_name(db: Any, now: float, *, kept: bool = False) -> str:
 
 def scratch_prefix(name: str, *, kept: bool = False) -> str:
     """What every scratch copy of source ``name`` starts with: ``crmdrill_<name>_`` (the
-    name with anything but letters and digits as ``_``, cut to fit the name length)."""
-    base = "".join(ch if ch.isalnum() else "_" for ch in name)[: 25 if kept else 30]
+    name with anything but ASCII letters and digits as ``_``, cut to fit the name length)."""
+    base = "".join(ch if ch.isascii() and ch.isalnum() else "_" for ch in name)[
+        : 25 if kept else 30
+    ]
     return f"{SCRATCH_PREFIX}{base}_"
 
 
@@ -530,7 +532,7 @@ def drill_restore(ctx: TaskContext) -> TaskResult:
                     checked.append(said)
                 problems = compare_facts(expected, actual)
                 checks = fact_checks(expected, actual)
-                for check in scratch.check_assertions(assertions, backup.time, ctx.time_left()):
+                for check in scratch.check_assertions(assertions, backup.time, ctx.time_left):
                     checks.append(check)
                     if not check["ok"]:
                         problems.append(check.pop("problem"))
@@ -606,8 +608,8 @@ def drill_restore(ctx: TaskContext) -> TaskResult:
     if leftovers:
         details["leftovers_removed"] = leftovers
         message += (
-            f"; removed {plural(len(leftovers), 'copy', 'copies')} left by a drill that was "
-            f"killed: {', '.join(leftovers)}"
+            f"; removed {plural(len(leftovers), 'copy', 'copies')} that earlier drills (killed, "
+            f"or on another machine) left: {', '.join(leftovers)}"
         )
     if scratch.named_leftovers:
         details["leftovers_kept"] = scratch.named_leftovers
@@ -755,26 +757,38 @@ class _Scratch:
         return self.engine.for_target(self.name).content_checksums(timeout=timeout), None
 
     def check_assertions(
-        self, assertions: list[Assertion], backup_time: float, time_left: float | None
+        self,
+        assertions: list[Assertion],
+        backup_time: float,
+        time_left: Callable[[], float | None],
     ) -> list[dict[str, Any]]:
         """Run each assertion's query on the restored copy (``owner_query``: read only, as
         the copy's owner) and evaluate its condition: one check each, ``{"check",
         "expected", "found", "ok"}``, and for one that failed a ``problem`` sentence with its
         query and value. A query the server refuses fails its assertion, not the drill's
         other checks. Each query has at most ``ASSERTION_TIMEOUT`` seconds (less when the
-        step's time is running out)."""
+        step's time is running out: ``time_left`` says how much, and each leaves
+        ``CLEANUP_MARGIN`` for removing the copy)."""
         checks: list[dict[str, Any]] = []
         if not assertions:
             return checks
         copy = self.engine.for_target(self.name)
         for item in assertions:
-            timeout = ASSERTION_TIMEOUT if time_left is None else min(ASSERTION_TIMEOUT, time_left)
+            # the copy is removed after the checks: a query never takes the step's last minute
+            left = time_left()
+            timeout = (
+                ASSERTION_TIMEOUT
+                if left is None
+                else max(1.0, min(ASSERTION_TIMEOUT, left - CLEANUP_MARGIN))
+            )
             try:
                 ok, found = item.evaluate(
                     copy.owner_query(item.query, timeout=timeout), backup_time
                 )
-            except CrmMaintError as exc:
-                said = exc.message.splitlines()[0]
+            except Exception as exc:  # one assertion's failure, never the drill's other checks
+                log.debug("assertion %r failed", item.name, exc_info=True)
+                said = getattr(exc, "message", None) or f"internal error: {type(exc).__name__}"
+                said = said.splitlines()[0] if said else "no message"
                 # the server's own words: "where … failed (exit 1):", the client's echo of the
                 # statement and MariaDB's "ERROR 1792 (25006) at line 3:" add nothing
                 if server := _SERVER_ERROR.search(said):
@@ -900,14 +914,14 @@ class _Scratch:
         )  # fmt: skip
 
     def remove(self, *, quietly: bool = False) -> None:
-        """Remove the scratch copy (``quietly``: on the cleanup's own time, a failure logged)."""
+        """Remove the scratch copy, on the cleanup's own time (``cleaning_up``: also when
+        the step's time ran out during the checks); ``quietly``: a failure is logged."""
         if self.kind == "fileset":
-            files = self.files.cleaning_up() if quietly else self.files
-            files.remove_scratch(self.name, quietly=quietly)
+            self.files.cleaning_up().remove_scratch(self.name, quietly=quietly)
         elif quietly:
             self.engine.cleaning_up().drop_quietly(self.name)
         else:
-            self.engine.drop(self.name)
+            self.engine.cleaning_up().drop(self.name)
 
     @property
     def shown(self) -> str:
@@ -940,3 +954,5 @@ _SERVER_ERROR = re.compile(r"ERROR(?: \d+ \(\w+\))?(?: at line \d+)?:\s*(.*)")
 
 #: Seconds an assertion's query may take at most.
 ASSERTION_TIMEOUT = 300.0
+#: Seconds of the step's time an assertion leaves for removing the copy.
+CLEANUP_MARGIN = 60.0

@@ -240,9 +240,11 @@ class PostgreSQLEngine(DatabaseEngine[PgRestoreTarget]):
         command = ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-A", "-t", "-F", fs, "-R", rs,
                    "-P", f"null={null}", *engine.conn_args(), "-1"]  # fmt: skip
         for step in [
+            # for the session, not the transaction: a query's own COMMIT ends neither
+            "SET default_transaction_read_only = on",
             "SET TRANSACTION READ ONLY",
-            f"SET LOCAL statement_timeout = {max(1, int(timeout * 1000))}",
-            'SET LOCAL search_path = "$user", public',
+            f"SET statement_timeout = {max(1, int(timeout * 1000))}",
+            'SET search_path = "$user", public',
             sql,
         ]:
             command += ["-c", step]
