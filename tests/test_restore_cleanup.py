@@ -265,7 +265,7 @@ def test_an_interrupted_drill_leaves_nothing(estate: Estate) -> None:
         # the evidence: the drill cut short, with the backup and the copy it was making
         listed = run_cli("drills", "--json", "--limit", "1", "-i", str(estate.inventory))
         (row,) = json.loads(listed.stdout)
-        assert row["status"] == "failed" and row["backup"] and row["scratch"], row
+        assert row["status"] == "interrupted" and row["backup"] and row["scratch"], row
         assert row["scratch"].startswith(f"crmdrill_{estate.name}_"), row
     finally:
         for name in pg_databases(scratch):

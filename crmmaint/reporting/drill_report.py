@@ -43,7 +43,10 @@ def drill_row(result: Mapping[str, Any]) -> dict[str, Any]:
         "on": details.get("on") or result["host"],
         "scratch": details.get("scratch"),
         "kept": bool(details.get("kept")),
-        "status": result["status"],
+        # a drill cut short by Ctrl-C or SIGTERM is listed as the run is: interrupted
+        "status": "interrupted"
+        if details.get("error") == "KeyboardInterrupt"
+        else result["status"],
         "message": result["message"],
         "restore_seconds": metrics.get("restore_seconds"),
         "drill_seconds": metrics.get("drill_seconds"),
@@ -105,9 +108,12 @@ def _with_verdict(drill: Mapping[str, Any]) -> dict[str, Any]:
     """The drill with ``rto_met`` (``None`` without an objective) and ``verdict``, a word."""
     rto, took = drill.get("rto"), drill.get("drill_seconds")
     met = None if not rto or took is None else took <= rto
-    verdict = {"ok": "passed", "warning": "passed, with a warning", "failed": "FAILED"}.get(
-        str(drill["status"]), str(drill["status"])
-    )
+    verdict = {
+        "ok": "passed",
+        "warning": "passed, with a warning",
+        "failed": "FAILED",
+        "interrupted": "INTERRUPTED (not a proof)",
+    }.get(str(drill["status"]), str(drill["status"]))
     return {**drill, "rto_met": met, "verdict": verdict}
 
 
