@@ -108,10 +108,18 @@ class _ChannelPipes(ProcessPipes):
             self._pgid_known.wait(2.0)
             if self._pgid is not None:
                 self._owner._kill_group(self._pgid)
-        self._channel.close()
+        self._close_channel()
 
     def release(self) -> None:
-        self._channel.close()
+        self._close_channel()
+
+    def _close_channel(self) -> None:
+        """Close the channel; a connection already gone (paramiko's ``EOFError`` when a
+        timer's kill comes after the run closed it) took the channel with it."""
+        try:
+            self._channel.close()
+        except (EOFError, OSError, paramiko.SSHException) as exc:
+            log.debug("%s: the channel went with its connection (%r)", self._owner.host, exc)
 
 
 class SSHTransport(Transport):
