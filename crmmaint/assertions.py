@@ -14,6 +14,7 @@ ISO 8601 time (one without a zone is taken as UTC) or a number of seconds since 
 
 from __future__ import annotations
 
+import operator
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -25,6 +26,10 @@ from crmmaint.units import parse_duration
 
 #: The comparison operators a condition may use.
 OPERATORS = ("==", "!=", "<=", ">=", "<", ">")
+_OPERATIONS = {
+    "==": operator.eq, "!=": operator.ne, "<": operator.lt,
+    "<=": operator.le, ">": operator.gt, ">=": operator.ge,
+}  # fmt: skip
 
 #: At most this many assertions per source, and this many characters per query.
 MAX_ASSERTIONS = 50
@@ -168,14 +173,7 @@ def parse_assertions(value: Any) -> list[Assertion]:
 
 
 def _compare(found: Any, op: str, want: Any) -> bool:
-    return {
-        "==": found == want,
-        "!=": found != want,
-        "<": found < want,
-        "<=": found <= want,
-        ">": found > want,
-        ">=": found >= want,
-    }[op]
+    return _OPERATIONS[op](found, want)
 
 
 def _as_time(value: str) -> float | None:

@@ -755,11 +755,11 @@ class DatabaseEngine(RestoreRoutine[TargetT]):
         """The same server, reaching the restore target ``target_name`` (a database, or for
         SQLite a file named as a restore names it)."""
 
+    @abc.abstractmethod
     def target_names(self, prefix: str, *, near: str) -> list[str]:
         """The restore targets on this server whose names start with ``prefix`` (databases;
         SQLite: the files beside ``near``'s file), for a drill's sweep of copies that killed
         drills left. Raises ``EngineError``."""
-        raise NotImplementedError
 
     @abc.abstractmethod
     def owner_query(self, sql: str, *, timeout: float = QUERY_TIMEOUT) -> list[list[str | None]]:
@@ -857,6 +857,20 @@ def list_prefixed(transport: Transport, directory: str, prefix: str, *, what: st
     if not result.ok:
         raise EngineError(f"{what}: listing {directory} failed: {result.stderr_tail()}")
     return sorted(n for n in result.stdout.decode("utf-8", "surrogateescape").split("\0") if n)
+
+
+#: Where a client's error message quotes the server's (psql and mariadb).
+_SERVER_ERROR = re.compile(r"ERROR(?: \d+ \(\w+\))?(?: at line \d+)?:\s*(.*)")
+
+
+def in_server_words(exc: EngineError) -> EngineError:
+    """A failed query's error as the server said it (the first line, at most 300
+    characters): "where … failed (exit 1):", the client's echo of the statement and
+    MariaDB's "ERROR 1792 (25006) at line 3:" add nothing where a report shows it."""
+    said = exc.message.splitlines()[0] if exc.message else "no message"
+    if server := _SERVER_ERROR.search(said):
+        said = server.group(1)
+    return EngineError(said[:300], retryable=False)
 
 
 def transport_failure(exc: TransportError, context: str) -> CrmMaintError:

@@ -29,6 +29,7 @@ from crmmaint.engines.base import (
     check_target_name,
     closing_dump,
     cut_message_line,
+    in_server_words,
     schema_digest,
 )
 from crmmaint.engines.myscript import MAX_HEAD, MyScriptLexer, RestoreScript, quoted_pattern
@@ -153,6 +154,13 @@ class LoadUser:
     @property
     def account(self) -> str:
         return f"{quote_literal(self.name)}@{quote_literal(self.host)}"
+
+    def unlock_sql(self) -> str:
+        """Give the (retired) account a login again, with this object's password."""
+        return (
+            f"ALTER USER {self.account} IDENTIFIED WITH mysql_native_password "
+            f"AS {quote_literal(native_password_hash(self.password))} ACCOUNT UNLOCK"
+        )
 
     def retire_sql(self) -> str:
         """Lock the account and forget its password (a new random one, never used)."""
@@ -386,8 +394,7 @@ class MySQLEngine(DatabaseEngine[MyRestoreTarget]):
         import xml.etree.ElementTree as ET
 
         dbname = self.db.dbname or self.db.name
-        (row,) = self._query("SELECT SUBSTRING_INDEX(USER(), '@', -1)", database="")
-        user = LoadUser(dbname, row[0])
+        user = LoadUser(dbname, self._client_host())
         found = self._query(
             f"SELECT COUNT(*) FROM mysql.user WHERE user = {quote_literal(user.name)} "
             f"AND host = {quote_literal(user.host)}",
@@ -395,11 +402,7 @@ class MySQLEngine(DatabaseEngine[MyRestoreTarget]):
         )
         owner = found and found[0][0] != "0"
         if owner:
-            self._query(
-                f"ALTER USER {user.account} IDENTIFIED WITH mysql_native_password "
-                f"AS {quote_literal(native_password_hash(user.password))} ACCOUNT UNLOCK",
-                database="",
-            )
+            self._query(user.unlock_sql(), database="")
         engine = self.as_load_user(user) if owner else self
         script = (
             "SET SESSION TRANSACTION READ ONLY;\nSET SESSION time_zone = '+00:00';\n"
@@ -417,6 +420,8 @@ class MySQLEngine(DatabaseEngine[MyRestoreTarget]):
                 engine.client("--xml", "--sandbox"), stdin=stdin, timeout=timeout + 30,
                 what="assertion query",
             )  # fmt: skip
+        except EngineError as exc:
+            raise in_server_words(exc) from exc
         finally:
             if owner:
                 self.cleaning_up()._query(user.retire_sql(), database="")
@@ -646,9 +651,13 @@ class MySQLEngine(DatabaseEngine[MyRestoreTarget]):
             facts["owner"] = f"account {account} (locked)"
         return facts
 
-    def _create_load_user(self, target_name: str) -> LoadUser:
+    def _client_host(self) -> str:
+        """The host the server sees this client as (where a ``LoadUser`` account is for)."""
         (row,) = self._query("SELECT SUBSTRING_INDEX(USER(), '@', -1)", database="")
-        user = LoadUser(target_name, row[0])
+        return row[0]
+
+    def _create_load_user(self, target_name: str) -> LoadUser:
+        user = LoadUser(target_name, self._client_host())
         try:
             self._query(user.create_sql(target_name), database="")
         except EngineError as exc:

@@ -28,6 +28,7 @@ from crmmaint.engines.base import (
     NewTarget,
     RestoreRequest,
     closing_dump,
+    in_server_words,
     list_prefixed,
     schema_digest,
 )
@@ -214,7 +215,10 @@ class SQLiteEngine(DatabaseEngine[SQLiteRestoreTarget]):
         # line starting with a dot is a shell command: `.trace FILE` writes any file).
         command = ["sqlite3", "-bail", "-batch", "-safe", "-csv", "-noheader",
                    "-nullvalue", null, self.uri(readonly=True), sql]  # fmt: skip
-        result = self.run(command, timeout=timeout, what="assertion query")
+        try:
+            result = self.run(command, timeout=timeout, what="assertion query")
+        except EngineError as exc:
+            raise in_server_words(exc) from exc
         return [
             [None if v == null else v for v in row] for row in csv.reader(io.StringIO(result.text))
         ]

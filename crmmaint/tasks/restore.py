@@ -788,12 +788,7 @@ class _Scratch:
             except Exception as exc:  # one assertion's failure, never the drill's other checks
                 log.debug("assertion %r failed", item.name, exc_info=True)
                 said = getattr(exc, "message", None) or f"internal error: {type(exc).__name__}"
-                said = said.splitlines()[0] if said else "no message"
-                # the server's own words: "where … failed (exit 1):", the client's echo of the
-                # statement and MariaDB's "ERROR 1792 (25006) at line 3:" add nothing
-                if server := _SERVER_ERROR.search(said):
-                    said = server.group(1)
-                ok, found = False, f"error: {said[:300]}"
+                ok, found = False, f"error: {said.splitlines()[0][:300]}"
             check = {"check": f"assertion: {item.name}", "expected": item.expect,
                      "found": found, "ok": ok, "query": item.query}  # fmt: skip
             if not ok:
@@ -948,9 +943,6 @@ class _Scratch:
 
 #: The journal state keys of running drills: ``drill:<source>:<scratch copy>``.
 _RUNNING = "drill:"
-
-#: Where a client's error message quotes the server's (psql and mariadb).
-_SERVER_ERROR = re.compile(r"ERROR(?: \d+ \(\w+\))?(?: at line \d+)?:\s*(.*)")
 
 #: Seconds an assertion's query may take at most.
 ASSERTION_TIMEOUT = 300.0

@@ -33,6 +33,7 @@ from crmmaint.engines.base import (
     check_target_name,
     closing_dump,
     cut_message_line,
+    in_server_words,
     schema_digest,
     transport_failure,
 )
@@ -227,8 +228,7 @@ class PostgreSQLEngine(DatabaseEngine[PgRestoreTarget]):
         owner = rows[0][0] if rows else ""
         engine = self
         if owner.startswith(LOAD_ROLE_PREFIX):
-            role = LoadRole()
-            role.name = owner
+            role = LoadRole(owner)
             self._maintenance(
                 role.login_sql(time.time(), timeout), timeout=QUERY_TIMEOUT,
                 what="ALTER ROLE (assertion query)", hint=LOAD_ROLE_HINT,
@@ -250,6 +250,8 @@ class PostgreSQLEngine(DatabaseEngine[PgRestoreTarget]):
             command += ["-c", step]
         try:
             result = engine.run(command, timeout=timeout + 30, what="assertion query")
+        except EngineError as exc:
+            raise in_server_words(exc) from exc
         finally:
             if engine is not self:
                 self.cleaning_up()._disarm(owner)

@@ -54,8 +54,10 @@ class LoadRole:
     security. A forged dump then cannot run ``COPY … TO PROGRAM``, an untrusted language or
     anything else a superuser may, nor act for the dump's real roles."""
 
-    def __init__(self) -> None:
-        self.name = LOAD_ROLE_PREFIX + secrets.token_hex(6)
+    def __init__(self, name: str | None = None) -> None:
+        """A new role (``name`` given: an existing load role, with a new password to log in
+        with after ``login_sql``)."""
+        self.name = name or LOAD_ROLE_PREFIX + secrets.token_hex(6)
         self.password = secrets.token_urlsafe(24)
 
     def login_sql(self, now: float, timeout: float) -> str:
