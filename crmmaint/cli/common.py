@@ -15,6 +15,7 @@ import os
 import sys
 import traceback
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -435,8 +436,9 @@ def execute(
     json: bool = False,
     verbose: bool = False,
     one_target: bool = False,
+    ends_at: datetime | None = None,
 ) -> RunSummary:
-    """Plan and run a playbook, journal it, report it; exit with the run's code when not 0
+    """Plan and run a playbook (``ends_at``: its deadline), journal it, report it; exit with the run's code when not 0
     (``one_target``: the code of the one target's failure, ``RunSummary.exit_code``), else
     return the run's summary."""
     summary = _run_reported(
@@ -451,6 +453,7 @@ def execute(
         forks=forks,
         footer=not json,
         one_target=one_target,
+        ends_at=ends_at,
     )
     if summary.exit_code:
         raise Exit(code=summary.exit_code)
@@ -549,6 +552,7 @@ def _run_reported(
     tags: list[str] | None = None,
     steps: list[str] | None = None,
     forks: int = 0,
+    ends_at: datetime | None = None,
 ) -> RunSummary:
     from crmmaint.playbook.run import run_playbook
 
@@ -566,6 +570,7 @@ def _run_reported(
                 reporter=reporter,
                 argv=sys.argv,
                 one_target=one_target,
+                ends_at=ends_at,
             )
         finally:  # an interrupted run ends without on_run_end: its live bars go here
             for each in getattr(reporter, "reporters", (reporter,)):

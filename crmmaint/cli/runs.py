@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from datetime import datetime
 from typing import Any
 
 from invoke import Collection
@@ -31,6 +32,10 @@ from crmmaint.reporting.console import print_table, write_json
         step="only these steps (comma-separated names)",
         forks="how many targets run in parallel (default 10)",
         verbose="print a line when each target starts",
+        until="the run's deadline: HH:MM (the next such time) or 2026-12-02T05:30; no step"
+        " starts after it and long work that would not fit is skipped",
+        for_="the run's deadline as a length from now (3h, 90m); default: the playbook's"
+        " window length",
     ),
     positional=["playbook"],
 )
@@ -45,13 +50,27 @@ def run(
     forks: int = 0,
     json: bool = False,
     verbose: bool = False,
+    until: str | None = None,
+    for_: str | None = None,
     debug: bool = False,
 ) -> None:
     """Run a playbook against the inventory. Exit 0 ok, 1 warnings, 2 failures, 3 bad config."""
     from crmmaint.playbook import load_playbook
+    from crmmaint.schedule.windows import run_deadline
 
     inv = open_inventory(c, inventory)
     book = load_playbook(playbook, inv)
+    try:
+        ends_at, why = run_deadline(
+            datetime.now().astimezone(), until=until, length=for_, window_length=book.window_length
+        )
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if ends_at is not None and not json:
+        print(
+            f"crmmaint: this run ends at {ends_at:%Y-%m-%d %H:%M} ({why}): no step starts after it",
+            file=sys.stderr,
+        )
     execute(
         c,
         inv,
@@ -63,6 +82,7 @@ def run(
         forks=forks,
         json=json,
         verbose=verbose,
+        ends_at=ends_at,
     )
 
 

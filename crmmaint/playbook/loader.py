@@ -44,6 +44,7 @@ from crmmaint.yamlsource import (
 log = logging.getLogger(__name__)
 
 TOP_KEYS = frozenset({"name", "window", "description", "vars", "defaults", "steps"})
+WINDOW_KEYS = frozenset({"every", "length"})
 DEFAULTS_KEYS = frozenset({"timeout", "retries", "retry_delay", "on_failure"})
 STEP_KEYS = frozenset(
     {"name", "task", "with", "when", "timeout", "retries", "retry_delay", "on_failure", "tags"}
@@ -251,14 +252,9 @@ class _Builder:
                     line_of(data, "name"),
                     "name",
                 )
+        window_length: float | None = None
         with self.checking():
-            window = get_field(data, "window", str, default="adhoc")
-            if window not in WINDOWS:
-                raise _Invalid(
-                    f"window must be one of {', '.join(WINDOWS)}, not {window!r}",
-                    line_of(data, "window"),
-                    "window",
-                )
+            window, window_length = _window(data)
         with self.checking():
             description = get_field(data, "description", str, default="")
         with self.checking():
@@ -295,6 +291,7 @@ class _Builder:
         return Playbook(
             name=name,
             window=window,
+            window_length=window_length,
             steps=steps,
             description=description,
             vars=variables,
@@ -627,6 +624,37 @@ def _duration(
     if positive and seconds <= 0:
         raise _Invalid(f"{key!r} must be greater than 0", line_of(mapping, key), field)
     return seconds
+
+
+def _window(data: dict) -> tuple[str, float | None]:
+    """The ``window:`` of a playbook: a name (``daily``), or a mapping ``{every: daily,
+    length: 3h}`` whose ``length`` is the run's deadline (``every`` defaults to ``adhoc``)."""
+    raw = data.get("window")
+    if isinstance(raw, dict):
+        for key in raw:
+            _reject_unknown(raw, key, WINDOW_KEYS, "'window'", prefix="window.")
+        every = _window_name(raw, "every", "window.")
+        length = _duration(raw, "length", None, "window.", positive=True)
+        return every, length
+    return _window_name(data, "window", ""), None
+
+
+def _window_name(mapping: dict, key: str, prefix: str) -> str:
+    try:
+        name = get_field(mapping, key, str, default="adhoc")
+    except SourceError as exc:
+        raise _Invalid(
+            f"{exc.message} (a window name, or {{every: daily, length: 3h}})",
+            exc.line,
+            prefix + key,
+        ) from exc
+    if name not in WINDOWS:
+        raise _Invalid(
+            f"{prefix + key} must be one of {', '.join(WINDOWS)}, not {name!r}",
+            line_of(mapping, key),
+            prefix + key,
+        )
+    return name
 
 
 def _retries(mapping: dict, default: int, prefix: str = "") -> int:

@@ -65,6 +65,8 @@ class Playbook:
     name: str
     window: str
     steps: list[Step]
+    #: Seconds from the run's start to its deadline (``window: {length: 3h}``); ``None``: none.
+    window_length: float | None = None
     description: str = ""
     vars: dict[str, Any] = field(default_factory=dict)
     defaults: StepDefaults = field(default_factory=StepDefaults)

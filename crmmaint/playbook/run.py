@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from crmmaint.errors import ConfigError, PlaybookError
@@ -104,24 +104,25 @@ def run_playbook(
     now: datetime | None = None,
     transport_factory: TransportFactory | None = None,
     one_target: bool = False,
+    ends_at: datetime | None = None,
 ) -> RunSummary:
     """Plan ``book`` for ``inventory`` (``limit``/``tags``/``steps`` select; ``now``: when
     calendar conditions are judged, default the machine's local time) and run it: one journal
     run row (when ``journal`` is given) with every target's result, each told to ``reporter``.
+
+    ``ends_at`` (aware) is the run's deadline; without it, ``book.window_length`` seconds
+    from now when the playbook gives one. No step or target starts after it, and tasks skip
+    work that would not fit before it (``TaskContext.wont_fit``).
 
     Returns the run's summary (``exit_code`` 0, 1 or 2; with ``one_target``, for a command
     acting on one target, the code of that target's failure). Raises ``PlaybookError`` for a
     selection that names nothing, ``ConfigError`` for ``forks`` < 1, and ``KeyboardInterrupt``
     when interrupted (the journal then records the run as failed).
     """
-    planned = plan(
-        book,
-        inventory,
-        limit=limit,
-        tags=tags,
-        steps=steps,
-        now=now or datetime.now().astimezone(),
-    )
+    now = now or datetime.now().astimezone()
+    if ends_at is None and book.window_length is not None:
+        ends_at = datetime.now().astimezone() + timedelta(seconds=book.window_length)
+    planned = plan(book, inventory, limit=limit, tags=tags, steps=steps, now=now)
     runner = Runner(
         inventory,
         journal,
@@ -131,5 +132,6 @@ def run_playbook(
         argv=argv,
         transport_factory=transport_factory,
         one_target=one_target,
+        ends_at=ends_at,
     )
     return runner.run(book, planned)

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed, wait
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from crmmaint.errors import (
@@ -303,6 +304,7 @@ class Runner:
         reporter: Reporter | Any | None = None,
         argv: list[str] | None = None,
         one_target: bool = False,
+        ends_at: datetime | None = None,
     ) -> None:
         if forks < 1:
             raise ConfigError(f"forks must be at least 1, not {forks}")
@@ -313,6 +315,10 @@ class Runner:
         self.transport_factory = transport_factory
         self.argv = argv
         self.one_target = one_target
+        #: When the run's window ends (``--until``, ``--for``, the playbook's window length):
+        #: no step or target starts after it, and tasks fit their work before it.
+        self.ends_at = ends_at
+        self._run_deadline: float | None = None
         self._report = _SerialReporter(reporter if reporter is not None else Reporter())
         self._abort = threading.Event()
         #: What each attempt's task has learned so far (``TaskContext.known``), by (step,
@@ -331,6 +337,10 @@ class Runner:
         STOPPING.clear()
         self._transports = TransportPool(self.transport_factory)
         self._run_id = None
+        self._run_deadline = None
+        if self.ends_at is not None:
+            left = (self.ends_at - datetime.now(self.ends_at.tzinfo)).total_seconds()
+            self._run_deadline = started + left
         results: list[TargetResult] = []
         stopped_after: str | None = None
         # Ctrl-C and SIGTERM wait while the run is entered in the journal: from the row on,
@@ -354,6 +364,8 @@ class Runner:
                     results.append(self._skip(item, reason))
                 elif item.skip_reason is not None:
                     results.append(self._skip(item, item.skip_reason))
+                elif self._window_ended():
+                    results.append(self._skip(item, self._window_ended()))
                 else:
                     step_results = self._run_step(item)
                     results.extend(step_results)
@@ -394,6 +406,13 @@ class Runner:
         log.info("run %s finished: %s in %.1fs", self._run_id, summary.status, summary.duration)
         self._report("on_run_end", summary)
         return summary
+
+    def _window_ended(self) -> str | None:
+        """Why nothing more starts (the run's deadline has passed), or ``None``."""
+        if self._run_deadline is None or time.monotonic() < self._run_deadline:
+            return None
+        assert self.ends_at is not None
+        return f"the run's window ended at {self.ends_at:%H:%M}"
 
     def _start(self, playbook: Playbook) -> int | None:
         """The run's row in the journal (``None`` without one)."""
@@ -528,6 +547,20 @@ class Runner:
         """All attempts on one target; returns the last result (never raises)."""
         started, clock = time.time(), time.monotonic()
         self._report("on_target_start", step, target)
+        ended = self._window_ended()
+        if ended is not None:  # targets queued behind others when the window closed
+            log.info("%s on %s skipped: %s", step.name, target.label, ended)
+            return TargetResult(
+                step=step.name,
+                task=step.task,
+                target=target.label,
+                kind=target.kind,
+                host=target.host.name,
+                result=TaskResult.skipped(ended),
+                started=started,
+                duration=0.0,
+                attempts=0,
+            )
         attempts = 0
         while True:
             attempts += 1
@@ -601,6 +634,8 @@ class Runner:
             step=step.name,
             transport_for=views.get,
             deadline=deadline,
+            run_deadline=self._run_deadline,
+            run_ends=self.ends_at,
             on_progress=lambda done, total, estimated=False: self._report(
                 "on_progress", step, target, done, total, estimated
             ),

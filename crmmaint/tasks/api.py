@@ -15,10 +15,19 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from crmmaint.assertions import parse_assertions
-from crmmaint.units import parse_duration, parse_percent, parse_share, parse_size
+from crmmaint.units import (
+    format_elapsed,
+    format_size,
+    parse_duration,
+    parse_percent,
+    parse_share,
+    parse_size,
+    plural,
+)
 
 if TYPE_CHECKING:
     from crmmaint.inventory import Inventory, Target
@@ -104,6 +113,12 @@ class TaskContext:
     #: What the task has learned so far (a drill's backup and scratch copy): the runner keeps
     #: it in the details of a result that ends in an error, a timeout or an interrupt.
     known: dict[str, Any] = field(default_factory=dict)
+    #: The run's deadline (``--until``, ``--for``, the playbook's ``window: {length: …}``):
+    #: ``time.monotonic()`` at which the window ends, and the same moment as a wall-clock
+    #: time for messages; ``None``: the run has no end. Unlike the step's ``deadline`` it kills
+    #: nothing: tasks start no work that would not end before it (``fits``).
+    run_deadline: float | None = None
+    run_ends: datetime | None = None
 
     def progress(self, done: int, total: int | None = None, *, estimated: bool = False) -> None:
         """Report how far a long task is (bytes), unthrottled: prefer ``meter``."""
@@ -124,6 +139,66 @@ class TaskContext:
             return cap
         left = max(0.001, self.deadline - time.monotonic())
         return left if cap is None else min(cap, left)
+
+    def run_time_left(self) -> float | None:
+        """Seconds until the run's deadline or the step's timeout, whichever comes first (0 when
+        passed); ``None`` when neither is set."""
+        ends = [d for d in (self.deadline, self.run_deadline) if d is not None]
+        if not ends:
+            return None
+        return max(0.0, min(ends) - time.monotonic())
+
+    def wont_fit(self, what: str, estimate: Estimate) -> str | None:
+        """Why work estimated at ``estimate`` would not end before the run's deadline or the
+        step's timeout (a warning that says what, how long and by when), or ``None`` when it
+        fits or nothing bounds the run. ``FIT_MARGIN`` of the time left is kept in reserve."""
+        left = self.run_time_left()
+        if left is None or estimate.seconds <= left * (1 - FIT_MARGIN):
+            return None
+        if self.run_deadline is not None and (
+            self.deadline is None or self.run_deadline <= self.deadline
+        ):
+            by = "the run's window ends"
+            if self.run_ends is not None:
+                by += f" at {self.run_ends:%H:%M}"
+        else:
+            by = "the step's timeout ends"
+        return (
+            f"{what} skipped: it would take about {format_elapsed(estimate.seconds)}"
+            f" ({estimate.basis}) and {by} in {format_elapsed(left)}"
+        )
+
+    def estimate(self, operation: str, size: int, default_rate: float) -> Estimate:
+        """How long ``operation`` (``"reindex:public.deals_pkey"``, or a task-wide name) on
+        ``size`` bytes of this target will take: at the slowest rate of its last
+        ``ESTIMATE_RUNS`` recorded runs (``record_duration``, kept in the journal), else at the
+        slowest rate recorded for any operation of the same kind (the text before ``:``) on
+        this target, else at ``default_rate`` bytes per second (the caller's documented guess)."""
+        kind = operation.split(":", 1)[0]
+        for key, what in ((operation, "its"), (kind, f"{kind} on this target:")):
+            rates = self.state_get(f"rate:{key}") or []
+            if rates:
+                rate = min(rates)
+                return Estimate(
+                    size / rate if rate > 0 else 0.0,
+                    f"{format_size(size)} at {format_size(rate)}/s, the slowest of"
+                    f" {what} last {plural(len(rates), 'run')}",
+                )
+        return Estimate(
+            size / default_rate,
+            f"{format_size(size)} at an assumed {format_size(default_rate)}/s, no past run",
+        )
+
+    def record_duration(self, operation: str, size: int, seconds: float) -> None:
+        """Remember that ``operation`` took ``seconds`` on ``size`` bytes (for ``estimate``:
+        under the operation and under its kind; not in check mode, and not for work too small
+        or quick to say anything about a rate)."""
+        if size < MIN_MEASURED_SIZE or seconds < MIN_MEASURED_SECONDS:
+            return
+        rate = size / seconds
+        for key in {operation, operation.split(":", 1)[0]}:
+            rates = list(self.state_get(f"rate:{key}") or [])
+            self.state_set(f"rate:{key}", [*rates, rate][-ESTIMATE_RUNS:])
 
     def read_only_details(self, **details: Any) -> dict[str, Any]:
         """The ``details`` of a task that only reads: ``read_only`` and ``check_mode`` set (it
@@ -220,6 +295,24 @@ class ByteMeter:
         # Outside the lock: the other reading threads do not wait for the reporter.
         if self.report is not None:
             self.report(done, self.total, self.estimated)
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """How long a piece of work should take (``seconds``) and what that figure rests on
+    (``basis``, said in a skip warning: past runs, or the size at an assumed rate)."""
+
+    seconds: float
+    basis: str
+
+
+#: Share of the time left that ``TaskContext.wont_fit`` keeps in reserve (estimates err).
+FIT_MARGIN = 0.1
+#: Past runs an estimate looks at (their slowest rate: the estimate errs long).
+ESTIMATE_RUNS = 5
+#: Work below these sizes (bytes) and times (seconds) says little of a rate: not recorded.
+MIN_MEASURED_SIZE = 1 << 20
+MIN_MEASURED_SECONDS = 0.5
 
 
 TaskFunc = Callable[[TaskContext], "TaskResult"]

@@ -1,0 +1,1 @@
+"""Maintenance windows as pure functions over dates (``windows``); the scheduler comes later."""
