@@ -22,6 +22,7 @@ from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Se
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, Self, TypeVar
 
+from crmmaint.engines.maintenance import TableMaintenance
 from crmmaint.errors import (
     FORCE,
     AccessRefused,
@@ -760,6 +761,10 @@ class DatabaseEngine(RestoreRoutine[TargetT]):
         """The restore targets on this server whose names start with ``prefix`` (databases;
         SQLite: the files beside ``near``'s file), for a drill's sweep of copies that killed
         drills left. Raises ``EngineError``."""
+
+    @abc.abstractmethod
+    def maintenance(self) -> TableMaintenance:
+        """The engine's index and table maintenance (``indexes.optimize``)."""
 
     @abc.abstractmethod
     def owner_query(self, sql: str, *, timeout: float = QUERY_TIMEOUT) -> list[list[str | None]]:

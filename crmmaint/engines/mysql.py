@@ -16,7 +16,7 @@ import re
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from crmmaint.engines.base import (
     QUERY_TIMEOUT,
@@ -34,6 +34,9 @@ from crmmaint.engines.base import (
 )
 from crmmaint.engines.myscript import MAX_HEAD, MyScriptLexer, RestoreScript, quoted_pattern
 from crmmaint.errors import AccessRefused, EngineError, RestoreTargetExists
+
+if TYPE_CHECKING:
+    from crmmaint.engines.mysql_maintenance import MySQLMaintenance
 
 log = logging.getLogger(__name__)
 
@@ -308,6 +311,9 @@ class MySQLEngine(DatabaseEngine[MyRestoreTarget]):
     system_databases = frozenset({"mysql", "sys", "performance_schema", "information_schema"})
 
     engine = "mysql"
+    #: The quoting of this module's SQL, for modules that may not import it (maintenance).
+    quote_ident = staticmethod(quote_ident)
+    quote_literal = staticmethod(quote_literal)
     login_refusals = ("ERROR 1045",)  # Access denied for user … (using password: …)
     #: Set on the engine a least-privilege restore loads with (``as_load_user``).
     load_user: LoadUser | None = None
@@ -384,6 +390,12 @@ class MySQLEngine(DatabaseEngine[MyRestoreTarget]):
         command = self.client("--batch", "--skip-column-names", database=database)
         result = self.run(command, stdin=sql.encode("utf-8"), timeout=timeout, what="query")
         return parse_batch(result.stdout)
+
+    def maintenance(self) -> MySQLMaintenance:
+        """Index and table maintenance of this database (``mysql_maintenance``)."""
+        from crmmaint.engines.mysql_maintenance import MySQLMaintenance
+
+        return MySQLMaintenance(self)
 
     def owner_query(self, sql: str, *, timeout: float = QUERY_TIMEOUT) -> list[list[str | None]]:
         """``DatabaseEngine.owner_query``: when a least-privilege restore made this database,

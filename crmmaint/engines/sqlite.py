@@ -17,7 +17,7 @@ import re
 import secrets
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from crmmaint.engines.base import (
@@ -34,6 +34,9 @@ from crmmaint.engines.base import (
 )
 from crmmaint.errors import FORCE, CrmMaintError, EngineError, RestoreError
 from crmmaint.processes import still_running, this_process
+
+if TYPE_CHECKING:
+    from crmmaint.engines.sqlite_maintenance import SQLiteMaintenance
 
 log = logging.getLogger(__name__)
 
@@ -203,6 +206,12 @@ class SQLiteEngine(DatabaseEngine[SQLiteRestoreTarget]):
 
     def for_target(self, target_name: str) -> SQLiteEngine:
         return self.for_path(self.target_path(target_name))
+
+    def maintenance(self) -> SQLiteMaintenance:
+        """Index and table maintenance of this database (``sqlite_maintenance``)."""
+        from crmmaint.engines.sqlite_maintenance import SQLiteMaintenance
+
+        return SQLiteMaintenance(self)
 
     def owner_query(self, sql: str, *, timeout: float = QUERY_TIMEOUT) -> list[list[str | None]]:
         """``DatabaseEngine.owner_query``: the file opened read-only, in the shell's

@@ -57,6 +57,7 @@ from crmmaint.engines.postgresql.load import (
     plan_pieces,
     run_together,
 )
+from crmmaint.engines.postgresql.maintenance import PostgreSQLMaintenance
 from crmmaint.engines.postgresql.roles import LOAD_ROLE_HINT, LOAD_ROLE_PREFIX, LoadRole
 from crmmaint.engines.postgresql.script import RestoreScript
 from crmmaint.engines.postgresql.sections import CopyRowCounter, PostDataSplit, post_data_phases
@@ -209,6 +210,10 @@ class PostgreSQLEngine(DatabaseEngine[PgRestoreTarget]):
         its search_path is ``pg_catalog, pg_temp``, so name user tables with their schema."""
         result = self.run(self.psql(), stdin=sql.encode("utf-8"), timeout=timeout, what="query")
         return parse_csv(result.text)
+
+    def maintenance(self) -> PostgreSQLMaintenance:
+        """Index and table maintenance of this database (``postgresql.maintenance``)."""
+        return PostgreSQLMaintenance(self)
 
     def owner_query(self, sql: str, *, timeout: float = QUERY_TIMEOUT) -> list[list[str | None]]:
         """``DatabaseEngine.owner_query``: one psql transaction, ``READ ONLY``, with

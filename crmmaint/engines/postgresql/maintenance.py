@@ -1,0 +1,428 @@
+"""PostgreSQL index and table maintenance: bloat, invalid, duplicate and unused indexes, and
+dead tuples, asked of the catalog; ``REINDEX INDEX CONCURRENTLY``, ``DROP INDEX CONCURRENTLY``
+of the leftovers of failed concurrent rebuilds and ``VACUUM (ANALYZE)``, each under
+``lock_timeout`` and ``statement_timeout``.
+
+Bloat of a B-tree index comes from ``pgstatindex`` (the ``pgstattuple`` extension) when the
+database has that extension, else from an estimate: the index's size against the pages its
+rows need by the planner's statistics (``reltuples``, ``pg_stats.avg_width``; the approach of
+the widely used ``btree_bloat.sql`` of the PostgreSQL community, simplified). The survey says
+which. Other index types are not measured.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from crmmaint.engines.maintenance import (
+    Action,
+    Finding,
+    MaintenancePolicy,
+    Outcome,
+    Survey,
+    TableMaintenance,
+)
+from crmmaint.engines.postgresql.catalog import _USER_SCHEMAS, quote_ident, quote_literal
+from crmmaint.errors import EngineError
+from crmmaint.units import format_size
+
+if TYPE_CHECKING:
+    from crmmaint.engines.postgresql.engine import PostgreSQLEngine
+
+log = logging.getLogger(__name__)
+
+#: Page layout of a B-tree (``src/include/storage/bufpage.h``, ``nbtree.h``): page header
+#: 24 bytes, B-tree special space 16, index tuple header 8, line pointer 4, MAXALIGN 8.
+_PAGE_HEADER, _BTREE_SPECIAL, _TUPLE_HEADER, _LINE_POINTER, _ALIGN = 24, 16, 8, 4, 8
+#: B-tree default fillfactor (``BTREE_DEFAULT_FILLFACTOR``).
+_BTREE_FILLFACTOR = 90
+#: Fewest dead tuples worth a VACUUM (autovacuum's default ``autovacuum_vacuum_threshold``).
+_MIN_DEAD_TUPLES = 50
+#: The names PostgreSQL gives the copies of a concurrent rebuild (``index_concurrently_*``).
+_LEFTOVER = re.compile(r"_cc(new|old)\d*$")
+
+_INDEXES_SQL = f"""
+SELECT n.nspname, c.relname, t.relname, i.indexrelid, i.indrelid,
+       pg_relation_size(i.indexrelid), pg_table_size(i.indrelid),
+       i.indisvalid, i.indisunique OR i.indisprimary OR i.indisexclusion,
+       EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = i.indexrelid),
+       am.amname, COALESCE(s.idx_scan, 0), c.reltuples::bigint, c.relpages,
+       current_setting('block_size'),
+       COALESCE((SELECT option_value FROM pg_options_to_table(c.reloptions)
+                 WHERE option_name = 'fillfactor'), ''),
+       i.indkey::text, i.indclass::text, i.indcollation::text,
+       COALESCE(pg_get_expr(i.indexprs, i.indrelid), ''),
+       COALESCE(pg_get_expr(i.indpred, i.indrelid), ''), i.indnkeyatts,
+       EXISTS (SELECT 1 FROM pg_stat_progress_create_index p WHERE p.relid = i.indrelid)
+FROM pg_index i
+JOIN pg_class c ON c.oid = i.indexrelid
+JOIN pg_class t ON t.oid = i.indrelid
+JOIN pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_am am ON am.oid = c.relam
+LEFT JOIN pg_stat_user_indexes s ON s.indexrelid = i.indexrelid
+WHERE {_USER_SCHEMAS} AND t.relpersistence <> 't'
+ORDER BY 1, 2
+"""
+
+# Per index: its columns, how many of them the planner has statistics for, and the sum of
+# their average widths (plain columns under the table, expressions under the index).
+_WIDTHS_SQL = f"""
+SELECT i.indexrelid, count(*), count(s.avg_width), COALESCE(sum(s.avg_width), 0),
+       COALESCE(bool_or(s.null_frac > 0), false)
+FROM pg_index i
+JOIN pg_class c ON c.oid = i.indexrelid
+JOIN pg_class t ON t.oid = i.indrelid
+JOIN pg_namespace n ON n.oid = c.relnamespace
+CROSS JOIN LATERAL generate_series(0, i.indnatts - 1) AS k(pos)
+LEFT JOIN pg_attribute ta ON ta.attrelid = i.indrelid AND ta.attnum = i.indkey[k.pos]
+LEFT JOIN pg_attribute ia ON ia.attrelid = i.indexrelid AND ia.attnum = k.pos + 1
+LEFT JOIN pg_stats s ON s.schemaname = n.nspname AND (
+       (i.indkey[k.pos] <> 0 AND s.tablename = t.relname AND s.attname = ta.attname)
+    OR (i.indkey[k.pos] = 0 AND s.tablename = c.relname AND s.attname = ia.attname))
+WHERE {_USER_SCHEMAS}
+GROUP BY i.indexrelid
+"""
+
+# Live rows as autovacuum counts them: the planner's reltuples (-1: never analyzed or
+# vacuumed, then the statistics collector's n_live_tup).
+_TABLES_SQL = """
+SELECT s.schemaname, s.relname,
+       CASE WHEN c.reltuples >= 0 THEN c.reltuples::bigint ELSE s.n_live_tup END,
+       s.n_dead_tup, pg_table_size(s.relid)
+FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid
+ORDER BY 1, 2
+"""
+
+_PGSTATTUPLE_SQL = """
+SELECT n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace
+WHERE e.extname = 'pgstattuple'
+"""
+
+_STATS_SINCE_SQL = """
+SELECT COALESCE(to_char(stats_reset AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI "UTC"'), '')
+FROM pg_stat_database WHERE datname = current_database()
+"""
+
+
+@dataclass(frozen=True)
+class _Index:
+    schema: str
+    name: str
+    table: str
+    oid: str
+    table_oid: str
+    size: int
+    table_size: int
+    valid: bool
+    unique: bool
+    backs_constraint: bool
+    method: str
+    scans: int
+    tuples: int
+    pages: int
+    block_size: int
+    fillfactor: int
+    key: str
+    opclasses: str
+    collations: str
+    expressions: str
+    predicate: str
+    key_columns: int
+    building: bool
+
+    @property
+    def qualified(self) -> str:
+        return f"{quote_ident(self.schema)}.{quote_ident(self.name)}"
+
+    @property
+    def label(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+    @property
+    def table_label(self) -> str:
+        return f"{self.schema}.{self.table}"
+
+    @property
+    def definition(self) -> tuple[str, ...]:
+        """What makes two indexes the same index."""
+        return (self.table_oid, self.method, self.key, self.opclasses, self.collations,
+                self.expressions, self.predicate)  # fmt: skip
+
+    @property
+    def columns(self) -> list[str]:
+        return self.key.split()[: self.key_columns]
+
+
+def _index(row: tuple[str, ...]) -> _Index:
+    (schema, name, table, oid, table_oid, size, table_size, valid, unique, backs, method,
+     scans, tuples, pages, block, fill, key, opclasses, collations, exprs, pred, nkey,
+     building) = row  # fmt: skip
+    return _Index(
+        schema, name, table, oid, table_oid, int(size), int(table_size), valid == "t",
+        unique == "t", backs == "t", method, int(scans), max(0, int(tuples)), int(pages),
+        int(block), int(fill) if fill else _BTREE_FILLFACTOR, key, opclasses, collations,
+        exprs, pred, int(nkey), building == "t",
+    )  # fmt: skip
+
+
+def estimated_btree_bytes(
+    tuples: int, width: float, block_size: int, fillfactor: int, nullable: bool = False
+) -> int:
+    """Bytes a freshly built B-tree of ``tuples`` rows of key ``width`` bytes (the sum of the
+    columns' average widths) needs: leaf pages filled to ``fillfactor`` percent, one in 100
+    more for the inner pages (rounded up), and the meta page. A lower bound in spirit: a
+    rebuilt index is about this size, so what exceeds it is bloat."""
+    data = width + (_ALIGN if nullable else 0)
+    tuple_bytes = _TUPLE_HEADER + math.ceil(data / _ALIGN) * _ALIGN + _LINE_POINTER
+    usable = (block_size - _PAGE_HEADER - _BTREE_SPECIAL) * fillfactor / 100
+    leaves = math.ceil(tuples * tuple_bytes / usable) if tuples else 1
+    return (leaves + math.ceil(leaves / 100) + 1) * block_size
+
+
+class PostgreSQLMaintenance(TableMaintenance):
+    """``TableMaintenance`` of one PostgreSQL database, through its engine's psql."""
+
+    #: REINDEX reads the table and writes the index; VACUUM reads the table: bytes/second.
+    default_rates = {"reindex": 20e6, "vacuum": 40e6, "drop_leftover": 1e9}
+
+    def __init__(self, engine: PostgreSQLEngine) -> None:
+        self.engine = engine
+
+    # --- survey ---------------------------------------------------------------------------
+
+    def survey(self, policy: MaintenancePolicy, *, timeout: float) -> Survey:
+        indexes = [_index(row) for row in self.engine.query(_INDEXES_SQL, timeout=timeout)]
+        extension = self.engine.query(_PGSTATTUPLE_SQL, timeout=timeout)
+        method = "pgstattuple" if extension else "estimate from the catalog statistics"
+        survey = Survey(method=method, objects={"indexes": len(indexes)})
+        since = self.engine.query(_STATS_SINCE_SQL, timeout=timeout)
+        since_text = since[0][0] if since and since[0] and since[0][0] else "statistics began"
+        bloat = self._bloat(indexes, policy, extension[0][0] if extension else None, timeout)
+        for index in indexes:
+            if index.building:
+                survey.notes.append(
+                    f"{index.label}: an index build is under way on {index.table_label}; left alone"
+                )
+                continue
+            if not index.valid:
+                survey.actions.append(self._invalid(index))
+                continue
+            wasted = bloat.get(index.oid)
+            if wasted is None or index.size < policy.min_size:
+                continue
+            share = wasted / index.size if index.size else 0.0
+            if share >= policy.bloat_threshold:
+                survey.actions.append(
+                    Action(
+                        kind="reindex",
+                        object=index.label,
+                        reason=f"{share:.0%} bloat ({format_size(wasted)} of"
+                        f" {format_size(index.size)}, {method})",
+                        size=index.size,
+                        work=index.size + index.table_size,
+                        statement=f"REINDEX INDEX CONCURRENTLY {index.qualified}",
+                        locks="none for reads and writes (brief waits at its start and end)",
+                        extra={"schema": index.schema, "name": index.name, "table": index.table},
+                    )
+                )
+        survey.findings += _duplicates([i for i in indexes if i.valid])
+        survey.findings += [
+            Finding("unused", i.label, f"never scanned since {since_text}", i.size)
+            for i in indexes
+            if i.valid and i.scans == 0 and not i.unique and not i.backs_constraint
+        ]
+        tables = self.engine.query(_TABLES_SQL, timeout=timeout)
+        survey.objects["tables"] = len(tables)
+        for schema, table, live, dead, size in tables:
+            live_n, dead_n = int(live), int(dead)
+            # autovacuum's rule (``autovacuum_vacuum_threshold`` + scale factor x reltuples)
+            share = dead_n / max(1, live_n)
+            if dead_n >= _MIN_DEAD_TUPLES + policy.dead_tuple_threshold * live_n:
+                name = f"{quote_ident(schema)}.{quote_ident(table)}"
+                survey.actions.append(
+                    Action(
+                        kind="vacuum",
+                        object=f"{schema}.{table}",
+                        reason=f"{dead_n} dead tuples, {share:.0%} of its {live_n} rows",
+                        size=int(size),
+                        work=int(size),
+                        statement=f"VACUUM (ANALYZE) {name}",
+                        locks="none for reads and writes; waits for DDL on the table",
+                        extra={"schema": schema, "name": table},
+                    )
+                )
+        return survey
+
+    def _invalid(self, index: _Index) -> Action:
+        if _LEFTOVER.search(index.name):
+            return Action(
+                kind="drop_leftover",
+                object=index.label,
+                reason="invalid: left by a failed concurrent rebuild",
+                size=index.size,
+                work=0,
+                statement=f"DROP INDEX CONCURRENTLY {index.qualified}",
+                locks="none for reads and writes",
+                extra={"schema": index.schema, "name": index.name, "table": index.table},
+            )
+        return Action(
+            kind="reindex",
+            object=index.label,
+            reason="invalid: a failed CREATE INDEX CONCURRENTLY; queries cannot use it",
+            size=index.size,
+            work=index.size + index.table_size,
+            statement=f"REINDEX INDEX CONCURRENTLY {index.qualified}",
+            locks="none for reads and writes (brief waits at its start and end)",
+            extra={"schema": index.schema, "name": index.name, "table": index.table},
+        )
+
+    def _bloat(
+        self,
+        indexes: list[_Index],
+        policy: MaintenancePolicy,
+        extension_schema: str | None,
+        timeout: float,
+    ) -> dict[str, int]:
+        """Wasted bytes of each valid B-tree index at least ``policy.min_size`` big, by oid."""
+        measured = [
+            i for i in indexes
+            if i.valid and i.method == "btree" and i.size >= policy.min_size and not i.building
+        ]  # fmt: skip
+        if not measured:
+            return {}
+        out: dict[str, int] = {}
+        if extension_schema is not None:
+            function = f"{quote_ident(extension_schema)}.pgstatindex"
+            sql = "\nUNION ALL\n".join(
+                f"SELECT {quote_literal(i.oid)}, avg_leaf_density FROM"
+                f" {function}({i.oid}::oid::regclass)"
+                for i in measured
+            )
+            for oid, density in self.engine.query(sql, timeout=timeout):
+                index = next(i for i in measured if i.oid == oid)
+                packed = float(density) if density not in ("", "NaN") else 0.0
+                share = max(0.0, 1 - packed / index.fillfactor) if packed else 0.0
+                out[oid] = int(index.size * share)
+            return out
+        widths = {row[0]: row[1:] for row in self.engine.query(_WIDTHS_SQL, timeout=timeout)}
+        for index in measured:
+            columns, known, width, nullable = widths.get(index.oid, ("0", "1", "0", "f"))
+            if int(known) < int(columns) or int(columns) == 0:
+                continue  # no statistics (never analyzed): no estimate
+            needed = estimated_btree_bytes(
+                index.tuples, float(width), index.block_size, index.fillfactor, nullable == "t"
+            )
+            out[index.oid] = max(0, index.size - needed)
+        return out
+
+    # --- perform --------------------------------------------------------------------------
+
+    def perform(self, action: Action, policy: MaintenancePolicy, *, timeout: float) -> Outcome:
+        before = self._size(action)
+        try:
+            self._run(action.statement, policy, timeout, f"{action.kind} {action.object}")
+        except EngineError as exc:
+            if action.kind == "reindex":
+                self._drop_leftovers(action, policy)
+            raise exc
+        after = None if action.kind == "drop_leftover" else self._size(action)
+        return Outcome(before if before is not None else action.size, after)
+
+    def _run(self, statement: str, policy: MaintenancePolicy, timeout: float, what: str) -> None:
+        """One statement in autocommit (``REINDEX … CONCURRENTLY`` cannot run in a
+        transaction block) after ``lock_timeout`` and ``statement_timeout`` for the session."""
+        command = [*self.engine.psql()]
+        for line in (
+            f"SET lock_timeout = {max(1, int(policy.lock_timeout * 1000))}",
+            f"SET statement_timeout = {max(1, int(timeout * 1000))}",
+            statement,
+        ):
+            command += ["-c", line]
+        self.engine.run(command, timeout=timeout + 30, what=what)
+
+    def _size(self, action: Action) -> int | None:
+        name = f"{quote_ident(action.extra['schema'])}.{quote_ident(action.extra['name'])}"
+        rows = self.engine.query(
+            f"SELECT pg_relation_size(to_regclass({quote_literal(name)}))"
+            if action.kind != "vacuum"
+            else f"SELECT pg_table_size(to_regclass({quote_literal(name)}))"
+        )
+        return int(rows[0][0]) if rows and rows[0][0] else None
+
+    def _drop_leftovers(self, action: Action, policy: MaintenancePolicy) -> None:
+        """After a failed ``REINDEX CONCURRENTLY`` of ``action``'s index: drop the invalid
+        ``<index>_ccnew`` copy it left (a lock that is still not granted leaves it for the
+        next run, which finds it invalid and drops it; the log says so)."""
+        schema, name = action.extra["schema"], action.extra["name"]
+        rows = self.engine.query(
+            "SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+            " JOIN pg_namespace n ON n.oid = c.relnamespace JOIN pg_class t ON t.oid ="
+            f" i.indrelid WHERE n.nspname = {quote_literal(schema)} AND t.relname ="
+            f" {quote_literal(action.extra['table'])} AND NOT i.indisvalid AND"
+            f" c.relname ~ '_ccnew[0-9]*$' AND starts_with(c.relname,"
+            f" {quote_literal(name[:50])})"
+        )
+        for (leftover,) in rows:
+            statement = f"DROP INDEX CONCURRENTLY {quote_ident(schema)}.{quote_ident(leftover)}"
+            try:
+                self._run(statement, policy, 300.0, f"dropping leftover {schema}.{leftover}")
+                log.info("%s: dropped %s.%s left by a failed rebuild", self.engine.where,
+                         schema, leftover)  # fmt: skip
+            except EngineError as exc:
+                log.warning("%s: %s.%s left by a failed rebuild stays until the next run: %s",
+                            self.engine.where, schema, leftover, exc)  # fmt: skip
+
+
+def _duplicates(indexes: list[_Index]) -> list[Finding]:
+    """Indexes that repeat another one's definition (``duplicate``), and plain B-tree indexes
+    whose key columns are the leading columns of another B-tree index on the same table
+    (``redundant``: the other serves its queries). Reported, never dropped."""
+    out: list[Finding] = []
+    same: dict[tuple[str, ...], list[_Index]] = defaultdict(list)
+    for index in indexes:
+        same[index.definition].append(index)
+    for group in same.values():
+        if len(group) < 2:
+            continue
+        keep = sorted(group, key=lambda i: (not i.backs_constraint, not i.unique, i.name))[0]
+        for other in group:
+            if other is not keep:
+                out.append(
+                    Finding(
+                        "duplicate", other.label, f"same definition as {keep.label}", other.size
+                    )
+                )
+    plain = [
+        i for i in indexes
+        if i.method == "btree" and not i.expressions and not i.predicate and "0" not in i.columns
+    ]  # fmt: skip
+    duplicates = {f.object for f in out}
+    for index in plain:
+        if index.unique or index.backs_constraint or index.label in duplicates:
+            continue
+        cols = index.columns
+        ops = index.opclasses.split()[: len(cols)]
+        for other in plain:
+            wider = other.columns
+            if (
+                other is not index
+                and other.table_oid == index.table_oid
+                and len(wider) > len(cols)
+                and wider[: len(cols)] == cols
+                and other.opclasses.split()[: len(cols)] == ops
+            ):
+                out.append(
+                    Finding(
+                        "redundant",
+                        index.label,
+                        f"its columns lead {other.label}, which serves the same queries",
+                        index.size,
+                    )
+                )
+                break
+    return out
