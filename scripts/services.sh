@@ -21,7 +21,13 @@ need_pkg chromium chromium  # the drill report's HTML, rendered headless
 
 if ! pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; then
   log "starting PostgreSQL"
-  as_root pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -1)" main start
+  pg_version="$(ls /etc/postgresql | head -1)"
+  pg_options=()
+  # perf.report's tests read pg_stat_statements where the server preloads it.
+  if [ -f "/usr/lib/postgresql/$pg_version/lib/pg_stat_statements.so" ]; then
+    pg_options=(-- -o "-c shared_preload_libraries=pg_stat_statements")
+  fi
+  as_root pg_ctlcluster --skip-systemctl-redirect "$pg_version" main start "${pg_options[@]}"
 fi
 if ! mariadb-admin -uroot -h127.0.0.1 --protocol=tcp ping >/dev/null 2>&1; then
   log "starting MariaDB"

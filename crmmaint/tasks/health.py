@@ -9,22 +9,17 @@ read-only and run unchanged in check mode.
 from __future__ import annotations
 
 import logging
-import time
-import urllib.error
-import urllib.request
 from typing import Any
 
+from crmmaint.engines import http_probe
 from crmmaint.engines.host import PROBE_TIMEOUT, HostError, HostOS, ToolMissing
+from crmmaint.engines.http_probe import ProbeError
 from crmmaint.errors import CrmMaintError
 from crmmaint.results import Status, TaskResult, worst
 from crmmaint.tasks.api import Param, TaskContext, task
 from crmmaint.units import plural
 
 log = logging.getLogger(__name__)
-
-
-class ProbeError(CrmMaintError):
-    """A request made from the runner (``health.http`` with ``from: runner``) failed."""
 
 
 # --- health.host -----------------------------------------------------------------------------
@@ -225,8 +220,7 @@ def _check_tcp(ctx: TaskContext, host_os: HostOS, spec: str, timeout: float) -> 
 
 def expand_url(url: str, ctx: TaskContext) -> str:
     """Fill ``{host}`` (inventory name) and ``{address}`` so one step can check every host."""
-    h = ctx.target.host
-    return url.replace("{host}", h.name).replace("{address}", h.address)
+    return http_probe.expand_url(url, ctx.target.host)
 
 
 @task(
@@ -260,7 +254,7 @@ def http(ctx: TaskContext) -> TaskResult:
     timeout = ctx.time_left(p["timeout"]) or p["timeout"]
     try:
         if p["from"] == "runner":
-            status, latency = _http_from_runner(url, timeout, p["follow_redirects"])
+            status, latency = http_probe.request_from_runner(url, timeout, p["follow_redirects"])
         else:
             status, latency = _http_from_host(ctx, url, timeout, p["follow_redirects"])
     except (HostError, ProbeError) as exc:
@@ -297,26 +291,6 @@ def _http_from_host(ctx: TaskContext, url: str, timeout: float, follow: bool) ->
         )
     except ToolMissing as exc:
         raise HostError(f"{exc.message}; install it or use from: runner") from exc
-
-
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None
-
-
-def _http_from_runner(url: str, timeout: float, follow: bool) -> tuple[int, float]:
-    opener = urllib.request.build_opener(*([] if follow else [_NoRedirect()]))
-    started = time.monotonic()
-    try:
-        with opener.open(url, timeout=timeout) as resp:
-            resp.read(1 << 16)
-            status = int(resp.status)
-    except urllib.error.HTTPError as exc:
-        status = exc.code
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise ProbeError(f"request failed: {reason}") from exc
-    return status, time.monotonic() - started
 
 
 # --- health.database -------------------------------------------------------------------------
