@@ -57,7 +57,9 @@ class MySQLMaintenance(TableMaintenance):
             " ORDER BY t.TABLE_NAME",
             timeout=timeout,
         )
-        survey = Survey(method="information_schema", objects={"tables": len(tables)})
+        survey = Survey(
+            method="free space from information_schema", objects={"tables": len(tables)}
+        )
         total = 0
         for name, engine, data, index, free, space in tables:
             size = int(data) + int(index)

@@ -50,7 +50,7 @@ class SQLiteMaintenance(TableMaintenance):
         return int(pages), int(page_size), int(free), journal
 
     def survey(self, policy: MaintenancePolicy, *, timeout: float) -> Survey:
-        survey = Survey(method="PRAGMA freelist_count")
+        survey = Survey(method="free pages from PRAGMA freelist_count")
         check = self.engine.query("PRAGMA quick_check;", timeout=timeout)
         if check != [("ok",)]:
             detail = "; ".join(row[0] for row in check[:3])

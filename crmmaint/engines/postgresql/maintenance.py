@@ -66,6 +66,7 @@ JOIN pg_namespace n ON n.oid = c.relnamespace
 JOIN pg_am am ON am.oid = c.relam
 LEFT JOIN pg_stat_user_indexes s ON s.indexrelid = i.indexrelid
 WHERE {_USER_SCHEMAS} AND t.relpersistence <> 't'
+  AND c.relkind = 'i'  -- a partitioned table's index is its partitions' indexes
 ORDER BY 1, 2
 """
 
@@ -198,7 +199,9 @@ class PostgreSQLMaintenance(TableMaintenance):
     def survey(self, policy: MaintenancePolicy, *, timeout: float) -> Survey:
         indexes = [_index(row) for row in self.engine.query(_INDEXES_SQL, timeout=timeout)]
         extension = self.engine.query(_PGSTATTUPLE_SQL, timeout=timeout)
-        method = "pgstattuple" if extension else "estimate from the catalog statistics"
+        method = (
+            "bloat from pgstattuple" if extension else "bloat estimated from the catalog statistics"
+        )
         survey = Survey(method=method, objects={"indexes": len(indexes)})
         since = self.engine.query(_STATS_SINCE_SQL, timeout=timeout)
         since_text = since[0][0] if since and since[0] and since[0][0] else "statistics began"
@@ -222,7 +225,7 @@ class PostgreSQLMaintenance(TableMaintenance):
                         kind="reindex",
                         object=index.label,
                         reason=f"{share:.0%} bloat ({format_size(wasted)} of"
-                        f" {format_size(index.size)}, {method})",
+                        f" {format_size(index.size)}, {method.removeprefix('bloat ')})",
                         size=index.size,
                         work=index.size + index.table_size,
                         statement=f"REINDEX INDEX CONCURRENTLY {index.qualified}",
