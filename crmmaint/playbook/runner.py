@@ -547,22 +547,11 @@ class Runner:
         """All attempts on one target; returns the last result (never raises)."""
         started, clock = time.time(), time.monotonic()
         self._report("on_target_start", step, target)
-        ended = self._window_ended()
-        if ended is not None:  # targets queued behind others when the window closed
-            log.info("%s on %s skipped: %s", step.name, target.label, ended)
-            return TargetResult(
-                step=step.name,
-                task=step.task,
-                target=target.label,
-                kind=target.kind,
-                host=target.host.name,
-                result=TaskResult.skipped(ended),
-                started=started,
-                duration=0.0,
-                attempts=0,
-            )
         attempts = 0
-        while True:
+        ended = self._window_ended()
+        if ended is not None:  # a target queued behind others when the window closed
+            result = TaskResult.skipped(ended)
+        while ended is None:
             attempts += 1
             result, timed_out = self._attempt(step, target)
             if (
