@@ -641,14 +641,26 @@ def _write_log(path: Path, seed: int, lines: int = 1500) -> None:
 
 
 def _write_cache(path: Path, seed: int, files: int = 40) -> None:
-    if path.exists():
-        return
-    path.mkdir(parents=True)
+    """The demo's file cache: ``files`` cache files in two folders, half of them stale
+    (modified three days ago: older than the ``older_than: 1d`` of the demo's ``clear:``),
+    and a stale ``writer.lock`` that its ``files: ["*.cache"]`` does not match. Missing
+    files are written again (as the CRM would), so every ``crmmaint demo`` finds stale ones
+    for ``cache.clear`` to remove; existing files are never touched."""
     r = random.Random(seed + 2)
+    stale = (datetime.now() - timedelta(days=3)).timestamp()
     for i in range(files):
         sub = path / ("sessions" if i % 2 else "templates")
-        sub.mkdir(exist_ok=True)
-        (sub / f"{r.getrandbits(64):016x}.cache").write_bytes(r.randbytes(r.randint(200, 8000)))
+        sub.mkdir(parents=True, exist_ok=True)
+        name = sub / f"{r.getrandbits(64):016x}.cache"
+        data = r.randbytes(r.randint(200, 8000))
+        if not name.exists():
+            name.write_bytes(data)
+            if i % 4 < 2:
+                os.utime(name, (stale, stale))
+    lock = path / "sessions" / "writer.lock"
+    if not lock.exists():
+        lock.write_text("crm-web 4711\n", encoding="utf-8")
+        os.utime(lock, (stale, stale))
 
 
 def _write_attachments(path: Path, seed: int) -> None:

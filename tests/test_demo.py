@@ -142,10 +142,14 @@ def test_every_daily_step_works_on_the_demo(tmp_path: Path) -> None:
                 assert result.status is not Status.FAILED, (item.step.name, result.message)
     assert set(outcomes) == {
         "health.host", "health.service", "health.http", "health.database", "logs.scan",
-        "capacity.disk",
+        "capacity.disk", "cache.clear",
     }  # fmt: skip
     assert outcomes["health.database"] is Status.OK
     assert outcomes["logs.scan"] is Status.WARNING  # the demo log holds a few ERRORs
+    assert outcomes["cache.clear"] is Status.CHANGED  # the demo's stale cache files
+    cache = tmp_path / "demo" / "cache"
+    assert len(list(cache.rglob("*.cache"))) == 20  # the fresh half stays
+    assert (cache / "sessions" / "writer.lock").exists()  # not a *.cache file
 
 
 def test_run_demo_runs_daily_into_the_demo_journal(tmp_path: Path) -> None:
@@ -184,6 +188,8 @@ def test_the_demo_a_user_runs_at_its_real_size(tmp_path: Path) -> None:
         assert "drill the main database crm@local: backup" in proc.stdout
         if run_number == 1:  # the planted log errors are new only the first time
             assert "warning  daily: logs scanned local: expected" in proc.stdout
+        # Each demo writes its stale cache files again, and the daily step removes them.
+        assert len(list((demo / "cache").rglob("*.cache"))) == 20
     assert sum(database_rows(demo / "crm.sqlite").values()) == 200_000
     listed = subprocess.run(
         [crmmaint, "backups", "list", "-i", str(demo / "inventory.yml"), "--json"],

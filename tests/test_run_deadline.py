@@ -244,7 +244,7 @@ def test_cli_run_until_and_for(tmp_path: Path) -> None:
     inv.write_text("hosts: {local: {connection: local}}\n")
     book = tmp_path / "book.yml"
     book.write_text(
-        "steps: [{name: hi, task: shell.command, hosts: all, with: {commands: [\"true\"]}}]\n"
+        'steps: [{name: hi, task: shell.command, hosts: all, with: {commands: ["true"]}}]\n'
     )
     done = crmmaint("run", str(book), "-i", str(inv), "--for", "2h", cwd=tmp_path)
     assert done.returncode == 0, done.stderr

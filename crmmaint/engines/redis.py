@@ -1,30 +1,80 @@
-"""Caches: Redis through redis-cli on the cache's host, and cache directories through find.
+"""Caches: Redis through redis-cli on the cache's host, cache directories through find, and
+an application's own cache endpoint over HTTP from the runner.
 
-Clearing by pattern uses SCAN (never KEYS) and UNLINK in batches; a whole-database flush
-(FLUSHDB of the configured database only) happens only when explicitly allowed.
+Clearing by pattern uses SCAN (never KEYS) and UNLINK in modest batches, one command at a time
+on one connection, so other clients never wait behind more than one short command; a
+whole-database flush (FLUSHDB of the configured database only) happens only when explicitly
+allowed. Directories are cleared by find without following symlinks or leaving them.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import posixpath
+import re
+import secrets
 import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from crmmaint.engines.base import transport_failure
 from crmmaint.errors import CommandTimeout, EngineError, TransportError
-from crmmaint.inventory import Cache
+from crmmaint.inventory import (
+    Cache,
+    SecretSource,
+    cache_directory_problem,
+    endpoint_problem,
+    file_glob_problem,
+)
 from crmmaint.transport.base import CommandResult, Process, Transport
 
 log = logging.getLogger(__name__)
 
 QUERY_TIMEOUT = 60.0
-#: Keys per UNLINK command.
+#: Keys per batch (one script call that counts and UNLINKs them): about a millisecond of the
+#: server's time for small keys.
 UNLINK_BATCH = 500
+#: The most keys a batch may hold (``batch``): the server serves no one else during a batch.
+MAX_UNLINK_BATCH = 5000
+#: Buckets one ``SCAN`` call visits (its COUNT): well under a millisecond of the server's time.
+SCAN_COUNT = 1000
+#: Seconds an application's cache endpoint may take to answer, by default.
+ENDPOINT_TIMEOUT = 60.0
+#: Seconds to wait for a redis-cli that ended early to say why.
+KILL_WAIT = 5.0
 
-# $1 = directory; the rest is find's expression. A missing directory holds nothing to clear.
-_FIND_IN_DIR = 'test -d "$1" || exit 0; exec find "$@"'
+#: One batch: for each key (KEYS) that still exists, count it, whether it has no TTL and its
+#: MEMORY USAGE; then UNLINK them all unless ARGV[1] is "0" (check mode). Returns
+#: {existing, without TTL, bytes, removed}. Only reads in check mode.
+_CLEAR_SCRIPT = """\
+local existing, no_ttl, bytes, removed = 0, 0, 0, 0
+for _, key in ipairs(KEYS) do
+  local ttl = redis.call('PTTL', key)
+  if ttl ~= -2 then
+    existing = existing + 1
+    if ttl == -1 then no_ttl = no_ttl + 1 end
+    bytes = bytes + (redis.call('MEMORY', 'USAGE', key) or 0)
+  end
+end
+if ARGV[1] == '1' and existing > 0 then removed = redis.call('UNLINK', unpack(KEYS)) end
+return {existing, no_ttl, bytes, removed}
+"""
+
+# $1 = directory; the rest is find's expression. A directory that is a symlink is not followed,
+# one that is missing holds nothing to clear: each said by its own exit status.
+_FIND_IN_DIR = (
+    'd=$1; [ -L "$d" ] && exit 90; [ -e "$d" ] || exit 91; [ -d "$d" ] || exit 92; exec find "$@"'
+)
+_FIND_SKIPS = {
+    90: "a symlink, not followed: name the directory it points to",
+    91: "does not exist",
+    92: "not a directory",
+}
 
 
 @dataclass(frozen=True)
@@ -58,8 +108,14 @@ class RedisAddress:
         return [*args, "-n", str(self.db)]
 
 
+#: Printable ASCII but the two characters quoting escapes (``"`` and ``\\``).
+_PLAIN_ARG = re.compile(rb"[ !#-\[\]-~]*")
+
+
 def quote_arg(value: bytes) -> str:
     """One argument for redis-cli's stdin parser: double-quoted, non-printables as \\xHH."""
+    if _PLAIN_ARG.fullmatch(value):  # the common case, without a loop over its bytes
+        return '"' + value.decode("ascii") + '"'
     out = []
     for byte in value:
         ch = chr(byte)
@@ -70,6 +126,9 @@ def quote_arg(value: bytes) -> str:
         else:
             out.append(f"\\x{byte:02x}")
     return '"' + "".join(out) + '"'
+
+
+_CLEAR_SCRIPT_ARG = quote_arg(_CLEAR_SCRIPT.encode())
 
 
 def parse_info(text: str) -> dict[str, str]:
@@ -167,7 +226,7 @@ class RedisCache:
             "keys": int(keys.get("keys", 0)),
         }
 
-    # --- clearing -------------------------------------------------------------------------
+    # --- clearing keys --------------------------------------------------------------------
 
     def clear(
         self,
@@ -177,10 +236,12 @@ class RedisCache:
         allow_flush: bool = False,
         timeout: float = 600.0,
     ) -> int:
-        """Remove keys matching ``pattern`` (SCAN + UNLINK); in check mode only count them.
+        """Remove keys matching ``pattern`` (``clear_keys``); in check mode only count them.
+        Returns the keys removed (check mode: that would be).
 
         ``pattern=None`` means the whole database and needs ``allow_flush`` (FLUSHDB of the
-        configured database; other databases of the server are never touched).
+        configured database; other databases of the server are never touched); without it
+        ``EngineError`` is raised and nothing is touched.
         """
         if pattern is None:
             if not allow_flush:
@@ -188,70 +249,164 @@ class RedisCache:
                     "refusing to clear every key without a pattern",
                     hint="give a key pattern, or allow a flush of this database explicitly",
                 )
-            count = int(self._run("DBSIZE\n", what="DBSIZE").text.strip() or 0)
-            if not check:
-                self._run("FLUSHDB ASYNC\n", timeout=timeout, what="FLUSHDB")
-                log.info("%s: flushed database %d (%d keys)", self.where, self.address.db, count)
-            return count
-        return self._scan_unlink(pattern, check, timeout)
+            return self.flush_database(check, timeout=timeout).matched
+        done = self.clear_keys(pattern, check, timeout=timeout)
+        return done.matched if check else done.removed
 
-    def _scan_unlink(self, pattern: str, check: bool, timeout: float) -> int:
-        scan = self._cli("--scan", "--pattern", pattern)
-        found = removed = 0
-        try:
-            with contextlib.ExitStack() as stack:
-                scanner = stack.enter_context(
-                    self.transport.start(scan, stdout="stream", env=self._env())
-                )
-                scanner.set_timeout(timeout)
-                unlinker = None
-                if not check:
-                    unlinker = stack.enter_context(
-                        self.transport.start(self._cli(), stdout="collect", env=self._env())
-                    )
-                    unlinker.set_timeout(timeout)
-                batch: list[bytes] = []
-                pending = b""
-                while chunk := scanner.read():
-                    lines = (pending + chunk).split(b"\n")
-                    pending = lines.pop()
-                    found += len(lines)
-                    if unlinker is not None:
-                        batch += lines
-                        while len(batch) >= UNLINK_BATCH:
-                            self._unlink(unlinker, batch[:UNLINK_BATCH])
-                            batch = batch[UNLINK_BATCH:]
-                if pending:
-                    found += 1
-                    batch.append(pending)
-                result = scanner.wait()
-                if not result.ok:
-                    raise self.error(f"SCAN failed: {result.stderr_tail()}")
-                if unlinker is not None:
-                    if batch:
-                        self._unlink(unlinker, batch)
-                    unlinker.close_stdin()
-                    removed = self._unlinked(unlinker.wait())
-        except CommandTimeout as exc:
-            raise self.error(f"clearing {pattern!r} timed out after {timeout}s") from exc
-        except TransportError as exc:
-            raise transport_failure(exc, f"{self.where}: clearing {pattern!r}") from exc
-        verb = "would unlink" if check else "unlinked"
+    def clear_keys(
+        self,
+        pattern: str,
+        check: bool,
+        *,
+        batch: int = UNLINK_BATCH,
+        pause: float = 0.0,
+        stop_at: float | None = None,
+        timeout: float = 600.0,
+    ) -> KeyClearing:
+        """Remove the keys matching ``pattern`` (Redis glob) from the configured database.
+
+        One redis-cli connection walks the keyspace with ``SCAN … MATCH pattern COUNT
+        SCAN_COUNT`` (never KEYS) and hands the keys it finds, ``batch`` at a time (at most
+        ``MAX_UNLINK_BATCH``), to one script call that counts those that still exist, those
+        without a TTL and their ``MEMORY USAGE``, and UNLINKs them (check mode: only counts).
+        Each command waits for the one before (nothing is pipelined) and ``pause`` seconds
+        follow each batch, so other clients wait at most one short command. No new command
+        starts after ``stop_at`` (``time.monotonic()``): the result is then not ``finished``.
+        ``timeout`` (seconds) bounds the whole walk. A key SCAN returns that the pattern does
+        not match here too (a key holding a line break, which redis-cli prints as two lines)
+        is left alone and counted in ``ignored``.
+
+        Raises ``EngineError`` (the server refused a command, scripting disabled, timed
+        out) or the transport's error.
+        """
+        if not 1 <= batch <= MAX_UNLINK_BATCH:
+            raise self.error(f"batch must be 1 to {MAX_UNLINK_BATCH} keys, not {batch}")
+        matches = redis_glob(pattern)
+        done = KeyClearing(pattern=pattern, check=check)
+        started = time.monotonic()
+        match = f" MATCH {quote_arg(pattern.encode())} COUNT {SCAN_COUNT}"
+        with self._session(f"clearing {pattern!r}", timeout) as session:
+            cursor = "0"
+            pending: list[bytes] = []
+            while True:
+                if _passed(stop_at):
+                    done.finished = False
+                    break
+                cursor, keys = _scan_reply(session.call(f"SCAN {cursor}{match}"), self)
+                for key in keys:
+                    if matches(key):
+                        pending.append(key)
+                    else:
+                        done.ignored += 1
+                scanned = cursor == "0"
+                while pending and (len(pending) >= batch or scanned):
+                    if _passed(stop_at):
+                        break
+                    self._clear_batch(session, pending[:batch], check, done)
+                    del pending[:batch]
+                    if pause:
+                        time.sleep(pause)
+                if pending and scanned:
+                    done.finished = False
+                if scanned:
+                    break
+        done.seconds = time.monotonic() - started
         log.info(
-            "%s: %s %d keys matching %r", self.where, verb, found if check else removed, pattern
+            "%s: %s %d of %d keys matching %r (%d without TTL) in %d batches, %.1fs%s",
+            self.where,
+            "would unlink" if check else "unlinked",
+            done.matched if check else done.removed,
+            done.matched,
+            pattern,
+            done.without_ttl,
+            done.batches,
+            done.seconds,
+            "" if done.finished else ", stopped before the end",
         )
-        return found if check else removed
+        return done
 
-    def _unlinked(self, done: CommandResult) -> int:
-        replies = done.stdout.decode("utf-8", "replace").split()
-        if not done.ok or any(not r.isdigit() for r in replies):
-            detail = done.stderr_tail() or " ".join(replies)[:200]
-            raise self.error(f"UNLINK failed: {detail}")
-        return sum(int(r) for r in replies)
+    def _clear_batch(
+        self, session: _Session, keys: list[bytes], check: bool, done: KeyClearing
+    ) -> None:
+        keys = list(dict.fromkeys(keys))  # SCAN may return a key twice
+        command = " ".join(
+            [
+                "EVAL",
+                _CLEAR_SCRIPT_ARG,
+                str(len(keys)),
+                *(quote_arg(k) for k in keys),
+                "0" if check else "1",
+            ]
+        )
+        reply = session.call(command)
+        if len(reply) != 4 or not all(line.isdigit() for line in reply):
+            text = b" ".join(reply).decode("utf-8", "replace").strip()[:300]
+            raise self.error(
+                f"clearing keys failed: {text or 'no answer'}",
+                hint="crmmaint clears keys with a script: the cache's user needs EVAL, PTTL,"
+                " MEMORY USAGE and UNLINK",
+            )
+        matched, without_ttl, size, removed = (int(line) for line in reply)
+        done.matched += matched
+        done.without_ttl += without_ttl
+        done.bytes = (done.bytes or 0) + size
+        done.removed += removed
+        done.batches += 1
 
-    @staticmethod
-    def _unlink(proc: Process, keys: list[bytes]) -> None:
-        proc.write(("UNLINK " + " ".join(quote_arg(k) for k in keys) + "\n").encode())
+    def flush_database(self, check: bool, *, timeout: float = QUERY_TIMEOUT) -> KeyClearing:
+        """``FLUSHDB ASYNC`` of the configured database only (check mode: count it). The keys
+        and those without a TTL come from ``DBSIZE`` and ``INFO keyspace`` (counted by the
+        server, not sampled); their memory is not known (``bytes`` is ``None``). The caller
+        decides that a flush is wanted (``flush: database``). Raises ``EngineError``."""
+        started = time.monotonic()
+        db = self.address.db if self.address else 0
+        answer = self._run("DBSIZE\nINFO keyspace\n", timeout=timeout, what="DBSIZE")
+        first, _, rest = answer.text.partition("\n")
+        if not first.strip().isdigit():
+            raise self.error(f"DBSIZE answered {first.strip()[:100]!r}")
+        keys = int(first)
+        keyspace = parse_info(rest).get(f"db{db}", "")
+        fields = dict(item.split("=", 1) for item in keyspace.split(",") if "=" in item)
+        expiring = int(fields.get("expires", 0))
+        done = KeyClearing(pattern=None, check=check, matched=keys, bytes=None)
+        done.without_ttl = max(0, keys - expiring)
+        if not check:
+            self._run("FLUSHDB ASYNC\n", timeout=timeout, what="FLUSHDB")
+            done.removed = keys
+            log.info("%s: flushed database %d (%d keys)", self.where, db, keys)
+        done.batches = 1
+        done.seconds = time.monotonic() - started
+        return done
+
+    def used_memory(self, *, settle: float = 0.0, timeout: float = QUERY_TIMEOUT) -> int:
+        """The server's ``used_memory`` (bytes, from ``INFO memory``), read once the server
+        has no objects left to free in the background (``lazyfree_pending_objects``: what
+        UNLINK and FLUSHDB ASYNC hand to a thread), waiting at most ``settle`` seconds for
+        that. Raises ``EngineError``."""
+        give_up = time.monotonic() + settle
+        while True:
+            info = parse_info(self._run("INFO memory\n", timeout=timeout, what="INFO").text)
+            pending = int(info.get("lazyfree_pending_objects", 0) or 0)
+            if not pending or time.monotonic() >= give_up:
+                return int(info.get("used_memory", 0) or 0)
+            time.sleep(0.05)
+
+    @contextlib.contextmanager
+    def _session(self, what: str, timeout: float) -> Iterator[_Session]:
+        """One redis-cli connection for ``what``, answering command by command; ``PING``
+        first, so an unreachable server or a refused password fails at once. Timeouts and
+        transport failures become ``EngineError`` / the transport's error naming ``what``."""
+        self.ping(timeout=min(timeout, 30.0))
+        try:
+            with self.transport.start(self._cli("--raw"), stdout="stream", env=self._env()) as proc:
+                proc.set_timeout(timeout)
+                yield _Session(proc, self)
+                proc.close_stdin()
+                proc.wait()
+        except CommandTimeout as exc:
+            raise self.error(f"{what} timed out after {timeout:g}s") from exc
+        except TransportError as exc:
+            raise transport_failure(exc, f"{self.where}: {what}") from exc
 
     # --- cache directories ----------------------------------------------------------------
 
@@ -263,33 +418,338 @@ class RedisCache:
         *,
         timeout: float = 600.0,
     ) -> tuple[int, int]:
-        """Delete files under cache directories (older than ``older_than`` seconds).
+        """Delete files under cache directories (older than ``older_than`` seconds): the sum
+        of ``clear_files`` over ``paths`` (default: the cache's directories).
 
-        Returns (files, bytes) removed, or that would be in check mode. Needs GNU find
-        (``-printf``, fractional ``-mmin``); directories themselves are kept.
+        Returns (files, bytes) removed, or that would be in check mode. Raises
+        ``EngineError`` for a path that is not a cache directory or when find fails.
         """
         paths = self.cache.directories if paths is None else paths
         files = size = 0
         for path in paths:
-            if not path.startswith("/") or path.rstrip("/") == "":
-                raise self.error(
-                    f"refusing to clear {path!r}: cache directories must be absolute and not /"
-                )
-            expr = [path, "-xdev", "-type", "f"]
-            if older_than is not None:
-                expr += ["-mmin", f"+{older_than / 60:.4f}"]
-            expr += ["-printf", "%s\\n"]
-            if not check:
-                expr.append("-delete")
-            try:
-                result = self.transport.run(
-                    ["sh", "-c", _FIND_IN_DIR, "sh", *expr], timeout=timeout
-                )
-            except TransportError as exc:
-                raise transport_failure(exc, f"{self.where}: clearing directory {path}") from exc
-            sizes = [int(line) for line in result.text.split()]
-            files += len(sizes)
-            size += sum(sizes)
-            if not result.ok:
-                raise self.error(f"clearing directory {path} failed: {result.stderr_tail()}")
+            done = self.clear_files(path, check, older_than=older_than, timeout=timeout)
+            if done.error:
+                raise self.error(f"clearing directory {path} failed: {done.error}")
+            files += done.files
+            size += done.bytes
         return files, size
+
+    def clear_files(
+        self,
+        path: str,
+        check: bool,
+        *,
+        patterns: tuple[str, ...] | list[str] = ("*",),
+        older_than: float | None = None,
+        stop_at: float | None = None,
+        timeout: float = 600.0,
+    ) -> DirectoryClearing:
+        """Delete the regular files below directory ``path`` on the cache's host whose names
+        match one of ``patterns`` (find ``-name`` globs) and, with ``older_than`` (seconds),
+        that were last modified longer ago; check mode only counts them and their bytes.
+
+        Never leaves ``path``: ``path`` must be absolute, not ``/``, without ``..``; a
+        ``path`` that is itself a symlink is not followed (``skipped`` says so); find neither
+        follows symlinks inside (a link is never a regular file) nor crosses into another
+        filesystem (``-xdev``), and deletes relative to the directory it opened. Directories
+        are kept. Needs GNU find (``-printf``, fractional ``-mmin``).
+
+        The count streams back file by file: at ``stop_at`` (``time.monotonic()``) find is
+        stopped and the result is not ``finished``; ``timeout`` (seconds) is an error. A find
+        that could not remove or read something sets ``error`` (the counts stay). Raises
+        ``EngineError`` for a refused path or pattern, or the transport's error.
+        """
+        path = path.rstrip("/") or "/"
+        problem = cache_directory_problem(path)
+        if problem is not None:
+            raise self.error(f"refusing to clear {path!r}: {problem}")
+        for pattern in patterns:
+            if (problem := file_glob_problem(pattern)) is not None:
+                raise self.error(f"refusing to clear {path}: {problem}")
+        path = posixpath.normpath(path)
+        names: list[str] = []
+        for pattern in patterns:
+            names += ["-o", "-name", pattern] if names else ["-name", pattern]
+        expr = [path, "-xdev", "-type", "f", "(", *names, ")"]
+        if older_than is not None:
+            expr += ["-mmin", f"+{older_than / 60:.4f}"]
+        # "SIZE:" before -delete (the size needs the file), "x" and a line end once it is gone:
+        # a file find could not delete leaves its "SIZE:" without an "x".
+        expr += ["-printf", "%s:"] + ([] if check else ["-delete"]) + ["-printf", "x\\n"]
+        done = DirectoryClearing(path=path, check=check)
+        started = time.monotonic()
+        limit = timeout if stop_at is None else min(timeout, max(0.001, stop_at - started))
+        try:
+            with self.transport.start(
+                ["sh", "-c", _FIND_IN_DIR, "sh", *expr], stdout="stream"
+            ) as proc:
+                proc.set_timeout(limit)
+                pending = b""
+                try:
+                    while chunk := proc.read():
+                        lines = (pending + chunk).split(b"\n")
+                        pending = lines.pop()
+                        for line in lines:
+                            *_, size, removed = line.split(b":")
+                            if removed == b"x":
+                                done.files += 1
+                                done.bytes += int(size)
+                    result = proc.wait()
+                except CommandTimeout:
+                    if limit >= timeout:
+                        raise
+                    done.finished = False  # stop_at came: find was stopped
+                else:
+                    if result.exit_status in _FIND_SKIPS:
+                        done.skipped = _FIND_SKIPS[result.exit_status]
+                    elif not result.ok:
+                        done.error = result.stderr_tail() or f"exit status {result.exit_status}"
+        except CommandTimeout as exc:
+            raise self.error(f"clearing directory {path} timed out after {timeout:g}s") from exc
+        except TransportError as exc:
+            raise transport_failure(exc, f"{self.where}: clearing directory {path}") from exc
+        done.seconds = time.monotonic() - started
+        log.info(
+            "%s: %s %d files (%d bytes) in %s%s",
+            self.where,
+            "would remove" if check else "removed",
+            done.files,
+            done.bytes,
+            path,
+            f" ({done.skipped})" if done.skipped else "",
+        )
+        return done
+
+    # --- the application's cache endpoint -------------------------------------------------
+
+    def call_endpoint(
+        self,
+        url: str,
+        *,
+        method: str = "POST",
+        token: SecretSource | None = None,
+        timeout: float = ENDPOINT_TIMEOUT,
+    ) -> EndpointCall:
+        """Ask the application to clear its own cache: an HTTP ``method`` request to ``url``
+        made from this machine (the runner), with ``Authorization: Bearer <token>`` when a
+        token source is given. Redirects are not followed (they would carry the token
+        elsewhere). Returns the status and time taken (seconds).
+
+        The token is never logged and never part of an error: server text quoted in one has
+        it blanked out. Raises ``EngineError`` for a bad URL, a token that cannot travel in a
+        header, a failed connection or an answer outside 2xx (its status in the message);
+        ``CryptoError`` when the token's source cannot be read.
+        """
+        problem = endpoint_problem(url)
+        if problem is not None:
+            raise self.error(problem)
+        secret = token.resolve() if token is not None else None
+        headers = {"User-Agent": "crmmaint cache.clear"}
+        if secret is not None and any(b <= 32 or b >= 127 for b in secret):
+            raise self.error(
+                f"the token from {token.describe()} holds a space, a control or a "
+                "non-ASCII character: it cannot be sent in an Authorization header",
+                hint="check what the source holds (one line, the token alone)",
+            )
+        request = urllib.request.Request(url, data=b"", method=method, headers=headers)
+        if secret is not None:
+            # Unredirected: never copied onto another request, even if a redirect were followed.
+            request.add_unredirected_header("Authorization", "Bearer " + secret.decode("ascii"))
+        opener = urllib.request.build_opener(_NoRedirect())
+        started = time.monotonic()
+        text = secret.decode("ascii") if secret is not None else None
+        try:
+            with opener.open(request, timeout=timeout) as resp:
+                resp.read(1 << 16)
+                status = int(resp.status)
+        except urllib.error.HTTPError as exc:
+            reason = _redact(str(exc.reason or ""), text)[:200]
+            exc.close()
+            raise self.error(
+                f"{method} {url} answered {exc.code}{' ' + reason if reason else ''}",
+                hint=_STATUS_HINTS.get(exc.code, "see the application's log for why"),
+            ) from None
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            reason = _redact(str(getattr(exc, "reason", exc)), text)[:200]
+            raise self.error(
+                f"{method} {url} failed: {reason}",
+                hint="check that the application answers at this URL from this machine",
+            ) from None
+        seconds = time.monotonic() - started
+        if not 200 <= status < 300:
+            raise self.error(
+                f"{method} {url} answered {status}",
+                hint=_STATUS_HINTS.get(status, "a cache endpoint answers 2xx once it is cleared"),
+            )
+        log.info("%s: %s %s answered %d in %.0f ms", self.where, method, url, status, seconds * 1e3)
+        return EndpointCall(url=url, method=method, status=status, seconds=seconds)
+
+
+@dataclass
+class KeyClearing:
+    """What clearing one key pattern (``pattern=None``: the whole database) found and did.
+
+    ``matched``: keys that matched and existed when their batch ran (check mode: what would
+    be removed); ``removed``: keys UNLINK removed (0 in check mode); ``without_ttl``: of the
+    matched keys, those without a TTL, counted key by key (a flush: from the server's
+    keyspace counts); ``bytes``: the ``MEMORY USAGE`` of the matched keys (``None`` for a
+    flush); ``ignored``: keys SCAN returned that the pattern does not match here (see
+    ``RedisCache.clear_keys``); ``seconds``: wall time; ``finished``: ``False`` when stopped at
+    its ``stop_at`` before every matching key was seen. SCAN may return a key twice while the
+    server resizes its table: a check-mode count may then count it twice (removing it once
+    leaves nothing for the second time to count)."""
+
+    pattern: str | None
+    check: bool
+    matched: int = 0
+    removed: int = 0
+    without_ttl: int = 0
+    bytes: int | None = 0
+    batches: int = 0
+    ignored: int = 0
+    seconds: float = 0.0
+    finished: bool = True
+
+
+@dataclass
+class DirectoryClearing:
+    """What clearing one cache directory found and did: ``files`` and ``bytes`` removed (check
+    mode: that would be), ``seconds`` of wall time; ``finished`` is ``False`` when stopped at
+    its ``stop_at``; ``skipped`` says why the directory was not looked at (missing, a
+    symlink, not a directory); ``error`` is what find could not do (the counts stay)."""
+
+    path: str
+    check: bool
+    files: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
+    finished: bool = True
+    skipped: str | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class EndpointCall:
+    """A cache endpoint's answer: ``status`` (2xx) after ``seconds``."""
+
+    url: str
+    method: str
+    status: int
+    seconds: float
+
+
+class _Session:
+    """A redis-cli connection fed over stdin, one command at a time: each command is followed
+    by ``ECHO <marker>`` and its answer is the lines before the marker's echo (redis-cli
+    prints raw replies, one element a line, and says nothing of where an answer ends)."""
+
+    def __init__(self, proc: Process, cache: RedisCache) -> None:
+        self.proc = proc
+        self.cache = cache
+        self.marker = b"crmmaint-end-" + secrets.token_hex(8).encode()
+        self.buffer = b""
+
+    def call(self, command: str) -> list[bytes]:
+        """Send one command line; its answer's lines (raw bytes, without line ends)."""
+        self.proc.write(command.encode() + b"\nECHO " + self.marker + b"\n")
+        token = self.marker + b"\n"
+        searched = 0
+        while True:
+            if self.buffer.startswith(token):  # an answer of no lines
+                end = 0
+            else:
+                found = self.buffer.find(b"\n" + token, searched)
+                end = found + 1 if found >= 0 else -1
+            if end >= 0:
+                reply, self.buffer = self.buffer[:end], self.buffer[end + len(token) :]
+                return reply.split(b"\n")[:-1]
+            searched = max(0, len(self.buffer) - len(token))
+            chunk = self.proc.read()
+            if not chunk:
+                self.proc.close_stdin()
+                ended = self.proc.wait(timeout=KILL_WAIT)
+                raise self.cache.error(
+                    f"redis-cli ended early: {ended.stderr_tail() or 'no message'}",
+                    hint="the server may have gone away; run again once it answers",
+                )
+            self.buffer += chunk
+
+
+def _scan_reply(lines: list[bytes], cache: RedisCache) -> tuple[str, list[bytes]]:
+    """(next cursor, keys) of a raw ``SCAN`` answer: the cursor, then one key a line (an
+    empty line: no keys). Raises ``EngineError`` for an error answer."""
+    if not lines or not lines[0].isdigit():
+        text = b" ".join(lines).decode("utf-8", "replace").strip()[:300]
+        raise cache.error(
+            f"SCAN failed: {text or 'no answer'}",
+            hint="check the cache's password and that its user may run SCAN",
+        )
+    return lines[0].decode(), [key for key in lines[1:] if key]
+
+
+def _passed(moment: float | None) -> bool:
+    return moment is not None and time.monotonic() >= moment
+
+
+def redis_glob(pattern: str) -> Callable[[bytes], bool]:
+    """Redis's glob (``*``, ``?``, ``[a-z]``, ``[^…]``, ``\\`` escapes; case-sensitive) as a
+    test of a key's bytes, for checking what SCAN's MATCH returned. An unclosed ``[`` set
+    ends at the pattern's end, as in Redis."""
+    pat = pattern.encode()
+    out: list[bytes] = []
+    i = 0
+    while i < len(pat):
+        c = pat[i]
+        if c == ord("*"):
+            out.append(b".*")
+        elif c == ord("?"):
+            out.append(b".")
+        elif c == ord("\\") and i + 1 < len(pat):
+            i += 1
+            out.append(re.escape(pat[i : i + 1]))
+        elif c == ord("["):
+            i += 1
+            negate = i < len(pat) and pat[i] == ord("^")
+            i += negate
+            members: set[int] = set()
+            while i < len(pat) and pat[i] != ord("]"):
+                if pat[i] == ord("\\") and i + 1 < len(pat):
+                    i += 1
+                    members.add(pat[i])
+                elif i + 2 < len(pat) and pat[i + 1] == ord("-"):
+                    low, high = sorted((pat[i], pat[i + 2]))
+                    members.update(range(low, high + 1))
+                    i += 2
+                else:
+                    members.add(pat[i])
+                i += 1
+            if negate:
+                members = set(range(256)) - members
+            out.append(
+                b"[" + b"".join(re.escape(bytes([m])) for m in sorted(members)) + b"]"
+                if members
+                else b"(?!)"
+            )
+        else:
+            out.append(re.escape(pat[i : i + 1]))
+        i += 1
+    compiled = re.compile(b"".join(out), re.DOTALL)
+    return lambda key: compiled.fullmatch(key) is not None
+
+
+def _redact(text: str, secret: str | None) -> str:
+    """``text`` with ``secret`` blanked out (a server may echo what it was sent)."""
+    return text.replace(secret, "[token]") if secret else text
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+_STATUS_HINTS = {
+    401: "the endpoint refused the token: check the token's source",
+    403: "the endpoint refused the token: check the token's source",
+    404: "check the endpoint URL",
+    405: "the endpoint wants another method: set clear: {method: …}",
+}
