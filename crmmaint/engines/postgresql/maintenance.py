@@ -27,7 +27,12 @@ from crmmaint.engines.maintenance import (
     Survey,
     TableMaintenance,
 )
-from crmmaint.engines.postgresql.catalog import _USER_SCHEMAS, quote_ident, quote_literal
+from crmmaint.engines.postgresql.catalog import (
+    _USER_SCHEMAS,
+    parse_csv,
+    quote_ident,
+    quote_literal,
+)
 from crmmaint.errors import EngineError
 from crmmaint.units import format_size
 
@@ -99,14 +104,13 @@ FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid
 ORDER BY 1, 2
 """
 
-_PGSTATTUPLE_SQL = """
-SELECT n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace
-WHERE e.extname = 'pgstattuple'
-"""
-
-_STATS_SINCE_SQL = """
-SELECT COALESCE(to_char(stats_reset AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI "UTC"'), '')
-FROM pg_stat_database WHERE datname = current_database()
+# The schema of the pgstattuple extension ('' without it), and when the statistics that say
+# an index is unused began ('' since the server's start).
+_SETTINGS_SQL = """
+SELECT COALESCE((SELECT n.nspname FROM pg_extension e JOIN pg_namespace n
+                 ON n.oid = e.extnamespace WHERE e.extname = 'pgstattuple'), ''),
+       COALESCE((SELECT to_char(stats_reset AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI "UTC"')
+                 FROM pg_stat_database WHERE datname = current_database()), '')
 """
 
 
@@ -196,16 +200,30 @@ class PostgreSQLMaintenance(TableMaintenance):
 
     # --- survey ---------------------------------------------------------------------------
 
+    def _catalog(self, timeout: float) -> dict[str, list[tuple[str, ...]]]:
+        """The survey's catalog queries in one session: their rows by query (``index``,
+        ``width``, ``table``, ``settings``), each row tagged with its query's name."""
+        queries = {"settings": _SETTINGS_SQL, "index": _INDEXES_SQL, "width": _WIDTHS_SQL,
+                   "table": _TABLES_SQL}  # fmt: skip
+        sql = ";\n".join(
+            query.strip().replace("SELECT ", f"SELECT {quote_literal(tag)}, ", 1)
+            for tag, query in queries.items()
+        )
+        out: dict[str, list[tuple[str, ...]]] = {tag: [] for tag in queries}
+        for row in self.engine.query(sql + ";", timeout=timeout):
+            out[row[0]].append(row[1:])
+        return out
+
     def survey(self, policy: MaintenancePolicy, *, timeout: float) -> Survey:
-        indexes = [_index(row) for row in self.engine.query(_INDEXES_SQL, timeout=timeout)]
-        extension = self.engine.query(_PGSTATTUPLE_SQL, timeout=timeout)
+        catalog = self._catalog(timeout)
+        indexes = [_index(row) for row in catalog["index"]]
+        ((extension, since),) = catalog["settings"]
         method = (
             "bloat from pgstattuple" if extension else "bloat estimated from the catalog statistics"
         )
         survey = Survey(method=method, objects={"indexes": len(indexes)})
-        since = self.engine.query(_STATS_SINCE_SQL, timeout=timeout)
-        since_text = since[0][0] if since and since[0] and since[0][0] else "statistics began"
-        bloat = self._bloat(indexes, policy, extension[0][0] if extension else None, timeout)
+        since_text = since or "statistics began"
+        bloat = self._bloat(indexes, policy, extension or None, catalog["width"], timeout)
         for index in indexes:
             if index.building:
                 survey.notes.append(
@@ -239,7 +257,7 @@ class PostgreSQLMaintenance(TableMaintenance):
             for i in indexes
             if i.valid and i.scans == 0 and not i.unique and not i.backs_constraint
         ]
-        tables = self.engine.query(_TABLES_SQL, timeout=timeout)
+        tables = catalog["table"]
         survey.objects["tables"] = len(tables)
         for schema, table, live, dead, size in tables:
             live_n, dead_n = int(live), int(dead)
@@ -289,9 +307,12 @@ class PostgreSQLMaintenance(TableMaintenance):
         indexes: list[_Index],
         policy: MaintenancePolicy,
         extension_schema: str | None,
+        width_rows: list[tuple[str, ...]],
         timeout: float,
     ) -> dict[str, int]:
-        """Wasted bytes of each valid B-tree index at least ``policy.min_size`` big, by oid."""
+        """Wasted bytes of each valid B-tree index at least ``policy.min_size`` big, by oid:
+        from ``pgstatindex`` in ``extension_schema``, else estimated from ``width_rows``
+        (``_WIDTHS_SQL``)."""
         measured = [
             i for i in indexes
             if i.valid and i.method == "btree" and i.size >= policy.min_size and not i.building
@@ -312,7 +333,7 @@ class PostgreSQLMaintenance(TableMaintenance):
                 share = max(0.0, 1 - packed / index.fillfactor) if packed else 0.0
                 out[oid] = int(index.size * share)
             return out
-        widths = {row[0]: row[1:] for row in self.engine.query(_WIDTHS_SQL, timeout=timeout)}
+        widths = {row[0]: row[1:] for row in width_rows}
         for index in measured:
             columns, known, width, nullable = widths.get(index.oid, ("0", "1", "0", "f"))
             if int(known) < int(columns) or int(columns) == 0:
@@ -326,36 +347,47 @@ class PostgreSQLMaintenance(TableMaintenance):
     # --- perform --------------------------------------------------------------------------
 
     def perform(self, action: Action, policy: MaintenancePolicy, *, timeout: float) -> Outcome:
-        before = self._size(action)
+        """``TableMaintenance.perform``; the size before is the survey's, the size after is
+        asked in the same session, right after the statement."""
+        after_sql = None
+        if action.kind != "drop_leftover":
+            name = quote_literal(
+                f"{quote_ident(action.extra['schema'])}.{quote_ident(action.extra['name'])}"
+            )
+            size = "pg_table_size" if action.kind == "vacuum" else "pg_relation_size"
+            after_sql = f"SELECT {size}(to_regclass({name}))"
         try:
-            self._run(action.statement, policy, timeout, f"{action.kind} {action.object}")
-        except EngineError as exc:
+            rows = self._run(
+                action.statement, policy, timeout, f"{action.kind} {action.object}", after_sql
+            )
+        except EngineError:
             if action.kind == "reindex":
                 self._drop_leftovers(action, policy)
-            raise exc
-        after = None if action.kind == "drop_leftover" else self._size(action)
-        return Outcome(before if before is not None else action.size, after)
+            raise
+        after = int(rows[-1][0]) if rows and rows[-1] and rows[-1][0] else None
+        return Outcome(action.size, after)
 
-    def _run(self, statement: str, policy: MaintenancePolicy, timeout: float, what: str) -> None:
+    def _run(
+        self,
+        statement: str,
+        policy: MaintenancePolicy,
+        timeout: float,
+        what: str,
+        then: str | None = None,
+    ) -> list[tuple[str, ...]]:
         """One statement in autocommit (``REINDEX … CONCURRENTLY`` cannot run in a
-        transaction block) after ``lock_timeout`` and ``statement_timeout`` for the session."""
+        transaction block) after ``lock_timeout`` and ``statement_timeout`` for the session;
+        then the query ``then`` in the same session, whose rows are returned."""
         command = [*self.engine.psql()]
         for line in (
             f"SET lock_timeout = {max(1, int(policy.lock_timeout * 1000))}",
             f"SET statement_timeout = {max(1, int(timeout * 1000))}",
             statement,
+            *([then] if then else []),
         ):
             command += ["-c", line]
-        self.engine.run(command, timeout=timeout + 30, what=what)
-
-    def _size(self, action: Action) -> int | None:
-        name = f"{quote_ident(action.extra['schema'])}.{quote_ident(action.extra['name'])}"
-        rows = self.engine.query(
-            f"SELECT pg_relation_size(to_regclass({quote_literal(name)}))"
-            if action.kind != "vacuum"
-            else f"SELECT pg_table_size(to_regclass({quote_literal(name)}))"
-        )
-        return int(rows[0][0]) if rows and rows[0][0] else None
+        result = self.engine.run(command, timeout=timeout + 30, what=what)
+        return parse_csv(result.text)
 
     def _drop_leftovers(self, action: Action, policy: MaintenancePolicy) -> None:
         """After a failed ``REINDEX CONCURRENTLY`` of ``action``'s index: drop the invalid
