@@ -1,0 +1,68 @@
+"""The inventory: the CRM estate as data (hosts, databases, caches, file sets, repositories).
+
+Loaded from YAML and validated completely before anything runs; every error names the file,
+line and field. Secrets are never inline: a password or passphrase is a *source* (``env:NAME``,
+``file:/path`` or ``cmd:command``) resolved only when a task needs it. See docs/inventory.md.
+
+``model`` holds it all for now; the names other modules use are re-exported here.
+"""
+
+from crmmaint.inventory.model import (
+    CONNECTIONS,
+    DEFAULT_LOCK_WAIT,
+    ENDPOINT_METHODS,
+    ENGINES,
+    FLUSH_SCOPES,
+    MAX_CONNECT_TIMEOUT,
+    MAX_LOCK_WAIT,
+    RESTORE_PRIVILEGES,
+    SECRET_PREFIXES,
+    TARGET_KINDS,
+    Cache,
+    CacheClearing,
+    Database,
+    DrillTarget,
+    FileSet,
+    Host,
+    Inventory,
+    RepositorySettings,
+    SecretSource,
+    Target,
+    _check_name,
+    cache_directory_problem,
+    describe,
+    endpoint_problem,
+    file_glob_problem,
+    key_pattern_problem,
+    load_inventory,
+)
+
+__all__ = [
+    "CONNECTIONS",
+    "DEFAULT_LOCK_WAIT",
+    "ENDPOINT_METHODS",
+    "ENGINES",
+    "FLUSH_SCOPES",
+    "MAX_CONNECT_TIMEOUT",
+    "MAX_LOCK_WAIT",
+    "RESTORE_PRIVILEGES",
+    "SECRET_PREFIXES",
+    "TARGET_KINDS",
+    "Cache",
+    "CacheClearing",
+    "Database",
+    "DrillTarget",
+    "FileSet",
+    "Host",
+    "Inventory",
+    "RepositorySettings",
+    "SecretSource",
+    "Target",
+    "_check_name",
+    "cache_directory_problem",
+    "describe",
+    "endpoint_problem",
+    "file_glob_problem",
+    "key_pattern_problem",
+    "load_inventory",
+]
