@@ -11,6 +11,9 @@ carries the process exit code the CLI uses when it reaches the top-level handler
     │   ├── ConnectError                        cannot reach or log in to a host
     │   ├── HostKeyError                        unknown or changed SSH host key
     │   └── CommandTimeout                      a command exceeded its timeout
+    ├── HostError                      exit 2   a check's command on a host failed
+    │   ├── ToolMissing                         a program it needs is not installed there
+    │   └── ProbeError                          an HTTP request from the runner got no answer
     ├── EngineError                    exit 5   a database or cache refused or failed
     │   └── AccessRefused                       login or privilege refused (never retried)
     ├── RepositoryError                exit 6   backup repository missing, corrupt, inconsistent
@@ -178,14 +181,21 @@ class CommandTimeout(TransportError):
 
 
 class HostError(CrmMaintError):
-    """A command on a host failed, or its output could not be read (``engines.host``); the
-    message says which. A check's failure: exit 2, as a failed target."""
+    """A command on a host failed, or its output could not be read (``engines.host``), or a
+    request from the runner got no answer (``ProbeError``); the message says which. A check's
+    failure: exit 2, as a failed target."""
 
     exit_code = 2
 
 
 class ToolMissing(HostError):
     """A program a check needs is not installed on the host (its command exited 127)."""
+
+
+class ProbeError(HostError):
+    """An HTTP request made from the runner (``engines.http_probe``) got no answer: refused,
+    unreachable, timed out. A ``HostError`` because it is the same failure as curl's on the
+    host: ``health.http`` reports it alike (exit 2) wherever the request was made from."""
 
 
 class EngineError(CrmMaintError):

@@ -1,8 +1,9 @@
 """HTTP endpoints asked from the machine crmmaint runs on (urllib, no client tool on a host).
 
 ``health.http`` (with ``from: runner``) and ``perf.report`` (latency percentiles of a host's
-endpoints) both make their requests here; requests made on the target host itself go through
-the host adapter (``HostOS.http_status``, curl).
+endpoints) make their GETs here, and ``cache.clear`` calls an application's cache endpoint
+here (``send_from_runner``); requests made on the target host itself go through the host
+adapter (``HostOS.http_status``, curl).
 """
 
 from __future__ import annotations
@@ -11,18 +12,18 @@ import logging
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from crmmaint.errors import CrmMaintError
+from crmmaint.errors import ProbeError
 
 if TYPE_CHECKING:
     from crmmaint.inventory import Host
 
 log = logging.getLogger(__name__)
 
-
-class ProbeError(CrmMaintError):
-    """A request made from the runner failed: no answer (refused, unreachable, timed out)."""
+__all__ = ["Answer", "ProbeError", "expand_url", "request_from_runner", "send_from_runner"]
 
 
 def expand_url(url: str, host: Host) -> str:
@@ -55,3 +56,55 @@ def request_from_runner(url: str, timeout: float, follow: bool) -> tuple[int, fl
         reason = getattr(exc, "reason", exc)
         raise ProbeError(f"request failed: {reason}") from exc
     return status, time.monotonic() - started
+
+
+@dataclass(frozen=True)
+class Answer:
+    """An HTTP answer: its ``status``, the server's ``reason`` phrase (at most 200 characters)
+    and the ``seconds`` until it was read."""
+
+    status: int
+    reason: str
+    seconds: float
+
+
+def send_from_runner(
+    url: str,
+    method: str,
+    *,
+    timeout: float,
+    headers: Mapping[str, str] | None = None,
+    body: bytes = b"",
+    token: str | None = None,
+) -> Answer:
+    """Send one ``method`` request with ``headers`` and ``body`` to ``url`` from this machine;
+    a redirect is never followed (a 3xx is the answer). Any status is an answer; at most
+    64 KiB of the body is read; ``timeout`` (seconds) bounds the connect and each read.
+
+    ``token`` goes in ``Authorization: Bearer``, a header never copied onto another request,
+    and is blanked out (``[token]``) of the reason and of any error: a server or urllib may
+    echo what it was sent. Raises ``ProbeError`` (``"METHOD URL failed: why"``, without the
+    exception chained) when no answer came or urllib refused the URL or a header.
+    """
+    request = urllib.request.Request(url, data=body, method=method, headers=dict(headers or {}))
+    if token is not None:
+        request.add_unredirected_header("Authorization", "Bearer " + token)
+    opener = urllib.request.build_opener(_NoRedirect())
+    started = time.monotonic()
+    try:
+        with opener.open(request, timeout=timeout) as resp:
+            resp.read(1 << 16)
+            status, reason = int(resp.status), str(getattr(resp, "reason", "") or "")
+    except urllib.error.HTTPError as exc:
+        status, reason = exc.code, str(exc.reason or "")
+        exc.close()
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        why = _redact(str(getattr(exc, "reason", exc)), token)[:200]
+        raise ProbeError(f"{method} {url} failed: {why}") from None
+    seconds = time.monotonic() - started
+    return Answer(status=status, reason=_redact(reason, token)[:200], seconds=seconds)
+
+
+def _redact(text: str, secret: str | None) -> str:
+    """``text`` with ``secret`` blanked out (a server may echo what it was sent)."""
+    return text.replace(secret, "[token]") if secret else text

@@ -15,14 +15,12 @@ import posixpath
 import re
 import secrets
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from crmmaint.engines.base import transport_failure
+from crmmaint.engines.http_probe import ProbeError, send_from_runner
 from crmmaint.errors import CommandTimeout, EngineError, TransportError
 from crmmaint.inventory import (
     Cache,
@@ -551,35 +549,26 @@ class RedisCache:
                 "non-ASCII character: it cannot be sent in an Authorization header",
                 hint="check what the source holds (one line, the token alone)",
             )
-        request = urllib.request.Request(url, data=b"", method=method, headers=headers)
-        if secret is not None:
-            # Unredirected: never copied onto another request, even if a redirect were followed.
-            request.add_unredirected_header("Authorization", "Bearer " + secret.decode("ascii"))
-        opener = urllib.request.build_opener(_NoRedirect())
-        started = time.monotonic()
-        text = secret.decode("ascii") if secret is not None else None
         try:
-            with opener.open(request, timeout=timeout) as resp:
-                resp.read(1 << 16)
-                status = int(resp.status)
-        except urllib.error.HTTPError as exc:
-            reason = _redact(str(exc.reason or ""), text)[:200]
-            exc.close()
+            answer = send_from_runner(
+                url,
+                method,
+                timeout=timeout,
+                headers=headers,
+                body=b"",
+                token=secret.decode("ascii") if secret is not None else None,
+            )
+        except ProbeError as exc:
             raise self.error(
-                f"{method} {url} answered {exc.code}{' ' + reason if reason else ''}",
-                hint=_STATUS_HINTS.get(exc.code, "see the application's log for why"),
-            ) from None
-        except (urllib.error.URLError, OSError, ValueError) as exc:
-            reason = _redact(str(getattr(exc, "reason", exc)), text)[:200]
-            raise self.error(
-                f"{method} {url} failed: {reason}",
+                exc.message,
                 hint="check that the application answers at this URL from this machine",
             ) from None
-        seconds = time.monotonic() - started
+        status, seconds = answer.status, answer.seconds
         if not 200 <= status < 300:
+            reason = f" {answer.reason}" if answer.reason else ""
             raise self.error(
-                f"{method} {url} answered {status}",
-                hint=_STATUS_HINTS.get(status, "a cache endpoint answers 2xx once it is cleared"),
+                f"{method} {url} answered {status}{reason}",
+                hint=_STATUS_HINTS.get(status, "see the application's log for why"),
             )
         log.info("%s: %s %s answered %d in %.0f ms", self.where, method, url, status, seconds * 1e3)
         return EndpointCall(url=url, method=method, status=status, seconds=seconds)
@@ -735,16 +724,6 @@ def redis_glob(pattern: str) -> Callable[[bytes], bool]:
         i += 1
     compiled = re.compile(b"".join(out), re.DOTALL)
     return lambda key: compiled.fullmatch(key) is not None
-
-
-def _redact(text: str, secret: str | None) -> str:
-    """``text`` with ``secret`` blanked out (a server may echo what it was sent)."""
-    return text.replace(secret, "[token]") if secret else text
-
-
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None
 
 
 _STATUS_HINTS = {
