@@ -162,8 +162,9 @@ def test_run_demo_runs_daily_into_the_demo_journal(tmp_path: Path) -> None:
 
 
 def test_the_demo_a_user_runs_at_its_real_size(tmp_path: Path) -> None:
-    """`crmmaint demo` as a subprocess, default size, daily and weekly, twice (the second run
-    reuses the estate): exit 0 both times, the backups listed and the main database drilled."""
+    """`crmmaint demo` as a subprocess, default size, daily, weekly and quarterly, twice (the
+    second run reuses the estate): exit 0 both times, the backups listed and the main database
+    drilled, the cache cleared, every source drilled and the database optimised."""
     import json
     import os
     import subprocess
@@ -186,6 +187,10 @@ def test_the_demo_a_user_runs_at_its_real_size(tmp_path: Path) -> None:
         assert "weekly (exit 0)" in proc.stdout
         assert "  FAILED " not in proc.stdout and "\n  failed " not in proc.stdout
         assert "drill the main database crm@local: backup" in proc.stdout
+        assert "quarterly (exit 0)" in proc.stdout
+        assert "drill every source attachments@local: backup" in proc.stdout
+        assert "indexes and tables optimised crm@local: " in proc.stdout
+        assert "1 database analyzed" in proc.stdout
         if run_number == 1:  # the planted log errors are new only the first time
             assert "warning  daily: logs scanned local: expected" in proc.stdout
         # Each demo writes its stale cache files again, and the daily step removes them.

@@ -14,14 +14,14 @@ from crmmaint.cli.common import command, helps, program_name, split_list
     help=helps(
         dir="where the demo estate lives (default .demo)",
         rows="rows in the generated CRM database (default 200000)",
-        playbooks="playbooks to run, comma-separated (default daily,weekly)",
+        playbooks="playbooks to run, comma-separated (default daily,weekly,quarterly)",
     )
 )
 def demo(
     c: Any,
     dir: str = ".demo",
     rows: int = 200_000,
-    playbooks: str = "daily,weekly",
+    playbooks: str = "daily,weekly,quarterly",
     debug: bool = False,
 ) -> None:
     """Build the embedded demo estate (SQLite CRM, local repository, generated key) and run it."""

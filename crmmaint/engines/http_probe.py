@@ -8,6 +8,7 @@ adapter (``HostOS.http_status``, curl).
 
 from __future__ import annotations
 
+import http.client
 import logging
 import time
 import urllib.error
@@ -52,9 +53,10 @@ def request_from_runner(url: str, timeout: float, follow: bool) -> tuple[int, fl
             status = int(resp.status)
     except urllib.error.HTTPError as exc:
         status = exc.code
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise ProbeError(f"request failed: {reason}") from exc
+    except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as exc:
+        # HTTPException: an answer that is not HTTP (a bad status line, broken chunks)
+        reason = getattr(exc, "reason", exc) or type(exc).__name__
+        raise ProbeError(f"request failed: {str(reason)[:200]}") from exc
     return status, time.monotonic() - started
 
 
@@ -98,8 +100,8 @@ def send_from_runner(
     except urllib.error.HTTPError as exc:
         status, reason = exc.code, str(exc.reason or "")
         exc.close()
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        why = _redact(str(getattr(exc, "reason", exc)), token)[:200]
+    except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as exc:
+        why = _redact(str(getattr(exc, "reason", exc) or type(exc).__name__), token)[:200]
         raise ProbeError(f"{method} {url} failed: {why}") from None
     seconds = time.monotonic() - started
     return Answer(status=status, reason=_redact(reason, token)[:200], seconds=seconds)

@@ -1,0 +1,55 @@
+"""HTTP requests from the runner against servers that do not answer in HTTP: every such
+answer is a ``ProbeError`` (a finding), never an internal error."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from crmmaint.engines.http_probe import request_from_runner, send_from_runner
+from crmmaint.errors import ProbeError
+
+ANSWERS = [
+    b"garbage\r\n\r\n",  # not a status line
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",  # broken chunks
+    b"HTTP/1.1 99999999999 Huh\r\n\r\n",  # a status that is no status
+    b"",  # closed at once
+]
+
+
+@pytest.fixture(params=ANSWERS)
+def hostile(request: pytest.FixtureRequest) -> Iterator[str]:
+    server = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def serve() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.recv(65536)
+                conn.sendall(request.param)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.getsockname()[1]}/cache"
+    stop.set()
+    thread.join()
+    server.close()
+
+
+def test_request_from_runner_says_no_answer(hostile: str) -> None:
+    with pytest.raises(ProbeError, match="request failed"):
+        request_from_runner(hostile, 5.0, False)
+
+
+def test_send_from_runner_says_no_answer_and_keeps_the_token(hostile: str) -> None:
+    with pytest.raises(ProbeError) as caught:
+        send_from_runner(hostile, "POST", timeout=5.0, token="s3cr3t-token")
+    assert "s3cr3t-token" not in str(caught.value)
