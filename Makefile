@@ -37,6 +37,7 @@ bench: $(STAMP) services
 	$(BIN)/python bench/fanout.py
 	$(BIN)/python bench/backup.py
 	$(BIN)/python bench/drill.py
+	$(BIN)/python bench/maintenance.py
 
 # Mutation check of the repository, crypto and lock code (not in CI: it takes long); the
 # survivors are what no test notices. Configuration: [mutmut] in setup.cfg.
