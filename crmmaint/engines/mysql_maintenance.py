@@ -47,10 +47,13 @@ class MySQLMaintenance(TableMaintenance):
 
     def survey(self, policy: MaintenancePolicy, *, timeout: float) -> Survey:
         schema = self.quote_literal(self.schema)
+        ((version,),) = self.engine.query("SELECT VERSION()", timeout=timeout)
+        # InnoDB's table list: INNODB_SYS_TABLES in MariaDB, INNODB_TABLES in MySQL 8
+        innodb = "INNODB_SYS_TABLES" if "mariadb" in version.lower() else "INNODB_TABLES"
         tables = self.engine.query(
             "SELECT t.TABLE_NAME, COALESCE(t.ENGINE, ''), COALESCE(t.DATA_LENGTH, 0),"
             " COALESCE(t.INDEX_LENGTH, 0), COALESCE(t.DATA_FREE, 0),"
-            " COALESCE((SELECT s.SPACE FROM information_schema.INNODB_SYS_TABLES s"
+            f" COALESCE((SELECT s.SPACE FROM information_schema.{innodb} s"
             "           WHERE s.NAME = CONCAT(t.TABLE_SCHEMA, '/', t.TABLE_NAME)), -1)"
             " FROM information_schema.TABLES t"
             f" WHERE t.TABLE_SCHEMA = {schema} AND t.TABLE_TYPE = 'BASE TABLE'"
