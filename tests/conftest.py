@@ -32,6 +32,11 @@ def hermetic_env(tmp_path_factory, monkeypatch):
     # Cheap scrypt for new passphrase stanzas made in this process, so passphrase tests stay
     # fast; a CLI run as a subprocess pays the real cost, as users do.
     monkeypatch.setattr("crmmaint.crypto.keys.SCRYPT_LOG_N", SCRYPT_LOG_N_MIN)
+    # An interrupted run in an earlier test leaves STOPPING set until the next run clears it:
+    # a lock wait outside a run (a test's own prune) would give up at once.
+    from crmmaint.interrupts import STOPPING
+
+    STOPPING.clear()
     return home
 
 
