@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import secrets
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -99,7 +100,7 @@ GROUP BY i.indexrelid
 _TABLES_SQL = """
 SELECT s.schemaname, s.relname,
        CASE WHEN c.reltuples >= 0 THEN c.reltuples::bigint ELSE s.n_live_tup END,
-       s.n_dead_tup, pg_table_size(s.relid)
+       s.n_dead_tup, pg_table_size(s.relid), s.relid
 FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid
 ORDER BY 1, 2
 """
@@ -200,9 +201,11 @@ class PostgreSQLMaintenance(TableMaintenance):
 
     # --- survey ---------------------------------------------------------------------------
 
-    def _catalog(self, timeout: float) -> dict[str, list[tuple[str, ...]]]:
+    def _catalog(self, timeout: float, lock_timeout: float) -> dict[str, list[tuple[str, ...]]]:
         """The survey's catalog queries in one session: their rows by query (``index``,
-        ``width``, ``table``, ``settings``), each row tagged with its query's name."""
+        ``width``, ``table``, ``settings``), each row tagged with its query's name. Sizes
+        need a table's lightest lock: a table locked by another session fails the survey
+        after ``lock_timeout`` seconds rather than waiting behind it."""
         queries = {"settings": _SETTINGS_SQL, "index": _INDEXES_SQL, "width": _WIDTHS_SQL,
                    "table": _TABLES_SQL}  # fmt: skip
         sql = ";\n".join(
@@ -210,12 +213,13 @@ class PostgreSQLMaintenance(TableMaintenance):
             for tag, query in queries.items()
         )
         out: dict[str, list[tuple[str, ...]]] = {tag: [] for tag in queries}
-        for row in self.engine.query(sql + ";", timeout=timeout):
+        pin = f"SET lock_timeout = {max(1, int(lock_timeout * 1000))};\n"
+        for row in self.engine.query(pin + sql + ";", timeout=timeout):
             out[row[0]].append(row[1:])
         return out
 
     def survey(self, policy: MaintenancePolicy, *, timeout: float) -> Survey:
-        catalog = self._catalog(timeout)
+        catalog = self._catalog(timeout, policy.lock_timeout)
         indexes = [_index(row) for row in catalog["index"]]
         ((extension, since),) = catalog["settings"]
         method = (
@@ -224,14 +228,20 @@ class PostgreSQLMaintenance(TableMaintenance):
         survey = Survey(method=method, objects={"indexes": len(indexes)})
         since_text = since or "statistics began"
         bloat = self._bloat(indexes, policy, extension or None, catalog["width"], timeout)
+        # Tables left alone: an index build under way, or a failed rebuild's copy to drop
+        # first (rebuilding again while a long transaction blocks the drop adds a copy).
+        busy = {i.table_oid for i in indexes if i.building}
+        leftovers = {i.table_oid for i in indexes if not i.valid and _LEFTOVER.search(i.name)}
         for index in indexes:
-            if index.building:
-                survey.notes.append(
-                    f"{index.label}: an index build is under way on {index.table_label}; left alone"
-                )
+            if index.table_oid in busy:
+                if index.building:
+                    survey.notes.append(f"{index.table_label}: an index build is under way; left"
+                                        " alone")  # fmt: skip
                 continue
             if not index.valid:
                 survey.actions.append(self._invalid(index))
+                continue
+            if index.table_oid in leftovers:
                 continue
             wasted = bloat.get(index.oid)
             if wasted is None or index.size < policy.min_size:
@@ -259,7 +269,9 @@ class PostgreSQLMaintenance(TableMaintenance):
         ]
         tables = catalog["table"]
         survey.objects["tables"] = len(tables)
-        for schema, table, live, dead, size in tables:
+        for schema, table, live, dead, size, oid in tables:
+            if oid in busy:
+                continue  # VACUUM would wait for the index build's lock
             live_n, dead_n = int(live), int(dead)
             # autovacuum's rule (``autovacuum_vacuum_threshold`` + scale factor x reltuples)
             share = dead_n / max(1, live_n)
@@ -348,7 +360,12 @@ class PostgreSQLMaintenance(TableMaintenance):
 
     def perform(self, action: Action, policy: MaintenancePolicy, *, timeout: float) -> Outcome:
         """``TableMaintenance.perform``; the size before is the survey's, the size after is
-        asked in the same session, right after the statement."""
+        asked in the same session, right after the statement.
+
+        A statement that fails, is cancelled or whose client is killed (a timeout, an
+        interrupt) is cancelled on the server too (its session is found by a name of its
+        own), and a failed rebuild's ``_ccnew`` copy is dropped, on the cleanup's own time;
+        a copy that cannot be dropped yet is named in the error (the next run drops it)."""
         after_sql = None
         if action.kind != "drop_leftover":
             name = quote_literal(
@@ -356,14 +373,17 @@ class PostgreSQLMaintenance(TableMaintenance):
             )
             size = "pg_table_size" if action.kind == "vacuum" else "pg_relation_size"
             after_sql = f"SELECT {size}(to_regclass({name}))"
+        session = f"crmmaint maintenance {secrets.token_hex(6)}"
         try:
             rows = self._run(
-                action.statement, policy, timeout, f"{action.kind} {action.object}", after_sql
-            )
-        except EngineError:
-            if action.kind == "reindex":
-                self._drop_leftovers(action, policy)
-            raise
+                action.statement, policy, timeout, f"{action.kind} {action.object}", after_sql,
+                session=session,
+            )  # fmt: skip
+        except EngineError as exc:
+            cleaner = PostgreSQLMaintenance(self.engine.cleaning_up())
+            cleaner._cancel(session)
+            stays = cleaner._drop_leftovers(action, policy) if action.kind == "reindex" else []
+            raise _without_rows(exc, stays) from exc
         after = int(rows[-1][0]) if rows and rows[-1] and rows[-1][0] else None
         return Outcome(action.size, after)
 
@@ -374,43 +394,101 @@ class PostgreSQLMaintenance(TableMaintenance):
         timeout: float,
         what: str,
         then: str | None = None,
+        *,
+        session: str = "crmmaint maintenance",
     ) -> list[tuple[str, ...]]:
         """One statement in autocommit (``REINDEX … CONCURRENTLY`` cannot run in a
-        transaction block) after ``lock_timeout`` and ``statement_timeout`` for the session;
-        then the query ``then`` in the same session, whose rows are returned."""
+        transaction block) after ``lock_timeout`` and ``statement_timeout`` for the session
+        (named ``session`` in ``pg_stat_activity``); then the query ``then`` in the same
+        session, whose rows are returned. The server's own timeout ends the statement a
+        little before the client's (``_SERVER_FIRST``), so a cancelled statement is reported
+        as the server's and its cleanup still has time."""
         command = [*self.engine.psql()]
+        server = max(0.001, timeout - min(_SERVER_FIRST, timeout / 10))
         for line in (
+            f"SET application_name = {quote_literal(session)}",
             f"SET lock_timeout = {max(1, int(policy.lock_timeout * 1000))}",
-            f"SET statement_timeout = {max(1, int(timeout * 1000))}",
+            f"SET statement_timeout = {max(1, int(server * 1000))}",
             statement,
             *([then] if then else []),
         ):
             command += ["-c", line]
-        result = self.engine.run(command, timeout=timeout + 30, what=what)
+        result = self.engine.run(command, timeout=timeout, what=what)
         return parse_csv(result.text)
 
-    def _drop_leftovers(self, action: Action, policy: MaintenancePolicy) -> None:
+    def _cancel(self, session: str) -> None:
+        """Cancel what the session named ``session`` still runs on the server (its client
+        was killed: the server would go on), and wait up to ``_CANCEL_WAIT`` seconds for it
+        to end. Failures are logged: the statement's own error is what the user reads."""
+        try:
+            self.engine.query(
+                "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE application_name ="
+                f" {quote_literal(session)};"
+                "DO $$BEGIN FOR i IN 1..50 LOOP EXIT WHEN NOT EXISTS (SELECT 1 FROM"
+                f" pg_stat_activity WHERE application_name = {quote_literal(session)});"
+                " PERFORM pg_sleep(0.1); END LOOP; END$$;",
+                timeout=_CANCEL_WAIT + 10,
+            )
+        except EngineError as exc:
+            log.info("%s: could not cancel %s on the server: %s", self.engine.where, session, exc)
+
+    def _drop_leftovers(self, action: Action, policy: MaintenancePolicy) -> list[str]:
         """After a failed ``REINDEX CONCURRENTLY`` of ``action``'s index: drop the invalid
-        ``<index>_ccnew`` copy it left (a lock that is still not granted leaves it for the
-        next run, which finds it invalid and drops it; the log says so)."""
+        copies it left (``_ccnew`` indexes of the same table and definition, whatever
+        PostgreSQL's truncation made of the name). Returns those that could not be dropped
+        (a lock still held): the next run finds them invalid and drops them."""
         schema, name = action.extra["schema"], action.extra["name"]
-        rows = self.engine.query(
-            "SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
-            " JOIN pg_namespace n ON n.oid = c.relnamespace JOIN pg_class t ON t.oid ="
-            f" i.indrelid WHERE n.nspname = {quote_literal(schema)} AND t.relname ="
-            f" {quote_literal(action.extra['table'])} AND NOT i.indisvalid AND"
-            f" c.relname ~ '_ccnew[0-9]*$' AND starts_with(c.relname,"
-            f" {quote_literal(name[:50])})"
-        )
+        qualified = quote_literal(f"{quote_ident(schema)}.{quote_ident(name)}")
+        try:
+            rows = self.engine.query(
+                "SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+                f" JOIN pg_index o ON o.indexrelid = to_regclass({qualified})"
+                " WHERE i.indrelid = o.indrelid AND NOT i.indisvalid"
+                " AND i.indexrelid <> o.indexrelid AND c.relname ~ '_ccnew[0-9]*$'"
+                " AND i.indkey::text = o.indkey::text AND i.indclass::text = o.indclass::text"
+                " AND pg_get_expr(i.indexprs, i.indrelid) IS NOT DISTINCT FROM"
+                "     pg_get_expr(o.indexprs, o.indrelid)"
+                " AND pg_get_expr(i.indpred, i.indrelid) IS NOT DISTINCT FROM"
+                "     pg_get_expr(o.indpred, o.indrelid)",
+                timeout=_CANCEL_WAIT,
+            )
+        except EngineError as exc:
+            return [f"copies of {schema}.{name} (not looked for: {exc.message})"]
+        stays = []
         for (leftover,) in rows:
-            statement = f"DROP INDEX CONCURRENTLY {quote_ident(schema)}.{quote_ident(leftover)}"
+            statement = (
+                f"DROP INDEX CONCURRENTLY IF EXISTS {quote_ident(schema)}.{quote_ident(leftover)}"
+            )
             try:
-                self._run(statement, policy, 300.0, f"dropping leftover {schema}.{leftover}")
+                self._run(statement, policy, _CANCEL_WAIT, f"dropping leftover {schema}.{leftover}")
                 log.info("%s: dropped %s.%s left by a failed rebuild", self.engine.where,
                          schema, leftover)  # fmt: skip
             except EngineError as exc:
-                log.warning("%s: %s.%s left by a failed rebuild stays until the next run: %s",
-                            self.engine.where, schema, leftover, exc)  # fmt: skip
+                log.info("%s: %s.%s left by a failed rebuild stays: %s", self.engine.where,
+                         schema, leftover, exc)  # fmt: skip
+                stays.append(f"{schema}.{leftover}")
+        return stays
+
+
+#: Seconds the server's ``statement_timeout`` ends a statement before the client gives up.
+_SERVER_FIRST = 5.0
+#: Seconds a cleanup waits for a cancelled statement to end, and for each leftover's drop.
+_CANCEL_WAIT = 20.0
+#: What a failed statement's error must not carry into results and the journal: the rows
+#: the server quotes (``DETAIL:  Key (email)=(…) is duplicated.``).
+_DETAIL = re.compile(r"\s*\|?\s*DETAIL:.*?(?=\s*\|\s*[A-Z]+:\s|$)", re.S)
+
+
+def _without_rows(exc: EngineError, stays: list[str]) -> EngineError:
+    """``exc`` without the row values the server quoted in its DETAIL, with a hint for a
+    unique index that its duplicates block, and naming the rebuild's copies that ``stays``."""
+    message = _DETAIL.sub("", exc.message)
+    hint = exc.hint
+    if "could not create unique index" in message:
+        hint = "the table holds duplicate keys: remove them, and the next run rebuilds the index"
+    if stays:
+        message += f"; left by the failed rebuild until the next run drops it: {', '.join(stays)}"
+    return EngineError(message, hint=hint, retryable=exc.retryable)
 
 
 def _duplicates(indexes: list[_Index]) -> list[Finding]:
