@@ -14,7 +14,7 @@ from crmmaint.errors import EngineError
 from crmmaint.inventory import Cache
 from crmmaint.transport.local import LocalTransport
 
-TEST_DB = 14
+TEST_DB = 9
 
 
 def redis(*args: str, db: int = TEST_DB, stdin: bytes | None = None) -> str:

@@ -34,8 +34,8 @@ from crmmaint.tasks.api import TaskContext, get_task
 from crmmaint.tasks.cache import settings
 from crmmaint.transport.local import LocalTransport
 
-TEST_DB = 11
-FLUSH_DB = 10
+TEST_DB = 8
+FLUSH_DB = 7
 SPEC = get_task("cache.clear")
 
 
@@ -728,7 +728,7 @@ def test_inventory_clear_errors_name_file_and_line(tmp_path, clear, message):
             "'older_than' needs 'directories'",
         ),
         ({"directories": ["/var/cache/../../etc"]}, "may not hold '..'"),
-        ({"directories": ["/"]}, "must be an absolute path, and not /"),
+        ({"directories": ["/"]}, "is the root directory"),
     ],
 )
 def test_inventory_clear_needs_what_it_clears(tmp_path, cache, message):
@@ -818,3 +818,211 @@ def test_redis_cli_stays_quiet_on_an_unreachable_server():
         subprocess.run(["redis-cli", "-h", "127.0.0.1", "PING"], capture_output=True).returncode
         == 0
     )
+
+
+# --- a database the server does not have, malformed URLs, directories in other spellings ----
+
+
+@pytest.fixture(scope="module")
+def small_server(tmp_path_factory) -> Iterator[str]:
+    """A private redis-server with 4 databases on a unix socket (stopped afterwards): database 5
+    does not exist there, and nothing of the shared server is at stake."""
+    folder = tmp_path_factory.mktemp("redis4")
+    sock = folder / "r.sock"
+    proc = subprocess.Popen(
+        [
+            *("redis-server", "--port", "0", "--unixsocket", str(sock), "--databases", "4"),
+            *("--save", "", "--appendonly", "no", "--dir", str(folder)),
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while not sock.exists():
+            assert time.monotonic() < deadline and proc.poll() is None, "redis-server did not start"
+            time.sleep(0.02)
+        yield str(sock)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def small_cli(sock: str, *args: str, db: int = 0) -> str:
+    return subprocess.run(
+        ["redis-cli", "-s", sock, "-n", str(db), *args], capture_output=True, check=True, text=True
+    ).stdout.strip()
+
+
+@pytest.mark.parametrize("db", [5, 99999])
+@pytest.mark.parametrize(
+    "clear", [{"flush": "database"}, {"patterns": ("k:*",)}, {"patterns": ("*",)}]
+)
+@pytest.mark.parametrize("check", [True, False])
+def test_a_database_the_server_lacks_fails_and_clears_nothing(small_server, db, clear, check):
+    for i in range(20):
+        small_cli(small_server, "SET", f"k:{i}", "v")
+    cache = Cache(
+        name="small",
+        host="local",
+        redis=f"unix://{small_server}?db={db}",
+        clear=CacheClearing(**clear),
+    )
+    result = run(cache, check=check)
+    assert result.status is Status.FAILED, result.message
+    assert f"refused database {db}" in result.message and "nothing was cleared" in result.message
+    assert not result.retryable
+    assert small_cli(small_server, "DBSIZE") == "20"  # database 0 untouched
+
+
+class WithoutPing(RedisCache):
+    """The engine without its first PING, to show that the connection doing the work checks
+    its own database too (the server and the commands are real)."""
+
+    def ping(self, *, timeout: float = 30.0) -> float:
+        return 0.0
+
+
+def test_every_redis_cli_use_checks_its_database(small_server):
+    small_cli(small_server, "SET", "k:keep", "v")
+    cache = Cache(name="small", host="local", redis=f"unix://{small_server}?db=5")
+    engine = RedisCache(cache, LocalTransport())
+    for call in (
+        engine.ping,
+        engine.info,
+        engine.used_memory,
+        lambda: engine.flush_database(False),
+        lambda: engine.clear_keys("*", False),
+    ):
+        with pytest.raises(EngineError, match="refused database 5"):
+            call()
+    bare = WithoutPing(cache, LocalTransport())
+    with pytest.raises(EngineError, match="refused database 5"):
+        bare.flush_database(False)
+    with pytest.raises(EngineError, match="refused database 5"):
+        bare.clear_keys("*", False)
+    assert small_cli(small_server, "GET", "k:keep") == "v"
+    # A database the server has works as before.
+    ok = RedisCache(
+        Cache(name="s", host="local", redis=f"unix://{small_server}?db=3"), LocalTransport()
+    )
+    small_cli(small_server, "SET", "x:1", "v", db=3)
+    assert ok.clear_keys("x:*", False).removed == 1
+    assert small_cli(small_server, "GET", "k:keep") == "v"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://127.0.0.1:6379/abc",
+        "redis://127.0.0.1:6379/5/6",
+        "redis://127.0.0.1:6379/0x6",
+        "redis://127.0.0.1:6379/6.0",
+        "redis://127.0.0.1:6379/-1",
+        "redis://127.0.0.1:99999/1",
+        "redis://127.0.0.1:6379/3?db=4",
+        "unix:///run/redis.sock?db=x",
+        "http://127.0.0.1:6379/0",
+    ],
+)
+def test_a_malformed_redis_url_is_refused_at_load_with_file_and_line(tmp_path, url):
+    from crmmaint.errors import InventoryError
+
+    path = write_inventory(tmp_path, {"c": {"redis": url}})
+    with pytest.raises(InventoryError) as info:
+        load_inventory(path)
+    assert str(info.value).startswith(f"{path}:3: cache 'c': redis:"), str(info.value)
+    assert info.value.exit_code == 3
+    proc = run_cli("inventory", "check", "-i", str(path))
+    assert proc.returncode == 3 and "ValueError" not in proc.stdout + proc.stderr
+
+
+ROOTS = ["/", "//", "/.", "/./", "/./.", "//.", "///", "/./../"]
+
+
+@pytest.mark.parametrize("path", [*ROOTS, "", ".", "relative/cache", "/tmp/x/.."])
+def test_the_root_in_any_spelling_and_relative_directories_are_refused(path):
+    with pytest.raises(EngineError, match="refusing"):
+        RedisCache(files_cache(), LocalTransport()).clear_files(path, True)
+
+
+@pytest.mark.parametrize("spelling", [*ROOTS, "", ".", "./", "{folder}", "{folder}/.", "{parent}"])
+def test_the_inventory_loader_refuses_the_root_and_the_inventory_folder(tmp_path, spelling):
+    from crmmaint.errors import InventoryError
+
+    path = tmp_path / "inv" / "inventory.yml"
+    path.parent.mkdir()
+    d = spelling.format(folder=path.parent, parent=tmp_path)
+    path.write_text(yaml.safe_dump({"caches": {"c": {"directories": [d]}}}))
+    path.chmod(0o600)
+    with pytest.raises(InventoryError) as info:
+        load_inventory(path)
+    assert str(info.value).startswith(f"{path}:")
+    reasons = ("root directory", "inventory's folder", "'..'", "non-empty absolute path")
+    assert any(reason in str(info.value) for reason in reasons), str(info.value)
+
+
+def test_directories_are_kept_normalised(tmp_path):
+    inv = load_inventory(
+        write_inventory(tmp_path, {"c": {"directories": ["/var//cache/./crm/", "//srv/c"]}})
+    )
+    assert inv.caches["c"].directories == ["/var/cache/crm", "/srv/c"]
+
+
+def test_the_task_refuses_the_inventory_folder_too(tmp_path):
+    cache_dir = tmp_path / "cache"
+    make_files(cache_dir)
+    before = tree(tmp_path)
+    ctx = context(files_cache(tmp_path, older_than=1), check=True)
+    ctx.inventory.path = str(tmp_path / "inventory.yml")
+    result = SPEC.func(ctx)
+    assert result.status is Status.FAILED and "inventory's folder" in result.message
+    assert tree(tmp_path) == before
+
+
+def test_a_directory_reached_through_a_symlink_is_skipped_with_a_warning(tmp_path):
+    outside = tmp_path / "outside"
+    make_files(outside / "usr")
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "rootlink").symlink_to(outside)
+    through = tmp_path / "x" / "rootlink" / "usr"
+    before = tree(outside)
+    for check in (True, False):
+        result = run(files_cache(through, files=("*",)), check=check)
+        assert result.status is Status.WARNING, result.message
+        assert f"directory {through} skipped: reached through a symlink" in result.message
+        assert str(outside / "usr") in result.message  # its real path is named
+        assert result.metrics["files_matched"] == 0
+    assert tree(outside) == before
+
+
+def test_stderr_is_never_cut_mid_word():
+    from crmmaint.engines.redis import stderr_text
+
+    lines = [f"find: './dir{i}/some-file-name.cache': No such file or directory" for i in range(40)]
+    text = stderr_text("\n".join(lines).encode(), 400)
+    assert len(text) <= 410
+    assert text.startswith("… | find: './dir") and text.endswith(
+        "dir39/some-file-name.cache': No such file or directory"
+    )
+    long = stderr_text(("word " * 200).encode(), 100)
+    assert long.endswith("word …") and len(long) <= 102
+
+
+def test_a_directory_removed_while_find_runs_is_a_warning_not_a_permission_failure(tmp_path):
+    from crmmaint.engines.redis import _only_vanished
+
+    assert _only_vanished(b"find: './a/b': No such file or directory\n")
+    assert not _only_vanished(b"find: cannot delete './a': Operation not permitted\n")
+    # Many small folders, removed by another process while find walks them.
+    cache_dir = tmp_path / "cache"
+    for i in range(400):
+        (cache_dir / f"d{i}").mkdir(parents=True)
+        for j in range(25):
+            (cache_dir / f"d{i}" / f"f{j}.cache").write_bytes(b"x")
+    remover = subprocess.Popen(["rm", "-rf", str(cache_dir)])
+    try:
+        result = run(files_cache(cache_dir, files=("*.cache",)))
+    finally:
+        remover.wait()
+    assert result.status is not Status.FAILED, result.message
+    assert "give crmmaint's user the right" not in result.message

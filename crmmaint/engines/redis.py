@@ -11,23 +11,23 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import posixpath
 import re
 import secrets
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from urllib.parse import parse_qs, unquote, urlsplit
 
 from crmmaint.engines.base import transport_failure
 from crmmaint.engines.http_probe import ProbeError, send_from_runner
-from crmmaint.errors import CommandTimeout, EngineError, TransportError
+from crmmaint.errors import CommandTimeout, ConfigError, EngineError, TransportError
 from crmmaint.inventory import (
     Cache,
     SecretSource,
     cache_directory_problem,
     endpoint_problem,
     file_glob_problem,
+    normalise_directory,
+    parse_redis_url,
 )
 from crmmaint.transport.base import CommandResult, Process, Transport
 
@@ -63,15 +63,23 @@ if ARGV[1] == '1' and existing > 0 then removed = redis.call('UNLINK', unpack(KE
 return {existing, no_ttl, bytes, removed}
 """
 
-# $1 = directory; the rest is find's expression. A directory that is a symlink is not followed,
-# one that is missing holds nothing to clear: each said by its own exit status.
+# $1 = directory (normalised); the rest is find's expression. A directory that is a symlink,
+# or is reached through one (its real path, from `cd -P` and `pwd -P`, differs: printed on
+# stderr), is not followed; one that is missing holds nothing to clear: each said by its own
+# exit status. find then runs inside the directory it checked ("."), so a link put in the way
+# afterwards leads nowhere (exec: stopping the command stops find itself).
 _FIND_IN_DIR = (
-    'd=$1; [ -L "$d" ] && exit 90; [ -e "$d" ] || exit 91; [ -d "$d" ] || exit 92; exec find "$@"'
+    'd=$1; shift; [ -L "$d" ] && exit 90; [ -e "$d" ] || exit 91; [ -d "$d" ] || exit 92; '
+    'cd -P -- "$d" || exit 93; r=$(pwd -P) || exit 93; '
+    '[ "$r" = "$d" ] || { printf "%s\\n" "$r" >&2; exit 94; }; exec find . "$@"'
 )
 _FIND_SKIPS = {
     90: "a symlink, not followed: name the directory it points to",
     91: "does not exist",
     92: "not a directory",
+    93: "could not be entered (no search permission?)",
+    94: "reached through a symlink, not followed: name the real directory",
+    95: "removed while it was being cleared",
 }
 
 
@@ -87,17 +95,15 @@ class RedisAddress:
 
     @classmethod
     def parse(cls, url: str) -> RedisAddress:
-        parts = urlsplit(url)
-        query = parse_qs(parts.query)
-        if parts.scheme == "unix":
-            return cls(socket=unquote(parts.path), db=int(query.get("db", ["0"])[0]))
-        path_db = parts.path.strip("/")
-        return cls(
-            host=parts.hostname or "127.0.0.1",
-            port=parts.port or 6379,
-            db=int(path_db or query.get("db", ["0"])[0]),
-            tls=parts.scheme == "rediss",
-        )
+        """The address in a cache's ``redis`` URL (``crmmaint.inventory.parse_redis_url``);
+        ``ConfigError`` for one the inventory loader would have refused."""
+        try:
+            host, port, socket, db, tls = parse_redis_url(url)
+        except ValueError as exc:
+            raise ConfigError(
+                f"redis URL: {exc}", hint="correct the cache's 'redis' in the inventory"
+            ) from None
+        return cls(host=host, port=port, socket=socket, db=db, tls=tls)
 
     def args(self) -> list[str]:
         args = ["-s", self.socket] if self.socket else ["-h", str(self.host), "-p", str(self.port)]
@@ -159,8 +165,10 @@ class RedisCache:
     def where(self) -> str:
         return f"cache {self.cache.name!r} on host {self.transport.host}"
 
-    def error(self, what: str, *, hint: str | None = None) -> EngineError:
-        return EngineError(f"{self.where}: {what}", hint=hint)
+    def error(
+        self, what: str, *, hint: str | None = None, retryable: bool | None = None
+    ) -> EngineError:
+        return EngineError(f"{self.where}: {what}", hint=hint, retryable=retryable)
 
     def _env(self) -> dict[str, str]:
         if self.cache.password is None:
@@ -183,11 +191,29 @@ class RedisCache:
             )
         except TransportError as exc:
             raise transport_failure(exc, f"{self.where}: {what}") from exc
+        self._check_selected(result.stderr, what)
         unreachable = result.stderr.startswith(b"Could not connect")
         if unreachable or not result.ok or result.text.startswith(_FAILED_REPLIES):
-            detail = result.stderr_tail() or result.text.strip()[:300]
+            detail = stderr_text(result.stderr) or _shorten(result.text.strip(), 300)
             raise self.error(f"{what} failed: {detail}")
         return result
+
+    def _check_selected(self, stderr: bytes, what: str) -> None:
+        """Raise when redis-cli said its ``SELECT`` of the configured database failed: it then
+        carries on in database 0, so what it answered (or did) was not this cache's."""
+        for line in stderr.decode("utf-8", "replace").splitlines():
+            if line.startswith("SELECT ") and " failed" in line:
+                raise self.database_refused(what, line.strip())
+
+    def database_refused(self, what: str, detail: str) -> EngineError:
+        db = self.address.db if self.address else 0
+        return self.error(
+            f"{what}: the server refused database {db} ({_shorten(detail, 200)}); nothing"
+            " was cleared",
+            hint="a server has databases 0 to its 'databases' setting minus one: correct the"
+            " database number in the cache's redis URL",
+            retryable=False,
+        )
 
     # --- health ---------------------------------------------------------------------------
 
@@ -197,7 +223,7 @@ class RedisCache:
         a server that needs no password answers."""
         start = time.monotonic()
         result = self._run("PING\n", timeout=timeout, what="PING")
-        refused = result.stderr_tail()
+        refused = stderr_text(result.stderr)
         if self.cache.password is not None and "AUTH failed" in refused:
             raise self.error(f"PING: login refused: {refused}")
         answer = result.text.strip()
@@ -358,19 +384,27 @@ class RedisCache:
         decides that a flush is wanted (``flush: database``). Raises ``EngineError``."""
         started = time.monotonic()
         db = self.address.db if self.address else 0
-        answer = self._run("DBSIZE\nINFO keyspace\n", timeout=timeout, what="DBSIZE")
-        first, _, rest = answer.text.partition("\n")
-        if not first.strip().isdigit():
-            raise self.error(f"DBSIZE answered {first.strip()[:100]!r}")
-        keys = int(first)
-        keyspace = parse_info(rest).get(f"db{db}", "")
-        fields = dict(item.split("=", 1) for item in keyspace.split(",") if "=" in item)
-        expiring = int(fields.get("expires", 0))
-        done = KeyClearing(pattern=None, check=check, matched=keys, bytes=None)
-        done.without_ttl = max(0, keys - expiring)
+        # One connection whose database was selected and checked first (``_session``):
+        # redis-cli would flush database 0 after failing to select a missing one.
+        with self._session(f"flushing database {db}", timeout) as session:
+            first = session.call("DBSIZE")
+            if len(first) != 1 or not first[0].isdigit():
+                text = b" ".join(first).decode("utf-8", "replace").strip()
+                raise self.error(f"DBSIZE answered {_shorten(text, 100)!r}")
+            keys = int(first[0])
+            raw = b"\n".join(session.call("INFO keyspace")).decode("utf-8", "replace")
+            keyspace = parse_info(raw).get(f"db{db}", "")
+            fields = dict(item.split("=", 1) for item in keyspace.split(",") if "=" in item)
+            expiring = int(fields.get("expires", 0))
+            done = KeyClearing(pattern=None, check=check, matched=keys, bytes=None)
+            done.without_ttl = max(0, keys - expiring)
+            if not check:
+                answer = session.call("FLUSHDB ASYNC")
+                if answer != [b"OK"]:
+                    text = b" ".join(answer).decode("utf-8", "replace").strip()
+                    raise self.error(f"FLUSHDB failed: {_shorten(text, 300) or 'no answer'}")
+                done.removed = keys
         if not check:
-            self._run("FLUSHDB ASYNC\n", timeout=timeout, what="FLUSHDB")
-            done.removed = keys
             log.info("%s: flushed database %d (%d keys)", self.where, db, keys)
         done.batches = 1
         done.seconds = time.monotonic() - started
@@ -392,15 +426,26 @@ class RedisCache:
     @contextlib.contextmanager
     def _session(self, what: str, timeout: float) -> Iterator[_Session]:
         """One redis-cli connection for ``what``, answering command by command; ``PING``
-        first, so an unreachable server or a refused password fails at once. Timeouts and
-        transport failures become ``EngineError`` / the transport's error naming ``what``."""
+        first, so an unreachable server or a refused password fails at once, then ``SELECT``
+        of the configured database on the connection itself, so a database the server does
+        not have fails before any command runs. Timeouts and transport failures become
+        ``EngineError`` / the transport's error naming ``what``."""
         self.ping(timeout=min(timeout, 30.0))
         try:
             with self.transport.start(self._cli("--raw"), stdout="stream", env=self._env()) as proc:
                 proc.set_timeout(timeout)
-                yield _Session(proc, self)
+                session = _Session(proc, self)
+                # redis-cli carries on in database 0 when its own SELECT failed (it says so
+                # on stderr only): select again on this connection, before anything else.
+                db = self.address.db if self.address else 0
+                answer = session.call(f"SELECT {db}")
+                if answer != [b"OK"]:
+                    text = b" ".join(answer).decode("utf-8", "replace").strip()
+                    raise self.database_refused(what, text or "no answer")
+                yield session
                 proc.close_stdin()
-                proc.wait()
+                ended = proc.wait()
+                self._check_selected(ended.stderr, what)
         except CommandTimeout as exc:
             raise self.error(f"{what} timed out after {timeout:g}s") from exc
         except TransportError as exc:
@@ -441,13 +486,17 @@ class RedisCache:
         older_than: float | None = None,
         stop_at: float | None = None,
         timeout: float = 600.0,
+        inventory_dir: str | None = None,
     ) -> DirectoryClearing:
         """Delete the regular files below directory ``path`` on the cache's host whose names
         match one of ``patterns`` (find ``-name`` globs) and, with ``older_than`` (seconds),
         that were last modified longer ago; check mode only counts them and their bytes.
 
-        Never leaves ``path``: ``path`` must be absolute, not ``/``, without ``..``; a
-        ``path`` that is itself a symlink is not followed (``skipped`` says so); find neither
+        Never leaves ``path``: ``path`` must be absolute, not the root in any spelling nor
+        (given ``inventory_dir``) the inventory's folder or above it, without ``..``
+        (``cache_directory_problem``); a ``path`` that is a symlink, or whose real path on
+        the host differs from it (a symlink on the way), is not followed (``skipped`` says
+        so); nor is one removed while find ran (``skipped`` too); find neither
         follows symlinks inside (a link is never a regular file) nor crosses into another
         filesystem (``-xdev``), and deletes relative to the directory it opened. Directories
         are kept. Needs GNU find (``-printf``, fractional ``-mmin``).
@@ -457,14 +506,13 @@ class RedisCache:
         that could not remove or read something sets ``error`` (the counts stay). Raises
         ``EngineError`` for a refused path or pattern, or the transport's error.
         """
-        path = path.rstrip("/") or "/"
-        problem = cache_directory_problem(path)
+        problem = cache_directory_problem(path, inventory_dir)
         if problem is not None:
             raise self.error(f"refusing to clear {path!r}: {problem}")
         for pattern in patterns:
             if (problem := file_glob_problem(pattern)) is not None:
                 raise self.error(f"refusing to clear {path}: {problem}")
-        path = posixpath.normpath(path)
+        path = normalise_directory(path)
         names: list[str] = []
         for pattern in patterns:
             names += ["-o", "-name", pattern] if names else ["-name", pattern]
@@ -498,10 +546,18 @@ class RedisCache:
                         raise
                     done.finished = False  # stop_at came: find was stopped
                 else:
-                    if result.exit_status in _FIND_SKIPS:
+                    if result.exit_status == 94:
+                        real = stderr_text(result.stderr, 200)
+                        done.skipped = _FIND_SKIPS[94] + (f" (it is {real})" if real else "")
+                    elif result.exit_status in _FIND_SKIPS:
                         done.skipped = _FIND_SKIPS[result.exit_status]
                     elif not result.ok:
-                        done.error = result.stderr_tail() or f"exit status {result.exit_status}"
+                        done.error = stderr_text(result.stderr) or (
+                            f"exit status {result.exit_status}"
+                        )
+                        done.vanished = _only_vanished(result.stderr)
+                        if not self._is_directory(path):
+                            done.skipped, done.error = _FIND_SKIPS[95], None
         except CommandTimeout as exc:
             raise self.error(f"clearing directory {path} timed out after {timeout:g}s") from exc
         except TransportError as exc:
@@ -517,6 +573,13 @@ class RedisCache:
             f" ({done.skipped})" if done.skipped else "",
         )
         return done
+
+    def _is_directory(self, path: str) -> bool:
+        """Whether ``path`` is (still) a directory on the cache's host."""
+        try:
+            return self.transport.run(["test", "-d", path], timeout=30.0).ok
+        except TransportError:
+            return True  # unknown: keep find's own error
 
     # --- the application's cache endpoint -------------------------------------------------
 
@@ -615,6 +678,9 @@ class DirectoryClearing:
     finished: bool = True
     skipped: str | None = None
     error: str | None = None
+    #: ``error`` says only that files or folders went away while find ran (another process
+    #: removing them at the same time), not that something could not be removed.
+    vanished: bool = False
 
 
 @dataclass(frozen=True)
@@ -658,7 +724,7 @@ class _Session:
                 self.proc.close_stdin()
                 ended = self.proc.wait(timeout=KILL_WAIT)
                 raise self.cache.error(
-                    f"redis-cli ended early: {ended.stderr_tail() or 'no message'}",
+                    f"redis-cli ended early: {stderr_text(ended.stderr) or 'no message'}",
                     hint="the server may have gone away; run again once it answers",
                 )
             self.buffer += chunk
@@ -678,6 +744,41 @@ def _scan_reply(lines: list[bytes], cache: RedisCache) -> tuple[str, list[bytes]
 
 def _passed(moment: float | None) -> bool:
     return moment is not None and time.monotonic() >= moment
+
+
+def _only_vanished(stderr: bytes) -> bool:
+    """find complained only of entries that were gone when it got to them."""
+    lines = [line for line in stderr.decode("utf-8", "replace").splitlines() if line.strip()]
+    return bool(lines) and all(line.endswith("No such file or directory") for line in lines)
+
+
+def _shorten(text: str, limit: int) -> str:
+    """``text`` cut to at most about ``limit`` characters at a word's end, ``…`` marking a cut."""
+    if len(text) <= limit:
+        return text
+    cut = text[:limit].rsplit(" ", 1)[0] if " " in text[:limit] else text[:limit]
+    return cut.rstrip(" |,;:") + " …"
+
+
+def stderr_text(stderr: bytes, limit: int = 400) -> str:
+    """The end of a command's stderr for a message: whole lines from the last backwards
+    (joined with ``" | "``, a line repeated right after itself said once) while they fit in
+    ``limit`` characters, so nothing starts mid-word; one line longer than that is cut at a
+    word's end."""
+    lines: list[str] = []
+    for line in stderr.decode("utf-8", "replace").splitlines():
+        line = line.strip()
+        if line and (not lines or lines[-1] != line):
+            lines.append(line)
+    kept: list[str] = []
+    size = 0
+    for line in reversed(lines):
+        if kept and size + len(line) + 3 > limit:
+            kept.append("…")
+            break
+        kept.append(_shorten(line, limit))
+        size += len(kept[-1]) + 3
+    return " | ".join(reversed(kept))
 
 
 def redis_glob(pattern: str) -> Callable[[bytes], bool]:

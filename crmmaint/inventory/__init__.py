@@ -14,6 +14,9 @@ from crmmaint.inventory.cache_clearing import (
     endpoint_problem,
     file_glob_problem,
     key_pattern_problem,
+    normalise_directory,
+    parse_redis_url,
+    redis_url_problem,
 )
 from crmmaint.inventory.fields import MAX_CONNECT_TIMEOUT, _check_name
 from crmmaint.inventory.load import load_inventory
@@ -68,4 +71,7 @@ __all__ = [
     "file_glob_problem",
     "key_pattern_problem",
     "load_inventory",
+    "normalise_directory",
+    "parse_redis_url",
+    "redis_url_problem",
 ]

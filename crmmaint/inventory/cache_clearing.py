@@ -6,6 +6,10 @@ name glob, a cache directory and an application's cache endpoint, and the readin
 
 from __future__ import annotations
 
+import posixpath
+import re
+from urllib.parse import parse_qs, unquote, urlsplit
+
 from crmmaint.inventory.fields import _secret
 from crmmaint.inventory.model import ENDPOINT_METHODS, FLUSH_SCOPES, CacheClearing
 from crmmaint.units import parse_duration
@@ -18,6 +22,63 @@ from crmmaint.yamlsource import (
     one_of,
     require_mapping,
 )
+
+#: The largest database number a Redis server can have (its ``databases`` is an int).
+MAX_REDIS_DB = 2**31 - 2
+_DB_NUMBER = re.compile(r"[0-9]{1,10}")
+
+
+def parse_redis_url(url: str) -> tuple[str | None, int | None, str | None, int, bool]:
+    """(host, port, socket, db, tls) of a cache's ``redis`` URL: ``redis://host:port/db``,
+    ``rediss://`` (TLS) or ``unix:///path/to.sock?db=N``; a missing host is 127.0.0.1, a
+    missing port 6379, a missing db 0. Raises ``ValueError`` saying what is wrong: another
+    scheme, a port out of range, a database that is not a number of 0 or more (``/abc``,
+    ``/5/6``, ``/0x6``, ``/6.0``, ``/-1``), a password in the URL."""
+    if not isinstance(url, str) or any(ch.isspace() or ord(ch) < 32 for ch in url):
+        raise ValueError("a redis URL is one string without spaces or control characters")
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        raise ValueError(f"{url!r} must be a redis://, rediss:// or unix:// URL")
+    if parts.password is not None or parts.username is not None:
+        raise ValueError("put no password in the redis URL; use 'password: env:NAME'")
+    query = parse_qs(parts.query, keep_blank_values=True)
+    dbs = query.get("db", [])
+    if len(dbs) > 1:
+        raise ValueError(f"{url!r} gives db= more than once")
+    if parts.scheme == "unix":
+        socket = unquote(parts.path)
+        if not socket.startswith("/") or parts.netloc:
+            raise ValueError(f"{url!r}: a socket URL is unix:///absolute/path.sock?db=N")
+        return None, None, socket, _db_number(dbs[0] if dbs else "0", url), False
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"{url!r}: the port must be a number from 1 to 65535") from None
+    if port == 0:
+        raise ValueError(f"{url!r}: the port must be a number from 1 to 65535")
+    path = parts.path[1:] if parts.path.startswith("/") else parts.path
+    if path and dbs:
+        raise ValueError(f"{url!r} gives the database twice (path and db=)")
+    db = _db_number(path or (dbs[0] if dbs else "0"), url)
+    return parts.hostname or "127.0.0.1", port or 6379, None, db, parts.scheme == "rediss"
+
+
+def _db_number(text: str, url: str) -> int:
+    if not _DB_NUMBER.fullmatch(text) or int(text) > MAX_REDIS_DB:
+        raise ValueError(
+            f"{url!r}: the database must be one number of 0 or more (redis://host:port/3), "
+            f"not {text!r}"
+        )
+    return int(text)
+
+
+def redis_url_problem(url: str) -> str | None:
+    """Why ``url`` cannot be a cache's ``redis`` URL (see ``parse_redis_url``), or ``None``."""
+    try:
+        parse_redis_url(url)
+    except ValueError as exc:
+        return str(exc)
+    return None
 
 
 def file_glob_problem(pattern: str) -> str | None:
@@ -45,16 +106,38 @@ def key_pattern_problem(pattern: str) -> str | None:
     return None
 
 
-def cache_directory_problem(path: str) -> str | None:
-    """Why ``path`` cannot be a cache directory that ``cache.clear`` empties: it must be
-    absolute, not ``/`` and without ``..`` components (a cleared directory is exactly the one
-    configured, never a way out of it); ``None`` when it is fine."""
-    if not path.startswith("/") or not path.strip("/"):
-        return f"cache directory {path!r} must be an absolute path, and not /"
-    if ".." in path.split("/"):
-        return f"cache directory {path!r} may not hold '..': name the directory itself"
+def normalise_directory(path: str) -> str:
+    """``path`` as ``cache.clear`` compares and uses it: ``posixpath.normpath`` with a leading
+    ``//`` made ``/`` (POSIX lets ``//`` mean something else; nothing here needs it)."""
+    norm = posixpath.normpath(path) if path else path
+    return "/" + norm.lstrip("/") if norm.startswith("/") else norm
+
+
+def cache_directory_problem(path: str, inventory_dir: str | None = None) -> str | None:
+    """Why ``path`` cannot be a cache directory that ``cache.clear`` empties, or ``None``.
+
+    It must be absolute, hold no ``..`` component, NUL or line break, and, once normalised
+    (``/.``, ``//`` and ``/./.`` are all ``/``), be neither the root nor, when
+    ``inventory_dir`` is given, the inventory's own folder or a folder above it (whose
+    clearing would take the inventory, the journal and the secrets' files with it)."""
+    if not isinstance(path, str) or not path:
+        return "a cache directory must be a non-empty absolute path"
     if any(ch in path for ch in "\0\n\r"):
         return f"cache directory {path!r} may not hold a NUL or a line break"
+    if ".." in path.split("/"):
+        return f"cache directory {path!r} may not hold '..': name the directory itself"
+    if not path.startswith("/"):
+        return f"cache directory {path!r} must be an absolute path"
+    norm = normalise_directory(path)
+    if norm == "/":
+        return f"cache directory {path!r} is the root directory: name the cache's own directory"
+    if inventory_dir:
+        folder = normalise_directory(inventory_dir)
+        if folder == norm or folder.startswith(norm.rstrip("/") + "/"):
+            return (
+                f"cache directory {path!r} is the inventory's folder {folder} or holds it: "
+                "name the cache's own directory"
+            )
     return None
 
 

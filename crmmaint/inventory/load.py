@@ -12,7 +12,12 @@ from typing import TYPE_CHECKING, Any
 
 from crmmaint.assertions import parse_assertions
 from crmmaint.errors import ConfigError, InventoryError
-from crmmaint.inventory.cache_clearing import _cache_clearing, cache_directory_problem
+from crmmaint.inventory.cache_clearing import (
+    _cache_clearing,
+    cache_directory_problem,
+    normalise_directory,
+    redis_url_problem,
+)
 from crmmaint.inventory.fields import (
     _address,
     _check_name,
@@ -311,35 +316,30 @@ def _cache(name: str, spec: dict, inv: Inventory) -> Cache:
     what = f"cache {name!r}"
     check_keys(spec, _CACHE_KEYS, what)
     redis = get_field(spec, "redis", str)
-    if redis is not None and not redis.startswith(("redis://", "rediss://", "unix://")):
-        raise SourceError(
-            f"{what}: 'redis' must be a redis:// URL", line_of(spec, "redis"), "redis"
-        )
-    if redis and "@" in redis.split("//", 1)[1].split("/", 1)[0]:
-        raise SourceError(
-            f"{what}: put no password in the redis URL; use 'password: env:NAME'",
-            line_of(spec, "redis"),
-            "redis",
-        )
+    if redis is not None and (problem := redis_url_problem(redis)) is not None:
+        raise SourceError(f"{what}: redis: {problem}", line_of(spec, "redis"), "redis")
     dirs = get_str_list(spec, "directories")
     if redis is None and not dirs:
         raise SourceError(f"{what} needs 'redis' or 'directories'", line_of(spec), "redis")
     host = _owner(spec, what, inv)
     local = inv.hosts.get(host, _RUNNER_HOST).is_local
+    folder = os.path.abspath(Path(inv.path).parent)
     for i, d in enumerate(dirs):
         # On a local host relative to the inventory's folder, as file sets are; ".." is
-        # refused before it could be folded away.
-        if local and not d.startswith("/") and ".." not in d.split("/"):
-            d = dirs[i] = _path(d, Path(inv.path).parent) or d
-        problem = cache_directory_problem(d.rstrip("/") or "/")
+        # refused before it could be folded away. "" and "." would be the folder itself,
+        # which the check below refuses.
+        if local and d and not d.startswith("/") and ".." not in d.split("/"):
+            d = _path(d, Path(inv.path).parent) or d
+        problem = cache_directory_problem(d, folder)
         if problem is not None:
             raise SourceError(f"{what}: {problem}", line_of(spec, "directories"), "directories")
+        dirs[i] = normalise_directory(d)
     return Cache(
         name=name,
         host=host,
         redis=redis,
         password=_secret(spec, "password", what),
-        directories=[d.rstrip("/") for d in dirs],
+        directories=dirs,
         groups=get_str_list(spec, "groups"),
         clear=_cache_clearing(spec, what, redis is not None, bool(dirs)),
     )

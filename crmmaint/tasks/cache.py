@@ -13,6 +13,7 @@ In check mode everything is counted the same way and nothing is removed or calle
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -411,6 +412,7 @@ def _clear_directories(
     report.files_wanted = ", ".join(globs) + (
         f" older than {format_duration(wanted.older_than)}" if wanted.older_than else ""
     )
+    folder = os.path.dirname(os.path.abspath(ctx.inventory.path)) if ctx.inventory.path else None
     for i, path in enumerate(adapter.cache.directories):
         if _passed(stop_at):
             report.left += [f"directory {p} not started" for p in adapter.cache.directories[i:]]
@@ -423,16 +425,25 @@ def _clear_directories(
                 older_than=wanted.older_than,
                 stop_at=stop_at,
                 timeout=ctx.time_left(CLEAR_TIMEOUT),
+                inventory_dir=folder,
             )
         except CrmMaintError as exc:
             report.failures.append(exc)
             continue
         report.directories.append(done)
-        if done.error:
+        if done.error and done.vanished:  # another process removed files too: not a fault
+            report.warnings.append(
+                f"directory {path}: some files or folders went away while find ran (another"
+                f" process clearing it?): {done.error}"
+            )
+        elif done.error:
+            refused = any(s in done.error for s in ("Permission denied", "not permitted"))
             report.failures.append(
                 adapter.error(
                     f"clearing directory {path} failed: {done.error}",
-                    hint="give crmmaint's user the right to remove the cache's files",
+                    hint="give crmmaint's user the right to remove the cache's files"
+                    if refused
+                    else "see find's message for what it could not do",
                 )
             )
         if done.skipped == "does not exist":
