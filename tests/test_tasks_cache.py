@@ -481,9 +481,8 @@ def test_globs_with_a_slash_or_dotdot_are_refused(tmp_path, glob):
     cache_dir = tmp_path / "cache"
     make_files(cache_dir)
     before = tree(tmp_path)
-    result = run(files_cache(cache_dir), files=[glob])
-    assert result.status is Status.FAILED
-    assert result.details["exit_code"] == 3 and not result.retryable
+    with pytest.raises(ValueError, match="parameter 'files'"):  # refused when the step loads
+        SPEC.validate_params({"files": [glob]})
     with pytest.raises(EngineError, match="refusing"):
         RedisCache(files_cache(cache_dir), LocalTransport()).clear_files(
             str(cache_dir), False, patterns=[glob]
@@ -639,9 +638,32 @@ def test_an_unreachable_endpoint_or_unset_token_fails(token, monkeypatch):
 
 
 def test_a_literal_token_in_a_step_is_refused_and_not_echoed():
-    result = run(files_cache(Path("/nonexistent")), endpoint="http://127.0.0.1:9/x", token="s3cr3t")
-    assert result.status is Status.FAILED and "secret source" in result.message
-    assert "s3cr3t" not in json.dumps([result.message, result.details])
+    with pytest.raises(ValueError, match="secret source") as info:
+        SPEC.validate_params({"endpoint": "http://127.0.0.1:9/x", "token": "s3cr3t"})
+    assert "s3cr3t" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        ({"patterns": ["a:*", ""]}, "parameter 'patterns': a key pattern must be a non-empty"),
+        ({"files": ["../*"]}, "parameter 'files': file name glob '../*' may not hold"),
+        ({"batch": 0}, "parameter 'batch': batch must be 1 to 5000"),
+        ({"batch": 9999}, "parameter 'batch': batch must be 1 to 5000"),
+        ({"endpoint": "ftp://x/y"}, "parameter 'endpoint': endpoint 'ftp://x/y' must be"),
+        ({"token": "hunter2"}, "parameter 'token': 'token' must be a secret source"),
+    ],
+)
+def test_step_parameters_are_refused_when_the_playbook_loads(tmp_path, given, message):
+    inv = write_inventory(tmp_path, {"c": {"redis": "redis://127.0.0.1:6379/8"}})
+    book = tmp_path / "book.yml"
+    step = {"name": "clear", "task": "cache.clear", "cache": "c", "with": given}
+    book.write_text(yaml.safe_dump({"name": "clear", "steps": [step]}))
+    proc = run_cli("playbook", "check", str(book), "-i", str(inv))
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 3, out
+    assert message in out and f"{book}:" in out
+    assert "hunter2" not in out
 
 
 # --- the inventory's clear: ------------------------------------------------------------------

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from crmmaint.assertions import parse_assertions
 from crmmaint.units import (
+    format_clock,
     format_elapsed,
     format_size,
     parse_duration,
@@ -48,7 +49,11 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
 @dataclass(frozen=True)
 class Param:
     """One parameter of a task. ``type`` is str/int/float/bool/list/dict or duration/size/percent/share
-    (a percentage more than 0)/assertions (``crmmaint.assertions.parse_assertions``)."""
+    (a percentage more than 0)/assertions (``crmmaint.assertions.parse_assertions``).
+
+    ``check``: an optional test of the converted value that raises ``ValueError`` saying what
+    is wrong (a key pattern, a URL, a range); it runs in ``convert``, so the playbook loader
+    refuses a bad value at its file and line, before anything runs."""
 
     type: type | str
     default: Any = None
@@ -56,9 +61,16 @@ class Param:
     help: str = ""
     choices: tuple[Any, ...] | None = None
     item_type: type | None = None
+    check: Callable[[Any], None] | None = None
 
     def convert(self, value: Any) -> Any:
         """Check and convert a playbook value; ``ValueError`` says what is expected."""
+        value = self._convert(value)
+        if self.check is not None:
+            self.check(value)
+        return value
+
+    def _convert(self, value: Any) -> Any:
         if isinstance(self.type, str):
             return _PARSERS[self.type](value)
         if self.type is float and isinstance(value, int) and not isinstance(value, bool):
@@ -160,12 +172,13 @@ class TaskContext:
         ):
             by = "the run's window ends"
             if self.run_ends is not None:
-                by += f" at {self.run_ends:%H:%M}"
+                by += f" at {format_clock(self.run_ends)}"
         else:
             by = "the step's timeout ends"
         return (
             f"{what} skipped: it would take about {format_elapsed(estimate.seconds)}"
             f" ({estimate.basis}) and {by} in {format_elapsed(left)}"
+            f" ({FIT_MARGIN:.0%} of that kept in reserve)"
         )
 
     def estimate(self, operation: str, size: int, default_rate: float) -> Estimate:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -54,26 +55,79 @@ CLEAR_TIMEOUT = 6 * 3600.0
 SETTLE = 2.0
 
 
+def _each(problem_of: Callable[[str], str | None]) -> Callable[[list[str]], None]:
+    """A ``Param.check`` of a list: ``ValueError`` with the first item's problem."""
+
+    def check(values: list[str]) -> None:
+        for value in values:
+            if (problem := problem_of(value)) is not None:
+                raise ValueError(problem)
+
+    return check
+
+
+def _one(problem_of: Callable[[str], str | None]) -> Callable[[str], None]:
+    def check(value: str) -> None:
+        if (problem := problem_of(value)) is not None:
+            raise ValueError(problem)
+
+    return check
+
+
+def _token_problem(value: str) -> str | None:
+    if value.startswith(SECRET_PREFIXES):
+        return None
+    # never echo it: it may be the token itself
+    return (
+        "'token' must be a secret source (env:NAME, file:/path or cmd:COMMAND), not the token"
+        " itself: keep the token out of playbooks, e.g. token: env:CRM_CACHE_TOKEN"
+    )
+
+
+def _batch_problem(value: int) -> str | None:
+    if 1 <= value <= MAX_UNLINK_BATCH:
+        return None
+    return f"batch must be 1 to {MAX_UNLINK_BATCH} keys, not {value}"
+
+
 @task(
     "cache.clear",
     targets="cache",
     params={
         "patterns": Param(
-            list, None, item_type=str, help="Redis key patterns (SCAN MATCH globs) to remove"
+            list,
+            None,
+            item_type=str,
+            help="Redis key patterns (SCAN MATCH globs) to remove",
+            check=_each(key_pattern_problem),
         ),
         "flush": Param(
             str, None, choices=FLUSH_SCOPES, help="'database': FLUSHDB the cache's Redis database"
         ),
         "files": Param(
-            list, None, item_type=str, help="file name globs to remove in the cache's directories"
+            list,
+            None,
+            item_type=str,
+            help="file name globs to remove in the cache's directories",
+            check=_each(file_glob_problem),
         ),
         "older_than": Param("duration", None, help="remove only files modified longer ago"),
-        "endpoint": Param(str, None, help="URL of the application's cache endpoint"),
+        "endpoint": Param(
+            str, None, help="URL of the application's cache endpoint", check=_one(endpoint_problem)
+        ),
         "method": Param(str, None, choices=ENDPOINT_METHODS, help="HTTP method (default POST)"),
         "token": Param(
-            str, None, help="the endpoint's bearer token: env:NAME, file:/path or cmd:COMMAND"
+            str,
+            None,
+            help="the endpoint's bearer token: env:NAME, file:/path or cmd:COMMAND",
+            check=_one(_token_problem),
         ),
-        "batch": Param(int, UNLINK_BATCH, help=f"keys per UNLINK batch (1-{MAX_UNLINK_BATCH})"),
+        "batch": Param(
+            int,
+            UNLINK_BATCH,
+            help=f"keys per UNLINK batch (1-{MAX_UNLINK_BATCH})",
+            check=_one(_batch_problem),  # type: ignore[arg-type]
+        ),
         "pause": Param("duration", 0.0, help="pause after each batch of keys"),
     },
 )
