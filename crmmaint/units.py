@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import re
+from datetime import datetime
 from decimal import Decimal
 
 __all__ = [
@@ -83,6 +84,13 @@ def format_duration(seconds: float) -> str:
         if seconds >= size and seconds % size == 0:
             return f"{int(seconds // size)}{unit}"
     return f"{_plain_number(seconds)}s"
+
+
+def format_clock(moment: datetime) -> str:
+    """A moment as a wall-clock time on this machine: ``05:30``, or ``05:30:15`` when its
+    seconds are not 0 (a short window's end)."""
+    local = moment.astimezone()
+    return f"{local:%H:%M}" if local.second == 0 else f"{local:%H:%M:%S}"
 
 
 def format_elapsed(seconds: float) -> str:

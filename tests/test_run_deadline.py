@@ -167,11 +167,12 @@ def test_nothing_starts_after_the_deadline(inventory: Inventory, tmp_path: Path)
         rows = (journal.run(summary.run_id) or {})["results"]
     by = {(r.step, r.target): r.result for r in summary.results}
     assert by[("slow", "h0")].status == Status.OK
-    assert by[("slow", "h1")].status == Status.SKIPPED
-    assert "window ended at" in by[("slow", "h1")].message
-    assert by[("later", "-")].status == Status.SKIPPED
-    assert {r["status"] for r in rows} == {"ok", "skipped"}
-    assert summary.exit_code == 0
+    # work the window was for did not run: a warning, so that cron notices (exit 1)
+    assert by[("slow", "h1")].status == Status.WARNING
+    assert "not started: the run's window ended at" in by[("slow", "h1")].message
+    assert by[("later", "-")].status == Status.WARNING
+    assert {r["status"] for r in rows} == {"ok", "warning"}
+    assert summary.exit_code == 1
 
 
 def test_window_length_sets_the_deadline(inventory: Inventory) -> None:

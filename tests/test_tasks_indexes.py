@@ -196,7 +196,7 @@ def test_check_mode_changes_nothing(tmp_path: Path, bloated: str) -> None:
 
     before = state()
     status, message, details = _optimize(tmp_path, bloated, check=True)
-    assert status == Status.OK and message.count("would run") == 1
+    assert status == Status.CHANGED and message.count("would run") == 1  # would change
     assert {a["kind"] for a in details["actions"]} == {"reindex", "vacuum"}
     assert all(a["statement"] for a in details["actions"])
     assert state() == before
@@ -306,6 +306,8 @@ def test_work_that_would_not_fit_is_skipped(tmp_path: Path, bloated: str) -> Non
     with Journal(tmp_path / "journal.sqlite") as journal:
         journal.state_set("database:crm:rate:reindex", [1000.0])
         ends = datetime.now().astimezone() + timedelta(minutes=30)
+        checked = _optimize(tmp_path, bloated, journal=journal, ends_at=ends, check=True)[2]
+        assert [s for s in checked["skipped"] if s["kind"] == "reindex"]  # check mode says so
         status, message, details = _optimize(tmp_path, bloated, journal=journal, ends_at=ends)
     assert status == Status.WARNING
     reindex_skipped = [s for s in details["skipped"] if s["kind"] == "reindex"]
@@ -429,7 +431,7 @@ def test_mariadb_optimize_analyze_and_keys(tmp_path: Path, my_bloated: str) -> N
 
     before = checksum()
     status, message, details = _my_optimize(tmp_path, my_bloated, check=True)
-    assert status == Status.OK and "would run" in message
+    assert status == Status.CHANGED and "would run" in message
     assert checksum() == before
     status, message, details = _my_optimize(tmp_path, my_bloated)
     assert status == Status.CHANGED, message
@@ -480,7 +482,7 @@ def test_sqlite_vacuum_when_the_free_list_is_large(tmp_path: Path) -> None:
     path = _sqlite_file(tmp_path / "crm.sqlite")
     before = path.read_bytes()
     status, message, details = _lite(tmp_path, path, check=True)
-    assert status == Status.OK and path.read_bytes() == before  # check mode: byte for byte
+    assert status == Status.CHANGED and path.read_bytes() == before  # check mode: unchanged
     assert {a["kind"] for a in details["actions"]} == {"analyze", "vacuum_file"}
     status, message, details = _lite(tmp_path, path)
     assert status == Status.CHANGED, message

@@ -21,6 +21,7 @@ from crmmaint.cli.common import (
 )
 from crmmaint.errors import ConfigError
 from crmmaint.reporting.console import print_table, write_json
+from crmmaint.units import format_clock
 
 
 @command(
@@ -68,7 +69,8 @@ def run(
         raise ConfigError(str(exc)) from None
     if ends_at is not None and not json:
         print(
-            f"crmmaint: this run ends at {ends_at:%Y-%m-%d %H:%M} ({why}): no step starts after it",
+            f"crmmaint: this run ends at {ends_at.astimezone():%Y-%m-%d} {format_clock(ends_at)}"
+            f" ({why}): no step starts after it",
             file=sys.stderr,
         )
     execute(

@@ -35,6 +35,11 @@ VACUUM_ROOM = 2.0
 _PAGES_SQL = "PRAGMA page_count; PRAGMA page_size; PRAGMA freelist_count; PRAGMA journal_mode;"
 
 
+def _busy(seconds: float) -> str:
+    """The shell's ``.timeout``: how long a statement waits for another process's lock."""
+    return f".timeout {max(1, int(seconds * 1000))}\n" if seconds else ""
+
+
 class SQLiteMaintenance(TableMaintenance):
     """``TableMaintenance`` of one SQLite file through its engine's shell."""
 
@@ -44,20 +49,21 @@ class SQLiteMaintenance(TableMaintenance):
     def __init__(self, engine: SQLiteEngine) -> None:
         self.engine = engine
 
-    def _pages(self, timeout: float) -> tuple[int, int, int, str]:
-        rows = self.engine.query(_PAGES_SQL, timeout=timeout)
+    def _pages(self, timeout: float, busy: float = 0.0) -> tuple[int, int, int, str]:
+        rows = self.engine.query(_busy(busy) + _PAGES_SQL, timeout=timeout)
         (pages,), (page_size,), (free,), (journal,) = rows
         return int(pages), int(page_size), int(free), journal
 
     def survey(self, policy: MaintenancePolicy, *, timeout: float) -> Survey:
         survey = Survey(method="free pages from PRAGMA freelist_count")
-        check = self.engine.query("PRAGMA quick_check;", timeout=timeout)
+        busy = _busy(policy.lock_timeout)
+        check = self.engine.query(busy + "PRAGMA quick_check;", timeout=timeout)
         if check != [("ok",)]:
-            detail = "; ".join(row[0] for row in check[:3])
+            detail = "; ".join(row[0] for row in check[:3])[:200]
             survey.findings.append(Finding("integrity", self.engine.path, f"quick_check: {detail}"))
             return survey  # a damaged file is not rewritten
         survey.notes.append("quick_check: ok")
-        pages, page_size, free, journal = self._pages(timeout)
+        pages, page_size, free, journal = self._pages(timeout, policy.lock_timeout)
         size = pages * page_size
         tables = self.engine.tables(timeout=timeout)
         survey.objects = {"tables": len(tables)}
@@ -109,10 +115,9 @@ class SQLiteMaintenance(TableMaintenance):
         return None
 
     def perform(self, action: Action, policy: MaintenancePolicy, *, timeout: float) -> Outcome:
-        pages, page_size, _, _ = self._pages(timeout)
+        pages, page_size, _, _ = self._pages(timeout, policy.lock_timeout)
         before = pages * page_size
-        busy = max(1, int(policy.lock_timeout * 1000))
         # .timeout is the shell's busy_timeout; the pragma alone prints its value
-        self.engine.query(f".timeout {busy}\n{action.statement};\n", timeout=timeout)
-        pages, page_size, _, _ = self._pages(timeout)
+        self.engine.query(f"{_busy(policy.lock_timeout)}{action.statement};\n", timeout=timeout)
+        pages, page_size, _, _ = self._pages(timeout, policy.lock_timeout)
         return Outcome(before, pages * page_size)

@@ -46,6 +46,7 @@ from crmmaint.transport.base import CLEANUP_GRACE, DeadlineTransport, Transport
 from crmmaint.transport.pool import TransportFactory as TransportFactory
 from crmmaint.transport.pool import TransportPool
 from crmmaint.transport.pool import default_transport_factory as default_transport_factory
+from crmmaint.units import format_clock
 
 if TYPE_CHECKING:
     from crmmaint.journal import Journal
@@ -364,8 +365,8 @@ class Runner:
                     results.append(self._skip(item, reason))
                 elif item.skip_reason is not None:
                     results.append(self._skip(item, item.skip_reason))
-                elif self._window_ended():
-                    results.append(self._skip(item, self._window_ended()))
+                elif self._window_ended():  # a warning: work the window was for did not run
+                    results.append(self._skip(item, self._window_ended(), warn=True))
                 else:
                     step_results = self._run_step(item)
                     results.extend(step_results)
@@ -412,7 +413,7 @@ class Runner:
         if self._run_deadline is None or time.monotonic() < self._run_deadline:
             return None
         assert self.ends_at is not None
-        return f"the run's window ended at {self.ends_at:%H:%M}"
+        return f"the run's window ended at {format_clock(self.ends_at)}"
 
     def _start(self, playbook: Playbook) -> int | None:
         """The run's row in the journal (``None`` without one)."""
@@ -428,10 +429,16 @@ class Runner:
 
     # --- steps -----------------------------------------------------------------------------
 
-    def _skip(self, item: PlannedStep, reason: str) -> TargetResult:
-        """A step that does not run: one journal row for the step, not one per target."""
+    def _skip(self, item: PlannedStep, reason: str, *, warn: bool = False) -> TargetResult:
+        """A step that does not run: one journal row for the step, not one per target
+        (``warn``: a warning, as for a step the run's window ended before)."""
         log.info("step %s skipped: %s", item.name, reason)
-        result = TaskResult.skipped(reason, details={"targets": [t.label for t in item.targets]})
+        details = {"targets": [t.label for t in item.targets], "not_started": True}
+        result = (
+            TaskResult.warning(f"not started: {reason}", details=details)
+            if warn
+            else TaskResult.skipped(reason, details={"targets": details["targets"]})
+        )
         row = TargetResult(
             step=item.name,
             task=item.step.task,
@@ -550,7 +557,7 @@ class Runner:
         attempts = 0
         ended = self._window_ended()
         if ended is not None:  # a target queued behind others when the window closed
-            result = TaskResult.skipped(ended)
+            result = TaskResult.warning(f"not started: {ended}", details={"not_started": True})
         while ended is None:
             attempts += 1
             result, timed_out = self._attempt(step, target)

@@ -16,13 +16,16 @@ import time
 from typing import Any
 
 from crmmaint.engines.maintenance import MaintenancePolicy, Outcome, Survey
-from crmmaint.errors import CrmMaintError
+from crmmaint.errors import ConfigError, CrmMaintError
 from crmmaint.results import TaskResult
 from crmmaint.tasks.api import Param, TaskContext, task
 from crmmaint.units import format_elapsed, format_size, plural
 
 log = logging.getLogger(__name__)
 
+#: ``statement_timeout: 0``: a statement is bounded only by the run's deadline, the step's
+#: timeout, or a week.
+NO_STATEMENT_LIMIT = 7 * 86400.0
 #: Seconds a survey's catalog queries may take (pgstatindex reads each measured index).
 SURVEY_TIMEOUT = 900.0
 #: Bytes per second assumed for an action kind an engine does not name.
@@ -69,7 +72,10 @@ def optimize(ctx: TaskContext) -> TaskResult:
     """Rebuild bloated and invalid indexes, vacuum/optimize tables, report the rest."""
     from crmmaint.engines import engine_for
 
-    policy = _policy(ctx.params)
+    try:
+        policy = _policy(ctx.params)
+    except ConfigError as exc:
+        return TaskResult.from_error(exc, details={"check_mode": ctx.check})
     try:
         maintenance = engine_for(ctx.target.obj, ctx.transport).maintenance()
         survey = maintenance.survey(policy, timeout=ctx.time_left(SURVEY_TIMEOUT) or 1.0)
@@ -83,13 +89,13 @@ def optimize(ctx: TaskContext) -> TaskResult:
         rate = maintenance.default_rates.get(action.kind, FALLBACK_RATE)
         estimate = ctx.estimate(action.operation, action.work, rate)
         entry = action.as_data() | {"estimate_seconds": round(estimate.seconds, 1)}
+        why = ctx.wont_fit(f"{action.kind} of {action.object}", estimate)
+        if why is not None:  # check mode says the same: it would be skipped
+            log.info("%s: %s", ctx.target.label, why)
+            skipped.append(entry | {"why": why})
+            continue
         if ctx.check:
             done.append(entry)
-            continue
-        why = ctx.wont_fit(f"{action.kind} of {action.object}", estimate)
-        if why is not None:
-            log.warning("%s: %s", ctx.target.label, why)
-            skipped.append(entry | {"why": why})
             continue
         left = ctx.run_time_left()
         timeout = policy.statement_timeout if left is None else min(policy.statement_timeout, left)
@@ -97,8 +103,8 @@ def optimize(ctx: TaskContext) -> TaskResult:
         try:
             outcome = maintenance.perform(action, policy, timeout=max(1.0, timeout))
         except CrmMaintError as exc:
-            log.warning("%s: %s of %s failed: %s", ctx.target.label, action.kind,
-                        action.object, exc)  # fmt: skip
+            log.info("%s: %s of %s failed: %s", ctx.target.label, action.kind,
+                     action.object, exc)  # fmt: skip
             failed.append(entry | {"error": exc.message})
             continue
         seconds = time.monotonic() - started
@@ -108,13 +114,21 @@ def optimize(ctx: TaskContext) -> TaskResult:
 
 
 def _policy(params: dict[str, Any]) -> MaintenancePolicy:
+    """The task's parameters as a policy; raises ``ConfigError`` for a ``lock_timeout`` of 0
+    (PostgreSQL would read it as "wait for ever", the one thing the setting exists to stop)."""
+    if params["lock_timeout"] <= 0:
+        raise ConfigError(
+            "indexes.optimize: lock_timeout must be more than 0",
+            hint="it bounds how long the CRM's sessions may queue behind a statement; e.g. 5s",
+        )
     return MaintenancePolicy(
         bloat_threshold=params["bloat_threshold"] / 100,
         min_size=params["min_size"],
         dead_tuple_threshold=params["dead_tuple_threshold"] / 100,
         free_space_threshold=params["free_space_threshold"] / 100,
-        lock_timeout=max(0.001, params["lock_timeout"]),
-        statement_timeout=max(1.0, params["statement_timeout"]),
+        lock_timeout=params["lock_timeout"],
+        # 0, as in PostgreSQL: no limit of its own (the run's deadline still bounds it)
+        statement_timeout=params["statement_timeout"] or NO_STATEMENT_LIMIT,
         rebuild=params["rebuild"],
     )
 
@@ -178,13 +192,13 @@ def _result(
     if reported:
         parts.append("reported, not dropped: " + ", ".join(reported))
     if kinds["integrity"]:
-        parts.append(f"integrity check: {kinds['integrity'][0]['detail']}")
+        parts.append(f"integrity check: {kinds['integrity'][0]['detail'][:200]}")
     message = f"{survey.method}: " + "; ".join(parts)
     if kinds["integrity"]:
         return TaskResult.failed(message, metrics=metrics, details=details, retryable=False)
     if skipped or failed:
         return TaskResult.warning(message, metrics=metrics, details=details)
-    if done and not ctx.check:
+    if done:  # in check mode: it would change something (docs/playbooks.md)
         return TaskResult.changed(message, metrics=metrics, details=details)
     return TaskResult.ok(message, metrics=metrics, details=details)
 
@@ -205,9 +219,13 @@ def _said_done(
     if not policy.rebuild:
         return f"{plural(len(survey.actions), 'action')} proposed (rebuild: false)"
     if not done:
+        if survey.actions:  # every one of them skipped or failed: said after this
+            return "nothing done"
         looked = ", ".join(plural(n, k[:-1] if n == 1 else k, k) for k, n in
                            survey.objects.items())  # fmt: skip
-        return f"nothing to do ({looked or 'nothing'} looked at)"
+        if not looked:
+            return "nothing done"
+        return f"nothing to do ({looked} looked at)"
     by_kind: dict[str, int] = {}
     for d in done:
         by_kind[d["kind"]] = by_kind.get(d["kind"], 0) + 1
