@@ -529,8 +529,9 @@ class Endpoint:
     """A real HTTP server on 127.0.0.1: records each request, answers ``status``; its reason
     phrase echoes the Authorization header (as a careless server might)."""
 
-    def __init__(self, status: int = 204) -> None:
+    def __init__(self, status: int = 204, delay: float = 0.0) -> None:
         self.status = status
+        self.delay = delay
         self.requests: list[dict[str, str]] = []
         outer = self
 
@@ -541,6 +542,7 @@ class Endpoint:
                 )
                 length = int(self.headers.get("Content-Length") or 0)
                 self.rfile.read(length)
+                time.sleep(outer.delay)
                 reason = f"echo {self.headers.get('Authorization')}"
                 self.send_response(outer.status, reason if outer.status >= 300 else None)
                 self.send_header("Content-Length", "0")
@@ -624,6 +626,20 @@ def test_a_non_2xx_answer_fails_with_its_status_and_without_the_token(token, cap
     assert token not in shown
     if status == 403:
         assert "[token]" in result.message  # the echoed header, blanked out
+    assert result.details["endpoint"]["called"] is True
+    assert result.details["endpoint"]["status"] == status
+    if status == 301:
+        assert "does not follow redirects" in result.message
+        assert "application's log" not in result.message
+
+
+def test_an_endpoint_call_cut_off_by_the_run_deadline_names_it(token):
+    with Endpoint(204, delay=3.0) as server:
+        ctx = context(endpoint_cache(server.url))
+        ctx.run_deadline = time.monotonic() + 1.5
+        result = SPEC.func(ctx)
+    assert result.status is Status.FAILED
+    assert "cut off by the run's deadline" in result.message, result.message
 
 
 def test_an_unreachable_endpoint_or_unset_token_fails(token, monkeypatch):

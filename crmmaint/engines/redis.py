@@ -598,7 +598,8 @@ class RedisCache:
 
         The token is never logged and never part of an error: server text quoted in one has
         it blanked out. Raises ``EngineError`` for a bad URL, a token that cannot travel in a
-        header, a failed connection or an answer outside 2xx (its status in the message);
+        header or a failed connection, ``EndpointRefused`` for an answer outside 2xx (its
+        ``status`` in the message and the error; a 3xx says redirects are not followed);
         ``CryptoError`` when the token's source cannot be read.
         """
         problem = endpoint_problem(url)
@@ -629,12 +630,26 @@ class RedisCache:
         status, seconds = answer.status, answer.seconds
         if not 200 <= status < 300:
             reason = f" {answer.reason}" if answer.reason else ""
-            raise self.error(
-                f"{method} {url} answered {status}{reason}",
-                hint=_STATUS_HINTS.get(status, "see the application's log for why"),
+            if 300 <= status < 400:
+                hint = (
+                    "crmmaint does not follow redirects (they would carry the token elsewhere):"
+                    " configure the URL the endpoint redirects to"
+                )
+            else:
+                hint = _STATUS_HINTS.get(status, "see the application's log for why")
+            error = EndpointRefused(
+                f"{self.where}: {method} {url} answered {status}{reason}", hint=hint
             )
+            error.status = status
+            raise error
         log.info("%s: %s %s answered %d in %.0f ms", self.where, method, url, status, seconds * 1e3)
         return EndpointCall(url=url, method=method, status=status, seconds=seconds)
+
+
+class EndpointRefused(EngineError):
+    """The cache endpoint was called and answered outside 2xx (``status``)."""
+
+    status: int = 0
 
 
 @dataclass

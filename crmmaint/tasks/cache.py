@@ -24,6 +24,7 @@ from crmmaint.engines.redis import (
     UNLINK_BATCH,
     DirectoryClearing,
     EndpointCall,
+    EndpointRefused,
     KeyClearing,
     RedisCache,
 )
@@ -251,7 +252,8 @@ class Report:
     memory_after: int | None = None
     directories: list[DirectoryClearing] = field(default_factory=list)
     endpoint: EndpointCall | None = None
-    endpoint_wanted: dict[str, str] | None = None
+    #: The endpoint asked for (url, method), and once it answered outside 2xx: called, status.
+    endpoint_wanted: dict[str, Any] | None = None
     #: The files asked for, for messages: ``*.cache older than 1d``.
     files_wanted: str = ""
     left: list[str] = field(default_factory=list)
@@ -407,7 +409,7 @@ class Report:
                 "status": self.endpoint.status,
             }
         elif self.endpoint_wanted is not None:
-            details["endpoint"] = {**self.endpoint_wanted, "called": False}
+            details["endpoint"] = {"called": False, **self.endpoint_wanted}
         if self.left:
             details["left"] = self.left
         if self.notes or self.warnings:
@@ -526,7 +528,14 @@ def _call_endpoint(
         report.endpoint = adapter.call_endpoint(
             wanted.endpoint, method=wanted.method, token=wanted.token, timeout=timeout
         )
+    except EndpointRefused as exc:  # called, and it answered
+        report.endpoint_wanted.update(called=True, status=exc.status)
+        report.failures.append(exc)
     except CrmMaintError as exc:
+        if left is not None and timeout == left and "timed out" in exc.message:
+            exc = exc.within(
+                f"cut off by {report.limit} after {timeout:.1f}s"
+            )  # the deadline's limit, not the endpoint's
         report.failures.append(exc)
 
 
