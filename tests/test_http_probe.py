@@ -53,3 +53,33 @@ def test_send_from_runner_says_no_answer_and_keeps_the_token(hostile: str) -> No
     with pytest.raises(ProbeError) as caught:
         send_from_runner(hostile, "POST", timeout=5.0, token="s3cr3t-token")
     assert "s3cr3t-token" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://scott:TigerPw4711@127.0.0.1:1/ok",
+        "https://:TigerPw4711@127.0.0.1/ok",
+        "http://TigerPw4711@127.0.0.1/ok",
+    ],
+)
+def test_urls_with_credentials_are_refused_without_showing_them(url: str) -> None:
+    from crmmaint.engines.http_probe import url_problem
+
+    why = url_problem(url)
+    assert why is not None and "TigerPw4711" not in why and "user name or password" in why
+
+
+@pytest.mark.parametrize(
+    "url", ["ftp://127.0.0.1/x", "file:///etc/passwd", "127.0.0.1/x", "http://"]
+)
+def test_only_http_urls(url: str) -> None:
+    from crmmaint.engines.http_probe import url_problem
+
+    assert "must start with http" in (url_problem(url) or "")
+
+
+def test_shown_url_drops_the_query() -> None:
+    from crmmaint.engines.http_probe import shown_url
+
+    assert shown_url("http://127.0.0.1:8/ok?apikey=QuerySecret") == "http://127.0.0.1:8/ok"

@@ -12,6 +12,7 @@ import http.client
 import logging
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -31,6 +32,31 @@ def expand_url(url: str, host: Host) -> str:
     """``url`` with ``{host}`` (the host's inventory name) and ``{address}`` filled in, so one
     step can reach every host's endpoint."""
     return url.replace("{host}", host.name).replace("{address}", host.address)
+
+
+def url_problem(url: str) -> str | None:
+    """Why ``url`` may not be requested (a scheme other than http/https; a user name or
+    password in it, which would be sent, logged, journaled and, misread as a host name,
+    even looked up in DNS: credentials belong in a secret source), or ``None``. The text
+    shows the URL without its credentials."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        return f"url must start with http:// or https://, got {shown_url(url)!r}"
+    if "@" in parts.netloc:
+        return (
+            f"url {shown_url(url)!r} carries a user name or password: they would be written to"
+            " the journal; use an endpoint without them (or a token from a secret source)"
+        )
+    return None
+
+
+def shown_url(url: str) -> str:
+    """``url`` as messages show it: anything before an ``@`` in its host part blanked, and
+    its query string cut (a key may travel in it)."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    netloc = f"***@{host}" if "@" in parts.netloc else host
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))[:200]
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):

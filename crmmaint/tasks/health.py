@@ -249,8 +249,8 @@ def http(ctx: TaskContext) -> TaskResult:
             details=ctx.read_only_details(),
         )
     url = expand_url(str(raw), ctx)
-    if not url.startswith(("http://", "https://")):
-        return TaskResult.failed(f"url must start with http:// or https://, got {url!r}")
+    if (why := http_probe.url_problem(url)) is not None:
+        return TaskResult.failed(why, retryable=False)
     timeout = ctx.time_left(p["timeout"]) or p["timeout"]
     try:
         if p["from"] == "runner":

@@ -419,7 +419,7 @@ class Timings:
     def summary(self) -> dict[str, Any]:
         """Requests, failures, error responses and the latency percentiles (seconds)."""
         out: dict[str, Any] = {
-            "url": self.url,
+            "url": http_probe.shown_url(self.url),
             "requests": len(self.seconds) + self.failed,
             "failed_requests": self.failed,
             "error_responses": len(self.error_statuses),
@@ -469,10 +469,10 @@ def _endpoints(ctx: TaskContext) -> TaskResult:
             details=ctx.read_only_details(),
         )
     urls = [http_probe.expand_url(u, ctx.target.host) for u in raw]
-    if bad := [u for u in urls if not u.startswith(("http://", "https://"))]:
+    if bad := [why for u in urls if (why := http_probe.url_problem(u))]:
         return TaskResult.failed(
-            f"url must start with http:// or https://, got {bad[0]!r}", retryable=False,
-            details=ctx.read_only_details(urls=urls),
+            bad[0], retryable=False,
+            details=ctx.read_only_details(urls=[http_probe.shown_url(u) for u in urls]),
         )  # fmt: skip
     timed = [_time_url(ctx, url) for url in urls]
     fig = Figures(details={"endpoints": [t.summary() for t in timed]})
@@ -490,11 +490,15 @@ def _endpoints(ctx: TaskContext) -> TaskResult:
     for t in timed:
         if t.seconds and len(timed) > 1:
             for q in PERCENTILES:
-                fig.metrics[f"http_p{q}_seconds:{t.url}"] = round(percentile(t.seconds, q), 6)
+                fig.metrics[f"http_p{q}_seconds:{http_probe.shown_url(t.url)}"] = round(
+                    percentile(t.seconds, q), 6
+                )
         _say_endpoint(ctx, fig, t)
     if down:
         return TaskResult.failed(
-            "; ".join(f"{t.url} did not answer: {t.last_error}" for t in down),
+            "; ".join(
+                f"{http_probe.shown_url(t.url)} did not answer: {t.last_error}" for t in down
+            ),
             metrics=fig.metrics,
             details=ctx.read_only_details(**fig.details),
         )
@@ -506,7 +510,7 @@ def _say_endpoint(ctx: TaskContext, fig: Figures, t: Timings) -> None:
         return
     ms = {q: percentile(t.seconds, q) * 1000 for q in PERCENTILES}
     text = (
-        f"{t.url} p50 {ms[50]:.0f} ms, p95 {ms[95]:.0f} ms, p99 {ms[99]:.0f} ms,"
+        f"{http_probe.shown_url(t.url)} p50 {ms[50]:.0f} ms, p95 {ms[95]:.0f} ms, p99 {ms[99]:.0f} ms,"
         f" max {max(t.seconds) * 1000:.0f} ms over {plural(len(t.seconds), 'answer')}"
     )
     warn = ctx.params["latency_warn"]
