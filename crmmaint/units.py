@@ -28,8 +28,9 @@ __all__ = [
 
 # --- durations -------------------------------------------------------------------------------
 
-_DURATION_TERM = re.compile(r"\d+(?:\.\d+)?\s*(?:ms|s|m|h|d|w)?")
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
+# ASCII digits only (\d would take any script's digits: "٣h")
+_DURATION_TERM = re.compile(r"[0-9]+(?:\.[0-9]+)?\s*(?:ms|s|m|h|d|w)?")
+_DURATION = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h|d|w)?\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
 #: Units ``format_duration`` prints, largest first (ms is read, never printed).
 _PRINTED_UNITS = (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60))
@@ -52,7 +53,9 @@ def parse_duration(value: str | int | float) -> float:
     Accepts a non-negative number of seconds, or a string of one or more terms, each a decimal
     number with an optional unit ``ms``, ``s``, ``m``, ``h``, ``d`` or ``w`` (no unit: seconds),
     summed: ``"90s"`` -> 90.0, ``"5m"`` -> 300.0, ``"1.5d"`` -> 129600.0, ``"1h30m"`` -> 5400.0,
-    ``"250ms"`` -> 0.25, ``"10"`` -> 10.0. Spaces between terms are ignored.
+    ``"250ms"`` -> 0.25, ``"10"`` -> 10.0. Spaces between terms are ignored. With several
+    terms, each has its own unit, once: ``"1h30"`` (which people read as 1h30m) and
+    ``"1h1h"`` are refused. Digits are ASCII.
 
     Raises ``ValueError`` for any string it does not accept (``"5 minutes"``, ``"-5s"``, ``""``),
     for a negative number and for a bool; ``OverflowError`` for an int too large for a float.
@@ -67,11 +70,18 @@ def parse_duration(value: str | int | float) -> float:
     parts = _DURATION_TERM.findall(value)
     if not parts or "".join(parts).replace(" ", "") != value.replace(" ", ""):
         raise ValueError(f"not a duration: {value!r} (use e.g. 30s, 5m, 2h, 1d)")
+    units = []
     for part in parts:
         m = _DURATION.match(part)
         if m is None:
             raise ValueError(f"not a duration: {value!r} (use e.g. 30s, 5m, 2h, 1d)")
+        units.append(m.group(2))
         total += float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+    if len(parts) > 1 and (None in units or len(set(units)) < len(units)):
+        # "1h30" is read by people as 1h30m; "1h1h" is a typo: neither is guessed
+        raise ValueError(
+            f"not a duration: {value!r} (give each term its own unit, once: 1h30m, 5m30s)"
+        )
     return total
 
 

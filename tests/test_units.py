@@ -242,3 +242,11 @@ def test_parsers_raise_only_value_error_on_any_text(parse, text):
     except ValueError:
         return
     assert value >= 0
+
+
+@pytest.mark.parametrize("text", ["1h30", "5m30", "1d2", "1h1h", "30s30s", "٣h", "1h٣0m"])
+def test_duration_terms_each_with_their_own_unit_in_ascii(text: str) -> None:
+    """``1h30`` reads as 1h30m to people and as 1h 30s to a parser: refused, like a unit given
+    twice and digits of another script."""
+    with pytest.raises(ValueError, match="not a duration"):
+        parse_duration(text)
