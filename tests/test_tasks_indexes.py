@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import secrets
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -298,6 +299,56 @@ def test_a_long_transaction_blocks_a_rebuild_without_piling_up_copies(
     gone = psql(bloated, "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE"
                 " 'crmmaint maintenance%'")  # fmt: skip
     assert gone.strip() == "0"  # nothing of ours still runs on the server
+
+
+def test_an_interrupted_rebuild_is_cancelled_on_the_server(tmp_path: Path, bloated: str) -> None:
+    """SIGTERM while REINDEX CONCURRENTLY waits for an old transaction: crmmaint exits 130,
+    and nothing of it goes on running on the server (killing psql alone would leave the
+    statement running until it finished by itself)."""
+    import os
+    import signal
+
+    holder = subprocess.Popen([*PSQL, "-d", bloated], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    assert holder.stdin is not None and holder.stdout is not None
+    holder.stdin.write("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT count(*) FROM deals;\n")
+    holder.stdin.flush()
+    assert holder.stdout.readline().strip()
+    inv = tmp_path / "inventory.yml"
+    inv.write_text(
+        "hosts: {local: {connection: local}}\n"
+        f"databases: {{crm: {{engine: postgresql, host: local, address: 127.0.0.1,"
+        f" user: postgres, name: {bloated}}}}}\n"
+        f"settings: {{journal: {tmp_path / 'journal.sqlite'}}}\n"
+    )
+    book = tmp_path / "book.yml"
+    book.write_text("steps: [{name: optimize, task: indexes.optimize, database: all,"
+                    " with: {min_size: 1MB, lock_timeout: 5m}}]\n")  # fmt: skip
+    ours = ("SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE"
+            " 'crmmaint maintenance%'")  # fmt: skip
+    run = subprocess.Popen(
+        [str(Path(sys.executable).parent / "crmmaint"), "run", str(book), "-i", str(inv)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        for _ in range(200):  # until its rebuild waits on the server
+            if psql(bloated, ours).strip() != "0":
+                break
+            time.sleep(0.1)
+        else:
+            pytest.fail("the rebuild never started")
+        os.kill(run.pid, signal.SIGTERM)
+        out, err = run.communicate(timeout=120)
+        assert run.returncode == 130, out + err
+        assert psql(bloated, ours).strip() == "0"  # cancelled on the server, not left running
+    finally:
+        if run.poll() is None:
+            run.kill()
+        holder.stdin.write("ROLLBACK;\n")
+        holder.stdin.close()
+        holder.wait(30)
+    _optimize(tmp_path, bloated)  # the next run drops what the interrupted one left
+    assert not [n for n in _sizes(bloated) if "_ccnew" in n]
 
 
 def test_work_that_would_not_fit_is_skipped(tmp_path: Path, bloated: str) -> None:
