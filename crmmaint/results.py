@@ -23,6 +23,10 @@ class Status(enum.StrEnum):
         return _SEVERITY[self]
 
 
+#: How the message of a step or target the run's deadline kept from starting begins (a
+#: warning: the work its window was for did not run).
+NOT_STARTED = "not started: "
+
 _SEVERITY = {
     Status.SKIPPED: 0,
     Status.OK: 1,

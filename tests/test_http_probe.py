@@ -83,3 +83,26 @@ def test_shown_url_drops_the_query() -> None:
     from crmmaint.engines.http_probe import shown_url
 
     assert shown_url("http://127.0.0.1:8/ok?apikey=QuerySecret") == "http://127.0.0.1:8/ok"
+
+
+@pytest.mark.parametrize("made_from", ["runner", "target"])
+def test_health_http_never_shows_the_query(tmp_path, made_from: str) -> None:
+    """A key in an endpoint's query string stays out of the result (message and details),
+    whether the endpoint answers or not."""
+    from crmmaint.inventory import Host, Inventory
+    from crmmaint.playbook import load_playbook_text
+    from crmmaint.playbook.run import run_playbook
+
+    inventory = Inventory(path=str(tmp_path / "inv.yml"),
+                          hosts={"local": Host(name="local", connection="local")})  # fmt: skip
+    for url in (
+        "http://127.0.0.1:1/healthz?apikey=QuerySecret4711",
+        "http://127.0.0.1:1/#k=QuerySecret4711",
+    ):
+        book = load_playbook_text(
+            f"steps: [{{name: h, task: health.http, hosts: all, with: {{url: '{url}',"
+            f" from: {made_from}}}}}]",
+            inventory,
+        )
+        (row,) = run_playbook(book, inventory, None).results
+        assert "QuerySecret4711" not in row.result.message + repr(row.result.details)

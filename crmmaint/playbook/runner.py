@@ -37,7 +37,7 @@ from crmmaint.interrupts import (
 from crmmaint.inventory import Host, Inventory, Target
 from crmmaint.playbook.model import Playbook, Step
 from crmmaint.playbook.planner import PlannedStep
-from crmmaint.results import Status, TaskResult, worst
+from crmmaint.results import NOT_STARTED, Status, TaskResult, worst
 from crmmaint.tasks.api import TaskContext
 from crmmaint.transport.base import CLEANUP_GRACE, DeadlineTransport, Transport
 
@@ -435,7 +435,7 @@ class Runner:
         log.info("step %s skipped: %s", item.name, reason)
         details = {"targets": [t.label for t in item.targets], "not_started": True}
         result = (
-            TaskResult.warning(f"not started: {reason}", details=details)
+            TaskResult.warning(NOT_STARTED + reason, details=details)
             if warn
             else TaskResult.skipped(reason, details={"targets": details["targets"]})
         )
@@ -451,7 +451,7 @@ class Runner:
             attempts=0,
         )
         self._record(row)
-        self._report("on_step_skipped", item.step, reason)
+        self._report("on_step_skipped", item.step, result.message)
         return row
 
     def _run_step(self, item: PlannedStep) -> list[TargetResult]:
@@ -557,7 +557,7 @@ class Runner:
         attempts = 0
         ended = self._window_ended()
         if ended is not None:  # a target queued behind others when the window closed
-            result = TaskResult.warning(f"not started: {ended}", details={"not_started": True})
+            result = TaskResult.warning(NOT_STARTED + ended, details={"not_started": True})
         while ended is None:
             attempts += 1
             result, timed_out = self._attempt(step, target)

@@ -30,7 +30,7 @@ from rich.progress import Task as ProgressTask
 from rich.table import Column, Table
 from rich.text import Text
 
-from crmmaint.results import Status
+from crmmaint.results import NOT_STARTED, Status
 from crmmaint.units import format_countdown, format_duration, format_size, metric_value, plural
 
 STATUS_STYLE = {
@@ -373,6 +373,10 @@ class ConsoleReporter:
         )
 
     def on_step_skipped(self, step: Any, reason: str) -> None:
+        if reason.startswith(NOT_STARTED):  # the run's window ended before it: a warning
+            style = STATUS_STYLE["warning"]
+            self._print(f"  [{style}]warning[/{style}]  {shown(step.name)}: {shown(reason)}")
+            return
         self._print(f"  [dim]skipped  {shown(step.name)}: {shown(reason)}[/dim]")
 
     def on_run_end(self, summary: Any) -> None:

@@ -160,11 +160,15 @@ class TaskContext:
             return None
         return max(0.0, min(ends) - time.monotonic())
 
-    def wont_fit(self, what: str, estimate: Estimate) -> str | None:
+    def wont_fit(self, what: str, estimate: Estimate, *, after: float = 0.0) -> str | None:
         """Why work estimated at ``estimate`` would not end before the run's deadline or the
         step's timeout (a warning that says what, how long and by when), or ``None`` when it
-        fits or nothing bounds the run. ``FIT_MARGIN`` of the time left is kept in reserve."""
+        fits or nothing bounds the run. ``FIT_MARGIN`` of the time left is kept in reserve.
+        ``after``: seconds of work that would come first (check mode, which runs nothing,
+        adds up the estimates of what it would run, and so skips what a run would)."""
         left = self.run_time_left()
+        if left is not None:
+            left = max(0.0, left - after)
         if left is None or estimate.seconds <= left * (1 - FIT_MARGIN):
             return None
         if self.run_deadline is not None and (

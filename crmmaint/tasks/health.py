@@ -249,6 +249,8 @@ def http(ctx: TaskContext) -> TaskResult:
             details=ctx.read_only_details(),
         )
     url = expand_url(str(raw), ctx)
+    # what messages, details and the journal show: no query string, no credentials
+    shown = http_probe.shown_url(url)
     if (why := http_probe.url_problem(url)) is not None:
         return TaskResult.failed(why, retryable=False)
     timeout = ctx.time_left(p["timeout"]) or p["timeout"]
@@ -258,26 +260,28 @@ def http(ctx: TaskContext) -> TaskResult:
         else:
             status, latency = _http_from_host(ctx, url, timeout, p["follow_redirects"])
     except (HostError, ProbeError) as exc:
-        return TaskResult.from_error(exc, url, details=ctx.read_only_details(url=url))
+        failed = TaskResult.from_error(exc, shown, details=ctx.read_only_details(url=shown))
+        failed.message = failed.message.replace(url, shown)
+        return failed
 
     latency_ms = round(latency * 1000, 1)
     metrics = {"status": status, "latency_ms": latency_ms}
-    details = ctx.read_only_details(url=url, made_from=p["from"])
+    details = ctx.read_only_details(url=shown, made_from=p["from"])
     if status != p["expect_status"]:
         return TaskResult.failed(
-            f"{url} answered {status}, expected {p['expect_status']}",
+            f"{shown} answered {status}, expected {p['expect_status']}",
             metrics=metrics,
             details=details,
         )
     if p["latency_warn"] is not None and latency >= p["latency_warn"]:
         return TaskResult.warning(
-            f"{url} answered {status} in {latency_ms:.0f} ms"
+            f"{shown} answered {status} in {latency_ms:.0f} ms"
             f" (slower than {p['latency_warn'] * 1000:.0f} ms)",
             metrics=metrics,
             details=details,
         )
     return TaskResult.ok(
-        f"{url} answered {status} in {latency_ms:.0f} ms", metrics=metrics, details=details
+        f"{shown} answered {status} in {latency_ms:.0f} ms", metrics=metrics, details=details
     )
 
 

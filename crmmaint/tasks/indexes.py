@@ -85,16 +85,19 @@ def optimize(ctx: TaskContext) -> TaskResult:
     skipped: list[dict[str, Any]] = []
     failed: list[dict[str, Any]] = []
     actions = survey.actions if policy.rebuild else []
+    would_take = 0.0
     for action in actions:
         rate = maintenance.default_rates.get(action.kind, FALLBACK_RATE)
         estimate = ctx.estimate(action.operation, action.work, rate)
         entry = action.as_data() | {"estimate_seconds": round(estimate.seconds, 1)}
-        why = ctx.wont_fit(f"{action.kind} of {action.object}", estimate)
+        # check mode: as if the actions it would run before this one had taken their time
+        why = ctx.wont_fit(f"{action.kind} of {action.object}", estimate, after=would_take)
         if why is not None:  # check mode says the same: it would be skipped
             log.info("%s: %s", ctx.target.label, why)
             skipped.append(entry | {"why": why})
             continue
         if ctx.check:
+            would_take += estimate.seconds
             done.append(entry)
             continue
         left = ctx.run_time_left()

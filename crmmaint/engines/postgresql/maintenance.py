@@ -17,7 +17,7 @@ import math
 import re
 import secrets
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from crmmaint.engines.maintenance import (
@@ -455,15 +455,20 @@ class PostgreSQLMaintenance(TableMaintenance):
         except EngineError as exc:
             return [f"copies of {schema}.{name} (not looked for: {exc.message})"]
         stays = []
+        # a cleanup waits for a lock no longer than half its own time
+        waits = replace(policy, lock_timeout=min(policy.lock_timeout, _CANCEL_WAIT / 2))
         for (leftover,) in rows:
             statement = (
                 f"DROP INDEX CONCURRENTLY IF EXISTS {quote_ident(schema)}.{quote_ident(leftover)}"
             )
+            session = f"crmmaint maintenance {secrets.token_hex(6)}"
             try:
-                self._run(statement, policy, _CANCEL_WAIT, f"dropping leftover {schema}.{leftover}")
+                self._run(statement, waits, _CANCEL_WAIT, f"dropping leftover {schema}.{leftover}",
+                          session=session)  # fmt: skip
                 log.info("%s: dropped %s.%s left by a failed rebuild", self.engine.where,
                          schema, leftover)  # fmt: skip
             except EngineError as exc:
+                self._cancel(session)
                 log.info("%s: %s.%s left by a failed rebuild stays: %s", self.engine.where,
                          schema, leftover, exc)  # fmt: skip
                 stays.append(f"{schema}.{leftover}")
