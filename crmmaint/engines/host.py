@@ -9,11 +9,12 @@ The adapter is grouped by what it knows about, one section each:
 
 - resources: filesystems (``df``), memory (``/proc/meminfo``), load and CPUs;
 - services: systemd units, processes, TCP ports, HTTP endpoints (curl on the host);
-- files: log files listed by glob with their rotated predecessors, byte ranges read as a stream.
+- files: log files listed by glob with their rotated predecessors, byte ranges read as a stream;
+- packages: pending updates from apt or dnf, whichever the host has (commands and parsers in
+  ``engines/packages.py``).
 
-Packages (apt or dnf, whichever the host has), file hashes and authorized_keys belong here as
-further sections when tasks need them; past ~800 lines this module becomes ``engines/host/``
-with one module per section.
+File hashes and authorized_keys belong here as further sections when tasks need them; past
+~800 lines this module becomes ``engines/host/`` with one module per section.
 
 Errors: every failure is a ``HostError`` (the command failed or printed nonsense), naming the
 host; ``ToolMissing``, a ``HostError``, says a program a check needs is not installed (the
@@ -28,6 +29,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from crmmaint.engines import packages
+from crmmaint.engines.packages import PendingUpdates
 from crmmaint.errors import HostError, ToolMissing
 from crmmaint.transport.base import Command, CommandResult, Process, Transport
 
@@ -480,3 +483,52 @@ class HostOS:
             proc.close_stdin()
             proc.set_timeout(timeout)
             yield ByteStream(proc, path)
+
+    # -- packages -----------------------------------------------------------------------------
+
+    def package_updates(
+        self, *, refresh: bool = False, timeout: float | None = PROBE_TIMEOUT
+    ) -> PendingUpdates:
+        """What an upgrade of the host would install, from apt's simulation (``apt-get -s
+        dist-upgrade``) or dnf (``check-update``, ``updateinfo --security``,
+        ``needs-restarting -r``), with the reboot flag and the age of the package lists.
+
+        Changes nothing unless ``refresh``, which first updates the package lists (``apt-get
+        update`` / ``dnf makecache``, root and network needed). Raises ``ToolMissing`` on a
+        host with neither apt-get nor dnf, ``HostError`` when a command fails.
+        """
+        facts = self._package_facts(timeout)
+        if facts.manager == "apt":
+            if refresh:
+                self._run(packages.APT_REFRESH, what="apt-get update", timeout=timeout)
+                facts = self._package_facts(timeout)  # the lists' new age
+            text = self._run(packages.APT_SIMULATE, what="apt-get -s dist-upgrade", timeout=timeout)
+            pending = packages.parse_apt_simulation(text.text)
+            pending.reboot_required = facts.reboot_required
+            pending.reboot_packages = facts.reboot_packages
+        elif facts.manager == "dnf":
+            if refresh:
+                self._run(packages.DNF_REFRESH, what="dnf makecache", timeout=timeout)
+                facts = self._package_facts(timeout)  # the lists' new age
+            check = self.transport.run(packages.DNF_CHECK_UPDATE, timeout=timeout)
+            if check.exit_status not in (0, packages.DNF_UPDATES_PENDING):
+                raise HostError(
+                    f"dnf check-update failed (exit {check.exit_status}): {check.stderr_tail()}"
+                )
+            security = self._run(packages.DNF_SECURITY, what="dnf updateinfo", timeout=timeout)
+            restart = self.transport.run(
+                ["sh", "-c", _IF_INSTALLED, "sh", *packages.NEEDS_RESTARTING], timeout=timeout
+            )
+            reboot: tuple[bool, list[str]] = (False, [])
+            if restart.exit_status != NOT_INSTALLED:  # dnf-utils missing: reboot unknown
+                reboot = packages.parse_needs_restarting(restart.text, restart.exit_status)
+            pending = packages.dnf_pending(check.text, security.text, reboot)
+        else:
+            raise ToolMissing(f"neither apt-get nor dnf on {self.name}")
+        pending.lists_age_seconds = facts.lists_age_seconds
+        return pending
+
+    def _package_facts(self, timeout: float | None) -> packages.PackageFacts:
+        """The package manager, the host's clock, the lists' age and the reboot flag."""
+        res = self._run(["sh", "-c", packages.FACTS_SCRIPT], what="package facts", timeout=timeout)
+        return packages.parse_package_facts(res.text)
