@@ -22,28 +22,20 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from crmmaint.engines import engine_for, http_probe
-from crmmaint.engines.base import QUERY_TIMEOUT as SQLITE_TIMEOUT
-from crmmaint.engines.base import DatabaseEngine
+from crmmaint.engines import http_probe
 from crmmaint.engines.http_probe import ProbeError
-from crmmaint.engines.mysql import MySQLEngine
-from crmmaint.engines.mysql_statistics import FIGURES_TIMEOUT as MYSQL_TIMEOUT
-from crmmaint.engines.mysql_statistics import server_figures
-from crmmaint.engines.postgresql import PostgreSQLEngine
-from crmmaint.engines.postgresql.statistics import FIGURES_TIMEOUT as PG_TIMEOUT
-from crmmaint.engines.postgresql.statistics import (
-    LISTED_TRANSACTIONS,
-    PgStatistics,
-    Replication,
-)
-from crmmaint.engines.redis import QUERY_TIMEOUT as REDIS_TIMEOUT
-from crmmaint.engines.redis import RedisCache
 from crmmaint.errors import CrmMaintError, EngineError
 from crmmaint.results import Status, TaskResult
 from crmmaint.tasks.api import Param, TaskContext, task
 from crmmaint.units import format_duration, format_elapsed, format_size, plural
+
+if TYPE_CHECKING:  # the adapters are imported where a target needs them (start-up stays light)
+    from crmmaint.engines.base import DatabaseEngine
+    from crmmaint.engines.mysql import MySQLEngine
+    from crmmaint.engines.postgresql import PostgreSQLEngine
+    from crmmaint.engines.postgresql.statistics import Replication
 
 log = logging.getLogger(__name__)
 
@@ -223,12 +215,14 @@ def _hit_ratio(fig: Figures, metric: str, what: str, ratio: float | None, warn: 
 
 
 def _database(ctx: TaskContext) -> TaskResult:
+    from crmmaint.engines import engine_for
+
     engine = engine_for(ctx.target.obj, ctx.transport)
     fig = Figures(details={"engine": engine.engine})
-    if isinstance(engine, PostgreSQLEngine):
-        _postgresql(ctx, engine, fig)
-    elif isinstance(engine, MySQLEngine):
-        _mysql(ctx, engine, fig)
+    if engine.engine == "postgresql":
+        _postgresql(ctx, engine, fig)  # type: ignore[arg-type]
+    elif engine.engine == "mysql":
+        _mysql(ctx, engine, fig)  # type: ignore[arg-type]
     else:
         _sqlite(ctx, engine, fig)
     return fig.result(ctx, engine.engine)
@@ -236,6 +230,9 @@ def _database(ctx: TaskContext) -> TaskResult:
 
 def _postgresql(ctx: TaskContext, engine: PostgreSQLEngine, fig: Figures) -> None:
     """Cache hit ratio, transactions per second, open transactions, replication, statements."""
+    from crmmaint.engines.postgresql.statistics import FIGURES_TIMEOUT as PG_TIMEOUT
+    from crmmaint.engines.postgresql.statistics import LISTED_TRANSACTIONS, PgStatistics
+
     p = ctx.params
     stats = PgStatistics(engine)
     db = stats.database(timeout=ctx.time_left(PG_TIMEOUT) or PG_TIMEOUT)
@@ -307,6 +304,9 @@ def _replication(ctx: TaskContext, fig: Figures, replication: Replication) -> No
 
 def _mysql(ctx: TaskContext, engine: MySQLEngine, fig: Figures) -> None:
     """Buffer pool hit ratio, slow queries (and since the last run), queries/s, threads."""
+    from crmmaint.engines.mysql_statistics import FIGURES_TIMEOUT as MYSQL_TIMEOUT
+    from crmmaint.engines.mysql_statistics import server_figures
+
     p = ctx.params
     server = server_figures(engine, timeout=ctx.time_left(MYSQL_TIMEOUT) or MYSQL_TIMEOUT)
     _hit_ratio(
@@ -342,7 +342,9 @@ def _mysql(ctx: TaskContext, engine: MySQLEngine, fig: Figures) -> None:
 
 def _sqlite(ctx: TaskContext, engine: DatabaseEngine, fig: Figures) -> None:
     """SQLite keeps no performance statistics: its size and free pages, for the trend."""
-    facts = engine.facts(timeout=ctx.time_left(SQLITE_TIMEOUT) or SQLITE_TIMEOUT)
+    from crmmaint.engines.base import QUERY_TIMEOUT
+
+    facts = engine.facts(timeout=ctx.time_left(QUERY_TIMEOUT) or QUERY_TIMEOUT)
     fig.metrics.update(sqlite_size_bytes=facts["size_bytes"], sqlite_free_pages=facts["free_pages"])
     fig.add(f"{format_size(facts['size_bytes'])}, {plural(facts['free_pages'], 'free page')}")
     fig.add("SQLite keeps no performance statistics")
@@ -354,6 +356,9 @@ def _sqlite(ctx: TaskContext, engine: DatabaseEngine, fig: Figures) -> None:
 
 def _cache(ctx: TaskContext) -> TaskResult:
     """Redis hit ratio, memory against maxmemory, evictions (and since the last run)."""
+    from crmmaint.engines.redis import QUERY_TIMEOUT as REDIS_TIMEOUT
+    from crmmaint.engines.redis import RedisCache
+
     cache = RedisCache(ctx.target.obj, ctx.transport)
     if cache.address is None:
         return TaskResult.skipped(
