@@ -613,7 +613,10 @@ class DatabaseEngine(RestoreRoutine[TargetT]):
         final_exits: Container[int] = (),
     ) -> CommandResult:
         """Run a client command to completion; a failure becomes ``EngineError``, one that no
-        retry can mend when the exit status is in ``final_exits`` (a missing source file)."""
+        retry can mend when the exit status is in ``final_exits`` (a missing source file). Its
+        message carries what the client said without the row values it quotes
+        (``client_error``): a failed statement's ``DETAIL: Key (email)=(…)`` never reaches a
+        result or the journal."""
         try:
             result = self.transport.run(
                 command, stdin=stdin, timeout=timeout, env=self.client_env(), check=False
@@ -624,7 +627,8 @@ class DatabaseEngine(RestoreRoutine[TargetT]):
             raise transport_failure(exc, f"{self.where}: {what} could not run") from exc
         if not result.ok:
             raise self.error(
-                f"{what} failed (exit {result.exit_status}): {result.stderr_tail()}",
+                f"{what} failed (exit {result.exit_status}):"
+                f" {self.client_error(result.stderr.decode('utf-8', 'replace'))}",
                 retryable=False if result.exit_status in final_exits else None,
             )
         return result
@@ -687,7 +691,9 @@ class DatabaseEngine(RestoreRoutine[TargetT]):
         without the table data clients echo (``redact_client_error``), its last
         ``CLIENT_ERROR_LIMIT`` characters, one line."""
         text = self.redact_client_error(stderr).strip()[-self.CLIENT_ERROR_LIMIT :]
-        return " | ".join(line.strip() for line in text.splitlines() if line.strip())
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        # a line repeated right after itself is said once (as ``CommandResult.stderr_tail``)
+        return " | ".join(line for i, line in enumerate(lines) if i == 0 or line != lines[i - 1])
 
     def redact_client_error(self, stderr: str) -> str:
         """``stderr`` without the values of rows and statements a client echoes; engines know

@@ -383,7 +383,7 @@ class PostgreSQLMaintenance(TableMaintenance):
             cleaner = PostgreSQLMaintenance(self.engine.cleaning_up())
             cleaner._cancel(session)
             stays = cleaner._drop_leftovers(action, policy) if action.kind == "reindex" else []
-            raise _without_rows(exc, stays) from exc
+            raise _explained(exc, stays) from exc
         after = int(rows[-1][0]) if rows and rows[-1] and rows[-1][0] else None
         return Outcome(action.size, after)
 
@@ -479,15 +479,12 @@ class PostgreSQLMaintenance(TableMaintenance):
 _SERVER_FIRST = 5.0
 #: Seconds a cleanup waits for a cancelled statement to end, and for each leftover's drop.
 _CANCEL_WAIT = 20.0
-#: What a failed statement's error must not carry into results and the journal: the rows
-#: the server quotes (``DETAIL:  Key (email)=(…) is duplicated.``).
-_DETAIL = re.compile(r"\s*\|?\s*DETAIL:.*?(?=\s*\|\s*[A-Z]+:\s|$)", re.S)
 
 
-def _without_rows(exc: EngineError, stays: list[str]) -> EngineError:
-    """``exc`` without the row values the server quoted in its DETAIL, with a hint for a
-    unique index that its duplicates block, and naming the rebuild's copies that ``stays``."""
-    message = _DETAIL.sub("", exc.message)
+def _explained(exc: EngineError, stays: list[str]) -> EngineError:
+    """``exc`` (its row values already gone: ``DatabaseEngine.run``) with a hint for a unique
+    index that its duplicates block, and naming the rebuild's copies that ``stays``."""
+    message = exc.message
     hint = exc.hint
     if "could not create unique index" in message:
         hint = "the table holds duplicate keys: remove them, and the next run rebuilds the index"
