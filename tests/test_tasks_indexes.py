@@ -6,6 +6,7 @@ without a server."""
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import subprocess
 import sys
@@ -87,6 +88,33 @@ def _optimize(
         row.result.message,
         row.result.details | {"metrics": row.result.metrics},
     )
+
+
+@contextlib.contextmanager
+def holding(dbname: str, sql: str) -> Iterator[None]:
+    """Another session that has run ``sql`` (a ``BEGIN`` and what it takes: a lock, a
+    snapshot) and keeps its transaction open until the block ends."""
+    holder = subprocess.Popen([*PSQL, "-d", dbname], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    assert holder.stdin is not None and holder.stdout is not None
+    holder.stdin.write(f"{sql}; SELECT 'held';\n")
+    holder.stdin.flush()
+    while (line := holder.stdout.readline()) and line.strip() != "held":
+        pass  # what ``sql`` printed
+    assert line.strip() == "held"
+    try:
+        yield
+    finally:
+        holder.stdin.write("ROLLBACK;\n")
+        holder.stdin.close()
+        holder.wait(30)
+
+
+#: Sessions of crmmaint's maintenance statements still on the server, in this database.
+OURS_SQL = ("SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE"
+            " 'crmmaint maintenance%' AND datname = current_database()")  # fmt: skip
+#: A transaction that holds a snapshot, which REINDEX CONCURRENTLY waits for.
+SNAPSHOT = "BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT count(*) FROM deals"
 
 
 def _sizes(dbname: str) -> dict[str, int]:
@@ -229,22 +257,8 @@ def test_leftover_and_invalid_indexes(tmp_path: Path, bloated: str) -> None:
 
 
 def test_lock_timeout_fails_that_index_only(tmp_path: Path, bloated: str) -> None:
-    holder = subprocess.Popen(
-        [*PSQL, "-d", bloated],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert holder.stdin is not None and holder.stdout is not None
-    holder.stdin.write("BEGIN; LOCK TABLE tickets IN SHARE UPDATE EXCLUSIVE MODE; SELECT 'held';\n")
-    holder.stdin.flush()
-    assert holder.stdout.readline().strip() == "held"
-    try:
+    with holding(bloated, "BEGIN; LOCK TABLE tickets IN SHARE UPDATE EXCLUSIVE MODE"):
         status, _, details = _optimize(tmp_path, bloated, "{min_size: 1MB, lock_timeout: 1s}")
-    finally:
-        holder.stdin.write("ROLLBACK;\n")
-        holder.stdin.close()
-        holder.wait(30)
     assert status == Status.WARNING
     failed = {a["object"] for a in details["failed"]}
     assert "public.tickets_pkey" in failed
@@ -264,13 +278,7 @@ def test_a_long_transaction_blocks_a_rebuild_without_piling_up_copies(
     index's name is long and not ASCII, so PostgreSQL truncates its copy's name by bytes."""
     long_name = "ü" * 31
     psql(bloated, f'ALTER INDEX deals_customer_amount RENAME TO "{long_name}"')
-    holder = subprocess.Popen([*PSQL, "-d", bloated], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True)  # fmt: skip
-    assert holder.stdin is not None and holder.stdout is not None
-    holder.stdin.write("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT count(*) FROM deals;\n")
-    holder.stdin.flush()
-    assert holder.stdout.readline().strip()
-    try:
+    with holding(bloated, SNAPSHOT):
         status, message, details = _optimize(tmp_path, bloated,
                                              "{min_size: 1MB, lock_timeout: 2s}")  # fmt: skip
         assert status == Status.WARNING, message
@@ -288,32 +296,17 @@ def test_a_long_transaction_blocks_a_rebuild_without_piling_up_copies(
             if a["kind"] == "reindex"
             and a["object"] in {"public.deals_pkey", f"public.{long_name}"}
         ]
-    finally:
-        holder.stdin.write("ROLLBACK;\n")
-        holder.stdin.close()
-        holder.wait(30)
     status, message, details = _optimize(tmp_path, bloated, "{min_size: 1MB, lock_timeout: 2s}")
     assert not [n for n in _sizes(bloated) if "_ccnew" in n], message
     dropped = [a for a in details["actions"] if a["kind"] == "drop_leftover"]
     assert dropped and not details["failed"]
-    gone = psql(bloated, "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE"
-                " 'crmmaint maintenance%' AND datname = current_database()")  # fmt: skip
-    assert gone.strip() == "0"  # nothing of ours still runs on the server
+    assert psql(bloated, OURS_SQL).strip() == "0"  # nothing of ours still runs on the server
 
 
 def test_an_interrupted_rebuild_is_cancelled_on_the_server(tmp_path: Path, bloated: str) -> None:
     """SIGTERM while REINDEX CONCURRENTLY waits for an old transaction: crmmaint exits 130,
     and nothing of it goes on running on the server (killing psql alone would leave the
     statement running until it finished by itself)."""
-    import os
-    import signal
-
-    holder = subprocess.Popen([*PSQL, "-d", bloated], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True)  # fmt: skip
-    assert holder.stdin is not None and holder.stdout is not None
-    holder.stdin.write("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT count(*) FROM deals;\n")
-    holder.stdin.flush()
-    assert holder.stdout.readline().strip()
     inv = tmp_path / "inventory.yml"
     inv.write_text(
         "hosts: {local: {connection: local}}\n"
@@ -324,15 +317,25 @@ def test_an_interrupted_rebuild_is_cancelled_on_the_server(tmp_path: Path, bloat
     book = tmp_path / "book.yml"
     book.write_text("steps: [{name: optimize, task: indexes.optimize, database: all,"
                     " with: {min_size: 1MB, lock_timeout: 5m}}]\n")  # fmt: skip
-    ours = ("SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE"
-            " 'crmmaint maintenance%' AND datname = current_database()")  # fmt: skip
+    with holding(bloated, SNAPSHOT):
+        _interrupt_a_waiting_rebuild(bloated, book, inv)
+    _optimize(tmp_path, bloated)  # the next run drops what the interrupted one left
+    assert not [n for n in _sizes(bloated) if "_ccnew" in n]
+
+
+def _interrupt_a_waiting_rebuild(bloated: str, book: Path, inv: Path) -> None:
+    """``crmmaint run`` of ``book``, SIGTERM once its rebuild waits on the server; it ends
+    with 130 and leaves nothing of its own running there."""
+    import os
+    import signal
+
     run = subprocess.Popen(
         [str(Path(sys.executable).parent / "crmmaint"), "run", str(book), "-i", str(inv)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
         for _ in range(200):  # until its rebuild waits on the server
-            if psql(bloated, ours).strip() != "0":
+            if psql(bloated, OURS_SQL).strip() != "0":
                 break
             time.sleep(0.1)
         else:
@@ -340,15 +343,10 @@ def test_an_interrupted_rebuild_is_cancelled_on_the_server(tmp_path: Path, bloat
         os.kill(run.pid, signal.SIGTERM)
         out, err = run.communicate(timeout=120)
         assert run.returncode == 130, out + err
-        assert psql(bloated, ours).strip() == "0"  # cancelled on the server, not left running
+        assert psql(bloated, OURS_SQL).strip() == "0"  # cancelled on the server, not left running
     finally:
         if run.poll() is None:
             run.kill()
-        holder.stdin.write("ROLLBACK;\n")
-        holder.stdin.close()
-        holder.wait(30)
-    _optimize(tmp_path, bloated)  # the next run drops what the interrupted one left
-    assert not [n for n in _sizes(bloated) if "_ccnew" in n]
 
 
 def test_work_that_would_not_fit_is_skipped(tmp_path: Path, bloated: str) -> None:
