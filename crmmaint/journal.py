@@ -150,7 +150,7 @@ class Journal:
                     inventory,
                     time.time(),
                     int(check),
-                    _user(),
+                    current_user(),
                     me["machine"],
                     json.dumps(argv or []),
                     me["pid"],
@@ -424,7 +424,9 @@ def _run_row(row: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-def _user() -> str:
+def current_user() -> str:
+    """Who runs this command: the user behind sudo (``SUDO_USER``), else the OS user, else
+    the uid as text."""
     try:
         return os.environ.get("SUDO_USER") or getpass.getuser()
     except (KeyError, OSError):

@@ -1,0 +1,148 @@
+"""Accepted baselines of the reviews: ``baseline accept KIND``, ``baseline show KIND``.
+
+KIND is ``permissions`` (``permissions.review``) or ``drift`` (``config.drift``). Accepting
+takes what the latest review recorded, never a new reading of the hosts (``crmmaint.baselines``).
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from invoke import Collection
+
+from crmmaint.baselines import KINDS, Baselines, compare
+from crmmaint.cli.common import command, helps, local_time, maybe_inventory, open_journal
+from crmmaint.errors import ConfigError
+from crmmaint.inventory import Inventory
+from crmmaint.journal import current_user
+from crmmaint.reporting.console import print_table, write_json
+
+_KIND_HELP = f"what to accept: {' or '.join(KINDS)}"
+
+
+def _kind(kind: str) -> str:
+    if kind not in KINDS:
+        raise ConfigError(
+            f"no baseline kind {kind!r}",
+            hint=f"name one of: {', '.join(KINDS)} (e.g. `crmmaint baseline accept drift`)",
+        )
+    return kind
+
+
+def _host(inv: Inventory | None, host: str | None) -> str | None:
+    if host is not None and inv is not None and host not in inv.hosts:
+        raise ConfigError(
+            f"no host {host!r} in the inventory {inv.path}",
+            hint=f"hosts: {', '.join(sorted(inv.hosts)) or 'none'}",
+        )
+    return host
+
+
+@command(
+    help=helps(
+        kind=_KIND_HELP,
+        host="only the targets on this host",
+        check="say what would be accepted; store nothing",
+    ),
+    positional=["kind"],
+)
+def accept(
+    c: Any,
+    kind: str,
+    inventory: str | None = None,
+    host: str | None = None,
+    check: bool = False,
+    json: bool = False,
+    debug: bool = False,
+) -> None:
+    """Accept what the latest review found as the baseline (who and when are recorded)."""
+    kind = _kind(kind)
+    inv = maybe_inventory(c, inventory)
+    host = _host(inv, host)
+    user = current_user()
+    with open_journal(c, inv) as journal:
+        done = Baselines(journal).accept(kind, user=user, host=host, check=check)
+    if json:
+        write_json(
+            [
+                {
+                    "target": a.observation.target,
+                    "host": a.observation.host,
+                    "observed_at": local_time(a.observation.observed_at),
+                    "run_id": a.observation.run_id,
+                    "first": a.first,
+                    "changes": [ch.as_dict() for ch in a.changes],
+                    "accepted": not check,
+                    "accepted_by": None if check else user,
+                }
+                for a in done
+            ]
+        )
+        return
+    verb = "would accept" if check else "accepted"
+    for a in done:
+        obs = a.observation
+        seen = f"seen {local_time(obs.observed_at)} by run {obs.run_id or '-'}"
+        if a.first:
+            items = sum(len(items) for items in obs.snapshot.values())
+            print(f"{verb} {kind} of {obs.target}: first baseline, {items} items ({seen})")
+        elif not a.changes:
+            print(f"{kind} of {obs.target}: no change to accept ({seen})")
+        else:
+            print(f"{verb} {kind} of {obs.target}: {len(a.changes)} changes ({seen})")
+        if not a.first:
+            for change in a.changes:
+                print(f"  {change.describe()}")
+    if not check:
+        print(f"crmmaint: accepted by {user}", file=sys.stderr)
+
+
+@command(
+    help=helps(kind=_KIND_HELP, host="only the targets on this host"),
+    positional=["kind"],
+)
+def show(
+    c: Any,
+    kind: str,
+    inventory: str | None = None,
+    host: str | None = None,
+    json: bool = False,
+    debug: bool = False,
+) -> None:
+    """List the accepted baselines (who, when) and what the latest review found changed."""
+    kind = _kind(kind)
+    inv = maybe_inventory(c, inventory)
+    host = _host(inv, host)
+    with open_journal(c, inv) as journal:
+        store = Baselines(journal)
+        accepted = {b.target: b for b in store.baselines(kind, host)}
+        observed = {o.target: o for o in store.observations(kind, host)}
+    rows = []
+    for target in sorted(accepted.keys() | observed.keys()):
+        base, obs = accepted.get(target), observed.get(target)
+        pending = compare(base.snapshot if base else {}, obs.snapshot) if obs is not None else []
+        rows.append(
+            {
+                "target": target,
+                "accepted": local_time(base.accepted_at) if base else "never",
+                "by": base.accepted_by if base else "-",
+                "reviewed": local_time(obs.observed_at) if obs else "never",
+                "pending": len(pending) if base else "all",
+                "changes": [ch.as_dict() for ch in pending],
+            }
+        )
+    if json:
+        write_json(rows)
+        return
+    if not rows:
+        print(f"crmmaint: no {KINDS[kind]} has run yet (journal {journal.path})", file=sys.stderr)
+        return
+    print_table(
+        rows, ["target", "accepted", "by", "reviewed", "pending"], title=f"{kind} baselines"
+    )
+
+
+def register(ns: Collection) -> None:
+    """Add the command group to the CLI collection."""
+    ns.add_collection(Collection("baseline", accept, show))
