@@ -11,9 +11,12 @@ The adapter is grouped by what it knows about, one section each:
 - services: systemd units, processes, TCP ports, HTTP endpoints (curl on the host);
 - files: log files listed by glob with their rotated predecessors, byte ranges read as a stream;
 - packages: pending updates from apt or dnf, whichever the host has (commands and parsers in
-  ``engines/packages.py``).
+  ``engines/packages.py``);
+- accounts: who can reach the host over SSH (authorized_keys) and who can become root (uid 0,
+  sudo groups, sudoers as sudo reports them), as a baseline snapshot (script and parsers in
+  ``engines/accounts.py``).
 
-File hashes and authorized_keys belong here as further sections when tasks need them; past
+File hashes belong here as further sections when tasks need them; past
 ~800 lines this module becomes ``engines/host/`` with one module per section.
 
 Errors: every failure is a ``HostError`` (the command failed or printed nonsense), naming the
@@ -29,8 +32,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from crmmaint.engines import packages
-from crmmaint.engines.packages import PendingUpdates
+from crmmaint.engines import accounts, config_files, packages
+from crmmaint.engines.packages import AppliedUpdates, PackageUpdate, PendingUpdates
 from crmmaint.errors import HostError, ToolMissing
 from crmmaint.transport.base import Command, CommandResult, Process, Transport
 
@@ -528,7 +531,122 @@ class HostOS:
         pending.lists_age_seconds = facts.lists_age_seconds
         return pending
 
+    def apply_updates(
+        self, manager: str, updates: list[PackageUpdate], *, timeout: float | None
+    ) -> AppliedUpdates:
+        """Install exactly ``updates`` (from ``package_updates``; apt pins each to its
+        simulated candidate) and read back what is installed and whether a reboot is now
+        required. Needs root (the login user, or ``become: sudo``).
+
+        Raises ``HostError`` when the commands do not run as root, or ``ToolMissing``
+        when the host's package manager is not ``manager``, both before anything is
+        installed; a failed install is not raised but returned (``failed``), with the
+        versions read after it, so a partial upgrade is recorded as what it is."""
+        facts = self._package_facts(timeout)
+        if facts.manager != manager:
+            raise ToolMissing(f"{manager} is not the package manager on {self.name} any more")
+        if facts.uid != 0:
+            raise HostError(
+                f"applying updates on {self.name} needs root, and the commands run as uid"
+                f" {facts.uid if facts.uid is not None else 'unknown'}: connect as root or set"
+                " become: sudo on the host"
+            )
+        names = [u.name for u in updates]
+        before = self._installed_versions(manager, names, timeout)
+        started = time.monotonic()
+        res = self.transport.run(packages.install_command(manager, updates), timeout=timeout)
+        seconds = time.monotonic() - started
+        after = self._installed_versions(manager, names, timeout)
+        if manager == "apt":
+            facts = self._package_facts(timeout)
+            reboot, reboot_pkgs = facts.reboot_required, facts.reboot_packages
+        else:
+            restart = self.transport.run(
+                ["sh", "-c", _IF_INSTALLED, "sh", *packages.NEEDS_RESTARTING], timeout=timeout
+            )
+            reboot, reboot_pkgs = False, []
+            if restart.exit_status != NOT_INSTALLED:
+                reboot, reboot_pkgs = packages.parse_needs_restarting(
+                    restart.text, restart.exit_status
+                )
+        failed = None if res.ok else f"exit {res.exit_status}: {res.stderr_tail() or 'no output'}"
+        return AppliedUpdates(manager, before, after, failed, reboot, reboot_pkgs, seconds)
+
+    def _installed_versions(
+        self, manager: str, names: list[str], timeout: float | None
+    ) -> dict[str, str]:
+        if not names:
+            return {}
+        res = self.transport.run(packages.versions_command(manager, names), timeout=timeout)
+        return packages.parse_versions(res.text)
+
     def _package_facts(self, timeout: float | None) -> packages.PackageFacts:
         """The package manager, the host's clock, the lists' age and the reboot flag."""
         res = self._run(["sh", "-c", packages.FACTS_SCRIPT], what="package facts", timeout=timeout)
         return packages.parse_package_facts(res.text)
+
+    # -- accounts: SSH keys and root ---------------------------------------------------------
+
+    def ssh_access(
+        self,
+        *,
+        authorized_keys: Sequence[str] | None = None,
+        sshd_config: str | None = None,
+        timeout: float | None = PROBE_TIMEOUT,
+    ) -> accounts.Snapshot:
+        """Who can log in over SSH with a key and who can become root, as a snapshot for a
+        baseline (sections and shapes: ``engines/accounts.py``), from one script on the host.
+
+        ``authorized_keys``: the files to read, as sshd's ``AuthorizedKeysFile`` patterns
+        (``%h``, ``%u``, ``%U``, ``%%``; relative to each home); default: what ``sshd -T``
+        says (of ``sshd_config`` when given), or sshd's default when it cannot run (not
+        root). ``Match`` blocks are not seen. Run as root (``become: sudo``) to see every
+        file, sudoers rules and password states; what was not seen is said in the snapshot.
+        Raises ``ToolMissing`` without ``base64``, ``HostError`` when the script fails or
+        lists no account.
+        """
+        mode = "sshd" if authorized_keys is None else "given"
+        command = [
+            "sh", "-c", accounts.ACCESS_SCRIPT, "sh",
+            str(accounts.READ_LIMIT), sshd_config or "", mode, *(authorized_keys or ()),
+        ]  # fmt: skip
+        res = self.transport.run(command, timeout=timeout)
+        if res.exit_status == NOT_INSTALLED:
+            raise ToolMissing(f"base64 not available on {self.name}; install coreutils")
+        if not res.ok:
+            raise HostError(
+                f"listing SSH access failed (exit {res.exit_status}): {res.stderr_tail()}"
+            )
+        probe = accounts.parse_probe(res.stdout, read_limit=accounts.READ_LIMIT)
+        if not probe.accounts:
+            raise HostError(f"no accounts listed on {self.name} (getent passwd printed none)")
+        return accounts.build_snapshot(probe)
+
+    # -- configuration files ------------------------------------------------------------------
+
+    def config_files(
+        self,
+        patterns: Sequence[str],
+        *,
+        max_bytes: int,
+        budget: int,
+        timeout: float | None = PROBE_TIMEOUT,
+    ) -> list[config_files.ConfigFile]:
+        """The files at ``patterns`` (absolute paths and globs, expanded on the host), each with
+        its mode, owner, group, size, the host's sha256 of the whole file and, up to
+        ``max_bytes`` each and ``budget`` in all, its raw content (script and symlink rules in
+        ``engines/config_files.py``). Missing, unreadable and non-regular paths are results.
+        Raises ``ToolMissing`` without sha256sum/base64/stat, ``HostError`` when it fails."""
+        command = ["sh", "-c", config_files.READ_SCRIPT, "sh", str(max_bytes), str(budget)]
+        res = self.transport.run([*command, *patterns], timeout=timeout)
+        if res.exit_status == NOT_INSTALLED:
+            raise ToolMissing(f"sha256sum, base64, stat or readlink missing on {self.name}")
+        if not res.ok:
+            raise HostError(
+                f"reading configuration files failed (exit {res.exit_status}):"
+                f" {res.stderr_tail() or 'no output'}"
+            )
+        try:
+            return config_files.parse_config_files(res.stdout)
+        except ValueError as exc:
+            raise HostError(f"reading configuration files: {exc}") from exc

@@ -15,9 +15,10 @@ import re
 from dataclasses import dataclass, field
 
 #: Prints ``key=value`` lines about the host's packaging: ``manager`` (apt, dnf or none),
-#: ``now`` (the host's clock), ``lists_mtime`` (newest of the package lists and apt's cache),
+#: ``uid`` (who the commands run as), ``now`` (the host's clock), ``lists_mtime`` (newest of the package lists and apt's cache),
 #: ``reboot_required`` (Debian's flag file) and one ``reboot_pkg`` per package that asked.
 FACTS_SCRIPT = r"""
+echo "uid=$(id -u)"
 if command -v apt-get >/dev/null 2>&1; then echo manager=apt
 elif command -v dnf >/dev/null 2>&1; then echo manager=dnf
 else echo manager=none; fi
@@ -93,6 +94,8 @@ class PackageFacts:
     lists_mtime: int | None
     reboot_required: bool
     reboot_packages: list[str]
+    #: The user id the commands run as (0: root, as applying updates needs); None: unknown.
+    uid: int | None = None
 
     @property
     def lists_age_seconds(self) -> float | None:
@@ -104,9 +107,12 @@ class PackageFacts:
 def parse_package_facts(text: str) -> PackageFacts:
     """``FACTS_SCRIPT`` output -> ``PackageFacts``; unknown or garbled lines are ignored."""
     manager, now, mtimes, reboot, pkgs = "none", None, [], False, []
+    uid: int | None = None
     for line in text.splitlines():
         key, _, value = line.partition("=")
-        if key == "manager":
+        if key == "uid" and value.strip().isdigit():
+            uid = int(value)
+        elif key == "manager":
             manager = value.strip() or "none"
         elif key == "now" and value.strip().isdigit():
             now = int(value)
@@ -116,7 +122,7 @@ def parse_package_facts(text: str) -> PackageFacts:
             reboot = True
         elif key == "reboot_pkg" and value.strip():
             pkgs.append(value.strip())
-    return PackageFacts(manager, now, max(mtimes, default=None), reboot, pkgs)
+    return PackageFacts(manager, now, max(mtimes, default=None), reboot, pkgs, uid)
 
 
 # --- apt ------------------------------------------------------------------------------------
@@ -287,3 +293,91 @@ def dnf_pending(
         reboot_required=reboot,
         reboot_packages=reboot_pkgs,
     )
+
+
+# --- applying updates -----------------------------------------------------------------------
+
+
+@dataclass
+class AppliedUpdates:
+    """What ``HostOS.apply_updates`` did: the installed versions of the chosen packages
+    before and after (read from dpkg or rpm, not from the installer's output), the
+    installer's failure (``None``: it succeeded), whether a reboot is now required and
+    how long the install took (seconds)."""
+
+    manager: str
+    before: dict[str, str]
+    after: dict[str, str]
+    failed: str | None
+    reboot_required: bool
+    reboot_packages: list[str]
+    seconds: float
+
+    @property
+    def changed(self) -> dict[str, tuple[str | None, str]]:
+        """{package: (version before or None, version now)} for each one that changed."""
+        return {
+            name: (self.before.get(name), version)
+            for name, version in self.after.items()
+            if self.before.get(name) != version
+        }
+
+
+#: A Debian package name (Policy 5.6.1), with an optional ``:arch``, and a version (5.6.12):
+#: anything else from a host's apt output is refused before it reaches a command line.
+_APT_NAME = re.compile(r"^[a-z0-9][a-z0-9+.-]+(:[a-z0-9-]+)?$")
+_APT_VERSION = re.compile(r"^[A-Za-z0-9.+~:-]+$")
+#: An RPM package name as dnf prints it (no spaces, no shell or option characters first).
+_RPM_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]*$")
+
+#: apt-get install for updates: non-interactive; changed configuration files are kept
+#: (``--force-confold``: the CRM's own settings are never replaced by a package's); services
+#: needing a restart are listed, not restarted (``NEEDRESTART_MODE=l``); apt's lock is waited
+#: for up to 2 minutes (another apt run, unattended-upgrades) instead of failing at once.
+APT_INSTALL = [
+    "env", "LC_ALL=C", "DEBIAN_FRONTEND=noninteractive", "NEEDRESTART_MODE=l", "apt-get", "-y",
+    "-q", "-o", "Dpkg::Options::=--force-confdef", "-o", "Dpkg::Options::=--force-confold",
+    "-o", "DPkg::Lock::Timeout=120", "install", "--only-upgrade", "--",
+]  # fmt: skip
+DNF_UPGRADE = ["env", "LC_ALL=C", "dnf", "-y", "-q", "upgrade", "--"]
+#: The installed version of each named package, one ``name<TAB>version`` line each (a
+#: package not installed prints nothing for it: ``dpkg-query`` exits 1, which is not an error).
+DPKG_VERSIONS = ["dpkg-query", "-W", "-f", "${binary:Package}\\t${Version}\\n", "--"]
+RPM_VERSIONS = ["rpm", "-q", "--qf", "%{NAME}\\t%{EPOCHNUM}:%{VERSION}-%{RELEASE}\\n", "--"]
+
+
+def install_command(manager: str, updates: list[PackageUpdate]) -> list[str]:
+    """The command that installs exactly ``updates`` (apt: each pinned to its simulated
+    candidate, ``name=version``, upgraded only if installed; dnf: by name). Raises
+    ``ValueError`` on a name or version that is not a package's (never passed to a shell)."""
+    if manager == "apt":
+        args = []
+        for u in updates:
+            if not _APT_NAME.match(u.name) or not _APT_VERSION.match(u.candidate):
+                raise ValueError(f"not a Debian package and version: {u.name!r} {u.candidate!r}")
+            args.append(f"{u.name}={u.candidate}")
+        return [*APT_INSTALL, *args]
+    if manager == "dnf":
+        for u in updates:
+            if not _RPM_NAME.match(u.name):
+                raise ValueError(f"not an RPM package name: {u.name!r}")
+        return [*DNF_UPGRADE, *(u.name for u in updates)]
+    raise ValueError(f"no package manager {manager!r}")
+
+
+def versions_command(manager: str, names: list[str]) -> list[str]:
+    """The command printing the installed version of each of ``names`` (``parse_versions``)."""
+    base = DPKG_VERSIONS if manager == "apt" else RPM_VERSIONS
+    return [*base, *names]
+
+
+def parse_versions(text: str) -> dict[str, str]:
+    """``name<TAB>version`` lines -> {name: version}; other lines (rpm's "package x is not
+    installed") are skipped. dpkg-query prints ``name:arch`` for foreign architectures only,
+    as apt names them."""
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        name, tab, version = line.partition("\t")
+        if tab and name and version and " " not in name:
+            out[name] = version.removeprefix("0:")
+    return out

@@ -19,7 +19,7 @@ from crmmaint.engines.host import PROBE_TIMEOUT, HostOS, ToolMissing
 from crmmaint.engines.packages import PackageUpdate, PendingUpdates
 from crmmaint.errors import CrmMaintError
 from crmmaint.results import Status, TaskResult, worst
-from crmmaint.tasks.api import Param, TaskContext, task
+from crmmaint.tasks.api import Estimate, Param, TaskContext, task
 from crmmaint.units import format_elapsed, plural
 
 log = logging.getLogger(__name__)
@@ -172,3 +172,145 @@ def check(ctx: TaskContext) -> TaskResult:
     total = f"{plural(len(pending.updates), 'update')} in all"
     message = "; ".join([*(m for _, m in problems), total, *notes])
     return TaskResult(status, message, metrics=metrics, details=details)
+
+
+#: What ``patches.apply`` installs: nothing (the default), security updates, or all updates.
+APPLY_CHOICES = ("none", "security", "all")
+#: Seconds an install may take (downloads, unpacking, maintainer scripts).
+APPLY_TIMEOUT = 3600.0
+#: The assumed time per package when judging whether an install fits the run's window
+#: (seconds; a download, an unpack and its maintainer scripts on a server).
+SECONDS_PER_PACKAGE = 10.0
+
+
+def select_updates(
+    pending: PendingUpdates,
+    apply: str,
+    *,
+    only: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+) -> list[PackageUpdate]:
+    """The updates ``apply`` (none, security, all) chooses: upgrades of installed packages
+    (new packages come in as their dependencies), limited to the ``only`` globs when given,
+    minus the ``exclude`` globs. Held and phased updates are never chosen."""
+    if apply == "none":
+        return []
+    chosen = [u for u in pending.updates if apply == "all" or u.security]
+    if pending.manager == "apt":
+        chosen = [u for u in chosen if u.current is not None]
+    if only:
+        chosen = [u for u in chosen if highlighted([u.name], only)]
+    return [u for u in chosen if not highlighted([u.name], exclude)]
+
+
+@task(
+    "patches.apply",
+    targets="hosts",
+    params={
+        "apply": Param(
+            str,
+            "none",
+            choices=APPLY_CHOICES,
+            help="what to install: none (the default: report only), security, or all",
+        ),
+        "only": Param(list, [], item_type=str, help="only packages matching these globs"),
+        "exclude": Param(list, [], item_type=str, help="never packages matching these globs"),
+        "refresh": Param(bool, False, help="update the package lists first (never in check mode)"),
+        "timeout": Param("duration", APPLY_TIMEOUT, help="seconds the install may take"),
+    },
+)
+def apply(ctx: TaskContext) -> TaskResult:
+    """Install pending updates (security or all) when the step says so and the run is not in
+    check mode; records what changed and whether a reboot is now needed. Never reboots."""
+    p = ctx.params
+    host = HostOS(ctx.transport)
+    try:
+        pending = host.package_updates(
+            refresh=bool(p["refresh"]) and not ctx.check,
+            timeout=ctx.time_left(float(p["timeout"] or PROBE_TIMEOUT)),
+        )
+    except ToolMissing as exc:
+        return TaskResult.skipped(f"{ctx.target.name}: {exc}", details={"check_mode": ctx.check})
+    except CrmMaintError as exc:
+        return TaskResult.from_error(exc, ctx.target.name, details={"check_mode": ctx.check})
+    chosen = select_updates(pending, p["apply"], only=p["only"], exclude=p["exclude"])
+    listed = [_package(u, set()) for u in chosen]
+    details: dict[str, Any] = {
+        "manager": pending.manager,
+        "apply": p["apply"],
+        "chosen": listed,
+        "check_mode": ctx.check,
+    }
+    left = len(pending.updates) - len(chosen)
+    if p["apply"] == "none":
+        return TaskResult.ok(
+            f"nothing applied (apply: none): {plural(len(pending.updates), 'update')} pending"
+            f" ({len(pending.security)} security); set apply: security or all to install",
+            details=details,
+            metrics={"updates_pending": len(pending.updates)},
+        )
+    if not chosen:
+        return TaskResult.ok(
+            f"no {'security ' if p['apply'] == 'security' else ''}update to apply"
+            f" ({plural(left, 'other update')} left)",
+            details=details,
+            metrics={"updates_applied": 0},
+        )
+    names = _names(chosen)
+    if ctx.check:
+        return TaskResult(
+            Status.CHANGED,
+            f"would install {plural(len(chosen), 'update')}: {names}",
+            details=details,
+        )
+    fits = ctx.wont_fit(
+        f"installing {plural(len(chosen), 'update')}",
+        Estimate(
+            len(chosen) * SECONDS_PER_PACKAGE,
+            f"{SECONDS_PER_PACKAGE:g} s a package (assumed)",
+        ),
+    )
+    if fits is not None:
+        return TaskResult(Status.WARNING, fits, details=details)
+    try:
+        done = host.apply_updates(
+            pending.manager, chosen, timeout=ctx.time_left(float(p["timeout"]))
+        )
+    except CrmMaintError as exc:
+        return TaskResult.from_error(exc, ctx.target.name, details=details)
+    changed = done.changed
+    details.update(
+        installed=[
+            {"name": n, "before": old, "after": new} for n, (old, new) in sorted(changed.items())
+        ],
+        not_installed=sorted(u.name for u in chosen if u.name not in changed),
+        reboot_required=done.reboot_required,
+        reboot_packages=done.reboot_packages,
+        seconds=round(done.seconds, 1),
+    )
+    metrics: dict[str, float] = {
+        "updates_applied": len(changed),
+        "reboot_required": int(done.reboot_required),
+    }
+    said = f"installed {plural(len(changed), 'update')}"
+    if changed:
+        said += f": {_names([u for u in chosen if u.name in changed])}"
+    reboot = "; reboot required" if done.reboot_required else ""
+    if done.failed is not None:
+        missing = len(chosen) - len(changed)
+        return TaskResult(
+            Status.FAILED,
+            f"install failed ({done.failed}); {said}, {missing} not{reboot}",
+            details=details,
+            metrics=metrics,
+        )
+    status = Status.CHANGED if changed else Status.OK
+    if done.reboot_required:
+        status = worst([status, Status.WARNING])
+    return TaskResult(status, said + reboot, details=details, metrics=metrics)
+
+
+def _names(updates: Sequence[PackageUpdate]) -> str:
+    names = [u.name for u in updates]
+    more = f" and {len(names) - MESSAGE_NAMES} more" if len(names) > MESSAGE_NAMES else ""
+    return ", ".join(names[:MESSAGE_NAMES]) + more

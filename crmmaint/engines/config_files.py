@@ -1,0 +1,469 @@
+"""Configuration files on a host: the script ``HostOS.config_files`` runs to read them, the
+parser of its output, and the masking of secret values in their text. Pure functions, no I/O
+(``tasks/config_drift.py`` decides what the files mean).
+
+Reading: one ``sh`` script for all files, paths and globs as separate arguments, globs expanded
+on the host. Its output is NUL-terminated fields (a file name may hold anything but NUL), the
+content base64-encoded; the host's ``sha256sum`` hashes every regular file whole, and only files
+up to a size cap are transferred. Symlinks: a path named literally is followed (Debian's
+``/etc/mysql/my.cnf`` is one) and reported with its ``link`` target; a symlink a *glob* matched
+is hashed but its content not read, so a link planted in a configuration folder cannot copy a
+file such as ``/etc/shadow`` into the journal.
+
+Masking (``mask_text``) works line by line, so line numbers stay aligned for a diff; a masked
+value becomes ``***`` while its key stays readable (``password = ***``). It errs towards masking
+too much: a line is masked when a key *looks* secret (``is_secret_name``), in these forms:
+
+- ``key = value``, ``key: value``, ``KEY=value``, ``export KEY=value``, ``"key": "value"`` (several
+  per line), ``'key' => 'value'``, ``$cfg['key'] = 'value'``, ``define('KEY', 'value')``,
+  ``--key=value`` / ``--key value``, and ``key value`` at the start of a line (redis.conf),
+  commented-out lines included; an unquoted value is masked to the end of the line;
+- ``<key>value</key>``, ``<add key="Key" value="v"/>``, ``<property name="key">v</property>``;
+- the values under a secret YAML key (``secrets:`` mapping, ``password: |`` block) and in a
+  secret INI section (``[credentials]``);
+- anywhere: ``scheme://user:PASSWORD@host``, ``password=…`` inside a conninfo or query string,
+  ``Bearer``/``Basic``/``Token`` credentials, AWS key ids, JWTs, GitHub, Slack and Stripe tokens,
+  redis ACL passwords (``user app on >secret``), and PEM private key bodies;
+- by file name: the password field of ``.pgpass`` and the hash of ``htpasswd``/``shadow`` lines.
+
+Not recognised: a secret under a key that does not look secret (``db: hunter2``), short flags
+(``-psecret``), values continued on the next line (a shell ``\\``), ``user:pass@host`` without
+a scheme.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import posixpath
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+#: What a masked value reads as.
+MASK = "***"
+
+# --- secret names ---------------------------------------------------------------------------
+
+#: Any of these inside a key (lower case, separators removed) makes it secret.
+SECRET_SUBSTRINGS = (
+    "password", "passwd", "passphrase", "secret", "token", "credential", "apikey",
+    "privatekey", "accesskey", "requirepass", "masterauth", "authorization",
+)  # fmt: skip
+#: Any of these as a whole word of a key (``db_pass``, ``apiKey``, ``MYSQL_PWD``) makes it
+#: secret, unless the key's last word is in ``HARMLESS_LAST`` (``ssl_key_file`` is a path).
+SECRET_WORDS = frozenset(
+    {"pass", "pwd", "pw", "key", "auth", "cred", "creds", "salt", "psk", "hmac"}
+)
+HARMLESS_LAST = frozenset(
+    {
+        "file", "path", "dir", "directory", "size", "length", "len", "bits", "type", "method",
+        "mode", "timeout", "ttl", "algorithm", "algorithms", "alg", "format", "name", "id",
+        "prefix",
+    }
+)  # fmt: skip
+#: Keys that look secret but hold settings whose changes a reviewer must see (sshd_config,
+#: postgresql.conf), compared lower case without separators.
+NOT_SECRET = frozenset(
+    {"passwordauthentication", "permitemptypasswords", "passwordencryption", "hostkey"}
+)
+
+_WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")
+
+
+def is_secret_name(name: str) -> bool:
+    """Whether a configuration key (``password``, ``db.password``, ``MYSQL_PWD``, ``apiKey``,
+    ``requirepass``) names a secret value. Errs towards yes."""
+    squashed = re.sub(r"[^a-z0-9]", "", name.lower())
+    if not squashed or squashed in NOT_SECRET:
+        return False
+    if any(s in squashed for s in SECRET_SUBSTRINGS):
+        return True
+    words = [w.lower() for w in _WORD.findall(name)]
+    return any(w in SECRET_WORDS for w in words) and words[-1] not in HARMLESS_LAST
+
+
+# --- masking --------------------------------------------------------------------------------
+
+_NAME = r"[A-Za-z_][\w.\-]*"
+#: ``name = value``, ``"name": value``, ``'name' => value``, ``$x['name'] = value`` anywhere.
+_ASSIGN = re.compile(rf"(?<![A-Za-z0-9_])([\"']?)({_NAME})\1\]?[ \t]*(=>|=|:)[ \t]*")
+#: ``'NAME', value`` (PHP ``define``, ``env()`` defaults).
+_CALL_ARG = re.compile(rf"([\"'])({_NAME})\1[ \t]*,[ \t]*")
+#: ``--name value`` (a long option and its separate argument).
+_LONG_OPTION = re.compile(rf"(?<![\w-])--({_NAME})[ \t]+(?=[^ \t=:-])")
+#: ``name value`` at the start of a line, after an optional comment mark or ``export``.
+_LEADING_WORD = re.compile(
+    rf"^[ \t]*(?:(?:#+|;+|//|--|!)[ \t]*)?(?:export[ \t]+)?({_NAME})[ \t]+(?=[^ \t=:])"
+)
+#: ``name:`` alone (a YAML mapping follows) or ``name: |`` (a block scalar follows).
+_YAML_BLOCK_KEY = re.compile(
+    rf"^([ \t]*)(?:-[ \t]+)?([\"']?)({_NAME})\2[ \t]*:[ \t]*([|>][+-]?[0-9]?[+-]?)?[ \t]*(?:#.*)?$"
+)
+#: A ``key: value`` line inside a secret YAML block (the value starts after the match).
+_YAML_ENTRY = re.compile(r"^[ \t]*(?:-[ \t]+)?([\"']?)[^:\"'#]+\1[ \t]*:(?:[ \t]+|$)")
+_INI_SECTION = re.compile(r"^[ \t]*\[([^\]]+)\][ \t]*$")
+_INI_ENTRY = re.compile(rf"^[ \t]*({_NAME})[ \t]*(?:=|:|[ \t])[ \t]*")
+_XML_ELEMENT = re.compile(rf"<(?:{_NAME}:)?({_NAME})(?:\s[^<>]*)?(?<!/)>([^<]*)")
+_XML_NAMED = re.compile(r"""\b(?:key|name)\s*=\s*(["'])([^"']*)\1""", re.IGNORECASE)
+_XML_VALUE = re.compile(r"""[^>]*?\bvalue\s*=\s*(["'])""", re.IGNORECASE)
+_XML_TAG_END = re.compile(r"[^>]*?(?<!/)>")
+#: ``scheme://user:PASSWORD@``; the password runs to the last ``@`` before a space.
+_URL_PASSWORD = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s/?#@:]*:(\S*)@")
+_REDIS_ACL = re.compile(r"^[ \t]*user[ \t]+\S+[ \t]")
+_REDIS_ACL_PASSWORD = re.compile(r"(?<=[ \t])[<>#!](\S+)")
+_TOKENS = (
+    re.compile(r"\b(?:[Bb]earer|Basic|Token)[ \t]+([A-Za-z0-9._~+/=\-]{8,})"),
+    re.compile(r"\b((?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA)[A-Z0-9]{16})\b"),
+    re.compile(r"\b(eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]*)"),
+    re.compile(r"\b(gh[pousr]_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]{20,})"),
+    re.compile(r"\b(xox[abposr]-[A-Za-z0-9\-]{10,})"),
+    re.compile(r"\b([sr]k_(?:live|test)_[A-Za-z0-9]{10,})"),
+    re.compile(r"\b(AIza[0-9A-Za-z_\-]{35})"),
+)
+_PEM_BEGIN = re.compile(r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY[A-Z ]*-----")
+_PEM_END = re.compile(r"-----END [A-Z0-9 ]*PRIVATE KEY[A-Z ]*-----")
+#: Characters that may follow a closing quote without the value going on.
+_AFTER_QUOTE = set(" \t\r,;})]>&/")
+
+#: Files of ``field:field:…`` lines with a secret field: basename -> the field's index.
+COLON_FILES = {".pgpass": 4, "pgpass": 4, "pgpass.conf": 4, ".htpasswd": 1, "htpasswd": 1,
+               "shadow": 1, "gshadow": 1}  # fmt: skip
+
+Span = tuple[int, int]
+
+
+def _closing_quote(line: str, start: int) -> int | None:
+    """The index of the quote closing the one at ``start`` (backslash escapes skipped)."""
+    quote, i = line[start], start + 1
+    while i < len(line):
+        if line[i] == "\\":
+            i += 2
+            continue
+        if line[i] == quote:
+            return i
+        i += 1
+    return None
+
+
+def _value_span(line: str, start: int) -> Span | None:
+    """Where the value that begins at ``start`` lies: inside its quotes when it is one quoted
+    string, else to the end of the line (trailing blanks kept). ``None``: no value."""
+    end = len(line.rstrip())
+    if start >= end:
+        return None
+    if line[start] in "\"'":
+        close = _closing_quote(line, start)
+        if close is not None and (close + 1 >= end or line[close + 1] in _AFTER_QUOTE):
+            return (start + 1, close) if close > start + 1 else None
+    return start, end
+
+
+def _content_span(line: str, start: int = 0) -> Span | None:
+    """From the first non-blank character at or after ``start`` to the last one."""
+    begin = len(line) - len(line[start:].lstrip()) if line[start:].strip() else None
+    if begin is None:
+        return None
+    return begin, len(line.rstrip())
+
+
+def _line_spans(line: str) -> list[Span]:
+    """The stretches of one line to mask, by the rules that need no context."""
+    spans: list[Span] = []
+
+    def add(span: Span | None) -> None:
+        if span is not None and span[1] > span[0]:
+            spans.append(span)
+
+    # ``<add key="DbPassword" value="…"/>``: the key attribute holds a name, not a secret
+    named = {
+        m.span(2)
+        for m in _XML_NAMED.finditer(line)
+        if _XML_VALUE.match(line, m.end()) or _XML_TAG_END.match(line, m.end())
+    }
+    for m in _ASSIGN.finditer(line):
+        if is_secret_name(m.group(2)) and _value_span(line, m.end()) not in named:
+            span = _value_span(line, m.end())
+            if (
+                span
+                and m.group(3) == ":"
+                and re.fullmatch(r"[|>][+-]?[0-9]?[+-]?", line[slice(*span)])
+            ):
+                continue  # a YAML block indicator: the block's lines are masked
+            add(span)
+    for m in _CALL_ARG.finditer(line):
+        if is_secret_name(m.group(2)):
+            add(_value_span(line, m.end()))
+    for m in _LONG_OPTION.finditer(line):
+        if is_secret_name(m.group(1)):
+            add(_value_span(line, m.end()))
+    m = _LEADING_WORD.match(line)
+    if m and is_secret_name(m.group(1)):
+        add(_value_span(line, m.end()))
+    for m in _XML_ELEMENT.finditer(line):
+        if is_secret_name(m.group(1)):
+            add(m.span(2) if m.group(2).strip() else None)
+    for m in _XML_NAMED.finditer(line):
+        if not is_secret_name(m.group(2)):
+            continue
+        value = _XML_VALUE.match(line, m.end())
+        if value:
+            close = line.find(value.group(1), value.end())
+            add((value.end(), close if close >= 0 else len(line.rstrip())))
+        elif tag := _XML_TAG_END.match(line, m.end()):
+            close = line.find("<", tag.end())
+            add((tag.end(), close if close >= 0 else len(line.rstrip())))
+    for m in _URL_PASSWORD.finditer(line):
+        add(m.span(1))
+    if _REDIS_ACL.match(line):
+        for m in _REDIS_ACL_PASSWORD.finditer(line):
+            add(m.span(1))
+    for pattern in _TOKENS:
+        for m in pattern.finditer(line):
+            add(m.span(1))
+    return spans
+
+
+def _apply(line: str, spans: Iterable[Span]) -> str:
+    """``line`` with each span (merged where they overlap or touch) replaced by ``MASK``."""
+    merged: list[list[int]] = []
+    for start, end in sorted(spans):
+        if merged and start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    for start, end in reversed(merged):
+        line = line[:start] + MASK + line[end:]
+    return line
+
+
+def _indent(line: str) -> int:
+    return len(line) - len(line.lstrip(" \t"))
+
+
+def _colon_field_span(line: str, index: int) -> Span | None:
+    """The span from field ``index`` (0-based, ``:``-separated, ``\\:`` escaped) to the end of
+    the line, for ``COLON_FILES``; comments and short lines have none."""
+    if line.lstrip().startswith("#"):
+        return None
+    colons = [m.start() for m in re.finditer(r"(?<!\\):", line)]
+    if len(colons) < index:
+        return None
+    start = colons[index - 1] + 1
+    return (start, len(line.rstrip())) if len(line.rstrip()) > start else None
+
+
+def mask_text(text: str, path: str = "") -> tuple[str, int]:
+    """``text`` with secret-looking values replaced by ``***`` (see the module docstring), and
+    the number of lines changed. Line by line: the result has as many lines as ``text``, each
+    at its place. Idempotent: masking masked text changes nothing. ``path`` (the file's name)
+    selects the rules of ``COLON_FILES``."""
+    colon_field = COLON_FILES.get(posixpath.basename(path))
+    out: list[str] = []
+    masked = 0
+    in_pem = False
+    yaml_block: tuple[int, bool] | None = None  # (key's indent, block scalar?)
+    ini_secret = False
+    for line in text.split("\n"):
+        spans: list[Span] = []
+        rest_from = 0  # the rules without context apply from here
+        if in_pem:
+            end = _PEM_END.search(line)
+            if end is None:
+                spans.append(_content_span(line) or (0, 0))
+                rest_from = len(line)
+            else:
+                in_pem = False
+                body = _content_span(line[: end.start()])
+                if body:
+                    spans.append(body)
+                rest_from = end.end()
+        elif yaml_block is not None:
+            base, scalar = yaml_block
+            if line.strip() and _indent(line) <= base:
+                yaml_block = None
+            else:
+                entry = None if scalar else _YAML_ENTRY.match(line)
+                span = _content_span(line, entry.end() if entry else 0)
+                if span:
+                    spans.append(span)
+                rest_from = len(line)
+        if ini_secret and yaml_block is None:
+            if rest_from == 0 and _INI_SECTION.match(line):
+                ini_secret = False  # the next section (its name is judged below)
+            elif rest_from > 0 or not line.lstrip().startswith(("#", ";")):
+                entry = _INI_ENTRY.match(line) if rest_from == 0 else None
+                spans.append(_content_span(line, entry.end() if entry else 0) or (0, 0))
+        rest = line[rest_from:]
+        spans += [(a + rest_from, b + rest_from) for a, b in _line_spans(rest)]
+        begin = _PEM_BEGIN.search(rest)
+        if begin is not None:
+            end = _PEM_END.search(rest, begin.end())
+            stop = end.start() if end else len(rest.rstrip())
+            if stop > begin.end():
+                spans.append((begin.end() + rest_from, stop + rest_from))
+            in_pem = end is None
+        if rest_from == 0 and yaml_block is None and not in_pem:
+            key = _YAML_BLOCK_KEY.match(line)
+            if key and is_secret_name(key.group(3)):
+                yaml_block = (len(key.group(1)), key.group(4) is not None)
+            section = _INI_SECTION.match(line)
+            if section:
+                ini_secret = is_secret_name(section.group(1))
+        if colon_field is not None:
+            spans.append(_colon_field_span(line, colon_field) or (0, 0))
+        new = _apply(line, [s for s in spans if s[1] > s[0]])
+        masked += new != line
+        out.append(new)
+    return "\n".join(out), masked
+
+
+def as_text(content: bytes) -> str | None:
+    """``content`` as text: UTF-8 without NUL bytes; ``None`` for anything else (binary)."""
+    if b"\0" in content:
+        return None
+    try:
+        return content.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+# --- reading on the host --------------------------------------------------------------------
+
+#: $1 = the most bytes of one file transferred, $2 = the most of all files, then paths and
+#: globs (IFS empty: a glob is expanded, never split at spaces). Exits 127 without a tool.
+#: NUL-terminated fields, one record per file: ``F pattern path link meta sha256 base64`` (a
+#: regular file; the last field is ``b`` + base64 when transferred, else empty), ``U pattern path link meta`` (unreadable),
+#: ``O pattern path link meta`` (not a regular file), ``M pattern`` (nothing there). ``meta``:
+#: ``mode<TAB>owner<TAB>group<TAB>size<TAB>type``; ``link``: a symlink's target, else empty.
+READ_SCRIPT = r"""
+cap=$1; budget=$2; shift 2; IFS=; fmt=$(printf '%%a\t%%U\t%%G\t%%s\t%%F')
+for t in sha256sum base64 stat readlink; do command -v $t >/dev/null 2>&1 || exit 127; done
+for pat do
+  case $pat in *[][*?]*) glob=1;; *) glob=0;; esac
+  n=0
+  for f in $pat; do
+    [ -e "$f" ] || [ -L "$f" ] || continue
+    n=1; link=
+    [ -L "$f" ] && link=$(readlink -- "$f")
+    if [ ! -e "$f" ]; then printf 'O\0%s\0%s\0%s\0\t\t\t0\tdangling symbolic link\0' "$pat" "$f" "$link"; continue; fi
+    meta=$(stat -L -c "$fmt" -- "$f") || meta="?	?	?	0	unknown"
+    if [ ! -f "$f" ]; then printf 'O\0%s\0%s\0%s\0%s\0' "$pat" "$f" "$link" "$meta"; continue; fi
+    if [ ! -r "$f" ]; then printf 'U\0%s\0%s\0%s\0%s\0' "$pat" "$f" "$link" "$meta"; continue; fi
+    h=$(sha256sum <"$f") || h=
+    printf 'F\0%s\0%s\0%s\0%s\0%s\0' "$pat" "$f" "$link" "$meta" "${h%% *}"
+    size=$(stat -L -c %s -- "$f") || size=$cap
+    if [ "$size" -le "$cap" ] && [ "$size" -le "$budget" ] && { [ -z "$link" ] || [ $glob = 0 ]; }; then
+      budget=$((budget - size)); printf b; base64 <"$f" | tr -d '\n'
+    fi
+    printf '\0'
+  done
+  [ $n = 1 ] || printf 'M\0%s\0' "$pat"
+done
+true
+"""
+
+#: Fields of each record kind after the kind itself.
+_FIELDS = {"F": 6, "U": 4, "O": 4, "M": 1}
+
+
+@dataclass(frozen=True)
+class ConfigFile:
+    """One configured path as the host saw it. ``state``: ``file`` (a readable regular file),
+    ``unreadable`` (no read permission), ``other`` (a directory, device or dangling link:
+    ``kind`` says which), ``missing``. ``content`` is the raw bytes when transferred: never
+    logged or stored (``repr`` leaves it out); ``sha256`` covers the whole file."""
+
+    path: str
+    pattern: str
+    state: str
+    link: str | None = None
+    mode: str | None = None
+    owner: str | None = None
+    group: str | None = None
+    size: int | None = None
+    kind: str | None = None
+    sha256: str | None = None
+    content: bytes | None = field(default=None, repr=False)
+
+    @property
+    def globbed(self) -> bool:
+        """Whether a glob (not the literal path) found it."""
+        return self.pattern != self.path
+
+
+def _meta(text: str) -> dict[str, Any]:
+    mode, owner, group, size, kind = [*text.split("\t", 4), "", "", "", ""][:5]
+    return {
+        "mode": f"{int(mode, 8):04o}" if re.fullmatch(r"[0-7]+", mode) else None,
+        "owner": owner or None,
+        "group": group or None,
+        "size": int(size) if size.isdigit() else None,
+        "kind": kind or None,
+    }
+
+
+def parse_config_files(data: bytes) -> list[ConfigFile]:
+    """The records of ``READ_SCRIPT`` -> one ``ConfigFile`` per path, in the order given (a file
+    two patterns find is listed once, as its literal path found it if one did). Content whose hash differs from the host's (the file
+    changed while read) is dropped. ``ValueError`` on output that is not the script's (the
+    message never quotes it: it may hold file contents)."""
+    fields = data.split(b"\0")
+    if fields and fields[-1] == b"":
+        fields.pop()
+    out: list[ConfigFile] = []
+    seen: dict[str, int] = {}  # path -> its index in out
+    i = 0
+    while i < len(fields):
+        kind = fields[i].decode("ascii", "replace")
+        count = _FIELDS.get(kind)
+        if count is None:
+            raise ValueError(f"unreadable file listing at record {len(out) + 1}")
+        values = fields[i + 1 : i + 1 + count]
+        if len(values) < count:
+            raise ValueError(f"truncated file listing at record {len(out) + 1}")
+        i += 1 + count
+        pattern = values[0].decode("utf-8", "surrogateescape")
+        if kind == "M":
+            if pattern not in seen:
+                seen[pattern] = len(out)
+                out.append(ConfigFile(pattern, pattern, "missing"))
+            continue
+        path = values[1].decode("utf-8", "surrogateescape")
+        if path in seen and (pattern != path or not out[seen[path]].globbed):
+            continue  # listed already (a literal path wins over a glob's match of it)
+        link = values[2].decode("utf-8", "surrogateescape") or None
+        meta = _meta(values[3].decode("utf-8", "replace"))
+        if kind == "F":
+            sha = values[4].decode("ascii", "replace") or None
+            content = None
+            if values[5].startswith(b"b"):  # transferred ("b" + base64, empty for an empty file)
+                try:
+                    content = base64.b64decode(values[5][1:], validate=True)
+                except ValueError:
+                    content = None
+                if content is not None and hashlib.sha256(content).hexdigest() != sha:
+                    content = None  # changed between hashing and reading
+            meta.pop("kind")
+            found = ConfigFile(path, pattern, "file", link, sha256=sha, content=content, **meta)
+        else:
+            found = ConfigFile(
+                path, pattern, "unreadable" if kind == "U" else "other", link, **meta
+            )
+        if path in seen:
+            out[seen[path]] = found
+        else:
+            seen[path] = len(out)
+            out.append(found)
+    return out
+
+
+def config_path_problem(path: str) -> str | None:
+    """What is wrong with a configured file path or glob (it must be absolute and hold no NUL),
+    or ``None``."""
+    if not path.startswith("/"):
+        return f"{path!r} is not an absolute path (configuration files are named from /)"
+    if "\0" in path:
+        return f"{path!r} holds a NUL character"
+    return None
