@@ -108,7 +108,8 @@ def compare(baseline: Snapshot, current: Snapshot) -> list[Change]:
 
 
 def target_key(target: Target) -> str:
-    """``hosts/web1``, ``databases/crm``: the target as baselines name it."""
+    """``hosts/web1``, ``database/crm``: the target as baselines name it (its kind as a
+    playbook step selects it, and its name)."""
     return f"{target.kind}/{target.name}"
 
 
@@ -293,7 +294,10 @@ class Review:
         (``nouns``: section -> the word for its items, e.g. ``{"keys": "key"}``)."""
         accept = f"crmmaint baseline accept {self.kind}"
         if self.baseline is None:
-            return f"no accepted baseline yet: read the details, then run `{accept}`"
+            return (
+                f"no accepted baseline yet: read `crmmaint baseline show {self.kind}`,"
+                f" then run `{accept}`"
+            )
         since = (
             f"the baseline accepted {_date(self.baseline.accepted_at)}"
             f" by {self.baseline.accepted_by}"
@@ -306,7 +310,7 @@ class Review:
         count = len(self.changes)
         return (
             f"{count} change{'s' if count != 1 else ''} since {since}: {listed}"
-            f" (`{accept}` once reviewed)"
+            f" (`crmmaint baseline show {self.kind}`; `{accept}` once reviewed)"
         )
 
     def details(self) -> dict[str, Any]:

@@ -141,6 +141,32 @@ def show(
     print_table(
         rows, ["target", "accepted", "by", "reviewed", "pending"], title=f"{kind} baselines"
     )
+    for target in sorted(observed):
+        obs, base = observed[target], accepted.get(target)
+        pending = compare(base.snapshot if base else {}, obs.snapshot)
+        if not pending:
+            continue
+        since = "no baseline yet" if base is None else "changed since the baseline"
+        print(f"\n{target}: {len(pending)} {since} (reviewed by run {obs.run_id or '-'}):")
+        for change in pending:
+            print(f"  {change.describe()}")
+            if change.after is not None and change.change != "changed":
+                print(f"      {attributes(change.after)}")
+    print(f"\naccept after reading: crmmaint baseline accept {kind} [--host HOST]")
+
+
+def attributes(item: dict[str, Any], limit: int = 160) -> str:
+    """An item's attributes on one line, ``superuser; login; password=set``: true flags by
+    name, false and empty ones left out (cut at ``limit`` characters)."""
+    parts = []
+    for name, value in sorted(item.items()):
+        if value is True:
+            parts.append(name)
+        elif value not in (False, None, [], ""):
+            shown = ", ".join(map(str, value)) if isinstance(value, list) else str(value)
+            parts.append(f"{name}={shown}")
+    text = "; ".join(parts) or "(no attributes)"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def register(ns: Collection) -> None:

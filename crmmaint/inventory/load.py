@@ -69,7 +69,7 @@ _DRILL_KEYS = {
 _FILESET_DRILL_KEYS = {"host", "directory", "rto", "rto_exceeded", "min_free"}
 _HOST_KEYS = {
     "address", "port", "user", "identity_file", "known_hosts", "connection", "become",
-    "allow_unknown_host_key", "connect_timeout", "groups", "vars",
+    "allow_unknown_host_key", "connect_timeout", "groups", "vars", "config_files",
 }  # fmt: skip
 _DB_KEYS = {
     "engine", "host", "name", "address", "port", "user", "password", "path", "main", "groups", "vars",
@@ -265,7 +265,22 @@ def _host(name: str, spec: dict, base: Path) -> Host:
         connect_timeout=_connect_timeout(spec, what, default=10.0),
         groups=get_str_list(spec, "groups"),
         vars=dict(get_field(spec, "vars", dict, default={})),
+        config_files=_config_files(spec, what),
     )
+
+
+def _config_files(spec: dict, what: str) -> list[str]:
+    """``config_files:``, the paths and globs ``config.drift`` reads on the host: absolute
+    (they name files on the host, whatever the inventory's folder), without NUL."""
+    paths = get_str_list(spec, "config_files")
+    for p in paths:
+        if not p.startswith("/") or "\0" in p:
+            raise SourceError(
+                f"{what}: config_files entry {p!r} must be an absolute path or glob on the host",
+                line_of(spec, "config_files"),
+                "config_files",
+            )
+    return paths
 
 
 def _database(name: str, spec: dict, base: Path, inv: Inventory) -> Database:

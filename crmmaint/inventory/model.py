@@ -66,6 +66,8 @@ class Host:
     connect_timeout: float = 10.0
     groups: list[str] = field(default_factory=list)
     vars: dict[str, Any] = field(default_factory=dict)
+    #: Configuration files ``config.drift`` watches: absolute paths and globs on the host.
+    config_files: list[str] = field(default_factory=list)
 
     @property
     def is_local(self) -> bool:

@@ -1,0 +1,340 @@
+"""Configuration drift: the configured files of a host against their accepted baseline.
+
+``HostOS.config_files`` reads the files the host's ``config_files:`` (or the step's ``files``)
+name, globs expanded on the host; ``engines/config_files.py`` masks secret values in their text.
+This module turns them into a ``baselines.Snapshot`` (section ``files``: one item per path, its
+sha256, size, mode, owner, group, symlink target and *masked* text) and reports what changed
+since the baseline ``crmmaint baseline accept drift`` accepted: a unified diff of each changed
+text file between the accepted masked text and today's, mode and owner changes, new files (a
+glob matching more) and missing ones. Raw file content is never stored, logged or reported:
+only the masked text reaches the snapshot, so neither the journal nor a diff holds a secret.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import logging
+import time
+from typing import Any
+
+from crmmaint import baselines
+from crmmaint.baselines import ADDED, CHANGED, REMOVED, Change, Review, Snapshot
+from crmmaint.engines.config_files import ConfigFile, as_text, config_path_problem, mask_text
+from crmmaint.engines.host import HostOS, ToolMissing
+from crmmaint.errors import CrmMaintError
+from crmmaint.results import Status, TaskResult
+from crmmaint.tasks.api import Param, TaskContext, task
+from crmmaint.units import format_size, plural
+
+log = logging.getLogger(__name__)
+
+#: The baseline kind (``crmmaint baseline accept drift``) and the snapshot's section.
+KIND = "drift"
+SECTION = "files"
+#: Bytes of one file transferred and kept as text, by default (larger files: hash only).
+MAX_SIZE = 256 * 1024
+#: Bytes of all files of one host transferred in one run, at most.
+TRANSFER_BUDGET = 32 << 20
+#: Lines of one file's diff shown, by default.
+DIFF_LINES = 200
+#: Seconds reading the files may take, by default.
+READ_TIMEOUT = 60.0
+
+#: What ``describe`` calls each state of a path, in the message's order.
+AS_ACCEPTED, NEW, MISSING, UNREADABLE, UNCONFIGURED = (
+    "as accepted", "new", "missing", "unreadable", "no longer configured",
+)  # fmt: skip
+#: Attributes compared for the one-line summary (the text and its sha256 stand for content).
+_SUMMARY_FIELDS = ("sha256", "mode", "owner", "group", "link", "missing", "unreadable", "other")
+
+
+def _check_files(files: list[str] | None) -> None:
+    for path in files or []:
+        problem = config_path_problem(path)
+        if problem:
+            raise ValueError(problem)
+
+
+def _positive(value: int | None) -> None:
+    if value is not None and value < 1:
+        raise ValueError(f"expected at least 1, got {value}")
+
+
+def file_item(found: ConfigFile, *, max_size: int) -> dict[str, Any]:
+    """One path's attributes in the snapshot: a flat dict of JSON values, the text masked.
+
+    ``content`` says what ``text`` holds: ``text`` (the masked content), ``binary``, ``too
+    large`` (over ``max_size``: hashed on the host, not read), ``symlink matched by a glob``
+    (hashed, not read) or ``not read`` (the run's transfer budget, or the file changed while
+    read)."""
+    if found.state == "missing":
+        return {"missing": True}
+    item: dict[str, Any] = {
+        "mode": found.mode,
+        "owner": found.owner,
+        "group": found.group,
+        "link": found.link,
+    }
+    if found.state == "unreadable":
+        return {**item, "unreadable": True, "size": found.size}
+    if found.state == "other":
+        return {**item, "other": found.kind or "not a regular file"}
+    item.update(sha256=found.sha256, size=found.size, text=None, masked_lines=0)
+    if found.content is not None:
+        text = as_text(found.content)
+        if text is None:
+            item["content"] = "binary"
+        else:
+            item["text"], item["masked_lines"] = mask_text(text, found.path)
+            item["content"] = "text"
+    elif found.size is not None and found.size > max_size:
+        item["content"] = "too large"
+    elif found.link and found.globbed:
+        item["content"] = "symlink matched by a glob"
+    else:
+        item["content"] = "not read"
+    return item
+
+
+def build_snapshot(found: list[ConfigFile], *, max_size: int) -> Snapshot:
+    """The ``files`` section of what ``found`` holds (by path; a glob that matched nothing is
+    an item of its own, ``missing``)."""
+    return {SECTION: {f.path: file_item(f, max_size=max_size) for f in found}}
+
+
+def _differs(change: Change) -> bool:
+    """Whether a change is more than the masking of unchanged bytes (a newer crmmaint may mask
+    more of the same file)."""
+    if change.change != CHANGED:
+        return True
+    return bool(set(change.fields) - {"text", "masked_lines"})
+
+
+def file_states(
+    snapshot: Snapshot, changes: list[Change], patterns: list[str], *, has_baseline: bool
+) -> dict[str, str]:
+    """Each path's state for the message: ``as accepted``, ``changed``, ``new``, ``missing``,
+    ``unreadable`` or ``no longer configured`` (in the baseline, matched by no pattern now)."""
+    by_key = {c.key: c for c in changes if c.section == SECTION and _differs(c)}
+    states: dict[str, str] = {}
+    for path, item in snapshot.get(SECTION, {}).items():
+        change = by_key.get(path)
+        if item.get("missing"):
+            states[path] = MISSING
+        elif item.get("unreadable"):
+            states[path] = UNREADABLE
+        elif not has_baseline or (change is not None and change.change == ADDED):
+            states[path] = NEW
+        elif change is None:
+            states[path] = AS_ACCEPTED
+        elif (change.before or {}).get("missing"):
+            states[path] = NEW  # a configured path that was missing exists now
+        else:
+            states[path] = CHANGED
+    for change in by_key.values():
+        if change.change == REMOVED:
+            configured = any(fnmatch.fnmatchcase(change.key, p) for p in patterns)
+            states[change.key] = MISSING if configured else UNCONFIGURED
+    return states
+
+
+def _date(epoch: float) -> str:
+    return time.strftime("%Y-%m-%d", time.localtime(epoch))
+
+
+def _value(value: Any) -> str:
+    return "none" if value is None else str(value)
+
+
+def file_diff(
+    path: str,
+    before: dict[str, Any],
+    after: dict[str, Any],
+    *,
+    accepted: str,
+    max_lines: int,
+) -> dict[str, Any]:
+    """What changed in one file from its accepted ``before`` to ``after`` (snapshot items):
+    ``changes`` (mode, owner, group, link, content lines), and ``diff``, a unified diff of the
+    masked texts labelled ``PATH (accepted)`` / ``PATH (now)``, cut at ``max_lines`` lines
+    (``diff_cut`` then says how many more there were). When only masked (secret) values
+    changed it says so, never which."""
+    out: dict[str, Any] = {"changes": []}
+    for attr in ("mode", "owner", "group", "link"):
+        if before.get(attr) != after.get(attr):
+            out["changes"].append(f"{attr} {_value(before.get(attr))} -> {_value(after.get(attr))}")
+    if before.get("sha256") == after.get("sha256"):
+        return out
+    old, new = before.get("text"), after.get("text")
+    if old is None or new is None:
+        why = before.get("content") if old is None else after.get("content")
+        out["changes"].append(
+            f"content changed ({why or 'not read'}; no diff): sha256"
+            f" {_value(before.get('sha256'))[:12]} -> {_value(after.get('sha256'))[:12]},"
+            f" {format_size(before.get('size') or 0)} -> {format_size(after.get('size') or 0)}"
+        )
+        return out
+    if old == new:
+        out["changes"].append("only masked (secret) values changed")
+        return out
+    lines = list(
+        difflib.unified_diff(
+            old.split("\n"),
+            new.split("\n"),
+            f"{path} ({accepted})",
+            f"{path} (now)",
+            lineterm="",
+        )
+    )
+    out["changes"].append("content changed")
+    if len(lines) > max_lines:
+        out["diff_cut"] = len(lines) - max_lines
+        lines = [*lines[:max_lines], f"… {len(lines) - max_lines} more diff lines cut"]
+    out["diff"] = "\n".join(lines)
+    return out
+
+
+def _summary_view(item: dict[str, Any] | None) -> dict[str, Any] | None:
+    """An item as the one-line summary shows it: content as a short sha256, no text."""
+    if item is None:
+        return None
+    view = {k: item[k] for k in _SUMMARY_FIELDS if k in item}
+    if isinstance(view.get("sha256"), str):
+        view["sha256"] = view["sha256"][:12]
+    return view
+
+
+def summary_review(review: Review) -> Review:
+    """``review`` with its changes as the one-line summary should name them: without the
+    masked text (a diff shows it), ignoring changes of masking alone."""
+    changes = [
+        Change(c.section, c.key, c.change, _summary_view(c.before), _summary_view(c.after))
+        for c in review.changes
+        if _differs(c)
+    ]
+    return Review(review.kind, review.baseline, changes)
+
+
+def describe(
+    snapshot: Snapshot,
+    review: Review,
+    patterns: list[str],
+    *,
+    max_lines: int,
+) -> tuple[Status, str, dict[str, Any], dict[str, float]]:
+    """The verdict on one host: status, message, details and metrics. ``ok`` when every file
+    is as accepted; ``warning`` on any change, an unreadable file, or no baseline yet."""
+    baseline = review.baseline
+    states = file_states(snapshot, review.changes, patterns, has_baseline=baseline is not None)
+    items = snapshot.get(SECTION, {})
+    accepted = (
+        f"accepted {_date(baseline.accepted_at)} by {baseline.accepted_by}" if baseline else ""
+    )
+    old_items = baseline.snapshot.get(SECTION, {}) if baseline else {}
+    rows: list[dict[str, Any]] = []
+    for path in sorted(states):
+        item = items.get(path) or {}
+        row: dict[str, Any] = {"path": path, "state": states[path]}
+        row.update({k: v for k, v in item.items() if k != "text"})
+        if states[path] == CHANGED:
+            row.update(
+                file_diff(
+                    path, old_items.get(path, {}), item, accepted=accepted, max_lines=max_lines
+                )
+            )
+        rows.append(row)
+
+    counts = {
+        s: sum(1 for v in states.values() if v == s)
+        for s in (AS_ACCEPTED, CHANGED, NEW, MISSING, UNREADABLE, UNCONFIGURED)
+    }
+    metrics: dict[str, float] = {
+        "files": sum(1 for i in items.values() if not i.get("missing")),
+        "files_changed": counts[CHANGED],
+        "files_new": counts[NEW],
+        "files_missing": counts[MISSING],
+        "files_unreadable": counts[UNREADABLE],
+        "masked_lines": sum(int(i.get("masked_lines") or 0) for i in items.values()),
+    }
+    shown = summary_review(review)
+    if baseline is None:
+        parts = [f"{plural(int(metrics['files']), 'file')} read"]
+        parts += [f"{counts[s]} {s}" for s in (MISSING, UNREADABLE) if counts[s]]
+        message = f"{', '.join(parts)}; {shown.summary({SECTION: 'file'})}"
+    else:
+        parts = [f"{counts[AS_ACCEPTED]} as accepted"]
+        parts += [
+            f"{counts[s]} {s}"
+            for s in (CHANGED, NEW, MISSING, UNREADABLE, UNCONFIGURED)
+            if counts[s]
+        ]
+        message = (
+            f"{plural(len(states), 'file')}: {', '.join(parts)}; {shown.summary({SECTION: 'file'})}"
+        )
+    if counts[UNREADABLE]:
+        message += (
+            "; unreadable files are not checked: connect as a user who may read them (become: sudo)"
+        )
+    status = (
+        Status.WARNING if baseline is None or shown.changes or counts[UNREADABLE] else Status.OK
+    )
+    details = {"files": rows, **shown.details()}
+    return status, message, details, metrics
+
+
+@task(
+    "config.drift",
+    targets="hosts",
+    params={
+        "files": Param(
+            list,
+            None,
+            item_type=str,
+            check=_check_files,
+            help="absolute paths and globs on the host (default: the host's config_files)",
+        ),
+        "max_size": Param(
+            "size",
+            MAX_SIZE,
+            check=_positive,
+            help="files larger than this are hashed on the host but not read, so get no diff",
+        ),
+        "diff_lines": Param(int, DIFF_LINES, check=_positive, help="diff lines shown per file"),
+        "timeout": Param("duration", READ_TIMEOUT, help="seconds reading the files may take"),
+    },
+)
+def drift(ctx: TaskContext) -> TaskResult:
+    """Configured files against the accepted baseline: masked diffs, new and missing files."""
+    p = ctx.params
+    host = ctx.target.host
+    patterns = list(p["files"] or host.config_files)
+    if not patterns:
+        return TaskResult.skipped(
+            f"{host.name}: no configuration files to check: set `config_files:` on the host in"
+            " the inventory, or the step's `files`",
+            details=ctx.read_only_details(),
+        )
+    max_size = int(p["max_size"])
+    try:
+        found = HostOS(ctx.transport).config_files(
+            patterns,
+            max_bytes=max_size,
+            budget=TRANSFER_BUDGET,
+            timeout=ctx.time_left(float(p["timeout"] or READ_TIMEOUT)),
+        )
+    except ToolMissing as exc:
+        return TaskResult.skipped(f"{host.name}: {exc}", details=ctx.read_only_details())
+    except CrmMaintError as exc:
+        return TaskResult.from_error(exc, host.name, details=ctx.read_only_details())
+    snapshot = build_snapshot(found, max_size=max_size)
+    review = baselines.review(
+        ctx.journal, KIND, ctx.target, snapshot, run_id=ctx.run_id, check=ctx.check
+    )
+    status, message, details, metrics = describe(
+        snapshot, review, patterns, max_lines=int(p["diff_lines"])
+    )
+    details = ctx.read_only_details(
+        patterns=patterns, recorded=ctx.journal is not None and not ctx.check, **details
+    )
+    return TaskResult(status, message, metrics=metrics, details=details)
