@@ -79,15 +79,16 @@ class Change:
 
 
 def _short(value: Any, limit: int = 60) -> str:
-    text = (
-        "none"
-        if value is None
-        else str(value)
-        if not isinstance(value, bool)
-        else str(value).lower()
-    )
-    if isinstance(value, list):
+    """A value for a one-line message: lists joined, a text of several lines as its line
+    count (a file's text is shown as a diff, never inline), cut at ``limit`` characters."""
+    if isinstance(value, bool) or value is None:
+        text = "none" if value is None else str(value).lower()
+    elif isinstance(value, list):
         text = "[" + ", ".join(map(str, value)) + "]"
+    elif isinstance(value, str) and "\n" in value:
+        text = f"({value.count(chr(10)) + 1} lines)"
+    else:
+        text = str(value)
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 

@@ -165,3 +165,24 @@ def test_cli_accept_and_show(tmp_path: Path) -> None:
     assert rows[0]["by"] and rows[0]["accepted"] != "never"
     again = run_cli("baseline", "accept", "drift", "-i", str(inv))
     assert "no change to accept" in again.stdout
+
+
+def test_cli_show_drift_prints_the_diff_of_the_masked_texts(tmp_path: Path) -> None:
+    inv = tmp_path / "inventory.yml"
+    inv.write_text("settings:\n  journal: journal.sqlite\nhosts:\n  web1: {connection: local}\n")
+    before = {"sha256": "a" * 64, "size": 30, "mode": "0640", "content": "text",
+              "text": "port = 5432\npassword = ***\n"}  # fmt: skip
+    after = {**before, "sha256": "b" * 64, "mode": "0644", "text": "port = 5433\npassword = ***\n"}
+    with Journal(tmp_path / "journal.sqlite") as journal:
+        review(journal, "drift", _target(), {"files": {"/etc/app.conf": before}}, run_id=1,
+               check=False)  # fmt: skip
+        Baselines(journal).accept("drift", user="alice")
+        review(journal, "drift", _target(), {"files": {"/etc/app.conf": after}}, run_id=2,
+               check=False)  # fmt: skip
+    shown = run_cli("baseline", "show", "drift", "-i", str(inv))
+    assert shown.returncode == 0, shown.stderr
+    out = shown.stdout
+    assert "hosts/web1: 1 changed since the baseline (reviewed by run 2)" in out
+    assert "mode 0640 -> 0644" in out and "text (3 lines) -> (3 lines)" in out
+    assert "-port = 5432" in out and "+port = 5433" in out and " password = ***" in out
+    assert "/etc/app.conf (accepted " in out and "by alice)" in out

@@ -11,7 +11,7 @@ from typing import Any
 
 from invoke import Collection
 
-from crmmaint.baselines import KINDS, Baselines, compare
+from crmmaint.baselines import KINDS, Baseline, Baselines, Change, compare
 from crmmaint.cli.common import command, helps, local_time, maybe_inventory, open_journal
 from crmmaint.errors import ConfigError
 from crmmaint.inventory import Inventory
@@ -152,7 +152,27 @@ def show(
             print(f"  {change.describe()}")
             if change.after is not None and change.change != "changed":
                 print(f"      {attributes(change.after)}")
+            elif kind == "drift" and change.change == "changed" and base is not None:
+                for line in _file_diff(change, base):
+                    print(f"      {line}")
     print(f"\naccept after reading: crmmaint baseline accept {kind} [--host HOST]")
+
+
+def _file_diff(change: Change, base: Baseline) -> list[str]:
+    """A changed configuration file as ``config.drift`` reports it: mode/owner changes and
+    the unified diff of the masked texts."""
+    from crmmaint.tasks.config_drift import DIFF_LINES, file_diff
+
+    accepted = f"accepted {local_time(base.accepted_at)} by {base.accepted_by}"
+    shown = file_diff(
+        change.key, change.before or {}, change.after or {}, accepted=accepted,
+        max_lines=DIFF_LINES,
+    )  # fmt: skip
+    lines = [str(c) for c in shown.get("changes", [])]
+    diff = shown.get("diff")
+    if diff:
+        lines.extend(diff if isinstance(diff, list) else str(diff).splitlines())
+    return lines
 
 
 def attributes(item: dict[str, Any], limit: int = 160) -> str:
@@ -162,6 +182,8 @@ def attributes(item: dict[str, Any], limit: int = 160) -> str:
     for name, value in sorted(item.items()):
         if value is True:
             parts.append(name)
+        elif name == "text":
+            continue  # a file's text: shown as a diff once accepted, never inline
         elif value not in (False, None, [], ""):
             shown = ", ".join(map(str, value)) if isinstance(value, list) else str(value)
             parts.append(f"{name}={shown}")
