@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import test_engines_host
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -31,7 +32,7 @@ from crmmaint.engines.accounts import (
     parse_sudo_list,
 )
 from crmmaint.engines.host import HostOS
-from crmmaint.transport import LocalTransport, SSHTransport, Transport
+from crmmaint.transport import LocalTransport, SSHTransport
 
 KEY_SPECS = [("rsa", 2048), ("rsa", 3072), ("ecdsa", 256), ("ecdsa", 384), ("ed25519", 256)]
 
@@ -286,19 +287,8 @@ def test_probe_records_survive_any_name_and_content() -> None:
 
 # --- HostOS.ssh_access on this machine and over SSH -----------------------------------------
 
-
-@pytest.fixture(params=["local", "ssh"])
-def host_os(request: pytest.FixtureRequest) -> Iterator[HostOS]:
-    transport: Transport
-    if request.param == "local":
-        transport = LocalTransport("local-test")
-    else:
-        sshd = request.getfixturevalue("sshd_hosts")[3]
-        transport = SSHTransport(sshd.name, sshd.address, **sshd.ssh_options())
-    try:
-        yield HostOS(transport)
-    finally:
-        transport.close()
+#: The fixture: this machine, and an SSH host (sshd on 127.0.0.x).
+host_os = test_engines_host.host_os
 
 
 def test_keys_come_and_go(host_os: HostOS, tmp_path: Path, ssh_keys) -> None:
