@@ -4,6 +4,7 @@ through the local transport and over SSH (sshd on 127.0.0.x: same machine, same 
 
 from __future__ import annotations
 
+import calendar
 import hashlib
 import os
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ from crmmaint.engines.packages import (
     dnf_pending,
     nevra_name,
     parse_apt_simulation,
+    parse_dnf_advisory_dates,
     parse_dnf_check_update,
     parse_dnf_security,
     parse_needs_restarting,
@@ -234,6 +236,42 @@ def test_judge(pending: PendingUpdates, limits: dict[str, int], statuses: list[S
     assert [s for s, _ in problems] == statuses
     if pending.reboot_required:
         assert "reboot required (for libc6)" in problems[0][1]
+
+
+def test_dnf_advisory_dates_oldest_issued() -> None:
+    oldest = parse_dnf_advisory_dates(capture("dnf-updateinfo-info-security.txt"))
+    assert oldest == calendar.timegm((2024, 11, 7, 0, 0, 0))  # curl's, not openssl's
+    assert parse_dnf_advisory_dates("Updated: 2023-01-02 10:00\n  Updated : 2022-12-31") == (
+        calendar.timegm((2022, 12, 31, 0, 0, 0))
+    )
+    assert parse_dnf_advisory_dates("") is None
+    assert parse_dnf_advisory_dates("Issued: 2024-13-45\nDescription: Issued: soon") is None
+
+
+@given(st.text())
+def test_dnf_advisory_dates_never_raise(text: str) -> None:
+    parse_dnf_advisory_dates(text)
+
+
+@pytest.mark.parametrize(
+    ("age_days", "limits", "statuses"),
+    [
+        (None, {"security_age_warn": 86400.0}, [Status.WARNING]),  # apt: no date, counts only
+        (3, {"security_age_warn": 7 * 86400.0}, [Status.WARNING]),
+        (8, {"security_age_warn": 7 * 86400.0}, [Status.WARNING, Status.WARNING]),
+        (31, {"security_age_warn": 7 * 86400.0, "security_age_critical": 30 * 86400.0},
+         [Status.WARNING, Status.FAILED]),
+    ],
+)  # fmt: skip
+def test_judge_security_age(
+    age_days: int | None, limits: dict[str, float], statuses: list[Status]
+) -> None:
+    pending = _pending(1, 0)
+    pending.oldest_security_age_seconds = None if age_days is None else age_days * 86400.0
+    problems = judge(pending, security_warn=1, security_critical=None, total_warn=None, **limits)
+    assert [s for s, _ in problems] == statuses
+    if len(problems) > 1:
+        assert f"oldest security advisory {age_days} days old" in problems[1][1]
 
 
 def test_thresholds_below_one_are_refused() -> None:

@@ -526,6 +526,11 @@ class HostOS:
             if restart.exit_status != NOT_INSTALLED:  # dnf-utils missing: reboot unknown
                 reboot = packages.parse_needs_restarting(restart.text, restart.exit_status)
             pending = packages.dnf_pending(check.text, security.text, reboot)
+            if pending.security and facts.now is not None:
+                info = self.transport.run(packages.DNF_SECURITY_INFO, timeout=timeout)
+                issued = packages.parse_dnf_advisory_dates(info.text) if info.ok else None
+                if issued is not None:  # a refinement: without it the counts still stand
+                    pending.oldest_security_age_seconds = max(0.0, facts.now - issued)
         else:
             raise ToolMissing(f"neither apt-get nor dnf on {self.name}")
         pending.lists_age_seconds = facts.lists_age_seconds

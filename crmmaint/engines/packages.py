@@ -39,6 +39,9 @@ APT_REFRESH = ["env", "LC_ALL=C", "apt-get", "-q", "update"]
 #: dnf from its cache (``-C``): no metadata download unless a refresh is asked for.
 DNF_CHECK_UPDATE = ["env", "LC_ALL=C", "dnf", "-q", "-C", "check-update"]
 DNF_SECURITY = ["env", "LC_ALL=C", "dnf", "-q", "-C", "updateinfo", "list", "--security"]
+#: The security advisories in full: their ``Issued``/``Updated`` dates (the age of the
+#: oldest pending one; apt does not say when an update was published).
+DNF_SECURITY_INFO = ["env", "LC_ALL=C", "dnf", "-q", "-C", "updateinfo", "info", "--security"]
 DNF_REFRESH = ["env", "LC_ALL=C", "dnf", "-q", "makecache"]
 NEEDS_RESTARTING = ["env", "LC_ALL=C", "needs-restarting", "-r"]
 #: ``dnf check-update``'s exit status when updates are pending (0: none).
@@ -79,6 +82,10 @@ class PendingUpdates:
     reboot_packages: list[str] = field(default_factory=list)
     #: Seconds since the package lists were refreshed (by the host's clock); None: unknown.
     lists_age_seconds: float | None = None
+    #: dnf: seconds since the oldest pending security advisory was issued (by the host's
+    #: clock, from the UTC midnight of its date); None: no advisory dated, or a manager that
+    #: does not say (apt).
+    oldest_security_age_seconds: float | None = None
 
     @property
     def security(self) -> list[PackageUpdate]:
@@ -262,6 +269,29 @@ def parse_dnf_security(text: str) -> dict[str, str]:
 
 def _severity_rank(severity: str | None) -> int:
     return SEVERITIES.index(severity) + 1 if severity in SEVERITIES else 0
+
+
+_ADVISORY_DATE = re.compile(
+    r"^\s*(?P<field>Issued|Updated)\s*:\s*(?P<date>\d{4}-\d{2}-\d{2})", re.MULTILINE
+)
+
+
+def parse_dnf_advisory_dates(text: str) -> float | None:
+    """``dnf updateinfo info --security`` -> when the oldest advisory was issued (seconds
+    since the epoch, the date's UTC midnight), or ``None`` when the text names no date.
+    Each advisory block gives ``Issued`` (dnf 4) or only ``Updated`` (older yum); the
+    earliest date of the whole text is the oldest advisory's. Never raises."""
+    import calendar
+    import time
+
+    oldest: float | None = None
+    for m in _ADVISORY_DATE.finditer(text):
+        try:
+            when = float(calendar.timegm(time.strptime(m["date"], "%Y-%m-%d")))
+        except ValueError:
+            continue
+        oldest = when if oldest is None else min(oldest, when)
+    return oldest
 
 
 def parse_needs_restarting(text: str, exit_status: int) -> tuple[bool, list[str]]:

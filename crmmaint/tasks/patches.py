@@ -53,14 +53,25 @@ def judge(
     security_warn: int | None,
     security_critical: int | None,
     total_warn: int | None,
+    security_age_warn: float | None = None,
+    security_age_critical: float | None = None,
 ) -> list[tuple[Status, str]]:
-    """The problems pending updates make, each with its status (none: all is well)."""
+    """The problems pending updates make, each with its status (none: all is well). The
+    ``security_age_*`` thresholds (seconds) apply to the oldest pending security advisory,
+    where the package manager dates it (dnf)."""
     problems: list[tuple[Status, str]] = []
     security, total = len(pending.security), len(pending.updates)
     if security_critical is not None and security >= security_critical:
         problems.append((Status.FAILED, f"{plural(security, 'security update')} pending"))
     elif security_warn is not None and security >= security_warn:
         problems.append((Status.WARNING, f"{plural(security, 'security update')} pending"))
+    age = pending.oldest_security_age_seconds
+    if age is not None and security:
+        old = f"oldest security advisory {plural(int(age // 86400), 'day')} old"
+        if security_age_critical is not None and age >= security_age_critical:
+            problems.append((Status.FAILED, old))
+        elif security_age_warn is not None and age >= security_age_warn:
+            problems.append((Status.WARNING, old))
     if total_warn is not None and total >= total_warn:
         problems.append((Status.WARNING, f"{plural(total, 'update')} pending"))
     if pending.reboot_required:
@@ -94,6 +105,15 @@ def _package(update: PackageUpdate, servers: set[str]) -> dict[str, Any]:
             int, None, check=_positive, help="fail from this many pending security updates"
         ),
         "total_warn": Param(int, None, check=_positive, help="warn from this many updates"),
+        "security_age_warn": Param(
+            "duration",
+            None,
+            help="warn when the oldest pending security advisory is this old (dnf dates them;"
+            " apt does not)",
+        ),
+        "security_age_critical": Param(
+            "duration", None, help="fail when the oldest pending security advisory is this old"
+        ),
         "refresh": Param(
             bool,
             False,
@@ -133,6 +153,8 @@ def check(ctx: TaskContext) -> TaskResult:
     }
     if pending.lists_age_seconds is not None:
         metrics["lists_age_seconds"] = pending.lists_age_seconds
+    if pending.oldest_security_age_seconds is not None:
+        metrics["oldest_security_age_seconds"] = pending.oldest_security_age_seconds
     # Server packages first, then security updates, then the rest (each in the tool's order).
     ordered = sorted(pending.updates, key=lambda u: (u.name not in server_set, not u.security))
     details = ctx.read_only_details(
@@ -152,6 +174,8 @@ def check(ctx: TaskContext) -> TaskResult:
         security_warn=p["security_warn"],
         security_critical=p["security_critical"],
         total_warn=p["total_warn"],
+        security_age_warn=p["security_age_warn"],
+        security_age_critical=p["security_age_critical"],
     )
     notes: list[str] = []
     if servers:
