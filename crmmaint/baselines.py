@@ -284,6 +284,9 @@ class Review:
     kind: str
     baseline: Baseline | None
     changes: list[Change]
+    #: Whether this snapshot was recorded as the latest observation (not in check mode), so
+    #: that ``baseline accept`` would take it.
+    recorded: bool = True
 
     @property
     def clean(self) -> bool:
@@ -294,10 +297,16 @@ class Review:
         """The review's verdict in one line, naming up to ``MESSAGE_CHANGES`` changes
         (``nouns``: section -> the word for its items, e.g. ``{"keys": "key"}``)."""
         accept = f"crmmaint baseline accept {self.kind}"
+        if not self.recorded and (self.baseline is None or self.changes):
+            accept = f"run without --check to record it, then `{accept}`"
+        else:
+            accept = f"`{accept}`"
         if self.baseline is None:
+            if not self.recorded:
+                return f"no accepted baseline yet (check mode records nothing): {accept}"
             return (
                 f"no accepted baseline yet: read `crmmaint baseline show {self.kind}`,"
-                f" then run `{accept}`"
+                f" then run {accept}"
             )
         since = (
             f"the baseline accepted {_date(self.baseline.accepted_at)}"
@@ -309,10 +318,10 @@ class Review:
         more = len(named) - MESSAGE_CHANGES
         listed = "; ".join(named[:MESSAGE_CHANGES]) + (f"; and {more} more" if more > 0 else "")
         count = len(self.changes)
-        return (
-            f"{count} change{'s' if count != 1 else ''} since {since}: {listed}"
-            f" (`crmmaint baseline show {self.kind}`; `{accept}` once reviewed)"
-        )
+        what = f"{count} change{'s' if count != 1 else ''} since {since}: {listed}"
+        if self.recorded:
+            return f"{what} (`crmmaint baseline show {self.kind}`; {accept} once reviewed)"
+        return f"{what} (check mode records nothing: {accept})"
 
     def details(self) -> dict[str, Any]:
         """The review for a result's details: the baseline's who and when, every change."""
@@ -343,10 +352,10 @@ def review(
     record it as the latest observation (what ``baseline accept`` would accept). Without a
     journal there is no baseline: every item is new."""
     if journal is None:
-        return Review(kind, None, compare({}, snapshot))
+        return Review(kind, None, compare({}, snapshot), recorded=False)
     store = Baselines(journal)
     accepted = store.baseline(kind, target)
     if not check:
         store.observe(kind, target, snapshot, run_id)
     changes = compare(accepted.snapshot if accepted else {}, snapshot)
-    return Review(kind, accepted, changes)
+    return Review(kind, accepted, changes, recorded=not check)

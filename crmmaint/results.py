@@ -79,7 +79,9 @@ class TaskResult:
         exit code in ``details`` (merged with ``details=``), retried only if it may pass."""
         details = {**kw.pop("details", {}), "error": type(exc).__name__}
         details["exit_code"] = exc.exit_code
-        message = str(exc) if context is None else f"{context}: {exc}"
+        text = str(exc)
+        said = context is None or text.startswith(f"{context}: ")  # the error names it already
+        message = text if said else f"{context}: {text}"
         return cls(Status.FAILED, message, details=details, retryable=exc.retryable, **kw)
 
 

@@ -154,7 +154,7 @@ def test_cli_accept_and_show(tmp_path: Path) -> None:
                check=False)  # fmt: skip
     check = run_cli("baseline", "accept", "drift", "--check", "-i", str(inv))
     assert check.returncode == 0, check.stderr
-    assert "would accept drift of hosts/web1: first baseline, 1 items" in check.stdout
+    assert "would accept drift of hosts/web1: first baseline, 1 item" in check.stdout
     shown = run_cli("baseline", "show", "drift", "--json", "-i", str(inv))
     assert json.loads(shown.stdout)[0]["accepted"] == "never"
     done = run_cli("baseline", "accept", "drift", "--host", "web1", "-i", str(inv))
@@ -186,3 +186,39 @@ def test_cli_show_drift_prints_the_diff_of_the_masked_texts(tmp_path: Path) -> N
     assert "mode 0640 -> 0644" in out and "text (3 lines) -> (3 lines)" in out
     assert "-port = 5432" in out and "+port = 5433" in out and " password = ***" in out
     assert "/etc/app.conf (accepted " in out and "by alice)" in out
+
+
+def test_cli_shows_names_with_control_characters_escaped(tmp_path: Path) -> None:
+    inv = tmp_path / "inventory.yml"
+    inv.write_text("settings:\n  journal: journal.sqlite\nhosts:\n  web1: {connection: local}\n")
+    forged = "x\x1b[2J\n  ok       all fine"
+    with Journal(tmp_path / "journal.sqlite") as journal:
+        review(journal, "permissions", _target(), {"roles": {forged: {"comment": forged}}},
+               run_id=1, check=False)  # fmt: skip
+    outputs = [
+        run_cli("baseline", *command, "permissions", "-i", str(inv))
+        for command in (("show",), ("accept", "--check"), ("accept",))
+    ]
+    for done in outputs:
+        assert done.returncode == 0, done.stderr
+        assert "\x1b" not in done.stdout and "\n  ok       all fine" not in done.stdout
+    assert "roles x\\x1b[2J\\x0a  ok       all fine added" in outputs[0].stdout
+
+
+def test_check_mode_summaries_say_nothing_was_recorded(journal: Journal) -> None:
+    web1 = _target()
+    first = review(journal, "drift", web1, {"files": {"/a": {"n": 1}}}, run_id=1, check=True)
+    assert first.summary() == (
+        "no accepted baseline yet (check mode records nothing): run without --check to record"
+        " it, then `crmmaint baseline accept drift`"
+    )
+    review(journal, "drift", web1, {"files": {"/a": {"n": 1}}}, run_id=2, check=False)
+    Baselines(journal).accept("drift", user="alice")
+    changed = review(journal, "drift", web1, {"files": {"/a": {"n": 2}}}, run_id=3, check=True)
+    assert changed.summary().startswith("1 change since the baseline accepted")
+    assert changed.summary().endswith(
+        "(check mode records nothing: run without --check to record it, then"
+        " `crmmaint baseline accept drift`)"
+    )
+    clean = review(journal, "drift", web1, {"files": {"/a": {"n": 1}}}, run_id=4, check=True)
+    assert clean.clean and clean.summary().startswith("as in the baseline accepted")

@@ -84,6 +84,9 @@ def test_apply_param_is_checked() -> None:
 
     with pytest.raises(ValueError, match="expected one of none, security, all"):
         REGISTRY["patches.apply"].validate_params({"apply": "everything"})
+    for only in ([], [""], ["  "]):
+        with pytest.raises(ValueError, match="only: "):
+            REGISTRY["patches.apply"].validate_params({"apply": "all", "only": only})
 
 
 # --- live: a local file repository --------------------------------------------------------
@@ -213,5 +216,7 @@ def test_excluded_and_unmatched_are_left(local_update: str) -> None:
     result = run_task(
         "patches.apply", {"apply": "all", "only": [local_update], "exclude": ["crmmaint-test-*"]}
     )
-    assert result.status is Status.OK and result.message.startswith("no update to apply")
+    assert result.status is Status.OK
+    assert result.message.startswith("no update to apply: none of the ")
+    assert "matches only/exclude" in result.message
     assert _installed(local_update) == "1.0"

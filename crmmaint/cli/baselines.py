@@ -16,9 +16,10 @@ from crmmaint.cli.common import command, helps, local_time, maybe_inventory, ope
 from crmmaint.errors import ConfigError
 from crmmaint.inventory import Inventory
 from crmmaint.journal import current_user
-from crmmaint.reporting.console import print_table, write_json
+from crmmaint.reporting.console import print_table, visible, write_json
+from crmmaint.units import plural
 
-_KIND_HELP = f"what to accept: {' or '.join(KINDS)}"
+_KIND_HELP = f"which review's baselines: {' or '.join(KINDS)}"
 
 
 def _kind(kind: str) -> str:
@@ -86,15 +87,19 @@ def accept(
         seen = f"seen {local_time(obs.observed_at)} by run {obs.run_id or '-'}"
         if a.first:
             items = sum(len(items) for items in obs.snapshot.values())
-            print(f"{verb} {kind} of {obs.target}: first baseline, {items} items ({seen})")
+            first = f"first baseline, {plural(items, 'item')}"
+            print(f"{verb} {kind} of {visible(obs.target)}: {first} ({seen})")
         elif not a.changes:
-            print(f"{kind} of {obs.target}: no change to accept ({seen})")
+            print(f"{kind} of {visible(obs.target)}: no change to accept ({seen})")
         else:
-            print(f"{verb} {kind} of {obs.target}: {len(a.changes)} changes ({seen})")
+            print(
+                f"{verb} {kind} of {visible(obs.target)}: {plural(len(a.changes), 'change')}"
+                f" ({seen})"
+            )
         if not a.first:
             for change in a.changes:
-                print(f"  {change.describe()}")
-    if not check:
+                print(f"  {visible(change.describe())}")
+    if not check and any(a.first or a.changes for a in done):
         print(f"crmmaint: accepted by {user}", file=sys.stderr)
 
 
@@ -147,14 +152,15 @@ def show(
         if not pending:
             continue
         since = "no baseline yet" if base is None else "changed since the baseline"
-        print(f"\n{target}: {len(pending)} {since} (reviewed by run {obs.run_id or '-'}):")
+        run = obs.run_id or "-"
+        print(f"\n{visible(target)}: {len(pending)} {since} (reviewed by run {run}):")
         for change in pending:
-            print(f"  {change.describe()}")
+            print(f"  {visible(change.describe())}")
             if change.after is not None and change.change != "changed":
-                print(f"      {attributes(change.after)}")
+                print(f"      {visible(attributes(change.after))}")
             elif kind == "drift" and change.change == "changed" and base is not None:
                 for line in _file_diff(change, base):
-                    print(f"      {line}")
+                    print(f"      {visible(line.expandtabs())}")
     print(f"\naccept after reading: crmmaint baseline accept {kind} [--host HOST]")
 
 

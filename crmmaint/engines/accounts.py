@@ -18,17 +18,18 @@ Snapshot sections (``build_snapshot``), every list sorted unless its order means
 - ``accounts``: ``NAME`` -> ``uid``, ``gid``, ``home``, ``shell``, ``login_shell`` (bool),
   ``password`` (``usable``/``locked``/``empty``/``unusable``, ``None`` when not root);
 - ``keys``: ``ACCOUNT SHA256:…`` -> ``account``, ``file``, ``type``, ``bits``, ``comment``,
-  ``options`` (in file order, ``environment`` values masked) and ``also_in``. A key found twice
-  for one account is one item: ``file``, ``comment`` and ``options`` are those of its first
-  line in sshd's order (files in ``AuthorizedKeysFile`` order, then lines), the line sshd
-  tries first; ``also_in`` lists, sorted, the files of its other lines;
+  ``options`` (in file order, ``environment`` values masked) and ``other_lines``. A key found
+  twice for one account is one item: ``file``, ``comment`` and ``options`` are those of its
+  first line in sshd's order (files in ``AuthorizedKeysFile`` order, then lines), the line
+  sshd tries first; ``other_lines`` lists each further line, in that order, as ``FILE:
+  options [...]; comment ...``, so a copy without the first line's restrictions, or a change
+  to one, is a change of the item;
 - ``files``: ``ACCOUNT PATH`` -> ``account``, ``file``, ``truncated``: each file read, so a new
   file shows even while empty;
 - ``unreadable``: ``ACCOUNT PATH`` -> ``account``, ``file``, ``reason``: a file that exists
   (or may: its folder cannot be searched) but could not be read, never taken for an empty one;
-- ``unparsed``: ``ACCOUNT PATH:LINE`` -> ``account``, ``file``, ``line``, ``reason``, ``start``
-  (the first ``UNPARSED_PREFIX`` characters, ``None`` for a line without a space, which may be
-  a pasted private key's body);
+- ``unparsed``: ``ACCOUNT PATH:LINE`` -> ``account``, ``file``, ``line``, ``reason`` (never
+  any of the line's text: it may be a pasted password or private key);
 - ``sudo``: ``NAME`` -> ``via`` (sorted: ``uid 0``, ``group sudo`` …, ``sudoers``) and ``rules`` (sudo's ``-l`` lines, in sudo's order; sudoers files are never
   parsed here). Root itself is not listed: an empty section means no one but root;
 - ``settings`` (sshd's): ``AuthorizedKeysFile`` -> ``patterns``, ``source`` (``sshd -T``, ``argument`` or
@@ -67,8 +68,6 @@ ROOT_GROUPS = ("admin", "sudo", "wheel")
 NO_LOGIN_SHELLS = ("nologin", "false")
 #: Bytes read of each authorized_keys file; a longer file is cut there (``truncated``).
 READ_LIMIT = 1 << 20
-#: Characters of an unparsed line shown in its item: enough to find it, never the line.
-UNPARSED_PREFIX = 8
 #: The script's exit status when a tool it needs (base64) is missing.
 NOT_INSTALLED = 127
 
@@ -201,12 +200,11 @@ class AuthorizedKey:
 
 @dataclass(frozen=True)
 class UnparsedLine:
-    """A line that is neither blank, a comment nor a key sshd would accept; ``start`` holds
-    its first characters only (``None`` when it has no space: a base64 body)."""
+    """A line that is neither blank, a comment nor a key sshd would accept: its number and
+    why, never its text (it may be a pasted password or a private key's body)."""
 
     line: int
     reason: str
-    start: str | None
 
 
 def fingerprint(blob: bytes) -> str:
@@ -348,8 +346,7 @@ def parse_authorized_keys(text: str) -> list[AuthorizedKey | UnparsedLine]:
         if key is not None and key[0] in _LOADABLE_TYPES and key_bits(key[0], key[1]) is None:
             key, reason = None, "invalid key"
         if key is None:
-            start = line[:UNPARSED_PREFIX] if any(ch in _SPACE for ch in line) else None
-            entries.append(UnparsedLine(number, reason, start))
+            entries.append(UnparsedLine(number, reason))
         else:
             entries.append(AuthorizedKey(number, key[0], key[1], key[2], tuple(options)))
     return entries
@@ -539,12 +536,11 @@ def _add_keys(snapshot: Snapshot, files: list[KeysFile]) -> None:
                     "file": kf.path,
                     "line": entry.line,
                     "reason": entry.reason,
-                    "start": entry.start,
                 }
                 continue
             key = f"{kf.account} {entry.fingerprint}"
-            if key in keys:
-                keys[key]["also_in"] = sorted(set(keys[key]["also_in"]) | {kf.path})
+            if key in keys:  # sshd reads each line of a key: a copy may drop a restriction
+                keys[key]["other_lines"].append(_key_line(kf.path, entry))
                 continue
             keys[key] = {
                 "account": kf.account,
@@ -553,8 +549,14 @@ def _add_keys(snapshot: Snapshot, files: list[KeysFile]) -> None:
                 "bits": entry.bits,
                 "comment": entry.comment,
                 "options": list(entry.options),
-                "also_in": [],
+                "other_lines": [],
             }
+
+
+def _key_line(path: str, entry: AuthorizedKey) -> str:
+    """Another line of a key already listed, as ``FILE: options [a, b]; comment c`` (no line
+    number: lines moved by edits elsewhere in the file are no change)."""
+    return f"{path}: options [{', '.join(entry.options)}]; comment {entry.comment}"
 
 
 def _root_capable(probe: AccessProbe) -> dict[str, dict[str, Any]]:

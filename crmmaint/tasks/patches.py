@@ -61,10 +61,13 @@ def judge(
     where the package manager dates it (dnf)."""
     problems: list[tuple[Status, str]] = []
     security, total = len(pending.security), len(pending.updates)
+    pending_security = f"{plural(security, 'security update')} pending"
     if security_critical is not None and security >= security_critical:
-        problems.append((Status.FAILED, f"{plural(security, 'security update')} pending"))
+        problems.append(
+            (Status.FAILED, f"{pending_security} (security_critical {security_critical})")
+        )
     elif security_warn is not None and security >= security_warn:
-        problems.append((Status.WARNING, f"{plural(security, 'security update')} pending"))
+        problems.append((Status.WARNING, f"{pending_security} (security_warn {security_warn})"))
     age = pending.oldest_security_age_seconds
     if age is not None and security:
         old = f"oldest security advisory {plural(int(age // 86400), 'day')} old"
@@ -73,7 +76,9 @@ def judge(
         elif security_age_warn is not None and age >= security_age_warn:
             problems.append((Status.WARNING, old))
     if total_warn is not None and total >= total_warn:
-        problems.append((Status.WARNING, f"{plural(total, 'update')} pending"))
+        problems.append(
+            (Status.WARNING, f"{plural(total, 'update')} pending (total_warn {total_warn})")
+        )
     if pending.reboot_required:
         why = f" (for {', '.join(pending.reboot_packages)})" if pending.reboot_packages else ""
         problems.append((Status.WARNING, f"reboot required{why}"))
@@ -207,6 +212,14 @@ APPLY_TIMEOUT = 3600.0
 SECONDS_PER_PACKAGE = 10.0
 
 
+def _some_globs(globs: list[str] | None) -> None:
+    if globs is not None and not globs:
+        raise ValueError("only: [] names no package; leave `only` out to choose every package")
+    for glob in globs or []:
+        if not glob.strip():
+            raise ValueError("only: an empty glob matches no package")
+
+
 def select_updates(
     pending: PendingUpdates,
     apply: str,
@@ -237,7 +250,13 @@ def select_updates(
             choices=APPLY_CHOICES,
             help="what to install: none (the default: report only), security, or all",
         ),
-        "only": Param(list, [], item_type=str, help="only packages matching these globs"),
+        "only": Param(
+            list,
+            None,
+            item_type=str,
+            check=_some_globs,
+            help="only packages matching these globs (leave out: every package)",
+        ),
         "exclude": Param(list, [], item_type=str, help="never packages matching these globs"),
         "refresh": Param(bool, False, help="update the package lists first (never in check mode)"),
         "timeout": Param("duration", APPLY_TIMEOUT, help="seconds the install may take"),
@@ -257,13 +276,15 @@ def apply(ctx: TaskContext) -> TaskResult:
         return TaskResult.skipped(f"{ctx.target.name}: {exc}", details={"check_mode": ctx.check})
     except CrmMaintError as exc:
         return TaskResult.from_error(exc, ctx.target.name, details={"check_mode": ctx.check})
-    chosen = select_updates(pending, p["apply"], only=p["only"], exclude=p["exclude"])
+    chosen = select_updates(pending, p["apply"], only=p["only"] or (), exclude=p["exclude"])
     listed = [_package(u, set()) for u in chosen]
     details: dict[str, Any] = {
         "manager": pending.manager,
         "apply": p["apply"],
         "chosen": listed,
         "check_mode": ctx.check,
+        "reboot_required": pending.reboot_required,
+        "reboot_packages": pending.reboot_packages,
     }
     left = len(pending.updates) - len(chosen)
     if p["apply"] == "none":
@@ -271,14 +292,21 @@ def apply(ctx: TaskContext) -> TaskResult:
             f"nothing applied (apply: none): {plural(len(pending.updates), 'update')} pending"
             f" ({len(pending.security)} security); set apply: security or all to install",
             details=details,
-            metrics={"updates_pending": len(pending.updates)},
+            metrics={
+                "updates_pending": len(pending.updates),
+                "reboot_required": int(pending.reboot_required),
+            },
         )
     if not chosen:
+        kind = "security " if p["apply"] == "security" else ""
+        unfiltered = select_updates(pending, p["apply"])
+        why = ""
+        if unfiltered:
+            why = f": none of the {plural(len(unfiltered), f'{kind}update')} matches only/exclude"
         return TaskResult.ok(
-            f"no {'security ' if p['apply'] == 'security' else ''}update to apply"
-            f" ({plural(left, 'other update')} left)",
+            f"no {kind}update to apply{why} ({plural(left, 'update')} left)",
             details=details,
-            metrics={"updates_applied": 0},
+            metrics={"updates_applied": 0, "reboot_required": int(pending.reboot_required)},
         )
     names = _names(chosen)
     if ctx.check:

@@ -60,7 +60,11 @@ def command_text(command: Command) -> str:
 
 
 def short(text: str, limit: int = 80) -> str:
-    """The first ``limit`` characters of a command, for messages."""
+    """The first ``limit`` characters of a command, for messages; a command that holds a
+    script (``sh -c '…'`` over several lines) as its first line and the script's length."""
+    if "\n" in text:
+        lines = text.count("\n") + 1
+        return f"{short(text.split(chr(10), 1)[0].rstrip(), limit)}… ({lines}-line script)"
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
