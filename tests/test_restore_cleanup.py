@@ -152,7 +152,9 @@ def _make_source(engine: str, root: Path) -> tuple[dict, str]:
                                      "host": "local"}}}, name  # fmt: skip
     else:
         tree = root / "tree"
-        for d in range(20):
+        # big enough that no restore of it ends within the 1 s timeout test below (20,000
+        # files; 10,000 did on a fast machine, leaving a finished restore, not a cut one)
+        for d in range(40):
             (tree / f"d{d}").mkdir(parents=True)
             for f in range(500):
                 (tree / f"d{d}" / f"f{f}").write_bytes(os.urandom(4096))
@@ -221,8 +223,8 @@ def test_a_restore_that_times_out_leaves_nothing(estate: Estate) -> None:
     try:
         done = subprocess.run(estate.restore(target, "--timeout", "1s"), capture_output=True,
                               text=True, timeout=120)  # fmt: skip
+        assert done.returncode == 2, f"not cut by the timeout: {done.stdout + done.stderr}"
         assert estate.leftovers(target) == [], done.stderr
-        assert done.returncode == 2, done.stdout + done.stderr
         assert "timed out after 1s" in done.stdout + done.stderr
         assert "could not" not in done.stderr, done.stderr
     finally:
