@@ -6,9 +6,13 @@ Reading: one ``sh`` script for all files, paths and globs as separate arguments,
 on the host. Its output is NUL-terminated fields (a file name may hold anything but NUL), the
 content base64-encoded; the host's ``sha256sum`` hashes every regular file whole, and only files
 up to a size cap are transferred. Symlinks: a path named literally is followed (Debian's
-``/etc/mysql/my.cnf`` is one) and reported with its ``link`` target; a symlink a *glob* matched
+``/etc/mysql/my.cnf`` is one) and reported with its ``link`` target and the names of every file
+on the way (``names``: each hop's and the final target's base name), so the rules by file name
+apply to a link named ``accounts.conf`` that points at a ``shadow``; a symlink a *glob* matched
 is hashed but its content not read, so a link planted in a configuration folder cannot copy a
-file such as ``/etc/shadow`` into the journal.
+file such as ``/etc/shadow`` into the journal. Configured paths must be plain
+(``config_path_problem``): absolute, without ``.``, ``..``, ``//`` or a trailing ``/``, so one
+file has one spelling.
 
 Masking (``mask_text``) works line by line, so line numbers stay aligned for a diff; a masked
 value becomes ``***`` while its key stays readable (``password = ***``). It errs towards masking
@@ -18,17 +22,36 @@ too much: a line is masked when a key *looks* secret (``is_secret_name``), in th
   per line), ``'key' => 'value'``, ``$cfg['key'] = 'value'``, ``define('KEY', 'value')``,
   ``--key=value`` / ``--key value``, and ``key value`` at the start of a line (redis.conf),
   commented-out lines included; an unquoted value is masked to the end of the line;
+- in a directive line (``word arg arg …`` separated by blanks: nginx, Apache, SQL), the value
+  after any secret-looking argument: ``proxy_set_header X-Api-Key ***;``, ``RequestHeader set
+  X-Auth-Token ***``, ``add_header Authorization "Bearer ***"`` (an auth scheme stays
+  readable), ``CREATE ROLE app PASSWORD '***'``, commented-out lines included; but in a
+  comment that does not look like a directive (its first word holds no ``_``, ``-``, ``.`` or
+  inner capital, and it does not end in ``;``) a plain secret word followed by a plain
+  lower-case word is prose and stays (``# The password below is read at start``);
 - ``<key>value</key>``, ``<add key="Key" value="v"/>``, ``<property name="key">v</property>``;
 - the values under a secret YAML key (``secrets:`` mapping, ``password: |`` block) and in a
   secret INI section (``[credentials]``);
 - anywhere: ``scheme://user:PASSWORD@host``, ``password=…`` inside a conninfo or query string,
   ``Bearer``/``Basic``/``Token`` credentials, AWS key ids, JWTs, GitHub, Slack and Stripe tokens,
   redis ACL passwords (``user app on >secret``), and PEM private key bodies;
-- by file name: the password field of ``.pgpass`` and the hash of ``htpasswd``/``shadow`` lines.
+- anywhere, by shape: password hashes (crypt ``$1$``, ``$2b$``, ``$5$``, ``$6$``, ``$y$``,
+  ``$apr1$``, ``$argon2id$`` … keep their ``$id$``; LDAP/htpasswd ``{SHA}``, ``{SSHA}`` …
+  keep their scheme), PostgreSQL/pgbouncer verifiers (``md5`` + 32 hex digits,
+  ``SCRAM-SHA-256$…``), the password field of a ``shadow``-format line (nine fields, numeric
+  ageing) and a DES hash in an ``htpasswd``-format line (``name:`` + 13 characters), whatever
+  the file is called;
+- by file name (the configured path's, or any name a symlink leads through): the password field
+  of ``.pgpass`` and the hash of ``htpasswd``/``shadow`` lines.
+
+A key looks secret by a word in it (``SECRET_SUBSTRINGS``, ``SECRET_WORDS``) or by how a word of
+it ends (``dbpass``, ``adminpwd``, ``rootpw``: ``SECRET_ENDINGS``, except ``bypass`` and the like).
 
 Not recognised: a secret under a key that does not look secret (``db: hunter2``), short flags
 (``-psecret``), values continued on the next line (a shell ``\\``), ``user:pass@host`` without
-a scheme.
+a scheme, a lower-case word after a plain secret word in a comment of plain words
+(``# Header set Authorization hunter``: prose), a plaintext ``htpasswd`` password under another
+file name.
 """
 
 from __future__ import annotations
@@ -69,6 +92,14 @@ NOT_SECRET = frozenset(
     {"passwordauthentication", "permitemptypasswords", "passwordencryption", "hostkey"}
 )
 
+#: A word of a key ending in one of these makes it secret (``dbpass``, ``adminpwd``,
+#: ``mysqlpasswd``, ``rootpw``), under the ``HARMLESS_LAST`` rule, unless it is in
+#: ``NOT_SECRET_WORDS``.
+SECRET_ENDINGS = ("pass", "pwd", "passwd", "pw")
+NOT_SECRET_WORDS = frozenset(
+    {"bypass", "compass", "encompass", "overpass", "underpass", "surpass", "trespass"}
+)
+
 _WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")
 
 
@@ -81,7 +112,12 @@ def is_secret_name(name: str) -> bool:
     if any(s in squashed for s in SECRET_SUBSTRINGS):
         return True
     words = [w.lower() for w in _WORD.findall(name)]
-    return any(w in SECRET_WORDS for w in words) and words[-1] not in HARMLESS_LAST
+    if not words or words[-1] in HARMLESS_LAST:
+        return False
+    return any(
+        w in SECRET_WORDS or (w.endswith(SECRET_ENDINGS) and w not in NOT_SECRET_WORDS)
+        for w in words
+    )
 
 
 # --- masking --------------------------------------------------------------------------------
@@ -121,6 +157,36 @@ _TOKENS = (
     re.compile(r"\b(xox[abposr]-[A-Za-z0-9\-]{10,})"),
     re.compile(r"\b([sr]k_(?:live|test)_[A-Za-z0-9]{10,})"),
     re.compile(r"\b(AIza[0-9A-Za-z_\-]{35})"),
+)
+#: Password hashes and verifiers, by shape, anywhere on a line: the group is masked (an
+#: algorithm's ``$id$`` or ``{SCHEME}`` stays readable).
+_HASHES = (
+    re.compile(
+        r"(?<![\w$])\$(?:1|2[abxy]?|3|5|6|7|y|gy|sha1|md5|apr1|argon2(?:id|i|d)"
+        r"|pbkdf2(?:-sha\d+)?|scrypt|bcrypt(?:-sha256)?)\$([./A-Za-z0-9$=,+\-]{8,})"
+    ),
+    re.compile(
+        r"\{(?:S?SHA(?:1|224|256|384|512)?|S?MD5|S?CRYPT|PBKDF2[\w\-]*|ARGON2|BCRYPT|SSHA\w*"
+        r"|PLAIN|CLEARTEXT|NT|X-[\w\-]+)\}([A-Za-z0-9+/=.$_\-]+)",
+        re.IGNORECASE,
+    ),
+    re.compile(r"(?<![A-Za-z0-9])md5([0-9a-fA-F]{32})(?![0-9a-fA-F])"),
+    re.compile(r"\bSCRAM-SHA-(?:1|256|512)\$([A-Za-z0-9+/=:$.\-]+)", re.IGNORECASE),
+)
+#: A ``shadow`` line (nine fields, ageing numeric): the password field.
+_SHADOW_LINE = re.compile(r"^[^:\s#][^:\s]*:([^:]*):\d*:\d*:\d*:\d*:\d*:\d*:[^:]*$")
+#: An ``htpasswd`` line with a DES hash: the hash.
+_HTPASSWD_DES = re.compile(r"^[^:\s#][^:\s]*:([./0-9A-Za-z]{13})[ \t]*$")
+#: A directive line's secret-looking argument (the value follows the blanks after it).
+_DIRECTIVE_ARG = re.compile(rf"(?<=[ \t])([\"']?)({_NAME})\1[ \t]+(?=[^ \t=:])")
+_COMMENT = re.compile(r"^[ \t]*(?:#+|;+|//|--|!)")
+#: A comment's first word that reads like a directive, not prose.
+_DIRECTIVE_LIKE = re.compile(r"[_.\-]|^.[^A-Z]*[A-Z]")
+#: A lower-case word as prose has it (``below``, ``is,``).
+_PROSE_WORD = re.compile(r"[a-z]+(?:[,.;:!?)]?(?:[ \t]|$))")
+#: An HTTP auth scheme at the start of a header value: it stays readable.
+_AUTH_SCHEME = re.compile(
+    r"(?:Bearer|Basic|Token|Digest|Negotiate|NTLM|Bot|ApiKey)[ \t]+(?=\S)", re.IGNORECASE
 )
 _PEM_BEGIN = re.compile(r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY[A-Z ]*-----")
 _PEM_END = re.compile(r"-----END [A-Z0-9 ]*PRIVATE KEY[A-Z ]*-----")
@@ -168,6 +234,46 @@ def _content_span(line: str, start: int = 0) -> Span | None:
     return begin, len(line.rstrip())
 
 
+def _directive_spans(line: str) -> list[Span]:
+    """``requirepass secret`` (the first word secret: its value), and in a directive line
+    the value after each secret-looking argument (``proxy_set_header X-Api-Key secret;``),
+    scanned left to right so a masked value's words are not read as arguments."""
+    m = _LEADING_WORD.match(line)
+    if m is None:
+        return []
+    spans: list[Span] = []
+    pos = m.end()
+    if is_secret_name(m.group(1)):
+        span = _value_span(line, pos)
+        if span is None:
+            return spans
+        spans.append(span)
+        pos = span[1] + 1
+    # a comment may be prose ("# The password below …"): there a plain word (``password``)
+    # followed by a plain lower-case word is taken for prose, not for a setting
+    prose = (
+        _COMMENT.match(line) is not None
+        and not _DIRECTIVE_LIKE.search(m.group(1))
+        and not line.rstrip().endswith(";")
+    )
+    while (arg := _DIRECTIVE_ARG.search(line, pos)) is not None:
+        span = _value_span(line, arg.end()) if is_secret_name(arg.group(2)) else None
+        if (
+            span is not None
+            and prose
+            and not _DIRECTIVE_LIKE.search(arg.group(2))
+            and _PROSE_WORD.match(line, arg.end())
+        ):
+            span = None
+        if span is None:
+            pos = arg.end(2)
+            continue
+        scheme = _AUTH_SCHEME.match(line, span[0], span[1])
+        spans.append((scheme.end(), span[1]) if scheme else span)
+        pos = span[1] + 1
+    return spans
+
+
 def _line_spans(line: str) -> list[Span]:
     """The stretches of one line to mask, by the rules that need no context."""
     spans: list[Span] = []
@@ -198,9 +304,8 @@ def _line_spans(line: str) -> list[Span]:
     for m in _LONG_OPTION.finditer(line):
         if is_secret_name(m.group(1)):
             add(_value_span(line, m.end()))
-    m = _LEADING_WORD.match(line)
-    if m and is_secret_name(m.group(1)):
-        add(_value_span(line, m.end()))
+    for span in _directive_spans(line):
+        add(span)
     for m in _XML_ELEMENT.finditer(line):
         if is_secret_name(m.group(1)):
             add(m.span(2) if m.group(2).strip() else None)
@@ -219,8 +324,12 @@ def _line_spans(line: str) -> list[Span]:
     if _REDIS_ACL.match(line):
         for m in _REDIS_ACL_PASSWORD.finditer(line):
             add(m.span(1))
-    for pattern in _TOKENS:
+    for pattern in (*_TOKENS, *_HASHES):
         for m in pattern.finditer(line):
+            add(m.span(1))
+    for pattern in (_SHADOW_LINE, _HTPASSWD_DES):
+        m = pattern.match(line)
+        if m and not re.fullmatch(r"[!*]*", m.group(1)):
             add(m.span(1))
     return spans
 
@@ -254,12 +363,23 @@ def _colon_field_span(line: str, index: int) -> Span | None:
     return (start, len(line.rstrip())) if len(line.rstrip()) > start else None
 
 
-def mask_text(text: str, path: str = "") -> tuple[str, int]:
+def colon_field(path: str = "", names: Iterable[str] = ()) -> int | None:
+    """The secret field's index by ``COLON_FILES`` for a file at ``path`` reached through
+    symlinks to ``names`` (base names or paths): the first of them it knows."""
+    for name in (path, *names):
+        index = COLON_FILES.get(posixpath.basename(name.rstrip("/")))
+        if index is not None:
+            return index
+    return None
+
+
+def mask_text(text: str, path: str = "", names: Iterable[str] = ()) -> tuple[str, int]:
     """``text`` with secret-looking values replaced by ``***`` (see the module docstring), and
     the number of lines changed. Line by line: the result has as many lines as ``text``, each
     at its place. Idempotent: masking masked text changes nothing. ``path`` (the file's name)
-    selects the rules of ``COLON_FILES``."""
-    colon_field = COLON_FILES.get(posixpath.basename(path))
+    and ``names`` (the files a symlink at ``path`` leads through) select the rules of
+    ``COLON_FILES``."""
+    colon_index = colon_field(path, names)
     out: list[str] = []
     masked = 0
     in_pem = False
@@ -311,8 +431,8 @@ def mask_text(text: str, path: str = "") -> tuple[str, int]:
             section = _INI_SECTION.match(line)
             if section:
                 ini_secret = is_secret_name(section.group(1))
-        if colon_field is not None:
-            spans.append(_colon_field_span(line, colon_field) or (0, 0))
+        if colon_index is not None:
+            spans.append(_colon_field_span(line, colon_index) or (0, 0))
         new = _apply(line, [s for s in spans if s[1] > s[0]])
         masked += new != line
         out.append(new)
@@ -333,10 +453,12 @@ def as_text(content: bytes) -> str | None:
 
 #: $1 = the most bytes of one file transferred, $2 = the most of all files, then paths and
 #: globs (IFS empty: a glob is expanded, never split at spaces). Exits 127 without a tool.
-#: NUL-terminated fields, one record per file: ``F pattern path link meta sha256 base64`` (a
-#: regular file; the last field is ``b`` + base64 when transferred, else empty), ``U pattern path link meta`` (unreadable),
-#: ``O pattern path link meta`` (not a regular file), ``M pattern`` (nothing there). ``meta``:
-#: ``mode<TAB>owner<TAB>group<TAB>size<TAB>type``; ``link``: a symlink's target, else empty.
+#: NUL-terminated fields, one record per file: ``F pattern path link names meta sha256 base64``
+#: (a regular file; the last field is ``b`` + base64 when transferred, else empty), ``U pattern
+#: path link names meta`` (unreadable), ``O pattern path link names meta`` (not a regular file),
+#: ``M pattern`` (nothing there). ``meta``: ``mode<TAB>owner<TAB>group<TAB>size<TAB>type``;
+#: ``link``: a symlink's target, else empty; ``names``: the base names of the files a symlink
+#: leads through, each hop and the final target (``readlink -f``), each after a ``/``.
 READ_SCRIPT = r"""
 cap=$1; budget=$2; shift 2; IFS=; fmt=$(printf '%%a\t%%U\t%%G\t%%s\t%%F')
 for t in sha256sum base64 stat readlink; do command -v $t >/dev/null 2>&1 || exit 127; done
@@ -345,14 +467,22 @@ for pat do
   n=0
   for f in $pat; do
     [ -e "$f" ] || [ -L "$f" ] || continue
-    n=1; link=
-    [ -L "$f" ] && link=$(readlink -- "$f")
-    if [ ! -e "$f" ]; then printf 'O\0%s\0%s\0%s\0\t\t\t0\tdangling symbolic link\0' "$pat" "$f" "$link"; continue; fi
+    n=1; link=; names=
+    if [ -L "$f" ]; then
+      link=$(readlink -- "$f"); t=$f; i=0
+      while [ -L "$t" ] && [ $i -lt 40 ]; do
+        l=$(readlink -- "$t") || break
+        case $l in /*) t=$l;; *) t=${t%/*}/$l;; esac
+        names=$names/${t##*/}; i=$((i + 1))
+      done
+      r=$(readlink -f -- "$f" 2>/dev/null) && names=$names/${r##*/}
+    fi
+    if [ ! -e "$f" ]; then printf 'O\0%s\0%s\0%s\0%s\0\t\t\t0\tdangling symbolic link\0' "$pat" "$f" "$link" "$names"; continue; fi
     meta=$(stat -L -c "$fmt" -- "$f") || meta="?	?	?	0	unknown"
-    if [ ! -f "$f" ]; then printf 'O\0%s\0%s\0%s\0%s\0' "$pat" "$f" "$link" "$meta"; continue; fi
-    if [ ! -r "$f" ]; then printf 'U\0%s\0%s\0%s\0%s\0' "$pat" "$f" "$link" "$meta"; continue; fi
+    if [ ! -f "$f" ]; then printf 'O\0%s\0%s\0%s\0%s\0%s\0' "$pat" "$f" "$link" "$names" "$meta"; continue; fi
+    if [ ! -r "$f" ]; then printf 'U\0%s\0%s\0%s\0%s\0%s\0' "$pat" "$f" "$link" "$names" "$meta"; continue; fi
     h=$(sha256sum <"$f") || h=
-    printf 'F\0%s\0%s\0%s\0%s\0%s\0' "$pat" "$f" "$link" "$meta" "${h%% *}"
+    printf 'F\0%s\0%s\0%s\0%s\0%s\0%s\0' "$pat" "$f" "$link" "$names" "$meta" "${h%% *}"
     size=$(stat -L -c %s -- "$f") || size=$cap
     if [ "$size" -le "$cap" ] && [ "$size" -le "$budget" ] && { [ -z "$link" ] || [ $glob = 0 ]; }; then
       budget=$((budget - size)); printf b; base64 <"$f" | tr -d '\n'
@@ -365,7 +495,7 @@ true
 """
 
 #: Fields of each record kind after the kind itself.
-_FIELDS = {"F": 6, "U": 4, "O": 4, "M": 1}
+_FIELDS = {"F": 7, "U": 5, "O": 5, "M": 1}
 
 
 @dataclass(frozen=True)
@@ -373,7 +503,8 @@ class ConfigFile:
     """One configured path as the host saw it. ``state``: ``file`` (a readable regular file),
     ``unreadable`` (no read permission), ``other`` (a directory, device or dangling link:
     ``kind`` says which), ``missing``. ``content`` is the raw bytes when transferred: never
-    logged or stored (``repr`` leaves it out); ``sha256`` covers the whole file."""
+    logged or stored (``repr`` leaves it out); ``sha256`` covers the whole file. ``names``:
+    the base names of the files a symlink at ``path`` leads through (for ``mask_text``)."""
 
     path: str
     pattern: str
@@ -386,6 +517,7 @@ class ConfigFile:
     kind: str | None = None
     sha256: str | None = None
     content: bytes | None = field(default=None, repr=False)
+    names: tuple[str, ...] = ()
 
     @property
     def globbed(self) -> bool:
@@ -434,23 +566,25 @@ def parse_config_files(data: bytes) -> list[ConfigFile]:
         if path in seen and (pattern != path or not out[seen[path]].globbed):
             continue  # listed already (a literal path wins over a glob's match of it)
         link = values[2].decode("utf-8", "surrogateescape") or None
-        meta = _meta(values[3].decode("utf-8", "replace"))
+        names = tuple(n for n in values[3].decode("utf-8", "surrogateescape").split("/") if n)
+        meta = _meta(values[4].decode("utf-8", "replace"))
         if kind == "F":
-            sha = values[4].decode("ascii", "replace") or None
+            sha = values[5].decode("ascii", "replace") or None
             content = None
-            if values[5].startswith(b"b"):  # transferred ("b" + base64, empty for an empty file)
+            if values[6].startswith(b"b"):  # transferred ("b" + base64, empty for an empty file)
                 try:
-                    content = base64.b64decode(values[5][1:], validate=True)
+                    content = base64.b64decode(values[6][1:], validate=True)
                 except ValueError:
                     content = None
                 if content is not None and hashlib.sha256(content).hexdigest() != sha:
                     content = None  # changed between hashing and reading
             meta.pop("kind")
-            found = ConfigFile(path, pattern, "file", link, sha256=sha, content=content, **meta)
-        else:
             found = ConfigFile(
-                path, pattern, "unreadable" if kind == "U" else "other", link, **meta
+                path, pattern, "file", link, sha256=sha, content=content, names=names, **meta
             )
+        else:
+            state = "unreadable" if kind == "U" else "other"
+            found = ConfigFile(path, pattern, state, link, names=names, **meta)
         if path in seen:
             out[seen[path]] = found
         else:
@@ -459,11 +593,31 @@ def parse_config_files(data: bytes) -> list[ConfigFile]:
     return out
 
 
+def normal_path(path: str) -> str:
+    """``path`` (absolute) spelt plainly: no ``.`` or empty components, ``..`` taken back
+    lexically, no trailing ``/``."""
+    parts: list[str] = []
+    for part in path.split("/"):
+        if part == "..":
+            if parts:
+                parts.pop()
+        elif part not in ("", "."):
+            parts.append(part)
+    return "/" + "/".join(parts)
+
+
 def config_path_problem(path: str) -> str | None:
-    """What is wrong with a configured file path or glob (it must be absolute and hold no NUL),
-    or ``None``."""
-    if not path.startswith("/"):
-        return f"{path!r} is not an absolute path (configuration files are named from /)"
+    """What is wrong with a configured file path or glob, or ``None``: it must be absolute,
+    hold no NUL, and be spelt plainly (``normal_path``), so one file has one spelling (else
+    it would be new under one and no longer configured under the other)."""
     if "\0" in path:
-        return f"{path!r} holds a NUL character"
+        return f"{path!r} holds a NUL character: remove it"
+    if not path.startswith("/"):
+        return f"{path!r} must be an absolute path or glob on the host (starting with /)"
+    normal = normal_path(path)
+    if normal != path:
+        return (
+            f"{path!r} is not a plain path (it has '.', '..', '//' or a trailing '/'):"
+            f" write {normal!r}"
+        )
     return None

@@ -271,12 +271,16 @@ def _host(name: str, spec: dict, base: Path) -> Host:
 
 def _config_files(spec: dict, what: str) -> list[str]:
     """``config_files:``, the paths and globs ``config.drift`` reads on the host: absolute
-    (they name files on the host, whatever the inventory's folder), without NUL."""
+    (they name files on the host, whatever the inventory's folder), without NUL, spelt plainly
+    (no ``.``, ``..`` or ``//``: one file, one spelling)."""
+    from crmmaint.engines.config_files import config_path_problem  # engines imports inventory
+
     paths = get_str_list(spec, "config_files")
     for p in paths:
-        if not p.startswith("/") or "\0" in p:
+        problem = config_path_problem(p)
+        if problem:
             raise SourceError(
-                f"{what}: config_files entry {p!r} must be an absolute path or glob on the host",
+                f"{what}: config_files entry {problem}",
                 line_of(spec, "config_files"),
                 "config_files",
             )

@@ -7,7 +7,10 @@ sha256, size, mode, owner, group, symlink target and *masked* text) and reports 
 since the baseline ``crmmaint baseline accept drift`` accepted: a unified diff of each changed
 text file between the accepted masked text and today's, mode and owner changes, new files (a
 glob matching more) and missing ones. Raw file content is never stored, logged or reported:
-only the masked text reaches the snapshot, so neither the journal nor a diff holds a secret.
+only the masked text reaches the snapshot, so neither the journal nor a diff holds a secret (a
+symlink is masked by its own name and by the names of the files it leads to: a link to a
+``shadow`` is masked as one). The step's ``files`` replaces the host's list; an empty one, and
+a path not spelt plainly (``/etc/x/../y.conf``), are refused when the playbook is checked.
 """
 
 from __future__ import annotations
@@ -50,6 +53,10 @@ _SUMMARY_FIELDS = ("sha256", "mode", "owner", "group", "link", "missing", "unrea
 
 
 def _check_files(files: list[str] | None) -> None:
+    if files is not None and not files:
+        raise ValueError(
+            "files: [] names no file; leave `files` out to use the host's config_files"
+        )
     for path in files or []:
         problem = config_path_problem(path)
         if problem:
@@ -86,7 +93,7 @@ def file_item(found: ConfigFile, *, max_size: int) -> dict[str, Any]:
         if text is None:
             item["content"] = "binary"
         else:
-            item["text"], item["masked_lines"] = mask_text(text, found.path)
+            item["text"], item["masked_lines"] = mask_text(text, found.path, found.names)
             item["content"] = "text"
     elif found.size is not None and found.size > max_size:
         item["content"] = "too large"
@@ -308,7 +315,7 @@ def drift(ctx: TaskContext) -> TaskResult:
     """Configured files against the accepted baseline: masked diffs, new and missing files."""
     p = ctx.params
     host = ctx.target.host
-    patterns = list(p["files"] or host.config_files)
+    patterns = list(host.config_files if p["files"] is None else p["files"])
     if not patterns:
         return TaskResult.skipped(
             f"{host.name}: no configuration files to check: set `config_files:` on the host in"
