@@ -1,12 +1,20 @@
-"""The journal: run history in SQLite (runs, per-target results, metrics, task state).
+"""The journal: run history in SQLite (runs, per-target results, metrics, task state) and
+the audit trail of the commands that change something (``audit``).
 
 Reports, ``history``/``show``, monitoring checks, capacity forecasts and the scheduler's
 catch-up read it. It stores results as tasks return them, which never hold secrets.
+
+The ``audit`` table is append-only: nothing here updates or deletes its rows, and triggers
+make SQLite refuse an UPDATE or DELETE from anyone else. Each row carries the SHA-256 of the
+row before it and of its own content (``hash``), so ``verify_audit`` finds a row changed or
+taken out of the middle (an attacker who can write the file can rewrite the whole chain:
+this is tamper evidence against mistakes and casual edits, not a signature).
 """
 
 from __future__ import annotations
 
 import getpass
+import hashlib
 import json
 import logging
 import os
@@ -67,7 +75,48 @@ CREATE TABLE IF NOT EXISTS state (
     value TEXT NOT NULL,
     updated REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY,
+    phase TEXT NOT NULL,
+    start_id INTEGER REFERENCES audit(id),
+    at REAL NOT NULL,
+    user TEXT,
+    sudo_user TEXT,
+    login_user TEXT,
+    ssh_client TEXT,
+    machine TEXT,
+    process TEXT,
+    command TEXT NOT NULL,
+    argv TEXT NOT NULL,
+    targets TEXT NOT NULL,
+    remote_users TEXT NOT NULL,
+    flags TEXT NOT NULL,
+    outcome TEXT,
+    exit_code INTEGER,
+    run_id INTEGER,
+    detail TEXT,
+    prev_hash TEXT NOT NULL,
+    hash TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_at ON audit(at);
+CREATE INDEX IF NOT EXISTS audit_start ON audit(start_id);
+CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
+BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
+BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
 """
+
+#: The columns of an ``audit`` row a writer gives (``record_audit``), in the order they are
+#: hashed; ``id``, ``prev_hash`` and ``hash`` are the journal's.
+AUDIT_FIELDS = (
+    "phase", "start_id", "at", "user", "sudo_user", "login_user", "ssh_client", "machine",
+    "process", "command", "argv", "targets", "remote_users", "flags", "outcome", "exit_code",
+    "run_id", "detail",
+)  # fmt: skip
+#: Columns stored as JSON text, decoded by the readers.
+_AUDIT_JSON = {"process": None, "argv": [], "targets": [], "remote_users": {}, "flags": {}}
+#: The ``prev_hash`` of the first audit row.
+AUDIT_GENESIS = "0" * 64
 
 
 def default_journal_path() -> Path:
@@ -238,6 +287,113 @@ class Journal:
                 "UPDATE runs SET finished = ?, status = ? WHERE id = ?",
                 (time.time(), str(status), run_id),
             )
+
+    def record_audit(self, **row: Any) -> int:
+        """Append one row to the audit trail and return its id. ``row`` holds ``AUDIT_FIELDS``
+        (missing ones are NULL or empty); JSON columns (``argv``, ``targets``, ``remote_users``,
+        ``flags``, ``process``) are given as Python values. Callers redact first: this stores
+        what it is given (``crmmaint.audit`` builds rows). Never updates or deletes a row.
+
+        The previous row's hash is read and the new row written in one IMMEDIATE transaction,
+        so two processes appending at once still make one chain."""
+        unknown = set(row) - set(AUDIT_FIELDS)
+        if unknown:
+            raise ValueError(f"unknown audit fields: {', '.join(sorted(unknown))}")
+        values = {name: row.get(name) for name in AUDIT_FIELDS}
+        values["at"] = float(values["at"] if values["at"] is not None else time.time())
+        for name, empty in _AUDIT_JSON.items():
+            value = values[name] if values[name] is not None else empty
+            values[name] = None if value is None else json.dumps(value, sort_keys=True)
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                last = self._db.execute(
+                    "SELECT hash FROM audit ORDER BY id DESC LIMIT 1"
+                ).fetchone()
+                prev = last[0] if last else AUDIT_GENESIS
+                digest = audit_digest(prev, values)
+                cur = self._db.execute(
+                    f"INSERT INTO audit ({', '.join(AUDIT_FIELDS)}, prev_hash, hash)"
+                    f" VALUES ({', '.join('?' * (len(AUDIT_FIELDS) + 2))})",
+                    [*(values[name] for name in AUDIT_FIELDS), prev, digest],
+                )
+                self._db.commit()
+            except BaseException:
+                self._db.rollback()
+                raise
+            return int(cur.lastrowid or 0)
+
+    def audit_rows(self, since: float | None = None) -> list[dict[str, Any]]:
+        """The audit trail's rows as stored, oldest first (JSON columns decoded), those at or
+        after ``since`` (unix time) when given. ``crmmaint.audit.audit_entries`` joins each
+        command's start and end rows."""
+        sql, args = "SELECT * FROM audit", []
+        if since is not None:
+            sql += " WHERE at >= ?"
+            args.append(since)
+        rows = self._rows(sql + " ORDER BY id", args)
+        for row in rows:
+            for name, empty in _AUDIT_JSON.items():
+                try:
+                    row[name] = json.loads(row[name]) if row[name] is not None else empty
+                except (TypeError, ValueError):
+                    row[name] = empty
+        return rows
+
+    def audit_ends(self, start_ids: list[int]) -> dict[int, dict[str, Any]]:
+        """The end rows of the audit rows ``start_ids`` (start id -> end row, decoded as
+        ``audit_rows`` does): an end written after ``since`` of a listing is found by its
+        start, wherever the listing's window began."""
+        if not start_ids:
+            return {}
+        found: dict[int, dict[str, Any]] = {}
+        for i in range(0, len(start_ids), 500):
+            chunk = start_ids[i : i + 500]
+            rows = self._rows(
+                f"SELECT * FROM audit WHERE start_id IN ({', '.join('?' * len(chunk))})"
+                " ORDER BY id",
+                list(chunk),
+            )
+            for row in rows:
+                for name, empty in _AUDIT_JSON.items():
+                    try:
+                        row[name] = json.loads(row[name]) if row[name] is not None else empty
+                    except (TypeError, ValueError):
+                        row[name] = empty
+                found.setdefault(row["start_id"], row)
+        return found
+
+    def runs_of_this_process(self, since: float) -> list[int]:
+        """Ids of the runs this process started at or after ``since`` (unix time), oldest
+        first: the audit trail links a command to the run it journaled."""
+        me = this_process()
+        rows = self._rows(
+            "SELECT id FROM runs WHERE machine = ? AND pid = ? AND started >= ? ORDER BY id",
+            [me["machine"], me["pid"], since],
+        )
+        return [int(row["id"]) for row in rows]
+
+    def verify_audit(self) -> list[str]:
+        """Check the audit trail's hash chain: one line per problem (a row whose content no
+        longer matches its hash, a row missing before another); ``[]`` when intact. Rows
+        removed from the end leave no trace: keep copies of the journal (``backup``)."""
+        problems: list[str] = []
+        prev = AUDIT_GENESIS
+        with self._lock:
+            cur = self._db.execute(
+                f"SELECT id, {', '.join(AUDIT_FIELDS)}, prev_hash, hash FROM audit ORDER BY id"
+            )
+            for found in cur:
+                row_id, *fields, prev_hash, digest = found
+                values = dict(zip(AUDIT_FIELDS, fields, strict=True))
+                if prev_hash != prev:
+                    problems.append(
+                        f"audit row {row_id}: the row before it is missing or was changed"
+                    )
+                if audit_digest(prev_hash, values) != digest:
+                    problems.append(f"audit row {row_id}: its content was changed")
+                prev = digest
+        return problems
 
     def state_get(self, key: str, default: Any = None) -> Any:
         with self._lock:
@@ -431,6 +587,15 @@ def current_user() -> str:
         return os.environ.get("SUDO_USER") or getpass.getuser()
     except (KeyError, OSError):
         return str(os.getuid())
+
+
+def audit_digest(prev_hash: str, values: dict[str, Any]) -> str:
+    """The SHA-256 (hex) of an audit row: the previous row's hash and the row's
+    ``AUDIT_FIELDS`` as stored (JSON columns as their text), as canonical JSON."""
+    content = json.dumps(
+        [prev_hash, [values.get(name) for name in AUDIT_FIELDS]], separators=(",", ":")
+    )
+    return hashlib.sha256(content.encode()).hexdigest()
 
 
 def _is_number(v: Any) -> bool:

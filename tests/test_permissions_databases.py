@@ -149,9 +149,9 @@ def test_pg_public_grants(pg: PgScratch) -> None:
     engine = pg.engine()
     snapshot = postgresql_permissions(engine, timeout=30)
     assert snapshot["public_grants"] == {
-        "public.t": {"kind": "table", "privileges": ["SELECT"]},
-        '"Odd Schema"."t.x"': {"kind": "table", "privileges": ["INSERT", "SELECT"]},
-        "public.s": {"kind": "sequence", "privileges": ["USAGE"]},
+        "public.t": {"kind": "table", "privileges": ["SELECT"], "columns": []},
+        '"Odd Schema"."t.x"': {"kind": "table", "privileges": ["INSERT", "SELECT"], "columns": []},
+        "public.s": {"kind": "sequence", "privileges": ["USAGE"], "columns": []},
     }
     major = int(psql("postgres", "SHOW server_version_num")) // 10000
     public = ["USAGE"] if major >= 15 else ["CREATE", "USAGE"]  # PUBLIC's default ACL
@@ -328,10 +328,11 @@ def test_my_database_grants(my: MyScratch) -> None:
     grants = snapshot["database_grants"]
     assert grants[reader] == {
         "privileges": ["SELECT"], "grant_option": False, "databases": [my.dbname], "tables": [],
+        "columns": [],
     }  # fmt: skip
     assert grants[writer] == {
         "privileges": [], "grant_option": False, "databases": [],
-        "tables": ["t:GRANT OPTION", "t:INSERT", "t:UPDATE"],
+        "tables": ["t:GRANT OPTION", "t:INSERT", "t:UPDATE"], "columns": [],
     }  # fmt: skip
     assert grants[pattern]["privileges"] == ["DELETE"]
     assert grants[pattern]["databases"] == ["crmtest\\_perm\\_%"]
@@ -358,3 +359,221 @@ def test_my_user_table_fallback(my: MyScratch) -> None:
     assert old[2:5] == ("mysql_native_password", "set", "0")
     assert nopw[3] == "none"
     assert old[-4:] == ("0", "", "0", "")  # role, locked (not kept), expired, access
+
+
+# --- the families added after a hostile review -----------------------------------------------
+
+
+def test_pg_public_column_grants(pg: PgScratch) -> None:
+    odd = 'we"i\trd\nco:l'
+    psql(pg.dbname, f"""
+        CREATE TABLE contacts (id int, name text, {quote_ident(odd)} text, gone text);
+        CREATE SCHEMA "Odd Schema";
+        CREATE TABLE "Odd Schema"."t.x" (id int, email text);
+        GRANT SELECT (name, {quote_ident(odd)}), UPDATE (name) ON contacts TO PUBLIC;
+        GRANT SELECT ON "Odd Schema"."t.x" TO PUBLIC;
+        GRANT INSERT (email) ON "Odd Schema"."t.x" TO PUBLIC;
+        GRANT SELECT (gone) ON contacts TO PUBLIC;
+        ALTER TABLE contacts DROP COLUMN gone;
+    """)  # fmt: skip
+    engine = pg.engine()
+    snapshot = postgresql_permissions(engine, timeout=30)
+    odd_entry = '"we""i\trd\nco:l":SELECT'  # quote_ident's spelling, tab and newline whole
+    assert snapshot["public_grants"] == {
+        "public.contacts": {
+            "kind": "table", "privileges": [],
+            "columns": sorted([odd_entry, "name:SELECT", "name:UPDATE"]),
+        },
+        '"Odd Schema"."t.x"': {
+            "kind": "table", "privileges": ["SELECT"], "columns": ["email:INSERT"],
+        },
+    }  # fmt: skip
+    again = postgresql_permissions(engine, timeout=30)  # other tests' roles left out
+    assert json.dumps(pg.mine(again)) == json.dumps(pg.mine(snapshot))
+
+    psql(pg.dbname, f"""
+        REVOKE SELECT (name, {quote_ident(odd)}), UPDATE (name) ON contacts FROM PUBLIC;
+        REVOKE INSERT (email) ON "Odd Schema"."t.x" FROM PUBLIC;
+    """)  # fmt: skip
+    after = postgresql_permissions(engine, timeout=30)["public_grants"]
+    assert after == {
+        '"Odd Schema"."t.x"': {"kind": "table", "privileges": ["SELECT"], "columns": []}
+    }
+
+
+def test_pg_default_grants(pg: PgScratch) -> None:
+    owner = pg.role("own'er\tx")
+    schema = 'Sch"ema\nB'
+    psql(pg.dbname, f"""
+        CREATE SCHEMA {quote_ident(schema)};
+        ALTER DEFAULT PRIVILEGES GRANT SELECT ON TABLES TO PUBLIC;
+        ALTER DEFAULT PRIVILEGES FOR ROLE {quote_ident(owner)} IN SCHEMA {quote_ident(schema)}
+            GRANT USAGE, SELECT ON SEQUENCES TO PUBLIC;
+        ALTER DEFAULT PRIVILEGES FOR ROLE {quote_ident(owner)}
+            GRANT SELECT ON TABLES TO {quote_ident(owner)};
+        ALTER DEFAULT PRIVILEGES REVOKE EXECUTE ON FUNCTIONS FROM PUBLIC;
+    """)  # fmt: skip
+    engine = pg.engine()
+    snapshot = postgresql_permissions(engine, timeout=30)
+    assert snapshot["default_grants"] == {
+        "postgres * functions": {
+            "role": "postgres",
+            "schema": None,
+            "objects": "functions",
+            "privileges": [],
+        },
+        "postgres * tables": {
+            "role": "postgres",
+            "schema": None,
+            "objects": "tables",
+            "privileges": ["SELECT"],
+        },
+        f"{quote_ident(owner)} {quote_ident(schema)} sequences": {
+            "role": owner,
+            "schema": schema,
+            "objects": "sequences",
+            "privileges": ["SELECT", "USAGE"],
+        },
+    }  # a default grant to a role, not PUBLIC, is not listed
+    again = postgresql_permissions(engine, timeout=30)  # other tests' roles left out
+    assert json.dumps(pg.mine(again)) == json.dumps(pg.mine(snapshot))
+    # what it means: a table made now is PUBLIC's to read
+    psql(pg.dbname, "CREATE TABLE fresh (id int)")
+    assert postgresql_permissions(engine, timeout=30)["public_grants"]["public.fresh"] == {
+        "kind": "table", "privileges": ["SELECT"], "columns": [],
+    }  # fmt: skip
+
+    psql(pg.dbname, f"""
+        ALTER DEFAULT PRIVILEGES REVOKE SELECT ON TABLES FROM PUBLIC;
+        ALTER DEFAULT PRIVILEGES FOR ROLE {quote_ident(owner)} IN SCHEMA {quote_ident(schema)}
+            REVOKE USAGE, SELECT ON SEQUENCES FROM PUBLIC;
+        ALTER DEFAULT PRIVILEGES GRANT EXECUTE ON FUNCTIONS TO PUBLIC;
+    """)  # fmt: skip
+    assert postgresql_permissions(engine, timeout=30)["default_grants"] == {}
+
+
+def test_pg_definer_functions(pg: PgScratch) -> None:
+    owner = pg.role('fn "owner"\n')
+    psql(pg.dbname, f"""
+        CREATE SCHEMA "s.x";
+        CREATE FUNCTION "s.x"."get	it"(a int, "b'q" text) RETURNS int LANGUAGE sql
+            SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS 'SELECT 1';
+        ALTER FUNCTION "s.x"."get	it"(int, text) OWNER TO {quote_ident(owner)};
+        CREATE PROCEDURE public.p() LANGUAGE sql SECURITY DEFINER AS 'SELECT 1';
+        CREATE FUNCTION public.invoker() RETURNS int LANGUAGE sql AS 'SELECT 1';
+    """)  # fmt: skip
+    engine = pg.engine()
+    snapshot = postgresql_permissions(engine, timeout=30)
+    key = '"s.x"."get\tit"(a integer, "b\'q" text)'
+    assert snapshot["definer_functions"] == {
+        key: {"owner": owner, "public_execute": True, "search_path": "pg_catalog, pg_temp"},
+        "public.p()": {"owner": "postgres", "public_execute": True, "search_path": None},
+    }
+    again = postgresql_permissions(engine, timeout=30)  # other tests' roles left out
+    assert json.dumps(pg.mine(again)) == json.dumps(pg.mine(snapshot))
+
+    psql(pg.dbname, """
+        REVOKE EXECUTE ON FUNCTION "s.x"."get	it"(int, text) FROM PUBLIC;
+        DROP PROCEDURE public.p();
+    """)  # fmt: skip
+    after = postgresql_permissions(engine, timeout=30)["definer_functions"]
+    assert after == {
+        key: {"owner": owner, "public_execute": False, "search_path": "pg_catalog, pg_temp"}
+    }
+
+
+def test_pg_owners(pg: PgScratch) -> None:
+    app = pg.role("app")
+    odd = pg.role("ow\tn'er\n")
+    psql(pg.dbname, f"""
+        CREATE TABLE mine (id int);
+        CREATE TABLE deals (id int);
+        CREATE TABLE contacts (id int);
+        ALTER TABLE deals OWNER TO {quote_ident(app)};
+        ALTER TABLE contacts OWNER TO {quote_ident(app)};
+        CREATE SCHEMA "Sch ema" AUTHORIZATION {quote_ident(odd)};
+        CREATE VIEW "Sch ema".v AS SELECT 1 AS one;
+        ALTER VIEW "Sch ema".v OWNER TO {quote_ident(app)};
+    """)  # fmt: skip
+    engine = pg.engine()
+    snapshot = postgresql_permissions(engine, timeout=30)
+    # postgres owns the database (it made it): its tables are no news
+    assert snapshot["owners"] == {
+        app: {"relations_in": ["Sch ema", "public"], "schemas": []},
+        odd: {"relations_in": [], "schemas": ["Sch ema"]},
+    }
+    again = postgresql_permissions(engine, timeout=30)  # other tests' roles left out
+    assert json.dumps(pg.mine(again)) == json.dumps(pg.mine(snapshot))
+    psql(pg.dbname, "CREATE TABLE more (id int); ALTER TABLE more OWNER TO " + quote_ident(app))
+    assert postgresql_permissions(engine, timeout=30)["owners"] == snapshot["owners"]
+
+    psql(pg.dbname, f"""
+        REASSIGN OWNED BY {quote_ident(app)} TO postgres;
+        DROP SCHEMA "Sch ema" CASCADE;
+    """)  # fmt: skip
+    assert postgresql_permissions(engine, timeout=30)["owners"] == {}
+    # the database's owner is left out: as the app's own database, the app's tables are no news
+    psql("postgres", f"ALTER DATABASE {pg.dbname} OWNER TO {quote_ident(app)}")
+    psql(pg.dbname, f"ALTER TABLE deals OWNER TO {quote_ident(app)}")
+    owners = postgresql_permissions(engine, timeout=30)["owners"]
+    assert app not in owners and owners["postgres"]["relations_in"] == ["public"]
+
+
+def test_my_column_grants(my: MyScratch) -> None:
+    reader = my.user("colreader")
+    table, column = "t.x\tq'", 'e:m"ail\n`x'
+    quoted_table = "`" + table + "`"
+    quoted_column = "`" + column.replace("`", "``") + "`"
+    mariadb(
+        f"CREATE TABLE {my.dbname}.{quoted_table} (id int, {quoted_column} text);"
+        f"GRANT SELECT (id, {quoted_column}), UPDATE (id)"
+        f" ON {my.dbname}.{quoted_table} TO 'colreader_{my.suffix}'@'%';"
+        f"GRANT INSERT (id) ON {my.dbname}.t TO 'colreader_{my.suffix}'@'%' WITH GRANT OPTION"
+    )
+    engine = my.engine()
+    snapshot = mysql_permissions(engine, timeout=30)
+    assert snapshot["database_grants"][reader] == {
+        "privileges": [], "grant_option": False, "databases": [], "tables": [],
+        "columns": sorted([
+            f"{quoted_table}.id:SELECT", f"{quoted_table}.id:UPDATE",
+            f"{quoted_table}.{quoted_column}:SELECT", "t.id:GRANT OPTION", "t.id:INSERT",
+        ]),
+    }  # fmt: skip
+    assert json.dumps(my.mine(mysql_permissions(engine, timeout=30))) == json.dumps(
+        my.mine(snapshot)
+    )
+    mariadb(
+        f"REVOKE SELECT (id, {quoted_column}), UPDATE (id)"
+        f" ON {my.dbname}.{quoted_table} FROM 'colreader_{my.suffix}'@'%';"
+        f"REVOKE INSERT (id) ON {my.dbname}.t FROM 'colreader_{my.suffix}'@'%';"
+        f"REVOKE GRANT OPTION ON {my.dbname}.t FROM 'colreader_{my.suffix}'@'%'"
+    )
+    assert reader not in mysql_permissions(engine, timeout=30)["database_grants"]
+
+
+def test_my_definer_routines(my: MyScratch) -> None:
+    stem = "de'f\tiner"
+    definer = my.user(stem, "10.0.%")
+    odd = "cl\tose'\n`deal"
+    quoted = "`" + odd.replace("`", "``") + "`"
+    user = my_literal(f"{stem}_{my.suffix}")
+    mariadb(
+        f"CREATE DEFINER={user}@'10.0.%'"
+        f" PROCEDURE {my.dbname}.{quoted}() SQL SECURITY DEFINER SELECT 1;"
+        f"CREATE FUNCTION {my.dbname}.{quoted}() RETURNS int RETURN 1;"
+        f"CREATE FUNCTION {my.dbname}.safe() RETURNS int SQL SECURITY INVOKER RETURN 1"
+    )
+    engine = my.engine()
+    snapshot = mysql_permissions(engine, timeout=30)
+    root = snapshot["definer_routines"][f"{my.dbname}.{odd} (FUNCTION)"]["definer"]
+    assert snapshot["definer_routines"] == {
+        f"{my.dbname}.{odd} (FUNCTION)": {"definer": root, "type": "FUNCTION"},
+        f"{my.dbname}.{odd} (PROCEDURE)": {"definer": definer, "type": "PROCEDURE"},
+    }
+    assert root.startswith("'root'@'")
+    assert json.dumps(my.mine(mysql_permissions(engine, timeout=30))) == json.dumps(
+        my.mine(snapshot)
+    )
+    mariadb(f"DROP PROCEDURE {my.dbname}.{quoted}")
+    after = mysql_permissions(engine, timeout=30)["definer_routines"]
+    assert list(after) == [f"{my.dbname}.{odd} (FUNCTION)"]

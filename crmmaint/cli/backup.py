@@ -37,7 +37,8 @@ from crmmaint.units import format_size, parse_duration, plural
         fileset="file sets to back up (comma-separated; default all)",
         repository=REPO_HELP,
         check="report what would be backed up; write nothing",
-    )
+    ),
+    audit="backup",
 )
 def backup(
     c: Any,
@@ -119,7 +120,8 @@ def verify(
         keep_quarterly="… of the last N quarters",
         keep_yearly="… of the last N years",
         keep_within="keep every backup at most this old (e.g. 36h, 2d, 1w)",
-    )
+    ),
+    audit="prune",
 )
 def prune(
     c: Any,
@@ -311,6 +313,7 @@ def backups_list(
         timeout="give up after this long, e.g. 2h (default: no limit)",
     ),
     positional=["backup_id"],
+    audit="restore",
 )
 def restore(
     c: Any,

@@ -11,6 +11,7 @@ from typing import Any
 
 from invoke import Collection
 
+from crmmaint.audit import current_trail
 from crmmaint.baselines import KINDS, Baseline, Baselines, Change, compare
 from crmmaint.cli.common import command, helps, local_time, maybe_inventory, open_journal
 from crmmaint.errors import ConfigError
@@ -47,6 +48,7 @@ def _host(inv: Inventory | None, host: str | None) -> str | None:
         check="say what would be accepted; store nothing",
     ),
     positional=["kind"],
+    audit="baseline accept",
 )
 def accept(
     c: Any,
@@ -64,6 +66,8 @@ def accept(
     user = current_user()
     with open_journal(c, inv) as journal:
         done = Baselines(journal).accept(kind, user=user, host=host, check=check)
+    if (trail := current_trail()) is not None:
+        trail.targets += [a.observation.target for a in done if a.first or a.changes]
     if json:
         write_json(
             [

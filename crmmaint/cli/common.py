@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from invoke import Argument, Config, Exit, Task, task
 
+from crmmaint.audit import CURRENT, AuditTrail, current_trail
 from crmmaint.errors import (
     INTERNAL_ERROR_EXIT,
     OUTPUT_LOSS_SAID,
@@ -319,46 +320,117 @@ def end_on_output_error(failed: OutputWriteError) -> NoReturn:
     )
 
 
-def command(*args: Any, **kwargs: Any) -> Any:
-    """``invoke.task`` plus the top-level error handling every command shares."""
+def command(
+    *args: Any,
+    audit: str | None = None,
+    dry_run: Callable[[dict[str, Any]], bool] | None = None,
+    **kwargs: Any,
+) -> Any:
+    """``invoke.task`` plus the top-level error handling every command shares.
+
+    ``audit``: the command changes something and is recorded in the audit trail under this
+    name (``crmmaint.audit``): its start row when it opens its journal (or calls
+    ``audit_begins``), its end row with the exit code however it ends. ``dry_run(kwargs)``
+    says when an invocation changes nothing and is not recorded (default: ``--check``)."""
 
     def decorate(func: Callable[..., Any]) -> Any:
+        defaults = {
+            name: p.default
+            for name, p in inspect.signature(func).parameters.items()
+            if p.default is not inspect.Parameter.empty
+        }
+
         @functools.wraps(func)
         def wrapper(c: Any, *a: Any, **k: Any) -> Any:
-            debug = _debug_enabled(k)
-            setup_logging(debug)
-            stdout = sys.stdout
-            sys.stdout = _GuardedStdout(stdout)  # type: ignore[assignment]
+            if audit is None or (dry_run or _checking)(k):
+                return _run_command(func, c, a, k)
+            given = {
+                name: value
+                for name, value in k.items()
+                if name not in ("debug", "json")
+                and value != defaults.get(name, inspect.Parameter.empty)
+            }
+            trail = AuditTrail(audit, list(sys.argv), given)
+            token = CURRENT.set(trail)
+            code = INTERNAL_ERROR
             try:
-                _refuse_help_as_a_value(func.__name__, a, k)
-                done = func(c, *a, **k)
-                sys.stdout.flush()  # a closed pipe shows here, not in Python's exit
+                done = _run_command(func, c, a, k)
+                code = 0
                 return done
-            except Exit:
+            except Exit as exc:
+                code = exc.code
                 raise
-            except CrmMaintError as exc:
-                if debug:
-                    traceback.print_exc()
-                raise Exit(format_error(exc), code=exc.exit_code) from None
-            except KeyboardInterrupt as exc:
-                describe = getattr(exc, "describe", None)
-                what = f": {describe()}" if describe else ""
-                raise Exit(f"crmmaint: interrupted{what}", code=INTERRUPTED) from None
-            except BrokenPipeError:
-                end_on_closed_pipe()
-            except OutputWriteError as exc:
-                end_on_output_error(exc)
-            except Exception as exc:
-                _internal_error(exc, debug)
             finally:
-                if isinstance(sys.stdout, _GuardedStdout):
-                    sys.stdout = stdout
+                CURRENT.reset(token)
+                _end_audit(c, trail, code)
 
         params = inspect.signature(func).parameters
         help_ = {k: v for k, v in {**COMMON_HELP, **kwargs.pop("help", {})}.items() if k in params}
         return task(wrapper, *args, help=help_, klass=CommandTask, **kwargs)
 
     return decorate
+
+
+def _checking(kwargs: dict[str, Any]) -> bool:
+    return bool(kwargs.get("check"))
+
+
+def _end_audit(c: Any, trail: AuditTrail, code: int) -> None:
+    """The end row of an audited command. One that ended before it began to act (refused
+    once its inventory was read: a bad playbook, a prune without a policy) gets its start
+    row now; one refused before that is not recorded (there is no journal to know of)."""
+    if not trail.begun and code != 0 and trail.inventory_read:
+        try:
+            trail.begin(journal_path(c, trail.inventory))
+        except Exception as exc:  # the command's own error is the one to report
+            log.debug("could not record %s in the audit trail: %s", trail.command, exc)
+            return
+    trail.end(code)
+
+
+def _run_command(func: Callable[..., Any], c: Any, a: tuple[Any, ...], k: dict[str, Any]) -> Any:
+    """Run one command with the top-level error handling: a ``CrmMaintError`` as one line and
+    its exit code, Ctrl-C as 130, a closed pipe 141, lost output 74, a bug 70."""
+    debug = _debug_enabled(k)
+    setup_logging(debug)
+    stdout = sys.stdout
+    sys.stdout = _GuardedStdout(stdout)  # type: ignore[assignment]
+    try:
+        _refuse_help_as_a_value(func.__name__, a, k)
+        done = func(c, *a, **k)
+        sys.stdout.flush()  # a closed pipe shows here, not in Python's exit
+        return done
+    except Exit:
+        raise
+    except CrmMaintError as exc:
+        if debug:
+            traceback.print_exc()
+        raise Exit(format_error(exc), code=exc.exit_code) from None
+    except KeyboardInterrupt as exc:
+        describe = getattr(exc, "describe", None)
+        what = f": {describe()}" if describe else ""
+        raise Exit(f"crmmaint: interrupted{what}", code=INTERRUPTED) from None
+    except BrokenPipeError:
+        end_on_closed_pipe()
+    except OutputWriteError as exc:
+        end_on_output_error(exc)
+    except Exception as exc:
+        _internal_error(exc, debug)
+    finally:
+        if isinstance(sys.stdout, _GuardedStdout):
+            sys.stdout = stdout
+
+
+def audit_begins(c: Any, inv: Inventory | None, targets: list[str] | None = None) -> None:
+    """An audited command that never opens its journal (``repo init``, ``keys generate``) is
+    about to act on ``targets``: its start row goes into the journal of ``inv`` (``None``:
+    the configured or the user's journal). Nothing outside an audited command."""
+    trail = current_trail()
+    if trail is None:
+        return
+    trail.targets.extend(targets or [])
+    trail.inventory, trail.inventory_read = inv, True
+    trail.begin(journal_path(c, inv))
 
 
 REPO_HELP = "repository name from the inventory (default: the default repository)"
@@ -391,17 +463,37 @@ def inventory_path(c: Any, given: str | None) -> Path:
 
 
 def open_inventory(c: Any, given: str | None) -> Inventory:
-    return load_inventory(inventory_path(c, given))
+    inv = load_inventory(inventory_path(c, given))
+    _inventory_read(inv)
+    return inv
 
 
-def open_journal(c: Any, inventory: Inventory | None) -> Journal:
+def _inventory_read(inv: Inventory | None) -> None:
+    """The audited command running now has read its inventory: its journal is known."""
+    trail = current_trail()
+    if trail is not None:
+        trail.inventory, trail.inventory_read = inv, True
+
+
+def journal_path(c: Any, inventory: Inventory | None) -> Path:
     """Journal path: config/env, then the inventory's ``settings.journal``, then the user data dir."""
     path = _config_get(c, "journal") or os.environ.get("CRMMAINT_JOURNAL")
     if not path and inventory is not None and inventory.settings.get("journal"):
         path = str(
             Path(inventory.path).parent / Path(str(inventory.settings["journal"])).expanduser()
         )
-    return Journal(path or default_journal_path())
+    return Path(path) if path else default_journal_path()
+
+
+def open_journal(c: Any, inventory: Inventory | None) -> Journal:
+    """The journal (``journal_path``). An audited command opening it begins to act: its
+    start row is written here (``crmmaint.audit``)."""
+    journal = Journal(journal_path(c, inventory))
+    trail = current_trail()
+    if trail is not None and not trail.begun:
+        trail.inventory, trail.inventory_read = inventory, True
+        trail.begin(journal.path)
+    return journal
 
 
 def _config_get(c: Any, key: str) -> Any:
@@ -612,6 +704,7 @@ def maybe_inventory(c: Any, given: str | None) -> Inventory | None:
     except ConfigError:
         if named:
             raise
+        _inventory_read(None)
         return None
 
 

@@ -52,6 +52,7 @@ _EVERY = "all"
     ),
     positional=["source"],
     iterable=["source"],
+    audit="drill",
 )
 def drill(
     c: Any,

@@ -10,7 +10,14 @@ from typing import Any
 
 from invoke import Collection
 
-from crmmaint.cli.common import REPO_HELP, command, helps, open_inventory
+from crmmaint.cli.common import (
+    REPO_HELP,
+    audit_begins,
+    command,
+    helps,
+    maybe_inventory,
+    open_inventory,
+)
 from crmmaint.crypto import X25519Identity, load_identity_file, write_identity_file
 from crmmaint.errors import ConfigError
 from crmmaint.reporting.console import write_json
@@ -20,9 +27,14 @@ from crmmaint.repository.configured import check_keys
 @command(
     name="generate",
     help=helps(output="where to write the identity (private key, 0600)", force="overwrite"),
+    audit="keys generate",
 )
-def keys_generate(c: Any, output: str, force: bool = False, debug: bool = False) -> None:
-    """Create an X25519 identity file (0600) and print its public recipient string."""
+def keys_generate(
+    c: Any, output: str, inventory: str | None = None, force: bool = False, debug: bool = False
+) -> None:
+    """Create an X25519 identity file (0600) and print its public recipient string.
+
+    The audit trail records it in the inventory's journal (``-i``), else the user's."""
     identity = X25519Identity.generate()
     pub_path = Path(output).with_suffix(".pub")
     if pub_path == Path(output):
@@ -32,6 +44,7 @@ def keys_generate(c: Any, output: str, force: bool = False, debug: bool = False)
             f"{pub_path} exists (the public key goes beside the identity)",
             hint="choose another name, or pass --force to replace both",
         )
+    audit_begins(c, maybe_inventory(c, inventory), [os.path.abspath(output)])
     write_identity_file(output, identity, overwrite=force)
     public = identity.recipient().to_string()
     # Never through a link planted where the public key goes: replace the name itself.

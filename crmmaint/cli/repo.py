@@ -6,20 +6,22 @@ from typing import Any
 
 from invoke import Collection
 
-from crmmaint.cli.common import REPO_HELP, command, helps, open_inventory
+from crmmaint.cli.common import REPO_HELP, audit_begins, command, helps, open_inventory
 from crmmaint.errors import ConfigError
 from crmmaint.reporting.console import write_json
 from crmmaint.repository.configured import init_repository, open_repository
 from crmmaint.units import plural
 
 
-@command(name="init", help=helps(repository=REPO_HELP))
+@command(name="init", help=helps(repository=REPO_HELP), audit="repo init")
 def repo_init(
     c: Any, inventory: str | None = None, repository: str | None = None, debug: bool = False
 ) -> None:
     """Create the repository and its write key (0600) where the inventory says."""
     inv = open_inventory(c, inventory)
-    print(init_repository(inv.repository(repository)))
+    cfg = inv.repository(repository)
+    audit_begins(c, inv, [f"repository:{cfg.name}"])
+    print(init_repository(cfg))
 
 
 @command(
@@ -27,6 +29,7 @@ def repo_init(
     help=helps(
         repository=REPO_HELP, force="also remove the locks of processes running on this host"
     ),
+    audit="repo unlock",
 )
 def repo_unlock(
     c: Any,
@@ -42,7 +45,9 @@ def repo_unlock(
     from crmmaint.repository.lock import break_locks
 
     inv = open_inventory(c, inventory)
-    backend = backend_for(inv.repository(repository))
+    cfg = inv.repository(repository)
+    audit_begins(c, inv, [f"repository:{cfg.name}"])
+    backend = backend_for(cfg)
     backend.open()
     try:
         removed = break_locks(backend, force=force)
@@ -59,6 +64,8 @@ def repo_unlock(
         repository=REPO_HELP,
         apply="move the damaged objects aside (without it: show what would be done, change nothing)",
     ),
+    audit="repo repair",
+    dry_run=lambda k: not k.get("apply"),
 )
 def repo_repair(
     c: Any,
@@ -73,7 +80,9 @@ def repo_repair(
     The backups they leave unrestorable move with them, so every intact backup lists, prunes
     and restores."""
     inv = open_inventory(c, inventory)
-    with open_repository(inv.repository(repository)) as repo:
+    cfg = inv.repository(repository)
+    audit_begins(c, inv, [f"repository:{cfg.name}"])
+    with open_repository(cfg) as repo:
         report = repo.repair(apply=apply)
     if json:
         write_json(vars(report))
@@ -112,7 +121,7 @@ def repo_repair(
         print(f"removed {plural(report.leftovers_removed, 'leftover')} of killed writers")
 
 
-@command(name="upgrade", help=helps(repository=REPO_HELP))
+@command(name="upgrade", help=helps(repository=REPO_HELP), audit="repo upgrade")
 def repo_upgrade(
     c: Any, inventory: str | None = None, repository: str | None = None, debug: bool = False
 ) -> None:
@@ -127,6 +136,7 @@ def repo_upgrade(
     key = load_write_key(cfg.write_key) if cfg.write_key else None
     if key is None:
         raise ConfigError(f"repository {cfg.name!r} has no write_key", hint="add 'write_key: PATH'")
+    audit_begins(c, inv, [f"repository:{cfg.name}"])
     backend = backend_for(cfg)
     try:
         done = Repository.authenticate_config(backend, key)

@@ -39,6 +39,7 @@ from crmmaint.units import format_clock
         " window length",
     ),
     positional=["playbook"],
+    audit="run",
 )
 def run(
     c: Any,

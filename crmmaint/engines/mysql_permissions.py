@@ -1,19 +1,22 @@
 """Who can do what on a MariaDB/MySQL server, for ``permissions.review``: its accounts and roles
-(global privileges, authentication, locks, role memberships) and the grants on the target's own
-database and its tables.
+(global privileges, authentication, locks, role memberships), the grants on the target's own
+database, its tables and their columns, and the routines of that database that run with their
+definer's rights (``SQL SECURITY DEFINER``).
 
 Read from the server's tables and views, never from ``SHOW GRANTS`` text: ``mysql.global_priv``
 (MariaDB 10.4+; else ``mysql.user``, with the columns the server has), ``mysql.roles_mapping``
 (MariaDB) or ``mysql.role_edges`` (MySQL 8), and ``information_schema`` ``USER_PRIVILEGES``,
-``SCHEMA_PRIVILEGES`` and ``TABLE_PRIVILEGES``. ``USER_PRIVILEGES`` leaves MariaDB's roles out:
-their global privileges are decoded from ``global_priv``'s ``access`` bits (``ACCESS_BITS``).
+``SCHEMA_PRIVILEGES``, ``TABLE_PRIVILEGES``, ``COLUMN_PRIVILEGES`` and ``ROUTINES``.
+``USER_PRIVILEGES`` leaves MariaDB's roles out: their global privileges are decoded from
+``global_priv``'s ``access`` bits (``ACCESS_BITS``).
 
 No password hash leaves the server: whether an account has one is computed there
 (``authentication_string`` not empty). One row per privilege is read and Python groups and
 sorts them (``GROUP_CONCAT`` cuts at ``group_concat_max_len``, and ``JSON_ARRAYAGG`` needs
 MariaDB 10.5); the client's ``--batch`` output escapes tabs, newlines and backslashes, so a
-name holding any character reads back whole. Queries run through ``MySQLEngine.query`` in a
-read-only session bounded by ``max_statement_time`` (MariaDB), as ``mysql_statistics`` does.
+name holding any character reads back whole. Each section's items are sorted by key. Queries
+run through ``MySQLEngine.query`` in a read-only session bounded by ``max_statement_time``
+(MariaDB), as ``mysql_statistics`` does.
 """
 
 from __future__ import annotations
@@ -133,9 +136,26 @@ def account_key(user: str, host: str) -> str:
     return "'" + user.replace("'", "''") + "'@'" + host.replace("'", "''") + "'"
 
 
+def mysql_ident(name: str) -> str:
+    """A name in a snapshot entry that joins two (``table.column``): as it is when it holds only
+    letters, digits, ``_`` and ``$``, else backquoted as in SQL (a backquote doubled), so that
+    every entry splits one way."""
+    if re.fullmatch(r"[A-Za-z0-9_$]+", name):
+        return name
+    return "`" + name.replace("`", "``") + "`"
+
+
+def definer_key(definer: str) -> str:
+    """``account_key`` of a routine's DEFINER as ``information_schema`` writes it: ``user@host``
+    (the last ``@`` splits: a host holds none), or a role's bare name."""
+    user, at, host = definer.rpartition("@")
+    return account_key(user, host) if at else account_key(definer, "")
+
+
 def mysql_permissions(engine: MySQLEngine, *, timeout: float) -> Snapshot:
     """The permissions snapshot of ``engine``'s server and database
-    (``crmmaint.baselines.Snapshot``), keys being ``account_key`` (``'app'@'%'``):
+    (``crmmaint.baselines.Snapshot``), keys being ``account_key`` (``'app'@'%'``) but in
+    ``definer_routines``:
 
     - ``accounts``: every account and role: ``global_privileges`` (sorted, without USAGE and
       GRANT OPTION), ``grant_option``, ``any_host`` (the host is or holds a wildcard ``%`` or
@@ -151,7 +171,16 @@ def mysql_permissions(engine: MySQLEngine, *, timeout: float) -> Snapshot:
       pattern such as ```crm\\_%`.*`` that matches its name included) or on one of its tables:
       ``privileges`` (database-level, sorted), ``grant_option`` (database-level),
       ``databases`` (the names or patterns granted on, sorted) and ``tables`` (sorted
-      ``table:PRIVILEGE`` entries; ``table:GRANT OPTION`` when it may pass them on).
+      ``table:PRIVILEGE`` entries; ``table:GRANT OPTION`` when it may pass them on) and
+      ``columns`` (sorted ``table.column:PRIVILEGE`` entries, each name as ``mysql_ident``
+      writes it: backquoted unless it is only letters, digits, ``_`` and ``$``:
+      ``["t.email:SELECT", "`my.t`.`e:mail`:UPDATE"]``; ``table.column:GRANT OPTION`` when
+      it may pass them on).
+    - ``definer_routines``: the stored functions and procedures of this database that run
+      with their definer's rights (``SQL SECURITY DEFINER``, the default), by ``db.name
+      (TYPE)`` (``crm.close_deal (PROCEDURE)``; a function and a procedure may share a name):
+      ``definer`` (``account_key``: ``'app'@'%'``; a role definer ``'auditors'@''``) and
+      ``type`` (``FUNCTION``, ``PROCEDURE``, …).
 
     Each query may take ``timeout`` seconds. Reading ``mysql.*`` needs SELECT on it (or a
     global privilege); ``information_schema`` shows another account's grants only to a user
@@ -215,10 +244,12 @@ def mysql_permissions(engine: MySQLEngine, *, timeout: float) -> Snapshot:
         item["global_privileges"] = sorted(item["global_privileges"])
 
     database = engine.db.dbname or engine.db.name
-    return {
+    snapshot = {
         "accounts": accounts,
         "database_grants": _database_grants(engine, database, accounts_table, timeout),
+        "definer_routines": _definer_routines(engine, database, timeout),
     }
+    return {section: dict(sorted(items.items())) for section, items in snapshot.items()}
 
 
 def _memberships(
@@ -260,12 +291,27 @@ def _database_grants(
         f"WHERE CAST(t.TABLE_SCHEMA AS BINARY) = CAST({name} AS BINARY)",
         timeout,
     )
+    column_rows = _ask(
+        engine,
+        "SELECT g.User IS NOT NULL, IFNULL(g.User, ''), IFNULL(g.Host, ''), c.GRANTEE,\n"
+        "       c.TABLE_NAME, c.COLUMN_NAME, c.PRIVILEGE_TYPE, c.IS_GRANTABLE\n"
+        f"FROM information_schema.COLUMN_PRIVILEGES c {_grantee_join('c', accounts_table)}\n"
+        f"WHERE CAST(c.TABLE_SCHEMA AS BINARY) = CAST({name} AS BINARY)",
+        timeout,
+    )
     grants: dict[str, dict[str, Any]] = {}
 
     def item(known: str, user: str, host: str, grantee: str) -> dict[str, Any]:
         key = account_key(user, host) if known == "1" else grantee
         return grants.setdefault(
-            key, {"privileges": set(), "grant_option": False, "databases": set(), "tables": set()}
+            key,
+            {
+                "privileges": set(),
+                "grant_option": False,
+                "databases": set(),
+                "tables": set(),
+                "columns": set(),
+            },
         )
 
     for known, user, host, grantee, schema, privilege, grantable in schema_rows:
@@ -278,10 +324,36 @@ def _database_grants(
         entry["tables"].add(f"{table}:{privilege}")
         if grantable == "YES":
             entry["tables"].add(f"{table}:GRANT OPTION")
+    for known, user, host, grantee, table, column, privilege, grantable in column_rows:
+        entry = item(known, user, host, grantee)
+        where = f"{mysql_ident(table)}.{mysql_ident(column)}"
+        entry["columns"].add(f"{where}:{privilege}")
+        if grantable == "YES":
+            entry["columns"].add(f"{where}:GRANT OPTION")
     for entry in grants.values():
-        for field in ("privileges", "databases", "tables"):
+        for field in ("privileges", "databases", "tables", "columns"):
             entry[field] = sorted(entry[field])
     return grants
+
+
+def _definer_routines(
+    engine: MySQLEngine, database: str, timeout: float
+) -> dict[str, dict[str, Any]]:
+    """``db.name (TYPE)`` -> definer and type of each SQL SECURITY DEFINER routine of
+    ``database``."""
+    name = engine.quote_literal(database)
+    rows = _ask(
+        engine,
+        "SELECT ROUTINE_SCHEMA, ROUTINE_NAME, ROUTINE_TYPE, DEFINER\n"
+        "FROM information_schema.ROUTINES\n"
+        f"WHERE CAST(ROUTINE_SCHEMA AS BINARY) = CAST({name} AS BINARY)\n"
+        "  AND SECURITY_TYPE = 'DEFINER'",
+        timeout,
+    )
+    return {
+        f"{schema}.{routine} ({kind})": {"definer": definer_key(definer), "type": kind}
+        for schema, routine, kind, definer in rows
+    }
 
 
 def _access_bits(version: str) -> tuple[str, ...]:
