@@ -34,7 +34,7 @@ def keys_generate(
 ) -> None:
     """Create an X25519 identity file (0600) and print its public recipient string.
 
-    The audit trail records it in the inventory's journal (``-i``), else the user's."""
+    The audit trail records it in the journal of the inventory (-i), else the user's."""
     identity = X25519Identity.generate()
     pub_path = Path(output).with_suffix(".pub")
     if pub_path == Path(output):
