@@ -294,6 +294,21 @@ def _fingerprint() -> tuple[str, int, int]:
     )
 
 
+@pytest.fixture
+def dpkg_quiet() -> Iterator[None]:
+    """Hold this machine's package state still: the tests that install a package of their
+    own (test_tasks_patches_apply.py, maybe on another worker) and those that check nothing
+    changed it take turns (an flock on a file of the tests' own)."""
+    import fcntl
+
+    with open("/tmp/crmmaint-tests-dpkg.lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 @pytest.fixture(params=["local", "ssh"])
 def host(request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
     """Keyword arguments of ``run_task`` for the local host or an SSH host (sshd on 127.0.0.x)."""
@@ -312,7 +327,7 @@ def host(request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
 
 @needs_apt
 @pytest.mark.parametrize("check", [False, True], ids=["run", "check-mode"])
-def test_live_check_changes_nothing(host: dict[str, Any], check: bool) -> None:
+def test_live_check_changes_nothing(host: dict[str, Any], check: bool, dpkg_quiet: None) -> None:
     before = _fingerprint()
     result = run_task("patches.check", {"refresh": check}, check=check, **host)
     assert _fingerprint() == before
@@ -332,7 +347,7 @@ def test_live_check_changes_nothing(host: dict[str, Any], check: bool) -> None:
 
 
 @needs_apt
-def test_live_local_and_ssh_agree(sshd_hosts: list[Any]) -> None:
+def test_live_local_and_ssh_agree(sshd_hosts: list[Any], dpkg_quiet: None) -> None:
     sshd = sshd_hosts[3]
     ssh = SSHTransport("app1", sshd.address, **sshd.ssh_options())
     local = LocalTransport("local")

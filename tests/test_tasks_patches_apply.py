@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 from test_tasks_health import run_task
-from test_tasks_patches import host  # noqa: F401 (fixture: the local host and an SSH host)
+from test_tasks_patches import dpkg_quiet, host  # noqa: F401 (fixtures)
 
 from crmmaint.engines.packages import (
     PackageUpdate,
@@ -146,7 +146,7 @@ def _installed(name: str) -> str | None:
 
 
 @pytest.fixture
-def local_update() -> Iterator[str]:
+def local_update(dpkg_quiet: None) -> Iterator[str]:  # noqa: F811
     """A package of ours installed at 1.0 with 2.0 offered by a security-labelled local
     repository: its name. The repository is outside pytest's 0700 temporary directories, as
     apt's sandbox user reads it."""

@@ -19,51 +19,7 @@ from clirun import run_cli
 from sshd_fixture import write_ed25519_key
 from test_permissions_databases import mariadb, psql
 
-from crmmaint.tasks.permissions import (
-    host_findings,
-    mysql_findings,
-    postgresql_findings,
-    set_aside_restore_roles,
-)
-
-NOW = 1_800_000_000.0
-
-
-def _iso(epoch: float) -> str:
-    from datetime import UTC, datetime
-
-    return datetime.fromtimestamp(epoch, UTC).isoformat().replace("+00:00", "Z")
-
-
-def test_crmmaint_restore_roles_are_set_aside_only_as_crmmaint_leaves_them() -> None:
-    lease = {"login": True, "password": "set", "valid_until": _iso(NOW + 3600), "member_of": []}
-    snapshot = {
-        "roles": {
-            "crmmaint_load_a1": lease,
-            "crmmaint_load_a2": {"login": False, "password": "none", "member_of": []},
-            "crmmaint_load_su": {**lease, "superuser": True},  # borrows the name
-            "crmmaint_load_long": {**lease, "valid_until": _iso(NOW + 30 * 86400)},
-            "crmmaint_load_never": {**lease, "valid_until": None},
-            "crmmaint_load_member": {**lease, "member_of": ["pg_read_all_data"]},
-            "postgres": {"superuser": True, "member_of": ["crmmaint_load_a1", "pg_monitor"]},
-        },
-        "accounts": {
-            "'crmmaint_load_0a'@'localhost'": {"locked": True, "global_privileges": []},
-            "'crmmaint_load_0b'@'localhost'": {"locked": False, "global_privileges": []},
-            "'crmmaint_load_0c'@'%'": {"locked": True, "global_privileges": ["SUPER"]},
-        },
-        "database_grants": {"'crmmaint_load_0a'@'localhost'": {"privileges": ["ALL"]}},
-    }
-    kept, aside = set_aside_restore_roles(snapshot, NOW)
-    assert aside == ["'crmmaint_load_0a'@'localhost'", "crmmaint_load_a1", "crmmaint_load_a2"]
-    assert set(kept["roles"]) == {
-        "crmmaint_load_su", "crmmaint_load_long", "crmmaint_load_never", "crmmaint_load_member",
-        "postgres",
-    }  # fmt: skip
-    assert kept["roles"]["postgres"]["member_of"] == ["pg_monitor"]
-    assert set(kept["accounts"]) == {"'crmmaint_load_0b'@'localhost'", "'crmmaint_load_0c'@'%'"}
-    assert kept["database_grants"] == {}
-    assert snapshot["roles"]["postgres"]["member_of"] == ["crmmaint_load_a1", "pg_monitor"]
+from crmmaint.tasks.permissions import host_findings, mysql_findings, postgresql_findings
 
 
 def test_findings_name_what_deserves_a_look() -> None:
@@ -71,7 +27,13 @@ def test_findings_name_what_deserves_a_look() -> None:
         "roles": {
             "admin": {"superuser": True, "login": True, "password": "set", "valid_until": None},
             "app": {"login": True, "password": "set", "valid_until": "2030-01-01T00:00:00Z"},
-            "etl": {"login": True, "password": "none", "createdb": True, "bypassrls": True},
+            "etl": {
+                "login": True,
+                "password": "none",
+                "createdb": True,
+                "bypassrls": True,
+                "member_of": ["pg_read_all_data", "reporting"],
+            },
             "group": {"login": False, "password": "none", "createrole": True},
         },
         "public_grants": {"public.deals": {"privileges": ["SELECT"]}},
@@ -83,6 +45,7 @@ def test_findings_name_what_deserves_a_look() -> None:
         ("bypass row-level security", ["etl"]),
         ("login without a password", ["etl"]),
         ("password never expires", ["admin"]),
+        ("powerful built-in roles", ["etl (pg_read_all_data)"]),
         ("PUBLIC grants on", ["public.deals"]),
     ]
     accounts = {

@@ -27,7 +27,7 @@ def _kind(kind: str) -> str:
     if kind not in KINDS:
         raise ConfigError(
             f"no baseline kind {kind!r}",
-            hint=f"name one of: {', '.join(KINDS)} (e.g. `crmmaint baseline accept drift`)",
+            hint=f"name one of: {', '.join(KINDS)}",
         )
     return kind
 

@@ -69,6 +69,15 @@ def _label(target: Any) -> str:
     return getattr(target, "label", None) or str(target)
 
 
+def _without_target(message: str, target: Any) -> str:
+    """A result's message without a leading ``TARGET: `` the line already shows (errors name
+    their host or database themselves: ``local: command … did not finish``)."""
+    for name in {_label(target), getattr(target, "name", None)}:
+        if name and message.startswith(f"{name}: "):
+            return message[len(name) + 2 :]
+    return message
+
+
 def _status(result: Any) -> str:
     return str(getattr(result, "status", result))
 
@@ -364,7 +373,7 @@ class ConsoleReporter:
         status = _status(result)
         style = STATUS_STYLE.get(status, "")
         retry = f" after {attempts} attempts" if attempts > 1 else ""
-        message = shown(getattr(result, "message", ""))
+        message = shown(_without_target(getattr(result, "message", ""), target))
         label, name = shown(_label(target)), shown(step.name)
         self._print(
             f"  [{style}]{status:<8}[/{style}] {label}: {message} ({duration:.1f}s{retry})"

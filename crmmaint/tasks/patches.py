@@ -15,7 +15,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from crmmaint.engines.host import PROBE_TIMEOUT, HostOS, ToolMissing
+from crmmaint.engines.host import HostOS, ToolMissing
 from crmmaint.engines.packages import PackageUpdate, PendingUpdates
 from crmmaint.errors import CrmMaintError
 from crmmaint.results import Status, TaskResult, worst
@@ -45,6 +45,11 @@ def highlighted(names: Sequence[str], patterns: Sequence[str]) -> list[str]:
 def _positive(value: int | None) -> None:
     if value is not None and value < 1:
         raise ValueError(f"expected a count of at least 1, got {value}")
+
+
+def _positive_time(seconds: float) -> None:
+    if seconds <= 0:
+        raise ValueError("give a timeout above 0, e.g. 5m")
 
 
 def judge(
@@ -129,7 +134,9 @@ def _package(update: PackageUpdate, servers: set[str]) -> dict[str, Any]:
         "highlight": Param(
             list, list(SERVER_PACKAGES), item_type=str, help="package name globs named first"
         ),
-        "timeout": Param("duration", PACKAGES_TIMEOUT, help="seconds each command may take"),
+        "timeout": Param(
+            "duration", PACKAGES_TIMEOUT, check=_positive_time, help="seconds each command may take"
+        ),
     },
 )
 def check(ctx: TaskContext) -> TaskResult:
@@ -138,7 +145,7 @@ def check(ctx: TaskContext) -> TaskResult:
     refresh = bool(p["refresh"]) and not ctx.check
     try:
         pending = HostOS(ctx.transport).package_updates(
-            refresh=refresh, timeout=ctx.time_left(float(p["timeout"] or PROBE_TIMEOUT))
+            refresh=refresh, timeout=ctx.time_left(float(p["timeout"]))
         )
     except ToolMissing as exc:
         return TaskResult.skipped(f"{ctx.target.name}: {exc}", details=ctx.read_only_details())
@@ -259,7 +266,9 @@ def select_updates(
         ),
         "exclude": Param(list, [], item_type=str, help="never packages matching these globs"),
         "refresh": Param(bool, False, help="update the package lists first (never in check mode)"),
-        "timeout": Param("duration", APPLY_TIMEOUT, help="seconds the install may take"),
+        "timeout": Param(
+            "duration", APPLY_TIMEOUT, check=_positive_time, help="seconds the install may take"
+        ),
     },
 )
 def apply(ctx: TaskContext) -> TaskResult:
@@ -270,7 +279,7 @@ def apply(ctx: TaskContext) -> TaskResult:
     try:
         pending = host.package_updates(
             refresh=bool(p["refresh"]) and not ctx.check,
-            timeout=ctx.time_left(float(p["timeout"] or PROBE_TIMEOUT)),
+            timeout=ctx.time_left(float(p["timeout"])),
         )
     except ToolMissing as exc:
         return TaskResult.skipped(f"{ctx.target.name}: {exc}", details={"check_mode": ctx.check})

@@ -16,7 +16,6 @@ It only reads; check mode reads the same and records nothing. Password hashes ar
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -44,6 +43,10 @@ NOUNS = {
     "unparsed": "unparsed line",
     "settings": "sshd setting",
     "files": "authorized_keys file",
+    "default_grants": "default PUBLIC grant",
+    "definer_functions": "SECURITY DEFINER function",
+    "definer_routines": "SQL SECURITY DEFINER routine",
+    "owners": "owner",
     "probe": "review",
 }
 
@@ -52,6 +55,16 @@ Finding = tuple[str, list[str]]
 
 def _names(items: dict[str, dict[str, Any]], test: Callable[[dict[str, Any]], bool]) -> list[str]:
     return sorted(k for k, v in items.items() if test(v))
+
+
+#: PostgreSQL's built-in roles that reach every table or the server's files and programs
+#: (docs: "Predefined Roles"): a membership in one is as much access as a superuser's to data.
+POWERFUL_ROLES = frozenset(
+    {
+        "pg_read_all_data", "pg_write_all_data", "pg_execute_server_program",
+        "pg_read_server_files", "pg_write_server_files", "pg_database_owner",
+    }
+)  # fmt: skip
 
 
 def postgresql_findings(snapshot: baselines.Snapshot) -> list[Finding]:
@@ -78,7 +91,19 @@ def postgresql_findings(snapshot: baselines.Snapshot) -> list[Finding]:
                 ),
             ),
         ),
+        (
+            "powerful built-in roles",
+            sorted(
+                f"{name} ({', '.join(sorted(set(r.get('member_of') or []) & POWERFUL_ROLES))})"
+                for name, r in roles.items()
+                if set(r.get("member_of") or []) & POWERFUL_ROLES
+            ),
+        ),
         ("PUBLIC grants on", sorted(snapshot.get("public_grants", {}))),
+        (
+            "PUBLIC may run SECURITY DEFINER",
+            _names(snapshot.get("definer_functions", {}), lambda f: bool(f.get("public_execute"))),
+        ),
     ]
     return [(what, names) for what, names in found if names]
 
@@ -129,69 +154,6 @@ def host_findings(snapshot: baselines.Snapshot) -> list[Finding]:
     return [(what, names) for what, names in found if names]
 
 
-#: The name prefix of the roles (PostgreSQL) and accounts (MariaDB) crmmaint's own
-#: least-privilege restores create (``engines/postgresql/roles.py``, ``engines/mysql.py``).
-RESTORE_ROLE_PREFIX = "crmmaint_load_"
-#: Seconds a restore role's login may still run for: its lease (``LOAD_ROLE_VALID``, a day)
-#: and the 10-minute margin it is created with.
-RESTORE_ROLE_LEASE = 86400 + 600
-_POWERS = ("superuser", "createrole", "createdb", "bypassrls", "replication")
-
-
-def _lease_ends(valid_until: Any) -> float | None:
-    from datetime import datetime
-
-    if not isinstance(valid_until, str):
-        return None
-    try:
-        return datetime.fromisoformat(valid_until.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
-
-
-def set_aside_restore_roles(
-    snapshot: baselines.Snapshot, now: float
-) -> tuple[baselines.Snapshot, list[str]]:
-    """``snapshot`` without the roles and accounts crmmaint's own restores made, and their
-    names: they come and go with every drill and are no one's access. Only those that look
-    exactly as crmmaint leaves them are set aside: a PostgreSQL ``crmmaint_load_*`` role with
-    none of superuser/createrole/createdb/bypassrls/replication, no memberships, and either no
-    login or a login whose ``VALID UNTIL`` ends within a restore's lease; a MariaDB
-    ``crmmaint_load_*`` account that is locked and has no global privilege. A role that
-    merely borrows the name keeps being reviewed. Memberships in a set-aside role (the
-    restoring user is made a member of it) are left out of the other roles' ``member_of``."""
-    out = {section: dict(items) for section, items in snapshot.items()}
-    aside: list[str] = []
-    roles = out.get("roles", {})
-    for name, role in list(roles.items()):
-        ends = _lease_ends(role.get("valid_until"))
-        if (
-            name.startswith(RESTORE_ROLE_PREFIX)
-            and not any(role.get(power) for power in _POWERS)
-            and not role.get("member_of")
-            and (not role.get("login") or (ends is not None and ends <= now + RESTORE_ROLE_LEASE))
-        ):
-            aside.append(name)
-            del roles[name]
-    if aside:
-        for name, role in roles.items():
-            members = role.get("member_of")
-            if isinstance(members, list) and set(members) & set(aside):
-                roles[name] = {**role, "member_of": [m for m in members if m not in aside]}
-    accounts = out.get("accounts", {})
-    for key, account in list(accounts.items()):
-        if (
-            key.startswith(f"'{RESTORE_ROLE_PREFIX}")
-            and account.get("locked") is True
-            and not account.get("global_privileges")
-            and not account.get("role")
-        ):
-            aside.append(key)
-            del accounts[key]
-            out.get("database_grants", {}).pop(key, None)
-    return out, sorted(aside)
-
-
 def say_findings(findings: list[Finding]) -> str:
     """``superuser: postgres, alice; any host: app@%`` (at most ``MESSAGE_NAMES`` names each)."""
     parts = []
@@ -201,10 +163,22 @@ def say_findings(findings: list[Finding]) -> str:
     return "; ".join(parts)
 
 
-def _check_patterns(patterns: list[str]) -> None:
+def _positive(seconds: float) -> None:
+    if seconds <= 0:
+        raise ValueError("give a timeout above 0, e.g. 2m")
+
+
+def _check_patterns(patterns: list[str] | None) -> None:
     """sshd's ``AuthorizedKeysFile`` tokens are ``%h``, ``%u``, ``%U`` and ``%%`` (sshd
-    refuses any other, so a pattern with one reads nothing sshd would)."""
-    for pattern in patterns:
+    refuses any other, so a pattern with one reads nothing sshd would); an empty list, and a
+    ``..`` or ``.`` component, are refused (sshd's default is had by leaving it out)."""
+    if patterns is not None and not patterns:
+        raise ValueError(
+            "authorized_keys: [] names no file; leave authorized_keys out to use sshd's own"
+        )
+    for pattern in patterns or []:
+        if any(part in (".", "..") for part in pattern.split("/")):
+            raise ValueError(f"authorized_keys: {pattern!r}: write it without . or .. parts")
         if not pattern.strip():
             raise ValueError("authorized_keys: an empty pattern names no file")
         rest = pattern.replace("%%", "")
@@ -219,6 +193,8 @@ def _check_patterns(patterns: list[str]) -> None:
 def _check_absolute(path: str | None) -> None:
     if path is not None and not path.startswith("/"):
         raise ValueError(f"sshd_config: {path!r} is not an absolute path on the host")
+    if path is not None and any(part in (".", "..") for part in path.split("/")):
+        raise ValueError(f"sshd_config: {path!r}: write it without . or .. parts")
 
 
 def _sshd_note(ctx: TaskContext, snapshot: baselines.Snapshot) -> str | None:
@@ -236,11 +212,7 @@ def _result(
     findings: list[Finding],
     what: str,
     note: str | None = None,
-    aside: list[str] | None = None,
 ) -> TaskResult:
-    if aside:
-        said = f"{len(aside)} crmmaint restore role{'s' if len(aside) != 1 else ''} set aside"
-        note = f"{note}; {said}" if note else said
     review = baselines.review(
         ctx.journal, "permissions", ctx.target, snapshot, run_id=ctx.run_id, check=ctx.check
     )
@@ -249,7 +221,6 @@ def _result(
         what=what,
         findings={w: names for w, names in findings},
         counts=counts,
-        restore_roles_set_aside=aside or [],
         **review.details(),
     )
     metrics: dict[str, float] = {f"permissions_{s}": n for s, n in counts.items()}
@@ -265,7 +236,7 @@ def _result(
     params={
         "authorized_keys": Param(
             list,
-            [],
+            None,
             item_type=str,
             check=_check_patterns,
             help="hosts: authorized_keys file patterns in sshd's syntax (%h home, %u user;"
@@ -277,7 +248,9 @@ def _result(
             check=_check_absolute,
             help="hosts: sshd's configuration file (absolute), if not the default",
         ),
-        "timeout": Param("duration", REVIEW_TIMEOUT, help="seconds the review may take"),
+        "timeout": Param(
+            "duration", REVIEW_TIMEOUT, check=_positive, help="seconds the review may take"
+        ),
     },
 )
 def review(ctx: TaskContext) -> TaskResult:
@@ -322,14 +295,12 @@ def _database(ctx: TaskContext) -> TaskResult:
         from crmmaint.engines.postgresql.permissions import postgresql_permissions
 
         snapshot = postgresql_permissions(engine, timeout=timeout)  # type: ignore[arg-type]
-        snapshot, aside = set_aside_restore_roles(snapshot, time.time())
-        return _result(ctx, snapshot, postgresql_findings(snapshot), "roles", aside=aside)
+        return _result(ctx, snapshot, postgresql_findings(snapshot), "roles")
     if engine.engine == "mysql":
         from crmmaint.engines.mysql_permissions import mysql_permissions
 
         snapshot = mysql_permissions(engine, timeout=timeout)  # type: ignore[arg-type]
-        snapshot, aside = set_aside_restore_roles(snapshot, time.time())
-        return _result(ctx, snapshot, mysql_findings(snapshot), "accounts", aside=aside)
+        return _result(ctx, snapshot, mysql_findings(snapshot), "accounts")
     return TaskResult.skipped(
         f"{engine.engine} has no roles or grants: who can read {ctx.target.name} is the file's"
         " owner and mode on its host",

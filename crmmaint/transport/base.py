@@ -348,7 +348,8 @@ class PipeProcess(Process):
         return CommandTimeout(
             f"{self.host}: command {short(self.command)!r} did not finish within "
             f"{self._limit:g}s and was killed" + (f"; stderr: {tail}" if tail else ""),
-            hint="raise the step's timeout if the command is only slow, or find out why it hangs",
+            hint="raise the step's timeout (or the task's timeout parameter) if the command is"
+            " only slow, or find out why it hangs",
         )
 
     # -- Process ----------------------------------------------------------------------------
