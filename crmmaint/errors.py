@@ -180,6 +180,14 @@ class CommandTimeout(TransportError):
     pass
 
 
+class BlackoutError(CrmMaintError):
+    """A run was refused because a blackout of the inventory's schedule is in force (the
+    quarter-end close, a release freeze): nothing ran. ``--override "reason"`` runs it
+    anyway and records who and why; ``--check`` is never blocked."""
+
+    exit_code = 11
+
+
 class HostError(CrmMaintError):
     """A command on a host failed, or its output could not be read (``engines.host``), or a
     request from the runner got no answer (``ProbeError``); the message says which. A check's

@@ -350,8 +350,8 @@ class Journal:
         for i in range(0, len(start_ids), 500):
             chunk = start_ids[i : i + 500]
             rows = self._rows(
-                f"SELECT * FROM audit WHERE start_id IN ({', '.join('?' * len(chunk))})"
-                " ORDER BY id",
+                f"SELECT * FROM audit WHERE phase = 'end' AND start_id IN"
+                f" ({', '.join('?' * len(chunk))}) ORDER BY id",
                 list(chunk),
             )
             for row in rows:

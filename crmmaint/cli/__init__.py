@@ -25,7 +25,18 @@ from invoke.exceptions import ParseError
 from invoke.parser import Argument
 
 from crmmaint import __version__
-from crmmaint.cli import audit, backup, baselines, demo, drills, keys, playbooks, repo, runs
+from crmmaint.cli import (
+    audit,
+    backup,
+    baselines,
+    demo,
+    drills,
+    keys,
+    playbooks,
+    repo,
+    runs,
+    schedule,
+)
 from crmmaint.cli.common import (
     OUTPUT_ERROR,
     CrmConfig,
@@ -44,7 +55,7 @@ from crmmaint.units import MAX_COUNT
 def build_collection() -> Collection:
     """The whole CLI: every command module of this package adds its commands."""
     ns = Collection()
-    for module in (runs, demo, playbooks, backup, drills, keys, repo, baselines, audit):
+    for module in (runs, demo, playbooks, backup, drills, keys, repo, baselines, schedule, audit):
         module.register(ns)
     ns.configure({"inventory": None, "journal": None, "forks": 10})
     return ns

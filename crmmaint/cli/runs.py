@@ -20,7 +20,8 @@ from crmmaint.cli.common import (
     split_list,
 )
 from crmmaint.errors import ConfigError
-from crmmaint.reporting.console import print_table, write_json
+from crmmaint.journal import current_user
+from crmmaint.reporting.console import print_table, visible, write_json
 from crmmaint.units import format_clock
 
 
@@ -37,6 +38,8 @@ from crmmaint.units import format_clock
         " starts after it and long work that would not fit is skipped",
         for_="the run's deadline as a length from now (3h, 90m); default: the playbook's"
         " window length",
+        override='run during a blackout of the schedule anyway, saying why ("hotfix 4711");'
+        " recorded in the audit trail with who",
     ),
     positional=["playbook"],
     audit="run",
@@ -54,14 +57,36 @@ def run(
     verbose: bool = False,
     until: str | None = None,
     for_: str | None = None,
+    override: str | None = None,
     debug: bool = False,
 ) -> None:
-    """Run a playbook against the inventory. Exit 0 ok, 1 warnings, 2 failures, 3 bad config."""
+    """Run a playbook against the inventory (exit 0 ok, 1 warnings, 2 failures, 11 blackout).
+
+    Exit 3 for a bad inventory, playbook or flag; a blackout of the schedule refuses the run
+    (exit 11) unless `--override "reason"`, which is recorded in the audit trail."""
     from crmmaint.playbook import load_playbook
     from crmmaint.schedule.windows import run_deadline
 
     inv = open_inventory(c, inventory)
     book = load_playbook(playbook, inv)
+    overridden = None
+    if inv.schedule is not None or override is not None:
+        from crmmaint.schedule.plan import check_blackout
+
+        overridden = check_blackout(
+            inv, datetime.now().astimezone(), what=f"playbook {book.name}", override=override,
+            check=check,
+        )  # fmt: skip
+    if overridden is not None:
+        from crmmaint.audit import record_override
+
+        with open_journal(c, inv) as journal:
+            record_override(journal, reason=override or "", blackout=overridden.name, argv=sys.argv)
+        print(
+            f"crmmaint: blackout {visible(overridden.name)!r} overridden by"
+            f" {visible(current_user())}: {visible(override or '')}",
+            file=sys.stderr,
+        )
     try:
         ends_at, why = run_deadline(
             datetime.now().astimezone(), until=until, length=for_, window_length=book.window_length

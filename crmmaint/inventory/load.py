@@ -42,6 +42,7 @@ from crmmaint.inventory.model import (
     Inventory,
     RepositorySettings,
 )
+from crmmaint.inventory.schedule import load_schedule
 from crmmaint.units import parse_duration, parse_size
 from crmmaint.yamlsource import (
     SourceError,
@@ -60,6 +61,7 @@ if TYPE_CHECKING:
 
 _TOP = {
     "hosts", "groups", "databases", "caches", "filesets", "repositories", "drills", "vars", "settings",
+    "schedule",
 }  # fmt: skip
 _DRILL_KEYS = {
     "host", "address", "port", "user", "password", "directory", "rto", "rto_exceeded",
@@ -170,6 +172,7 @@ def _build(data: Any, path: Path) -> Inventory:
         inv.filesets[name] = _fileset(name, spec, inv)
     for name, spec in _section(data, "repositories"):
         inv.repositories[name] = _repository(name, spec, base)
+    inv.schedule = load_schedule(data, set(inv.repositories))
     drills = _section_raw(data, "drills")
     for name, spec in _section(data, "drills"):
         kind, _, source = name.rpartition(":")
@@ -272,7 +275,7 @@ def _host(name: str, spec: dict, base: Path) -> Host:
 def _config_files(spec: dict, what: str) -> list[str]:
     """``config_files:``, the paths and globs ``config.drift`` reads on the host: absolute
     (they name files on the host, whatever the inventory's folder), without NUL, spelt plainly
-    (no ``.``, ``..`` or ``//``: one file, one spelling)."""
+    (no ``.``, ``..`` or ``//``: one file, one spelling); an entry given twice counts once."""
     from crmmaint.engines.config_files import config_path_problem  # engines imports inventory
 
     paths = get_str_list(spec, "config_files")
@@ -284,7 +287,7 @@ def _config_files(spec: dict, what: str) -> list[str]:
                 line_of(spec, "config_files"),
                 "config_files",
             )
-    return paths
+    return list(dict.fromkeys(paths))
 
 
 def _database(name: str, spec: dict, base: Path, inv: Inventory) -> Database:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from crmmaint.assertions import Assertion
 from crmmaint.errors import InventoryError
+from crmmaint.inventory.schedule import ScheduleSettings
 
 if TYPE_CHECKING:
     from crmmaint.repository.retention import RetentionPolicy
@@ -226,6 +227,8 @@ class Inventory:
     drills: dict[str, DrillTarget] = field(default_factory=dict)
     vars: dict[str, Any] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
+    #: The ``schedule:`` section (windows, blackouts); ``None`` when the inventory has none.
+    schedule: ScheduleSettings | None = None
 
     # --- lookups ----------------------------------------------------------------------------
 

@@ -39,6 +39,10 @@ from crmmaint.units import plural
 logger = logging.getLogger(__name__)
 
 LOCKS_PREFIX = "locks/"
+#: Where the scheduler's overlap lock lives: its own namespace, so that the exclusive lock
+#: one scheduler holds while it runs a playbook never conflicts with the repository locks of
+#: that playbook's own backups and prunes.
+SCHEDULER_PREFIX = "scheduler/"
 #: Suffix of the removal mark ``locks/<id>.removed`` written before a lock object is deleted
 #: by someone other than its holder (``repo unlock``, a stale takeover): a holder whose
 #: heartbeat wrote its object back in the moment of the deletion sees the mark and lets go,
@@ -109,6 +113,7 @@ class RepositoryLock:
         timeout: float = 60.0,
         heartbeat: float = 30.0,
         stale_after: float | None = None,
+        prefix: str = LOCKS_PREFIX,
     ) -> None:
         if heartbeat <= 0:
             raise ValueError(f"heartbeat must be positive, got {heartbeat!r}")
@@ -120,6 +125,8 @@ class RepositoryLock:
         self.timeout = timeout
         self.heartbeat = heartbeat
         self.stale_after = stale_after
+        #: The namespace of lock objects it takes part in (``locks/``: the repository's).
+        self.prefix = prefix
         self.host = socket.gethostname()
         self.pid = os.getpid()
         self.pid_namespace = pid_namespace()
@@ -138,7 +145,7 @@ class RepositoryLock:
 
     @property
     def name(self) -> str:
-        return LOCKS_PREFIX + self.id
+        return self.prefix + self.id
 
     @property
     def acquired_at(self) -> float:
@@ -236,7 +243,7 @@ class RepositoryLock:
     def _find_blocker(self, *, pending_counts: bool) -> LockInfo | None:
         """The first live conflicting lock that wins over ours; stale ones are taken over."""
         mine = (self._record["created"], self.id)
-        for other in read_locks(self.backend):
+        for other in read_locks(self.backend, self.prefix):
             if other.id == self.id or not (self.exclusive or other.exclusive):
                 continue
             if self._take_over_if_stale(other):
@@ -387,10 +394,11 @@ class RepositoryLock:
         logger.debug("released %s", self)
 
 
-def read_locks(backend: Backend) -> list[LockInfo]:
-    """Every lock object in the repository, oldest first; vanished ones are skipped."""
+def read_locks(backend: Backend, prefix: str = LOCKS_PREFIX) -> list[LockInfo]:
+    """Every lock object under ``prefix`` (the repository's locks by default), oldest first;
+    vanished ones are skipped."""
     found = []
-    names = [obj.name for obj in backend.list(LOCKS_PREFIX)]
+    names = [obj.name for obj in backend.list(prefix)]
     removed = {name[: -len(REMOVED_SUFFIX)] for name in names if name.endswith(REMOVED_SUFFIX)}
     for name in names:
         if name.endswith(REMOVED_SUFFIX) or name in removed:
@@ -399,7 +407,7 @@ def read_locks(backend: Backend) -> list[LockInfo]:
             data = backend.load(name)
         except ObjectNotFound:
             continue
-        found.append(_parse(name, data))
+        found.append(_parse(name, data, prefix))
     return sorted(found, key=lambda lock: lock.key)
 
 
@@ -463,8 +471,8 @@ def break_locks(backend: Backend, *, force: bool = False) -> list[dict[str, Any]
     return removed
 
 
-def _parse(name: str, data: bytes) -> LockInfo:
-    lock_id = name.removeprefix(LOCKS_PREFIX)
+def _parse(name: str, data: bytes, prefix: str = LOCKS_PREFIX) -> LockInfo:
+    lock_id = name.removeprefix(prefix)
     try:
         raw = json.loads(data)
         return LockInfo(

@@ -1,0 +1,232 @@
+"""Maintenance windows: ``windows`` (the next slot of each and the blackouts ahead)."""
+
+from __future__ import annotations
+
+import socket
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+from invoke import Collection, Exit
+
+from crmmaint.cli.common import command, helps, open_inventory
+from crmmaint.errors import ConfigError, CrmMaintError
+from crmmaint.journal import current_user
+from crmmaint.reporting.console import print_table, visible, write_json
+from crmmaint.units import format_elapsed
+
+#: How far ahead ``windows`` lists blackouts (seconds): a quarter.
+BLACKOUT_HORIZON = 92 * 86400.0
+
+
+def _when(moment: datetime | None, tz: Any) -> str:
+    return "-" if moment is None else f"{moment.astimezone(tz):%Y-%m-%d %H:%M %Z}"
+
+
+@command(help=helps())
+def windows(
+    c: Any,
+    inventory: str | None = None,
+    json: bool = False,
+    debug: bool = False,
+) -> None:
+    """The next slot of each maintenance window, and the blackouts of the next 92 days."""
+    from crmmaint.schedule import calendar
+    from crmmaint.schedule.plan import schedule_of
+
+    inv = open_inventory(c, inventory)
+    plan = schedule_of(inv)
+    now = datetime.now(UTC)
+    rows = []
+    for window in plan.windows:
+        slot = calendar.current_slot(window, now) or calendar.next_slot(window, now)
+        ends = slot.timestamp() + window.length
+        blocked = plan.blackout_at(slot)
+        rows.append(
+            {
+                "window": window.name,
+                "playbook": window.playbook,
+                "every": window.every,
+                "next": _when(slot, plan.tz),
+                "open now": "yes" if slot <= now else "",
+                "length": format_elapsed(window.length),
+                "ends": _when(datetime.fromtimestamp(ends, UTC), plan.tz),
+                "catch_up": window.catch_up,
+                "blackout": blocked.name if blocked else "",
+            }
+        )
+    ahead = [
+        {
+            "blackout": b.name,
+            "from": _when(b.start, plan.tz),
+            "until": _when(b.end, plan.tz),
+            "now": "yes" if b.start <= now < b.end else "",
+        }
+        for b in calendar.blackouts_ahead(plan.blackouts, now, BLACKOUT_HORIZON)
+    ]
+    if json:
+        write_json({"timezone": str(plan.tz), "windows": rows, "blackouts": ahead})
+        return
+    if not rows:
+        print(
+            f"crmmaint: {visible(inv.path)} has no schedule: windows (see docs/scheduler.md)",
+            file=sys.stderr,
+        )
+    else:
+        print_table(
+            rows,
+            ["window", "playbook", "next", "open now", "length", "catch_up", "blackout"],
+            title=f"windows ({plan.tz})",
+        )
+    if ahead:
+        print_table(ahead, ["blackout", "from", "until", "now"], title="blackouts ahead")
+    elif rows:
+        print("no blackout in the next 92 days")
+
+
+@command(
+    help=helps(
+        once="evaluate what is due now, run it, and exit (for cron, systemd timers, tests)",
+        check="say what would run and record the decisions; run nothing",
+        at="with --once: evaluate at this moment (2026-12-02T02:05, local unless it has an"
+        " offset) instead of now, e.g. to see what a night would run (with --check)",
+        forks="how many targets a playbook runs in parallel (default 10)",
+        interval="seconds between evaluations when running on (default 30)",
+    )
+)
+def scheduler(
+    c: Any,
+    inventory: str | None = None,
+    once: bool = False,
+    check: bool = False,
+    at: str | None = None,
+    forks: int = 0,
+    interval: float = 30.0,
+    json: bool = False,
+    debug: bool = False,
+) -> None:
+    """Run the playbooks in their maintenance windows (exit 130 on SIGTERM or SIGINT)."""
+    from crmmaint.cli.common import _run_reported, open_journal
+    from crmmaint.playbook import load_playbook
+    from crmmaint.reporting.console import ConsoleReporter
+    from crmmaint.schedule.scheduler import LocalCoordination, RepositoryCoordination, Scheduler
+
+    inv = open_inventory(c, inventory)
+    if inv.schedule is None or not inv.schedule.windows:
+        raise ConfigError(
+            f"{inv.path} has no schedule: windows, so the scheduler would never run anything",
+            hint="add a schedule: section with windows (docs/scheduler.md)",
+        )
+    now = _moment(at) if at else None
+    if now is not None and not once:
+        raise ConfigError("--at goes with --once (a scheduler that runs on uses the clock)")
+    if json and not once:
+        raise ConfigError("--json goes with --once (a scheduler that runs on logs lines)")
+    if not 1 <= interval <= 3600:
+        raise ConfigError(f"--interval {interval:g}: give 1 to 3600 seconds")
+    books = {
+        w.name: load_playbook(_playbook_path(w.playbook, inv), inv) for w in inv.schedule.windows
+    }
+    with open_journal(c, inv) as journal:
+        owner = f"scheduler {current_user()}@{socket.gethostname()}"
+        coordination: Any
+        if inv.repositories:
+            from crmmaint.repository.configured import backend_for
+
+            name = inv.schedule.lock_repository
+            backend = backend_for(inv.repository(name))
+            backend.open()
+            coordination = RepositoryCoordination(backend, owner)
+        else:
+            coordination = LocalCoordination(journal)
+        print(
+            f"crmmaint: scheduler: overlap lock in {visible(coordination.where)}", file=sys.stderr
+        )
+
+        def run_window(window: Any, ends: datetime | None) -> tuple[int | None, int]:
+            """One scheduled run, in the audit trail as a ``run`` of its own (the scheduler
+            is a long-running command: each playbook it runs is a change of its own)."""
+            from crmmaint.audit import AuditTrail
+
+            # --json: one document at the end (the decisions, with each run's id), no more
+            reporter = None if json else ConsoleReporter(verbose=False)
+            ending = f"{ends:%Y-%m-%dT%H:%M%z}" if ends else None
+            trail = AuditTrail(
+                "run",
+                [*sys.argv, f"(window {window.name})"],
+                {"scheduled": window.name, "playbook": window.playbook, "until": ending},
+            )
+            trail.inventory, trail.inventory_read = inv, True
+            trail.begin(journal.path)
+            code = 70
+            try:
+                summary = _run_reported(
+                    c, inv, books[window.name], reporter, footer=not json, forks=forks,
+                    ends_at=ends,
+                )  # fmt: skip
+                code = summary.exit_code
+                trail.run_id = summary.run_id
+                return summary.run_id, summary.exit_code
+            except KeyboardInterrupt:
+                code = 130
+                raise
+            except CrmMaintError as exc:
+                code = exc.exit_code
+                raise
+            finally:
+                trail.end(code)
+
+        sched = Scheduler(inv, journal, coordination, run_window, check=check)
+        if once:
+            outcomes = sched.tick(now)
+            _say(outcomes, json)
+            codes = [o.exit_code for o in outcomes if o.exit_code]
+            if codes:
+                raise Exit(code=max(codes))
+            return
+        sched.serve(interval)
+
+
+def _playbook_path(playbook: str, inv: Any) -> str:
+    """A window's playbook: a path relative to the inventory's folder when a file is there,
+    else as given (a shipped playbook's name, an absolute path)."""
+    from pathlib import Path
+
+    beside = Path(inv.path).parent / playbook
+    return str(beside) if not Path(playbook).is_absolute() and beside.is_file() else playbook
+
+
+def _moment(text: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ConfigError(f"--at {text!r} is not a date and time: write 2026-12-02T02:05") from None
+    return moment.astimezone() if moment.tzinfo is None else moment
+
+
+def _say(outcomes: list[Any], json: bool) -> None:
+    rows = [
+        {
+            "window": o.decision.window.name,
+            "action": o.decision.action,
+            "reason": o.decision.reason,
+            "note": o.note,
+            "run": o.run_id,
+            "exit_code": o.exit_code,
+        }
+        for o in outcomes
+    ]
+    if json:
+        write_json(rows)
+        return
+    for row in rows:
+        note = f" ({row['note']})" if row["note"] else ""
+        print(visible(f"scheduler: {row['action']} {row['window']}: {row['reason']}{note}"))
+    if not rows:
+        print("scheduler: nothing due")
+
+
+def register(ns: Collection) -> None:
+    """Add these commands to the CLI collection."""
+    ns.add_task(windows)
+    ns.add_task(scheduler)
