@@ -27,6 +27,7 @@ from crmmaint.engines.config_files import (
     MASK,
     ConfigFile,
     config_path_problem,
+    glob_matches,
     is_secret_name,
     mask_text,
     normal_path,
@@ -53,6 +54,8 @@ from crmmaint.tasks.config_drift import build_snapshot, describe, file_diff
         "Authorization", "key", "encryption_key", "ssl_passphrase_command",
         # a word ending in pass/pwd/passwd/pw
         "dbpass", "adminpwd", "mysqlpasswd", "rootpw", "MYSQLPASS", "smtpPass", "ldap_bindpw",
+        # a secret substring wins over a harmless last word (over-masking a path: documented)
+        "vault_password_file", "bearer_token_file", "client_secret_path", "sig",
     ],
 )  # fmt: skip
 def test_secret_names(name: str) -> None:
@@ -137,6 +140,27 @@ CASES = [
     ('"app" "md5d41d8cd98f00b204e9800998ecf8427e"', "d41d8cd98f00b204e9800998ecf8427e", '"app" "md5***"'),
     ("ALTER ROLE app PASSWORD 'SCRAM-SHA-256$4096:c2FsdA==$c3Q=:c2U='", "c2FsdA==$c3Q=:c2U=", "PASSWORD '***'"),
     ('"app" "SCRAM-SHA-256$4096:c2FsdA==$c3Q=:c2U="', "c2FsdA==$c3Q=:c2U=", '"app" "SCRAM-SHA-256$***"'),
+    # MySQL/MariaDB
+    ("CREATE USER 'app'@'%' IDENTIFIED BY 'my-Secret1';", "my-Secret1", "CREATE USER 'app'@'%' IDENTIFIED BY '***';"),
+    ("ALTER USER 'app'@'localhost' IDENTIFIED BY PASSWORD 'altpw99';", "altpw99", "IDENTIFIED BY PASSWORD '***';"),
+    ("GRANT ALL ON crm.* TO 'app'@'%' IDENTIFIED BY 'grantpw1';", "grantpw1", "TO 'app'@'%' IDENTIFIED BY '***';"),
+    ("SET PASSWORD FOR 'app'@'%' = PASSWORD('setpw77');", "setpw77", "SET PASSWORD"),
+    ("SELECT PASSWORD('selpw88');", "selpw88", "SELECT PASSWORD('***');"),
+    ("ALTER USER app IDENTIFIED WITH caching_sha2_password BY 'cachpw1'", "cachpw1", "ALTER USER app IDENTIFIED"),
+    ("app:*6BB4837EB74329105EE4568DDA7DC67ED2CA2AD9", "6BB4837EB74329105EE4568DDA7DC67ED2CA2AD9", "app:***"),
+    # webhooks: the secret path segments
+    ("url = https://hooks.slack.com/services/T0AB12CD/B0EF34GH/xoxAbCdEf123456789", "xoxAbCdEf123456789", "hooks.slack.com/services/T0AB12CD/B0EF34GH/***"),
+    ("hook: https://discord.com/api/webhooks/123456789012345678/dIsC-0rd_T0ken", "dIsC-0rd_T0ken", "api/webhooks/123456789012345678/***"),
+    ("https://acme.webhook.office.com/webhookb2/1a-2b@3c-4d/IncomingWebhook/abcdef0123456789/5e-6f", "abcdef0123456789", "/IncomingWebhook/***"),
+    ("MM_HOOK=https://chat.example.com/hooks/x3f9kq0pz8mnb7vc6xa", "x3f9kq0pz8mnb7vc6xa", "https://chat.example.com/hooks/***"),
+    # sigils, cookies
+    ('set $api_key "nginxkey1";', "nginxkey1", 'set $api_key "***";'),
+    ("set -g @password 'tmuxpw12'", "tmuxpw12", "set -g @password '***'"),
+    ('proxy_set_header Cookie "session=c00kie1";', "c00kie1", 'proxy_set_header Cookie "***";'),
+    ("Cookie: session=c00kie2; theme=dark", "c00kie2", "Cookie: ***"),
+    ("Set-Cookie: sid=c00kie3; Path=/", "c00kie3", "Set-Cookie: ***"),
+    ("""curl -H 'Cookie: sid=c00kie4' https://x""", "c00kie4", "curl -H 'Cookie: ***' https://x"),
+    ("<password><![CDATA[cdatapw1]]></password>", "cdatapw1", "<password><![CDATA[***]]></password>"),
 ]  # fmt: skip
 
 
@@ -167,6 +191,11 @@ def test_masking_by_syntax(line: str, secret: str, kept: str) -> None:
         "root:x:0:0:root:/root:/bin/bash",
         'echo "$1$2"',
         "local all all md5",
+        "CREATE USER app IDENTIFIED BY RANDOM PASSWORD;",
+        "session.cookie_secure = 1",
+        "set $backend http://app;",
+        "https://api.example.com/v4/projects/12/hooks/34",
+        "<x>*</x>",
     ],
 )
 def test_ordinary_lines_stay(line: str) -> None:
@@ -240,6 +269,8 @@ def test_colon_files_by_a_symlinks_target_name(target: str, line: str, secret: s
 # --- masking, properties --------------------------------------------------------------------
 
 _PRINTABLE = "".join(c for c in string.printable if c not in "\r\n\t\x0b\x0c")
+_NO_SQUOTE = _PRINTABLE.replace("'", "").replace("\\", "")
+_NO_DQUOTE = _PRINTABLE.replace('"', "").replace("\\", "")
 #: Syntax templates and the characters a secret in them may hold (as the format allows).
 TEMPLATES = [
     ("password = {}", _PRINTABLE),
@@ -261,6 +292,26 @@ TEMPLATES = [
     ('add_header Authorization "Bearer {}";', _PRINTABLE.replace('"', "").replace("\\", "")),
     ("RequestHeader set X-Auth-Token {}", _PRINTABLE),
     ("CREATE ROLE app LOGIN PASSWORD '{}';", _PRINTABLE.replace("'", "").replace("\\", "")),
+    ("CREATE USER 'app'@'%' IDENTIFIED BY '{}';", _NO_SQUOTE),
+    ("ALTER USER 'app'@'localhost' IDENTIFIED BY PASSWORD '{}';", _NO_SQUOTE),
+    ("GRANT ALL ON crm.* TO 'app'@'%' IDENTIFIED BY '{}' WITH GRANT OPTION;", _NO_SQUOTE),
+    ("SET PASSWORD FOR 'app'@'%' = PASSWORD('{}');", _NO_SQUOTE),
+    ("ALTER USER app IDENTIFIED WITH mysql_native_password AS '*{}';", "0123456789ABCDEF"),
+    ("https://hooks.slack.com/services/T0AB12CD/B0EF34GH/{}", string.ascii_letters + string.digits),
+    ("webhook: https://discord.com/api/webhooks/123456789012345678/{}", string.ascii_letters + string.digits + "_-"),
+    ('"url": "https://x.webhook.office.com/webhookb2/a-1@b-2/IncomingWebhook/{}/c-3"', string.ascii_letters + string.digits),
+    ('set $api_key "{}";', _NO_DQUOTE),
+    ("  set $secret_token {};", _PRINTABLE),
+    ('proxy_set_header Cookie "session={}";', _NO_DQUOTE),
+    ("Cookie: sid={}", _PRINTABLE),
+    ("""curl -H "Set-Cookie: sid={}" https://x""", _NO_DQUOTE),
+    ("set -g @password '{}'", _NO_SQUOTE),
+    ("<password>\n  {}\n</password>", _PRINTABLE.replace("<", "")),
+    ('<db:password enc="no">\n{}\n  tail\n</db:password>', _PRINTABLE.replace("<", "")),
+    ("<password><![CDATA[{}]]></password>", _PRINTABLE.replace("]", "")),
+    ('secret: "first line\n  {}"', _NO_DQUOTE),
+    ("password: 'a\n  {}\n  b'", _NO_SQUOTE),
+    ('export DB_PASSWORD="\n{}\n"', _NO_DQUOTE),
 ]  # fmt: skip
 
 
@@ -290,20 +341,21 @@ HASH_SHAPES = [
     ("$y$", _CRYPT + "$"), ("$2b$", _CRYPT + "$"), ("$2y$", _CRYPT + "$"), ("$apr1$", _CRYPT + "$"),
     ("$argon2id$", _CRYPT + "$=,"), ("$pbkdf2-sha256$", _CRYPT + "$"), ("{SSHA}", _CRYPT + "+="),
     ("{SHA}", _CRYPT + "+="), ("{CRYPT}$6$", _CRYPT + "$"), ("SCRAM-SHA-256$", _CRYPT + "$:+="),
-    ("md5", "0123456789abcdef"),
+    ("md5", "0123456789abcdef"), ("*", "0123456789ABCDEF"),
 ]  # fmt: skip
 #: Where a hash may sit: shadow, htpasswd, pgbouncer userlist.txt, SQL, LDIF, any key.
 HASH_PLACES = [
     "{user}:{hash}:19000:0:99999:7:::", "{user}:!{hash}:19000::::::", "{user}:{hash}",
     '"{user}" "{hash}"', "ALTER ROLE {user} PASSWORD '{hash}';", "userPassword: {hash}",
     "  hashed = {hash}", "{user} {hash}",
+    "ALTER USER '{user}'@'%' IDENTIFIED WITH mysql_native_password AS '{hash}';",
 ]  # fmt: skip
 
 
 @st.composite
 def hash_lines(draw: st.DrawFn) -> tuple[str, str]:
     prefix, alphabet = draw(st.sampled_from(HASH_SHAPES))
-    size = 32 if prefix == "md5" else draw(st.integers(8, 60))
+    size = {"md5": 32, "*": 40}.get(prefix) or draw(st.integers(8, 60))
     body = draw(st.text(alphabet=alphabet, min_size=size, max_size=size))
     user = draw(st.text(alphabet=string.ascii_lowercase + "_-", min_size=1, max_size=12))
     line = draw(st.sampled_from(HASH_PLACES)).format(user=user, hash=prefix + body)
@@ -327,6 +379,8 @@ _DIRECTIVES = [
     "RequestHeader set",
     "Header always set",
     "grpc_set_header",
+    "set",
+    "set -g",
 ]
 _SECRET_ARGS = [
     "X-Api-Key",
@@ -335,6 +389,10 @@ _SECRET_ARGS = [
     "X-Secret",
     "api_key",
     "Proxy-Authorization",
+    "Cookie",
+    "Set-Cookie",
+    "$api_key",
+    "@password",
 ]
 
 
@@ -353,7 +411,11 @@ def test_directive_values_after_secret_arguments_never_survive(
     assume(secret not in f"{lead}{directive} {arg} {form}{tail}".replace("{}", ""))
     # the documented gap: in a comment of plain words, a plain word after a plain secret word
     # is prose ("# The password below …")
-    prose = lead.strip() and directive.startswith("Header ") and arg == "Authorization"
+    prose = (
+        lead.strip()
+        and not re.search(r"[_.\-]|^.[^A-Z]*[A-Z]", directive.split()[0])
+        and not re.search(r"[_.\-]|^.[^A-Z]*[A-Z]", arg.lstrip("$@"))
+    )
     assume(not (prose and form == "{}" and re.fullmatch(r"[a-z]+\.?", secret)))
     line = f"{lead}{directive} {arg} {form.format(secret)}{tail}"
     text = f"port = 1\n{line}\nlisten 80;"
@@ -369,7 +431,9 @@ _VOCABULARY = [
     "password", "token", "X-Api-Key", "dbpass", "requirepass", "proxy_set_header", "Bearer",
     "Authorization", "key", " ", " ", "  ", "\t", "=", ":", ";", "'", '"', "#", "$6$", "{SSHA}",
     "md5", "abcdefgh12", "0123456789abcdef", "value", "x", "--", "-", "<password>", "</password>",
-    "\n", "[secret]", "://u:", "@", "SCRAM-SHA-256$", "$",
+    "\n", "[secret]", "://u:", "@", "SCRAM-SHA-256$", "$", "IDENTIFIED BY ", "PASSWORD(",
+    "Cookie: ", "set $api_key ", "@password ", "*6BB4837EB74329105EE4568DDA7DC67ED2CA2AD9",
+    "hooks.slack.com/services/T0/B0/", "/hooks/", "<![CDATA[", "]]>", "<secret a='1'>",
 ]  # fmt: skip
 
 
@@ -399,7 +463,8 @@ def test_masking_keeps_line_count_and_is_idempotent(text: str) -> None:
             [
                 "password: |", "  blockline", "creds:", "  a: b", "[secret]", "x = y", "[other]",
                 "-----BEGIN EC PRIVATE KEY-----", "-----END EC PRIVATE KEY-----", "plain",
-                "  - item", "token = 'a'b", 'k = "unterminated',
+                "  - item", "token = 'a'b", 'k = "unterminated', "<password>", "</password>",
+                "<user>u</user>", 'secret: "open', '  more"', "  tail'", "password: 'x",
             ]
         ),
         max_size=30,
@@ -595,6 +660,340 @@ def test_no_files_is_skipped() -> None:
 
     result = REGISTRY["config.drift"].func(make_ctx("config.drift"))
     assert result.status is Status.SKIPPED and "config_files" in result.message
+
+
+# --- multi-line values ----------------------------------------------------------------------
+
+
+def test_values_spanning_lines_are_masked_up_to_their_end() -> None:
+    text = "\n".join(
+        [
+            "<config>",
+            "  <password>",
+            "    xmlline1",
+            "    xmlline2</password>",
+            "  <user>alice</user>",
+            "  <secret>",
+            "    <item>inner</item>",
+            "    plainsecret",
+            "  </secret>",
+            "</config>",
+            'secret: "yaml-one',
+            '  yaml-two"',
+            "port: 1",
+            "password: 'sq-one",
+            "  sq-two'  # tail",
+            'note: "an open quote under a plain key',
+            "stays: readable",
+        ]
+    )
+    masked, count = mask_text(text)
+    lines = masked.split("\n")
+    for secret in ("xmlline", "plainsecret", "yaml-one", "yaml-two", "sq-one", "sq-two"):
+        assert secret not in masked, masked
+    assert lines[1] == "  <password>" and lines[3] == "    ***</password>"
+    assert lines[4] == "  <user>alice</user>" and lines[8] == "  </secret>"
+    assert lines[10] == 'secret: "***' and lines[11] == '  ***"' and lines[12] == "port: 1"
+    assert lines[14] == "  ***'  # tail"
+    assert lines[-2:] == ['note: "an open quote under a plain key', "stays: readable"]
+    assert len(lines) == len(text.split("\n")) and count == 7
+    assert mask_text(masked) == (masked, 0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.sampled_from(["secret", "db_password", "export API_TOKEN", "- passwd"]),
+    st.sampled_from(["=", ": "]),
+    st.sampled_from(['"', "'"]),
+    st.lists(st.text(alphabet=string.ascii_letters + string.digits + " =:#", min_size=6, max_size=20), min_size=1, max_size=4),
+)  # fmt: skip
+def test_a_quoted_secret_continued_on_later_lines_never_survives(
+    key: str, sep: str, quote: str, parts: list[str]
+) -> None:
+    parts = [p.strip() for p in parts]
+    assume(all(len(p) >= 6 for p in parts))
+    body = "\n  ".join(parts)
+    text = f"port = 1\n{key}{sep}{quote}{body}{quote}\nworkers = 4"
+    masked, count = mask_text(text)
+    for part in parts:
+        assert part not in masked
+    assert masked.split("\n")[0] == "port = 1" and masked.split("\n")[-1] == "workers = 4"
+    assert count == len(parts) and mask_text(masked) == (masked, 0)
+
+
+# --- glob scope -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("pattern", "path", "matches"),
+    [
+        ("/etc/*.conf", "/etc/a.conf", True), ("/etc/*.conf", "/etc/sub/a.conf", False),
+        ("/etc/*.conf", "/etc/.hidden.conf", False), ("/etc/.*.conf", "/etc/.hidden.conf", True),
+        ("/etc/*/x.conf", "/etc/a/x.conf", True), ("/etc/a?.conf", "/etc/ab.conf", True),
+        ("/etc/[ab].conf", "/etc/c.conf", False), ("/etc/x.conf", "/etc/x.conf", True),
+        ("/etc/*.conf", "/etc/*.conf", True),
+    ],
+)  # fmt: skip
+def test_glob_matches_as_the_hosts_shell_expands(pattern: str, path: str, matches: bool) -> None:
+    assert glob_matches(pattern, path) is matches
+
+
+_NAMES = st.sampled_from(["a.conf", "b.conf", ".h.conf", "x", "sub", "a b.conf", "ab.ini"])
+_GLOBS = st.sampled_from(["*.conf", "*", "?.conf", "a*", "[ab]*", ".*", "*.ini", "sub"])
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(st.lists(_NAMES, min_size=1, max_size=3), min_size=1, max_size=6),
+    st.lists(_GLOBS, min_size=1, max_size=3),
+)
+def test_glob_matches_agrees_with_a_real_expansion(
+    tmp_path_factory: Any, paths: list[list[str]], pattern: list[str]
+) -> None:
+    import glob
+
+    root = tmp_path_factory.mktemp("g")
+    for parts in paths:
+        target = root.joinpath(*parts)
+        if any(p.is_file() for p in target.parents if root in p.parents):
+            continue
+        if target.exists():
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text("x")
+    glob_pattern = str(root) + "/" + "/".join(pattern)
+    expanded = set(glob.glob(glob_pattern))
+    every = {str(p) for p in root.rglob("*")} | {str(p) for p in root.rglob(".*")}
+    assert {p for p in every if glob_matches(glob_pattern, p)} == expanded
+
+
+# --- the task on the local host: check mode, scope, secrets' sizes, duplicates ------------------
+
+
+def _local_run(
+    tmp_path: Path,
+    config_files: list[str],
+    params: dict[str, Any] | None = None,
+    *,
+    check: bool = False,
+) -> Any:
+    from crmmaint.inventory import Inventory
+    from crmmaint.inventory.model import Host
+    from crmmaint.tasks.api import REGISTRY
+
+    inventory = Inventory(path=str(tmp_path / "inventory.yml"))
+    inventory.hosts["local"] = Host(name="local", connection="local", config_files=config_files)
+    with Journal(tmp_path / "journal.sqlite") as journal:
+        ctx = make_ctx("config.drift", params, inventory=inventory, journal=journal, check=check)
+        return REGISTRY["config.drift"].func(ctx)
+
+
+def _accept(tmp_path: Path) -> None:
+    with Journal(tmp_path / "journal.sqlite") as journal:
+        Baselines(journal).accept("drift", user="ann")
+
+
+def _recorded(tmp_path: Path) -> dict[str, Any]:
+    with Journal(tmp_path / "journal.sqlite") as journal:
+        (obs,) = Baselines(journal).observations("drift")
+        return obs.snapshot["files"]
+
+
+def test_check_mode_says_it_records_nothing_with_or_without_a_baseline(tmp_path: Path) -> None:
+    conf = tmp_path / "app.conf"
+    conf.write_text("port = 1\n")
+    first = _local_run(tmp_path, [str(conf)], check=True)
+    assert first.status is Status.WARNING and first.details["recorded"] is False
+    assert first.message.endswith(
+        "no accepted baseline yet (check mode records nothing): run without --check to record"
+        " it, then `crmmaint baseline accept drift`"
+    ), first.message
+    assert "baseline show" not in first.message
+    _local_run(tmp_path, [str(conf)])
+    _accept(tmp_path)
+    conf.write_text("port = 2\n")
+    changed = _local_run(tmp_path, [str(conf)], check=True)
+    assert changed.status is Status.WARNING, changed.message
+    assert "1 change since the baseline accepted" in changed.message
+    assert changed.message.endswith(
+        "(check mode records nothing: run without --check to record it, then"
+        " `crmmaint baseline accept drift`)"
+    ), changed.message
+    assert "baseline show" not in changed.message
+    recorded = _local_run(tmp_path, [str(conf)])
+    assert "(`crmmaint baseline show drift`;" in recorded.message
+
+
+def test_a_change_of_masked_values_alone_tells_no_size(tmp_path: Path) -> None:
+    conf = tmp_path / "app.conf"
+    conf.write_text("port = 1\npassword = short\n")
+    _local_run(tmp_path, [str(conf)])
+    assert "size" not in _recorded(tmp_path)[str(conf)]  # size - masked text = secret length
+    _accept(tmp_path)
+    conf.write_text("port = 1\npassword = a-much-longer-secret\n")
+    result = _local_run(tmp_path, [str(conf)])
+    assert result.status is Status.WARNING
+    assert f"file {conf}: only masked (secret) values changed" in result.message, result.message
+    (row,) = result.details["files"]
+    assert row["changes"] == ["only masked (secret) values changed"] and "size" not in row
+    every = json.dumps(result.details) + result.message
+    assert not re.search(r"\b(?:17|32) ?B\b|\b(?:17|32)\b -> ", every), every
+    shown = run_cli("baseline", "show", "drift", "-i", str(_inventory_file(tmp_path, [str(conf)])))
+    assert shown.returncode == 0, shown.stderr
+    assert "only masked (secret) values changed" in shown.stdout and "size" not in shown.stdout
+
+
+def _inventory_file(tmp_path: Path, config_files: list[str]) -> Path:
+    path = tmp_path / "inventory.yml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "settings": {"journal": str(tmp_path / "journal.sqlite")},
+                "hosts": {"local": {"connection": "local", "config_files": config_files}},
+            }
+        )
+    )
+    return path
+
+
+def test_a_step_with_its_own_files_keeps_the_rest_of_the_hosts_baseline(tmp_path: Path) -> None:
+    conf = tmp_path / "etc"
+    (conf / "conf.d").mkdir(parents=True)
+    host_files = [str(conf / "main.conf"), f"{conf}/conf.d/*.conf"]
+    (conf / "main.conf").write_text("a = 1\n")
+    (conf / "conf.d" / "x.conf").write_text("x = 1\n")
+    (conf / "conf.d" / "y.conf").write_text("y = 1\n")
+    (conf / "extra.conf").write_text("e = 1\n")
+    _local_run(tmp_path, host_files)
+    _accept(tmp_path)
+
+    # a step naming another file compares only it; the host's files are kept as observed
+    step = _local_run(tmp_path, host_files, {"files": [str(conf / "extra.conf")]})
+    assert step.message.startswith("1 file: 0 as accepted, 1 new;"), step.message
+    assert "no longer configured" not in step.message and "missing" not in step.message
+    assert set(_recorded(tmp_path)) == {*host_files[:1], str(conf / "conf.d/x.conf"),
+                                        str(conf / "conf.d/y.conf"), str(conf / "extra.conf")}  # fmt: skip
+    _accept(tmp_path)
+    with Journal(tmp_path / "journal.sqlite") as journal:
+        (base,) = Baselines(journal).baselines("drift")
+    assert len(base.snapshot["files"]) == 4  # accepting dropped nothing
+
+    # a step with a glob: a deleted match is missing (never "removed"), other paths untouched
+    (conf / "conf.d" / "y.conf").unlink()
+    (conf / "main.conf").write_text("a = 2\n")  # outside the step's scope: not its business
+    globbed = _local_run(tmp_path, host_files, {"files": [f"{conf}/conf.d/*.conf"]})
+    assert globbed.message.startswith("2 files: 1 as accepted, 1 missing;"), globbed.message
+    assert f"file {conf}/conf.d/y.conf missing" in globbed.message
+    assert "removed" not in globbed.message and "main.conf" not in globbed.message
+    assert str(conf / "main.conf") in _recorded(tmp_path)  # kept as last observed
+
+    # the host-wide run sees the rest: main.conf changed, extra.conf no longer configured
+    wide = _local_run(tmp_path, host_files)
+    assert "1 changed" in wide.message and "1 no longer configured" in wide.message, wide.message
+    assert f"file {conf}/extra.conf no longer configured" in wide.message
+    assert "removed" not in wide.message
+
+
+def test_a_step_without_a_previous_observation_keeps_the_baselines_other_paths(
+    tmp_path: Path,
+) -> None:
+    a, b = tmp_path / "a.conf", tmp_path / "b.conf"
+    a.write_text("a = 1\n")
+    b.write_text("b = 1\n")
+    _local_run(tmp_path, [str(a), str(b)])
+    _accept(tmp_path)
+    with Journal(tmp_path / "journal.sqlite") as journal:
+        journal.state_delete("observed:drift:hosts/local")  # as if nothing were observed
+    _local_run(tmp_path, [str(a), str(b)], {"files": [str(a)]})
+    assert set(_recorded(tmp_path)) == {str(a), str(b)}
+
+
+def test_a_file_accepted_as_missing_appears_and_a_present_one_goes_missing(
+    tmp_path: Path,
+) -> None:
+    conf, other = tmp_path / "late.conf", tmp_path / "gone.conf"
+    other.write_text("o = 1\n")
+    _local_run(tmp_path, [str(conf), str(other)])
+    _accept(tmp_path)
+    conf.write_text("port = 5432\npassword = hunter2two\n")
+    other.unlink()
+    result = _local_run(tmp_path, [str(conf), str(other)])
+    assert "1 new, 1 missing" in result.message, result.message
+    assert f"file {conf} appeared" in result.message and f"file {other} missing" in result.message
+    inv = _inventory_file(tmp_path, [str(conf), str(other)])
+    shown = run_cli("baseline", "show", "drift", "-i", str(inv))
+    assert shown.returncode == 0, shown.stderr
+    out = shown.stdout
+    assert "appeared (accepted as missing): mode " in out and "+port = 5432" in out
+    assert "+password = ***" in out and "hunter2two" not in out
+    assert "content changed (not read" not in out
+    lines = out.split("\n")
+    gone = lines.index(next(line for line in lines if str(other) in line and "changed" in line))
+    assert lines[gone + 1].strip() == "missing"
+
+
+def test_file_diff_names_appeared_and_missing() -> None:
+    item = build_snapshot([_file("/a", "x = 1\ny = 2\n")], max_size=100)["files"]["/a"]
+    appeared = file_diff("/a", {"missing": True}, item, accepted="accepted x", max_lines=50)
+    assert (
+        appeared["changes"][0]
+        == "appeared (accepted as missing): mode 0640, owner root, group root, 12 B"
+    )
+    assert appeared["diff"].split("\n")[-3:] == ["+x = 1", "+y = 2", "+"]
+    assert file_diff("/a", item, {"missing": True}, accepted="x", max_lines=5) == {
+        "changes": ["missing"]
+    }
+    unreadable = {
+        "unreadable": True,
+        "mode": "0600",
+        "owner": "root",
+        "group": "root",
+        "link": None,
+        "size": 3,
+    }
+    assert (
+        file_diff("/a", item, unreadable, accepted="x", max_lines=5)["changes"][0] == "unreadable"
+    )
+    assert file_diff("/a", unreadable, item, accepted="x", max_lines=5)["changes"][0].startswith(
+        "readable now (accepted as unreadable)"
+    )  # fmt: skip
+
+
+def test_an_older_baselines_size_of_a_masked_file_is_no_change() -> None:
+    now = build_snapshot([_file("/a", "password = x1\n")], max_size=100)
+    old = {"files": {"/a": {**now["files"]["/a"], "size": 14}}}
+    from crmmaint.baselines import Baseline
+
+    base = Baseline("drift", "hosts/local", "local", old, "ann", 0.0, None, 0.0)
+    status, message, _, _ = describe(
+        now, Review("drift", base, compare(old, now)), ["/a"], max_lines=10
+    )
+    assert status is Status.OK and "1 as accepted" in message, message
+
+
+def test_describe_change_names_states_not_attributes() -> None:
+    from crmmaint.baselines import Change
+    from crmmaint.tasks.config_drift import describe_change
+
+    item = build_snapshot([_file("/a", "x = 1\n")], max_size=100)["files"]["/a"]
+    assert describe_change(Change("files", "/a", "changed", {"missing": True}, item), "file") == (
+        "file /a appeared"
+    )
+    assert describe_change(Change("files", "/a", "removed", item, None)) == "files /a missing"
+    secret = [build_snapshot([_file("/a", f"password = {v}\n")], max_size=100)["files"]["/a"]
+              for v in ("short", "much-longer")]  # fmt: skip
+    assert describe_change(Change("files", "/a", "changed", *secret), "file") == (
+        "file /a: only masked (secret) values changed"
+    )
+
+
+def test_repeated_files_are_refused_in_a_step_and_counted_once_in_the_inventory(
+    tmp_path: Path,
+) -> None:
+    with pytest.raises(ValueError, match=r"files lists '/etc/a\.conf' twice: name each"):
+        make_ctx("config.drift", {"files": ["/etc/a.conf", "/etc/b", "/etc/a.conf"]})
+    inv = load_inventory(_inventory(tmp_path, {"config_files": ["/etc/a", "/etc/*.d", "/etc/a"]}))
+    assert inv.hosts["app1"].config_files == ["/etc/a", "/etc/*.d"]
 
 
 # --- live over sshd -------------------------------------------------------------------------

@@ -170,7 +170,9 @@ def show(
 
 def _file_diff(change: Change, base: Baseline) -> list[str]:
     """A changed configuration file as ``config.drift`` reports it: mode/owner changes and
-    the unified diff of the masked texts."""
+    the unified diff of the masked texts; a file accepted as missing that exists now
+    ``appeared`` (its attributes and masked text), one gone now ``missing``; a change of
+    masked values alone says only so (no size: it would tell the secrets' length)."""
     from crmmaint.tasks.config_drift import DIFF_LINES, file_diff
 
     accepted = f"accepted {local_time(base.accepted_at)} by {base.accepted_by}"

@@ -21,24 +21,36 @@ too much: a line is masked when a key *looks* secret (``is_secret_name``), in th
 - ``key = value``, ``key: value``, ``KEY=value``, ``export KEY=value``, ``"key": "value"`` (several
   per line), ``'key' => 'value'``, ``$cfg['key'] = 'value'``, ``define('KEY', 'value')``,
   ``--key=value`` / ``--key value``, and ``key value`` at the start of a line (redis.conf),
-  commented-out lines included; an unquoted value is masked to the end of the line;
+  commented-out lines included; an unquoted value is masked to the end of the line, and a
+  quoted one whose quote does not close on its line up to the closing quote on a later line
+  (``secret: "a`` / ``  b"``: YAML, shell);
 - in a directive line (``word arg arg …`` separated by blanks: nginx, Apache, SQL), the value
   after any secret-looking argument: ``proxy_set_header X-Api-Key ***;``, ``RequestHeader set
   X-Auth-Token ***``, ``add_header Authorization "Bearer ***"`` (an auth scheme stays
-  readable), ``CREATE ROLE app PASSWORD '***'``, commented-out lines included; but in a
+  readable), ``CREATE ROLE app PASSWORD '***'``, ``set $api_key "***";`` and ``set -g
+  @password '***'`` (an argument may carry a ``$`` or ``@`` sigil), commented-out lines
+  included; the value of a ``Cookie``/``Set-Cookie`` header the same way
+  (``proxy_set_header Cookie "***";``, ``Cookie: ***``, ``-H "Cookie: ***"``); but in a
   comment that does not look like a directive (its first word holds no ``_``, ``-``, ``.`` or
   inner capital, and it does not end in ``;``) a plain secret word followed by a plain
   lower-case word is prose and stays (``# The password below is read at start``);
-- ``<key>value</key>``, ``<add key="Key" value="v"/>``, ``<property name="key">v</property>``;
+- ``<key>value</key>`` (its text on the lines up to ``</key>`` too, and a ``CDATA`` section),
+  ``<add key="Key" value="v"/>``, ``<property name="key">v</property>``;
+- MySQL/MariaDB SQL: ``IDENTIFIED [WITH plugin] BY|AS [PASSWORD] '***'`` (``CREATE USER``,
+  ``ALTER USER``, ``GRANT``), ``SET PASSWORD … = PASSWORD('***')``, ``PASSWORD('***')``;
 - the values under a secret YAML key (``secrets:`` mapping, ``password: |`` block) and in a
   secret INI section (``[credentials]``);
 - anywhere: ``scheme://user:PASSWORD@host``, ``password=…`` inside a conninfo or query string,
   ``Bearer``/``Basic``/``Token`` credentials, AWS key ids, JWTs, GitHub, Slack and Stripe tokens,
-  redis ACL passwords (``user app on >secret``), and PEM private key bodies;
+  redis ACL passwords (``user app on >secret``), PEM private key bodies, and the secret path
+  segments of webhook URLs (Slack ``hooks.slack.com/services/T…/B…/***``, Discord
+  ``…/api/webhooks/ID/***``, Teams/Office 365 ``…/IncomingWebhook/***``, and ``…/hooks/<a
+  token of 16 or more characters>`` as Mattermost has); a ``sig=`` (Azure) is a key;
 - anywhere, by shape: password hashes (crypt ``$1$``, ``$2b$``, ``$5$``, ``$6$``, ``$y$``,
   ``$apr1$``, ``$argon2id$`` … keep their ``$id$``; LDAP/htpasswd ``{SHA}``, ``{SSHA}`` …
   keep their scheme), PostgreSQL/pgbouncer verifiers (``md5`` + 32 hex digits,
-  ``SCRAM-SHA-256$…``), the password field of a ``shadow``-format line (nine fields, numeric
+  ``SCRAM-SHA-256$…``), MySQL ``mysql_native_password`` hashes (``*`` + 40 hex digits), the
+  password field of a ``shadow``-format line (nine fields, numeric
   ageing) and a DES hash in an ``htpasswd``-format line (``name:`` + 13 characters), whatever
   the file is called;
 - by file name (the configured path's, or any name a symlink leads through): the password field
@@ -46,9 +58,14 @@ too much: a line is masked when a key *looks* secret (``is_secret_name``), in th
 
 A key looks secret by a word in it (``SECRET_SUBSTRINGS``, ``SECRET_WORDS``) or by how a word of
 it ends (``dbpass``, ``adminpwd``, ``rootpw``: ``SECRET_ENDINGS``, except ``bypass`` and the like).
+A key whose last word is ``file``, ``path``, ``dir`` and the like (``HARMLESS_LAST``) is a
+setting, not a secret, when only a word made it look secret (``ssl_key_file``, ``dbpass_file``);
+one holding a ``SECRET_SUBSTRINGS`` entry stays secret (``vault_password_file``,
+``bearer_token_file`` are masked: masking too much is the safe side).
 
 Not recognised: a secret under a key that does not look secret (``db: hunter2``), short flags
-(``-psecret``), values continued on the next line (a shell ``\\``), ``user:pass@host`` without
+(``-psecret``), an unquoted value continued on the next line (a shell ``\\``), a SQL password
+on the line after ``IDENTIFIED BY``, ``user:pass@host`` without
 a scheme, a lower-case word after a plain secret word in a comment of plain words
 (``# Header set Authorization hunter``: prose), a plaintext ``htpasswd`` password under another
 file name.
@@ -57,6 +74,7 @@ file name.
 from __future__ import annotations
 
 import base64
+import fnmatch
 import hashlib
 import posixpath
 import re
@@ -76,9 +94,13 @@ SECRET_SUBSTRINGS = (
 )  # fmt: skip
 #: Any of these as a whole word of a key (``db_pass``, ``apiKey``, ``MYSQL_PWD``) makes it
 #: secret, unless the key's last word is in ``HARMLESS_LAST`` (``ssl_key_file`` is a path).
+#: ``HARMLESS_LAST`` does not save a key holding one of ``SECRET_SUBSTRINGS``:
+#: ``vault_password_file`` and ``bearer_token_file`` are masked though they name a path.
 SECRET_WORDS = frozenset(
-    {"pass", "pwd", "pw", "key", "auth", "cred", "creds", "salt", "psk", "hmac"}
+    {"pass", "pwd", "pw", "key", "auth", "cred", "creds", "salt", "psk", "hmac", "sig"}
 )
+#: HTTP headers whose whole value is a secret (a session), matched lower case.
+SECRET_HEADERS = frozenset({"cookie", "set-cookie", "cookie2", "set-cookie2"})
 HARMLESS_LAST = frozenset(
     {
         "file", "path", "dir", "directory", "size", "length", "len", "bits", "type", "method",
@@ -139,18 +161,40 @@ _YAML_BLOCK_KEY = re.compile(
 )
 #: A ``key: value`` line inside a secret YAML block (the value starts after the match).
 _YAML_ENTRY = re.compile(r"^[ \t]*(?:-[ \t]+)?([\"']?)[^:\"'#]+\1[ \t]*:(?:[ \t]+|$)")
+#: What may come before a key that starts a line: indentation, a YAML ``- ``, ``export``.
+_LINE_START = re.compile(r"[ \t]*(?:-[ \t]+)?(?:export[ \t]+)?")
 _INI_SECTION = re.compile(r"^[ \t]*\[([^\]]+)\][ \t]*$")
 _INI_ENTRY = re.compile(rf"^[ \t]*({_NAME})[ \t]*(?:=|:|[ \t])[ \t]*")
 _XML_ELEMENT = re.compile(rf"<(?:{_NAME}:)?({_NAME})(?:\s[^<>]*)?(?<!/)>([^<]*)")
 _XML_NAMED = re.compile(r"""\b(?:key|name)\s*=\s*(["'])([^"']*)\1""", re.IGNORECASE)
 _XML_VALUE = re.compile(r"""[^>]*?\bvalue\s*=\s*(["'])""", re.IGNORECASE)
 _XML_TAG_END = re.compile(r"[^>]*?(?<!/)>")
+#: An element opened (``<password>``, ``<db:secret a="1">``); its text may span lines.
+_XML_OPEN = re.compile(rf"<(?:{_NAME}:)?({_NAME})(?:\s[^<>]*)?(?<!/)>")
+_XML_CDATA = re.compile(
+    rf"<(?:{_NAME}:)?({_NAME})(?:\s[^<>]*)?(?<!/)>[ \t]*<!\[CDATA\[(.*?)(?:\]\]>|$)"
+)
 #: ``scheme://user:PASSWORD@``; the password runs to the last ``@`` before a space.
 _URL_PASSWORD = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s/?#@:]*:(\S*)@")
 _REDIS_ACL = re.compile(r"^[ \t]*user[ \t]+\S+[ \t]")
 _REDIS_ACL_PASSWORD = re.compile(r"(?<=[ \t])[<>#!](\S+)")
+#: The end of a URL's path segment (what a webhook's secret runs to).
+_SEGMENT = r"[^\s\"'<>?#;,)]"
 _TOKENS = (
     re.compile(r"\b(?:[Bb]earer|Basic|Token)[ \t]+([A-Za-z0-9._~+/=\-]{8,})"),
+    # webhooks whose secret is in the path: Slack (the workspace and channel ids stay),
+    # Discord (the id stays), Teams/Office 365 connectors, and ``…/hooks/<token>`` ones
+    # (Mattermost, Rocket.Chat)
+    re.compile(
+        r"\bhooks\.slack(?:-gov)?\.com/(?:services|workflows|triggers)/(?:[A-Z][A-Z0-9]*/){0,2}"
+        rf"({_SEGMENT}+)"
+    ),
+    re.compile(rf"\bdiscord(?:app)?\.com/api/(?:v\d+/)?webhooks/\d+/({_SEGMENT}+)"),
+    re.compile(
+        r"\b(?:webhook\.office|outlook\.office(?:365)?)\.com/webhook(?:b2)?/[^\s\"'<>]*?"
+        rf"/IncomingWebhook/({_SEGMENT}+)"
+    ),
+    re.compile(rf"(?<=/)(?:hooks|webhooks?)/(?!\d+/)([A-Za-z0-9_\-]{{16,}}{_SEGMENT}*)"),
     re.compile(r"\b((?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA)[A-Z0-9]{16})\b"),
     re.compile(r"\b(eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]*)"),
     re.compile(r"\b(gh[pousr]_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]{20,})"),
@@ -172,13 +216,30 @@ _HASHES = (
     ),
     re.compile(r"(?<![A-Za-z0-9])md5([0-9a-fA-F]{32})(?![0-9a-fA-F])"),
     re.compile(r"\bSCRAM-SHA-(?:1|256|512)\$([A-Za-z0-9+/=:$.\-]+)", re.IGNORECASE),
+    # MySQL/MariaDB mysql_native_password: ``*`` + 40 hex digits
+    re.compile(r"(?<![\w*])(\*[0-9A-Fa-f]{40})(?![0-9A-Za-z])"),
+)
+#: MySQL/MariaDB passwords in SQL: ``IDENTIFIED [WITH plugin] BY|AS [PASSWORD] '…'``
+#: (``CREATE USER``, ``ALTER USER``, ``GRANT``; not ``BY RANDOM PASSWORD``), ``SET PASSWORD
+#: [FOR u] = [PASSWORD(]'…'``, and ``PASSWORD('…')``: the value follows the match.
+_SQL_PASSWORDS = (
+    re.compile(
+        r"\bIDENTIFIED[ \t]+(?:WITH[ \t]+\S+[ \t]+)?(?:BY|AS)[ \t]+(?!RANDOM\b)"
+        r"(?:PASSWORD[ \t]*(?=[\"']))?",
+        re.IGNORECASE,
+    ),
+    re.compile(
+        r"\bSET[ \t]+PASSWORD\b[^=\n]*=[ \t]*(?:(?:OLD_)?PASSWORD[ \t]*\([ \t]*)?", re.IGNORECASE
+    ),
+    re.compile(r"\b(?:OLD_)?PASSWORD[ \t]*\([ \t]*(?=[\"'])", re.IGNORECASE),
 )
 #: A ``shadow`` line (nine fields, ageing numeric): the password field.
 _SHADOW_LINE = re.compile(r"^[^:\s#][^:\s]*:([^:]*):\d*:\d*:\d*:\d*:\d*:\d*:[^:]*$")
 #: An ``htpasswd`` line with a DES hash: the hash.
 _HTPASSWD_DES = re.compile(r"^[^:\s#][^:\s]*:([./0-9A-Za-z]{13})[ \t]*$")
 #: A directive line's secret-looking argument (the value follows the blanks after it).
-_DIRECTIVE_ARG = re.compile(rf"(?<=[ \t])([\"']?)({_NAME})\1[ \t]+(?=[^ \t=:])")
+#: A sigil (``$``, ``@``) may lead it: nginx ``set $api_key …``, tmux ``set -g @password …``.
+_DIRECTIVE_ARG = re.compile(rf"(?<=[ \t])([\"']?)[$@]?({_NAME})\1[ \t]+(?=[^ \t=:])")
 _COMMENT = re.compile(r"^[ \t]*(?:#+|;+|//|--|!)")
 #: A comment's first word that reads like a directive, not prose.
 _DIRECTIVE_LIKE = re.compile(r"[_.\-]|^.[^A-Z]*[A-Z]")
@@ -202,7 +263,11 @@ Span = tuple[int, int]
 
 def _closing_quote(line: str, start: int) -> int | None:
     """The index of the quote closing the one at ``start`` (backslash escapes skipped)."""
-    quote, i = line[start], start + 1
+    return _quote_end(line, line[start], start + 1)
+
+
+def _quote_end(line: str, quote: str, i: int) -> int | None:
+    """The index of the first ``quote`` at or after ``i`` (backslash escapes skipped)."""
     while i < len(line):
         if line[i] == "\\":
             i += 2
@@ -215,15 +280,28 @@ def _closing_quote(line: str, start: int) -> int | None:
 
 def _value_span(line: str, start: int) -> Span | None:
     """Where the value that begins at ``start`` lies: inside its quotes when it is one quoted
-    string, else to the end of the line (trailing blanks kept). ``None``: no value."""
+    string, after its opening quote to the end of the line when the quote is not closed on
+    this line (a string continued on the next: ``_open_quote``), else to the end of the line
+    (trailing blanks kept). ``None``: no value."""
     end = len(line.rstrip())
     if start >= end:
         return None
     if line[start] in "\"'":
         close = _closing_quote(line, start)
-        if close is not None and (close + 1 >= end or line[close + 1] in _AFTER_QUOTE):
+        if close is None:
+            return start + 1, end  # empty when the quote ends the line: it opens a value
+        if close + 1 >= end or line[close + 1] in _AFTER_QUOTE:
             return (start + 1, close) if close > start + 1 else None
     return start, end
+
+
+def _open_quote(line: str, span: Span) -> str | None:
+    """The quote that opens a value masked by ``span`` and is not closed on its line (the
+    value goes on on the next lines), or ``None``."""
+    start, end = span
+    if start < 1 or line[start - 1] not in "\"'" or end < len(line.rstrip()):
+        return None
+    return line[start - 1] if _closing_quote(line, start - 1) is None else None
 
 
 def _content_span(line: str, start: int = 0) -> Span | None:
@@ -232,6 +310,12 @@ def _content_span(line: str, start: int = 0) -> Span | None:
     if begin is None:
         return None
     return begin, len(line.rstrip())
+
+
+def _secret_key(name: str) -> bool:
+    """Whether the value after ``name`` is secret: a secret-looking key, or a header whose
+    value is a session (``Cookie``, ``Set-Cookie``)."""
+    return is_secret_name(name) or name.lower() in SECRET_HEADERS
 
 
 def _directive_spans(line: str) -> list[Span]:
@@ -243,7 +327,7 @@ def _directive_spans(line: str) -> list[Span]:
         return []
     spans: list[Span] = []
     pos = m.end()
-    if is_secret_name(m.group(1)):
+    if _secret_key(m.group(1)):
         span = _value_span(line, pos)
         if span is None:
             return spans
@@ -257,7 +341,7 @@ def _directive_spans(line: str) -> list[Span]:
         and not line.rstrip().endswith(";")
     )
     while (arg := _DIRECTIVE_ARG.search(line, pos)) is not None:
-        span = _value_span(line, arg.end()) if is_secret_name(arg.group(2)) else None
+        span = _value_span(line, arg.end()) if _secret_key(arg.group(2)) else None
         if (
             span is not None
             and prose
@@ -274,12 +358,20 @@ def _directive_spans(line: str) -> list[Span]:
     return spans
 
 
-def _line_spans(line: str) -> list[Span]:
-    """The stretches of one line to mask, by the rules that need no context."""
+def _line_spans(line: str) -> tuple[list[Span], str | None]:
+    """The stretches of one line to mask, by the rules that need no context, and the quote of
+    a secret value opened on the line and not closed (its next lines are masked up to the
+    closing quote: a YAML or shell string continued on the next line)."""
     spans: list[Span] = []
+    opened: str | None = None
 
-    def add(span: Span | None) -> None:
-        if span is not None and span[1] > span[0]:
+    def add(span: Span | None, *, may_open: bool = False) -> None:
+        nonlocal opened
+        if span is None:
+            return
+        if may_open:
+            opened = opened or _open_quote(line, span)
+        if span[1] > span[0]:
             spans.append(span)
 
     # ``<add key="DbPassword" value="…"/>``: the key attribute holds a name, not a secret
@@ -289,15 +381,21 @@ def _line_spans(line: str) -> list[Span]:
         if _XML_VALUE.match(line, m.end()) or _XML_TAG_END.match(line, m.end())
     }
     for m in _ASSIGN.finditer(line):
-        if is_secret_name(m.group(2)) and _value_span(line, m.end()) not in named:
+        if _secret_key(m.group(2)) and _value_span(line, m.end()) not in named:
             span = _value_span(line, m.end())
+            before = line[m.start(2) - 1] if m.start(2) and not m.group(1) else ""
+            if span and m.group(2).lower() in SECRET_HEADERS and before in ("'", '"'):
+                # a header inside a quoted string (``-H "Cookie: a=b"``): its value ends there
+                close = line.find(before, span[0])
+                span = (span[0], close) if close >= 0 else span
             if (
                 span
                 and m.group(3) == ":"
                 and re.fullmatch(r"[|>][+-]?[0-9]?[+-]?", line[slice(*span)])
             ):
                 continue  # a YAML block indicator: the block's lines are masked
-            add(span)
+            # a string may go on on the next lines when its key starts the line (YAML, shell)
+            add(span, may_open=_LINE_START.fullmatch(line, 0, m.start()) is not None)
     for m in _CALL_ARG.finditer(line):
         if is_secret_name(m.group(2)):
             add(_value_span(line, m.end()))
@@ -308,7 +406,13 @@ def _line_spans(line: str) -> list[Span]:
         add(span)
     for m in _XML_ELEMENT.finditer(line):
         if is_secret_name(m.group(1)):
-            add(m.span(2) if m.group(2).strip() else None)
+            add(_content_span(line[: m.end(2)], m.start(2)))
+    for m in _XML_CDATA.finditer(line):
+        if is_secret_name(m.group(1)):
+            add(m.span(2))
+    for pattern in _SQL_PASSWORDS:
+        for m in pattern.finditer(line):
+            add(_value_span(line, m.end()))
     for m in _XML_NAMED.finditer(line):
         if not is_secret_name(m.group(2)):
             continue
@@ -331,7 +435,22 @@ def _line_spans(line: str) -> list[Span]:
         m = pattern.match(line)
         if m and not re.fullmatch(r"[!*]*", m.group(1)):
             add(m.span(1))
-    return spans
+    return spans, opened
+
+
+def _xml_opened(line: str) -> str | None:
+    """The name of a secret element whose text goes on past ``line`` (opened, not closed on
+    it), or ``None``."""
+    for m in reversed(list(_XML_OPEN.finditer(line))):
+        if is_secret_name(m.group(1)):
+            if _xml_close(m.group(1)).search(line, m.end()) is None:
+                return m.group(1)
+            return None
+    return None
+
+
+def _xml_close(name: str) -> re.Pattern[str]:
+    return re.compile(rf"</(?:{_NAME}:)?{re.escape(name)}\s*>")
 
 
 def _apply(line: str, spans: Iterable[Span]) -> str:
@@ -373,22 +492,60 @@ def colon_field(path: str = "", names: Iterable[str] = ()) -> int | None:
     return None
 
 
+#: Masking passes at most: masking repeats until masked text masks to itself.
+MASK_PASSES = 8
+
+
 def mask_text(text: str, path: str = "", names: Iterable[str] = ()) -> tuple[str, int]:
     """``text`` with secret-looking values replaced by ``***`` (see the module docstring), and
     the number of lines changed. Line by line: the result has as many lines as ``text``, each
-    at its place. Idempotent: masking masked text changes nothing. ``path`` (the file's name)
-    and ``names`` (the files a symlink at ``path`` leads through) select the rules of
-    ``COLON_FILES``."""
+    at its place. Idempotent: masking masked text changes nothing, by construction (the rules
+    run again on their own result until it stays: one rule's ``***`` may let another match,
+    ``*HEX$6$x``). ``path`` (the file's name) and ``names`` (the files a symlink at ``path``
+    leads through) select the rules of ``COLON_FILES``."""
+    masked = text
+    for _ in range(MASK_PASSES):
+        again = _mask_once(masked, path, names)
+        if again == masked:
+            break
+        masked = again
+    old, new = text.split("\n"), masked.split("\n")
+    return masked, sum(a != b for a, b in zip(old, new, strict=True))
+
+
+def _mask_once(text: str, path: str, names: Iterable[str]) -> str:
+    """One pass of the masking rules over ``text``."""
     colon_index = colon_field(path, names)
     out: list[str] = []
-    masked = 0
     in_pem = False
     yaml_block: tuple[int, bool] | None = None  # (key's indent, block scalar?)
     ini_secret = False
+    xml_block: str | None = None  # a secret element's name, its text going on
+    quote_block: str | None = None  # the quote a secret value opened and has not closed
     for line in text.split("\n"):
         spans: list[Span] = []
         rest_from = 0  # the rules without context apply from here
-        if in_pem:
+        if quote_block is not None:
+            close = _quote_end(line, quote_block, 0)
+            body = _content_span(line[:close] if close is not None else line)
+            if body:
+                spans.append(body)
+            if close is None:
+                rest_from = len(line)
+            else:
+                quote_block, rest_from = None, close + 1
+        elif xml_block is not None:
+            close_tag = _xml_close(xml_block).search(line)
+            inner = line[: close_tag.start()] if close_tag else line
+            # an element inside (``<user>…</user>``) is read by the rules; text is masked
+            if not re.match(r"[ \t]*<[A-Za-z_/]", inner):
+                body = _content_span(inner)
+                if body:
+                    spans.append(body)
+                rest_from = close_tag.start() if close_tag else len(line)
+            if close_tag:
+                xml_block = None
+        elif in_pem:
             end = _PEM_END.search(line)
             if end is None:
                 spans.append(_content_span(line) or (0, 0))
@@ -416,7 +573,9 @@ def mask_text(text: str, path: str = "", names: Iterable[str] = ()) -> tuple[str
                 entry = _INI_ENTRY.match(line) if rest_from == 0 else None
                 spans.append(_content_span(line, entry.end() if entry else 0) or (0, 0))
         rest = line[rest_from:]
-        spans += [(a + rest_from, b + rest_from) for a, b in _line_spans(rest)]
+        found, opened = _line_spans(rest)
+        spans += [(a + rest_from, b + rest_from) for a, b in found]
+        context = quote_block or xml_block or in_pem or yaml_block
         begin = _PEM_BEGIN.search(rest)
         if begin is not None:
             end = _PEM_END.search(rest, begin.end())
@@ -424,6 +583,9 @@ def mask_text(text: str, path: str = "", names: Iterable[str] = ()) -> tuple[str
             if stop > begin.end():
                 spans.append((begin.end() + rest_from, stop + rest_from))
             in_pem = end is None
+        if not context and not in_pem:
+            quote_block = opened
+            xml_block = None if opened else _xml_opened(rest)
         if rest_from == 0 and yaml_block is None and not in_pem:
             key = _YAML_BLOCK_KEY.match(line)
             if key and is_secret_name(key.group(3)):
@@ -433,10 +595,8 @@ def mask_text(text: str, path: str = "", names: Iterable[str] = ()) -> tuple[str
                 ini_secret = is_secret_name(section.group(1))
         if colon_index is not None:
             spans.append(_colon_field_span(line, colon_index) or (0, 0))
-        new = _apply(line, [s for s in spans if s[1] > s[0]])
-        masked += new != line
-        out.append(new)
-    return "\n".join(out), masked
+        out.append(_apply(line, [s for s in spans if s[1] > s[0]]))
+    return "\n".join(out)
 
 
 def as_text(content: bytes) -> str | None:
@@ -591,6 +751,29 @@ def parse_config_files(data: bytes) -> list[ConfigFile]:
             seen[path] = len(out)
             out.append(found)
     return out
+
+
+def glob_matches(pattern: str, path: str) -> bool:
+    """Whether the host's ``sh`` would expand ``pattern`` to ``path`` (or it is ``path``):
+    component by component, ``*``, ``?`` and ``[…]`` never match a ``/`` nor a leading
+    ``.`` of a name."""
+    if pattern == path:
+        return True
+    parts, names = pattern.split("/"), path.split("/")
+    if len(parts) != len(names):
+        return False
+    for part, name in zip(parts, names, strict=True):
+        if not _GLOB_CHARS.search(part):
+            if part != name:
+                return False
+        elif (name.startswith(".") and not part.startswith(".")) or not fnmatch.fnmatchcase(
+            name, part
+        ):
+            return False
+    return True
+
+
+_GLOB_CHARS = re.compile(r"[][*?]")
 
 
 def normal_path(path: str) -> str:
