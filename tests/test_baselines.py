@@ -183,7 +183,10 @@ def test_cli_show_drift_prints_the_diff_of_the_masked_texts(tmp_path: Path) -> N
     assert shown.returncode == 0, shown.stderr
     out = shown.stdout
     assert "hosts/web1: 1 changed since the baseline (reviewed by run 2)" in out
-    assert "mode 0640 -> 0644" in out and "text (3 lines) -> (3 lines)" in out
+    assert (
+        "file /etc/app.conf changed: mode 0640 -> 0644; sha256 aaaaaaaaaaaa -> bbbbbbbbbbbb" in out
+    )
+    assert "text" not in out.split("changed:", 1)[1].split("\n", 1)[0]  # no text inline
     assert "-port = 5432" in out and "+port = 5433" in out and " password = ***" in out
     assert "/etc/app.conf (accepted " in out and "by alice)" in out
 

@@ -102,7 +102,7 @@ def accept(
             )
         if not a.first:
             for change in a.changes:
-                print(f"  {visible(change.describe())}")
+                print(f"  {visible(_describe(kind, change))}")
     if not check and any(a.first or a.changes for a in done):
         print(f"crmmaint: accepted by {user}", file=sys.stderr)
 
@@ -159,13 +159,23 @@ def show(
         run = obs.run_id or "-"
         print(f"\n{visible(target)}: {len(pending)} {since} (reviewed by run {run}):")
         for change in pending:
-            print(f"  {visible(change.describe())}")
+            print(f"  {visible(_describe(kind, change))}")
             if change.after is not None and change.change != "changed":
                 print(f"      {visible(attributes(change.after))}")
             elif kind == "drift" and change.change == "changed" and base is not None:
                 for line in _file_diff(change, base):
                     print(f"      {visible(line.expandtabs())}")
     print(f"\naccept after reading: crmmaint baseline accept {kind} [--host HOST]")
+
+
+def _describe(kind: str, change: Change) -> str:
+    """A change in one line: a configuration file as ``config.drift``'s summary names it
+    (appeared, missing, changed without its text), anything else item by item."""
+    if kind == "drift":
+        from crmmaint.tasks.config_drift import describe_change
+
+        return describe_change(change, "file")
+    return change.describe()
 
 
 def _file_diff(change: Change, base: Baseline) -> list[str]:
