@@ -5,18 +5,24 @@ Three shell commands per host (load, root filesystem, memory) on N real sshd hos
 
 - crmmaint ``run`` through the CLI as a subprocess (end to end: Python startup, imports,
   inventory and playbook loading, journal), and the same run in-process (imports warm);
-- ansible-core from PyPI in its own venv (bench/.work/ansible-venv), forks = hosts, the same
-  three commands as three ``shell`` tasks, gather_facts off; once with its defaults
-  (ControlMaster/ControlPersist on, interpreter discovery), once with pipelining;
+- ansible-core from PyPI in its own venv (bench/.work/ansible-venv), the same three commands as
+  three ``shell`` tasks, gather_facts off; once with its defaults (ControlMaster/ControlPersist
+  on, interpreter discovery), once with pipelining;
 - plain OpenSSH: a sequential loop and a parallel ``xargs -P`` run, one session per host.
+
+Every parallel contender is bounded to the same ``--forks`` hosts at once (crmmaint ``--forks``,
+ansible forks, ``xargs -P``); by default as many as there are hosts.
 
 Every contender gets fresh connections in every run (ansible's ControlPersist masters are closed
 between runs: a daily check would not find them). Each is run ``--runs`` times, interleaved;
 the median wall time is reported with ratios, and whether the targets are met:
 crmmaint >= 5x faster than ansible's defaults, >= 2x faster than ansible with pipelining,
-and within 1.5x of parallel plain ssh.
+and within 1.5x of parallel plain ssh. Every subprocess contender runs under GNU time
+(``/usr/bin/time -f %M``, if installed); its peak RSS (``ru_maxrss``, highest over the runs) is
+that of the largest single process it started: the whole of the crmmaint CLI (one process,
+threads), the largest ``ssh``/``sh`` or ansible process for the others (not their sum).
 
-    .venv/bin/python bench/fanout.py [--hosts 20] [--runs 3] [--no-ansible] [--keep]
+    .venv/bin/python bench/fanout.py [--hosts 20] [--forks N] [--runs 3] [--no-ansible] [--keep]
 """
 
 from __future__ import annotations
@@ -57,15 +63,23 @@ SSH_TARGET = 1.5  # crmmaint within 1.5x of parallel plain ssh
 #: OpenSSH >= 9.0 prefers sntrup761x25519 (post-quantum, CPU-heavy); paramiko has no sntrup and
 #: settles on curve25519 with an OpenSSH 9.2 server. A second parallel row forces the same KEX.
 CURVE25519 = "curve25519-sha256"
+#: GNU time measures each subprocess contender's peak RSS (see ``check_run``).
+GNU_TIME = "/usr/bin/time" if os.access("/usr/bin/time", os.X_OK) else None
 
 
 @dataclass
 class Contender:
     name: str
-    run: Callable[[], None]
+    #: One run; returns the peak RSS in KiB of the largest process it started, or None.
+    run: Callable[[], int | None]
     note: str = ""
     times: list[float] = field(default_factory=list)
+    rss_kib: list[int] = field(default_factory=list)
     error: str | None = None
+
+    @property
+    def peak_rss_mib(self) -> float | None:
+        return max(self.rss_kib) / 1024 if self.rss_kib else None
 
     @property
     def median(self) -> float | None:
@@ -78,13 +92,28 @@ class BenchError(Exception):
 
 def check_run(
     args: list[str], log: Path, env: dict[str, str] | None = None, ok: tuple[int, ...] = (0,)
-) -> None:
-    """Run a command with output to ``log``; raise ``BenchError`` with its tail on failure."""
+) -> int | None:
+    """Run a command with output to ``log``; raise ``BenchError`` with its tail on failure.
+
+    Returns the peak RSS in KiB of the largest single process of the command's tree (GNU time's
+    ``%M``, that is ``ru_maxrss`` from its ``wait4``), or None without ``/usr/bin/time``.
+    ``os.wait4`` from here would not do: a child forked from this process and exec'ing starts
+    with this process's high-water mark (the kernel keeps it across ``execve``), and the bench
+    holds crmmaint's imports for the in-process contender, ~60 MiB. GNU time is small, so the
+    process it forks starts from ~1 MiB.
+    """
+    rss_file = log.with_suffix(".rss")
+    timed = [GNU_TIME, "-f", "%M", "-o", str(rss_file), *args] if GNU_TIME else args
     with log.open("wb") as out:
-        proc = subprocess.run(args, stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=env)
+        proc = subprocess.run(timed, stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=env)
     if proc.returncode not in ok:
         tail = log.read_text(errors="replace")[-1500:]
         raise BenchError(f"{shlex.join(args[:3])} ... exited {proc.returncode}:\n{tail}")
+    if not GNU_TIME:
+        return None
+    # A non-zero exit puts "Command exited with non-zero status N" on a line before %M.
+    lines = rss_file.read_text().split()
+    return int(lines[-1]) if lines and lines[-1].isdigit() else None
 
 
 # --- crmmaint ------------------------------------------------------------------------------
@@ -139,7 +168,7 @@ def crmmaint_env(work: Path) -> dict[str, str]:
 
 def crmmaint_cli(
     work: Path, inventory: Path, playbook: Path, forks: int, ok: tuple[int, ...] = (0,)
-) -> Callable[[], None]:
+) -> Callable[[], int | None]:
     args = [*crmmaint_program(), "run", str(playbook), "-i", str(inventory)]
     args += ["--forks", str(forks), "--json"]
     env = crmmaint_env(work)
@@ -149,7 +178,7 @@ def crmmaint_cli(
 
 def crmmaint_in_process(
     work: Path, inventory: Path, playbook: Path, forks: int
-) -> Callable[[], None]:
+) -> Callable[[], int | None]:
     """The same run through ``crmmaint.cli.main`` in this process (imports already done)."""
     os.environ.update({k: v for k, v in crmmaint_env(work).items() if k.startswith("CRMMAINT_")})
     from crmmaint.cli import main
@@ -158,7 +187,7 @@ def crmmaint_in_process(
     argv = ["crmmaint", "run", str(playbook), "-i", str(inventory), "--forks", str(forks)]
     argv.append("--json")
 
-    def run() -> None:
+    def run() -> int | None:  # no RSS of its own: it shares the bench process
         out = io.StringIO()
         code: object = 0
         try:
@@ -170,6 +199,7 @@ def crmmaint_in_process(
             default_pool.close_all()  # the next run connects afresh, like the CLI
         if code not in (0, None):
             raise BenchError(f"crmmaint run exited {code}:\n{out.getvalue()[-1500:]}")
+        return None
 
     return run
 
@@ -214,7 +244,7 @@ def write_ansible_files(work: Path, hosts: list[SshdHost]) -> tuple[Path, Path]:
 
 def ansible_run(
     work: Path, hosts: list[SshdHost], *, pipelining: bool, forks: int
-) -> Callable[[], None]:
+) -> Callable[[], int | None]:
     program = ensure_ansible()
     inventory, playbook = write_ansible_files(work, hosts)
     label = "pipelining" if pipelining else "defaults"
@@ -235,10 +265,10 @@ def ansible_run(
     args = [str(program), "-i", str(inventory), str(playbook)]
     log = work / f"ansible-{label}.log"
 
-    def run() -> None:
+    def run() -> int | None:
         home.mkdir(exist_ok=True)
         try:
-            check_run(args, log, env)
+            return check_run(args, log, env)
         finally:
             close_control_masters(home / ".ansible" / "cp")
 
@@ -267,7 +297,7 @@ def close_control_masters(directory: Path) -> None:
 
 def ssh_script(
     work: Path, hosts: list[SshdHost], *, parallel: int | None, kex: str | None = None
-) -> Callable[[], None]:
+) -> Callable[[], int | None]:
     """One ``ssh`` session per host running the three commands: a loop, or ``xargs -P``."""
     h = hosts[0]
     listing = work / "ssh-hosts.txt"
@@ -306,32 +336,44 @@ def measure(contenders: list[Contender], runs: int) -> None:
                 continue
             start = time.perf_counter()
             try:
-                c.run()
+                rss = c.run()
             except BenchError as exc:
                 c.error = str(exc)
                 print(f"  {c.name}: FAILED\n{exc}", file=sys.stderr)
                 continue
             c.times.append(time.perf_counter() - start)
-            print(f"  run {i + 1}/{runs} {c.name:<24} {c.times[-1]:7.2f} s", file=sys.stderr)
+            shown = ""
+            if rss is not None:
+                c.rss_kib.append(rss)
+                shown = f"  peak RSS {rss / 1024:6.1f} MiB"
+            print(f"  run {i + 1}/{runs} {c.name:<24} {c.times[-1]:7.2f} s{shown}", file=sys.stderr)
 
 
 def ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:.2f}x" if a and b else "-"
 
 
-def report(contenders: list[Contender], hosts: int, runs: int) -> bool:
+def report(contenders: list[Contender], hosts: int, forks: int, runs: int) -> bool:
     by = {c.name: c.median for c in contenders}
     base, ssh = by.get("crmmaint CLI"), by.get("ssh parallel (xargs -P)")
     print(
-        f"\nfan-out: {hosts} sshd hosts on loopback, {len(COMMANDS)} commands per host, "
-        f"median of {runs} run(s), {os.cpu_count()} CPUs, load average now "
-        + " ".join(f"{x:.1f}" for x in os.getloadavg())
+        f"\nfan-out: {hosts} sshd hosts on loopback, {forks} at once (--forks, xargs -P), "
+        f"{len(COMMANDS)} commands per host, median of {runs} run(s), {os.cpu_count()} CPUs, "
+        "load average now " + " ".join(f"{x:.1f}" for x in os.getloadavg())
     )
-    print(f"{'tool':<32} {'median s':>9} {'/ crmmaint CLI':>15} {'/ ssh parallel':>15}")
+    print(
+        f"{'tool':<32} {'median s':>9} {'/ crmmaint CLI':>15} {'/ ssh parallel':>15}"
+        f" {'peak RSS MiB':>13}"
+    )
     for c in contenders:
-        m = c.median
+        m, rss = c.median, c.peak_rss_mib
         shown = f"{m:9.2f}" if m is not None else f"{'failed':>9}"
-        print(f"{c.name:<32} {shown} {ratio(m, base):>15} {ratio(m, ssh):>15}  {c.note}")
+        mib = f"{rss:13.1f}" if rss is not None else f"{'-':>13}"
+        print(f"{c.name:<32} {shown} {ratio(m, base):>15} {ratio(m, ssh):>15} {mib}  {c.note}")
+    print(
+        "peak RSS: the largest single process of each run (GNU time %M, ru_maxrss), highest "
+        "over the runs; the crmmaint CLI is one process"
+    )
 
     print("\ntargets (crmmaint through the CLI, end to end):")
     met_all = True
@@ -362,10 +404,20 @@ def report(contenders: list[Contender], hosts: int, runs: int) -> bool:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--hosts", type=int, default=20, help="sshd hosts (default 20)")
+    parser.add_argument(
+        "--forks",
+        type=int,
+        default=None,
+        help="hosts at once for every parallel contender: crmmaint --forks, ansible forks, "
+        "xargs -P (default: as many as --hosts)",
+    )
     parser.add_argument("--runs", type=int, default=3, help="runs per contender (default 3)")
     parser.add_argument("--no-ansible", action="store_true", help="skip the ansible contenders")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs)")
     args = parser.parse_args(argv)
+    forks = args.hosts if args.forks is None else args.forks
+    if forks < 1:
+        parser.error(f"--forks must be at least 1, not {forks}")
 
     # SIGTERM/SIGHUP unwind like Ctrl-C, so the finally blocks stop every sshd.
     for sig in (signal.SIGTERM, signal.SIGHUP):
@@ -373,11 +425,11 @@ def main(argv: list[str] | None = None) -> int:
     WORK.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="fanout-", dir=WORK))
     (work / "home").mkdir()
+    contenders: list[Contender] = []
     try:
         with sshd_hosts(args.hosts, work) as hosts:
-            forks = args.hosts
             inventory, shell_book, health_book = write_crmmaint_files(work, hosts)
-            contenders = [
+            contenders += [
                 Contender("crmmaint CLI", crmmaint_cli(work, inventory, shell_book, forks)),
                 Contender(
                     "crmmaint in-process",
@@ -410,10 +462,13 @@ def main(argv: list[str] | None = None) -> int:
                 ),
                 Contender("ssh parallel (xargs -P)", ssh_script(work, hosts, parallel=forks)),
             ]
-            print(f"warming up: {args.hosts} hosts, one parallel ssh round", file=sys.stderr)
+            print(
+                f"warming up: {args.hosts} hosts, one parallel ssh round (-P {forks})",
+                file=sys.stderr,
+            )
             contenders[-1].run()
             measure(contenders, args.runs)
-            met = report(contenders, args.hosts, args.runs)
+            met = report(contenders, args.hosts, forks, args.runs)
     finally:
         if args.keep:
             print(f"work folder kept: {work}", file=sys.stderr)
