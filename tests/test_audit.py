@@ -47,7 +47,8 @@ def estate(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     root = sqlite_estate(tmp_path_factory.mktemp("audit"), customers=50)
     inv = str(root / "inventory.yml")
     (root / "book.yml").write_text(
-        "name: hosts\nwindow: daily\nsteps:\n  - name: health\n    task: health.host\n"
+        "name: hosts\nwindow: daily\nsteps:\n  - name: health\n    task: shell.command\n"
+        "    with: {commands: ['true']}\n"
         "    hosts: all\n"
     )
     codes: dict[str, int] = {}

@@ -161,6 +161,19 @@ def test_run_demo_runs_daily_into_the_demo_journal(tmp_path: Path) -> None:
     assert {r["task"] for r in run["results"]} >= {"health.database", "logs.scan"}
 
 
+def clean_or_machine_findings(out: str, playbook: str) -> bool:
+    """Whether the demo's ``playbook`` exited 0, or 1 for findings about this machine alone
+    (its load on a busy test machine: the demo says so), never for the estate."""
+    if f"{playbook} (exit 0)" in out:
+        return True
+    warnings = [line for line in out.splitlines() if line.startswith(f"  warning  {playbook}:")]
+    return (
+        f"{playbook} (exit 1)" in out
+        and bool(warnings)
+        and all("a finding on this machine" in line for line in warnings)
+    )
+
+
 def test_the_demo_a_user_runs_at_its_real_size(tmp_path: Path) -> None:
     """`crmmaint demo` as a subprocess, default size, daily, weekly and quarterly, twice (the
     second run reuses the estate): exit 0 both times, the backups listed and the main database
@@ -184,10 +197,10 @@ def test_the_demo_a_user_runs_at_its_real_size(tmp_path: Path) -> None:
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         assert "Traceback" not in proc.stderr
         assert "the demo worked as designed: daily (exit" in proc.stdout
-        assert "weekly (exit 0)" in proc.stdout
+        assert clean_or_machine_findings(proc.stdout, "weekly")
         assert "  FAILED " not in proc.stdout and "\n  failed " not in proc.stdout
         assert "drill the main database crm@local: backup" in proc.stdout
-        assert "quarterly (exit 0)" in proc.stdout
+        assert clean_or_machine_findings(proc.stdout, "quarterly")
         assert "drill every source attachments@local: backup" in proc.stdout
         assert "indexes and tables optimised crm@local: " in proc.stdout
         assert "1 database analyzed" in proc.stdout
