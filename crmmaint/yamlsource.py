@@ -36,6 +36,18 @@ from crmmaint.units import parse_size as parse_size
 T = TypeVar("T")
 
 
+class WrittenInt(int):
+    """An integer YAML 1.1 read from base-60 text (``12:30`` is 750), with ``written``, the
+    text as written, for a field that means a clock time."""
+
+    written: str
+
+    def __new__(cls, value: int, written: str) -> WrittenInt:
+        made = super().__new__(cls, value)
+        made.written = written
+        return made
+
+
 class SourceMap(dict):
     """A mapping loaded from YAML with ``line`` (of the mapping) and ``key_lines``."""
 
@@ -176,6 +188,8 @@ class _LineLoader(yaml.SafeLoader):
                 " digits); quote it if it is text",
                 _line(node.start_mark),
             )
+        if ":" in node.value:  # YAML 1.1's base 60: 12:30 is 750; keep what was written
+            return WrittenInt(value, node.value)
         return value
 
     def construct_yaml_float(self, node: yaml.ScalarNode) -> float:  # type: ignore[override]

@@ -13,7 +13,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -65,19 +64,25 @@ def estate(root: Path, schedule: dict, *, seconds: float = 0.0, repository: bool
     return path
 
 
-def nightly(**extra: Any) -> dict:
+def nightly(at: str = "02:00", **extra: Any) -> dict:
     return {
         "timezone": "Europe/Berlin",
-        "windows": {"nightly": {"playbook": "book.yml", "every": "daily", "at": "02:00",
+        "windows": {"nightly": {"playbook": "book.yml", "every": "daily", "at": at,
                                 "length": "3h", **extra}},
     }  # fmt: skip
 
 
-def scheduler(inv: Path, at: datetime, *flags: str, env: dict | None = None) -> Any:
+def open_now(**extra: Any) -> dict:
+    """A schedule whose window opened a minute ago (real runs happen at the real time)."""
+    return nightly((datetime.now(BERLIN) - timedelta(minutes=1)).strftime("%H:%M"), **extra)
+
+
+def scheduler(inv: Path, at: datetime | None = None, *flags: str) -> Any:
+    """``crmmaint scheduler --once --json``; ``at``: evaluated then (with --check only)."""
+    when = ["--at", at.isoformat(), "--check"] if at is not None else []
     done = subprocess.run(
-        [str(BIN / "crmmaint"), "scheduler", "--once", "--at", at.isoformat(), "--json",
-         "-i", str(inv), *flags],
-        capture_output=True, text=True, timeout=120, env={**os.environ, **(env or {})},
+        [str(BIN / "crmmaint"), "scheduler", "--once", *when, "--json", "-i", str(inv), *flags],
+        capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert "Traceback" not in done.stderr, done.stderr
     return done
@@ -109,7 +114,19 @@ def lines(inv: Path) -> list[str]:
         ({"windows": {"daily": {"at": "02:00", "length": "1h", "on": "monday"}}}, "takes no"),
         ({"windows": {"extra": {"at": "02:00", "length": "1h"}}}, "say how often"),
         ({"catch_up": "sometimes"}, "sometimes"),
-        ({"blackouts": [{"name": "x", "from": "2026-12-28", "to": "2026-12-01"}]}, "before"),
+        ({"blackouts": [{"name": "x", "from": "2026-12-28", "to": "2026-12-01"}]}, "not after"),
+        ({"blackouts": [{"name": "x", "on": "9999-12-31"}]}, "outside the years"),
+        (
+            {
+                "blackouts": [
+                    {"name": "x", "from": "2026-12-10T18:00+01:00", "to": "2026-12-11T06:00"}
+                ]
+            },
+            "with an offset, or neither",
+        ),
+        ({"windows": {"daily": {"at": "23:00", "length": "25h"}}}, "overlap the next day"),
+        ({"windows": {"daily": {"at": 230, "length": "3h"}}}, "a number, not a time"),
+        ({"windows": {"daily": {"at": "02:00", "length": None}}}, "is not a length"),
         ({"blackouts": [{"on": "2026-12-28"}]}, "give it a name"),
         ({"blackouts": [{"name": "x", "on": "soon"}]}, "not a date"),
         ({"lock": {"repository": "nope"}}, "does not have"),
@@ -188,49 +205,74 @@ def night(day: int, hour: int, minute: int = 0) -> datetime:
 
 
 def test_once_runs_exactly_what_is_due(tmp_path: Path) -> None:
-    inv = estate(tmp_path, nightly())
-    early = scheduler(inv, night(2, 1, 30))
-    assert early.returncode == 0 and outcomes(early) == [] and lines(inv) == []
-    due = scheduler(inv, night(2, 2, 5))
+    inv = estate(tmp_path, open_now())
+    due = scheduler(inv)
     assert due.returncode == 0, due.stderr
-    [run] = [o for o in outcomes(due) if o["run"] is not None]
-    assert run["action"] == "run" and run["exit_code"] == 0
+    [run] = outcomes(due)
+    assert run["action"] == "run" and run["exit_code"] == 0 and run["run"] is not None
     assert len(lines(inv)) == 2
-    again = scheduler(inv, night(2, 2, 30))  # same window: already run
+    again = scheduler(inv)  # the same window: already run
     assert outcomes(again) == [] and len(lines(inv)) == 2
-    checked = scheduler(inv, night(3, 2, 5), "--check")
-    assert [o["note"] for o in outcomes(checked)] == ["check mode: not run"]
+    # what another moment would run, said and not run (--at goes with --check only)
+    tomorrow = datetime.now(BERLIN) + timedelta(days=1)
+    checked = scheduler(inv, tomorrow)
+    assert [(o["action"], o["note"]) for o in outcomes(checked)] == [("run", "check mode: not run")]
     assert len(lines(inv)) == 2
+    before = scheduler(inv, tomorrow - timedelta(hours=2))
+    assert outcomes(before) == []
+    refused = run_cli("scheduler", "--once", "--at", tomorrow.isoformat(), "-i", str(inv))
+    assert refused.returncode == 3 and "--at goes with --once --check" in refused.stderr
     audit = json.loads(run_cli("audit", "--json", "-i", str(inv)).stdout)
     scheduled = [e for e in audit if e["command"] == "run"]
     assert len(scheduled) == 1 and scheduled[0]["flags"]["scheduled"] == "nightly"
     assert scheduled[0]["run_id"] == run["run"]
 
 
+def in_process(inv: Path) -> Any:
+    """The scheduler of ``inv`` in this process, its coordination in the repository and its
+    runs real (``run_playbook`` into the journal), for ticks at injected times."""
+    from crmmaint.journal import Journal
+    from crmmaint.playbook import load_playbook
+    from crmmaint.playbook.run import run_playbook
+    from crmmaint.repository.configured import backend_for
+    from crmmaint.schedule.scheduler import RepositoryCoordination, Scheduler
+
+    inventory = load_inventory(inv)
+    journal = Journal(inv.parent / "journal.sqlite")
+    backend = backend_for(inventory.repository(None))
+    backend.open()
+    book = load_playbook(str(inv.parent / "book.yml"), inventory)
+
+    def run_window(window: Any, ends: datetime | None) -> tuple[int | None, int]:
+        summary = run_playbook(book, inventory, journal, ends_at=None)
+        return summary.run_id, summary.exit_code
+
+    return Scheduler(inventory, journal, RepositoryCoordination(backend, "test"), run_window)
+
+
 @pytest.mark.parametrize("policy", ["run-once", "skip"])
 def test_missed_windows_are_caught_up_by_policy(tmp_path: Path, policy: str) -> None:
     inv = estate(tmp_path, nightly(catch_up=policy))
-    assert outcomes(scheduler(inv, night(2, 2, 5)))[0]["action"] == "run"
+    sched = in_process(inv)
+    [first] = [o for o in sched.tick(night(2, 2, 5)) if o.run_id is not None]
+    assert first.decision.action == "run" and len(lines(inv)) == 2
     # down from the 2nd 05:00 to the 5th 12:00: the 3rd, 4th and 5th windows missed
-    after = scheduler(inv, night(5, 12, 0))
-    [decision] = [o for o in outcomes(after) if o["note"] != "starting"]
+    later = [o for o in sched.tick(night(5, 12, 0)) if o.note != "starting"]
+    [decision] = [o.decision for o in later]
+    assert "missed 3 slots" in decision.reason
     if policy == "run-once":
-        assert decision["action"] == "catch-up" and decision["exit_code"] == 0
-        assert "missed 3 slots" in decision["reason"] and len(lines(inv)) == 4
+        assert decision.action == "catch-up" and later[0].exit_code == 0
+        assert len(lines(inv)) == 4
     else:
-        assert decision["action"] == "skip" and "missed 3 slots" in decision["reason"]
-        assert len(lines(inv)) == 2
-    journal_decisions = json.loads(
-        subprocess.run(
-            ["sqlite3", str(tmp_path / "journal.sqlite"),
-             "SELECT value FROM state WHERE key = 'scheduler:decisions'"],
-            capture_output=True, text=True, check=True,
-        ).stdout
-    )  # fmt: skip
-    assert {d["action"] for d in journal_decisions} >= {
-        "run",
-        "catch-up" if policy == "run-once" else "skip",
-    }
+        assert decision.action == "skip" and len(lines(inv)) == 2
+    # dealt with: the next tick neither runs it again nor counts the misses again
+    assert [o for o in sched.tick(night(5, 12, 1)) if o.decision.action != "wait"] == []
+    kept = sched.journal.state_get("scheduler:decisions")
+    assert {d["action"] for d in kept} == {"run", "catch-up" if policy == "run-once" else "skip"}
+    # a scheduler on another machine (its own journal) knows from the repository
+    other = in_process(inv)
+    other.journal = type(sched.journal)(tmp_path / "other.sqlite")
+    assert [o for o in other.tick(night(5, 12, 2)) if o.decision.action != "wait"] == []
 
 
 def test_a_blackout_blocks_the_scheduler(tmp_path: Path) -> None:
@@ -239,17 +281,23 @@ def test_a_blackout_blocks_the_scheduler(tmp_path: Path) -> None:
     [decision] = outcomes(done)
     assert decision["action"] == "blocked" and "close" in decision["reason"]
     assert lines(inv) == []
+    sched = in_process(inv)
+    [blocked] = sched.tick(night(2, 2, 5))
+    assert blocked.decision.action == "blocked" and lines(inv) == []
+    kept = len(sched.journal.state_get("scheduler:decisions"))
+    [again] = sched.tick(night(2, 2, 6))
+    assert again.decision.action == "blocked"
+    assert len(sched.journal.state_get("scheduler:decisions")) == kept  # said once
 
 
 def test_two_schedulers_never_overlap(tmp_path: Path) -> None:
     """Two windows open at once; a second scheduler (another journal, as on another
     machine) starts while the first runs the first window: it finds the first window run
     (the last start is in the repository) and the estate locked for the second."""
-    schedule = nightly()
+    schedule = open_now()
     schedule["windows"]["second"] = {**schedule["windows"]["nightly"]}
     inv = estate(tmp_path, schedule, seconds=3)
-    at = night(2, 2, 5).isoformat()
-    command = [str(BIN / "crmmaint"), "scheduler", "--once", "--at", at, "--json", "-i", str(inv)]
+    command = [str(BIN / "crmmaint"), "scheduler", "--once", "--json", "-i", str(inv)]
 
     def start(i: int) -> subprocess.Popen[str]:
         env = {**os.environ, "CRMMAINT_JOURNAL": str(tmp_path / f"journal{i}.sqlite")}
@@ -275,7 +323,7 @@ def test_two_schedulers_never_overlap(tmp_path: Path) -> None:
 
 
 def test_a_stale_lock_is_taken_over(tmp_path: Path) -> None:
-    inv = estate(tmp_path, nightly())
+    inv = estate(tmp_path, open_now())
     lock_dir = tmp_path / "repo" / "scheduler" / "lock"
     lock_dir.mkdir(parents=True)
     stale = {
@@ -285,34 +333,50 @@ def test_a_stale_lock_is_taken_over(tmp_path: Path) -> None:
         "heartbeat_interval": 30.0, "owner": "scheduler root@gone",
     }  # fmt: skip
     (lock_dir / "0000stale").write_text(json.dumps(stale))
-    done = scheduler(inv, night(2, 2, 5))
+    done = scheduler(inv)
     assert done.returncode == 0, done.stderr
     assert len(lines(inv)) == 2
     assert "took over stale repository lock" in done.stderr
 
 
 def test_without_a_repository_the_lock_is_a_local_file(tmp_path: Path) -> None:
-    inv = estate(tmp_path, nightly(), repository=False)
-    done = scheduler(inv, night(2, 2, 5))
+    inv = estate(tmp_path, open_now(), repository=False)
+    done = scheduler(inv)
     assert done.returncode == 0 and "this machine only" in done.stderr
     assert len(lines(inv)) == 2
 
 
-def test_sigterm_during_a_step_ends_the_run_and_frees_the_lock(tmp_path: Path) -> None:
-    now = datetime.now(BERLIN)
-    opened = (now - timedelta(minutes=1)).strftime("%H:%M")
-    schedule = nightly()
-    schedule["windows"]["nightly"]["at"] = opened
-    inv = estate(tmp_path, schedule, seconds=60)
+def test_sigterm_after_one_run_and_during_the_next_ends_the_scheduler(tmp_path: Path) -> None:
+    """A quick window runs first, then a slow one: SIGTERM during the second step ends it
+    (the first run's end must not have left signals held), frees the lock, exits 130."""
+    schedule = open_now()
+    schedule["windows"]["slow"] = {**schedule["windows"]["nightly"], "playbook": "slow.yml"}
+    inv = estate(tmp_path, schedule)
+    log = tmp_path / "log.txt"
+    (tmp_path / "slow.yml").write_text(
+        yaml.safe_dump(
+            {
+                "name": "slow",
+                "steps": [
+                    {
+                        "name": "long work",
+                        "task": "shell.command",
+                        "hosts": "all",
+                        "with": {"commands": [f"echo slow $$ >> {log}; sleep 60"]},
+                    },
+                ],
+            }
+        )
+    )
     proc = subprocess.Popen(
         [str(BIN / "crmmaint"), "scheduler", "--interval", "1", "-i", str(inv)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 60
-        while not lines(inv):
+        while not any(line.startswith("slow") for line in lines(inv)):
             assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "the scheduled run never started"
+            assert time.monotonic() < deadline, "the slow run never started"
             time.sleep(0.1)
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
@@ -320,11 +384,10 @@ def test_sigterm_during_a_step_ends_the_run_and_frees_the_lock(tmp_path: Path) -
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 130, err
-    assert "interrupted" in err
-    assert lines(inv)[-1].startswith("start")  # the step was cut, not finished
+    assert "scheduler: run slow:" in err and "interrupted" in err
+    assert lines(inv)[-1].startswith("slow")  # the step was cut, not finished
     history = json.loads(run_cli("history", "--json", "-i", str(inv)).stdout)
-    assert history[0]["status"] == "interrupted"
-    # the lock is free: a tick now is not refused by it (the window already ran)
-    after = scheduler(inv, datetime.now(BERLIN))
+    assert [r["status"] for r in history[:2]] == ["interrupted", "ok"]
+    # the lock is free: a tick now is not refused by it (both windows already ran)
+    after = scheduler(inv)
     assert all("another scheduler" not in o["note"] for o in outcomes(after))
-    assert sys.executable  # the same interpreter ran every command

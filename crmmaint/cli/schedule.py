@@ -107,19 +107,27 @@ def scheduler(
 ) -> None:
     """Run the playbooks in their maintenance windows (exit 130 on SIGTERM or SIGINT)."""
     from crmmaint.cli.common import _run_reported, open_journal
+    from crmmaint.interrupts import HOLD_AFTER_RUN
     from crmmaint.playbook import load_playbook
     from crmmaint.reporting.console import ConsoleReporter
     from crmmaint.schedule.scheduler import LocalCoordination, RepositoryCoordination, Scheduler
 
+    # This process runs playbook after playbook: a signal after one has finished must still
+    # stop it (the one-command default holds signals back once its run is over).
+    HOLD_AFTER_RUN.clear()
     inv = open_inventory(c, inventory)
     if inv.schedule is None or not inv.schedule.windows:
         raise ConfigError(
             f"{inv.path} has no schedule: windows, so the scheduler would never run anything",
             hint="add a schedule: section with windows (docs/scheduler.md)",
         )
-    now = _moment(at) if at else None
-    if now is not None and not once:
-        raise ConfigError("--at goes with --once (a scheduler that runs on uses the clock)")
+    if at is not None and not (once and check):
+        raise ConfigError(
+            "--at goes with --once --check: it shows what would run at that moment; real runs"
+            " happen at the real time",
+            hint=f"crmmaint scheduler --once --check --at {at}",
+        )
+    now = _moment(at, inv) if at else None
     if json and not once:
         raise ConfigError("--json goes with --once (a scheduler that runs on logs lines)")
     if not 1 <= interval <= 3600:
@@ -176,7 +184,12 @@ def scheduler(
             finally:
                 trail.end(code)
 
-        sched = Scheduler(inv, journal, coordination, run_window, check=check)
+        def say(line: str) -> None:
+            if not once:  # --once says its decisions at the end, as one listing
+                print(visible(f"{datetime.now().astimezone():%Y-%m-%d %H:%M:%S} {line}"),
+                      file=sys.stderr, flush=True)  # fmt: skip
+
+        sched = Scheduler(inv, journal, coordination, run_window, check=check, say=say)
         if once:
             outcomes = sched.tick(now)
             _say(outcomes, json)
@@ -196,12 +209,18 @@ def _playbook_path(playbook: str, inv: Any) -> str:
     return str(beside) if not Path(playbook).is_absolute() and beside.is_file() else playbook
 
 
-def _moment(text: str) -> datetime:
+def _moment(text: str, inv: Any) -> datetime:
+    """``--at``: a date and time, in the schedule's time zone unless it carries an offset;
+    years 2000 to 2999 (beyond, the calendar has nothing to say)."""
+    from crmmaint.schedule.plan import schedule_of
+
     try:
         moment = datetime.fromisoformat(text.strip())
     except ValueError:
         raise ConfigError(f"--at {text!r} is not a date and time: write 2026-12-02T02:05") from None
-    return moment.astimezone() if moment.tzinfo is None else moment
+    if not 2000 <= moment.year <= 2999:
+        raise ConfigError(f"--at {text}: give a moment from the year 2000 to 2999")
+    return moment.replace(tzinfo=schedule_of(inv).tz) if moment.tzinfo is None else moment
 
 
 def _say(outcomes: list[Any], json: bool) -> None:

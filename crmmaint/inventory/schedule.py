@@ -33,6 +33,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from crmmaint.units import parse_duration
 from crmmaint.yamlsource import (
     SourceError,
+    WrittenInt,
     check_keys,
     get_field,
     line_of,
@@ -150,10 +151,13 @@ def load_schedule(data: dict, repositories: set[str]) -> ScheduleSettings | None
 
 def parse_clock(value: Any) -> time:
     """``"02:30"`` -> ``time(2, 30)``. YAML 1.1 reads an unquoted ``12:30`` as the number 750
-    (base 60): such a number (0..1439) is read back as the time it was written as. Raises
-    ``ValueError`` for anything else."""
-    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 24 * 60:
-        return time(value // 60, value % 60)
+    (base 60): such a number is read back from the text it was written as (``WrittenInt``).
+    Any other number (``230``, ``0230``, ``2``) is refused: it is no time. Raises
+    ``ValueError`` for anything but ``HH:MM`` on a 24-hour clock."""
+    if isinstance(value, WrittenInt):
+        value = value.written
+    elif isinstance(value, int) and not isinstance(value, bool):
+        raise ValueError(f'{value!r} is a number, not a time of day: write at: "02:30"')
     if isinstance(value, str):
         m = _CLOCK.match(value.strip())
         if m:
@@ -187,11 +191,15 @@ def _window(name: str, raw: Any, windows: dict, default_catch_up: str) -> Window
     if "length" not in spec:
         raise bad("length", "give the window's length, e.g. length: 3h")
     try:
+        if not isinstance(spec["length"], str | int | float) or isinstance(spec["length"], bool):
+            raise ValueError(f"{spec['length']!r} is not a length: write e.g. 3h or 90m")
         length = parse_duration(spec["length"])
     except (ValueError, TypeError, OverflowError) as exc:
         raise bad("length", str(exc)) from None
     if not 0 < length <= LONGEST_WINDOW:
         raise bad("length", "give a length above 0 and at most 7d, e.g. 3h")
+    if every == "daily" and length > 86400:
+        raise bad("length", "a daily window of more than 24h would overlap the next day's")
 
     weekday = day = month = None
     allowed = {"daily": set(), "weekly": {"on"}, "monthly": {"day"}, "quarterly": {"day", "month"},
@@ -225,7 +233,24 @@ def _day(value: Any, bad: Any) -> int | str:
     return value
 
 
+#: The years a blackout may name: beyond them a date is a typo (and 9999-12-31 has no day
+#: after it to end on).
+BLACKOUT_YEARS = (2000, 2999)
+
+
 def _moment(value: Any, what: str, line: int | None) -> date | datetime:
+    moment = _read_moment(value, what, line)
+    low, high = BLACKOUT_YEARS
+    if not low <= moment.year <= high:
+        raise SourceError(
+            f"{what}: {moment} is outside the years {low} to {high}: a blackout with no end"
+            " is not one (name its end)",
+            line,
+        )
+    return moment
+
+
+def _read_moment(value: Any, what: str, line: int | None) -> date | datetime:
     if isinstance(value, datetime):
         return value.replace(tzinfo=None) if value.tzinfo is None else value
     if isinstance(value, date):
@@ -271,6 +296,12 @@ def _blackout(raw: Any, index: int, line: int | None) -> BlackoutSpec:
             f"{what}: from: and to: must both be dates (whole days) or both dates and times",
             line_of(spec, "to"),
         )
+    if isinstance(start, datetime) and (start.tzinfo is None) != (end.tzinfo is None):  # type: ignore[union-attr]
+        raise SourceError(
+            f"{what}: give both from: and to: with an offset, or neither (then they are in the"
+            " schedule's time zone)",
+            line_of(spec, "to"),
+        )
     if end < start or (isinstance(end, datetime) and end == start):  # type: ignore[operator]
-        raise SourceError(f"{what}: to: {end} is before from: {start}", line_of(spec, "to"))
+        raise SourceError(f"{what}: to: {end} is not after from: {start}", line_of(spec, "to"))
     return BlackoutSpec(name, start, end)

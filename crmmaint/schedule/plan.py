@@ -40,7 +40,18 @@ class EstateSchedule:
 
 def estate_schedule(settings: ScheduleSettings | None) -> EstateSchedule:
     """``settings`` (``None``: no schedule: no windows, no blackouts) as calendar values.
-    Naive blackout moments and whole days are read in the schedule's time zone."""
+    Naive blackout moments and whole days are read in the schedule's time zone. Raises
+    ``ConfigError`` for a window or blackout the calendar refuses (the loader checks the same
+    rules at the file's line; this is the net under it)."""
+    try:
+        return _estate_schedule(settings)
+    except (ValueError, OverflowError) as exc:
+        raise ConfigError(
+            f"the inventory's schedule: {exc}", hint="see docs/scheduler.md"
+        ) from None
+
+
+def _estate_schedule(settings: ScheduleSettings | None) -> EstateSchedule:
     if settings is None:
         return EstateSchedule(machine_zone(), [], [])
     tz = ZoneInfo(settings.timezone) if settings.timezone else machine_zone()

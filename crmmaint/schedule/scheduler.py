@@ -168,13 +168,19 @@ class Scheduler:
         run_window: RunWindow,
         *,
         check: bool = False,
+        say: Callable[[str], None] | None = None,
     ) -> None:
         self.inventory = inventory
         self.journal = journal
         self.coordination = coordination
         self.run_window = run_window
         self.check = check
+        #: Where each decision is said as one line (the CLI: stderr, so journald has it).
+        self.say = say
         self.plan: EstateSchedule = schedule_of(inventory)
+        #: The last decision said for each window: the same one again (a blackout, a held
+        #: lock, tick after tick) is neither said nor kept again.
+        self._said: dict[str, tuple[Any, ...]] = {}
 
     def decide(self, now: datetime) -> list[calendar.Decision]:
         """What each window wants at aware ``now`` (its last start read from the store)."""
@@ -194,6 +200,10 @@ class Scheduler:
         for d in decisions:
             if d.action in ("skip", "blocked"):
                 outcomes.append(self._record(Outcome(d)))
+            if d.action == "skip" and d.slot is not None and not self.check:
+                # Dealt with: the next tick waits for the next slot instead of counting
+                # the same misses again (and one more each day).
+                self.coordination.set_last_start(d.window.name, d.slot)
         if not due:
             return outcomes
         if self.check:
@@ -231,6 +241,10 @@ class Scheduler:
 
     def _record(self, outcome: Outcome) -> Outcome:
         d = outcome.decision
+        said = (d.action, d.slot, outcome.note.split(" (")[0], outcome.run_id)
+        if self._said.get(d.window.name) == said:
+            return outcome
+        self._said[d.window.name] = said
         entry = {
             "at": time.time(),
             "window": d.window.name,
@@ -247,13 +261,12 @@ class Scheduler:
         }
         kept = list(self.journal.state_get("scheduler:decisions") or [])
         self.journal.state_set("scheduler:decisions", [*kept, entry][-KEPT_DECISIONS:])
-        log.info(
-            "scheduler: %s %s: %s%s",
-            d.action,
-            d.window.name,
-            d.reason,
-            f" ({outcome.note})" if outcome.note else "",
+        line = f"scheduler: {d.action} {d.window.name}: {d.reason}" + (
+            f" ({outcome.note})" if outcome.note else ""
         )
+        log.info("%s", line)
+        if self.say is not None:
+            self.say(line)
         return outcome
 
     def serve(self, interval: float = TICK) -> None:
