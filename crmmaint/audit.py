@@ -34,7 +34,6 @@ import contextlib
 import getpass
 import logging
 import os
-import re
 import socket
 import time
 from collections.abc import Iterator, Mapping
@@ -43,83 +42,32 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from crmmaint.journal import Journal
+from crmmaint.journal import (
+    MAX_DETAIL,
+    MAX_TEXT,
+    Journal,
+    cut_text,
+    redact_argv,
+    redact_flags,
+    redact_value,
+)
+
+# The redaction rules live with the journal, which stores what they keep out; named here too.
+from crmmaint.journal import REDACTED as REDACTED
+from crmmaint.journal import is_secret_name as is_secret_name
 from crmmaint.processes import still_running, this_process
 
 log = logging.getLogger(__name__)
 
-#: What stands in for a secret.
-REDACTED = "***"
-
-#: Names of flags and ``KEY=value`` keys whose value is a secret (``--password``,
-#: ``PGPASSWORD=``, ``api_key=``, ``--token``), matched anywhere in the name.
-_SECRET_NAME = re.compile(
-    r"pass|pwd|secret|token|api[-_]?key|private|credential|auth|cookie|session|"
-    r"(?:^|[-_])(?:pw|key|dsn)$",
-    re.IGNORECASE,
-)
-#: Credentials in a URL: ``scheme://user:password@host``.
-_URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][\w+.-]*://[^/\s:@]*:)[^/\s@]*(?P<at>@)")
-#: ``KEY=value`` (in a word, a query string, a DSN ``password=…``) with a secret-looking key.
-_PAIR = re.compile(r"(?P<key>[\w.-]+)(?P<eq>=)(?P<value>[^&;\s]*)")
-#: A crmmaint identity (private key) written out in full.
-_SECRET_KEY = re.compile(r"CRMMAINT-SECRET-KEY-[\w-]+", re.IGNORECASE)
+#: The most characters of an override reason kept (the rest is cut, and the detail says so).
+MAX_REASON = MAX_TEXT
 
 
-def is_secret_name(name: str) -> bool:
-    """Whether a flag or key named ``name`` (``--db-password``, ``PGPASSWORD``) holds a
-    secret."""
-    return bool(_SECRET_NAME.search(name.lstrip("-")))
-
-
-def redact_value(text: str) -> str:
-    """``text`` with what looks like a secret replaced by ``***``: the password of a URL,
-    the value of a ``KEY=value`` pair whose key looks secret, a crmmaint secret key."""
-    text = _URL_PASSWORD.sub(lambda m: f"{m['head']}{REDACTED}{m['at']}", text)
-    text = _SECRET_KEY.sub(REDACTED, text)
-    return _PAIR.sub(lambda m: f"{m['key']}={REDACTED}" if is_secret_name(m["key"]) else m[0], text)
-
-
-def redact_argv(argv: list[str]) -> list[str]:
-    """A command line as the audit keeps it: the value after a secret flag (``--password
-    X``, ``--password=X``) replaced, and every word through ``redact_value``."""
-    out: list[str] = []
-    secret_next = False
-    for word in argv:
-        word = str(word)
-        if secret_next:
-            out.append(REDACTED)
-            secret_next = False
-            continue
-        if word.startswith("-") and not word.startswith("---"):
-            name, eq, _ = word.partition("=")
-            if is_secret_name(name):
-                if eq:
-                    out.append(f"{name}={REDACTED}")
-                else:
-                    out.append(word)
-                    secret_next = True
-                continue
-        out.append(redact_value(word))
-    return out
-
-
-def redact_flags(flags: Mapping[str, Any]) -> dict[str, Any]:
-    """A command's options as the audit keeps them: a secret one's value replaced, strings
-    (and lists of them) through ``redact_value``."""
-    out: dict[str, Any] = {}
-    for name, value in flags.items():
-        if is_secret_name(name) and value not in (None, False, ""):
-            out[name] = REDACTED
-        elif isinstance(value, str):
-            out[name] = redact_value(value)
-        elif isinstance(value, list | tuple):
-            out[name] = [redact_value(v) if isinstance(v, str) else v for v in value]
-        elif value is None or isinstance(value, bool | int | float):
-            out[name] = value
-        else:
-            out[name] = redact_value(str(value))
-    return out
+def override_reason(reason: str) -> str:
+    """An override's reason as it is recorded and shown: through ``redact_value`` (``token:
+    abc``, ``--password x``, ``Bearer x``, ``postgres://u:x@…`` lose their secret), then cut
+    to ``MAX_REASON`` characters, saying how much was cut."""
+    return cut_text(redact_value(reason), MAX_REASON)
 
 
 def who() -> dict[str, str | None]:
@@ -189,10 +137,25 @@ class AuditTrail:
     journal_path: Path | None = None
     start_id: int | None = None
     started: float = field(default_factory=time.time)
+    #: ``detail`` as ``note`` left it, redacted part by part (``end`` redacts any other).
+    _noted: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.argv = redact_argv(self.argv)
         self.flags = redact_flags(self.flags)
+
+    def note(self, text: str) -> None:
+        """Add ``text``, redacted already, to the end row's ``detail``."""
+        self.detail = text if not self.detail else f"{self.detail}; {text}"
+        self._noted = self.detail
+
+    def _detail(self) -> str | None:
+        """``detail`` as the end row stores it: redacted whole unless ``note`` redacted its
+        parts (a blackout named ``token-freeze`` must not hide the reason after it)."""
+        if not self.detail:
+            return None
+        detail = self.detail if self.detail == self._noted else redact_value(self.detail)
+        return cut_text(detail, MAX_DETAIL)
 
     @property
     def begun(self) -> bool:
@@ -225,7 +188,7 @@ class AuditTrail:
                     outcome=outcome_of(exit_code),
                     exit_code=exit_code,
                     run_id=self.run_id,
-                    detail=redact_value(self.detail) if self.detail else None,
+                    detail=self._detail(),
                 )
         except Exception as exc:  # a full disk must not turn a done backup into a failure
             log.warning("could not record the end of %s in the audit trail: %s", self.command, exc)
@@ -314,14 +277,15 @@ def record_override(
     command: str = "run",
 ) -> int:
     """Record that a blackout was overridden (``crmmaint run --override REASON``): one
-    ``event`` row, command ``override``, detail ``"blackout BLACKOUT: REASON"``, outcome
-    ``ok``, linked to the audited command running now (its start row, in ``run_id``'s stead:
-    ``detail`` names it). The running command's own end row also carries the detail. Returns
-    the row's id."""
-    detail = redact_value(f"blackout {blackout} overridden for {command}: {reason}")
+    ``event`` row, command ``override``, detail ``"blackout BLACKOUT overridden for COMMAND:
+    REASON"`` (the reason through ``override_reason``: redacted, cut to ``MAX_REASON``
+    characters), outcome ``ok``, linked to the audited command running now (its start row, in ``run_id``'s
+    stead: ``detail`` names it). The running command's own end row also carries the detail.
+    Returns the row's id."""
+    detail = f"blackout {blackout} overridden for {command}: {override_reason(reason)}"
     trail = current_trail()
     if trail is not None:
-        trail.detail = detail if not trail.detail else f"{trail.detail}; {detail}"
+        trail.note(detail)
     return journal.record_audit(
         phase="event",
         start_id=trail.start_id if trail is not None else None,

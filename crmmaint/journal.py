@@ -2,7 +2,10 @@
 the audit trail of the commands that change something (``audit``).
 
 Reports, ``history``/``show``, monitoring checks, capacity forecasts and the scheduler's
-catch-up read it. It stores results as tasks return them, which never hold secrets.
+catch-up read it. It stores results as tasks return them, which never hold secrets, and
+command lines, flags and audit details redacted (``redact_argv``, ``redact_flags``,
+``redact_value``): a secret given on a command line (``PGPASSWORD=…``, ``--password …``, a
+URL's password, an ``--override`` reason that quotes one) is never stored.
 
 The ``audit`` table is append-only: nothing here updates or deletes its rows, and triggers
 make SQLite refuse an UPDATE or DELETE from anyone else. Each row carries the SHA-256 of the
@@ -18,11 +21,12 @@ import hashlib
 import json
 import logging
 import os
+import re
 import socket
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -119,6 +123,146 @@ _AUDIT_JSON = {"process": None, "argv": [], "targets": [], "remote_users": {}, "
 AUDIT_GENESIS = "0" * 64
 
 
+# --- redaction ------------------------------------------------------------------------------
+# The journal is where a secret given on a command line would stay for good (``runs.argv``, the
+# ``audit`` table), so the rules that keep secrets out live here; ``crmmaint.audit`` uses them.
+
+#: What stands in for a secret.
+REDACTED = "***"
+#: The most characters of one command-line word, flag value or audit detail the journal keeps
+#: (an ``--override`` reason of a megabyte is cut, and says so: ``cut_text``).
+MAX_TEXT = 500
+#: The most characters of an audit row's ``detail`` (it may join several notes).
+MAX_DETAIL = 2000
+
+#: Names of flags and ``KEY=value`` keys whose value is a secret (``--password``,
+#: ``PGPASSWORD=``, ``api_key=``, ``--token``), matched anywhere in the name.
+_SECRET_NAME = re.compile(
+    r"pass|pwd|secret|token|api[-_]?key|private|credential|auth|cookie|session|"
+    r"(?:^|[-_])(?:pw|key|dsn)$",
+    re.IGNORECASE,
+)
+#: Credentials in a URL: ``scheme://user:password@host``.
+_URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][\w+.-]*://[^/\s:@]*:)[^/\s@]*(?P<at>@)")
+#: ``KEY=value`` (in a word, a query string, a DSN ``password=…``) with a secret-looking key.
+_PAIR = re.compile(r"(?P<key>[\w.-]+)(?P<eq>=)(?P<value>[^&;\s]*)")
+#: A crmmaint identity (private key) written out in full.
+_SECRET_KEY = re.compile(r"CRMMAINT-SECRET-KEY-[\w-]+", re.IGNORECASE)
+#: A long flag inside free text and its value: ``--password hunter``, ``--token='a b'``.
+_LONG_FLAG = re.compile(
+    r"(?<![\w-])(?P<flag>--[A-Za-z][\w.-]*)(?P<sep>=|[ \t]+)"
+    r"(?P<value>\"[^\"]*\"?|'[^']*'?|[^\s\"']\S*)"
+)
+#: An HTTP credential anywhere: ``Bearer`` and whatever follows it; the other schemes
+#: (``Basic``, ``Token`` …) only before a credential-like word (a digit, 8+ characters), so
+#: that prose (``Basic checks passed``) stays.
+_BEARER = re.compile(r"\b(?P<scheme>Bearer)(?P<sep>[ \t:=]+)(?!\*\*\*)[^\s\"',;]+", re.IGNORECASE)
+_AUTH_CREDENTIAL = re.compile(
+    r"\b(?P<scheme>Basic|Token|Digest|Bot|ApiKey|Negotiate|NTLM)(?P<sep>[ \t:=]+)"
+    r"(?=[^\s\"',;]*\d)[A-Za-z0-9+/=._~-]{8,}",
+    re.IGNORECASE,
+)
+#: Passes of the rules over a text at most (each pass's ``***`` may let another rule match).
+_REDACT_PASSES = 4
+
+
+def is_secret_name(name: str) -> bool:
+    """Whether a flag or key named ``name`` (``--db-password``, ``PGPASSWORD``) holds a
+    secret."""
+    return bool(_SECRET_NAME.search(name.lstrip("-")))
+
+
+def cut_text(text: str, limit: int = MAX_TEXT) -> str:
+    """``text`` when it is at most ``limit`` characters, else its start and how much was cut,
+    ``limit`` characters in all (so cutting again changes nothing)."""
+    if len(text) <= limit:
+        return text
+    for keep in range(limit, -1, -1):  # the note's length depends on the number in it
+        note = f"… [cut: {len(text) - keep} more characters]"
+        if keep + len(note) <= limit:
+            return text[:keep] + note
+    return text[:limit]
+
+
+def redact_value(text: str) -> str:
+    """``text`` with what looks like a secret replaced by ``***``, line by line: the
+    password of a URL, the value of a ``KEY=value`` pair, a ``key: value``, a ``key value``
+    or a ``--key value``/``--key=value`` whose key looks secret, a ``Bearer`` (``Basic``,
+    ``Token`` …) credential, a crmmaint secret key, and whatever
+    ``crmmaint.engines.config_files.mask_text`` recognises in configuration syntaxes
+    (JSON/YAML/INI pairs, tokens and password hashes by their shape). It errs towards masking
+    too much: the rest of a line after ``password:`` goes. Idempotent.
+
+    Not recognised: short flags (``-pSECRET``), ``user:pass@host`` without a scheme, a secret
+    after a word that does not look secret (``db hunter2``)."""
+    from crmmaint.engines.config_files import mask_text
+
+    text = str(text)
+    for _ in range(_REDACT_PASSES):
+        again = _URL_PASSWORD.sub(lambda m: f"{m['head']}{REDACTED}{m['at']}", text)
+        again = _SECRET_KEY.sub(REDACTED, again)
+        again = _PAIR.sub(
+            lambda m: f"{m['key']}={REDACTED}" if is_secret_name(m["key"]) else m[0], again
+        )
+        again = _LONG_FLAG.sub(
+            lambda m: f"{m['flag']}{m['sep']}{REDACTED}" if is_secret_name(m["flag"]) else m[0],
+            again,
+        )
+        again = _BEARER.sub(lambda m: f"{m['scheme']}{m['sep']}{REDACTED}", again)
+        again = _AUTH_CREDENTIAL.sub(lambda m: f"{m['scheme']}{m['sep']}{REDACTED}", again)
+        again = mask_text(again)[0]
+        if again == text:
+            break
+        text = again
+    return text
+
+
+def redact_argv(argv: list[str] | tuple[str, ...]) -> list[str]:
+    """A command line as the journal keeps it: the value after a secret flag (``--password
+    X``, ``--password=X``) replaced, every word through ``redact_value`` (a ``--flag=value``
+    word's value on its own) and cut to ``MAX_TEXT`` characters. Idempotent."""
+    out: list[str] = []
+    secret_next = False
+    for word in argv:
+        word = str(word)
+        if secret_next:
+            out.append(REDACTED)
+            secret_next = False
+            continue
+        if word.startswith("-") and not word.startswith("---"):
+            name, eq, value = word.partition("=")
+            if is_secret_name(name):
+                if eq:
+                    out.append(f"{name}={REDACTED}")
+                else:
+                    out.append(word)
+                    secret_next = True
+                continue
+            if eq and name.startswith("--"):
+                out.append(cut_text(f"{name}={redact_value(value)}"))
+                continue
+        out.append(cut_text(redact_value(word)))
+    return out
+
+
+def redact_flags(flags: Mapping[str, Any]) -> dict[str, Any]:
+    """A command's options as the journal keeps them: a secret one's value replaced, strings
+    (and lists of them) through ``redact_value`` and cut to ``MAX_TEXT`` characters."""
+    out: dict[str, Any] = {}
+    for name, value in flags.items():
+        if is_secret_name(name) and value not in (None, False, ""):
+            out[name] = REDACTED
+        elif isinstance(value, str):
+            out[name] = cut_text(redact_value(value))
+        elif isinstance(value, list | tuple):
+            out[name] = [cut_text(redact_value(v)) if isinstance(v, str) else v for v in value]
+        elif value is None or isinstance(value, bool | int | float):
+            out[name] = value
+        else:
+            out[name] = cut_text(redact_value(str(value)))
+    return out
+
+
 def default_journal_path() -> Path:
     from platformdirs import user_data_dir
 
@@ -201,7 +345,7 @@ class Journal:
                     int(check),
                     current_user(),
                     me["machine"],
-                    json.dumps(argv or []),
+                    json.dumps(redact_argv(argv or [])),
                     me["pid"],
                     me["pid_started"],
                     me["pid_namespace"],
@@ -291,8 +435,11 @@ class Journal:
     def record_audit(self, **row: Any) -> int:
         """Append one row to the audit trail and return its id. ``row`` holds ``AUDIT_FIELDS``
         (missing ones are NULL or empty); JSON columns (``argv``, ``targets``, ``remote_users``,
-        ``flags``, ``process``) are given as Python values. Callers redact first: this stores
-        what it is given (``crmmaint.audit`` builds rows). Never updates or deletes a row.
+        ``flags``, ``process``) are given as Python values. ``argv`` and ``flags`` pass through
+        ``redact_argv`` and ``redact_flags`` (``crmmaint.audit`` redacts them already:
+        redacting again changes nothing); ``detail``, which the caller redacts (its parts:
+        ``crmmaint.audit`` redacts an override's reason, not the blackout's name), is cut to
+        ``MAX_DETAIL`` characters. Never updates or deletes a row.
 
         The previous row's hash is read and the new row written in one IMMEDIATE transaction,
         so two processes appending at once still make one chain."""
@@ -300,6 +447,10 @@ class Journal:
         if unknown:
             raise ValueError(f"unknown audit fields: {', '.join(sorted(unknown))}")
         values = {name: row.get(name) for name in AUDIT_FIELDS}
+        values["argv"] = redact_argv(values["argv"] or [])
+        values["flags"] = redact_flags(values["flags"] or {})
+        if values["detail"] is not None:
+            values["detail"] = cut_text(str(values["detail"]), MAX_DETAIL)
         values["at"] = float(values["at"] if values["at"] is not None else time.time())
         for name, empty in _AUDIT_JSON.items():
             value = values[name] if values[name] is not None else empty
@@ -560,7 +711,8 @@ class Journal:
 
 
 def _run_row(row: dict[str, Any]) -> dict[str, Any]:
-    """A ``runs`` row for readers: ``argv``, stored as JSON text, decoded to a list of strings;
+    """A ``runs`` row for readers: ``argv``, stored as JSON text, decoded to a list of strings
+    (redacted: a journal written before ``start_run`` redacted may hold a secret);
     ``check_mode``, stored as 0 or 1, a bool (as ``run --json`` gives it).
 
     Rows of any journal read the same; a value that is not a JSON list (NULL, or text some
@@ -574,7 +726,7 @@ def _run_row(row: dict[str, Any]) -> dict[str, Any]:
         argv = [str(text)]
     if not isinstance(argv, list):
         argv = [str(argv)]
-    row["argv"] = [str(a) for a in argv]
+    row["argv"] = redact_argv([str(a) for a in argv])  # journals written before it redacted
     if "check_mode" in row:
         row["check_mode"] = bool(row["check_mode"])
     return row

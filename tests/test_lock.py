@@ -29,7 +29,10 @@ from crmmaint.repository.backends.base import Backend
 from crmmaint.repository.backends.local import LocalBackend
 from crmmaint.repository.lock import (
     LOCKS_PREFIX,
+    MAX_HEARTBEAT_INTERVAL,
     REMOVED_SUFFIX,
+    SCHEDULER_LOCKS_PREFIX,
+    STALE_HEARTBEATS,
     RepositoryLock,
     break_locks,
     read_locks,
@@ -66,8 +69,8 @@ def lock(backend, exclusive: bool, **kwargs) -> RepositoryLock:
     return RepositoryLock(backend, exclusive=exclusive, **kwargs)
 
 
-def foreign_lock(backend, **fields) -> str:
-    """Store a lock object as another process would; returns its name."""
+def foreign_lock(backend, prefix: str = LOCKS_PREFIX, **fields) -> str:
+    """Store a lock object as another process would (in ``prefix``); returns its name."""
     now = time.time()
     record = {
         "id": uuid.uuid4().hex[:16],
@@ -84,7 +87,7 @@ def foreign_lock(backend, **fields) -> str:
         "pid_namespace": PIDNS,
         **fields,
     }
-    name = LOCKS_PREFIX + record["id"]
+    name = prefix + record["id"]
     backend.store(name, json.dumps(record).encode())
     return name
 
@@ -302,9 +305,98 @@ def test_unreadable_lock_object_blocks_until_unlock(backend):
     backend.store("locks/garbage", b"{not json")
     with pytest.raises(LockError, match="unreadable lock object locks/garbage"):
         lock(backend, False).acquire()
-    assert break_locks(backend) == [{"id": "garbage", "unreadable": True}]
+    assert break_locks(backend) == [
+        {"id": "garbage", "unreadable": True, "namespace": "repository", "object": "locks/garbage"}
+    ]
     with lock(backend, False) as held:
         assert held.held
+
+
+@pytest.mark.parametrize("content", [b"garbage{{{", b"{}", b"[1,2]", b'{"id": "x"}', b"\xff\xfe"])
+def test_unreadable_scheduler_lock_is_removed_by_unlock(backend, content):
+    """A planted object in the scheduler's namespace blocks every scheduler, whose message
+    says to run `crmmaint repo unlock`; that removes it, saying it was the scheduler's."""
+    name = SCHEDULER_LOCKS_PREFIX + "garbage{{{"
+    backend.store(name, content)
+    scheduler = lock(backend, True, prefix=SCHEDULER_LOCKS_PREFIX, owner="scheduler")
+    with pytest.raises(LockError, match="scheduler lock in repository") as err:
+        scheduler.acquire()
+    assert f"unreadable lock object {name}" in str(err.value)
+    assert "crmmaint repo unlock" in err.value.hint
+    with lock(backend, True) as repository_lock:  # the repository's own locks are apart
+        assert repository_lock.held
+    foreign_lock(backend, owner="backup crm", exclusive=False)
+    removed = break_locks(backend)
+    assert sorted((r["namespace"], r["object"], bool(r.get("unreadable"))) for r in removed) == [
+        ("repository", removed[0]["object"], False),
+        ("scheduler", name, True),
+    ]
+    assert read_locks(backend, SCHEDULER_LOCKS_PREFIX) == [] and read_locks(backend) == []
+    with scheduler:
+        assert scheduler.held
+
+
+def test_unlock_keeps_a_live_scheduler_lock_here_unless_forced(backend):
+    scheduler = lock(backend, True, prefix=SCHEDULER_LOCKS_PREFIX).acquire()
+    try:
+        with pytest.raises(LockError, match="kept 1 lock"):
+            break_locks(backend)
+        [removed] = break_locks(backend, force=True)
+        assert removed["namespace"] == "scheduler" and removed["id"] == scheduler.id
+    finally:
+        scheduler.release()
+
+
+HOUR = 3600.0
+
+
+@pytest.mark.parametrize(
+    ("fields", "why"),
+    [
+        # an interval beyond the cap is judged by the cap: 5 x 10 minutes without a heartbeat
+        (
+            {
+                "heartbeat_interval": 1e308,
+                "heartbeat": -(STALE_HEARTBEATS * MAX_HEARTBEAT_INTERVAL + 60),
+            },
+            "no heartbeat for",
+        ),
+        ({"heartbeat_interval": float("inf")}, "not a valid time"),
+        ({"heartbeat_interval": float("nan")}, "not a valid time"),
+        ({"heartbeat_interval": -1.0}, "not a valid time"),
+        ({"heartbeat": float("nan")}, "not a valid time"),
+        ({"heartbeat": float("inf")}, "not a valid time"),
+        ({"heartbeat": -1e308}, "not a valid time"),
+        ({"created": float("-inf")}, "not a valid time"),
+        ({"heartbeat": HOUR}, "in the future"),  # an hour ahead of our clock
+        ({"pid": 10**30, "host": HOST}, "no process id"),
+        ({"pid": -1, "host": HOST}, "no process id"),
+    ],
+)
+def test_implausible_lock_records_are_stale(backend, caplog, fields, why):
+    """A planted record cannot make a lock that is never stale."""
+    now = time.time()
+    relative = {k: now + v for k, v in fields.items() if k in ("heartbeat",) and abs(v) < 1e6}
+    for prefix in (LOCKS_PREFIX, SCHEDULER_LOCKS_PREFIX):
+        foreign_lock(backend, prefix, **{**fields, **relative})
+        caplog.set_level(logging.WARNING, logger="crmmaint.repository.lock")
+        with lock(backend, True, prefix=prefix) as held:
+            assert held.held
+        assert why in caplog.text
+        caplog.clear()
+
+
+def test_a_capped_interval_still_waits_for_a_live_slow_holder(backend):
+    """Under the cap, the holder's own interval counts: 5 x 500 s is not over after 2000 s."""
+    foreign_lock(backend, heartbeat_interval=500.0, heartbeat=time.time() - 2000)
+    with pytest.raises(LockError, match="pid 4242"):
+        lock(backend, True).acquire()
+
+
+def test_unlock_copes_with_a_record_naming_an_impossible_pid_here(backend):
+    foreign_lock(backend, host=HOST, pid=10**30)
+    [removed] = break_locks(backend)
+    assert removed["pid"] == 10**30 and removed["namespace"] == "repository"
 
 
 CHILD = """
@@ -436,3 +528,53 @@ def test_holder_that_appears_between_the_two_phases_wins(tmp_path):
     with pytest.raises(LockError, match="racer"):
         lock(backend, True).acquire()
     assert lock_names(backend) == [backend.racer]
+
+
+# --- the scheduler's lock from the command line -----------------------------------------------
+
+
+def test_repo_unlock_frees_schedulers_from_a_planted_lock_object(tmp_path):
+    """An unreadable object in ``scheduler/lock/`` stops every scheduler, which says to run
+    `crmmaint repo unlock`; that removes it, saying it was the scheduler's; the next tick runs."""
+    from datetime import UTC, datetime, timedelta
+
+    from clirun import run_cli, run_here
+    from estates import sqlite_estate
+
+    root = sqlite_estate(tmp_path, customers=5)
+    (root / "book.yml").write_text(
+        "name: book\nsteps:\n  - name: work\n    task: shell.command\n"
+        "    with: {commands: ['true']}\n    hosts: all\n"
+    )
+    opened = (datetime.now(UTC) - timedelta(minutes=1)).strftime("%H:%M")
+    with (root / "inventory.yml").open("a") as inv_file:
+        inv_file.write(
+            f"schedule:\n  timezone: UTC\n  windows:\n    nightly: {{playbook: book.yml, "
+            f"every: daily, at: '{opened}', length: 3h}}\n"
+        )
+    inv = str(root / "inventory.yml")
+    for args in (
+        ("keys", "generate", "--output", str(root / "keys" / "ops.key")),
+        ("repo", "init"),
+    ):
+        assert run_here(*args, "-i", inv, cwd=root).returncode == 0
+    planted = root / "repo" / "scheduler" / "lock" / "garbage{{{"
+    planted.parent.mkdir(parents=True, exist_ok=True)
+    planted.write_bytes(b"garbage{{{")
+
+    blocked = run_cli("scheduler", "--once", "--json", "-i", inv, cwd=root)
+    assert "Traceback" not in blocked.stderr, blocked.stderr
+    said = blocked.stdout + blocked.stderr
+    assert "another scheduler holds the estate's lock" in said, said
+    assert "unreadable lock object scheduler/lock/garbage{{{" in said, said
+    assert "crmmaint repo unlock" in said, said
+
+    unlocked = run_cli("repo", "unlock", "-i", inv, cwd=root)
+    assert unlocked.returncode == 0, unlocked.stderr
+    assert "removed unreadable scheduler lock scheduler/lock/garbage{{{" in unlocked.stdout
+    assert "1 lock removed" in unlocked.stdout and not planted.exists()
+
+    ran = run_cli("scheduler", "--once", "--json", "-i", inv, cwd=root)
+    assert ran.returncode == 0, ran.stderr
+    [outcome] = json.loads(ran.stdout[ran.stdout.index("[") :])
+    assert outcome["action"] == "run" and outcome["exit_code"] == 0, outcome

@@ -8,7 +8,7 @@ from invoke import Collection
 
 from crmmaint.cli.common import REPO_HELP, audit_begins, command, helps, open_inventory
 from crmmaint.errors import ConfigError
-from crmmaint.reporting.console import write_json
+from crmmaint.reporting.console import visible, write_json
 from crmmaint.repository.configured import init_repository, open_repository
 from crmmaint.units import plural
 
@@ -38,9 +38,10 @@ def repo_unlock(
     force: bool = False,
     debug: bool = False,
 ) -> None:
-    """Remove the repository's locks, except those of processes running on this host.
+    """Remove the repository's locks and the scheduler's, except ones of processes here.
 
-    A lock whose process runs here is kept (exit 7) unless --force is given."""
+    Unreadable lock objects go too. A lock whose process runs on this host is kept (exit 7)
+    unless --force is given."""
     from crmmaint.repository.configured import backend_for
     from crmmaint.repository.lock import break_locks
 
@@ -54,8 +55,21 @@ def repo_unlock(
     finally:
         backend.close()
     for lock in removed:
-        print(f"removed lock of {lock.get('host')} pid {lock.get('pid')} ({lock.get('owner', '')})")
+        print(_removed_line(lock))
     print(f"{plural(len(removed), 'lock')} removed")
+
+
+def _removed_line(lock: dict[str, Any]) -> str:
+    """``removed scheduler lock scheduler/lock/ab12 of db1 pid 4242 (scheduler main)``; the
+    record's words through ``visible`` (an object planted in the repository may hold any)."""
+    where = f"{lock.get('namespace', 'repository')} lock {visible(str(lock.get('object', '')))}"
+    if lock.get("unreadable"):
+        return f"removed unreadable {where}"
+    owner = f" ({visible(str(lock['owner']))})" if lock.get("owner") else ""
+    return (
+        f"removed {where} of {visible(str(lock.get('host')))} pid "
+        f"{visible(str(lock.get('pid')))}{owner}"
+    )
 
 
 @command(

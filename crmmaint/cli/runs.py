@@ -78,13 +78,13 @@ def run(
             check=check,
         )  # fmt: skip
     if overridden is not None:
-        from crmmaint.audit import record_override
+        from crmmaint.audit import override_reason, record_override
 
         with open_journal(c, inv) as journal:
             record_override(journal, reason=override or "", blackout=overridden.name, argv=sys.argv)
-        print(
+        print(  # the reason as the audit keeps it: redacted, cut
             f"crmmaint: blackout {visible(overridden.name)!r} overridden by"
-            f" {visible(current_user())}: {visible(override or '')}",
+            f" {visible(current_user())}: {visible(override_reason(override or ''))}",
             file=sys.stderr,
         )
     try:

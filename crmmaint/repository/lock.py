@@ -11,7 +11,12 @@ write-then-list in two phases, which is safe as long as a backend lists what was
 
 Of two conflicting holders, the one that lists second always sees the other, so at most one
 completes. A heartbeat thread refreshes our object; a lock whose heartbeat is too old, or whose
-process is gone from this host, is stale and is taken over.
+process is gone from this host, is stale and is taken over; so is one whose record cannot
+be a live holder's (a time that is not a finite number, a heartbeat from the future). How long a
+heartbeat may be missed is capped (``MAX_HEARTBEAT_INTERVAL``), so a record claiming a heartbeat
+every 1e308 seconds turns stale like any other. An unreadable object (not JSON, not a lock
+record) is never taken over: ``crmmaint repo unlock`` (``break_locks``) removes it, in both lock
+namespaces: the repository's ``locks/`` and the scheduler's ``scheduler/lock/``.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import contextlib
 import getpass
 import json
 import logging
+import math
 import os
 import random
 import socket
@@ -43,6 +49,10 @@ LOCKS_PREFIX = "locks/"
 #: one scheduler holds while it runs a playbook never conflicts with the repository locks of
 #: that playbook's own backups and prunes.
 SCHEDULER_PREFIX = "scheduler/"
+#: The scheduler's overlap lock objects (``crmmaint.schedule.scheduler``).
+SCHEDULER_LOCKS_PREFIX = SCHEDULER_PREFIX + "lock/"
+#: Every namespace of lock objects, by the name ``repo unlock`` reports it under.
+LOCK_NAMESPACES = {"repository": LOCKS_PREFIX, "scheduler": SCHEDULER_LOCKS_PREFIX}
 #: Suffix of the removal mark ``locks/<id>.removed`` written before a lock object is deleted
 #: by someone other than its holder (``repo unlock``, a stale takeover): a holder whose
 #: heartbeat wrote its object back in the moment of the deletion sees the mark and lets go,
@@ -51,6 +61,11 @@ REMOVED_SUFFIX = ".removed"
 REMOVED_MARK_AGE = 86400.0
 #: A lock is stale when its heartbeat is older than this many heartbeat intervals.
 STALE_HEARTBEATS = 5
+#: The longest heartbeat interval of another holder believed when judging its lock stale
+#: (10 minutes): a record claiming more (planted, or damaged) is judged by this one.
+MAX_HEARTBEAT_INTERVAL = 600.0
+#: The highest pid a lock record may name (Linux allows at most 2**22).
+_MAX_PID = 2**31 - 1
 _FIRST_BACKOFF = 0.02
 _MAX_BACKOFF = 2.0
 #: A wait for a conflicting lock longer than this is announced (a warning on the console).
@@ -81,19 +96,40 @@ class LockInfo:
         """Tie-break order between racers: the lower key wins."""
         return (self.created, self.id)
 
+    def implausible(self) -> str | None:
+        """Why this readable record cannot be a live holder's (planted or damaged): a time or
+        heartbeat interval that is not a finite number or is negative, a pid no process has.
+        ``None`` when it is plausible (and for an unreadable object: ``raw`` is None)."""
+        if self.raw is None:
+            return None
+        for what, value in (
+            ("heartbeat", self.heartbeat),
+            ("heartbeat interval", self.heartbeat_interval),
+            ("creation time", self.created),
+        ):
+            if not math.isfinite(value) or value < 0:
+                return f"its {what} ({value!r}) is not a valid time"
+        if not 0 < self.pid <= _MAX_PID:
+            return f"its pid ({self.pid}) is no process id"
+        return None
+
     def describe(self, now: float | None = None) -> str:
         """``backup crm (pid 4242 on db1, exclusive, since 2026-11-20 03:00:01 UTC)``."""
         if self.raw is None:
             return f"unreadable lock object {self.name}"
         now = time.time() if now is None else now
-        since = datetime.fromtimestamp(self.acquired or self.created, tz=UTC)
+        try:  # a planted record may hold any number
+            when = datetime.fromtimestamp(self.acquired or self.created, tz=UTC)
+            since = f"{when:%Y-%m-%d %H:%M:%S} UTC"
+        except (OverflowError, OSError, ValueError):
+            since = "an invalid time"
         who = f"{self.owner} " if self.owner else ""
         kind = "exclusive" if self.exclusive else "shared"
         if self.state == "pending":
             kind += ", still acquiring"
         return (
             f"{who}(user {self.user}, pid {self.pid} on {self.host}, {kind}, "
-            f"since {since:%Y-%m-%d %H:%M:%S} UTC, last heartbeat {now - self.heartbeat:.0f}s ago)"
+            f"since {since}, last heartbeat {now - self.heartbeat:.0f}s ago)"
         )
 
 
@@ -258,15 +294,23 @@ class RepositoryLock:
         if other.raw is None:
             return False  # unreadable: only `crmmaint repo unlock` may remove it
         same_pids = other.host == self.host and other.pid_namespace == self.pid_namespace
-        if same_pids and not pid_alive(other.pid):
+        garbage = other.implausible()
+        if garbage is not None:
+            why = f"not a lock a live process holds: {garbage}"
+        elif same_pids and not pid_alive(other.pid):
             why = f"process {other.pid} no longer runs on {self.host}"
         else:
             limit = self.stale_after or STALE_HEARTBEATS * max(
-                self.heartbeat, other.heartbeat_interval
+                self.heartbeat, min(other.heartbeat_interval, MAX_HEARTBEAT_INTERVAL)
             )
-            if now - other.heartbeat <= limit:
+            age = now - other.heartbeat
+            if -limit <= age <= limit:
                 return False
-            why = f"no heartbeat for {now - other.heartbeat:.0f}s (limit {limit:.0f}s)"
+            why = (
+                f"no heartbeat for {age:.0f}s (limit {limit:.0f}s)"
+                if age > 0
+                else f"its heartbeat is {-age:.0f}s in the future (limit {limit:.0f}s)"
+            )
         try:
             remove_lock(self.backend, other.name)
         except ObjectNotFound:
@@ -282,8 +326,12 @@ class RepositoryLock:
 
     def _timeout_error(self, blocker: LockInfo) -> LockError:
         kind = "exclusive" if self.exclusive else "shared"
+        what = f"repository {self.backend.url} is locked"
+        if self.prefix != LOCKS_PREFIX:  # the scheduler's: `repo unlock` removes those too
+            namespace = _namespace_of(self.prefix)
+            what = f"the {namespace} lock in repository {self.backend.url} is held"
         return LockError(
-            f"repository {self.backend.url} is locked by {blocker.describe()}; "
+            f"{what} by {blocker.describe()}; "
             f"gave up waiting for {'an' if kind[0] in 'aeiou' else 'a'} {kind} lock "
             f"after {self.timeout:g}s",
             hint="wait for that process to finish and retry; if it is gone, run "
@@ -419,9 +467,9 @@ def remove_lock(backend: Backend, name: str) -> None:
     backend.delete(name)
 
 
-def _forget_old_marks(backend: Backend, now: float) -> None:
+def _forget_old_marks(backend: Backend, now: float, prefix: str = LOCKS_PREFIX) -> None:
     """Delete removal marks older than ``REMOVED_MARK_AGE`` (their holders are long gone)."""
-    for obj in backend.list(LOCKS_PREFIX):
+    for obj in backend.list(prefix):
         if not obj.name.endswith(REMOVED_SUFFIX):
             continue
         try:
@@ -438,6 +486,7 @@ def running_here(lock: LockInfo) -> bool:
     that removing the lock would let another process in beside a live one."""
     return (
         lock.raw is not None
+        and lock.implausible() is None
         and lock.host == socket.gethostname()
         and lock.pid_namespace == pid_namespace()
         and pid_alive(lock.pid)
@@ -445,21 +494,28 @@ def running_here(lock: LockInfo) -> bool:
 
 
 def break_locks(backend: Backend, *, force: bool = False) -> list[dict[str, Any]]:
-    """Remove the repository's locks (``crmmaint repo unlock``): each whose process does not
-    run on this host, every one with ``force`` (a holder elsewhere cannot be checked from
-    here). Raises ``LockError`` (exit 7) naming the locks kept because their process runs
-    here, after removing the others; returns what was removed."""
+    """Remove the locks of the repository (``crmmaint repo unlock``), in each namespace
+    (``LOCK_NAMESPACES``: the repository's ``locks/``, the scheduler's ``scheduler/lock/``):
+    each whose process does not run on this host, every one with ``force`` (a holder
+    elsewhere cannot be checked from here), unreadable objects included. Raises ``LockError``
+    (exit 7) naming the locks kept because their process runs here, after removing the
+    others; returns what was removed: each lock's record (``{"id": …, "unreadable": True}``
+    for an unreadable object) with ``namespace`` (``repository``, ``scheduler``) and
+    ``object`` (its name) added."""
     removed = []
     kept = []
-    _forget_old_marks(backend, time.time())
-    for lock in read_locks(backend):
-        if not force and running_here(lock):
-            kept.append(lock)
-            continue
-        with contextlib.suppress(ObjectNotFound):  # its holder saw the mark and let go first
-            remove_lock(backend, lock.name)
-        logger.warning("removed repository lock %s: %s", lock.name, lock.describe())
-        removed.append(lock.raw if lock.raw is not None else {"id": lock.id, "unreadable": True})
+    now = time.time()
+    for namespace, prefix in LOCK_NAMESPACES.items():
+        _forget_old_marks(backend, now, prefix)
+        for lock in read_locks(backend, prefix):
+            if not force and running_here(lock):
+                kept.append(lock)
+                continue
+            with contextlib.suppress(ObjectNotFound):  # its holder saw the mark and let go
+                remove_lock(backend, lock.name)
+            logger.warning("removed %s lock %s: %s", namespace, lock.name, lock.describe())
+            record = lock.raw if lock.raw is not None else {"id": lock.id, "unreadable": True}
+            removed.append({**record, "namespace": namespace, "object": lock.name})
     if kept:
         raise LockError(
             f"kept {plural(len(kept), 'lock')} whose process runs on this host: "
@@ -469,6 +525,11 @@ def break_locks(backend: Backend, *, force: bool = False) -> list[dict[str, Any]
             "a live process's lock too, which lets another process in beside it",
         )
     return removed
+
+
+def _namespace_of(prefix: str) -> str:
+    """``repository`` or ``scheduler``: the name of the namespace ``prefix`` is."""
+    return next((n for n, p in LOCK_NAMESPACES.items() if p == prefix), prefix.rstrip("/"))
 
 
 def _parse(name: str, data: bytes, prefix: str = LOCKS_PREFIX) -> LockInfo:
@@ -485,17 +546,22 @@ def _parse(name: str, data: bytes, prefix: str = LOCKS_PREFIX) -> LockInfo:
             owner=raw.get("owner"),
             user=str(raw.get("user", "?")),
             created=float(raw["created"]),
-            acquired=raw.get("acquired"),
+            acquired=_time_or_none(raw.get("acquired")),
             heartbeat=float(raw["heartbeat"]),
             heartbeat_interval=float(raw.get("heartbeat_interval", 0)),
             pid_namespace=str(raw.get("pid_namespace", "")),
             raw=raw,
         )
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, OverflowError):  # OverflowError: int(1e999)
         # Unparsable: treat as an exclusive lock held by an unknown process.
         return LockInfo(
             name, lock_id, True, "held", "?", 0, None, "?", 0.0, None, 0.0, 0.0, "?", None
         )
+
+
+def _time_or_none(value: Any) -> float | None:
+    """An optional time of a lock record: a number, else ``None``."""
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 def _current_user() -> str:

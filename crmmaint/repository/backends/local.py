@@ -3,10 +3,16 @@
 A store writes a temp file under ``<root>/.tmp/`` (same filesystem), fsyncs it, renames it into
 place and fsyncs the target directory, so a crash leaves either the old object or the new one.
 Temp files left by a killed process live only in ``.tmp/`` and never appear in ``list()``.
+
+A write that fails (a read-only file system, permission denied, disk full, quota exceeded, an
+I/O error) raises ``BackendError`` (exit 6) saying what, where and what to do; removing its
+temp file afterwards is best effort, so a second failure (``unlink`` on a read-only file system
+fails too) never hides the first.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -94,7 +100,8 @@ class LocalBackend(Backend):
             os.replace(temp, path)
             _fsync_dir(path.parent)
         except BaseException as exc:
-            temp.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # best effort: the first error is the one to say
+                temp.unlink(missing_ok=True)
             if isinstance(exc, SourceReadError):
                 raise exc.__cause__ from None  # type: ignore[misc]
             if isinstance(exc, OSError):
@@ -102,15 +109,25 @@ class LocalBackend(Backend):
             raise
 
     def _write_error(self, name: str, exc: OSError) -> BackendError:
+        """One line for a failed write of ``name``: what, where, what to do."""
         if exc.errno in _NO_SPACE:
+            full = "quota exceeded" if exc.errno == errno.EDQUOT else "disk full"
             return BackendError(
-                f"disk full writing {name} to {self.url}: free space or move the repository "
+                f"{full} writing {name} to {self.url}: free space or move the repository "
                 "to a larger filesystem, then retry (no partial object was left)"
             )
-        if exc.errno == errno.EACCES:
+        if exc.errno == errno.EROFS:
+            return BackendError(
+                f"cannot write {name} to {self.url}: the file system is read-only",
+                hint="remount it read-write (every command takes a lock in the repository, "
+                "reading ones too), or point the repository at a writable location",
+                retryable=False,
+            )
+        if exc.errno in (errno.EACCES, errno.EPERM):
             return BackendError(
                 f"permission denied writing {name} to {self.url}",
                 hint="check ownership and permissions of the repository directory",
+                retryable=False,
             )
         return BackendError(f"cannot write {name} to {self.url}: {exc.strerror or exc}")
 
