@@ -391,3 +391,35 @@ def test_sigterm_after_one_run_and_during_the_next_ends_the_scheduler(tmp_path: 
     # the lock is free: a tick now is not refused by it (both windows already ran)
     after = scheduler(inv)
     assert all("another scheduler" not in o["note"] for o in outcomes(after))
+
+
+@pytest.mark.parametrize("command", [["backup"], ["prune", "--keep-last", "3"], ["drill"]])
+def test_a_blackout_refuses_the_one_step_commands_too(tmp_path: Path, command: list[str]) -> None:
+    today = datetime.now(BERLIN).date()
+    inv = estate(tmp_path, {**nightly(), "blackouts": [{"name": "freeze", "on": str(today)}]})
+    refused = run_cli(*command, "-i", str(inv))
+    assert refused.returncode == 11, refused.stderr
+    assert "blackout 'freeze' is in force until" in refused.stderr
+    assert f": {command[0]} does not run" in refused.stderr
+    checked = run_cli(*command, "--check", "-i", str(inv))
+    assert checked.returncode != 11, checked.stderr
+    overridden = run_cli(*command, "--override", "restore test for the auditor", "-i", str(inv))
+    assert overridden.returncode != 11 and "Traceback" not in overridden.stderr
+    assert "blackout 'freeze' overridden by" in overridden.stderr
+    audit = json.loads(run_cli("audit", "--json", "-i", str(inv)).stdout)
+    [override] = [e for e in audit if e["command"] == "override"]
+    assert override["flags"]["command"] == command[0]
+    assert "restore test for the auditor" in override["detail"]
+
+
+def test_windows_names_a_playbook_that_would_not_load(tmp_path: Path) -> None:
+    schedule = nightly()
+    schedule["windows"]["broken"] = {"playbook": "missing.yml", "every": "daily",
+                                     "at": "03:00", "length": "1h"}  # fmt: skip
+    inv = estate(tmp_path, schedule)
+    done = run_cli("windows", "--json", "-i", str(inv))
+    assert done.returncode == 3, done.stderr
+    rows = {r["window"]: r for r in json.loads(done.stdout)["windows"]}
+    assert rows["nightly"]["problem"] is None and rows["nightly"]["length_seconds"] == 10800
+    assert "missing.yml" in rows["broken"]["problem"]
+    assert isinstance(rows["nightly"]["open_now"], bool)

@@ -13,11 +13,13 @@ from typing import Any
 from invoke import Collection
 
 from crmmaint.cli.common import (
+    OVERRIDE_HELP,
     REPO_HELP,
     command,
     execute_adhoc,
     execute_one,
     helps,
+    honour_blackout,
     local_time,
     open_inventory,
     output_after_work,
@@ -37,6 +39,7 @@ from crmmaint.units import format_size, parse_duration, plural
         fileset="file sets to back up (comma-separated; default all)",
         repository=REPO_HELP,
         check="report what would be backed up; write nothing",
+        override=OVERRIDE_HELP,
     ),
     audit="backup",
 )
@@ -47,6 +50,7 @@ def backup(
     fileset: str | None = None,
     repository: str | None = None,
     check: bool = False,
+    override: str | None = None,
     json: bool = False,
     debug: bool = False,
 ) -> None:
@@ -57,6 +61,7 @@ def backup(
                 f"{flag} names nothing", hint=f"give a name from the inventory, or leave {flag} out"
             )
     inv = open_inventory(c, inventory)
+    honour_blackout(c, inv, "backup", override=override, check=check)
     params = {"repository": inv.repository(repository).name} if repository else {}
     steps: list[AdhocStep] = []
     if (database or not fileset) and inv.databases:
@@ -120,6 +125,7 @@ def verify(
         keep_quarterly="… of the last N quarters",
         keep_yearly="… of the last N years",
         keep_within="keep every backup at most this old (e.g. 36h, 2d, 1w)",
+        override=OVERRIDE_HELP,
     ),
     audit="prune",
 )
@@ -136,6 +142,7 @@ def prune(
     keep_quarterly: str | None = None,
     keep_yearly: str | None = None,
     keep_within: str | None = None,
+    override: str | None = None,
     json: bool = False,
     debug: bool = False,
 ) -> None:
@@ -168,6 +175,7 @@ def prune(
         except ValueError as exc:
             raise ConfigError(f"--keep-within: {exc}") from None
     inv = open_inventory(c, inventory)
+    honour_blackout(c, inv, "prune", override=override, check=check)
     cfg = inv.repository(repository)
     _check_policy_flags(params, cfg.name, has_retention=cfg.retention is not None)
     step = AdhocStep("prune", "backup.prune", {"repository": [cfg.name]}, params)

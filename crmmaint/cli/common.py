@@ -31,12 +31,13 @@ from crmmaint.errors import (
     os_reason,
 )
 from crmmaint.inventory import Inventory, load_inventory
-from crmmaint.journal import Journal, default_journal_path
+from crmmaint.journal import Journal, current_user, default_journal_path
 from crmmaint.reporting.console import (
     ConsoleReporter,
     JsonReporter,
     TransferProgressReporter,
     make_console,
+    visible,
 )
 
 if TYPE_CHECKING:
@@ -466,6 +467,62 @@ def open_inventory(c: Any, given: str | None) -> Inventory:
     inv = load_inventory(inventory_path(c, given))
     _inventory_read(inv)
     return inv
+
+
+#: The help of ``--override`` on every command a blackout stops.
+OVERRIDE_HELP = (
+    'act during a blackout of the schedule anyway, saying why ("hotfix 4711"); recorded in'
+    " the audit trail with who"
+)
+
+
+def honour_blackout(
+    c: Any,
+    inv: Inventory,
+    what: str,
+    *,
+    override: str | None,
+    check: bool,
+    command: str | None = None,
+) -> None:
+    """Refuse a command that changes something (``what``: ``playbook daily``, ``backup``;
+    ``command``: its name in the audit trail, default ``what``)
+    while a blackout of the inventory's schedule is in force (``BlackoutError``, exit 11),
+    unless ``override`` gives a reason: then the override is recorded in the audit trail and
+    said on stderr (the reason redacted and cut: ``audit.override_reason``). ``check``
+    (changes nothing) is never refused. An override outside any blackout is said to be
+    needless and recorded nowhere. Nothing is imported or read for an inventory without a
+    schedule."""
+    if inv.schedule is None and override is None:
+        return
+    from datetime import datetime
+
+    from crmmaint.audit import override_reason, record_override
+    from crmmaint.schedule.plan import check_blackout
+
+    overridden = check_blackout(
+        inv, datetime.now().astimezone(), what=what, override=override, check=check
+    )
+    if overridden is None:
+        if override is not None and not check:
+            print(
+                "crmmaint: no blackout is in force: --override is not needed (nothing recorded)",
+                file=sys.stderr,
+            )
+        return
+    with open_journal(c, inv) as journal:
+        record_override(
+            journal,
+            reason=override or "",
+            blackout=overridden.name,
+            argv=list(sys.argv),
+            command=command or what,
+        )
+    print(
+        f"crmmaint: blackout {visible(overridden.name)!r} overridden by"
+        f" {visible(current_user())}: {visible(override_reason(override or ''))}",
+        file=sys.stderr,
+    )
 
 
 def _inventory_read(inv: Inventory | None) -> None:

@@ -15,10 +15,12 @@ from typing import Any
 from invoke import Collection
 
 from crmmaint.cli.common import (
+    OVERRIDE_HELP,
     REPO_HELP,
     command,
     execute_adhoc,
     helps,
+    honour_blackout,
     local_time,
     maybe_inventory,
     open_inventory,
@@ -49,6 +51,7 @@ _EVERY = "all"
         identity="identity file to decrypt with (default: the repository's)",
         check="check the keys and say what would be drilled where; restore nothing",
         timeout="give up on each source after this long, e.g. 2h (default 4h)",
+        override=OVERRIDE_HELP,
     ),
     positional=["source"],
     iterable=["source"],
@@ -66,6 +69,7 @@ def drill(
     identity: str | None = None,
     check: bool = False,
     timeout: str | None = None,
+    override: str | None = None,
     json: bool = False,
     debug: bool = False,
 ) -> None:
@@ -78,6 +82,7 @@ def drill(
         params["rto"] = _duration("--rto", rto, most=366 * 86400)
     seconds = _duration("--timeout", timeout, most=7 * 86400) if timeout is not None else 4 * 3600
     inv = open_inventory(c, inventory)
+    honour_blackout(c, inv, "drill", override=override, check=check)
     selectors = _selectors(inv, [s for names in source for s in names.split(",")])
     count = sum(len(inv.resolve(kind, names)) for kind, names in selectors.items())
     for flag, value, default in (("--backup", backup, "latest"), ("--target", target, None)):

@@ -12,6 +12,7 @@ from crmmaint.cli.common import (
     command,
     execute,
     helps,
+    honour_blackout,
     local_time,
     maybe_inventory,
     open_inventory,
@@ -20,8 +21,7 @@ from crmmaint.cli.common import (
     split_list,
 )
 from crmmaint.errors import ConfigError
-from crmmaint.journal import current_user
-from crmmaint.reporting.console import print_table, visible, write_json
+from crmmaint.reporting.console import print_table, write_json
 from crmmaint.units import format_clock
 
 
@@ -69,24 +69,7 @@ def run(
 
     inv = open_inventory(c, inventory)
     book = load_playbook(playbook, inv)
-    overridden = None
-    if inv.schedule is not None or override is not None:
-        from crmmaint.schedule.plan import check_blackout
-
-        overridden = check_blackout(
-            inv, datetime.now().astimezone(), what=f"playbook {book.name}", override=override,
-            check=check,
-        )  # fmt: skip
-    if overridden is not None:
-        from crmmaint.audit import override_reason, record_override
-
-        with open_journal(c, inv) as journal:
-            record_override(journal, reason=override or "", blackout=overridden.name, argv=sys.argv)
-        print(  # the reason as the audit keeps it: redacted, cut
-            f"crmmaint: blackout {visible(overridden.name)!r} overridden by"
-            f" {visible(current_user())}: {visible(override_reason(override or ''))}",
-            file=sys.stderr,
-        )
+    honour_blackout(c, inv, f"playbook {book.name}", override=override, check=check, command="run")
     try:
         ends_at, why = run_deadline(
             datetime.now().astimezone(), until=until, length=for_, window_length=book.window_length

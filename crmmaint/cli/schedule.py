@@ -13,7 +13,6 @@ from crmmaint.cli.common import command, helps, open_inventory
 from crmmaint.errors import ConfigError, CrmMaintError
 from crmmaint.journal import current_user
 from crmmaint.reporting.console import print_table, visible, write_json
-from crmmaint.units import format_elapsed
 
 #: How far ahead ``windows`` lists blackouts (seconds): a quarter.
 BLACKOUT_HORIZON = 92 * 86400.0
@@ -30,7 +29,9 @@ def windows(
     json: bool = False,
     debug: bool = False,
 ) -> None:
-    """The next slot of each maintenance window, and the blackouts of the next 92 days."""
+    """The next slot of each maintenance window, and the blackouts of the next 92 days.
+
+    Exit 3 when a window's playbook would not load (the problem column says why)."""
     from crmmaint.schedule import calendar
     from crmmaint.schedule.plan import schedule_of
 
@@ -40,7 +41,6 @@ def windows(
     rows = []
     for window in plan.windows:
         slot = calendar.current_slot(window, now) or calendar.next_slot(window, now)
-        ends = slot.timestamp() + window.length
         blocked = plan.blackout_at(slot)
         rows.append(
             {
@@ -48,11 +48,12 @@ def windows(
                 "playbook": window.playbook,
                 "every": window.every,
                 "next": _when(slot, plan.tz),
-                "open now": "yes" if slot <= now else "",
-                "length": format_elapsed(window.length),
-                "ends": _when(datetime.fromtimestamp(ends, UTC), plan.tz),
+                "open_now": slot <= now,
+                "length_seconds": window.length,
+                "ends": _when(calendar.window_end(window, slot), plan.tz),
                 "catch_up": window.catch_up,
-                "blackout": blocked.name if blocked else "",
+                "blackout": blocked.name if blocked else None,
+                "problem": _playbook_problem(window.playbook, inv),
             }
         )
     ahead = [
@@ -60,12 +61,14 @@ def windows(
             "blackout": b.name,
             "from": _when(b.start, plan.tz),
             "until": _when(b.end, plan.tz),
-            "now": "yes" if b.start <= now < b.end else "",
+            "now": b.start <= now < b.end,
         }
         for b in calendar.blackouts_ahead(plan.blackouts, now, BLACKOUT_HORIZON)
     ]
     if json:
         write_json({"timezone": str(plan.tz), "windows": rows, "blackouts": ahead})
+        if any(row["problem"] for row in rows):
+            raise Exit(code=ConfigError.exit_code)
         return
     if not rows:
         print(
@@ -73,15 +76,49 @@ def windows(
             file=sys.stderr,
         )
     else:
-        print_table(
-            rows,
-            ["window", "playbook", "next", "open now", "length", "catch_up", "blackout"],
-            title=f"windows ({plan.tz})",
-        )
+        shown = [
+            {
+                **row,
+                "open now": "yes" if row["open_now"] else "",
+                "length": _length(row["length_seconds"]),
+                "blackout": row["blackout"] or "",
+                "problem": row["problem"] or "",
+            }
+            for row in rows
+        ]
+        columns = ["window", "playbook", "next", "open now", "length", "catch_up", "blackout"]
+        if any(row["problem"] for row in rows):
+            columns.append("problem")
+        print_table(shown, columns, title=f"windows ({plan.tz})")
     if ahead:
-        print_table(ahead, ["blackout", "from", "until", "now"], title="blackouts ahead")
+        print_table(
+            [{**b, "now": "yes" if b["now"] else ""} for b in ahead],
+            ["blackout", "from", "until", "now"],
+            title="blackouts ahead",
+        )
     elif rows:
         print("no blackout in the next 92 days")
+    if any(row["problem"] for row in rows):
+        raise Exit(code=ConfigError.exit_code)
+
+
+def _length(seconds: float) -> str:
+    hours, rest = divmod(int(seconds), 3600)
+    minutes = rest // 60
+    return f"{hours}h{minutes:02d}m" if minutes else f"{hours}h"
+
+
+def _playbook_problem(playbook: str, inv: Any) -> str | None:
+    """Why a window's playbook would not load (so the night it is due is not the first time
+    anyone hears of it), or ``None``."""
+    from crmmaint.errors import CrmMaintError
+    from crmmaint.playbook import load_playbook
+
+    try:
+        load_playbook(_playbook_path(playbook, inv), inv)
+    except CrmMaintError as exc:
+        return str(exc)
+    return None
 
 
 @command(
