@@ -423,3 +423,15 @@ def test_windows_names_a_playbook_that_would_not_load(tmp_path: Path) -> None:
     assert rows["nightly"]["problem"] is None and rows["nightly"]["length_seconds"] == 10800
     assert "missing.yml" in rows["broken"]["problem"]
     assert isinstance(rows["nightly"]["open_now"], bool)
+
+
+def test_a_refusal_names_the_end_of_back_to_back_blackouts(tmp_path: Path) -> None:
+    today = datetime.now(BERLIN).date()
+    blackouts = [
+        {"name": "close", "on": str(today)},
+        {"name": "audit", "from": str(today + timedelta(days=1)), "to": str(today + timedelta(days=3))},
+    ]  # fmt: skip
+    inv = estate(tmp_path, {**nightly(), "blackouts": blackouts})
+    refused = run_cli("run", str(tmp_path / "book.yml"), "-i", str(inv))
+    assert refused.returncode == 11
+    assert f"until {today + timedelta(days=4)} 00:00" in refused.stderr

@@ -113,7 +113,11 @@ def check_blackout(
     if blackout is None or check:
         return None
     if override is None:
-        ends = blackout.end.astimezone(blackout.start.tzinfo)
+        ends = blackout.end
+        plan = schedule_of(inventory)
+        while (following := plan.blackout_at(ends)) is not None and following.end > ends:
+            ends = following.end  # back to back: the freeze lasts until the last one ends
+        ends = ends.astimezone(blackout.start.tzinfo)
         raise BlackoutError(
             f"blackout {blackout.name!r} is in force until {ends:%Y-%m-%d %H:%M %Z}:"
             f" {what} does not run",
