@@ -1001,6 +1001,25 @@ def test_repeated_files_are_refused_in_a_step_and_counted_once_in_the_inventory(
 OLD_PASSWORD, NEW_PASSWORD = "Old-Pa55-4fd1a9", "New-Pa55-7c2e0b"
 
 
+def _sshd_inventory(tmp_path: Path, sshd_host: Any, config_files: list[str]) -> tuple[Path, Path]:
+    """An inventory of the sshd test host ``app1`` with ``config_files``, and its journal:
+    (journal path, inventory path)."""
+    journal_path = tmp_path / "journal.sqlite"
+    inv_path = tmp_path / "inventory.yml"
+    host = {
+        "address": sshd_host.address,
+        "port": sshd_host.port,
+        "user": sshd_host.user,
+        "identity_file": str(sshd_host.identity_file),
+        "known_hosts": str(sshd_host.known_hosts),
+        "config_files": config_files,
+    }
+    inv_path.write_text(
+        yaml.safe_dump({"settings": {"journal": str(journal_path)}, "hosts": {"app1": host}})
+    )
+    return journal_path, inv_path
+
+
 def _book() -> str:
     return yaml.safe_dump(
         {"name": "drift", "steps": [{"name": "drift", "task": "config.drift", "hosts": "app1"}]}
@@ -1016,24 +1035,8 @@ def test_live_drift_over_ssh(sshd_host: Any, tmp_path: Path, caplog: Any) -> Non
     (conf / "conf.d" / "a.conf").write_text("a = 1\n")
     gone = conf / "conf.d" / "b.conf"
     gone.write_text("b = 2\n")
-    journal_path = tmp_path / "journal.sqlite"
-    inv_path = tmp_path / "inventory.yml"
-    inv_path.write_text(
-        yaml.safe_dump(
-            {
-                "settings": {"journal": str(journal_path)},
-                "hosts": {
-                    "app1": {
-                        "address": sshd_host.address,
-                        "port": sshd_host.port,
-                        "user": sshd_host.user,
-                        "identity_file": str(sshd_host.identity_file),
-                        "known_hosts": str(sshd_host.known_hosts),
-                        "config_files": [str(main), f"{conf}/conf.d/*.conf", str(conf / "no.conf")],
-                    }
-                },
-            }
-        )
+    journal_path, inv_path = _sshd_inventory(
+        tmp_path, sshd_host, [str(main), f"{conf}/conf.d/*.conf", str(conf / "no.conf")]
     )
     inv = load_inventory(inv_path)
     book = load_playbook_text(_book(), inv)
@@ -1117,24 +1120,8 @@ def test_live_symlink_to_a_shadow_file_is_masked_by_its_targets_name(
     )
     os.symlink("shadow", conf / "accounts.conf")  # ln -s shadow conf2/accounts.conf
     os.symlink("accounts.conf", conf / "chain.conf")  # a link to the link
-    journal_path = tmp_path / "journal.sqlite"
-    inv_path = tmp_path / "inventory.yml"
-    inv_path.write_text(
-        yaml.safe_dump(
-            {
-                "settings": {"journal": str(journal_path)},
-                "hosts": {
-                    "app1": {
-                        "address": sshd_host.address,
-                        "port": sshd_host.port,
-                        "user": sshd_host.user,
-                        "identity_file": str(sshd_host.identity_file),
-                        "known_hosts": str(sshd_host.known_hosts),
-                        "config_files": [str(conf / "accounts.conf"), str(conf / "chain.conf")],
-                    }
-                },
-            }
-        )
+    journal_path, inv_path = _sshd_inventory(
+        tmp_path, sshd_host, [str(conf / "accounts.conf"), str(conf / "chain.conf")]
     )
     inv = load_inventory(inv_path)
     book = load_playbook_text(_book(), inv)
