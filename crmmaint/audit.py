@@ -282,7 +282,10 @@ def record_override(
     characters), outcome ``ok``, linked to the audited command running now (its start row, in ``run_id``'s
     stead: ``detail`` names it). The running command's own end row also carries the detail.
     Returns the row's id."""
-    detail = f"blackout {blackout} overridden for {command}: {override_reason(reason)}"
+    detail = (
+        f"blackout {redact_value(blackout)} overridden for {redact_value(command)}:"
+        f" {override_reason(reason)}"
+    )
     trail = current_trail()
     if trail is not None:
         trail.note(detail)

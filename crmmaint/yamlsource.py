@@ -173,7 +173,9 @@ class _LineLoader(yaml.SafeLoader):
     def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
         try:
             return super().construct_object(node, deep=deep)
-        except (ValueError, OverflowError) as exc:  # 2024-13-01, an int beyond Python's limit
+        # 2024-13-01, an int beyond Python's limit; a !!timestamp PyYAML cannot match
+        # (its constructor then fails with AttributeError on the missing match)
+        except (ValueError, OverflowError, AttributeError, TypeError) as exc:
             raise SourceError(
                 f"cannot read {_scalar_text(node)}: {exc}", _line(node.start_mark)
             ) from exc

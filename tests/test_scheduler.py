@@ -106,7 +106,9 @@ def lines(inv: Path) -> list[str]:
         ({"timezone": "Mars/Olympus"}, "is not a time zone name"),
         ({"windows": {"daily": {"at": "25:00", "length": "3h"}}}, "is not a time of day"),
         ({"windows": {"daily": {"at": "02:00"}}}, "give the window's length"),
-        ({"windows": {"daily": {"at": "02:00", "length": "8d"}}}, "at most 7d"),
+        ({"windows": {"daily": {"at": "02:00", "length": "8d"}}}, "from 1m to 7d"),
+        ({"windows": {"daily": {"at": "02:00", "length": "1ms"}}}, "from 1m to 7d"),
+        ({"windows": {"": {"every": "daily", "at": "02:00", "length": "1h"}}}, "a name of"),
         ({"windows": {"weekly": {"at": "02:00", "length": "1h"}}}, "say which day"),
         ({"windows": {"weekly": {"at": "02:00", "length": "1h", "on": "funday"}}}, "funday"),
         ({"windows": {"monthly": {"at": "02:00", "length": "1h", "day": 32}}}, "from 1 to 31"),
@@ -290,13 +292,15 @@ def test_a_blackout_blocks_the_scheduler(tmp_path: Path) -> None:
     assert len(sched.journal.state_get("scheduler:decisions")) == kept  # said once
 
 
-def test_two_schedulers_never_overlap(tmp_path: Path) -> None:
+@pytest.mark.parametrize("repository", [True, False], ids=["repository", "beside-inventory"])
+def test_two_schedulers_never_overlap(tmp_path: Path, repository: bool) -> None:
     """Two windows open at once; a second scheduler (another journal, as on another
     machine) starts while the first runs the first window: it finds the first window run
-    (the last start is in the repository) and the estate locked for the second."""
+    (the last start is in the shared store) and the estate locked for the second. Without
+    a repository the store is a directory beside the inventory: the same on one machine."""
     schedule = open_now()
     schedule["windows"]["second"] = {**schedule["windows"]["nightly"]}
-    inv = estate(tmp_path, schedule, seconds=3)
+    inv = estate(tmp_path, schedule, seconds=3, repository=repository)
     command = [str(BIN / "crmmaint"), "scheduler", "--once", "--json", "-i", str(inv)]
 
     def start(i: int) -> subprocess.Popen[str]:
@@ -435,3 +439,44 @@ def test_a_refusal_names_the_end_of_back_to_back_blackouts(tmp_path: Path) -> No
     refused = run_cli("run", str(tmp_path / "book.yml"), "-i", str(inv))
     assert refused.returncode == 11
     assert f"until {today + timedelta(days=4)} 00:00" in refused.stderr
+
+
+def test_a_damaged_last_start_is_ignored_not_fatal(tmp_path: Path) -> None:
+    inv = estate(tmp_path, open_now())
+    last = tmp_path / "repo" / "scheduler" / "last"
+    last.mkdir(parents=True)
+    name = b"nightly".hex()
+    for planted in ('{"started": 1e20}', '{"started": "soon"}', "garbage", '{"started": 9e9}'):
+        (last / name).write_text(planted)
+        done = scheduler(
+            inv,
+            datetime.now(BERLIN),
+        )
+        assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+        assert [o["action"] for o in outcomes(done)] == ["run"], planted
+
+
+def test_a_blackout_starting_mid_run_ends_it_there_and_edits_are_read_each_tick(
+    tmp_path: Path,
+) -> None:
+    inv = estate(tmp_path, nightly())
+    sched = in_process(inv)
+    deadlines: list[datetime | None] = []
+    run = sched.run_window
+
+    def recording(window: Any, ends: datetime | None) -> tuple[int | None, int]:
+        deadlines.append(ends)
+        return run(window, ends)
+
+    sched.run_window = recording
+    sched.refresh = lambda: load_inventory(inv)
+    doc = yaml.safe_load(inv.read_text())
+    doc["schedule"]["blackouts"] = [
+        {"name": "freeze", "from": "2026-12-02T03:00", "to": "2026-12-02T09:00"},
+        {"name": "close", "on": "2026-12-03"},
+    ]
+    inv.write_text(yaml.safe_dump(doc))  # edited after the scheduler started
+    sched.tick(night(2, 2, 5))
+    assert deadlines == [night(2, 3, 0)]  # the window's end would be 05:00
+    [blocked] = [o for o in sched.tick(night(3, 2, 5))]
+    assert blocked.decision.action == "blocked" and "close" in blocked.decision.reason

@@ -506,7 +506,7 @@ def honour_blackout(
     if overridden is None:
         if override is not None and not check:
             print(
-                "crmmaint: no blackout is in force: --override is not needed (nothing recorded)",
+                "crmmaint: no blackout is in force: --override is not needed (no override recorded)",
                 file=sys.stderr,
             )
         return

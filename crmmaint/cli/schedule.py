@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import sys
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from invoke import Collection, Exit
@@ -48,6 +49,7 @@ def windows(
                 "playbook": window.playbook,
                 "every": window.every,
                 "next": _when(slot, plan.tz),
+                "next_iso": slot.astimezone(plan.tz).isoformat(),
                 "open_now": slot <= now,
                 "length_seconds": window.length,
                 "ends": _when(calendar.window_end(window, slot), plan.tz),
@@ -61,6 +63,8 @@ def windows(
             "blackout": b.name,
             "from": _when(b.start, plan.tz),
             "until": _when(b.end, plan.tz),
+            "from_iso": b.start.astimezone(plan.tz).isoformat(),
+            "until_iso": b.end.astimezone(plan.tz).isoformat(),
             "now": b.start <= now < b.end,
         }
         for b in calendar.blackouts_ahead(plan.blackouts, now, BLACKOUT_HORIZON)
@@ -105,6 +109,8 @@ def windows(
 def _length(seconds: float) -> str:
     hours, rest = divmod(int(seconds), 3600)
     minutes = rest // 60
+    if not hours:
+        return f"{minutes}m"
     return f"{hours}h{minutes:02d}m" if minutes else f"{hours}h"
 
 
@@ -147,7 +153,7 @@ def scheduler(
     from crmmaint.interrupts import HOLD_AFTER_RUN
     from crmmaint.playbook import load_playbook
     from crmmaint.reporting.console import ConsoleReporter
-    from crmmaint.schedule.scheduler import LocalCoordination, RepositoryCoordination, Scheduler
+    from crmmaint.schedule.scheduler import RepositoryCoordination, Scheduler
 
     # This process runs playbook after playbook: a signal after one has finished must still
     # stop it (the one-command default holds signals back once its run is over).
@@ -169,9 +175,24 @@ def scheduler(
         raise ConfigError("--json goes with --once (a scheduler that runs on logs lines)")
     if not 1 <= interval <= 3600:
         raise ConfigError(f"--interval {interval:g}: give 1 to 3600 seconds")
-    books = {
-        w.name: load_playbook(_playbook_path(w.playbook, inv), inv) for w in inv.schedule.windows
-    }
+
+    def playbooks(inventory: Any) -> dict[str, Any]:
+        assert inventory.schedule is not None
+        return {
+            w.name: load_playbook(_playbook_path(w.playbook, inventory), inventory)
+            for w in inventory.schedule.windows
+        }
+
+    # What the runs read: the inventory and its windows' playbooks, read again each tick.
+    current = {"inventory": inv, "books": playbooks(inv)}
+
+    def refresh() -> Any:
+        again = open_inventory(c, inventory)
+        if again.schedule is None or not again.schedule.windows:
+            raise ConfigError(f"{again.path} has no schedule: windows any more")
+        current.update(inventory=again, books=playbooks(again))
+        return again
+
     with open_journal(c, inv) as journal:
         owner = f"scheduler {current_user()}@{socket.gethostname()}"
         coordination: Any
@@ -182,8 +203,15 @@ def scheduler(
             backend = backend_for(inv.repository(name))
             backend.open()
             coordination = RepositoryCoordination(backend, owner)
-        else:
-            coordination = LocalCoordination(journal)
+        else:  # a directory beside the inventory: one lock for every journal of it here
+            from crmmaint.repository.backends import open_backend
+
+            beside = Path(inv.path).resolve().parent / ".crmmaint-scheduler"
+            beside.mkdir(mode=0o700, exist_ok=True)
+            backend = open_backend(str(beside))
+            backend.open()
+            coordination = RepositoryCoordination(backend, owner)
+            coordination.where = f"{beside} (this machine only: the inventory has no repository)"
         print(
             f"crmmaint: scheduler: overlap lock in {visible(coordination.where)}", file=sys.stderr
         )
@@ -201,13 +229,13 @@ def scheduler(
                 [*sys.argv, f"(window {window.name})"],
                 {"scheduled": window.name, "playbook": window.playbook, "until": ending},
             )
-            trail.inventory, trail.inventory_read = inv, True
+            trail.inventory, trail.inventory_read = current["inventory"], True
             trail.begin(journal.path)
             code = 70
             try:
                 summary = _run_reported(
-                    c, inv, books[window.name], reporter, footer=not json, forks=forks,
-                    ends_at=ends,
+                    c, current["inventory"], current["books"][window.name], reporter,
+                    footer=not json, forks=forks, ends_at=ends,
                 )  # fmt: skip
                 code = summary.exit_code
                 trail.run_id = summary.run_id
@@ -226,7 +254,10 @@ def scheduler(
                 print(visible(f"{datetime.now().astimezone():%Y-%m-%d %H:%M:%S} {line}"),
                       file=sys.stderr, flush=True)  # fmt: skip
 
-        sched = Scheduler(inv, journal, coordination, run_window, check=check, say=say)
+        sched = Scheduler(
+            inv, journal, coordination, run_window, check=check, say=say,
+            refresh=None if once else refresh,
+        )  # fmt: skip
         if once:
             outcomes = sched.tick(now)
             _say(outcomes, json)

@@ -46,6 +46,8 @@ CATCH_UP = ("run-once", "skip")
 WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 #: The longest window (seconds): a week, as a run's deadline (``schedule/windows.py``).
 LONGEST_WINDOW = 7 * 86400.0
+#: The shortest window (seconds): the scheduler looks every 30 s; less is a typo (1ms).
+MIN_WINDOW = 60.0
 _SCHEDULE_KEYS = {"timezone", "catch_up", "windows", "blackouts", "lock"}
 _WINDOW_KEYS = {"playbook", "every", "at", "on", "day", "month", "length", "catch_up"}
 _BLACKOUT_KEYS = {"name", "on", "from", "to"}
@@ -167,6 +169,10 @@ def parse_clock(value: Any) -> time:
 
 def _window(name: str, raw: Any, windows: dict, default_catch_up: str) -> WindowSpec:
     what = f"schedule: window {name!r}"
+    if not name.strip() or any(not ch.isprintable() for ch in name):
+        raise SourceError(
+            f"{what}: give the window a name of printable characters", line_of(windows, name)
+        )
     spec = require_mapping(raw, what, line_of(windows, name))
     check_keys(spec, _WINDOW_KEYS, what)
     playbook = get_field(spec, "playbook", str) or name
@@ -196,8 +202,8 @@ def _window(name: str, raw: Any, windows: dict, default_catch_up: str) -> Window
         length = parse_duration(spec["length"])
     except (ValueError, TypeError, OverflowError) as exc:
         raise bad("length", str(exc)) from None
-    if not 0 < length <= LONGEST_WINDOW:
-        raise bad("length", "give a length above 0 and at most 7d, e.g. 3h")
+    if not MIN_WINDOW <= length <= LONGEST_WINDOW:
+        raise bad("length", "give a length from 1m to 7d, e.g. 3h")
     if every == "daily" and length > 86400:
         raise bad("length", "a daily window of more than 24h would overlap the next day's")
 
@@ -243,8 +249,8 @@ def _moment(value: Any, what: str, line: int | None) -> date | datetime:
     low, high = BLACKOUT_YEARS
     if not low <= moment.year <= high:
         raise SourceError(
-            f"{what}: {moment} is outside the years {low} to {high}: a blackout with no end"
-            " is not one (name its end)",
+            f"{what}: {moment} is outside the years {low} to {high} (a blackout names its"
+            " own start and end)",
             line,
         )
     return moment

@@ -11,8 +11,9 @@ Overlap: one estate never has two scheduled playbooks running at once, also with
 machines running a scheduler for failover. The lock lives where the estate's machines already
 share state: the default repository's backend (a file path, SFTP or S3 bucket), under its own
 ``scheduler/`` prefix, with the repository lock's two-phase acquire, heartbeat and stale
-takeover (``repository/lock.py``); when the inventory has no repository, a file lock beside
-the journal, which guards this machine only (said at start). The last start of each window is
+takeover (``repository/lock.py``); when the inventory has no repository, the same in a
+directory beside the inventory (``.crmmaint-scheduler/``), which guards this machine only
+(said at start). The last start of each window is
 kept in the same store (``scheduler/last/<window>``), so a scheduler taking over after
 another machine's downtime knows what already ran. A playbook's run deadline is its window's
 end (``Decision.ends``): no step starts after it.
@@ -24,15 +25,13 @@ journaled ``interrupted`` with the steps cut short), releases the lock and exits
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
-import os
+import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from crmmaint.errors import CrmMaintError, LockError, ObjectNotFound
@@ -99,43 +98,35 @@ class RepositoryCoordination:
     def last_start(self, window: str) -> datetime | None:
         try:
             raw = json.loads(self.backend.load(LAST_PREFIX + _object_name(window)))
-            return datetime.fromtimestamp(float(raw["started"]), UTC)
-        except (ObjectNotFound, ValueError, KeyError, TypeError):
+            started = raw["started"]
+        except ObjectNotFound:
             return None
+        except (ValueError, KeyError, TypeError):
+            log.warning("scheduler: the last start of %r in %s is unreadable: ignored", window,
+                        self.where)  # fmt: skip
+            return None
+        return plausible_start(started, window, self.where)
 
     def set_last_start(self, window: str, when: datetime) -> None:
         record = {"window": window, "started": when.timestamp(), "by": self.owner}
         self.backend.store(LAST_PREFIX + _object_name(window), json.dumps(record).encode())
 
 
-class LocalCoordination:
-    """The overlap lock as a file lock (``flock``) beside the journal and last starts in the
-    journal: for an inventory without a repository. It keeps schedulers on this machine
-    apart, not those of other machines."""
+#: How far ahead of this machine's clock a recorded last start may be (seconds): clocks of
+#: two scheduler machines differ by seconds, not a day.
+CLOCK_SKEW = 86400.0
 
-    def __init__(self, journal: Journal) -> None:
-        self.journal = journal
-        self.path = Path(str(journal.path) + ".scheduler.lock")
-        self.where = f"file {self.path} (this machine only)"
 
-    @contextlib.contextmanager
-    def lock(self) -> Iterator[Any]:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise LockError(f"another scheduler holds {self.path}") from None
-            yield fd
-        finally:
-            os.close(fd)
-
-    def last_start(self, window: str) -> datetime | None:
-        value = self.journal.state_get(f"scheduler:last:{window}")
-        return None if value is None else datetime.fromtimestamp(float(value), UTC)
-
-    def set_last_start(self, window: str, when: datetime) -> None:
-        self.journal.state_set(f"scheduler:last:{window}", when.timestamp())
+def plausible_start(value: Any, window: str, where: str) -> datetime | None:
+    """A recorded last start (seconds since the epoch) as a datetime, or ``None`` (logged)
+    when it is no number, not finite, before 2000 or more than ``CLOCK_SKEW`` ahead: a
+    damaged or planted record must neither crash the scheduler nor hold a window off."""
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    if ok and math.isfinite(value) and 946684800 <= value <= time.time() + CLOCK_SKEW:
+        return datetime.fromtimestamp(float(value), UTC)
+    log.warning("scheduler: the last start of %r in %s is not plausible (%r): ignored",
+                window, where, value)  # fmt: skip
+    return None
 
 
 def _object_name(window: str) -> str:
@@ -169,6 +160,7 @@ class Scheduler:
         *,
         check: bool = False,
         say: Callable[[str], None] | None = None,
+        refresh: Callable[[], Inventory] | None = None,
     ) -> None:
         self.inventory = inventory
         self.journal = journal
@@ -177,10 +169,12 @@ class Scheduler:
         self.check = check
         #: Where each decision is said as one line (the CLI: stderr, so journald has it).
         self.say = say
+        #: Reads the inventory again (its windows and blackouts may have changed since the
+        #: last tick); ``None``: the inventory given is kept.
+        self.refresh = refresh
         self.plan: EstateSchedule = schedule_of(inventory)
-        #: The last decision said for each window: the same one again (a blackout, a held
-        #: lock, tick after tick) is neither said nor kept again.
-        self._said: dict[str, tuple[Any, ...]] = {}
+        #: The clock the tick runs by: the real one, unless a tick was given its moment.
+        self._live = True
 
     def decide(self, now: datetime) -> list[calendar.Decision]:
         """What each window wants at aware ``now`` (its last start read from the store)."""
@@ -193,7 +187,15 @@ class Scheduler:
         """Evaluate every window at ``now`` (default: the clock) and run what is due, one
         playbook at a time under the estate's overlap lock. A lock another scheduler holds
         is no error: the tick runs nothing and says so (that scheduler is at work)."""
+        self._live = now is None
         now = now or datetime.now(UTC)
+        if self.refresh is not None:
+            try:
+                self.inventory = self.refresh()
+                self.plan = schedule_of(self.inventory)
+            except CrmMaintError as exc:  # a broken edit: keep the schedule last read
+                self._say_line(f"scheduler: the inventory could not be read again ({exc});"
+                               " keeping the schedule read before")  # fmt: skip
         decisions = self.decide(now)
         outcomes: list[Outcome] = []
         due = [d for d in decisions if d.action in ("run", "catch-up")]
@@ -220,7 +222,10 @@ class Scheduler:
         return outcomes
 
     def _run(self, d: calendar.Decision, now: datetime) -> Outcome:
-        # Under the lock, again: another scheduler may have run it since we looked.
+        # Under the lock, again, at this moment: another scheduler may have run it since we
+        # looked, an earlier window of this tick may have run into a blackout's start.
+        if self._live:
+            now = datetime.now(UTC)
         last = self.coordination.last_start(d.window.name)
         again = calendar.decide(d.window, now, last, self.plan.blackouts)
         if again.action not in ("run", "catch-up"):
@@ -229,8 +234,9 @@ class Scheduler:
         # (``--once --at``) records its runs at that time, so the next tick judges alike.
         self.coordination.set_last_start(d.window.name, now)
         self._record(Outcome(again, note="starting"))
+        ends = self._before_next_blackout(again.ends, now)
         try:
-            run_id, code = self.run_window(d.window, again.ends)
+            run_id, code = self.run_window(d.window, ends)
         except KeyboardInterrupt:
             self._record(Outcome(again, note="interrupted (SIGTERM or SIGINT)"))
             raise
@@ -239,12 +245,30 @@ class Scheduler:
             return self._record(Outcome(again, None, exc.exit_code, note=note))
         return self._record(Outcome(again, run_id, code, note=f"ended with exit code {code}"))
 
+    def _before_next_blackout(self, ends: datetime | None, now: datetime) -> datetime | None:
+        """The run's deadline: its window's end, or the start of the next blackout when that
+        comes first (a freeze that begins mid-run lets no further step start)."""
+        starts = [b.start for b in self.plan.blackouts if b.start > now]
+        first = min(starts, key=lambda moment: moment.timestamp(), default=None)
+        if first is None or (ends is not None and ends.timestamp() <= first.timestamp()):
+            return ends
+        return first
+
+    def _say_line(self, line: str) -> None:
+        log.warning("%s", line)
+        if self.say is not None:
+            self.say(line)
+
     def _record(self, outcome: Outcome) -> Outcome:
         d = outcome.decision
-        said = (d.action, d.slot, outcome.note.split(" (")[0], outcome.run_id)
-        if self._said.get(d.window.name) == said:
+        said = [d.action, d.slot.timestamp() if d.slot else None,
+                outcome.note.split(" (")[0], outcome.run_id]  # fmt: skip
+        # The same decision again (a blackout, a held lock: tick after tick, and under a
+        # timer, process after process) is neither said nor kept again.
+        key = f"scheduler:said:{d.window.name}"
+        if self.journal.state_get(key) == said:
             return outcome
-        self._said[d.window.name] = said
+        self.journal.state_set(key, said)
         entry = {
             "at": time.time(),
             "window": d.window.name,
@@ -269,14 +293,22 @@ class Scheduler:
             self.say(line)
         return outcome
 
+    def _tick_on(self) -> None:
+        """A tick of the running service: a failure of the store or the journal (a full
+        disk, an unreachable bucket) is said and the next tick tries again."""
+        try:
+            self.tick()
+        except CrmMaintError as exc:
+            self._say_line(f"scheduler: this tick failed ({exc}); trying again at the next")
+
     def serve(self, interval: float = TICK) -> None:
         """Tick every ``interval`` seconds until SIGTERM/SIGINT (``KeyboardInterrupt``), with
         ``schedule`` as the ticker; the first tick is at once."""
         import schedule
 
         ticker = schedule.Scheduler()
-        ticker.every(interval).seconds.do(self.tick)
-        self.tick()
+        ticker.every(interval).seconds.do(self._tick_on)
+        self._tick_on()
         while not STOPPING.is_set():
             ticker.run_pending()
             idle = ticker.idle_seconds
