@@ -9,6 +9,7 @@ file when they start and when they end, so overlap is read from the file, not gu
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -445,8 +446,16 @@ def test_a_damaged_last_start_is_ignored_not_fatal(tmp_path: Path) -> None:
     inv = estate(tmp_path, open_now())
     last = tmp_path / "repo" / "scheduler" / "last"
     last.mkdir(parents=True)
-    name = b"nightly".hex()
-    for planted in ('{"started": 1e20}', '{"started": "soon"}', "garbage", '{"started": 9e9}'):
+    name = hashlib.sha256(b"nightly").hexdigest()
+    huge = '{"started": 1' + "0" * 400 + "}"
+    planted_records = [
+        '{"started": 1e20}',
+        '{"started": "soon"}',
+        "garbage",
+        '{"started": 9e9}',
+        huge,
+    ]
+    for planted in planted_records:
         (last / name).write_text(planted)
         done = scheduler(
             inv,
@@ -480,3 +489,24 @@ def test_a_blackout_starting_mid_run_ends_it_there_and_edits_are_read_each_tick(
     assert deadlines == [night(2, 3, 0)]  # the window's end would be 05:00
     [blocked] = [o for o in sched.tick(night(3, 2, 5))]
     assert blocked.decision.action == "blocked" and "close" in blocked.decision.reason
+
+
+def test_a_secret_in_a_blackout_name_is_not_repeated(tmp_path: Path) -> None:
+    today = datetime.now(BERLIN).date()
+    name = "freeze password=hunter2"
+    inv = estate(tmp_path, {**open_now(), "blackouts": [{"name": name, "on": str(today)}]})
+    refused = run_cli("run", str(tmp_path / "book.yml"), "-i", str(inv))
+    assert refused.returncode == 11 and "hunter2" not in refused.stderr
+    assert "freeze password=***" in refused.stderr
+    done = scheduler(inv)
+    assert "hunter2" not in done.stdout + done.stderr
+    assert b"hunter2" not in (tmp_path / "journal.sqlite").read_bytes()
+
+
+def test_two_inventories_in_one_folder_keep_their_own_last_starts(tmp_path: Path) -> None:
+    inv = estate(tmp_path, open_now(), repository=False)
+    other = tmp_path / "staging.yml"
+    other.write_text(inv.read_text().replace("journal.sqlite", "staging.sqlite"))
+    assert [o["action"] for o in outcomes(scheduler(other))] == ["run"]
+    assert [o["action"] for o in outcomes(scheduler(inv))] == ["run"]
+    assert len(lines(inv)) == 4

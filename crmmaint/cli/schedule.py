@@ -206,8 +206,9 @@ def scheduler(
         else:  # a directory beside the inventory: one lock for every journal of it here
             from crmmaint.repository.backends import open_backend
 
-            beside = Path(inv.path).resolve().parent / ".crmmaint-scheduler"
-            beside.mkdir(mode=0o700, exist_ok=True)
+            here = Path(inv.path).resolve()
+            beside = here.parent / ".crmmaint-scheduler" / here.name  # one per inventory
+            beside.mkdir(mode=0o700, parents=True, exist_ok=True)
             backend = open_backend(str(beside))
             backend.open()
             coordination = RepositoryCoordination(backend, owner)

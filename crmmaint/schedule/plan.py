@@ -70,7 +70,13 @@ def _estate_schedule(settings: ScheduleSettings | None) -> EstateSchedule:
         )
         for w in settings.windows
     ]
-    blackouts = [calendar.blackout_from(b.name, b.start, b.end, tz) for b in settings.blackouts]
+    # A blackout's name is said in refusals, decisions and the journal: redacted once here,
+    # as every argument is (a name holding a secret must not carry it everywhere).
+    from crmmaint.journal import redact_value
+
+    blackouts = [
+        calendar.blackout_from(redact_value(b.name), b.start, b.end, tz) for b in settings.blackouts
+    ]
     return EstateSchedule(tz, windows, blackouts)
 
 

@@ -25,6 +25,7 @@ journaled ``interrupted`` with the steps cut short), releases the lock and exits
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import math
@@ -122,16 +123,20 @@ def plausible_start(value: Any, window: str, where: str) -> datetime | None:
     when it is no number, not finite, before 2000 or more than ``CLOCK_SKEW`` ahead: a
     damaged or planted record must neither crash the scheduler nor hold a window off."""
     ok = isinstance(value, int | float) and not isinstance(value, bool)
-    if ok and math.isfinite(value) and 946684800 <= value <= time.time() + CLOCK_SKEW:
-        return datetime.fromtimestamp(float(value), UTC)
+    try:
+        if ok and math.isfinite(value) and 946684800 <= value <= time.time() + CLOCK_SKEW:
+            return datetime.fromtimestamp(float(value), UTC)
+    except (OverflowError, ValueError):  # an integer beyond any float
+        pass
     log.warning("scheduler: the last start of %r in %s is not plausible (%r): ignored",
                 window, where, value)  # fmt: skip
     return None
 
 
 def _object_name(window: str) -> str:
-    """A window's name as an object name: its bytes in hex (any name, no path tricks)."""
-    return window.encode().hex()
+    """A window's name as an object name: the SHA-256 of its bytes in hex (any name, any
+    length, no path tricks; the record itself holds the name)."""
+    return hashlib.sha256(window.encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -175,6 +180,7 @@ class Scheduler:
         self.plan: EstateSchedule = schedule_of(inventory)
         #: The clock the tick runs by: the real one, unless a tick was given its moment.
         self._live = True
+        self._refresh_said: str | None = None
 
     def decide(self, now: datetime) -> list[calendar.Decision]:
         """What each window wants at aware ``now`` (its last start read from the store)."""
@@ -194,8 +200,15 @@ class Scheduler:
                 self.inventory = self.refresh()
                 self.plan = schedule_of(self.inventory)
             except CrmMaintError as exc:  # a broken edit: keep the schedule last read
-                self._say_line(f"scheduler: the inventory could not be read again ({exc});"
-                               " keeping the schedule read before")  # fmt: skip
+                said = (
+                    f"scheduler: the inventory could not be read again ({exc}); keeping the"
+                    " schedule read before"
+                )
+                if said != self._refresh_said:  # once per broken edit, not every tick
+                    self._say_line(said)
+                    self._refresh_said = said
+            else:
+                self._refresh_said = None
         decisions = self.decide(now)
         outcomes: list[Outcome] = []
         due = [d for d in decisions if d.action in ("run", "catch-up")]
@@ -228,6 +241,8 @@ class Scheduler:
             now = datetime.now(UTC)
         last = self.coordination.last_start(d.window.name)
         again = calendar.decide(d.window, now, last, self.plan.blackouts)
+        if again.action == "blocked":
+            return self._record(Outcome(again, note="blocked when its turn came"))
         if again.action not in ("run", "catch-up"):
             return self._record(Outcome(again, note="already run by another scheduler"))
         # The tick's moment, not the clock's: a tick evaluated at an injected time
@@ -265,7 +280,7 @@ class Scheduler:
                 outcome.note.split(" (")[0], outcome.run_id]  # fmt: skip
         # The same decision again (a blackout, a held lock: tick after tick, and under a
         # timer, process after process) is neither said nor kept again.
-        key = f"scheduler:said:{d.window.name}"
+        key = f"scheduler:said:{'check:' if self.check else ''}{d.window.name}"
         if self.journal.state_get(key) == said:
             return outcome
         self.journal.state_set(key, said)
