@@ -310,12 +310,18 @@ class Journal:
             # It holds output tails and log lines: readable by its owner only (SQLite gives
             # the -wal and -shm files the database file's mode).
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            # Never open and close a descriptor of a journal that exists: closing any
+            # descriptor of a file drops every POSIX lock this process holds on it, those of
+            # another open Journal (SQLite's) included, and a second process then writes into
+            # a WAL the first believes locked ("disk I/O error"; the scheduler keeps one open
+            # while each run's audit rows open their own).
             try:
-                if os.fstat(fd).st_mode & 0o077:
-                    os.fchmod(fd, 0o600)
-            finally:
-                os.close(fd)
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:
+                if self.path.stat().st_mode & 0o077:
+                    os.chmod(self.path, 0o600)
+            else:
+                os.close(fd)  # new and empty: no lock of anyone's on it yet
             self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.executescript(SCHEMA)

@@ -510,3 +510,40 @@ def test_two_inventories_in_one_folder_keep_their_own_last_starts(tmp_path: Path
     assert [o["action"] for o in outcomes(scheduler(other))] == ["run"]
     assert [o["action"] for o in outcomes(scheduler(inv))] == ["run"]
     assert len(lines(inv)) == 4
+
+
+def test_a_nested_planted_lock_is_held_not_fatal(tmp_path: Path) -> None:
+    inv = estate(tmp_path, open_now())
+    lock_dir = tmp_path / "repo" / "scheduler" / "lock"
+    lock_dir.mkdir(parents=True)
+    (lock_dir / "x").write_text("[" * 3000)
+    done = scheduler(inv)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    [held] = outcomes(done)
+    assert held["note"].startswith("not run") and "unreadable lock object" in held["note"]
+    assert lines(inv) == []
+
+
+def test_a_scheduled_run_keeps_its_audit_end_while_others_read_the_journal(
+    tmp_path: Path,
+) -> None:
+    """Another process opening the journal during a scheduled run (``history``) must not
+    cost the run its audit end row (a descriptor closed on the database file dropped the
+    scheduler's SQLite locks)."""
+    inv = estate(tmp_path, open_now(), seconds=4, repository=False)
+    proc = subprocess.Popen(
+        [str(BIN / "crmmaint"), "scheduler", "--once", "-i", str(inv)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not lines(inv):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    for _ in range(3):
+        assert run_cli("history", "-i", str(inv)).returncode == 0
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "could not record" not in err and "disk I/O error" not in err, err
+    audit = json.loads(run_cli("audit", "--json", "-i", str(inv)).stdout)
+    [scheduled] = [e for e in audit if e["command"] == "run"]
+    assert scheduled["outcome"] == "ok" and scheduled["run_id"], scheduled

@@ -301,12 +301,14 @@ def _say(outcomes: list[Any], json: bool) -> None:
             "note": o.note,
             "run": o.run_id,
             "exit_code": o.exit_code,
+            "repeated": o.repeated,
         }
         for o in outcomes
     ]
     if json:
         write_json(rows)
         return
+    rows = [row for row in rows if not row["repeated"]]  # said by an earlier evaluation
     for row in rows:
         note = f" ({row['note']})" if row["note"] else ""
         print(visible(f"scheduler: {row['action']} {row['window']}: {row['reason']}{note}"))

@@ -127,9 +127,13 @@ class LockInfo:
         kind = "exclusive" if self.exclusive else "shared"
         if self.state == "pending":
             kind += ", still acquiring"
-        return (
+        from crmmaint.journal import redact_value  # a planted record's fields: any text
+
+        beat = now - self.heartbeat
+        beat_said = f"{beat:.0f}s ago" if beat >= 0 else f"{-beat:.0f}s in the future"
+        return redact_value(
             f"{who}(user {self.user}, pid {self.pid} on {self.host}, {kind}, "
-            f"since {since}, last heartbeat {now - self.heartbeat:.0f}s ago)"
+            f"since {since}, last heartbeat {beat_said})"
         )
 
 
@@ -552,7 +556,7 @@ def _parse(name: str, data: bytes, prefix: str = LOCKS_PREFIX) -> LockInfo:
             pid_namespace=str(raw.get("pid_namespace", "")),
             raw=raw,
         )
-    except (ValueError, KeyError, TypeError, OverflowError):  # OverflowError: int(1e999)
+    except (ValueError, KeyError, TypeError, OverflowError, RecursionError):  # int(1e999); [[[…
         # Unparsable: treat as an exclusive lock held by an unknown process.
         return LockInfo(
             name, lock_id, True, "held", "?", 0, None, "?", 0.0, None, 0.0, 0.0, "?", None

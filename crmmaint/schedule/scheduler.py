@@ -25,6 +25,7 @@ journaled ``interrupted`` with the steps cut short), releases the lock and exits
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -102,7 +103,7 @@ class RepositoryCoordination:
             started = raw["started"]
         except ObjectNotFound:
             return None
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):  # RecursionError: [[[[…
             log.warning("scheduler: the last start of %r in %s is unreadable: ignored", window,
                         self.where)  # fmt: skip
             return None
@@ -128,7 +129,7 @@ def plausible_start(value: Any, window: str, where: str) -> datetime | None:
             return datetime.fromtimestamp(float(value), UTC)
     except (OverflowError, ValueError):  # an integer beyond any float
         pass
-    log.warning("scheduler: the last start of %r in %s is not plausible (%r): ignored",
+    log.warning("scheduler: the last start of %r in %s is not plausible (%.40r): ignored",
                 window, where, value)  # fmt: skip
     return None
 
@@ -147,6 +148,8 @@ class Outcome:
     run_id: int | None = None
     exit_code: int | None = None
     note: str = ""
+    #: The same decision as the last one kept for its window (said and kept before).
+    repeated: bool = False
 
 
 #: Runs ``window``'s playbook with the run deadline ``ends``: returns (run id, exit code).
@@ -270,9 +273,10 @@ class Scheduler:
         return first
 
     def _say_line(self, line: str) -> None:
-        log.warning("%s", line)
         if self.say is not None:
-            self.say(line)
+            self.say(line)  # said there, with the time: not again as a log line
+        else:
+            log.warning("%s", line)
 
     def _record(self, outcome: Outcome) -> Outcome:
         d = outcome.decision
@@ -282,7 +286,7 @@ class Scheduler:
         # timer, process after process) is neither said nor kept again.
         key = f"scheduler:said:{'check:' if self.check else ''}{d.window.name}"
         if self.journal.state_get(key) == said:
-            return outcome
+            return dataclasses.replace(outcome, repeated=True)
         self.journal.state_set(key, said)
         entry = {
             "at": time.time(),
@@ -313,7 +317,7 @@ class Scheduler:
         disk, an unreachable bucket) is said and the next tick tries again."""
         try:
             self.tick()
-        except CrmMaintError as exc:
+        except (CrmMaintError, OSError, RecursionError) as exc:
             self._say_line(f"scheduler: this tick failed ({exc}); trying again at the next")
 
     def serve(self, interval: float = TICK) -> None:
