@@ -547,3 +547,12 @@ def test_a_scheduled_run_keeps_its_audit_end_while_others_read_the_journal(
     audit = json.loads(run_cli("audit", "--json", "-i", str(inv)).stdout)
     [scheduled] = [e for e in audit if e["command"] == "run"]
     assert scheduled["outcome"] == "ok" and scheduled["run_id"], scheduled
+
+
+def test_inventory_check_summarises_the_schedule(tmp_path: Path) -> None:
+    inv = estate(tmp_path, {**nightly(), "blackouts": [{"name": "x", "on": "2026-12-15"}]})
+    done = run_cli("inventory", "check", "-i", str(inv))
+    assert done.returncode == 0, done.stderr
+    assert "schedule: windows nightly (Europe/Berlin), 1 blackout(s)" in done.stdout
+    doc = json.loads(run_cli("inventory", "check", "--json", "-i", str(inv)).stdout)
+    assert doc["schedule"]["windows"] == {"nightly": {"playbook": "book.yml", "every": "daily"}}

@@ -91,6 +91,14 @@ def inventory_check(
     for section in ("hosts", "databases", "caches", "filesets", "repositories"):
         names = ", ".join(summary[section]) or "none"
         print(f"  {section}: {names}")
+    if "schedule" in summary:
+        schedule = summary["schedule"]
+        windows = ", ".join(schedule["windows"]) or "none"
+        zone = schedule["timezone"] or "this machine's time zone"
+        print(
+            f"  schedule: windows {windows} ({zone}), {schedule['blackouts']} blackout(s)"
+            " (`crmmaint windows` shows the next slots)"
+        )
 
 
 def _inventory_connect(c: Any, inv: Inventory, *, json: bool) -> None:

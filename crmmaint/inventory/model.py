@@ -342,7 +342,21 @@ _RUNNER_HOST = Host(name="local", connection="local", address="127.0.0.1")
 
 
 def describe(inv: Inventory) -> dict[str, Any]:
-    """A secret-free summary for ``inventory check`` and reports."""
+    """A secret-free summary for ``inventory check`` and reports (``schedule`` only when the
+    inventory has one)."""
+    out = _describe(inv)
+    if inv.schedule is not None:
+        out["schedule"] = {
+            "timezone": inv.schedule.timezone,
+            "catch_up": inv.schedule.catch_up,
+            "windows": {w.name: {"playbook": w.playbook, "every": w.every}
+                        for w in inv.schedule.windows},
+            "blackouts": len(inv.schedule.blackouts),
+        }  # fmt: skip
+    return out
+
+
+def _describe(inv: Inventory) -> dict[str, Any]:
     return {
         "path": inv.path,
         "hosts": {
