@@ -98,6 +98,13 @@ class Param:
         return self.type if isinstance(self.type, str) else self.type.__name__
 
 
+def positive(value: float | None) -> None:
+    """A ``Param(check=…)`` for a count, a threshold or a timeout: above 0 (a count: at
+    least 1); ``None`` (not set) passes."""
+    if value is not None and value <= 0:
+        raise ValueError(f"expected a value above 0, got {value:g}")
+
+
 #: The ``repository`` parameter of every task that reads or writes backups.
 REPOSITORY_PARAM = Param(
     str, help="repository name from the inventory (default: the default repository)"

@@ -47,7 +47,7 @@ from crmmaint.engines.config_files import (
 from crmmaint.engines.host import HostOS, ToolMissing
 from crmmaint.errors import CrmMaintError
 from crmmaint.results import Status, TaskResult
-from crmmaint.tasks.api import Param, TaskContext, task
+from crmmaint.tasks.api import Param, TaskContext, positive, task
 from crmmaint.units import format_size, plural
 
 if TYPE_CHECKING:
@@ -100,11 +100,6 @@ def in_scope(path: str, patterns: Iterable[str]) -> bool:
     """Whether ``path`` is one of ``patterns`` or a file one of their globs would match on
     the host (``glob_matches``)."""
     return any(glob_matches(p, path) for p in patterns)
-
-
-def _positive(value: int | None) -> None:
-    if value is not None and value < 1:
-        raise ValueError(f"expected at least 1, got {value}")
 
 
 def file_item(found: ConfigFile, *, max_size: int) -> dict[str, Any]:
@@ -516,10 +511,10 @@ def describe(
         "max_size": Param(
             "size",
             MAX_SIZE,
-            check=_positive,
+            check=positive,
             help="files larger than this are hashed on the host but not read, so get no diff",
         ),
-        "diff_lines": Param(int, DIFF_LINES, check=_positive, help="diff lines shown per file"),
+        "diff_lines": Param(int, DIFF_LINES, check=positive, help="diff lines shown per file"),
         "timeout": Param("duration", READ_TIMEOUT, help="seconds reading the files may take"),
     },
 )

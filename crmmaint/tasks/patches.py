@@ -19,7 +19,7 @@ from crmmaint.engines.host import HostOS, ToolMissing
 from crmmaint.engines.packages import PackageUpdate, PendingUpdates
 from crmmaint.errors import CrmMaintError
 from crmmaint.results import Status, TaskResult, worst
-from crmmaint.tasks.api import Estimate, Param, TaskContext, task
+from crmmaint.tasks.api import Estimate, Param, TaskContext, positive, task
 from crmmaint.units import format_elapsed, plural
 
 log = logging.getLogger(__name__)
@@ -40,16 +40,6 @@ MESSAGE_NAMES = 5
 def highlighted(names: Sequence[str], patterns: Sequence[str]) -> list[str]:
     """The names that match any of the glob ``patterns``, in their order."""
     return [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
-
-
-def _positive(value: int | None) -> None:
-    if value is not None and value < 1:
-        raise ValueError(f"expected a count of at least 1, got {value}")
-
-
-def _positive_time(seconds: float) -> None:
-    if seconds <= 0:
-        raise ValueError("give a timeout above 0, e.g. 5m")
 
 
 def judge(
@@ -109,12 +99,12 @@ def _package(update: PackageUpdate, servers: set[str]) -> dict[str, Any]:
     targets="hosts",
     params={
         "security_warn": Param(
-            int, 1, check=_positive, help="warn from this many pending security updates"
+            int, 1, check=positive, help="warn from this many pending security updates"
         ),
         "security_critical": Param(
-            int, None, check=_positive, help="fail from this many pending security updates"
+            int, None, check=positive, help="fail from this many pending security updates"
         ),
-        "total_warn": Param(int, None, check=_positive, help="warn from this many updates"),
+        "total_warn": Param(int, None, check=positive, help="warn from this many updates"),
         "security_age_warn": Param(
             "duration",
             None,
@@ -135,7 +125,7 @@ def _package(update: PackageUpdate, servers: set[str]) -> dict[str, Any]:
             list, list(SERVER_PACKAGES), item_type=str, help="package name globs named first"
         ),
         "timeout": Param(
-            "duration", PACKAGES_TIMEOUT, check=_positive_time, help="seconds each command may take"
+            "duration", PACKAGES_TIMEOUT, check=positive, help="seconds each command may take"
         ),
     },
 )
@@ -267,7 +257,7 @@ def select_updates(
         "exclude": Param(list, [], item_type=str, help="never packages matching these globs"),
         "refresh": Param(bool, False, help="update the package lists first (never in check mode)"),
         "timeout": Param(
-            "duration", APPLY_TIMEOUT, check=_positive_time, help="seconds the install may take"
+            "duration", APPLY_TIMEOUT, check=positive, help="seconds the install may take"
         ),
     },
 )

@@ -22,7 +22,7 @@ from typing import Any
 from crmmaint import baselines
 from crmmaint.errors import CrmMaintError
 from crmmaint.results import Status, TaskResult
-from crmmaint.tasks.api import Param, TaskContext, task
+from crmmaint.tasks.api import Param, TaskContext, positive, task
 
 log = logging.getLogger(__name__)
 
@@ -163,11 +163,6 @@ def say_findings(findings: list[Finding]) -> str:
     return "; ".join(parts)
 
 
-def _positive(seconds: float) -> None:
-    if seconds <= 0:
-        raise ValueError("give a timeout above 0, e.g. 2m")
-
-
 def _check_patterns(patterns: list[str] | None) -> None:
     """sshd's ``AuthorizedKeysFile`` tokens are ``%h``, ``%u``, ``%U`` and ``%%`` (sshd
     refuses any other, so a pattern with one reads nothing sshd would); an empty list, and a
@@ -190,11 +185,14 @@ def _check_patterns(patterns: list[str] | None) -> None:
                 )
 
 
-def _check_absolute(path: str | None) -> None:
-    if path is not None and not path.startswith("/"):
-        raise ValueError(f"sshd_config: {path!r} is not an absolute path on the host")
-    if path is not None and any(part in (".", "..") for part in path.split("/")):
-        raise ValueError(f"sshd_config: {path!r}: write it without . or .. parts")
+def _check_sshd_config(path: str | None) -> None:
+    """An absolute, plainly spelt path on the host (``config_path_problem``, as config
+    drift's files)."""
+    from crmmaint.engines.config_files import config_path_problem
+
+    problem = None if path is None else config_path_problem(path)
+    if problem:
+        raise ValueError(f"sshd_config: {problem}")
 
 
 def _sshd_note(ctx: TaskContext, snapshot: baselines.Snapshot) -> str | None:
@@ -245,11 +243,11 @@ def _result(
         "sshd_config": Param(
             str,
             None,
-            check=_check_absolute,
+            check=_check_sshd_config,
             help="hosts: sshd's configuration file (absolute), if not the default",
         ),
         "timeout": Param(
-            "duration", REVIEW_TIMEOUT, check=_positive, help="seconds the review may take"
+            "duration", REVIEW_TIMEOUT, check=positive, help="seconds the review may take"
         ),
     },
 )
