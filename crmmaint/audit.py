@@ -137,6 +137,9 @@ class AuditTrail:
     journal_path: Path | None = None
     start_id: int | None = None
     started: float = field(default_factory=time.time)
+    #: The exit code of a block of ``audited`` that ended without an exception but not in
+    #: success (a run with warnings: 1); ``None``: 0.
+    exit_code: int | None = None
     #: ``detail`` as ``note`` left it, redacted part by part (``end`` redacts any other).
     _noted: str | None = field(default=None, repr=False)
 
@@ -246,20 +249,22 @@ def audited(
     targets: list[str] | None = None,
 ) -> Iterator[AuditTrail]:
     """Record ``command`` around the block: a start row now, an end row when the block ends
-    (``ok``; a ``SystemExit``/``invoke.Exit`` by its code; Ctrl-C ``interrupted``; any other
-    exception ``failed`` with 70, re-raised). For code outside the CLI's ``@command``."""
+    (``trail.exit_code`` when the block set it, else ``ok``; a ``CrmMaintError`` by its exit
+    code, a ``SystemExit``/``invoke.Exit`` by its code; Ctrl-C ``interrupted``; any other
+    exception ``failed`` with 70; exceptions re-raised). For code outside the CLI's
+    ``@command``: the scheduler's runs."""
     trail = AuditTrail(command, list(argv), dict(flags or {}), targets=list(targets or []))
     trail.begin(journal_path)
     token = CURRENT.set(trail)
     code = 70
     try:
         yield trail
-        code = 0
+        code = trail.exit_code or 0
     except KeyboardInterrupt:
         code = 130
         raise
     except BaseException as exc:
-        found = getattr(exc, "code", None)
+        found = getattr(exc, "exit_code", getattr(exc, "code", None))
         code = found if isinstance(found, int) else 70
         raise
     finally:

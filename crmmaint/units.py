@@ -96,6 +96,20 @@ def format_duration(seconds: float) -> str:
     return f"{_plain_number(seconds)}s"
 
 
+#: The longest a run or a maintenance window may be (seconds): a week. Beyond it a length is a
+#: typo (``30d`` for ``30m``), not a maintenance window.
+LONGEST_RUN = 7 * 86400.0
+
+_CLOCK = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
+
+
+def parse_clock(text: str) -> tuple[int, int] | None:
+    """``"05:30"`` (a 24-hour clock, surrounding blanks ignored) -> ``(5, 30)``; ``None``
+    for any other text."""
+    found = _CLOCK.match(text.strip())
+    return (int(found.group(1)), int(found.group(2))) if found else None
+
+
 def format_clock(moment: datetime) -> str:
     """A moment as a wall-clock time on this machine: ``05:30``, or ``05:30:15`` when its
     seconds are not 0 (a short window's end)."""

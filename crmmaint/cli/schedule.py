@@ -14,6 +14,7 @@ from crmmaint.cli.common import command, helps, open_inventory
 from crmmaint.errors import ConfigError, CrmMaintError
 from crmmaint.journal import current_user
 from crmmaint.reporting.console import print_table, visible, write_json
+from crmmaint.units import format_duration
 
 #: How far ahead ``windows`` lists blackouts (seconds): a quarter.
 BLACKOUT_HORIZON = 92 * 86400.0
@@ -84,7 +85,7 @@ def windows(
             {
                 **row,
                 "open now": "yes" if row["open_now"] else "",
-                "length": _length(row["length_seconds"]),
+                "length": format_duration(row["length_seconds"]),
                 "blackout": row["blackout"] or "",
                 "problem": row["problem"] or "",
             }
@@ -106,18 +107,9 @@ def windows(
         raise Exit(code=ConfigError.exit_code)
 
 
-def _length(seconds: float) -> str:
-    hours, rest = divmod(int(seconds), 3600)
-    minutes = rest // 60
-    if not hours:
-        return f"{minutes}m"
-    return f"{hours}h{minutes:02d}m" if minutes else f"{hours}h"
-
-
 def _playbook_problem(playbook: str, inv: Any) -> str | None:
     """Why a window's playbook would not load (so the night it is due is not the first time
     anyone hears of it), or ``None``."""
-    from crmmaint.errors import CrmMaintError
     from crmmaint.playbook import load_playbook
 
     try:
@@ -220,35 +212,24 @@ def scheduler(
         def run_window(window: Any, ends: datetime | None) -> tuple[int | None, int]:
             """One scheduled run, in the audit trail as a ``run`` of its own (the scheduler
             is a long-running command: each playbook it runs is a change of its own)."""
-            from crmmaint.audit import AuditTrail
+            from crmmaint.audit import audited
 
             # --json: one document at the end (the decisions, with each run's id), no more
             reporter = None if json else ConsoleReporter(verbose=False)
             ending = f"{ends:%Y-%m-%dT%H:%M%z}" if ends else None
-            trail = AuditTrail(
+            with audited(
+                journal.path,
                 "run",
-                [*sys.argv, f"(window {window.name})"],
-                {"scheduled": window.name, "playbook": window.playbook, "until": ending},
-            )
-            trail.inventory, trail.inventory_read = current["inventory"], True
-            trail.begin(journal.path)
-            code = 70
-            try:
+                argv=[*sys.argv, f"(window {window.name})"],
+                flags={"scheduled": window.name, "playbook": window.playbook, "until": ending},
+            ) as trail:
+                trail.inventory, trail.inventory_read = current["inventory"], True
                 summary = _run_reported(
                     c, current["inventory"], current["books"][window.name], reporter,
                     footer=not json, forks=forks, ends_at=ends,
                 )  # fmt: skip
-                code = summary.exit_code
-                trail.run_id = summary.run_id
-                return summary.run_id, summary.exit_code
-            except KeyboardInterrupt:
-                code = 130
-                raise
-            except CrmMaintError as exc:
-                code = exc.exit_code
-                raise
-            finally:
-                trail.end(code)
+                trail.run_id, trail.exit_code = summary.run_id, summary.exit_code
+            return summary.run_id, summary.exit_code
 
         def say(line: str) -> None:
             if not once:  # --once says its decisions at the end, as one listing
@@ -272,8 +253,6 @@ def scheduler(
 def _playbook_path(playbook: str, inv: Any) -> str:
     """A window's playbook: a path relative to the inventory's folder when a file is there,
     else as given (a shipped playbook's name, an absolute path)."""
-    from pathlib import Path
-
     beside = Path(inv.path).parent / playbook
     return str(beside) if not Path(playbook).is_absolute() and beside.is_file() else playbook
 

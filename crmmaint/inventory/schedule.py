@@ -24,13 +24,13 @@ calendar arithmetic over them is ``crmmaint.schedule.calendar``'s::
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from datetime import date, datetime, time
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from crmmaint.units import parse_duration
+from crmmaint.units import LONGEST_RUN, parse_duration
+from crmmaint.units import parse_clock as clock_of
 from crmmaint.yamlsource import (
     SourceError,
     WrittenInt,
@@ -44,15 +44,12 @@ from crmmaint.yamlsource import (
 EVERY = ("daily", "weekly", "monthly", "quarterly", "yearly")
 CATCH_UP = ("run-once", "skip")
 WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
-#: The longest window (seconds): a week, as a run's deadline (``schedule/windows.py``).
-LONGEST_WINDOW = 7 * 86400.0
 #: The shortest window (seconds): the scheduler looks every 30 s; less is a typo (1ms).
 MIN_WINDOW = 60.0
 _SCHEDULE_KEYS = {"timezone", "catch_up", "windows", "blackouts", "lock"}
 _WINDOW_KEYS = {"playbook", "every", "at", "on", "day", "month", "length", "catch_up"}
 _BLACKOUT_KEYS = {"name", "on", "from", "to"}
 _LOCK_KEYS = {"repository"}
-_CLOCK = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
 
 
 @dataclass(frozen=True)
@@ -94,10 +91,6 @@ class ScheduleSettings:
     blackouts: list[BlackoutSpec] = field(default_factory=list)
     #: The repository whose backend holds the scheduler's overlap lock (None: the default).
     lock_repository: str | None = None
-
-    def zone(self) -> ZoneInfo | None:
-        """The schedule's time zone (``None``: this machine's local zone)."""
-        return ZoneInfo(self.timezone) if self.timezone else None
 
 
 def load_schedule(data: dict, repositories: set[str]) -> ScheduleSettings | None:
@@ -160,10 +153,9 @@ def parse_clock(value: Any) -> time:
         value = value.written
     elif isinstance(value, int) and not isinstance(value, bool):
         raise ValueError(f'{value!r} is a number, not a time of day: write at: "02:30"')
-    if isinstance(value, str):
-        m = _CLOCK.match(value.strip())
-        if m:
-            return time(int(m.group(1)), int(m.group(2)))
+    clock = clock_of(value) if isinstance(value, str) else None
+    if clock is not None:
+        return time(*clock)
     raise ValueError(f"{value!r} is not a time of day: write HH:MM on a 24-hour clock, e.g. 02:30")
 
 
@@ -202,7 +194,7 @@ def _window(name: str, raw: Any, windows: dict, default_catch_up: str) -> Window
         length = parse_duration(spec["length"])
     except (ValueError, TypeError, OverflowError) as exc:
         raise bad("length", str(exc)) from None
-    if not MIN_WINDOW <= length <= LONGEST_WINDOW:
+    if not MIN_WINDOW <= length <= LONGEST_RUN:
         raise bad("length", "give a length from 1m to 7d, e.g. 3h")
     if every == "daily" and length > 86400:
         raise bad("length", "a daily window of more than 24h would overlap the next day's")

@@ -30,9 +30,6 @@ class EstateSchedule:
     windows: list[calendar.Window]
     blackouts: list[calendar.Blackout]
 
-    def window(self, name: str) -> calendar.Window | None:
-        return next((w for w in self.windows if w.name == name), None)
-
     def blackout_at(self, moment: datetime) -> calendar.Blackout | None:
         """The blackout ``moment`` falls in, if any."""
         return calendar.blackout_at(self.blackouts, moment)
@@ -115,12 +112,12 @@ def check_blackout(
             '--override needs a reason, e.g. --override "hotfix for ticket 4711"',
             hint="the reason is recorded in the audit trail with who gave it",
         )
-    blackout = schedule_of(inventory).blackout_at(now)
+    plan = schedule_of(inventory)
+    blackout = plan.blackout_at(now)
     if blackout is None or check:
         return None
     if override is None:
         ends = blackout.end
-        plan = schedule_of(inventory)
         while (following := plan.blackout_at(ends)) is not None and following.end > ends:
             ends = following.end  # back to back: the freeze lasts until the last one ends
         ends = ends.astimezone(blackout.start.tzinfo)

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from crmmaint.errors import CrmMaintError, LockError, ObjectNotFound
 from crmmaint.interrupts import STOPPING
+from crmmaint.repository.lock import SCHEDULER_LOCKS_PREFIX, SCHEDULER_PREFIX
 from crmmaint.schedule import calendar
 from crmmaint.schedule.plan import EstateSchedule, schedule_of
 
@@ -54,7 +55,7 @@ TICK = 30.0
 KEPT_DECISIONS = 500
 #: Heartbeat of the overlap lock (seconds); a holder silent for 5 heartbeats is stale.
 LOCK_HEARTBEAT = 30.0
-LAST_PREFIX = "scheduler/last/"
+LAST_PREFIX = SCHEDULER_PREFIX + "last/"
 
 
 class Coordination(Protocol):
@@ -84,7 +85,7 @@ class RepositoryCoordination:
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[Any]:
-        from crmmaint.repository.lock import SCHEDULER_PREFIX, RepositoryLock
+        from crmmaint.repository.lock import RepositoryLock
 
         held = RepositoryLock(
             self.backend,
@@ -92,7 +93,7 @@ class RepositoryCoordination:
             owner=self.owner,
             timeout=0,
             heartbeat=LOCK_HEARTBEAT,
-            prefix=SCHEDULER_PREFIX + "lock/",
+            prefix=SCHEDULER_LOCKS_PREFIX,
         )
         with held:
             yield held

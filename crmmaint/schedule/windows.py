@@ -8,16 +8,9 @@ time people mean).
 
 from __future__ import annotations
 
-import re
 from datetime import datetime, timedelta
 
-from crmmaint.units import parse_duration
-
-#: The longest a run may be given (``--for``, ``--until``, a window length): a week. Beyond
-#: it a deadline is a typo (``--for 30d`` for ``30m``), not a maintenance window.
-LONGEST_RUN = 7 * 86400.0
-
-_CLOCK = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
+from crmmaint.units import LONGEST_RUN, parse_clock, parse_duration
 
 
 def parse_until(value: str, now: datetime) -> datetime:
@@ -29,9 +22,9 @@ def parse_until(value: str, now: datetime) -> datetime:
     passed, and for one more than ``LONGEST_RUN`` away.
     """
     text = value.strip()
-    clock = _CLOCK.match(text)
+    clock = parse_clock(text)
     if clock:
-        hour, minute = int(clock.group(1)), int(clock.group(2))
+        hour, minute = clock
         day = now.date()
         for _ in range(2):
             naive = datetime(day.year, day.month, day.day, hour, minute)
