@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from crmmaint.errors import ConfigError
+from crmmaint.units import plural
 
 if TYPE_CHECKING:
     from crmmaint.inventory import Target
@@ -149,12 +150,14 @@ class Acceptance:
     first: bool
 
 
-def _check_kind(kind: str) -> None:
+def check_kind(kind: str) -> str:
+    """``kind`` when it is one of ``KINDS``; else ``ConfigError`` naming them."""
     if kind not in KINDS:
         raise ConfigError(
             f"no baseline kind {kind!r}",
             hint=f"name one of: {', '.join(KINDS)}",
         )
+    return kind
 
 
 class Baselines:
@@ -165,7 +168,7 @@ class Baselines:
 
     def observe(self, kind: str, target: Target, snapshot: Snapshot, run_id: int | None) -> None:
         """Record ``snapshot`` as the latest observation of ``target`` (replacing the last)."""
-        _check_kind(kind)
+        check_kind(kind)
         self.journal.state_set(
             f"observed:{kind}:{target_key(target)}",
             {
@@ -178,14 +181,14 @@ class Baselines:
 
     def baseline(self, kind: str, target: Target | str) -> Baseline | None:
         """The accepted baseline of ``target`` (a ``Target`` or its ``target_key``), if any."""
-        _check_kind(kind)
+        check_kind(kind)
         key = target if isinstance(target, str) else target_key(target)
         value = self.journal.state_get(f"baseline:{kind}:{key}")
         return None if value is None else _baseline(kind, key, value)
 
     def baselines(self, kind: str, host: str | None = None) -> list[Baseline]:
         """Every accepted baseline of ``kind`` (of targets on ``host`` only, if given)."""
-        _check_kind(kind)
+        check_kind(kind)
         prefix = f"baseline:{kind}:"
         found = [
             _baseline(kind, key[len(prefix) :], value)
@@ -193,19 +196,18 @@ class Baselines:
         ]
         return [b for b in found if host is None or b.host == host]
 
+    def observation(self, kind: str, target: str) -> Observation | None:
+        """The latest observation of ``target`` (its ``target_key``), if any: one read."""
+        check_kind(kind)
+        value = self.journal.state_get(f"observed:{kind}:{target}")
+        return None if value is None else _observation(kind, target, value)
+
     def observations(self, kind: str, host: str | None = None) -> list[Observation]:
         """The latest observation of every target of ``kind`` (on ``host`` only, if given)."""
-        _check_kind(kind)
+        check_kind(kind)
         prefix = f"observed:{kind}:"
         found = [
-            Observation(
-                kind,
-                key[len(prefix) :],
-                str(value.get("host", "")),
-                value.get("snapshot") or {},
-                value.get("run_id"),
-                float(value.get("observed_at", 0.0)),
-            )
+            _observation(kind, key[len(prefix) :], value)
             for key, value in sorted(self.journal.state_prefixed(prefix).items())
         ]
         return [o for o in found if host is None or o.host == host]
@@ -225,7 +227,7 @@ class Baselines:
 
         Raises ``ConfigError`` when there is nothing to accept (no review has run, or none on
         that host or of those targets): accepting must follow a review a person has read."""
-        _check_kind(kind)
+        check_kind(kind)
         wanted = None if targets is None else set(targets)
         chosen = [o for o in self.observations(kind, host) if wanted is None or o.target in wanted]
         if not chosen:
@@ -257,6 +259,17 @@ class Baselines:
                 },
             )
         return done
+
+
+def _observation(kind: str, key: str, value: dict[str, Any]) -> Observation:
+    return Observation(
+        kind,
+        key,
+        str(value.get("host", "")),
+        value.get("snapshot") or {},
+        value.get("run_id"),
+        float(value.get("observed_at", 0.0)),
+    )
 
 
 def _baseline(kind: str, key: str, value: dict[str, Any]) -> Baseline:
@@ -317,8 +330,7 @@ class Review:
         named = [c.describe((nouns or {}).get(c.section)) for c in self.changes]
         more = len(named) - MESSAGE_CHANGES
         listed = "; ".join(named[:MESSAGE_CHANGES]) + (f"; and {more} more" if more > 0 else "")
-        count = len(self.changes)
-        what = f"{count} change{'s' if count != 1 else ''} since {since}: {listed}"
+        what = f"{plural(len(self.changes), 'change')} since {since}: {listed}"
         if self.recorded:
             return f"{what} (`crmmaint baseline show {self.kind}`; {accept} once reviewed)"
         return f"{what} (check mode records nothing: {accept})"

@@ -12,7 +12,7 @@ from typing import Any
 from invoke import Collection
 
 from crmmaint.audit import current_trail
-from crmmaint.baselines import KINDS, Baseline, Baselines, Change, compare
+from crmmaint.baselines import KINDS, Baseline, Baselines, Change, check_kind, compare
 from crmmaint.cli.common import command, helps, local_time, maybe_inventory, open_journal
 from crmmaint.errors import ConfigError
 from crmmaint.inventory import Inventory
@@ -21,15 +21,6 @@ from crmmaint.reporting.console import print_table, visible, write_json
 from crmmaint.units import plural
 
 _KIND_HELP = f"which review's baselines: {' or '.join(KINDS)}"
-
-
-def _kind(kind: str) -> str:
-    if kind not in KINDS:
-        raise ConfigError(
-            f"no baseline kind {kind!r}",
-            hint=f"name one of: {', '.join(KINDS)}",
-        )
-    return kind
 
 
 def _host(inv: Inventory | None, host: str | None) -> str | None:
@@ -60,7 +51,7 @@ def accept(
     debug: bool = False,
 ) -> None:
     """Accept what the latest review found as the baseline (who and when are recorded)."""
-    kind = _kind(kind)
+    kind = check_kind(kind)
     inv = maybe_inventory(c, inventory)
     host = _host(inv, host)
     user = current_user()
@@ -120,7 +111,7 @@ def show(
     debug: bool = False,
 ) -> None:
     """List the accepted baselines (who, when) and what the latest review found changed."""
-    kind = _kind(kind)
+    kind = check_kind(kind)
     inv = maybe_inventory(c, inventory)
     host = _host(inv, host)
     with open_journal(c, inv) as journal:
@@ -128,9 +119,11 @@ def show(
         accepted = {b.target: b for b in store.baselines(kind, host)}
         observed = {o.target: o for o in store.observations(kind, host)}
     rows = []
+    pending_of: dict[str, list[Change]] = {}
     for target in sorted(accepted.keys() | observed.keys()):
         base, obs = accepted.get(target), observed.get(target)
         pending = compare(base.snapshot if base else {}, obs.snapshot) if obs is not None else []
+        pending_of[target] = pending
         rows.append(
             {
                 "target": target,
@@ -151,8 +144,7 @@ def show(
         rows, ["target", "accepted", "by", "reviewed", "pending"], title=f"{kind} baselines"
     )
     for target in sorted(observed):
-        obs, base = observed[target], accepted.get(target)
-        pending = compare(base.snapshot if base else {}, obs.snapshot)
+        obs, base, pending = observed[target], accepted.get(target), pending_of[target]
         if not pending:
             continue
         since = "no baseline yet" if base is None else "changed since the baseline"
@@ -190,11 +182,7 @@ def _file_diff(change: Change, base: Baseline) -> list[str]:
         change.key, change.before or {}, change.after or {}, accepted=accepted,
         max_lines=DIFF_LINES,
     )  # fmt: skip
-    lines = [str(c) for c in shown.get("changes", [])]
-    diff = shown.get("diff")
-    if diff:
-        lines.extend(diff if isinstance(diff, list) else str(diff).splitlines())
-    return lines
+    return [*shown["changes"], *shown.get("diff", "").splitlines()]
 
 
 def attributes(item: dict[str, Any], limit: int = 160) -> str:

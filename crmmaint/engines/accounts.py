@@ -45,7 +45,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import logging
 import struct
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -57,7 +56,6 @@ from cryptography.hazmat.primitives.serialization import SSHCertificate, load_ss
 if TYPE_CHECKING:
     from crmmaint.baselines import Snapshot
 
-log = logging.getLogger(__name__)
 
 #: sshd's ``AuthorizedKeysFile`` when sshd_config does not set it.
 DEFAULT_AUTHORIZED_KEYS = (".ssh/authorized_keys", ".ssh/authorized_keys2")

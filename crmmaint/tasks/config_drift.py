@@ -29,7 +29,6 @@ counted ``new`` and named ``appeared``.
 from __future__ import annotations
 
 import difflib
-import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
@@ -54,7 +53,6 @@ if TYPE_CHECKING:
     from crmmaint.inventory import Target
     from crmmaint.journal import Journal
 
-log = logging.getLogger(__name__)
 
 #: The baseline kind (``crmmaint baseline accept drift``) and the snapshot's section.
 KIND = "drift"
@@ -189,10 +187,10 @@ def scoped_review(
     found = snapshot.get(SECTION, {})
     store = Baselines(journal)
     key = baselines.target_key(target)
-    previous = next(
-        (o.snapshot for o in store.observations(KIND, target.host.name) if o.target == key), None
-    )
-    if previous is None:
+    observed = store.observation(KIND, key)
+    if observed is not None:
+        previous = observed.snapshot
+    else:
         accepted = store.baseline(KIND, key)
         previous = accepted.snapshot if accepted else {}
     kept = {
@@ -515,7 +513,9 @@ def describe(
             help="files larger than this are hashed on the host but not read, so get no diff",
         ),
         "diff_lines": Param(int, DIFF_LINES, check=positive, help="diff lines shown per file"),
-        "timeout": Param("duration", READ_TIMEOUT, help="seconds reading the files may take"),
+        "timeout": Param(
+            "duration", READ_TIMEOUT, check=positive, help="seconds reading the files may take"
+        ),
     },
 )
 def drift(ctx: TaskContext) -> TaskResult:
@@ -535,7 +535,7 @@ def drift(ctx: TaskContext) -> TaskResult:
             patterns,
             max_bytes=max_size,
             budget=TRANSFER_BUDGET,
-            timeout=ctx.time_left(float(p["timeout"] or READ_TIMEOUT)),
+            timeout=ctx.time_left(float(p["timeout"])),
         )
     except ToolMissing as exc:
         return TaskResult.skipped(f"{host.name}: {exc}", details=ctx.read_only_details())

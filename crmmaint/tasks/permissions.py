@@ -15,7 +15,6 @@ It only reads; check mode reads the same and records nothing. Password hashes ar
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -23,8 +22,6 @@ from crmmaint import baselines
 from crmmaint.errors import CrmMaintError
 from crmmaint.results import Status, TaskResult
 from crmmaint.tasks.api import Param, TaskContext, positive, task
-
-log = logging.getLogger(__name__)
 
 #: Seconds the review's queries or host script may take.
 REVIEW_TIMEOUT = 120.0
@@ -195,7 +192,7 @@ def _check_sshd_config(path: str | None) -> None:
         raise ValueError(f"sshd_config: {problem}")
 
 
-def _sshd_note(ctx: TaskContext, snapshot: baselines.Snapshot) -> str | None:
+def _sshd_note(snapshot: baselines.Snapshot) -> str | None:
     """Why sshd's own setting could not be read, when that matters: the review then read
     sshd's default files (or, with ``sshd_config`` given, fails: a wrong file is a mistake)."""
     setting = snapshot.get("settings", {}).get("AuthorizedKeysFile", {})
@@ -267,11 +264,11 @@ def _host(ctx: TaskContext) -> TaskResult:
 
     p = ctx.params
     snapshot = HostOS(ctx.transport).ssh_access(
-        authorized_keys=p["authorized_keys"] or None,
+        authorized_keys=p["authorized_keys"],
         sshd_config=p["sshd_config"],
         timeout=ctx.time_left(float(p["timeout"])),
     )
-    note = _sshd_note(ctx, snapshot)
+    note = _sshd_note(snapshot)
     if note is not None and p["sshd_config"]:
         return TaskResult(
             Status.FAILED,
