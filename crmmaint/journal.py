@@ -336,6 +336,8 @@ class Journal:
                 hint="check the path and its permissions, or set journal: in the inventory settings",
             ) from exc
         self._lock = threading.Lock()
+        #: Rows the last ``verify_audit`` read.
+        self.audit_rows_checked = 0
 
     def close(self) -> None:
         self._db.close()
@@ -550,8 +552,10 @@ class Journal:
     def verify_audit(self) -> list[str]:
         """Check the audit trail's hash chain: one line per problem (a row whose content no
         longer matches its hash, a row missing before another); ``[]`` when intact. Rows
-        removed from the end leave no trace: keep copies of the journal (``backup``)."""
+        removed from the end leave no trace: keep copies of the journal (``backup``).
+        ``audit_rows_checked`` holds how many rows were read."""
         problems: list[str] = []
+        checked = 0
         prev = AUDIT_GENESIS
         with self._lock:
             cur = self._db.execute(
@@ -571,6 +575,8 @@ class Journal:
                 if not intact:
                     problems.append(f"audit row {row_id}: its content was changed")
                 prev = digest
+                checked += 1
+        self.audit_rows_checked = checked
         return problems
 
     def state_get(self, key: str, default: Any = None) -> Any:

@@ -84,7 +84,9 @@ cap=$(($1 + 1)) config=$2 mode=$3; shift 3
 b64() { printf '%s' "$1" | base64 | tr -d '\n'; }
 me=$(id -u); echo "uid	$me"
 have() { command -v "$1" >/dev/null 2>&1; }
-if have getent; then getent passwd; else cat /etc/passwd; fi | sed 's/^/passwd	/'
+# the accounts, listed once: both uses read the same list (a directory may change)
+passwd=$(if have getent; then getent passwd; else cat /etc/passwd; fi)
+printf '%s\n' "$passwd" | sed 's/^/passwd	/'
 if have getent; then getent group @GROUPS@; else cat /etc/group; fi | sed 's/^/group	/'
 sshd=$(command -v sshd 2>/dev/null) || sshd=
 for s in /usr/sbin/sshd /usr/local/sbin/sshd /sbin/sshd; do
@@ -130,7 +132,7 @@ absent() {
 if ! have sudo; then echo "sudo	not installed"
 elif [ "$me" != 0 ]; then echo "sudo	not asked: not root"
 else echo "sudo	asked"; fi
-if have getent; then getent passwd; else cat /etc/passwd; fi |
+printf '%s\n' "$passwd" |
 while IFS=: read -r name _pw uid _gid _gecos home shell; do
   [ -n "$name" ] || continue
   for p do

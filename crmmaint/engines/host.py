@@ -519,12 +519,7 @@ class HostOS:
                     f"dnf check-update failed (exit {check.exit_status}): {check.stderr_tail()}"
                 )
             security = self._run(packages.DNF_SECURITY, what="dnf updateinfo", timeout=timeout)
-            restart = self.transport.run(
-                ["sh", "-c", _IF_INSTALLED, "sh", *packages.NEEDS_RESTARTING], timeout=timeout
-            )
-            reboot: tuple[bool, list[str]] = (False, [])
-            if restart.exit_status != NOT_INSTALLED:  # dnf-utils missing: reboot unknown
-                reboot = packages.parse_needs_restarting(restart.text, restart.exit_status)
+            reboot = self._dnf_reboot(timeout)
             pending = packages.dnf_pending(check.text, security.text, reboot)
             if pending.security and facts.now is not None:
                 info = self.transport.run(packages.DNF_SECURITY_INFO, timeout=timeout)
@@ -566,14 +561,7 @@ class HostOS:
             facts = self._package_facts(timeout)
             reboot, reboot_pkgs = facts.reboot_required, facts.reboot_packages
         else:
-            restart = self.transport.run(
-                ["sh", "-c", _IF_INSTALLED, "sh", *packages.NEEDS_RESTARTING], timeout=timeout
-            )
-            reboot, reboot_pkgs = False, []
-            if restart.exit_status != NOT_INSTALLED:
-                reboot, reboot_pkgs = packages.parse_needs_restarting(
-                    restart.text, restart.exit_status
-                )
+            reboot, reboot_pkgs = self._dnf_reboot(timeout)
         failed = None if res.ok else f"exit {res.exit_status}: {res.stderr_tail() or 'no output'}"
         return AppliedUpdates(manager, before, after, failed, reboot, reboot_pkgs, seconds)
 
@@ -584,6 +572,16 @@ class HostOS:
             return {}
         res = self.transport.run(packages.versions_command(manager, names), timeout=timeout)
         return packages.parse_versions(res.text)
+
+    def _dnf_reboot(self, timeout: float | None) -> tuple[bool, list[str]]:
+        """``needs-restarting -r``: (reboot needed, the packages it names); (False, []) when
+        dnf-utils is not installed (the reboot is then unknown, not judged)."""
+        restart = self.transport.run(
+            ["sh", "-c", _IF_INSTALLED, "sh", *packages.NEEDS_RESTARTING], timeout=timeout
+        )
+        if restart.exit_status == NOT_INSTALLED:
+            return False, []
+        return packages.parse_needs_restarting(restart.text, restart.exit_status)
 
     def _package_facts(self, timeout: float | None) -> packages.PackageFacts:
         """The package manager, the host's clock, the lists' age and the reboot flag."""
