@@ -13,7 +13,7 @@ so what is accepted is exactly what was reviewed, not something that appeared si
 Both live in the journal's state table (keys ``observed:KIND:TARGET`` and
 ``baseline:KIND:TARGET``, TARGET being ``kind/name`` of the inventory target). They hold no
 secrets: review tasks never read password hashes, and mask configuration text before it is
-observed (``crmmaint.engines.config_files``). Observations of check-mode runs are not recorded,
+observed (``crmmaint.masking``). Observations of check-mode runs are not recorded,
 so check mode changes nothing that ``baseline accept`` would take.
 """
 

@@ -193,8 +193,13 @@ _REDACT_PASSES = 4
 
 def is_secret_name(name: str) -> bool:
     """Whether a flag or key named ``name`` (``--db-password``, ``PGPASSWORD``) holds a
-    secret."""
-    return bool(_SECRET_NAME.search(name.lstrip("-")))
+    secret: by the journal's flag words (``_SECRET_NAME``: also ``auth``, ``session``,
+    ``dsn``), or by the rule configuration files are masked by
+    (``crmmaint.masking.is_secret_name``); either is enough."""
+    from crmmaint.masking import is_secret_name as secret_in_config
+
+    bare = name.lstrip("-")
+    return bool(_SECRET_NAME.search(bare)) or secret_in_config(bare)
 
 
 def cut_text(text: str, limit: int = MAX_TEXT) -> str:
@@ -214,13 +219,13 @@ def redact_value(text: str) -> str:
     password of a URL, the value of a ``KEY=value`` pair, a ``key: value``, a ``key value``
     or a ``--key value``/``--key=value`` whose key looks secret, a ``Bearer`` (``Basic``,
     ``Token`` …) credential, a crmmaint secret key, and whatever
-    ``crmmaint.engines.config_files.mask_text`` recognises in configuration syntaxes
+    ``crmmaint.masking.mask_text`` recognises in configuration syntaxes
     (JSON/YAML/INI pairs, tokens and password hashes by their shape). It errs towards masking
     too much: the rest of a line after ``password:`` goes. Idempotent.
 
     Not recognised: short flags (``-pSECRET``), ``user:pass@host`` without a scheme, a secret
     after a word that does not look secret (``db hunter2``)."""
-    from crmmaint.engines.config_files import mask_text
+    from crmmaint.masking import mask_text
 
     text = str(text)
     for _ in range(_REDACT_PASSES):

@@ -1,7 +1,7 @@
 """Configuration drift: the configured files of a host against their accepted baseline.
 
 ``HostOS.config_files`` reads the files the host's ``config_files:`` (or the step's ``files``)
-name, globs expanded on the host; ``engines/config_files.py`` masks secret values in their text.
+name, globs expanded on the host; ``crmmaint.masking`` masks secret values in their text.
 This module turns them into a ``baselines.Snapshot`` (section ``files``: one item per path, its
 sha256, size, mode, owner, group, symlink target and *masked* text) and reports what changed
 since the baseline ``crmmaint baseline accept drift`` accepted: a unified diff of each changed
