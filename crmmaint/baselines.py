@@ -140,6 +140,14 @@ class Baseline:
     run_id: int | None
     observed_at: float
 
+    @property
+    def label(self) -> str:
+        """``accepted 2026-11-30 by alice``: how a diff against it names the accepted side."""
+        return (
+            f"accepted {time.strftime('%Y-%m-%d', time.localtime(self.accepted_at))} by"
+            f" {self.accepted_by}"
+        )
+
 
 @dataclass(frozen=True)
 class Acceptance:

@@ -177,9 +177,8 @@ def _file_diff(change: Change, base: Baseline) -> list[str]:
     masked values alone says only so (no size: it would tell the secrets' length)."""
     from crmmaint.tasks.config_drift import DIFF_LINES, file_diff
 
-    accepted = f"accepted {local_time(base.accepted_at)} by {base.accepted_by}"
     shown = file_diff(
-        change.key, change.before or {}, change.after or {}, accepted=accepted,
+        change.key, change.before or {}, change.after or {}, accepted=base.label,
         max_lines=DIFF_LINES,
     )  # fmt: skip
     return [*shown["changes"], *shown.get("diff", "").splitlines()]

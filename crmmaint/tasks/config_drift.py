@@ -29,7 +29,6 @@ counted ``new`` and named ``appeared``.
 from __future__ import annotations
 
 import difflib
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
@@ -237,10 +236,6 @@ def file_states(
     return states
 
 
-def _date(epoch: float) -> str:
-    return time.strftime("%Y-%m-%d", time.localtime(epoch))
-
-
 def _value(value: Any) -> str:
     return "none" if value is None else str(value)
 
@@ -440,9 +435,7 @@ def describe(
     baseline = review.baseline
     states = file_states(snapshot, review.changes, patterns, has_baseline=baseline is not None)
     items = snapshot.get(SECTION, {})
-    accepted = (
-        f"accepted {_date(baseline.accepted_at)} by {baseline.accepted_by}" if baseline else ""
-    )
+    accepted = baseline.label if baseline else ""
     old_items = baseline.snapshot.get(SECTION, {}) if baseline else {}
     rows: list[dict[str, Any]] = []
     for path in sorted(states):
