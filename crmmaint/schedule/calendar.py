@@ -32,11 +32,10 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from zoneinfo import ZoneInfo
 
-from crmmaint.schedule.windows import LONGEST_RUN
+from crmmaint.inventory.schedule import CATCH_UP, EVERY
+from crmmaint.units import LONGEST_RUN, plural
 
-EVERY = ("daily", "weekly", "monthly", "quarterly", "yearly")
 LAST = "last"
-CATCH_UP = ("run-once", "skip")
 ACTIONS = ("run", "catch-up", "skip", "blocked", "wait")
 
 #: The most slots ``slots_between`` returns (the earliest ones): a daily window over more
@@ -331,9 +330,9 @@ def decide(
                 dark += 1
             else:
                 missed.append(slot)
-    dark_note = f"; {_count(dark, 'slot')} skipped by blackout" if dark else ""
+    dark_note = f"; {plural(dark, 'slot')} skipped by blackout" if dark else ""
     since = (
-        f"missed {_count(len(missed), 'slot')} since {_moment(missed[0], tz)}"
+        f"missed {plural(len(missed), 'slot')} since {_moment(missed[0], tz)}"
         f" (last run {_moment(last_run, tz)})"
         if missed and last_run is not None
         else ""
@@ -523,9 +522,5 @@ def _span(start: datetime, end: datetime, tz: tzinfo) -> str:
     """``02:00-05:00``, with ``(+N days)`` when the window ends on a later date."""
     begins, ends = start.astimezone(tz), end.astimezone(tz)
     days = (ends.date() - begins.date()).days
-    later = f" (+{_count(days, 'day')})" if days else ""
+    later = f" (+{plural(days, 'day')})" if days else ""
     return f"{_clock(begins)}-{_clock(ends)}{later}"
-
-
-def _count(number: int, noun: str) -> str:
-    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"

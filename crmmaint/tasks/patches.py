@@ -181,8 +181,7 @@ def check(ctx: TaskContext) -> TaskResult:
     )
     notes: list[str] = []
     if servers:
-        more = f" and {len(servers) - MESSAGE_NAMES} more" if len(servers) > MESSAGE_NAMES else ""
-        notes.append(f"servers: {', '.join(servers[:MESSAGE_NAMES])}{more}")
+        notes.append(f"servers: {_first_names(servers)}")
     if pending.held:
         notes.append(f"{len(pending.held)} kept back")
     if pending.deferred:
@@ -362,6 +361,10 @@ def apply(ctx: TaskContext) -> TaskResult:
 
 
 def _names(updates: Sequence[PackageUpdate]) -> str:
-    names = [u.name for u in updates]
+    return _first_names([u.name for u in updates])
+
+
+def _first_names(names: Sequence[str]) -> str:
+    """The first ``MESSAGE_NAMES`` names, and how many more there are."""
     more = f" and {len(names) - MESSAGE_NAMES} more" if len(names) > MESSAGE_NAMES else ""
     return ", ".join(names[:MESSAGE_NAMES]) + more
